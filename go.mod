@@ -1,0 +1,3 @@
+module github.com/gondolin/gondolin
+
+go 1.26

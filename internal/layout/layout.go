@@ -1,0 +1,115 @@
+// Package layout names every file and directory under GONDOLIN_HOME, so
+// that no path is spelled twice across the code base.
+package layout
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Environment variables users rely on.
+const (
+	EnvHome         = "GONDOLIN_HOME"
+	EnvDefaultImage = "GONDOLIN_DEFAULT_IMAGE"
+	EnvAccel        = "GONDOLIN_ACCEL"
+	EnvDebug        = "GONDOLIN_DEBUG"
+)
+
+// DefaultImage is the image used when neither --image nor
+// GONDOLIN_DEFAULT_IMAGE names one.
+const DefaultImage = "default:latest"
+
+// File names inside a VM's run directory (a session's directory or a
+// one-shot VM's scratch directory).
+const (
+	AgentSocket = "agent.sock"
+	QMPSocket   = "qmp.sock"
+	NetSocket   = "net.sock"
+	ConsoleLog  = "console.log"
+	QEMULog     = "qemu.log"
+	QEMUPid     = "qemu.pid"
+	Disk        = "disk.qcow2"
+	OwnerLock   = "owner.lock"
+	SpecFile    = "spec.json"
+	StateFile   = "state.json"
+)
+
+// MaxSocketPath is the longest unix socket path the kernel accepts
+// (sun_path is 108 bytes including the terminating NUL).
+const MaxSocketPath = 107
+
+// Home is the root of all gondolin state.
+type Home string
+
+// DefaultHome returns $GONDOLIN_HOME, else $XDG_DATA_HOME/gondolin, else
+// ~/.local/share/gondolin.
+func DefaultHome() (Home, error) {
+	if h := os.Getenv(EnvHome); h != "" {
+		abs, err := filepath.Abs(h)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", EnvHome, err)
+		}
+		return Home(abs), nil
+	}
+	if x := os.Getenv("XDG_DATA_HOME"); x != "" && filepath.IsAbs(x) {
+		return Home(filepath.Join(x, "gondolin")), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", errors.New("cannot find a home directory: set GONDOLIN_HOME")
+	}
+	return Home(filepath.Join(home, ".local", "share", "gondolin")), nil
+}
+
+func (h Home) path(elem ...string) string {
+	return filepath.Join(append([]string{string(h)}, elem...)...)
+}
+
+// Images is the image store's root.
+func (h Home) Images() string { return h.path("images") }
+
+// Sessions holds one directory per session.
+func (h Home) Sessions() string { return h.path("sessions") }
+
+// Session is one session's directory.
+func (h Home) Session(id string) string { return h.path("sessions", id) }
+
+// Run holds the scratch directories of one-shot VMs.
+func (h Home) Run() string { return h.path("run") }
+
+// Snapshots holds saved checkpoints.
+func (h Home) Snapshots() string { return h.path("snapshots") }
+
+// Templates holds booted-and-saved VMs that exec clones.
+func (h Home) Templates() string { return h.path("templates") }
+
+// CA holds the local certificate authority for TLS mediation.
+func (h Home) CA() string { return h.path("ca") }
+
+// SupervisorSocket is the supervisor API's unix socket.
+func (h Home) SupervisorSocket() string { return h.path("supervisor.sock") }
+
+// SupervisorLog is where a detached supervisor writes its log.
+func (h Home) SupervisorLog() string { return h.path("supervisor.log") }
+
+// SupervisorLock is held by the one running supervisor.
+func (h Home) SupervisorLock() string { return h.path("supervisor.lock") }
+
+// Cache is for data that can be fetched again (downloaded packages).
+func Cache() (string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("cannot find a cache directory: %w", err)
+	}
+	return filepath.Join(dir, "gondolin"), nil
+}
+
+// MkdirPrivate creates dir and its parents with mode 0700.
+func MkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o700)
+}
