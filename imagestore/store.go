@@ -118,9 +118,9 @@ func (s *Store) PutBlob(r io.Reader) (File, error) {
 	return f, nil
 }
 
-// PutFile stores the file at path. When path is on the store's filesystem
-// (such as under TempDir) it is hard-linked rather than copied, which makes
-// it read-only: the caller must not modify path afterwards.
+// PutFile stores a copy of the file at path. A file under TempDir is
+// taken over by hard link instead of copied (build outputs are large):
+// it becomes read-only and the caller must not modify it afterwards.
 func (s *Store) PutFile(path string) (File, error) {
 	src, err := os.Open(path)
 	if err != nil {
@@ -143,9 +143,10 @@ func (s *Store) PutFile(path string) (File, error) {
 	if s.hasBlob(f) {
 		return f, nil
 	}
-	// Linking shares the inode, so make the content durable and read-only
-	// before it becomes visible as a blob.
-	if err := src.Sync(); err == nil {
+	// Linking shares the inode, so only a file in the store's own scratch
+	// space with no other name is linked (never, say, a host binary), and
+	// its content is made durable and read-only first.
+	if s.ownsTemp(path, st) && src.Sync() == nil {
 		if err := src.Chmod(0o444); err == nil {
 			if err := s.linkBlob(path, f); err == nil {
 				return f, nil
@@ -164,6 +165,20 @@ func (s *Store) PutFile(path string) (File, error) {
 		return File{}, fmt.Errorf("store blob %s: file changed while being stored", path)
 	}
 	return f, nil
+}
+
+// ownsTemp reports whether path is a file with a single link in TempDir.
+func (s *Store) ownsTemp(path string, st fs.FileInfo) bool {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return false
+	}
+	rel, err := filepath.Rel(s.TempDir(), abs)
+	if err != nil || !filepath.IsLocal(rel) {
+		return false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	return ok && sys.Nlink == 1
 }
 
 // linkBlob makes the finished file at path the blob f. link(2), unlike

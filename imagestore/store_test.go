@@ -64,6 +64,18 @@ func TestBlobDedup(t *testing.T) {
 	if !os.SameFile(st1, st2) {
 		t.Fatal("blob was rewritten")
 	}
+	// A file outside the store is copied and left alone.
+	outside := filepath.Join(t.TempDir(), "tool")
+	os.WriteFile(outside, []byte("a host binary"), 0o755)
+	e, err := s.PutFile(outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st5, _ := os.Stat(outside)
+	st6, _ := os.Stat(s.Path(e))
+	if os.SameFile(st5, st6) || st5.Mode().Perm() != 0o755 {
+		t.Fatalf("PutFile linked or changed a file outside the store: mode %v", st5.Mode())
+	}
 	// A new file on the store's filesystem is linked, not copied.
 	tmp := filepath.Join(s.TempDir(), "new")
 	os.WriteFile(tmp, []byte("linked"), 0o644)

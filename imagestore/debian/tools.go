@@ -1,0 +1,95 @@
+package debian
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// toolPackages names the Debian package that ships each host tool the
+// builder runs, for the "install it with" hint.
+var toolPackages = map[string]string{
+	"apt-cache": "apt",
+	"apt-get":   "apt",
+	"dpkg-deb":  "dpkg",
+	"mke2fs":    "e2fsprogs",
+	"debugfs":   "e2fsprogs",
+	"qemu-img":  "qemu-utils",
+	"ldconfig":  "libc-bin",
+}
+
+// errMissingTool is returned (wrapped) when a host tool is not installed.
+var errMissingTool = errors.New("missing tool")
+
+// lookTool finds a host tool. A normal user's PATH on Debian lacks the
+// sbin directories, where mke2fs, debugfs and ldconfig live, so those are
+// searched too.
+func lookTool(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s not found: install it with: sudo apt-get install %s", errMissingTool, name, toolPackages[name])
+}
+
+// needTools checks that every named tool is installed, so that a build
+// fails before it downloads anything rather than halfway through.
+func needTools(names ...string) error {
+	var errs []error
+	for _, name := range names {
+		if _, err := lookTool(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// command prepares a host tool run. The environment pins the C locale so
+// that apt's output is parsed in English.
+func command(ctx context.Context, dir, name string, args ...string) (*exec.Cmd, error) {
+	path, err := lookTool(name)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANGUAGE=")
+	return cmd, nil
+}
+
+// run runs a host tool and returns its stdout; on failure the error
+// carries the end of its stderr.
+func run(ctx context.Context, dir, name string, args ...string) ([]byte, error) {
+	cmd, err := command(ctx, dir, name, args...)
+	if err != nil {
+		return nil, err
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("%s %s: %w%s", name, strings.Join(args, " "), err, stderrTail(stderr.Bytes()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// stderrTail formats the last lines of a tool's stderr for an error.
+func stderrTail(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		return ""
+	}
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return ": " + strings.Join(lines, "; ")
+}

@@ -1,0 +1,421 @@
+package debian
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// tree writes files into a staging directory from untrusted archives.
+// Every write goes through an os.Root, so nothing can land outside the
+// directory, and the tree keeps its own record of what it created so that
+// paths are resolved lexically: a symlink shipped by one package is never
+// followed on disk while another package's files are written.
+type tree struct {
+	root      *os.Root
+	nodes     map[string]*node // by clean relative path; "" is the root
+	chown     bool             // running as root: keep the archive's owners
+	usrMerged bool
+}
+
+type nodeKind uint8
+
+const (
+	kindDir nodeKind = iota + 1
+	kindFile
+	kindSymlink
+)
+
+type node struct {
+	kind   nodeKind
+	target string      // symlink target
+	mode   fs.FileMode // final mode of a directory, applied by finish
+	mtime  time.Time
+}
+
+// skipDirs hold documentation and translations: a VM image does not need
+// them and they are a large part of the packages.
+var skipDirs = []string{"usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"}
+
+// mergedDirs are Debian's merged-/usr top-level symlinks.
+var mergedDirs = []string{"bin", "sbin", "lib", "lib64"}
+
+func newTree(dir string, usrMerged bool) (*tree, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	t := &tree{root: root, nodes: map[string]*node{"": {kind: kindDir, mode: 0o755}}, chown: os.Getuid() == 0, usrMerged: usrMerged}
+	if usrMerged {
+		for _, d := range mergedDirs {
+			if err := t.mkdirAll("usr/"+d, 0o755); err != nil {
+				return nil, err
+			}
+			if err := t.symlink("usr/"+d, d); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return t, nil
+}
+
+func (t *tree) Close() error { return t.root.Close() }
+
+// cleanName turns a tar entry name into a clean relative path. It rejects
+// absolute names, ".." anywhere, and control characters (which no Debian
+// package uses and which the debugfs command file could not quote).
+// The archive root ("./") comes back as "".
+func cleanName(name string) (string, error) {
+	if name == "" {
+		return "", errors.New("empty path")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return "", fmt.Errorf("path %q has a control character", name)
+		}
+	}
+	n := strings.TrimPrefix(name, "./")
+	if strings.HasPrefix(n, "/") {
+		return "", fmt.Errorf("path %q is absolute", name)
+	}
+	for el := range strings.SplitSeq(n, "/") {
+		if el == ".." {
+			return "", fmt.Errorf("path %q escapes the root", name)
+		}
+	}
+	n = path.Clean(n)
+	if n == "." {
+		return "", nil
+	}
+	return n, nil
+}
+
+// mergeUsr rewrites bin/, sbin/, lib/ and lib64/ into usr/, as Debian's
+// merged-/usr layout does.
+func (t *tree) mergeUsr(p string) string {
+	if !t.usrMerged {
+		return p
+	}
+	for _, d := range mergedDirs {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return "usr/" + p
+		}
+	}
+	return p
+}
+
+// maxHops bounds symlink resolution, as the kernel's ELOOP does.
+const maxHops = 40
+
+// resolveParent resolves the symlinks among p's directory components
+// using the tree's own record and returns a path whose parents are all
+// real directories (or do not exist yet). The last component is kept as
+// is. ".." at the root stays at the root, so the result never escapes.
+func (t *tree) resolveParent(p string) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	parts := strings.Split(p, "/")
+	var done []string
+	hops := 0
+	for len(parts) > 1 {
+		el := parts[0]
+		parts = parts[1:]
+		switch el {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) > 0 {
+				done = done[:len(done)-1]
+			}
+			continue
+		}
+		cur := strings.Join(append(done, el), "/")
+		n := t.nodes[cur]
+		if n == nil || n.kind != kindSymlink {
+			done = append(done, el)
+			continue
+		}
+		if hops++; hops > maxHops {
+			return "", fmt.Errorf("path %q: too many levels of symbolic links", p)
+		}
+		if strings.HasPrefix(n.target, "/") {
+			done = done[:0]
+		}
+		parts = append(strings.Split(n.target, "/"), parts...)
+	}
+	last := parts[0]
+	if last == "." || last == ".." || last == "" {
+		return "", fmt.Errorf("path %q has no file name", p)
+	}
+	return strings.Join(append(done, last), "/"), nil
+}
+
+// place returns where an archive entry named name goes, or "" to skip it.
+func (t *tree) place(name string) (string, error) {
+	p, err := cleanName(name)
+	if err != nil || p == "" {
+		return "", err
+	}
+	p, err = t.resolveParent(t.mergeUsr(p))
+	if err != nil {
+		return "", err
+	}
+	for _, d := range skipDirs {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return "", nil
+		}
+	}
+	return p, nil
+}
+
+// mkdirAll creates p and its missing parents (p already resolved).
+func (t *tree) mkdirAll(p string, mode fs.FileMode) error {
+	if p == "" {
+		return nil
+	}
+	if n := t.nodes[p]; n != nil {
+		if n.kind != kindDir {
+			return fmt.Errorf("%s: exists and is not a directory", p)
+		}
+		return nil
+	}
+	if err := t.parent(p); err != nil {
+		return err
+	}
+	// Owner write and search stay on until finish, so that a read-only
+	// directory from a package can still be filled when not root.
+	if err := t.root.Mkdir(p, 0o700); err != nil {
+		return err
+	}
+	t.nodes[p] = &node{kind: kindDir, mode: mode}
+	return nil
+}
+
+func (t *tree) parent(p string) error {
+	dir := path.Dir(p)
+	if dir == "." {
+		return nil
+	}
+	return t.mkdirAll(dir, 0o755)
+}
+
+// clear removes whatever non-directory is at p, so that a later package
+// replaces an earlier one's file as dpkg does.
+func (t *tree) clear(p string) error {
+	n := t.nodes[p]
+	if n == nil {
+		return nil
+	}
+	if n.kind == kindDir {
+		return fmt.Errorf("%s: a directory is in the way", p)
+	}
+	delete(t.nodes, p)
+	return t.root.Remove(p)
+}
+
+// writeFile writes a regular file at the resolved path p.
+func (t *tree) writeFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, mtime time.Time) error {
+	if err := t.parent(p); err != nil {
+		return err
+	}
+	if err := t.clear(p); err != nil {
+		return err
+	}
+	f, err := t.root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	t.nodes[p] = &node{kind: kindFile}
+	_, err = io.Copy(f, r)
+	if err == nil && t.chown && (uid != 0 || gid != 0) {
+		err = f.Chown(uid, gid)
+	}
+	if err == nil {
+		// After chown, which clears set-id bits.
+		err = f.Chmod(mode)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && !mtime.IsZero() {
+		err = t.root.Chtimes(p, mtime, mtime)
+	}
+	return err
+}
+
+// symlink creates p -> target. The target is not checked: it is only ever
+// followed inside the guest, and by resolveParent, which confines it.
+func (t *tree) symlink(target, p string) error {
+	if err := t.parent(p); err != nil {
+		return err
+	}
+	if err := t.clear(p); err != nil {
+		return err
+	}
+	if err := t.root.Symlink(target, p); err != nil {
+		return err
+	}
+	t.nodes[p] = &node{kind: kindSymlink, target: target}
+	return nil
+}
+
+// link hard-links p to the earlier regular file at the resolved path old.
+func (t *tree) link(old, p string) error {
+	if n := t.nodes[old]; n == nil || n.kind != kindFile {
+		return fmt.Errorf("hard link %s: target %s is not a file in the tree", p, old)
+	}
+	if err := t.parent(p); err != nil {
+		return err
+	}
+	if err := t.clear(p); err != nil {
+		return err
+	}
+	if err := t.root.Link(old, p); err != nil {
+		return err
+	}
+	t.nodes[p] = &node{kind: kindFile}
+	return nil
+}
+
+// dir creates or updates the directory p with its final mode.
+func (t *tree) dir(p string, mode fs.FileMode, uid, gid int, mtime time.Time) error {
+	if n := t.nodes[p]; n != nil && n.kind == kindSymlink {
+		// dpkg keeps a directory symlink another package made and puts
+		// the directory's contents through it.
+		return nil
+	}
+	if err := t.mkdirAll(p, mode); err != nil {
+		return err
+	}
+	n := t.nodes[p]
+	n.mode, n.mtime = mode, mtime
+	if t.chown && (uid != 0 || gid != 0) {
+		return t.root.Lchown(p, uid, gid)
+	}
+	return nil
+}
+
+func (t *tree) exists(p string) bool { return t.nodes[p] != nil }
+
+// extract writes a tar stream into the tree. keep, when not nil, selects
+// the entries to write by their resolved path.
+func (t *tree) extract(ctx context.Context, r io.Reader, keep func(p string) bool) error {
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		p, err := t.place(hdr.Name)
+		if err != nil {
+			return err
+		}
+		if p == "" || (keep != nil && !keep(p)) {
+			continue
+		}
+		mode := tarMode(hdr.Mode)
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			err = t.dir(p, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
+		case tar.TypeReg:
+			err = t.writeFile(p, tr, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
+		case tar.TypeSymlink:
+			if hdr.Linkname == "" || strings.ContainsRune(hdr.Linkname, 0) {
+				return fmt.Errorf("%s: bad symlink target %q", hdr.Name, hdr.Linkname)
+			}
+			err = t.symlink(hdr.Linkname, p)
+			if err == nil && t.chown && (hdr.Uid != 0 || hdr.Gid != 0) {
+				err = t.root.Lchown(p, hdr.Uid, hdr.Gid)
+			}
+		case tar.TypeLink:
+			var old string
+			old, err = t.place(hdr.Linkname)
+			if err == nil && old == "" {
+				err = fmt.Errorf("hard link to %q, which is not extracted", hdr.Linkname)
+			}
+			if err == nil {
+				err = t.link(old, p)
+			}
+		default:
+			// Device nodes, fifos: a build without root cannot make them,
+			// and the guest's devtmpfs provides devices.
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", hdr.Name, err)
+		}
+	}
+}
+
+// tarMode converts tar mode bits, set-id and sticky bits included.
+func tarMode(m int64) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}
+
+// finish gives directories their final modes and times, deepest first so
+// that a read-only parent is set after its children.
+func (t *tree) finish() error {
+	var dirs []string
+	for p, n := range t.nodes {
+		if n.kind == kindDir {
+			dirs = append(dirs, p)
+		}
+	}
+	slices.SortFunc(dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	for _, p := range dirs {
+		n, name := t.nodes[p], p
+		if name == "" {
+			name = "."
+		}
+		if err := t.root.Chmod(name, n.mode); err != nil {
+			return err
+		}
+		if !n.mtime.IsZero() {
+			if err := t.root.Chtimes(name, n.mtime, n.mtime); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// removeAll deletes a directory tree that may contain read-only
+// directories, which os.RemoveAll cannot empty when not root.
+func removeAll(dir string) error {
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(dir)
+}
