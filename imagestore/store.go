@@ -42,9 +42,9 @@ type Store struct {
 
 // Image is a stored image: its manifest and the refs that point at it.
 type Image struct {
-	ID       string // "sha256:<hex>" of the manifest
-	Manifest Manifest
-	Refs     []string // "name:tag", sorted
+	ID       string   `json:"id"` // "sha256:<hex>" of the manifest
+	Manifest Manifest `json:"manifest"`
+	Refs     []string `json:"refs"` // "name:tag", sorted
 
 	store *Store
 }

@@ -89,6 +89,22 @@ func TestBlobDedup(t *testing.T) {
 		t.Fatalf("PutFile did not link: mode %v", st3.Mode())
 	}
 	os.Remove(tmp)
+	// A file in tmp that has another name is copied: linking would make
+	// that other name read-only too.
+	shared := filepath.Join(s.TempDir(), "shared")
+	os.WriteFile(shared, []byte("shared"), 0o644)
+	os.Link(shared, shared+".2")
+	g, err := s.PutFile(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st7, _ := os.Stat(shared)
+	st8, _ := os.Stat(s.Path(g))
+	if os.SameFile(st7, st8) || st7.Mode().Perm() != 0o644 {
+		t.Fatal("PutFile linked a file with two names")
+	}
+	os.Remove(shared)
+	os.Remove(shared + ".2")
 	if left, _ := os.ReadDir(s.TempDir()); len(left) != 0 {
 		t.Fatalf("tmp not empty: %v", left)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -38,6 +37,10 @@ var etcFiles = []struct {
 	{"etc/resolv.conf", 0o644, ""},
 }
 
+// noTime leaves a file's mtime at the time of writing: the files the
+// builder makes itself have no archive time to keep.
+var noTime time.Time
+
 // skeletonDirs are the mount points and scratch directories the guest
 // expects, with their conventional modes.
 var skeletonDirs = []struct {
@@ -58,14 +61,13 @@ var skeletonDirs = []struct {
 // finishRootfs does what dpkg's maintainer scripts and a base system
 // would have done, on a tree of unpacked packages.
 func finishRootfs(ctx context.Context, t *tree, staging, agent string, p progress.Reporter) error {
-	now := time.Time{}
 	for _, d := range skeletonDirs {
-		if err := t.dir(d.path, d.mode, 0, 0, now); err != nil {
+		if err := t.dir(d.path, d.mode, 0, 0, noTime); err != nil {
 			return err
 		}
 	}
 	for _, f := range etcFiles {
-		if err := t.writeFile(f.path, strings.NewReader(f.data), f.mode, 0, 0, now); err != nil {
+		if err := t.writeFile(f.path, strings.NewReader(f.data), f.mode, 0, 0, noTime); err != nil {
 			return err
 		}
 	}
@@ -73,7 +75,7 @@ func finishRootfs(ctx context.Context, t *tree, staging, agent string, p progres
 	if err != nil {
 		return err
 	}
-	err = t.writeFile(strings.TrimPrefix(AgentGuestPath, "/"), a, 0o755, 0, 0, now)
+	err = t.writeFile(strings.TrimPrefix(AgentGuestPath, "/"), a, 0o755, 0, 0, noTime)
 	a.Close()
 	if err != nil {
 		return err
@@ -81,7 +83,7 @@ func finishRootfs(ctx context.Context, t *tree, staging, agent string, p progres
 	if !t.exists("etc/ld.so.conf") {
 		// libc-bin's file, which the base set does not pull in; without
 		// it ldconfig would ignore etc/ld.so.conf.d.
-		if err := t.writeFile("etc/ld.so.conf", strings.NewReader("include /etc/ld.so.conf.d/*.conf\n"), 0o644, 0, 0, now); err != nil {
+		if err := t.writeFile("etc/ld.so.conf", strings.NewReader("include /etc/ld.so.conf.d/*.conf\n"), 0o644, 0, 0, noTime); err != nil {
 			return err
 		}
 	}
@@ -156,10 +158,10 @@ func caBundle(t *tree, staging string) error {
 			bundle.WriteByte('\n')
 		}
 	}
-	if err := t.dir("etc/ssl/certs", 0o755, 0, 0, time.Time{}); err != nil {
+	if err := t.dir("etc/ssl/certs", 0o755, 0, 0, noTime); err != nil {
 		return err
 	}
-	return t.writeFile(path.Join("etc/ssl/certs/ca-certificates.crt"), &bundle, 0o644, 0, 0, time.Time{})
+	return t.writeFile("etc/ssl/certs/ca-certificates.crt", &bundle, 0o644, 0, 0, noTime)
 }
 
 // ldconfig writes etc/ld.so.cache with the host's ldconfig (-X: the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -23,8 +24,29 @@ var toolPackages = map[string]string{
 	"ldconfig":  "libc-bin",
 }
 
-// errMissingTool is returned (wrapped) when a host tool is not installed.
+// errMissingTool is matched (errors.Is) by the error for a tool that is
+// not installed.
 var errMissingTool = errors.New("missing tool")
+
+// missingToolError says which tools are missing and how to install them,
+// in one line.
+type missingToolError struct{ tools []string }
+
+func (e *missingToolError) Unwrap() error { return errMissingTool }
+
+func (e *missingToolError) Error() string {
+	var pkgs []string
+	for _, t := range e.tools {
+		if !slices.Contains(pkgs, toolPackages[t]) {
+			pkgs = append(pkgs, toolPackages[t])
+		}
+	}
+	them := "it"
+	if len(e.tools) > 1 {
+		them = "them"
+	}
+	return fmt.Sprintf("%s not found: install %s with: sudo apt-get install %s", strings.Join(e.tools, ", "), them, strings.Join(pkgs, " "))
+}
 
 // lookTool finds a host tool. A normal user's PATH on Debian lacks the
 // sbin directories, where mke2fs, debugfs and ldconfig live, so those are
@@ -39,19 +61,22 @@ func lookTool(name string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%w: %s not found: install it with: sudo apt-get install %s", errMissingTool, name, toolPackages[name])
+	return "", &missingToolError{[]string{name}}
 }
 
 // needTools checks that every named tool is installed, so that a build
 // fails before it downloads anything rather than halfway through.
 func needTools(names ...string) error {
-	var errs []error
+	var missing []string
 	for _, name := range names {
 		if _, err := lookTool(name); err != nil {
-			errs = append(errs, err)
+			missing = append(missing, name)
 		}
 	}
-	return errors.Join(errs...)
+	if len(missing) > 0 {
+		return &missingToolError{missing}
+	}
+	return nil
 }
 
 // command prepares a host tool run. The environment pins the C locale so
