@@ -325,7 +325,11 @@ func (s *Store) Resolve(spec string) (*Image, error) {
 		return nil, err
 	}
 	if id, ok := s.readRef(r); ok {
-		return s.load(id)
+		im, err := s.load(id)
+		if errors.Is(err, ErrNotFound) {
+			return nil, &hintError{fmt.Sprintf("image %s points at %s, which is not in the store; build or pull it again", r, id), ErrNotFound}
+		}
+		return im, err
 	}
 	if len(spec) >= minPrefix && len(spec) <= 64 && isHex(spec, 0) {
 		return s.resolvePrefix(spec, spec)

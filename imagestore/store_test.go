@@ -161,6 +161,11 @@ func TestRefOverwriteIsAtomic(t *testing.T) {
 	if len(entries) != 1 {
 		t.Fatalf("refs/dev holds %d entries, want 1 (no temp files left)", len(entries))
 	}
+	// A ref to a manifest that is gone says so.
+	os.WriteFile(filepath.Join(s.root, "refs", "dev", "gone"), []byte("sha256:"+strings.Repeat("0", 64)+"\n"), 0o644)
+	if _, err := s.Resolve("dev:gone"); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "dev:gone points at sha256:000") {
+		t.Fatalf("dangling ref: %v", err)
+	}
 	// A torn or garbage ref reads as missing, never as a bad path.
 	os.WriteFile(filepath.Join(s.root, "refs", "dev", "v2"), []byte("sha256:../../etc"), 0o644)
 	if _, err := s.Resolve("dev:v2"); !errors.Is(err, ErrNotFound) {

@@ -49,9 +49,15 @@ var skipDirs = []string{"usr/share/doc", "usr/share/man", "usr/share/info", "usr
 // mergedDirs are Debian's merged-/usr top-level symlinks.
 var mergedDirs = []string{"bin", "sbin", "lib", "lib64"}
 
+// newTree starts a tree in dir, which must be empty or absent: the tree's
+// record of what is on disk starts empty. With usrMerged the top-level
+// bin, sbin, lib and lib64 are symlinks into usr.
 func newTree(dir string, usrMerged bool) (*tree, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) > 0 {
+		return nil, fmt.Errorf("staging directory %s is not empty (%v)", dir, err)
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -61,9 +67,11 @@ func newTree(dir string, usrMerged bool) (*tree, error) {
 	if usrMerged {
 		for _, d := range mergedDirs {
 			if err := t.mkdirAll("usr/"+d, 0o755); err != nil {
+				root.Close()
 				return nil, err
 			}
 			if err := t.symlink("usr/"+d, d); err != nil {
+				root.Close()
 				return nil, err
 			}
 		}
