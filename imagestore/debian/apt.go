@@ -43,7 +43,7 @@ func (d deb) pkg() imagestore.Package {
 func kernelPackage(ctx context.Context, meta string) (string, error) {
 	out, err := run(ctx, "", "apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", meta)
 	if err != nil {
-		return "", fmt.Errorf("resolve kernel package %s: %w", meta, err)
+		return "", fmt.Errorf("kernel package %s is unknown to apt: check kernel_package, or run apt-get update (%w)", meta, err)
 	}
 	return parseKernelDepends(meta, out), nil
 }
@@ -61,26 +61,41 @@ func parseKernelDepends(meta string, out []byte) string {
 }
 
 // closure returns the names of pkgs and everything they depend on,
-// recommends and the like left out.
+// recommends and the like left out. apt-cache silently drops names it does
+// not know, and does not expand a virtual package named on the command
+// line, so both are errors here rather than a package quietly missing.
 func closure(ctx context.Context, pkgs []string) ([]string, error) {
 	args := append([]string{"depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
 		"--no-breaks", "--no-replaces", "--no-enhances", "--"}, pkgs...)
 	out, err := run(ctx, "", "apt-cache", args...)
-	if err != nil {
+	if err != nil && len(out) == 0 {
 		return nil, fmt.Errorf("resolve package dependencies: %w", err)
 	}
-	return parseClosure(out), nil
+	names, virtuals := parseClosure(out)
+	for _, p := range pkgs {
+		switch {
+		case slices.Contains(names, p):
+		case slices.Contains(virtuals, p):
+			return nil, fmt.Errorf("package %s is virtual: name a package that provides it (apt-cache showpkg %s lists them)", p, p)
+		default:
+			return nil, fmt.Errorf("package %s is unknown to apt: check the name, or run apt-get update", p)
+		}
+	}
+	return names, nil
 }
 
-// parseClosure keeps the package lines of apt-cache depends --recurse
-// (those at column 0), without virtual packages ("<awk>"), whose real
-// providers appear on lines of their own, and without foreign-architecture
-// ones ("libc6:i386").
-func parseClosure(out []byte) []string {
-	var names []string
+// parseClosure reads apt-cache depends --recurse output: package lines
+// start at column 0. Virtual packages ("<awk>") are returned apart; their
+// real providers appear on lines of their own. Foreign-architecture lines
+// ("libc6:i386") are dropped.
+func parseClosure(out []byte) (names, virtuals []string) {
 	for line := range strings.Lines(string(out)) {
 		line = strings.TrimRight(line, "\r\n")
-		if line == "" || line[0] == ' ' || line[0] == '|' || line[0] == '<' || strings.Contains(line, ":") {
+		if line == "" || line[0] == ' ' || line[0] == '|' || strings.Contains(line, ":") {
+			continue
+		}
+		if v, ok := strings.CutPrefix(line, "<"); ok {
+			virtuals = append(virtuals, strings.TrimSuffix(v, ">"))
 			continue
 		}
 		if imagestore.ValidPackageName(line) {
@@ -88,7 +103,7 @@ func parseClosure(out []byte) []string {
 		}
 	}
 	slices.Sort(names)
-	return slices.Compact(names)
+	return slices.Compact(names), virtuals
 }
 
 // showPackages asks apt, in one call, for the candidate version of each

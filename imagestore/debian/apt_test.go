@@ -30,8 +30,12 @@ gawk
   PreDepends: libc6
 bash
 `
-	if got, want := parseClosure([]byte(out)), []string{"bash", "gawk", "libc6", "mawk"}; !slices.Equal(got, want) {
-		t.Fatalf("parseClosure = %v, want %v", got, want)
+	names, virtuals := parseClosure([]byte(out))
+	if want := []string{"bash", "gawk", "libc6", "mawk"}; !slices.Equal(names, want) {
+		t.Fatalf("parseClosure names = %v, want %v", names, want)
+	}
+	if want := []string{"awk"}; !slices.Equal(virtuals, want) {
+		t.Fatalf("parseClosure virtuals = %v, want %v", virtuals, want)
 	}
 }
 
@@ -119,5 +123,30 @@ func TestFetch(t *testing.T) {
 	_, err = fetch(context.Background(), cache, debs, func(context.Context, string, []deb, progress.Reporter) error { return boom }, progress.Discard)
 	if !errors.Is(err, boom) {
 		t.Fatalf("failed download: %v", err)
+	}
+}
+
+// TestClosureRejectsUnknownAndVirtual asks the real apt: it drops unknown
+// names silently and does not expand virtual ones.
+func TestClosureRejectsUnknownAndVirtual(t *testing.T) {
+	if _, err := lookTool("apt-cache"); err != nil {
+		t.Skip(err)
+	}
+	if _, err := showPackages(context.Background(), []string{"bash"}); err != nil {
+		t.Skipf("apt has no package lists: %v", err)
+	}
+	ctx := context.Background()
+	for pkgs, wantErr := range map[string]string{
+		"bash nosuchpackage-gondolin": "package nosuchpackage-gondolin is unknown to apt",
+		"bash awk":                    "package awk is virtual",
+	} {
+		_, err := closure(ctx, strings.Fields(pkgs))
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Errorf("closure(%s) = %v; want %q", pkgs, err, wantErr)
+		}
+	}
+	names, err := closure(ctx, []string{"bash"})
+	if err != nil || !slices.Contains(names, "libc6") {
+		t.Errorf("closure(bash) = %v, %v", names, err)
 	}
 }
