@@ -1,0 +1,24 @@
+// Command gondolin-agent is the guest side of gondolin. It is the VM's
+// init (PID 1): it prepares the system and then serves the host over a
+// virtio-serial port for as long as the VM lives.
+package main
+
+import (
+	"log"
+	"os"
+
+	"github.com/gondolin/gondolin/vm/agent"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+func main() {
+	logger := log.New(os.Stderr, "gondolin-agent: ", 0)
+	if os.Getpid() == 1 {
+		if err := agent.Init(logger); err != nil {
+			// Serve anyway: the host's first request reports the trouble
+			// better than a kernel panic would.
+			logger.Printf("init: %v", err)
+		}
+	}
+	agent.NewServer(logger, agent.Guest{}).Serve(agent.OpenPort(agentproto.PortName))
+}

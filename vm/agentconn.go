@@ -1,0 +1,241 @@
+package vm
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gondolin/gondolin/vm/agentproto"
+	"github.com/hashicorp/yamux"
+)
+
+// Agent is a connection to the guest agent of one VM.
+type Agent struct {
+	sess *yamux.Session
+	conn net.Conn
+}
+
+// ErrAgentGone means the connection to the guest agent was lost: the VM
+// stopped, the agent crashed, or another host took the channel over.
+var ErrAgentGone = errors.New("guest agent connection lost")
+
+// helloInterval is how often the host repeats HELLO until the guest
+// answers; later repeats carry padding that flushes out a partial frame a
+// stale guest-side session may still be waiting to complete.
+const (
+	helloInterval = 100 * time.Millisecond
+	helloPadding  = 64 << 10
+)
+
+// DialAgent connects to the agent's socket and performs the handshake,
+// waiting at most until ctx is done.
+func DialAgent(ctx context.Context, socket string) (*Agent, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("connect to guest agent: %w", err)
+	}
+	a, err := Handshake(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Handshake resynchronises with the agent over conn (see agentproto) and
+// starts the multiplexed session. conn is owned by the Agent afterwards.
+func Handshake(ctx context.Context, conn net.Conn) (*Agent, error) {
+	nonce := agentproto.NewNonce()
+	hello := agentproto.Line(agentproto.WordHello, nonce)
+	padded := append([]byte(strings.Repeat("\n", helloPadding)), hello...)
+
+	var wmu sync.Mutex
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for i := 0; ; i++ {
+			msg := hello
+			if i > 0 {
+				msg = padded
+			}
+			wmu.Lock()
+			_, err := conn.Write(msg)
+			wmu.Unlock()
+			if err != nil {
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(helloInterval):
+			}
+		}
+	}()
+
+	type result struct{ err error }
+	br := bufio.NewReaderSize(conn, 64<<10)
+	done := make(chan result, 1)
+	go func() {
+		for {
+			word, n, err := agentproto.ScanLine(br)
+			if err != nil {
+				done <- result{err}
+				return
+			}
+			if word == agentproto.WordReady && n == nonce {
+				done <- result{nil}
+				return
+			}
+		}
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-ctx.Done():
+		conn.SetDeadline(time.Now()) // unblock the reader
+		<-done
+		res.err = ctx.Err()
+	}
+	close(stop)
+	<-stopped
+	if res.err != nil {
+		if errors.Is(res.err, agentproto.ErrNoHandshake) {
+			res.err = ErrAgentGone
+		}
+		return nil, fmt.Errorf("guest agent handshake: %w", res.err)
+	}
+	if _, err := conn.Write(agentproto.Line(agentproto.WordGo, nonce)); err != nil {
+		return nil, fmt.Errorf("guest agent handshake: %w", err)
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = false // a paused VM is not a dead one; the host watches QEMU instead
+	cfg.LogOutput = io.Discard
+	sess, err := yamux.Client(&agentproto.Conn{R: br, W: conn, C: conn}, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{sess: sess, conn: conn}, nil
+}
+
+// Close drops the connection; persistent guest processes keep running.
+func (a *Agent) Close() error { return a.sess.Close() }
+
+// Done is closed when the connection is lost.
+func (a *Agent) Done() <-chan struct{} { return a.sess.CloseChan() }
+
+// request opens a stream, sends req and reads the response. The stream is
+// returned open for callers that go on using it.
+func (a *Agent) request(ctx context.Context, req agentproto.Request) (*yamux.Stream, agentproto.Response, error) {
+	st, err := a.sess.OpenStream()
+	if err != nil {
+		return nil, agentproto.Response{}, a.wrap(err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	if err := agentproto.WriteJSON(st, agentproto.FrameRequest, req); err != nil {
+		st.Close()
+		return nil, agentproto.Response{}, a.wrap(err)
+	}
+	var resp agentproto.Response
+	if err := agentproto.Expect(st, agentproto.FrameResponse, &resp); err != nil {
+		st.Close()
+		if ctx.Err() != nil {
+			return nil, resp, ctx.Err()
+		}
+		return nil, resp, a.wrap(err)
+	}
+	return st, resp, nil
+}
+
+// call is request for ops that end with the response.
+func (a *Agent) call(ctx context.Context, req agentproto.Request) (agentproto.Response, error) {
+	st, resp, err := a.request(ctx, req)
+	if err == nil {
+		st.Close()
+	}
+	return resp, err
+}
+
+func (a *Agent) wrap(err error) error {
+	var agentErr *agentproto.AgentError
+	if errors.As(err, &agentErr) {
+		return err
+	}
+	if a.sess.IsClosed() || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, yamux.ErrConnectionReset) || errors.Is(err, yamux.ErrSessionShutdown) {
+		return fmt.Errorf("%w: %v", ErrAgentGone, err)
+	}
+	return err
+}
+
+// Ping asks the agent who it is.
+func (a *Agent) Ping(ctx context.Context) (agentproto.Info, error) {
+	resp, err := a.call(ctx, agentproto.Request{Op: agentproto.OpPing})
+	if err != nil {
+		return agentproto.Info{}, err
+	}
+	if resp.Info == nil {
+		return agentproto.Info{}, fmt.Errorf("%w: ping without info", agentproto.ErrBadFrame)
+	}
+	return *resp.Info, nil
+}
+
+// Setup sends the guest its hostname, the time and fresh entropy. A seed
+// is generated when s.Seed is empty.
+func (a *Agent) Setup(ctx context.Context, s agentproto.Setup) error {
+	if len(s.Seed) == 0 {
+		s.Seed = make([]byte, 64)
+		rand.Read(s.Seed)
+	}
+	if s.UnixNano == 0 {
+		s.UnixNano = time.Now().UnixNano()
+	}
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpSetup, Setup: &s})
+	return err
+}
+
+// Sync flushes the guest's filesystems.
+func (a *Agent) Sync(ctx context.Context) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpSync})
+	return err
+}
+
+// Detach asks the agent to drop this connection and wait for a new
+// handshake, then closes the connection.
+func (a *Agent) Detach(ctx context.Context) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpDetach})
+	a.Close()
+	return err
+}
+
+// Shutdown asks the guest to sync and power off.
+func (a *Agent) Shutdown(ctx context.Context) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpShutdown})
+	return err
+}
+
+// Processes lists the agent's processes.
+func (a *Agent) Processes(ctx context.Context) ([]agentproto.Process, error) {
+	resp, err := a.call(ctx, agentproto.Request{Op: agentproto.OpList})
+	return resp.Processes, err
+}
+
+// Signal sends a signal to a guest process's group.
+func (a *Agent) Signal(ctx context.Context, id uint64, sig int) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpSignal, ID: id, Signal: sig})
+	return err
+}
+
+// Resize changes a guest process's terminal size.
+func (a *Agent) Resize(ctx context.Context, id uint64, rows, cols uint16) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpResize, ID: id, Rows: rows, Cols: cols})
+	return err
+}

@@ -1,0 +1,226 @@
+package agentproto
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+const nonce = "0123456789abcdef0123456789abcdef"
+
+func TestScanLine(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        string
+		wantWord  string
+		wantNonce string
+		wantRest  string
+		wantErr   error
+	}{
+		{name: "clean", in: "GONDOLIN-HELLO " + nonce + "\nyamux", wantWord: WordHello, wantNonce: nonce, wantRest: "yamux"},
+		{name: "garbage before", in: "\x00\x01junk\nmore junk\nGONDOLIN-READY " + nonce + "\n", wantWord: WordReady, wantNonce: nonce},
+		{name: "garbage on same line", in: "\x00\x00\x00\x0cxyzGONDOLIN-GO " + nonce + "\n\x00", wantWord: WordGo, wantNonce: nonce, wantRest: "\x00"},
+		{name: "huge garbage line", in: strings.Repeat("A", 1<<20) + "GONDOLIN-HELLO " + nonce + "\n", wantWord: WordHello, wantNonce: nonce},
+		{name: "short nonce skipped", in: "GONDOLIN-HELLO abc\nGONDOLIN-HELLO " + nonce + "\n", wantWord: WordHello, wantNonce: nonce},
+		{name: "upper-case nonce skipped", in: "GONDOLIN-HELLO " + strings.ToUpper(nonce) + "\n", wantErr: ErrNoHandshake},
+		{name: "unknown word skipped", in: "GONDOLIN-HOWDY " + nonce + "\n", wantErr: ErrNoHandshake},
+		{name: "trailing junk skipped", in: "GONDOLIN-HELLO " + nonce + "x\n", wantErr: ErrNoHandshake},
+		{name: "no newline", in: "GONDOLIN-HELLO " + nonce, wantErr: ErrNoHandshake},
+		{name: "empty", in: "", wantErr: ErrNoHandshake},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := bufio.NewReader(strings.NewReader(tt.in))
+			word, n, err := ScanLine(r)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || word != tt.wantWord || n != tt.wantNonce {
+				t.Fatalf("got %q %q %v, want %q %q", word, n, err, tt.wantWord, tt.wantNonce)
+			}
+			rest, _ := io.ReadAll(r)
+			if string(rest) != tt.wantRest {
+				t.Fatalf("rest = %q, want %q", rest, tt.wantRest)
+			}
+		})
+	}
+}
+
+func TestNewNonce(t *testing.T) {
+	a, b := NewNonce(), NewNonce()
+	if !ValidNonce(a) || !ValidNonce(b) || a == b {
+		t.Fatalf("nonces %q %q", a, b)
+	}
+	word, n, err := ScanLine(bufio.NewReader(bytes.NewReader(Line(WordGo, a))))
+	if err != nil || word != WordGo || n != a {
+		t.Fatalf("round trip: %q %q %v", word, n, err)
+	}
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	payloads := [][]byte{nil, []byte("x"), bytes.Repeat([]byte{7}, MaxData)}
+	for i, p := range payloads {
+		if err := WriteFrame(&buf, FrameType(i+3), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, p := range payloads {
+		f, err := ReadFrame(&buf, MaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type != FrameType(i+3) || !bytes.Equal(f.Payload, p) {
+			t.Fatalf("frame %d: type %v len %d", i, f.Type, len(f.Payload))
+		}
+	}
+	if _, err := ReadFrame(&buf, MaxFrame); err != io.EOF {
+		t.Fatalf("after last frame: %v, want EOF", err)
+	}
+}
+
+func TestReadFrameRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty frame", []byte{0, 0, 0, 0}, ErrBadFrame},
+		{"too large", []byte{0x7f, 0xff, 0xff, 0xff, 1}, ErrFrameTooLarge},
+		{"just over limit", []byte{0, 0x10, 0, 1, 1}, ErrFrameTooLarge},
+		{"truncated payload", []byte{0, 0, 0, 9, 3, 'a'}, io.ErrUnexpectedEOF},
+		{"truncated header", []byte{0, 0}, io.ErrUnexpectedEOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ReadFrame(bytes.NewReader(tt.in), MaxFrame)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if err := WriteFrame(io.Discard, FrameStdout, make([]byte, MaxFrame)); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("oversized write: %v", err)
+	}
+}
+
+func TestExpect(t *testing.T) {
+	var buf bytes.Buffer
+	WriteJSON(&buf, FrameResponse, Response{ID: 4})
+	WriteJSON(&buf, FrameError, Response{Error: "no such process"})
+	WriteJSON(&buf, FrameExit, ExitStatus{Code: 1})
+	WriteFrame(&buf, FrameResponse, []byte(`{"id":1,"bogus":2}`))
+	WriteFrame(&buf, FrameResponse, []byte(`{"id":1} {"id":2}`))
+
+	var resp Response
+	if err := Expect(&buf, FrameResponse, &resp); err != nil || resp.ID != 4 {
+		t.Fatalf("response: %+v %v", resp, err)
+	}
+	var agentErr *AgentError
+	if err := Expect(&buf, FrameResponse, &resp); !errors.As(err, &agentErr) || agentErr.Msg != "no such process" {
+		t.Fatalf("error frame: %v", err)
+	}
+	if err := Expect(&buf, FrameResponse, &resp); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("wrong type: %v", err)
+	}
+	if err := Expect(&buf, FrameResponse, &resp); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("unknown field: %v", err)
+	}
+	if err := Expect(&buf, FrameResponse, &resp); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("trailing data: %v", err)
+	}
+}
+
+func TestOutputPayload(t *testing.T) {
+	f := Frame{Type: FrameOutput, Payload: OutputPayload(1<<40, []byte("hi"))}
+	off, data, err := f.Offset()
+	if err != nil || off != 1<<40 || string(data) != "hi" {
+		t.Fatalf("%d %q %v", off, data, err)
+	}
+	if _, _, err := (Frame{Type: FrameOutput, Payload: []byte{1}}).Offset(); err == nil {
+		t.Fatal("short output frame accepted")
+	}
+}
+
+func TestExecValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		exec *Exec
+		ok   bool
+	}{
+		{"ok", &Exec{Argv: []string{"true"}, Env: []string{"A=1", "B="}}, true},
+		{"nil", nil, false},
+		{"no argv", &Exec{}, false},
+		{"empty argv0", &Exec{Argv: []string{""}}, false},
+		{"env without =", &Exec{Argv: []string{"x"}, Env: []string{"A"}}, false},
+		{"env empty key", &Exec{Argv: []string{"x"}, Env: []string{"=1"}}, false},
+		{"NUL in argv", &Exec{Argv: []string{"x\x00y"}}, false},
+		{"NUL in cwd", &Exec{Argv: []string{"x"}, Cwd: "/\x00"}, false},
+	}
+	for _, tt := range tests {
+		if err := tt.exec.Validate(); (err == nil) != tt.ok {
+			t.Errorf("%s: err = %v, want ok=%v", tt.name, err, tt.ok)
+		}
+	}
+}
+
+// Guest bytes are untrusted: the host's decoders must never panic and must
+// never return a frame larger than the limit.
+func FuzzReadFrame(f *testing.F) {
+	var buf bytes.Buffer
+	WriteJSON(&buf, FrameExit, ExitStatus{Code: 3, Signal: 0})
+	f.Add(buf.Bytes())
+	f.Add([]byte{0, 0, 0, 9, 7, 0, 0, 0, 0, 0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		for {
+			fr, err := ReadFrame(r, 4096)
+			if err != nil {
+				return
+			}
+			if len(fr.Payload)+1 > 4096 {
+				t.Fatalf("frame of %d bytes passed a 4096 limit", len(fr.Payload))
+			}
+			var resp Response
+			_ = fr.Decode(&resp)
+			var exit ExitStatus
+			_ = fr.Decode(&exit)
+			_, _, _ = fr.Offset()
+		}
+	})
+}
+
+func FuzzScanLine(f *testing.F) {
+	f.Add([]byte("junk\nGONDOLIN-READY " + nonce + "\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		word, n, err := ScanLine(bufio.NewReader(bytes.NewReader(data)))
+		if err != nil {
+			return
+		}
+		if !ValidNonce(n) || (word != WordHello && word != WordReady && word != WordGo) {
+			t.Fatalf("accepted %q %q", word, n)
+		}
+		if !bytes.Contains(data, Line(word, n)) {
+			t.Fatalf("returned a line that is not in the input")
+		}
+	})
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	f.Add([]byte(`{"op":"exec","exec":{"argv":["sh"],"tty":true,"rows":24}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req Request
+		if err := (Frame{Type: FrameRequest, Payload: data}).Decode(&req); err != nil {
+			return
+		}
+		if req.Exec != nil {
+			_ = req.Exec.Validate()
+		}
+	})
+}

@@ -1,0 +1,160 @@
+package agentproto
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// FrameType says what a frame's payload is.
+type FrameType uint8
+
+const (
+	FrameRequest  FrameType = 1 // JSON Request, host to guest
+	FrameResponse FrameType = 2 // JSON Response, guest to host
+	FrameStdout   FrameType = 3 // raw bytes
+	FrameStderr   FrameType = 4 // raw bytes
+	FrameExit     FrameType = 5 // JSON ExitStatus; the last frame of an exec stream
+	FrameError    FrameType = 6 // JSON Response with Error set; the stream ends
+	FrameOutput   FrameType = 7 // 8-byte big-endian offset, then PTY bytes (attach)
+)
+
+func (t FrameType) String() string {
+	switch t {
+	case FrameRequest:
+		return "request"
+	case FrameResponse:
+		return "response"
+	case FrameStdout:
+		return "stdout"
+	case FrameStderr:
+		return "stderr"
+	case FrameExit:
+		return "exit"
+	case FrameError:
+		return "error"
+	case FrameOutput:
+		return "output"
+	}
+	return fmt.Sprintf("frame(%d)", uint8(t))
+}
+
+const (
+	// MaxData is the most raw output one frame carries; writers split
+	// larger chunks so one stream cannot hog the channel.
+	MaxData = 32 << 10
+	// MaxFrame bounds any frame a reader accepts (argv and env of an exec
+	// request included).
+	MaxFrame  = 1 << 20
+	headerLen = 5
+)
+
+// Errors a frame reader returns for bytes that break the protocol.
+var (
+	ErrFrameTooLarge = errors.New("frame too large")
+	ErrBadFrame      = errors.New("malformed frame")
+)
+
+// Frame is one decoded frame.
+type Frame struct {
+	Type    FrameType
+	Payload []byte
+}
+
+// WriteFrame writes one frame in a single Write call, so that concurrent
+// writers serialised by a mutex never interleave.
+func WriteFrame(w io.Writer, t FrameType, payload []byte) error {
+	if len(payload)+1 > MaxFrame {
+		return ErrFrameTooLarge
+	}
+	buf := make([]byte, headerLen+len(payload))
+	binary.BigEndian.PutUint32(buf, uint32(len(payload)+1))
+	buf[4] = byte(t)
+	copy(buf[headerLen:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// WriteJSON writes v as a frame of type t.
+func WriteJSON(w io.Writer, t FrameType, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return WriteFrame(w, t, b)
+}
+
+// ReadFrame reads one frame of at most max bytes (type byte included). A
+// frame over max is not read: the stream cannot be resynchronised after it
+// and must be closed.
+func ReadFrame(r io.Reader, max int) (Frame, error) {
+	var hdr [headerLen]byte
+	if _, err := io.ReadFull(r, hdr[:4]); err != nil {
+		return Frame{}, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:4])
+	if n == 0 {
+		return Frame{}, fmt.Errorf("%w: empty frame", ErrBadFrame)
+	}
+	if int64(n) > int64(max) {
+		return Frame{}, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, max)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return Frame{}, err
+	}
+	return Frame{Type: FrameType(buf[0]), Payload: buf[1:]}, nil
+}
+
+// Decode unmarshals a JSON frame's payload strictly: unknown fields are
+// errors, so a confused or hostile peer is noticed rather than half-read.
+func (f Frame) Decode(v any) error {
+	if err := decodeStrict(f.Payload, v); err != nil {
+		return fmt.Errorf("%w: %s payload: %v", ErrBadFrame, f.Type, err)
+	}
+	return nil
+}
+
+// Expect reads one frame and checks its type; a FrameError becomes the
+// error it carries.
+func Expect(r io.Reader, t FrameType, v any) error {
+	f, err := ReadFrame(r, MaxFrame)
+	if err != nil {
+		return err
+	}
+	switch f.Type {
+	case t:
+		if v == nil {
+			return nil
+		}
+		return f.Decode(v)
+	case FrameError:
+		var resp Response
+		if err := f.Decode(&resp); err != nil {
+			return err
+		}
+		return resp.Err()
+	}
+	return fmt.Errorf("%w: got %s frame, want %s", ErrBadFrame, f.Type, t)
+}
+
+// Offset splits a FrameOutput payload.
+func (f Frame) Offset() (uint64, []byte, error) {
+	if f.Type != FrameOutput || len(f.Payload) < 8 {
+		return 0, nil, fmt.Errorf("%w: short output frame", ErrBadFrame)
+	}
+	return binary.BigEndian.Uint64(f.Payload), f.Payload[8:], nil
+}
+
+// OutputPayload builds a FrameOutput payload.
+func OutputPayload(offset uint64, data []byte) []byte {
+	buf := make([]byte, 8+len(data))
+	binary.BigEndian.PutUint64(buf, offset)
+	copy(buf[8:], data)
+	return buf
+}

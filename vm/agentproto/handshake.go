@@ -1,0 +1,121 @@
+package agentproto
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Handshake lines are ASCII, so that they can never be mistaken for a
+// yamux header (whose first byte is the protocol version, 0) and so that a
+// stale yamux session on the other end fails on them at once.
+//
+//	host:  GONDOLIN-HELLO <nonce>\n   (repeated until answered)
+//	guest: GONDOLIN-READY <nonce>\n   (once per nonce)
+//	host:  GONDOLIN-GO <nonce>\n      (after READY; yamux follows)
+//
+// The guest discards everything up to GO, so repeated HELLOs and the
+// remains of a dead host's frames cannot reach the new yamux session; the
+// host discards everything up to READY, so output queued for a dead host
+// cannot either.
+const (
+	WordHello = "HELLO"
+	WordReady = "READY"
+	WordGo    = "GO"
+
+	linePrefix = "GONDOLIN-"
+	nonceLen   = 32
+	// maxLine bounds how much of a garbage line the scanner keeps.
+	maxLine = len(linePrefix) + len(WordHello) + 1 + nonceLen + 1
+)
+
+// NewNonce returns a fresh random nonce for one connection.
+func NewNonce() string {
+	var b [nonceLen / 2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Line formats one handshake line.
+func Line(word, nonce string) []byte {
+	return []byte(linePrefix + word + " " + nonce + "\n")
+}
+
+// ErrNoHandshake means the stream ended before a handshake line arrived.
+var ErrNoHandshake = errors.New("no handshake line before end of stream")
+
+// ScanLine reads from r until it finds a well-formed handshake line and
+// returns its word and nonce. Anything else is skipped, with memory bounded
+// by the longest valid line. r should be a *bufio.Reader that the caller
+// goes on using afterwards, so no byte after the line is lost.
+func ScanLine(r *bufio.Reader) (word, nonce string, err error) {
+	var line []byte
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			if err == io.EOF {
+				err = ErrNoHandshake
+			}
+			return "", "", err
+		}
+		if b != '\n' {
+			line = append(line, b)
+			if len(line) > maxLine {
+				// Keep only a tail that could still become a valid line.
+				line = append(line[:0], line[len(line)-maxLine:]...)
+			}
+			continue
+		}
+		if word, nonce, ok := parseLine(line); ok {
+			return word, nonce, nil
+		}
+		line = line[:0]
+	}
+}
+
+func parseLine(line []byte) (word, nonce string, ok bool) {
+	i := bytes.LastIndex(line, []byte(linePrefix))
+	if i < 0 {
+		return "", "", false
+	}
+	rest := string(line[i+len(linePrefix):])
+	for _, w := range []string{WordHello, WordReady, WordGo} {
+		if len(rest) == len(w)+1+nonceLen && rest[:len(w)+1] == w+" " && isHex(rest[len(w)+1:]) {
+			return w, rest[len(w)+1:], true
+		}
+	}
+	return "", "", false
+}
+
+func isHex(s string) bool {
+	for _, c := range []byte(s) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidNonce reports whether s has the form NewNonce returns.
+func ValidNonce(s string) bool { return len(s) == nonceLen && isHex(s) }
+
+// Conn joins a buffered reader that already holds bytes read past the
+// handshake with the writer and closer of the underlying channel, so a
+// yamux session can take over without losing a byte.
+type Conn struct {
+	R *bufio.Reader
+	W io.Writer
+	C io.Closer
+}
+
+func (c *Conn) Read(p []byte) (int, error)  { return c.R.Read(p) }
+func (c *Conn) Write(p []byte) (int, error) { return c.W.Write(p) }
+func (c *Conn) Close() error                { return c.C.Close() }
+
+func (c *Conn) String() string { return fmt.Sprintf("agentproto.Conn(%T)", c.W) }
