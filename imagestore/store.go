@@ -177,6 +177,10 @@ func (s *Store) ownsTemp(path string, st fs.FileInfo) bool {
 	if err != nil || !filepath.IsLocal(rel) {
 		return false
 	}
+	// link(2) would link a symlink itself, not its target.
+	if lst, err := os.Lstat(path); err != nil || !os.SameFile(lst, st) {
+		return false
+	}
 	sys, ok := st.Sys().(*syscall.Stat_t)
 	return ok && sys.Nlink == 1
 }

@@ -202,7 +202,7 @@ func TestAgentLargeOutputIntact(t *testing.T) {
 type counter struct{ n *int64 }
 
 func (c counter) Write(p []byte) (int, error) { *c.n += int64(len(p)); return len(p), nil }
-func countWriter(n *int64) io.Writer         { return counter{n} }
+func countWriter(n *int64) io.Writer          { return counter{n} }
 
 func TestAgentConcurrentExecs(t *testing.T) {
 	socket, _ := hostAgent(t)

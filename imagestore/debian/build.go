@@ -26,10 +26,10 @@ import (
 	"github.com/gondolin/gondolin/internal/progress"
 )
 
-// BasePackages go into every root filesystem: a shell and coreutils
+// basePackages go into every root filesystem: a shell and coreutils
 // (busybox), bash for interactive sessions, and a TLS client that checks
 // certificates (busybox's wget does not).
-var BasePackages = []string{"bash", "busybox-static", "ca-certificates", "curl"}
+var basePackages = []string{"bash", "busybox-static", "ca-certificates", "curl"}
 
 // formatVersion changes whenever the builder would produce a different
 // image from the same inputs, so that FindBuild does not reuse old ones.
@@ -173,7 +173,7 @@ func makePlan(ctx context.Context, opts Options) (plan, error) {
 		return plan{}, err
 	}
 	// The manifest records the full top-level set, base packages included.
-	cfg.Packages = append(cfg.Packages, BasePackages...)
+	cfg.Packages = append(cfg.Packages, basePackages...)
 	slices.Sort(cfg.Packages)
 	cfg.Packages = slices.Compact(cfg.Packages)
 	pl := plan{config: cfg}

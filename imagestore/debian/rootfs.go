@@ -19,8 +19,8 @@ import (
 // (the initramfs runs it as /init; this copy is for debugging).
 const AgentGuestPath = "/usr/sbin/gondolin-agent"
 
-// Hostname is the guest's default host name.
-const Hostname = "gondolin"
+// hostname is the guest's default host name.
+const hostname = "gondolin"
 
 // etcFiles are the files no maintainer script writes for us, since none
 // runs: accounts, names and an empty resolver config for the agent to fill.
@@ -32,8 +32,8 @@ var etcFiles = []struct {
 	{"etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"},
 	{"etc/group", 0o644, "root:x:0:\nnogroup:x:65534:\n"},
 	{"etc/shadow", 0o640, "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n"},
-	{"etc/hostname", 0o644, Hostname + "\n"},
-	{"etc/hosts", 0o644, "127.0.0.1\tlocalhost\n127.0.1.1\t" + Hostname + "\n::1\tlocalhost ip6-localhost ip6-loopback\n"},
+	{"etc/hostname", 0o644, hostname + "\n"},
+	{"etc/hosts", 0o644, "127.0.0.1\tlocalhost\n127.0.1.1\t" + hostname + "\n::1\tlocalhost ip6-localhost ip6-loopback\n"},
 	{"etc/resolv.conf", 0o644, ""},
 }
 
