@@ -31,19 +31,19 @@ const modulesDir = "/lib/modules"
 // switches to the root disk when there is one, and brings up loopback.
 func Init(logger *log.Logger) error {
 	start := time.Now()
-	params := kernelParams()
-	debug := params[ParamDebug] != ""
-	step := func(what string) {
-		if debug {
-			logger.Printf("%-12s %v", what, time.Since(start).Round(time.Millisecond))
-		}
-	}
 	if err := mountAll([]mountSpec{
 		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
 		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 	}); err != nil {
 		return err
+	}
+	params := kernelParams() // needs /proc
+	debug := params[ParamDebug] != ""
+	step := func(what string) {
+		if debug {
+			logger.Printf("%-12s %v", what, time.Since(start).Round(time.Millisecond))
+		}
 	}
 	step("mounts")
 	if err := LoadDeviceModules(); err != nil {

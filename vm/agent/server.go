@@ -61,6 +61,7 @@ func (s *Server) env() []string {
 // Serve opens the channel with open and serves one host after another,
 // forever: a host that goes away is simply replaced by the next one.
 func (s *Server) Serve(open func() (io.ReadWriteCloser, error)) {
+	lastHost := time.Now()
 	for {
 		ch, err := open()
 		if err != nil {
@@ -71,13 +72,29 @@ func (s *Server) Serve(open func() (io.ReadWriteCloser, error)) {
 		err = s.ServeConn(ch)
 		ch.Close()
 		if errors.Is(err, agentproto.ErrNoHandshake) {
-			// No host is connected: reads return EOF at once. Poll.
-			time.Sleep(50 * time.Millisecond)
-		} else if err != nil {
+			// No host is connected: reads return EOF at once, so poll.
+			// Poll fast for a while after a host left: a VM restored from
+			// a snapshot resumes here and its new host is waiting.
+			if time.Since(lastHost) < fastPollFor {
+				time.Sleep(fastPoll)
+			} else {
+				time.Sleep(slowPoll)
+			}
+			continue
+		}
+		lastHost = time.Now()
+		if err != nil {
 			s.log.Printf("host connection: %v", err)
 		}
 	}
 }
+
+// How often the agent looks for a new host while none is connected.
+const (
+	fastPoll    = 5 * time.Millisecond
+	fastPollFor = 5 * time.Second
+	slowPoll    = 100 * time.Millisecond
+)
 
 // ServeConn handshakes with one host over ch and serves it until the
 // connection fails or the host detaches.

@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/termio"
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/spf13/cobra"
+)
+
+func newExecCmd() *cobra.Command {
+	var (
+		vf          vmFlags
+		interactive bool
+		tty         bool
+		timeout     time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "exec [flags] -- CMD [ARGS...]",
+		Short: "Run a command in a fresh disposable VM",
+		Long: `Run a command in a fresh VM, stream its stdout and stderr, and exit with
+its exit code (128+N when signal N killed it; 125 when gondolin failed;
+2 for bad usage). The VM is destroyed afterwards.
+
+stdin is forwarded when it is a pipe or a file, or with -i. -t runs the
+command on a terminal (and forwards the keyboard when stdin is one).`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("exec needs a command: gondolin exec [flags] -- CMD [ARGS...]")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			spec, err := vf.spec()
+			if err != nil {
+				return err
+			}
+			rt, err := runtime()
+			if err != nil {
+				return err
+			}
+			eio := sessions.ExecIO{Stdout: os.Stdout, Stderr: os.Stderr, Timeout: timeout}
+			stdinTTY := termio.IsTerminal(os.Stdin)
+			if interactive || !stdinTTY || (tty && stdinTTY) {
+				eio.Stdin = os.Stdin
+			}
+			if tty {
+				eio.TTY = true
+				eio.Rows, eio.Cols = termio.Size(os.Stdout)
+				if termio.IsTerminal(os.Stdout) {
+					sizes, stop := termio.WatchSize(os.Stdout)
+					defer stop()
+					eio.Resizes = sizes
+				}
+				if stdinTTY {
+					restore, err := termio.MakeRaw(os.Stdin)
+					if err == nil {
+						defer restore()
+					}
+				}
+			}
+			eio.Signals = forwardSignals()
+			code, err := rt.Exec(context.Background(), spec, args, eio)
+			if err != nil && code == 0 {
+				return err
+			}
+			if err != nil { // the command could not start: 126 or 127
+				return &exitError{code: code, err: err}
+			}
+			return &exitError{code: code}
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	vf.register(c.Flags())
+	c.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
+	c.Flags().BoolVarP(&tty, "tty", "t", false, "run the command on a pseudo-terminal")
+	c.Flags().DurationVar(&timeout, "timeout", 0, "send SIGTERM after this long, SIGKILL 2s later (e.g. 30s, 5m)")
+	return c
+}
+
+// forwardSignals relays the signals a user sends to gondolin (Ctrl-C,
+// kill, a closed terminal) to the guest command instead of dying.
+func forwardSignals() <-chan syscall.Signal {
+	in := make(chan os.Signal, 4)
+	out := make(chan syscall.Signal, 4)
+	signal.Notify(in, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	go func() {
+		for s := range in {
+			out <- s.(syscall.Signal)
+		}
+	}()
+	return out
+}

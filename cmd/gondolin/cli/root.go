@@ -1,0 +1,117 @@
+// Package cli builds gondolin's command line: flag parsing and wiring
+// only; the work is done by the sessions, vm and imagestore packages.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes gondolin itself uses (a guest command's own code passes
+// through exec unchanged).
+const (
+	exitFailure = 125 // gondolin could not do what was asked
+	exitUsage   = 2   // bad flags or bad input
+)
+
+// exitError carries an exit code through cobra.
+type exitError struct {
+	code int
+	err  error // nil: exit quietly (the guest command's own status)
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageError(format string, args ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// Run executes gondolin with args and returns the process exit code.
+func Run(args []string) int {
+	root := newRoot()
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	code := exitFailure
+	var ee *exitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.code
+		if ee.err == nil {
+			return code
+		}
+	case errors.Is(err, sessions.ErrInvalid), errors.Is(err, imagestore.ErrInvalid):
+		code = exitUsage
+	}
+	fmt.Fprintf(os.Stderr, "gondolin: %s\n", oneLine(err))
+	return code
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ")), " ")
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "gondolin",
+		Short: "Run untrusted commands in disposable Linux micro-VMs",
+		Long: `gondolin runs commands in disposable Linux micro-VMs.
+
+  gondolin exec -- uname -a     run one command in a fresh VM
+  gondolin image build          build the default guest image
+
+State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError("%v (see: %s --help)", err, c.CommandPath())
+	})
+	root.AddCommand(newExecCmd(), newImageCmd())
+	for _, c := range root.Commands() {
+		c.SetFlagErrorFunc(root.FlagErrorFunc())
+	}
+	return root
+}
+
+// runtime opens gondolin's state.
+func runtime() (*sessions.Runtime, error) {
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return nil, err
+	}
+	return sessions.NewRuntime(home)
+}
+
+// noArgs rejects positional arguments with a usage error.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError("%s takes no arguments, got %q", c.CommandPath(), args[0])
+	}
+	return nil
+}
+
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError("%s needs %s (see: %s --help)", c.CommandPath(), what, c.CommandPath())
+		}
+		return nil
+	}
+}

@@ -1,0 +1,109 @@
+package sessions
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// ExecIO connects a guest command to the caller's side.
+type ExecIO struct {
+	Stdin          io.Reader // nil: the command reads /dev/null
+	Stdout, Stderr io.Writer
+	TTY            bool
+	Rows, Cols     uint16
+	// Signals are forwarded to the guest command's process group.
+	Signals <-chan syscall.Signal
+	// Resizes carry new terminal sizes for a TTY command.
+	Resizes <-chan [2]uint16
+	// Timeout, when set, sends SIGTERM after it and SIGKILL KillAfter later.
+	Timeout   time.Duration
+	KillAfter time.Duration
+}
+
+// Exec runs argv in a fresh VM made from spec, which is destroyed
+// afterwards, and returns the command's exit code.
+func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecIO) (int, error) {
+	if err := spec.Validate(); err != nil {
+		return 0, err
+	}
+	dir, release, err := r.NewRunDir()
+	if err != nil {
+		return 0, err
+	}
+	defer release()
+	if r.Debug {
+		defer dumpConsole(dir)
+	}
+	m, a, err := r.Boot(ctx, spec, dir, false)
+	if err != nil {
+		return 0, err
+	}
+	defer m.Kill() // disposable: no graceful shutdown needed
+	defer a.Close()
+	return RunCommand(ctx, a, spec, argv, eio)
+}
+
+// dumpConsole copies a VM's serial console to stderr (GONDOLIN_DEBUG).
+func dumpConsole(dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, layout.ConsoleLog))
+	if err == nil && len(b) > 0 {
+		fmt.Fprintf(os.Stderr, "--- console %s ---\n%s--- end of console ---\n", dir, b)
+	}
+}
+
+// RunCommand runs argv through a connected agent, forwarding signals and
+// resizes, and returns its exit code (128+N when signal N killed it).
+func RunCommand(ctx context.Context, a *vm.Agent, spec *Spec, argv []string, eio ExecIO) (int, error) {
+	cmd := vm.Command{
+		Exec: agentproto.Exec{
+			Argv: argv, Env: spec.Env, Cwd: spec.Cwd,
+			TTY: eio.TTY, Rows: eio.Rows, Cols: eio.Cols,
+		},
+		Stdin: eio.Stdin, Stdout: eio.Stdout, Stderr: eio.Stderr,
+	}
+	p, err := a.Start(ctx, cmd)
+	if err != nil {
+		if code, ok := vm.StartError(err); ok {
+			return code, err
+		}
+		return 0, err
+	}
+	var timeout, kill <-chan time.Time
+	if eio.Timeout > 0 {
+		timeout = time.After(eio.Timeout)
+	}
+	for {
+		select {
+		case <-p.Done():
+			exit, err := p.Wait()
+			if err != nil {
+				return 0, fmt.Errorf("guest command: %w", err)
+			}
+			return exit.Code, nil
+		case sig := <-eio.Signals:
+			p.Signal(ctx, int(sig))
+		case size := <-eio.Resizes:
+			p.Resize(ctx, size[0], size[1])
+		case <-timeout:
+			p.Signal(ctx, int(syscall.SIGTERM))
+			grace := eio.KillAfter
+			if grace <= 0 {
+				grace = 2 * time.Second
+			}
+			kill = time.After(grace)
+		case <-kill:
+			p.Signal(ctx, int(syscall.SIGKILL))
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,248 @@
+package sessions
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/atomicfile"
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// Runtime turns Specs into running VMs: it resolves images, picks the
+// accelerator and clones templates.
+type Runtime struct {
+	Home      layout.Home
+	Images    *imagestore.Store
+	Templates *vm.Templates
+	Debug     bool
+	// BootTimeout bounds a boot or restore up to the agent's first answer.
+	BootTimeout time.Duration
+
+	accelOnce sync.Once
+	accel     vm.Accel
+	accelErr  error
+}
+
+// NewRuntime opens the state under home.
+func NewRuntime(home layout.Home) (*Runtime, error) {
+	if err := layout.MkdirPrivate(string(home)); err != nil {
+		return nil, fmt.Errorf("create %s: %w", home, err)
+	}
+	images, err := imagestore.Open(home.Images())
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{
+		Home:        home,
+		Images:      images,
+		Templates:   &vm.Templates{Dir: home.Templates()},
+		Debug:       os.Getenv(layout.EnvDebug) != "",
+		BootTimeout: 60 * time.Second,
+	}, nil
+}
+
+// ResolveImage finds the spec's image (or the default one).
+func (r *Runtime) ResolveImage(spec *Spec) (*imagestore.Image, error) {
+	ref := spec.Image
+	if ref == "" {
+		ref = os.Getenv(layout.EnvDefaultImage)
+	}
+	if ref == "" {
+		ref = layout.DefaultImage
+	}
+	return r.Images.Resolve(ref)
+}
+
+// MachineConfig is the VM configuration for spec in run directory dir.
+func (r *Runtime) MachineConfig(ctx context.Context, spec *Spec, img *imagestore.Image, dir string) (vm.Config, error) {
+	accel, err := r.Accel(ctx, img)
+	if err != nil {
+		return vm.Config{}, err
+	}
+	return vm.Config{
+		Dir:       dir,
+		Name:      "gondolin-" + filepath.Base(dir),
+		Kernel:    img.KernelPath(),
+		Initramfs: img.InitramfsPath(),
+		Backing:   img.RootfsPath(),
+		CPUs:      spec.CPUs,
+		MemoryMiB: spec.MemoryMiB,
+		Accel:     accel,
+		Debug:     r.Debug,
+	}, nil
+}
+
+// Boot starts a VM for spec in dir (which must exist) and connects to its
+// agent: a clone of the image's template when possible, else a cold boot.
+func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached bool) (*vm.Machine, *vm.Agent, error) {
+	img, err := r.ResolveImage(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := r.MachineConfig(ctx, spec, img, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Detached = detached
+	ctx, cancel := context.WithTimeout(ctx, r.BootTimeout)
+	defer cancel()
+	setup := agentproto.Setup{Hostname: spec.hostname(dir)}
+	if !spec.Cold {
+		m, a, err := r.Templates.Clone(ctx, cfg, setup)
+		if err == nil {
+			return m, a, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil, err
+		}
+		// A template that cannot be built or restored never stops a run:
+		// fall back to a cold boot, in a clean directory.
+		if !errors.Is(err, vm.ErrTemplateBusy) && r.Debug {
+			fmt.Fprintf(os.Stderr, "gondolin: template: %v; booting cold\n", err)
+		}
+		cleanRunDir(dir)
+	}
+	m, err := vm.Start(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := m.ConnectAgent(ctx, setup)
+	if err != nil {
+		m.Kill()
+		return nil, nil, err
+	}
+	return m, a, nil
+}
+
+func (s *Spec) hostname(dir string) string {
+	if s.Name != "" {
+		return s.Name
+	}
+	return "gondolin-" + filepath.Base(dir)[:min(8, len(filepath.Base(dir)))]
+}
+
+// cleanRunDir removes what a failed start left in a run directory.
+func cleanRunDir(dir string) {
+	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.QEMUPid, layout.Disk} {
+		os.Remove(filepath.Join(dir, name))
+	}
+}
+
+// accelCache records the outcome of the KVM probe boot per image.
+type accelCache struct {
+	Image string   `json:"image"`
+	Accel vm.Accel `json:"accel"`
+	Why   string   `json:"why,omitempty"`
+}
+
+// Accel picks the accelerator: GONDOLIN_ACCEL when set, else KVM only when
+// the host looks able and a probe boot of this image reaches the agent in
+// time (the result is cached), else TCG.
+func (r *Runtime) Accel(ctx context.Context, img *imagestore.Image) (vm.Accel, error) {
+	accel, auto, err := vm.ParseAccel(os.Getenv(layout.EnvAccel))
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if !auto {
+		return accel, nil
+	}
+	if ok, _ := vm.KVMStatus(); !ok {
+		return vm.TCG, nil
+	}
+	r.accelOnce.Do(func() { r.accel, r.accelErr = r.probeKVM(ctx, img) })
+	return r.accel, r.accelErr
+}
+
+func (r *Runtime) probeKVM(ctx context.Context, img *imagestore.Image) (vm.Accel, error) {
+	cachePath := filepath.Join(string(r.Home), "accel.json")
+	var cache accelCache
+	if b, err := os.ReadFile(cachePath); err == nil && json.Unmarshal(b, &cache) == nil && cache.Image == img.ID {
+		return cache.Accel, nil
+	}
+	dir, release, err := r.NewRunDir()
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	cfg := vm.Config{Dir: dir, Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: img.RootfsPath(), Accel: vm.KVM}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cache = accelCache{Image: img.ID, Accel: vm.KVM}
+	m, err := vm.Start(pctx, cfg)
+	if err == nil {
+		var a *vm.Agent
+		a, err = m.ConnectAgent(pctx, agentproto.Setup{})
+		if err == nil {
+			a.Close()
+		}
+		m.Kill()
+	}
+	if err != nil {
+		cache.Accel, cache.Why = vm.TCG, err.Error()
+	}
+	atomicfile.WriteJSON(cachePath, cache, 0o600)
+	return cache.Accel, nil
+}
+
+// NewRunDir creates a scratch directory for a one-shot VM, locked by this
+// process. release removes it. Directories whose owner died (killed before
+// it could clean up) are swept here.
+func (r *Runtime) NewRunDir() (dir string, release func(), err error) {
+	root := r.Home.Run()
+	if err := layout.MkdirPrivate(root); err != nil {
+		return "", nil, err
+	}
+	sweepRunDirs(root)
+	var b [6]byte
+	rand.Read(b[:])
+	dir = filepath.Join(root, hex.EncodeToString(b[:]))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, layout.OwnerLock), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)
+	return dir, func() {
+		os.RemoveAll(dir)
+		lock.Close()
+	}, nil
+}
+
+// sweepRunDirs removes run directories whose owner lock is free: their
+// process died, and its QEMU died with it (it runs with a parent-death
+// signal).
+func sweepRunDirs(root string) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		dir := filepath.Join(root, e.Name())
+		lock, err := os.Open(filepath.Join(dir, layout.OwnerLock))
+		if err != nil {
+			if info, err := os.Stat(dir); err == nil && time.Since(info.ModTime()) > time.Minute {
+				os.RemoveAll(dir) // never got as far as its lock
+			}
+			continue
+		}
+		if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			os.RemoveAll(dir)
+		}
+		lock.Close()
+	}
+}

@@ -1,0 +1,93 @@
+// Package sessions runs gondolin's VMs: one-shot execs, and (through the
+// supervisor) long-lived sessions. It turns a Spec, the flags that exec
+// and bash share, into a running VM.
+package sessions
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// ErrInvalid marks bad input from the user (exit code 2).
+var ErrInvalid = errors.New("invalid input")
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Spec is everything that describes a VM to create.
+type Spec struct {
+	Image     string   `json:"image"`
+	CPUs      int      `json:"cpus,omitempty"`
+	MemoryMiB int      `json:"memory_mib,omitempty"`
+	Env       []string `json:"env,omitempty"`
+	Cwd       string   `json:"cwd,omitempty"`
+	Name      string   `json:"name,omitempty"`
+	// Cold boots the image instead of cloning its saved template.
+	Cold bool `json:"cold,omitempty"`
+}
+
+var (
+	envKey   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	nameRule = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+)
+
+// Validate checks a Spec; errors wrap ErrInvalid and name the flag.
+func (s *Spec) Validate() error {
+	if s.CPUs < 0 || s.CPUs > 64 {
+		return invalidf("--cpus %d: use 1 to 64", s.CPUs)
+	}
+	if s.MemoryMiB != 0 && (s.MemoryMiB < 64 || s.MemoryMiB > 1<<20) {
+		return invalidf("--memory %dM: use 64M to 1T", s.MemoryMiB)
+	}
+	for _, kv := range s.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || !envKey.MatchString(k) {
+			return invalidf("--env %q: use KEY=VALUE with KEY made of letters, digits and _", kv)
+		}
+		if strings.ContainsRune(kv, 0) {
+			return invalidf("--env %q: NUL byte in value", k)
+		}
+	}
+	if s.Cwd != "" && !strings.HasPrefix(s.Cwd, "/") {
+		return invalidf("--cwd %q: use an absolute guest path", s.Cwd)
+	}
+	if s.Name != "" && !nameRule.MatchString(s.Name) {
+		return invalidf("--name %q: use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)", s.Name)
+	}
+	return nil
+}
+
+// ParseMemory reads a memory size: a number of MiB, or a number with a
+// K, M, G or T suffix (binary units, optional trailing B or iB).
+func ParseMemory(s string) (int, error) {
+	orig := s
+	s = strings.TrimSpace(strings.ToUpper(s))
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "IB"), "B")
+	mult := 1.0 / 1024 // KiB in MiB
+	unit := s[max(len(s)-1, 0):]
+	switch unit {
+	case "K":
+	case "M":
+		mult = 1
+	case "G":
+		mult = 1024
+	case "T":
+		mult = 1024 * 1024
+	default:
+		unit = ""
+		mult = 1
+	}
+	n, err := strconv.ParseFloat(strings.TrimSuffix(s, unit), 64)
+	if err != nil || n <= 0 || n != n {
+		return 0, invalidf("--memory %q: use a size such as 512M or 2G", orig)
+	}
+	mib := n * mult
+	if mib < 64 || mib > 1<<20 {
+		return 0, invalidf("--memory %q: use 64M to 1T", orig)
+	}
+	return int(mib), nil
+}

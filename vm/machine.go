@@ -1,0 +1,320 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// Machine is one running QEMU process.
+type Machine struct {
+	cfg Config
+	pid int
+
+	exited  chan struct{}
+	exitErr error
+
+	qmpMu sync.Mutex
+	qmp   *monitor
+}
+
+// ErrExited means QEMU is no longer running.
+var ErrExited = errors.New("vm exited")
+
+// Start launches QEMU for cfg and returns once its sockets accept
+// connections. The guest is still booting (or restoring) then; use
+// ConnectAgent to wait for it.
+func Start(ctx context.Context, cfg Config) (*Machine, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	qemu, err := LookTool("qemu-system-x86_64")
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Restore != "" {
+		if _, err := LookTool("zstd"); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Backing != "" {
+		if err := createOverlay(ctx, cfg.path(layout.Disk), cfg.Backing, cfg.BackingFormat); err != nil {
+			return nil, err
+		}
+	}
+	logFile, err := os.OpenFile(cfg.path(layout.QEMULog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(qemu, qemuArgs(cfg, hostTSCKHz())...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Its own session: a Ctrl-C meant for the user's command must not
+	// reach QEMU, and a detached VM has no controlling terminal to lose.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if !cfg.Detached {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start qemu: %w", err)
+	}
+	m := &Machine{cfg: cfg, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		m.exitErr = m.describeExit(err)
+		close(m.exited)
+	}()
+	if err := m.waitSockets(ctx); err != nil {
+		m.Kill()
+		return nil, err
+	}
+	return m, nil
+}
+
+func createOverlay(ctx context.Context, path, backing, format string) error {
+	qemuImg, err := LookTool("qemu-img")
+	if err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-F", format, "-b", backing, path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("create disk overlay: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func (m *Machine) waitSockets(ctx context.Context) error {
+	for _, name := range []string{layout.AgentSocket, layout.QMPSocket} {
+		for {
+			if _, err := os.Stat(m.cfg.path(name)); err == nil {
+				break
+			}
+			select {
+			case <-m.exited:
+				return m.exitErr
+			case <-ctx.Done():
+				return fmt.Errorf("qemu did not start: %w", ctx.Err())
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// describeExit turns QEMU's exit into an error that carries the last
+// thing QEMU said.
+func (m *Machine) describeExit(waitErr error) error {
+	msg := "qemu exited"
+	if waitErr != nil {
+		msg = "qemu exited: " + waitErr.Error()
+	}
+	if b, err := os.ReadFile(m.cfg.path(layout.QEMULog)); err == nil {
+		if last := lastLine(b); last != "" {
+			msg += ": " + last
+		}
+	}
+	return fmt.Errorf("%w (%s)", ErrExited, msg)
+}
+
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// PID is QEMU's process ID.
+func (m *Machine) PID() int { return m.pid }
+
+// Config returns the machine's configuration.
+func (m *Machine) Config() Config { return m.cfg }
+
+// Exited is closed when QEMU has exited.
+func (m *Machine) Exited() <-chan struct{} { return m.exited }
+
+// ExitErr says why QEMU exited; valid after Exited is closed.
+func (m *Machine) ExitErr() error { return m.exitErr }
+
+// ConnectAgent waits for the guest agent, handshakes and sends the guest
+// its setup (time, entropy, hostname). A VM that exits meanwhile fails
+// at once with the reason, and a guest that never answers fails when ctx
+// ends, with the end of its console log.
+func (m *Machine) ConnectAgent(ctx context.Context, setup agentproto.Setup) (*Agent, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-m.exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	a, err := DialAgent(ctx, m.cfg.path(layout.AgentSocket))
+	if err == nil {
+		err = a.Setup(ctx, setup)
+		if err != nil {
+			a.Close()
+		}
+	}
+	if err != nil {
+		select {
+		case <-m.exited:
+			return nil, fmt.Errorf("%w%s", m.exitErr, m.consoleHint())
+		default:
+		}
+		return nil, fmt.Errorf("guest agent did not answer: %w%s", err, m.consoleHint())
+	}
+	return a, nil
+}
+
+// consoleHint quotes the end of the serial console, where a kernel panic
+// or an agent's complaint would be.
+func (m *Machine) consoleHint() string {
+	b, err := os.ReadFile(m.cfg.path(layout.ConsoleLog))
+	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return "; console: " + strings.Join(lines, " | ")
+}
+
+// Kill stops QEMU at once and waits for it to exit.
+func (m *Machine) Kill() error {
+	syscall.Kill(m.pid, syscall.SIGKILL)
+	<-m.exited
+	m.closeQMP()
+	return nil
+}
+
+// Stop shuts the guest down through its agent (when given) and waits up
+// to grace for QEMU to exit, then asks QMP to quit, then kills it.
+func (m *Machine) Stop(ctx context.Context, a *Agent, grace time.Duration) error {
+	if a != nil {
+		sctx, cancel := context.WithTimeout(ctx, grace)
+		a.Shutdown(sctx)
+		cancel()
+		select {
+		case <-m.exited:
+			return nil
+		case <-time.After(grace):
+		}
+	}
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if mon, err := m.monitor(qctx); err == nil {
+		mon.run(qctx, "quit", nil, nil)
+	}
+	select {
+	case <-m.exited:
+		m.closeQMP()
+		return nil
+	case <-time.After(time.Second):
+	}
+	return m.Kill()
+}
+
+func (m *Machine) monitor(ctx context.Context) (*monitor, error) {
+	m.qmpMu.Lock()
+	defer m.qmpMu.Unlock()
+	if m.qmp != nil {
+		return m.qmp, nil
+	}
+	mon, err := dialQMP(ctx, m.cfg.path(layout.QMPSocket))
+	if err != nil {
+		return nil, err
+	}
+	m.qmp = mon
+	return mon, nil
+}
+
+func (m *Machine) closeQMP() {
+	m.qmpMu.Lock()
+	defer m.qmpMu.Unlock()
+	if m.qmp != nil {
+		m.qmp.close()
+		m.qmp = nil
+	}
+}
+
+// SaveState writes the VM's RAM and device state to path, compressed,
+// while the guest keeps running; QEMU pauses it only for the final pass.
+// The VM is left paused ("postmigrate"): call Resume to continue it. A
+// restored copy starts running by itself.
+func (m *Machine) SaveState(ctx context.Context, path string) error {
+	if _, err := LookTool("zstd"); err != nil {
+		return err
+	}
+	mon, err := m.monitor(ctx)
+	if err != nil {
+		return err
+	}
+	// The default bandwidth cap makes a save take ~0.5 s; lift it.
+	if err := mon.run(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(10_000_000_000)}, nil); err != nil {
+		return err
+	}
+	tmp := path + ".partial"
+	os.Remove(tmp)
+	if err := mon.run(ctx, "migrate", map[string]any{"uri": "exec:zstd -1 -q -o " + shellQuote(tmp)}, nil); err != nil {
+		return err
+	}
+	for {
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := mon.run(ctx, "query-migrate", nil, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "completed":
+			// The exec: child may still be flushing; zstd exits before
+			// QEMU reports completion only after closing its pipe, so
+			// wait for the file to stop growing is not needed: QEMU waits
+			// for the command to exit.
+			if err := syncFile(tmp); err != nil {
+				return err
+			}
+			return os.Rename(tmp, path)
+		case "failed", "cancelled":
+			os.Remove(tmp)
+			return fmt.Errorf("save vm state: migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			mon.run(context.Background(), "migrate_cancel", nil, nil)
+			os.Remove(tmp)
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// Resume continues a paused VM.
+func (m *Machine) Resume(ctx context.Context) error {
+	mon, err := m.monitor(ctx)
+	if err != nil {
+		return err
+	}
+	return mon.run(ctx, "cont", nil, nil)
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

@@ -1,0 +1,217 @@
+package vm
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm/agent"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// Accel is a QEMU accelerator.
+type Accel string
+
+const (
+	KVM Accel = "kvm"
+	TCG Accel = "tcg"
+)
+
+// Config describes one VM. The same Config, apart from Dir and Restore,
+// must be used to save and to restore a VM's state: QEMU needs the same
+// machine and devices on both sides.
+type Config struct {
+	// Dir is the VM's run directory: sockets, logs, pid file and disk
+	// overlay live there. It must exist and be short enough for unix
+	// socket paths.
+	Dir       string
+	Name      string // shown in ps; defaults to the directory's base name
+	Kernel    string // PVH vmlinux or bzImage
+	Initramfs string
+	// Backing is the disk image under the VM's copy-on-write overlay;
+	// empty means no disk (the guest runs from the initramfs).
+	Backing       string
+	BackingFormat string // "qcow2" (default) or "raw"
+	CPUs          int
+	MemoryMiB     int
+	Accel         Accel
+	// Restore, when set, is a state file saved by SaveState; the VM
+	// resumes from it instead of booting.
+	Restore string
+	// Detached VMs outlive the process that starts them (sessions);
+	// others are killed by the kernel when it dies.
+	Detached bool
+	// Debug makes the guest log its boot to the console log.
+	Debug bool
+}
+
+// Defaults for VM shapes.
+const (
+	DefaultCPUs      = 1
+	DefaultMemoryMiB = 256
+)
+
+func (c *Config) fill() {
+	if c.CPUs <= 0 {
+		c.CPUs = DefaultCPUs
+	}
+	if c.MemoryMiB <= 0 {
+		c.MemoryMiB = DefaultMemoryMiB
+	}
+	if c.Accel == "" {
+		c.Accel = TCG
+	}
+	if c.BackingFormat == "" {
+		c.BackingFormat = "qcow2"
+	}
+	if c.Name == "" {
+		c.Name = filepath.Base(c.Dir)
+	}
+}
+
+func (c *Config) path(name string) string { return filepath.Join(c.Dir, name) }
+
+// Validate checks what can be checked before starting QEMU.
+func (c *Config) Validate() error {
+	if c.Dir == "" || !filepath.IsAbs(c.Dir) {
+		return fmt.Errorf("vm: run directory %q must be an absolute path", c.Dir)
+	}
+	if p := c.path(layout.AgentSocket); len(p) > layout.MaxSocketPath {
+		return fmt.Errorf("vm: socket path %s is longer than %d bytes: use a shorter GONDOLIN_HOME", p, layout.MaxSocketPath)
+	}
+	if c.Kernel == "" || c.Initramfs == "" {
+		return errors.New("vm: kernel and initramfs are required")
+	}
+	if c.CPUs > 64 {
+		return fmt.Errorf("vm: %d CPUs is more than the 64 supported", c.CPUs)
+	}
+	if c.MemoryMiB < 64 {
+		return fmt.Errorf("vm: %d MiB of memory is too little (at least 64)", c.MemoryMiB)
+	}
+	switch c.Accel {
+	case KVM, TCG:
+	default:
+		return fmt.Errorf("vm: unknown accelerator %q", c.Accel)
+	}
+	return nil
+}
+
+// qemuArgs builds QEMU's command line. The layout is what measured
+// fastest on our machines (see PLATFORM.md): microvm with virtio-mmio
+// devices, a PVH kernel, no firmware, no default devices.
+func qemuArgs(c Config, tscKHz int) []string {
+	args := []string{
+		"-name", c.Name + ",debug-threads=off",
+		// microvm finds virtio-mmio devices through ACPI in the Debian
+		// kernel; acpi=off finds nothing.
+		"-M", "microvm,acpi=on,pcie=off,rtc=on",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-m", strconv.Itoa(c.MemoryMiB) + "M",
+		"-smp", strconv.Itoa(c.CPUs),
+		// microvm's virtio-mmio is legacy unless told otherwise.
+		"-global", "virtio-mmio.force-legacy=false",
+		"-kernel", c.Kernel,
+		"-initrd", c.Initramfs,
+		"-append", kernelCmdline(c, tscKHz),
+		"-chardev", "file,id=console,path=" + c.path(layout.ConsoleLog),
+		"-serial", "chardev:console",
+		// QEMU listens on every socket so that a new host (a restarted
+		// supervisor) can connect at any time.
+		"-device", "virtio-serial-device,max_ports=2",
+		"-chardev", "socket,id=agent,server=on,wait=off,path=" + c.path(layout.AgentSocket),
+		"-device", "virtserialport,chardev=agent,name=" + agentproto.PortName,
+		"-qmp", "unix:" + c.path(layout.QMPSocket) + ",server=on,wait=off",
+		"-pidfile", c.path(layout.QEMUPid),
+	}
+	switch c.Accel {
+	case KVM:
+		// Bare -cpu host aborts on nested PVM hosts (MSR 0x10a).
+		args = append(args, "-accel", "kvm", "-cpu", "host,-arch-capabilities")
+	default:
+		args = append(args, "-accel", "tcg", "-cpu", "max")
+	}
+	if c.Backing != "" {
+		// Exec VMs are disposable and sessions are saved through the
+		// agent's sync, so the host page cache may hold writes.
+		args = append(args,
+			"-drive", "id=root,if=none,format=qcow2,discard=unmap,cache=unsafe,file="+c.path(layout.Disk),
+			"-device", "virtio-blk-device,drive=root")
+	}
+	if c.Restore != "" {
+		args = append(args, "-incoming", "exec:zstd -dcq "+shellQuote(c.Restore))
+	}
+	return args
+}
+
+func kernelCmdline(c Config, tscKHz int) string {
+	params := []string{
+		"console=ttyS0", "panic=-1", "quiet", "loglevel=0",
+		"cryptomgr.notests", "no_timer_check", "8250.nr_uarts=1",
+		"random.trust_cpu=on", "i8042.noaux", "i8042.nokbd",
+	}
+	if tscKHz > 0 {
+		// TSC calibration under TCG hangs about one boot in ten; tell the
+		// kernel the frequency instead (and skip the delay loop).
+		params = append(params, fmt.Sprintf("tsc_early_khz=%d", tscKHz), fmt.Sprintf("lpj=%d", tscKHz*4))
+	}
+	if c.Backing != "" {
+		params = append(params, agent.ParamRoot+"=/dev/vda")
+	}
+	if c.Debug {
+		params = append(params, agent.ParamDebug+"=1")
+	}
+	return strings.Join(params, " ")
+}
+
+// shellQuote quotes s for /bin/sh, which runs QEMU's exec: migration URIs.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// hostTSCKHz reads the host's CPU frequency; TCG's guest TSC runs at the
+// host's rate.
+func hostTSCKHz() int {
+	if b, err := os.ReadFile("/sys/devices/system/cpu/cpu0/tsc_freq_khz"); err == nil {
+		if khz, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			return khz
+		}
+	}
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}
+
+// Tools gondolin runs, with the Debian package that provides each.
+var tools = map[string]string{
+	"qemu-system-x86_64": "qemu-system-x86",
+	"qemu-img":           "qemu-utils",
+	"zstd":               "zstd",
+}
+
+// LookTool finds a host tool or says which package to install.
+func LookTool(name string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found: install it with: sudo apt-get install %s", name, tools[name])
+	}
+	return p, nil
+}

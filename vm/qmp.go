@@ -1,0 +1,88 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+)
+
+// monitor is a QMP connection. go-qemu's SocketMonitor has no deadlines
+// of its own, so every call here runs under the caller's context and the
+// connection is dropped when the context ends first.
+type monitor struct {
+	mon *qmp.SocketMonitor
+}
+
+func dialQMP(ctx context.Context, socket string) (*monitor, error) {
+	timeout := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	mon, err := qmp.NewSocketMonitor("unix", socket, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("connect to qmp: %w", err)
+	}
+	m := &monitor{mon: mon}
+	if err := m.do(ctx, func() error { return mon.Connect() }); err != nil {
+		return nil, fmt.Errorf("qmp handshake: %w", err)
+	}
+	return m, nil
+}
+
+func (m *monitor) do(ctx context.Context, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		m.mon.Disconnect()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// run executes one QMP command and decodes its "return" into out.
+func (m *monitor) run(ctx context.Context, command string, args, out any) error {
+	c := qmp.Command{Execute: command}
+	if args != nil { // a typed nil in Args would be sent as null
+		c.Args = args
+	}
+	cmd, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	var raw []byte
+	err = m.do(ctx, func() error {
+		var err error
+		raw, err = m.mon.Run(cmd)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
+	if out == nil {
+		return nil
+	}
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(raw, &resp); err != nil {
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
+	return json.Unmarshal(resp.Return, out)
+}
+
+func (m *monitor) close() { m.mon.Disconnect() }
+
+// status returns QEMU's run state ("running", "paused", "postmigrate", ...).
+func (m *monitor) status(ctx context.Context) (string, error) {
+	var st struct {
+		Status string `json:"status"`
+	}
+	err := m.run(ctx, "query-status", nil, &st)
+	return st.Status, err
+}
