@@ -135,7 +135,7 @@ func (s *Spec) hostname(dir string) string {
 
 // cleanRunDir removes what a failed start left in a run directory.
 func cleanRunDir(dir string) {
-	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.QEMUPid, layout.Disk} {
+	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid, layout.Disk} {
 		os.Remove(filepath.Join(dir, name))
 	}
 }

@@ -41,7 +41,9 @@ func (f *fakeSystem) Setup(s *agentproto.Setup) error {
 func (f *fakeSystem) Info() agentproto.Info {
 	return agentproto.Info{Version: agentproto.Version, Kernel: "test"}
 }
-func (f *fakeSystem) Sync() error     { return nil }
+func (f *fakeSystem) Network(*agentproto.Network) error { return errors.New("no network here") }
+func (f *fakeSystem) Mount(*agentproto.Mount) error     { return errors.New("no mounts here") }
+func (f *fakeSystem) Sync() error                       { return nil }
 func (f *fakeSystem) Shutdown() error { return errors.New("not in a VM") }
 
 // hostAgent serves the agent on a unix socket and returns its path; every

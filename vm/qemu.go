@@ -47,6 +47,10 @@ type Config struct {
 	// Detached VMs outlive the process that starts them (sessions);
 	// others are killed by the kernel when it dies.
 	Detached bool
+	// Network gives the VM a virtio-net NIC whose frames QEMU offers on
+	// NetSocket (4-byte big-endian length, then the frame) to the host
+	// process that owns the VM's network stack.
+	Network bool
 	// Debug makes the guest log its boot to the console log.
 	Debug bool
 }
@@ -102,6 +106,10 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// GuestMAC is every guest NIC's address. Each VM's network is private to
+// its own host stack, so they need not differ.
+const GuestMAC = "52:54:00:67:64:01"
+
 // qemuArgs builds QEMU's command line. The layout is what measured
 // fastest on our machines (see PLATFORM.md): microvm with virtio-mmio
 // devices, a PVH kernel, no firmware, no default devices.
@@ -123,9 +131,13 @@ func qemuArgs(c Config, tscKHz int) []string {
 		"-serial", "chardev:console",
 		// QEMU listens on every socket so that a new host (a restarted
 		// supervisor) can connect at any time.
-		"-device", "virtio-serial-device,max_ports=2",
+		"-device", "virtio-serial-device,max_ports=4",
 		"-chardev", "socket,id=agent,server=on,wait=off,path=" + c.path(layout.AgentSocket),
 		"-device", "virtserialport,chardev=agent,name=" + agentproto.PortName,
+		// Every VM has the fs port, used or not, so that the device list
+		// (and so the saved template) does not depend on the mounts.
+		"-chardev", "socket,id=fs,server=on,wait=off,path=" + c.path(layout.FSSocket),
+		"-device", "virtserialport,chardev=fs,name=" + agentproto.FSPortName,
 		"-qmp", "unix:" + c.path(layout.QMPSocket) + ",server=on,wait=off",
 		"-pidfile", c.path(layout.QEMUPid),
 	}
@@ -142,6 +154,13 @@ func qemuArgs(c Config, tscKHz int) []string {
 		args = append(args,
 			"-drive", "id=root,if=none,format=qcow2,discard=unmap,cache=unsafe,file="+c.path(layout.Disk),
 			"-device", "virtio-blk-device,drive=root")
+	}
+	if c.Network {
+		args = append(args,
+			"-netdev", "stream,id=net0,server=on,addr.type=unix,addr.path="+c.path(layout.NetSocket),
+			// A fixed MAC: a restored template's guest keeps its ARP and
+			// DHCP state, which must match every clone's host stack.
+			"-device", "virtio-net-device,netdev=net0,mac="+GuestMAC)
 	}
 	if c.Restore != "" {
 		args = append(args, "-incoming", "exec:zstd -dcq "+shellQuote(c.Restore))

@@ -34,7 +34,7 @@ const (
 
 // templateFormat is bumped whenever QEMU's arguments or the template
 // layout change, which invalidates every saved template.
-const templateFormat = "2"
+const templateFormat = "3"
 
 // ErrTemplateBusy means another process is building the template; the
 // caller should boot cold instead of waiting.
@@ -45,9 +45,9 @@ var ErrTemplateBusy = errors.New("template is being built by another process")
 func (t *Templates) Key(cfg Config) string {
 	cfg.fill()
 	h := sha256.New()
-	fmt.Fprintf(h, "format=%s\nkernel=%s\ninitramfs=%s\nbacking=%s:%s\ncpus=%d\nmem=%d\naccel=%s\nqemu=%s\n",
+	fmt.Fprintf(h, "format=%s\nkernel=%s\ninitramfs=%s\nbacking=%s:%s\ncpus=%d\nmem=%d\naccel=%s\nnet=%v\nqemu=%s\n",
 		templateFormat, cfg.Kernel, cfg.Initramfs, cfg.Backing, cfg.BackingFormat,
-		cfg.CPUs, cfg.MemoryMiB, cfg.Accel, qemuIdentity())
+		cfg.CPUs, cfg.MemoryMiB, cfg.Accel, cfg.Network, qemuIdentity())
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -159,7 +159,7 @@ func (t *Templates) build(ctx context.Context, cfg Config, dir string) (err erro
 		return fmt.Errorf("save template: %w", err)
 	}
 	m.Kill()
-	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.QEMUPid, layout.QEMULog, layout.ConsoleLog} {
+	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid, layout.QEMULog, layout.ConsoleLog} {
 		os.Remove(filepath.Join(tmp, name))
 	}
 	// The clones' overlays sit on this disk: it must never change.

@@ -27,6 +27,7 @@ const (
 	AgentSocket = "agent.sock"
 	QMPSocket   = "qmp.sock"
 	NetSocket   = "net.sock"
+	FSSocket    = "fs.sock"
 	ConsoleLog  = "console.log"
 	QEMULog     = "qemu.log"
 	QEMUPid     = "qemu.pid"

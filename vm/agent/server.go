@@ -24,6 +24,8 @@ import (
 // real one acts on the guest kernel, tests substitute their own.
 type System interface {
 	Setup(*agentproto.Setup) error
+	Network(*agentproto.Network) error
+	Mount(*agentproto.Mount) error
 	Info() agentproto.Info
 	Sync() error
 	Shutdown() error
@@ -215,6 +217,18 @@ func (s *Server) handle(sess *yamux.Session, ys *yamux.Stream) {
 		s.attach(st, req.ID, req.Offset)
 	case agentproto.OpList:
 		st.json(agentproto.FrameResponse, agentproto.Response{Processes: s.procs.list()})
+	case agentproto.OpNetwork:
+		if req.Network == nil {
+			st.fail(errors.New("network: missing body"))
+			return
+		}
+		s.reply(st, s.sys.Network(req.Network))
+	case agentproto.OpMount:
+		if req.Mount == nil {
+			st.fail(errors.New("mount: missing body"))
+			return
+		}
+		s.reply(st, s.sys.Mount(req.Mount))
 	case agentproto.OpSync:
 		s.reply(st, s.sys.Sync())
 	case agentproto.OpDetach:

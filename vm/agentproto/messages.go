@@ -25,7 +25,17 @@ const (
 	OpDetach = "detach"
 	// OpShutdown syncs the disks and powers the VM off.
 	OpShutdown = "shutdown"
+	// OpNetwork configures eth0 (DHCP from the host) and trusts the
+	// host's CA: Network -> Response.
+	OpNetwork = "network"
+	// OpMount mounts a host directory (served on the fs port) or a
+	// memory filesystem at a guest path: Mount -> Response.
+	OpMount = "mount"
 )
+
+// FSPortName is the virtio-serial port that carries file operations for
+// every host mount (see package mounts).
+const FSPortName = "org.gondolin.fs"
 
 // Request is the first frame of every stream the host opens.
 type Request struct {
@@ -35,8 +45,28 @@ type Request struct {
 	Rows   uint16 `json:"rows,omitempty"`
 	Cols   uint16 `json:"cols,omitempty"`
 	Offset uint64 `json:"offset,omitempty"`
-	Exec   *Exec  `json:"exec,omitempty"`
-	Setup  *Setup `json:"setup,omitempty"`
+	Exec    *Exec    `json:"exec,omitempty"`
+	Setup   *Setup   `json:"setup,omitempty"`
+	Network *Network `json:"network,omitempty"`
+	Mount   *Mount   `json:"mount,omitempty"`
+}
+
+// Network asks the agent to bring up the guest's network.
+type Network struct {
+	// Interface to configure by DHCP (default eth0).
+	Interface string `json:"interface,omitempty"`
+	// CACert is a PEM certificate the guest must trust (the host's TLS
+	// mediation CA), added to the system bundle.
+	CACert []byte `json:"ca_cert,omitempty"`
+}
+
+// Mount asks the agent to mount a filesystem.
+type Mount struct {
+	// ID names the host mount on the fs port; empty for a memory mount.
+	ID       string `json:"id,omitempty"`
+	Path     string `json:"path"` // absolute guest path
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Memory   bool   `json:"memory,omitempty"`
 }
 
 // Exec describes a process to start.
