@@ -44,7 +44,7 @@ func (f *fakeSystem) Info() agentproto.Info {
 func (f *fakeSystem) Network(*agentproto.Network) error { return errors.New("no network here") }
 func (f *fakeSystem) Mount(*agentproto.Mount) error     { return errors.New("no mounts here") }
 func (f *fakeSystem) Sync() error                       { return nil }
-func (f *fakeSystem) Shutdown() error { return errors.New("not in a VM") }
+func (f *fakeSystem) Shutdown() error                   { return errors.New("not in a VM") }
 
 // hostAgent serves the agent on a unix socket and returns its path; every
 // accepted connection is a new channel epoch, as QEMU's chardev gives.

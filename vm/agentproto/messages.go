@@ -39,12 +39,12 @@ const FSPortName = "org.gondolin.fs"
 
 // Request is the first frame of every stream the host opens.
 type Request struct {
-	Op     string `json:"op"`
-	ID     uint64 `json:"id,omitempty"`
-	Signal int    `json:"signal,omitempty"`
-	Rows   uint16 `json:"rows,omitempty"`
-	Cols   uint16 `json:"cols,omitempty"`
-	Offset uint64 `json:"offset,omitempty"`
+	Op      string   `json:"op"`
+	ID      uint64   `json:"id,omitempty"`
+	Signal  int      `json:"signal,omitempty"`
+	Rows    uint16   `json:"rows,omitempty"`
+	Cols    uint16   `json:"cols,omitempty"`
+	Offset  uint64   `json:"offset,omitempty"`
 	Exec    *Exec    `json:"exec,omitempty"`
 	Setup   *Setup   `json:"setup,omitempty"`
 	Network *Network `json:"network,omitempty"`
