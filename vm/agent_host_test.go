@@ -1,9 +1,8 @@
 package vm
 
-// These tests run the real guest agent on the host, connected over a unix
-// socket, so the protocol and process handling are tested without a VM.
-// The same behaviours are checked against a real VM in the integration
-// tests.
+// These tests run twice: against the real guest agent running on the
+// host (connected over a unix socket, fast, no VM), and against the agent
+// in a real VM booted once for the whole package (skipped with -short).
 
 import (
 	"bytes"
@@ -15,7 +14,6 @@ import (
 	"io"
 	"log"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -84,6 +82,37 @@ type keepOpen struct{ net.Conn }
 
 func (keepOpen) Close() error { return nil }
 
+// backend is a place the agent runs: on this host, or in a VM.
+type backend struct {
+	name string
+	// connect returns a connection to the backend's agent; with fresh,
+	// the previous connection is dropped first (a new host taking over).
+	connect func(t *testing.T, fresh bool) *Agent
+}
+
+func backends(t *testing.T) []backend {
+	host := backend{name: "host"}
+	var socket string
+	var current *Agent
+	host.connect = func(t *testing.T, fresh bool) *Agent {
+		if socket == "" {
+			socket, _ = hostAgent(t)
+		}
+		if current == nil || fresh {
+			current = dial(t, socket)
+		}
+		return current
+	}
+	return []backend{host, {name: "vm", connect: sharedVMAgent}}
+}
+
+// forEach runs f once per backend.
+func forEach(t *testing.T, f func(t *testing.T, b backend)) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) { f(t, b) })
+	}
+}
+
 func dial(t *testing.T, socket string) *Agent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -111,94 +140,97 @@ func sh(script string) Command {
 }
 
 func TestAgentExec(t *testing.T) {
-	socket, _ := hostAgent(t)
-	a := dial(t, socket)
-	tests := []struct {
-		name       string
-		cmd        Command
-		wantOut    string
-		wantErr    string
-		wantCode   int
-		wantSignal int
-	}{
-		{name: "streams apart", cmd: sh("echo out; echo err >&2; exit 7"), wantOut: "out\n", wantErr: "err\n", wantCode: 7},
-		{name: "signal exit", cmd: sh("kill -TERM $$"), wantCode: 128 + 15, wantSignal: 15},
-		{name: "env and cwd", cmd: Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo $FOO; pwd"}, Env: []string{"FOO=bar"}, Cwd: "/tmp"}}, wantOut: "bar\n/tmp\n"},
-		{name: "stdin and EOF", cmd: Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "cat; echo done"}}, Stdin: strings.NewReader("hi\n")}, wantOut: "hi\ndone\n"},
-		{name: "no stdin reads EOF", cmd: sh("cat; echo $?"), wantOut: "0\n"},
-		{name: "path lookup", cmd: Command{Exec: agentproto.Exec{Argv: []string{"echo", "a b"}}}, wantOut: "a b\n"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			out, errOut, exit, err := run(t, a, tt.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if out != tt.wantOut || errOut != tt.wantErr || exit.Code != tt.wantCode || exit.Signal != tt.wantSignal {
-				t.Fatalf("got out=%q err=%q exit=%+v; want out=%q err=%q code=%d signal=%d",
-					out, errOut, exit, tt.wantOut, tt.wantErr, tt.wantCode, tt.wantSignal)
-			}
-		})
-	}
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		tests := []struct {
+			name       string
+			cmd        Command
+			wantOut    string
+			wantErr    string
+			wantCode   int
+			wantSignal int
+		}{
+			{name: "streams apart", cmd: sh("echo out; echo err >&2; exit 7"), wantOut: "out\n", wantErr: "err\n", wantCode: 7},
+			{name: "signal exit", cmd: sh("kill -TERM $$"), wantCode: 128 + 15, wantSignal: 15},
+			{name: "env and cwd", cmd: Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo $FOO; pwd"}, Env: []string{"FOO=bar"}, Cwd: "/tmp"}}, wantOut: "bar\n/tmp\n"},
+			{name: "stdin and EOF", cmd: Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "cat; echo done"}}, Stdin: strings.NewReader("hi\n")}, wantOut: "hi\ndone\n"},
+			{name: "no stdin reads EOF", cmd: sh("cat; echo $?"), wantOut: "0\n"},
+			{name: "path lookup", cmd: Command{Exec: agentproto.Exec{Argv: []string{"echo", "a b"}}}, wantOut: "a b\n"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				out, errOut, exit, err := run(t, a, tt.cmd)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if out != tt.wantOut || errOut != tt.wantErr || exit.Code != tt.wantCode || exit.Signal != tt.wantSignal {
+					t.Fatalf("got out=%q err=%q exit=%+v; want out=%q err=%q code=%d signal=%d",
+						out, errOut, exit, tt.wantOut, tt.wantErr, tt.wantCode, tt.wantSignal)
+				}
+			})
+		}
+	})
 }
 
 func TestAgentStartErrors(t *testing.T) {
-	socket, _ := hostAgent(t)
-	a := dial(t, socket)
-	notExec := filepath.Join(t.TempDir(), "data")
-	if err := os.WriteFile(notExec, []byte("data"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		name string
-		exec agentproto.Exec
-		code int
-		msg  string
-	}{
-		{"not found", agentproto.Exec{Argv: []string{"no-such-command-xyz"}}, 127, "command not found"},
-		{"not executable", agentproto.Exec{Argv: []string{notExec}}, 126, "permission denied"},
-		{"missing cwd", agentproto.Exec{Argv: []string{"true"}, Cwd: "/no/such/dir"}, 126, "working directory"},
-		{"empty argv", agentproto.Exec{}, 0, "empty command"},
-		{"persistent without tty", agentproto.Exec{Argv: []string{"true"}, Persistent: true}, 0, "need a TTY"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, _, _, err := run(t, a, Command{Exec: tt.exec})
-			if err == nil || !strings.Contains(err.Error(), tt.msg) {
-				t.Fatalf("err = %v, want %q", err, tt.msg)
-			}
-			code, _ := StartError(err)
-			if code != tt.code {
-				t.Fatalf("code = %d, want %d", code, tt.code)
-			}
-		})
-	}
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		notExec := fmt.Sprintf("/tmp/gd-notexec-%d", time.Now().UnixNano())
+		if _, _, exit, err := run(t, a, sh("printf x > "+notExec+"; chmod 644 "+notExec)); err != nil || exit.Code != 0 {
+			t.Fatalf("create %s: %+v %v", notExec, exit, err)
+		}
+		tests := []struct {
+			name string
+			exec agentproto.Exec
+			code int
+			msg  string
+		}{
+			{"not found", agentproto.Exec{Argv: []string{"no-such-command-xyz"}}, 127, "command not found"},
+			{"not executable", agentproto.Exec{Argv: []string{notExec}}, 126, "permission denied"},
+			{"missing cwd", agentproto.Exec{Argv: []string{"true"}, Cwd: "/no/such/dir"}, 126, "working directory"},
+			{"empty argv", agentproto.Exec{}, 0, "empty command"},
+			{"persistent without tty", agentproto.Exec{Argv: []string{"true"}, Persistent: true}, 0, "need a TTY"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				_, _, _, err := run(t, a, Command{Exec: tt.exec})
+				if err == nil || !strings.Contains(err.Error(), tt.msg) {
+					t.Fatalf("err = %v, want %q", err, tt.msg)
+				}
+				code, _ := StartError(err)
+				if code != tt.code {
+					t.Fatalf("code = %d, want %d", code, tt.code)
+				}
+			})
+		}
+	})
 }
 
 func TestAgentLargeOutputIntact(t *testing.T) {
-	socket, _ := hostAgent(t)
-	a := dial(t, socket)
-	h := sha256.New()
-	var n int64
-	cmd := sh("head -c 10485760 /dev/urandom | tee /dev/stderr | sha256sum")
-	var digest bytes.Buffer
-	cmd.Stdout = &digest
-	cmd.Stderr = io.MultiWriter(h, countWriter(&n))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	p, err := a.Start(ctx, cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if exit, err := p.Wait(); err != nil || exit.Code != 0 {
-		t.Fatalf("exit %+v, %v", exit, err)
-	}
-	if n != 10<<20 {
-		t.Fatalf("got %d bytes, want %d", n, 10<<20)
-	}
-	if got := fmt.Sprintf("%x", h.Sum(nil)); !strings.HasPrefix(digest.String(), got) {
-		t.Fatalf("host sha256 %s, guest says %s", got, digest.String())
-	}
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		h := sha256.New()
+		var n int64
+		cmd := sh("head -c 10485760 /dev/urandom | tee /dev/stderr | sha256sum")
+		var digest bytes.Buffer
+		cmd.Stdout = &digest
+		cmd.Stderr = io.MultiWriter(h, countWriter(&n))
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		p, err := a.Start(ctx, cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if exit, err := p.Wait(); err != nil || exit.Code != 0 {
+			t.Fatalf("exit %+v, %v", exit, err)
+		}
+		if n != 10<<20 {
+			t.Fatalf("got %d bytes, want %d", n, 10<<20)
+		}
+		if got := fmt.Sprintf("%x", h.Sum(nil)); !strings.HasPrefix(digest.String(), got) {
+			t.Fatalf("host sha256 %s, guest says %s", got, digest.String())
+		}
+	})
 }
 
 type counter struct{ n *int64 }
@@ -207,122 +239,125 @@ func (c counter) Write(p []byte) (int, error) { *c.n += int64(len(p)); return le
 func countWriter(n *int64) io.Writer          { return counter{n} }
 
 func TestAgentConcurrentExecs(t *testing.T) {
-	socket, _ := hostAgent(t)
-	a := dial(t, socket)
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for i := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out, _, exit, err := run(t, a, sh(fmt.Sprintf("for j in 1 2 3 4 5; do echo %d-$j; done; exit %d", i, i)))
-			want := ""
-			for j := 1; j <= 5; j++ {
-				want += fmt.Sprintf("%d-%d\n", i, j)
-			}
-			if err != nil || out != want || exit.Code != i {
-				errs <- fmt.Errorf("exec %d: out=%q exit=%+v err=%v", i, out, exit, err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out, _, exit, err := run(t, a, sh(fmt.Sprintf("for j in 1 2 3 4 5; do echo %d-$j; done; exit %d", i, i)))
+				want := ""
+				for j := 1; j <= 5; j++ {
+					want += fmt.Sprintf("%d-%d\n", i, j)
+				}
+				if err != nil || out != want || exit.Code != i {
+					errs <- fmt.Errorf("exec %d: out=%q exit=%+v err=%v", i, out, exit, err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
 }
 
 func TestAgentSignalAndPTY(t *testing.T) {
-	socket, _ := hostAgent(t)
-	a := dial(t, socket)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
 
-	t.Run("SIGINT reaches the process", func(t *testing.T) {
-		var out syncBuffer
-		p, err := a.Start(ctx, Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo ready; exec sleep 30"}}, Stdout: &out})
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, func() bool { return strings.Contains(out.String(), "ready") })
-		if err := p.Signal(ctx, int(syscall.SIGINT)); err != nil {
-			t.Fatal(err)
-		}
-		exit, err := p.Wait()
-		if err != nil || exit.Code != 130 || exit.Signal != 2 {
-			t.Fatalf("exit %+v, %v; want 130", exit, err)
-		}
-	})
-
-	t.Run("window size and resize", func(t *testing.T) {
-		var out syncBuffer
-		pr, pw := io.Pipe()
-		p, err := a.Start(ctx, Command{
-			Exec:   agentproto.Exec{Argv: []string{"/bin/sh", "-c", "stty size; read x; stty size"}, TTY: true, Rows: 40, Cols: 100},
-			Stdin:  pr,
-			Stdout: &out,
+		t.Run("SIGINT reaches the process", func(t *testing.T) {
+			var out syncBuffer
+			p, err := a.Start(ctx, Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo ready; exec sleep 30"}}, Stdout: &out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return strings.Contains(out.String(), "ready") })
+			if err := p.Signal(ctx, int(syscall.SIGINT)); err != nil {
+				t.Fatal(err)
+			}
+			exit, err := p.Wait()
+			if err != nil || exit.Code != 130 || exit.Signal != 2 {
+				t.Fatalf("exit %+v, %v; want 130", exit, err)
+			}
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, func() bool { return strings.Contains(out.String(), "40 100") })
-		if err := p.Resize(ctx, 50, 132); err != nil {
-			t.Fatal(err)
-		}
-		pw.Write([]byte("\n"))
-		exit, err := p.Wait()
-		if err != nil || exit.Code != 0 {
-			t.Fatalf("exit %+v, %v", exit, err)
-		}
-		if !strings.Contains(out.String(), "50 132") {
-			t.Fatalf("output %q lacks the new size", out.String())
-		}
+
+		t.Run("window size and resize", func(t *testing.T) {
+			var out syncBuffer
+			pr, pw := io.Pipe()
+			p, err := a.Start(ctx, Command{
+				Exec:   agentproto.Exec{Argv: []string{"/bin/sh", "-c", "stty size; read x; stty size"}, TTY: true, Rows: 40, Cols: 100},
+				Stdin:  pr,
+				Stdout: &out,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return strings.Contains(out.String(), "40 100") })
+			if err := p.Resize(ctx, 50, 132); err != nil {
+				t.Fatal(err)
+			}
+			pw.Write([]byte("\n"))
+			exit, err := p.Wait()
+			if err != nil || exit.Code != 0 {
+				t.Fatalf("exit %+v, %v", exit, err)
+			}
+			if !strings.Contains(out.String(), "50 132") {
+				t.Fatalf("output %q lacks the new size", out.String())
+			}
+		})
 	})
 }
 
 func TestAgentSurvivesBadFrames(t *testing.T) {
-	socket, _ := hostAgent(t)
-	a := dial(t, socket)
-	ctx := context.Background()
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		ctx := context.Background()
 
-	raw := func(payload []byte) string {
-		st, err := a.sess.OpenStream()
-		if err != nil {
-			t.Fatal(err)
+		raw := func(payload []byte) string {
+			st, err := a.sess.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			st.Write(payload)
+			f, err := agentproto.ReadFrame(st, agentproto.MaxFrame)
+			if err != nil {
+				t.Fatalf("no reply: %v", err)
+			}
+			if f.Type != agentproto.FrameError {
+				t.Fatalf("reply is %s, want error", f.Type)
+			}
+			return string(f.Payload)
 		}
-		defer st.Close()
-		st.Write(payload)
-		f, err := agentproto.ReadFrame(st, agentproto.MaxFrame)
-		if err != nil {
-			t.Fatalf("no reply: %v", err)
+		oversized := make([]byte, 4)
+		binary.BigEndian.PutUint32(oversized, agentproto.MaxFrame+1)
+		var badJSON, unknownOp, wrongType bytes.Buffer
+		agentproto.WriteFrame(&badJSON, agentproto.FrameRequest, []byte("{not json"))
+		agentproto.WriteJSON(&unknownOp, agentproto.FrameRequest, agentproto.Request{Op: "format-disk"})
+		agentproto.WriteFrame(&wrongType, agentproto.FrameStdout, []byte("x"))
+		for name, payload := range map[string][]byte{
+			"oversized":  oversized,
+			"bad json":   badJSON.Bytes(),
+			"unknown op": unknownOp.Bytes(),
+			"wrong type": wrongType.Bytes(),
+		} {
+			if msg := raw(payload); !strings.Contains(msg, "bad request") {
+				t.Errorf("%s: reply %s", name, msg)
+			}
 		}
-		if f.Type != agentproto.FrameError {
-			t.Fatalf("reply is %s, want error", f.Type)
+		if _, err := a.Ping(ctx); err != nil {
+			t.Fatalf("agent stopped serving: %v", err)
 		}
-		return string(f.Payload)
-	}
-	oversized := make([]byte, 4)
-	binary.BigEndian.PutUint32(oversized, agentproto.MaxFrame+1)
-	var badJSON, unknownOp, wrongType bytes.Buffer
-	agentproto.WriteFrame(&badJSON, agentproto.FrameRequest, []byte("{not json"))
-	agentproto.WriteJSON(&unknownOp, agentproto.FrameRequest, agentproto.Request{Op: "format-disk"})
-	agentproto.WriteFrame(&wrongType, agentproto.FrameStdout, []byte("x"))
-	for name, payload := range map[string][]byte{
-		"oversized":  oversized,
-		"bad json":   badJSON.Bytes(),
-		"unknown op": unknownOp.Bytes(),
-		"wrong type": wrongType.Bytes(),
-	} {
-		if msg := raw(payload); !strings.Contains(msg, "bad request") {
-			t.Errorf("%s: reply %s", name, msg)
+		if err := a.Signal(ctx, 999, 9); err == nil || !strings.Contains(err.Error(), "no process 999") {
+			t.Fatalf("signal to unknown process: %v", err)
 		}
-	}
-	if _, err := a.Ping(ctx); err != nil {
-		t.Fatalf("agent stopped serving: %v", err)
-	}
-	if err := a.Signal(ctx, 999, 9); err == nil || !strings.Contains(err.Error(), "no process 999") {
-		t.Fatalf("signal to unknown process: %v", err)
-	}
+	})
 }
 
 // TestAgentResyncAfterDeadHost checks the handshake on one channel that a

@@ -53,6 +53,11 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 			return nil, err
 		}
 	}
+	// A reused run directory may hold a previous QEMU's sockets: waiting
+	// for them to appear must not find the stale ones.
+	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid} {
+		os.Remove(cfg.path(name))
+	}
 	logFile, err := os.OpenFile(cfg.path(layout.QEMULog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,108 @@
+// Package testenv gives integration tests a private GONDOLIN_HOME that
+// holds the default guest image, so tests boot real VMs without touching
+// the user's sessions, templates or runs.
+package testenv
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/layout"
+)
+
+// EnvRequireVM makes a missing image fail integration tests instead of
+// skipping them; `make test` sets it.
+const EnvRequireVM = "GONDOLIN_TEST_REQUIRE_VM"
+
+// NewHome creates a fresh home under a short temporary path (unix socket
+// paths are limited to 108 bytes) with the default image linked in from
+// the user's store. skip is non-empty when integration tests cannot run
+// here (-short, or no image built), with the reason.
+func NewHome() (home layout.Home, cleanup func(), skip string, err error) {
+	if testing.Short() {
+		return "", nil, "integration test: skipped with -short", nil
+	}
+	src, err := layout.DefaultHome()
+	if err != nil {
+		return "", nil, "", err
+	}
+	if s := os.Getenv("GONDOLIN_TEST_SOURCE_HOME"); s != "" {
+		src = layout.Home(s)
+	}
+	store, err := imagestore.Open(src.Images())
+	if err == nil {
+		_, err = store.Resolve(layout.DefaultImage)
+	}
+	if err != nil {
+		msg := fmt.Sprintf("integration test needs the default image in %s (build it with: make image): %v", src.Images(), err)
+		if os.Getenv(EnvRequireVM) != "" {
+			return "", nil, "", fmt.Errorf("%s", msg)
+		}
+		return "", nil, msg, nil
+	}
+	dir, err := os.MkdirTemp("", "gd")
+	if err != nil {
+		return "", nil, "", err
+	}
+	home = layout.Home(dir)
+	if err := linkTree(src.Images(), home.Images()); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, "", fmt.Errorf("link images: %w", err)
+	}
+	return home, func() { os.RemoveAll(dir) }, "", nil
+}
+
+// Home is NewHome for one test: it skips or fails the test as needed and
+// removes the home afterwards.
+func Home(t testing.TB) layout.Home {
+	t.Helper()
+	home, cleanup, skip, err := NewHome()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if skip != "" {
+		t.Skip(skip)
+	}
+	t.Cleanup(cleanup)
+	return home
+}
+
+// linkTree recreates src's directories under dst and hard-links its files
+// (blobs are read-only and content-addressed, so sharing them is safe).
+func linkTree(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		target := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			if rel == "tmp" {
+				return filepath.SkipDir
+			}
+			return os.MkdirAll(target, 0o700)
+		case d.Type().IsRegular():
+			if err := os.Link(path, target); err != nil {
+				return copyFile(path, target)
+			}
+		}
+		return nil
+	})
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, st.Mode().Perm())
+}

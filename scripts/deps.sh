@@ -1,0 +1,35 @@
+#!/bin/sh
+# Installs the Debian/Ubuntu packages gondolin needs, only those missing,
+# through sudo when not root. Go itself must already be installed.
+set -eu
+
+need=""
+check() { # check COMMAND PACKAGE
+	command -v "$1" >/dev/null 2>&1 || need="$need $2"
+}
+check qemu-system-x86_64 qemu-system-x86
+check qemu-img qemu-utils
+check zstd zstd
+check mke2fs e2fsprogs
+check debugfs e2fsprogs
+check dpkg-deb dpkg
+check tmux tmux
+check curl curl
+[ -e /usr/sbin/ldconfig ] || [ -e /sbin/ldconfig ] || need="$need libc-bin"
+
+if ! command -v go >/dev/null 2>&1; then
+	echo "deps: Go is not installed (gondolin needs Go 1.26 or newer: https://go.dev/dl/)" >&2
+	exit 1
+fi
+
+if [ -z "$need" ]; then
+	exit 0
+fi
+sudo=""
+if [ "$(id -u)" != 0 ]; then
+	sudo=sudo
+fi
+echo "deps: installing$need" >&2
+$sudo apt-get update -q
+# shellcheck disable=SC2086 # word splitting of the package list is wanted
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends $need
