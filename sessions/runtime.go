@@ -37,6 +37,9 @@ type Runtime struct {
 
 // NewRuntime opens the state under home.
 func NewRuntime(home layout.Home) (*Runtime, error) {
+	if _, _, err := vm.ParseAccel(os.Getenv(layout.EnvAccel)); err != nil {
+		return nil, &invalidError{msg: err.Error()}
+	}
 	if err := layout.MkdirPrivate(string(home)); err != nil {
 		return nil, fmt.Errorf("create %s: %w", home, err)
 	}
@@ -153,7 +156,7 @@ type accelCache struct {
 func (r *Runtime) Accel(ctx context.Context, img *imagestore.Image) (vm.Accel, error) {
 	accel, auto, err := vm.ParseAccel(os.Getenv(layout.EnvAccel))
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalid, err)
+		return "", &invalidError{msg: err.Error()}
 	}
 	if !auto {
 		return accel, nil

@@ -14,8 +14,15 @@ import (
 // ErrInvalid marks bad input from the user (exit code 2).
 var ErrInvalid = errors.New("invalid input")
 
+// invalidError reads as its message alone; errors.Is still finds
+// ErrInvalid.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string { return e.msg }
+func (e *invalidError) Unwrap() error { return ErrInvalid }
+
 func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+	return &invalidError{msg: fmt.Sprintf(format, args...)}
 }
 
 // Spec is everything that describes a VM to create.

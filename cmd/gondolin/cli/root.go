@@ -56,7 +56,8 @@ func Run(args []string) int {
 		if ee.err == nil {
 			return code
 		}
-	case errors.Is(err, sessions.ErrInvalid), errors.Is(err, imagestore.ErrInvalid):
+	case errors.Is(err, sessions.ErrInvalid), errors.Is(err, imagestore.ErrInvalid),
+		strings.HasPrefix(err.Error(), "unknown command"): // cobra's own usage error
 		code = exitUsage
 	}
 	fmt.Fprintf(os.Stderr, "gondolin: %s\n", oneLine(err))

@@ -1,0 +1,222 @@
+package main
+
+// These tests run the real gondolin binary against real VMs, the way a
+// user or a script does, and check what a user sees: output, exit codes,
+// one-line errors, and that nothing is left behind.
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testenv"
+)
+
+var gondolinBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "gdbin")
+	if err != nil {
+		panic(err)
+	}
+	gondolinBin = filepath.Join(dir, "gondolin")
+	if out, err := exec.Command("go", "build", "-o", gondolinBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build gondolin: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+	elapsed        time.Duration
+}
+
+func gondolin(t *testing.T, home layout.Home, stdin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(gondolinBin, args...)
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String(), elapsed: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestUsageErrors(t *testing.T) {
+	home := layout.Home(t.TempDir())
+	tests := []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{args: []string{"exec", "--bogus"}, want: "unknown flag: --bogus"},
+		{args: []string{"exec"}, want: "exec needs a command"},
+		{args: []string{"exec", "--memory", "12", "--", "true"}, want: "--memory"},
+		{args: []string{"exec", "--memory", "lots", "--", "true"}, want: "--memory"},
+		{args: []string{"exec", "--cpus", "0x", "--", "true"}, want: "--cpus"},
+		{args: []string{"exec", "--env", "1BAD=x", "--", "true"}, want: "--env"},
+		{args: []string{"exec", "--cwd", "relative", "--", "true"}, want: "--cwd"},
+		{args: []string{"exec", "--", "true"}, env: layout.EnvAccel + "=warp", want: "GONDOLIN_ACCEL"},
+		{args: []string{"image", "inspect"}, want: "needs an image"},
+		{args: []string{"image", "build", "--tag", "Bad/Ref"}, want: "--tag"},
+		{args: []string{"image", "build", "--config", "/no/such/file"}, want: "--config"},
+		{args: []string{"nosuchcommand"}, want: "unknown command"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			if tt.env != "" {
+				k, v, _ := strings.Cut(tt.env, "=")
+				t.Setenv(k, v)
+			}
+			r := gondolin(t, home, "", tt.args...)
+			if r.code != 2 {
+				t.Errorf("exit code %d, want 2 (stderr %q)", r.code, r.stderr)
+			}
+			if lines := strings.Count(r.stderr, "\n"); lines != 1 || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("stderr %q: want one line mentioning %q", r.stderr, tt.want)
+			}
+		})
+	}
+	if entries, _ := os.ReadDir(filepath.Join(string(home), "sessions")); len(entries) > 0 {
+		t.Errorf("bad input changed state: %v", entries)
+	}
+}
+
+func TestExec(t *testing.T) {
+	home := testenv.Home(t)
+	tests := []struct {
+		name       string
+		args       []string
+		stdin      string
+		wantOut    string
+		wantErr    string // substring of stderr
+		wantCode   int
+		maxElapsed time.Duration
+	}{
+		{name: "streams and exit code", args: []string{"sh", "-c", "echo out; echo err >&2; exit 7"}, wantOut: "out\n", wantErr: "err\n", wantCode: 7},
+		{name: "stdin piped", args: []string{"cat"}, stdin: "hi\n", wantOut: "hi\n"},
+		{name: "curl with TLS", args: []string{"sh", "-c", "curl --version | head -1 | cut -d' ' -f1"}, wantOut: "curl\n"},
+		{name: "bash", args: []string{"bash", "-c", "echo $BASH_VERSION | cut -c1"}, wantOut: "5\n"},
+		{name: "signal exit", args: []string{"sh", "-c", "kill -TERM $$"}, wantCode: 143},
+		{name: "not found", args: []string{"no-such-command"}, wantErr: "command not found", wantCode: 127},
+		{name: "env and cwd", args: []string{"--env", "A=1", "--cwd", "/tmp", "--", "sh", "-c", "echo $A; pwd"}, wantOut: "1\n/tmp\n"},
+		{name: "tty without a terminal", args: []string{"-t", "--", "stty", "size"}, wantOut: "24 80\r\n"},
+		{name: "shape", args: []string{"--cpus", "2", "--memory", "384M", "--", "sh", "-c", "nproc; awk '/MemTotal/{print ($2 > 300000)}' /proc/meminfo"}, wantOut: "2\n1\n"},
+		{name: "cold boot", args: []string{"--cold", "--", "echo", "cold"}, wantOut: "cold\n"},
+		{name: "missing image", args: []string{"--image", "nope", "--", "true"}, wantErr: "gondolin image build", wantCode: 125},
+		{name: "timeout kills a command that ignores SIGTERM", args: []string{"--timeout", "1s", "--", "sh", "-c", "trap '' TERM; echo started; sleep 60"},
+			wantOut: "started\n", wantCode: 137, maxElapsed: 15 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"exec"}, tt.args...)
+			r := gondolin(t, home, tt.stdin, args...)
+			if r.stdout != tt.wantOut || !strings.Contains(r.stderr, tt.wantErr) || r.code != tt.wantCode {
+				t.Fatalf("got stdout %q stderr %q code %d; want stdout %q stderr ~%q code %d",
+					r.stdout, r.stderr, r.code, tt.wantOut, tt.wantErr, tt.wantCode)
+			}
+			if tt.maxElapsed > 0 && r.elapsed > tt.maxElapsed {
+				t.Fatalf("took %v", r.elapsed)
+			}
+		})
+	}
+	assertNothingLeft(t, home)
+}
+
+// TestExecForwardsCtrlC checks that SIGINT to gondolin reaches the guest
+// command (which decides what to do with it) instead of killing the VM.
+func TestExecForwardsCtrlC(t *testing.T) {
+	home := testenv.Home(t)
+	cmd := exec.Command(gondolinBin, "exec", "--", "sh", "-c", `trap 'echo got INT; exit 3' INT; echo ready; sleep 60 & wait`)
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	var out syncBuffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "ready") })
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(out.String(), "got INT") {
+		t.Fatalf("err %v, output %q; want exit 3 after 'got INT'", err, out.String())
+	}
+	assertNothingLeft(t, home)
+}
+
+// TestExecKilledLeavesNothing kills gondolin itself: its VM must die with
+// it, and the next run sweeps its directory.
+func TestExecKilledLeavesNothing(t *testing.T) {
+	home := testenv.Home(t)
+	cmd := exec.Command(gondolinBin, "exec", "--", "sh", "-c", "echo ready; sleep 60")
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	var out syncBuffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "ready") })
+	if len(qemuProcesses(home)) != 1 {
+		t.Fatalf("expected one QEMU for this home, found %v", qemuProcesses(home))
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	waitFor(t, 10*time.Second, func() bool { return len(qemuProcesses(home)) == 0 })
+	if r := gondolin(t, home, "", "exec", "--", "true"); r.code != 0 {
+		t.Fatalf("next exec: %+v", r)
+	}
+	assertNothingLeft(t, home)
+}
+
+// assertNothingLeft checks that no QEMU runs for home and that no
+// one-shot run directory (sockets, overlays, logs) remains.
+func assertNothingLeft(t *testing.T, home layout.Home) {
+	t.Helper()
+	if procs := qemuProcesses(home); len(procs) > 0 {
+		t.Errorf("QEMU still running: %v", procs)
+	}
+	entries, _ := os.ReadDir(home.Run())
+	if len(entries) > 0 {
+		t.Errorf("run directories left behind: %v", entries)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(string(home), "templates", "*.tmp*"))
+	if len(leftovers) > 0 {
+		t.Errorf("template scratch left behind: %v", leftovers)
+	}
+}
+
+// qemuProcesses lists QEMU processes whose command line mentions home.
+func qemuProcesses(home layout.Home) []string {
+	var found []string
+	pids, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range pids {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		cmdline := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		if strings.Contains(cmdline, "qemu-system") && strings.Contains(cmdline, string(home)+"/") {
+			found = append(found, filepath.Base(filepath.Dir(p)))
+		}
+	}
+	return found
+}
