@@ -1,0 +1,242 @@
+package netpolicy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Flags holds the network flags of `gondolin exec` and `bash` as the user
+// spelled them; Policy turns them into a validated Policy. Repeatable
+// flags are slices in command-line order.
+type Flags struct {
+	AllowHost         []string // --allow-host PATTERN
+	HostSecret        []string // --host-secret NAME@HOST[,HOST...][=VALUE]
+	DNS               string   // --dns synthetic|trusted|open
+	DNSTrustedServer  []string // --dns-trusted-server IP
+	TCPMap            []string // --tcp-map GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT
+	AllowInternal     []string // --allow-internal CIDR
+	Resolve           []string // --resolve HOST=IP
+	DisableWebSockets bool     // --disable-websockets
+}
+
+// Policy builds the policy the flags describe. With no --allow-host every
+// public host is allowed; --dns-trusted-server without --dns implies
+// trusted. getenv supplies secret values not given inline (os.Getenv).
+func (f Flags) Policy(getenv func(string) string) (Policy, error) {
+	var p Policy
+	for _, s := range f.AllowHost {
+		pat, err := ParseAllowHost(s)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.Allow = append(p.Allow, pat)
+	}
+	if len(p.Allow) == 0 {
+		p.Allow = []string{"*"}
+	}
+	for _, s := range f.HostSecret {
+		sec, err := ParseHostSecret(s, getenv)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.Secrets = append(p.Secrets, sec)
+	}
+	p.DNS = DNSSynthetic
+	if f.DNS != "" {
+		m, err := ParseDNSMode(f.DNS)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.DNS = m
+	} else if len(f.DNSTrustedServer) > 0 {
+		p.DNS = DNSTrusted
+	}
+	for _, s := range f.DNSTrustedServer {
+		srv, err := ParseDNSServer(s)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.DNSServers = append(p.DNSServers, srv)
+	}
+	for _, s := range f.TCPMap {
+		m, err := ParseTCPMap(s)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.TCPMaps = append(p.TCPMaps, m)
+	}
+	for _, s := range f.AllowInternal {
+		pfx, err := ParseCIDR(s)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.AllowInternal = append(p.AllowInternal, pfx)
+	}
+	for _, s := range f.Resolve {
+		r, err := ParseResolve(s)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.Resolve = append(p.Resolve, r)
+	}
+	p.DisableWebSockets = f.DisableWebSockets
+	if err := p.Validate(); err != nil {
+		return Policy{}, err
+	}
+	return p, nil
+}
+
+// ParseAllowHost checks an --allow-host pattern (a host name with optional
+// * wildcards, or an IP literal) and returns it in canonical form.
+func ParseAllowHost(s string) (string, error) {
+	pat := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
+	if pat == "" {
+		return "", fmt.Errorf("%w: --allow-host: empty pattern", ErrInvalid)
+	}
+	if a, err := netip.ParseAddr(strings.Trim(pat, "[]")); err == nil {
+		if a.Zone() != "" {
+			return "", fmt.Errorf("%w: --allow-host %s: zoned addresses are not allowed", ErrInvalid, s)
+		}
+		return a.String(), nil
+	}
+	if len(pat) > 253 {
+		return "", fmt.Errorf("%w: --allow-host %.40s...: too long", ErrInvalid, s)
+	}
+	for _, l := range strings.Split(pat, ".") {
+		if !validLabel(strings.ReplaceAll(l, "*", "a")) {
+			return "", fmt.Errorf("%w: --allow-host %q: want a host name with optional * wildcards, like *.example.com", ErrInvalid, s)
+		}
+	}
+	return pat, nil
+}
+
+// ParseHostSecret parses NAME@HOST[,HOST...][=VALUE]. Without =VALUE the
+// value is getenv(NAME); a missing or empty variable is an error naming it.
+// Errors never contain the value.
+func ParseHostSecret(spec string, getenv func(string) string) (Secret, error) {
+	head, value, inline := strings.Cut(spec, "=")
+	name, hosts, ok := strings.Cut(head, "@")
+	if !ok || name == "" || hosts == "" {
+		return Secret{}, fmt.Errorf("%w: --host-secret %s: want NAME@HOST[,HOST...][=VALUE]", ErrInvalid, head)
+	}
+	if !envNameRE.MatchString(name) {
+		return Secret{}, fmt.Errorf("%w: --host-secret %s: %q is not a variable name", ErrInvalid, head, name)
+	}
+	s := Secret{Name: name}
+	for _, h := range strings.Split(hosts, ",") {
+		pat, err := ParseAllowHost(h)
+		if err != nil {
+			return Secret{}, fmt.Errorf("%w: --host-secret %s: host %q: want a host name with optional * wildcards", ErrInvalid, head, h)
+		}
+		s.Hosts = append(s.Hosts, pat)
+	}
+	if !inline {
+		if getenv != nil {
+			value = getenv(name)
+		}
+		if value == "" {
+			return Secret{}, fmt.Errorf("%w: --host-secret %s: environment variable %s is not set; export it or write %s=VALUE", ErrInvalid, head, name, head)
+		}
+	} else if value == "" {
+		return Secret{}, fmt.Errorf("%w: --host-secret %s: empty value", ErrInvalid, head)
+	}
+	s.Value = NewSecretValue(value)
+	return s, nil
+}
+
+// ParseDNSMode parses --dns.
+func ParseDNSMode(s string) (DNSMode, error) {
+	switch m := DNSMode(strings.ToLower(s)); m {
+	case DNSSynthetic, DNSTrusted, DNSOpen:
+		return m, nil
+	}
+	return "", fmt.Errorf("%w: --dns %q: want synthetic, trusted or open", ErrInvalid, s)
+}
+
+// ParseDNSServer parses --dns-trusted-server: an IP, or IP:PORT (a port is
+// mostly useful in tests).
+func ParseDNSServer(s string) (string, error) {
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return a.String(), nil
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 && ap.Addr().Zone() == "" {
+		return ap.String(), nil
+	}
+	return "", fmt.Errorf("%w: --dns-trusted-server %q: want an IP address", ErrInvalid, s)
+}
+
+// ParseTCPMap parses GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT. Without a guest
+// port the guest uses the upstream's port.
+func ParseTCPMap(s string) (TCPMap, error) {
+	bad := func(why string) (TCPMap, error) {
+		return TCPMap{}, fmt.Errorf("%w: --tcp-map %s: %s", ErrInvalid, s, why)
+	}
+	guest, up, ok := strings.Cut(s, "=")
+	if !ok {
+		return bad("want GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT")
+	}
+	uhost, uport, err := net.SplitHostPort(up)
+	if err != nil {
+		return bad("upstream needs HOST:PORT")
+	}
+	upn, err := strconv.ParseUint(uport, 10, 16)
+	if err != nil || upn == 0 {
+		return bad("bad upstream port " + strconv.Quote(uport))
+	}
+	uname, uip, err := NormalizeHost(uhost)
+	if err != nil {
+		return bad("bad upstream host " + strconv.Quote(uhost))
+	}
+	m := TCPMap{Upstream: net.JoinHostPort(canonicalHost(uname, uip), uport), GuestPort: uint16(upn)}
+	ghost := guest
+	if h, p, err := net.SplitHostPort(guest); err == nil {
+		gpn, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || gpn == 0 {
+			return bad("bad guest port " + strconv.Quote(p))
+		}
+		ghost, m.GuestPort = h, uint16(gpn)
+	}
+	gname, gip, err := NormalizeHost(ghost)
+	if err != nil || ghost == "" {
+		return bad("bad guest host " + strconv.Quote(ghost))
+	}
+	m.GuestHost = canonicalHost(gname, gip)
+	return m, nil
+}
+
+// ParseCIDR parses --allow-internal: a CIDR, or a single address (taken as
+// /32 or /128). A CIDR with host bits set is refused rather than silently
+// widened or narrowed.
+func ParseCIDR(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	pfx, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%w: --allow-internal %q: want a CIDR like 127.0.0.1/32", ErrInvalid, s)
+	}
+	if pfx != pfx.Masked() {
+		return netip.Prefix{}, fmt.Errorf("%w: --allow-internal %s: host bits set; did you mean %s?", ErrInvalid, s, pfx.Masked())
+	}
+	return pfx, nil
+}
+
+// ParseResolve parses --resolve HOST=IP.
+func ParseResolve(s string) (ResolvePin, error) {
+	host, ipStr, ok := strings.Cut(s, "=")
+	if !ok {
+		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: want HOST=IP", ErrInvalid, s)
+	}
+	name, hip, err := NormalizeHost(host)
+	if err != nil || hip.IsValid() || strings.Contains(host, ":") {
+		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: %q is not a host name", ErrInvalid, s, host)
+	}
+	ip, err := netip.ParseAddr(strings.Trim(ipStr, "[]"))
+	if err != nil || ip.Zone() != "" {
+		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: %q is not an IP address", ErrInvalid, s, ipStr)
+	}
+	return ResolvePin{Host: name, IP: ip}, nil
+}

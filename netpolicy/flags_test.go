@@ -1,0 +1,245 @@
+package netpolicy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseHostSecret(t *testing.T) {
+	env := map[string]string{"GITHUB_TOKEN": "ghp_fromenv123", "EMPTY": ""}
+	getenv := func(k string) string { return env[k] }
+	tests := []struct {
+		spec      string
+		wantName  string
+		wantHosts []string
+		wantValue string
+		wantErr   string
+	}{
+		{spec: "GITHUB_TOKEN@api.github.com", wantName: "GITHUB_TOKEN", wantHosts: []string{"api.github.com"}, wantValue: "ghp_fromenv123"},
+		{spec: "TOKEN@a.example.com,*.B.example.com=s3cr3t=with=equals", wantName: "TOKEN", wantHosts: []string{"a.example.com", "*.b.example.com"}, wantValue: "s3cr3t=with=equals"},
+		{spec: "MISSING@api.example.com", wantErr: "environment variable MISSING is not set"},
+		{spec: "EMPTY@api.example.com", wantErr: "environment variable EMPTY is not set"},
+		{spec: "X@api.example.com=", wantErr: "empty value"},
+		{spec: "api.example.com=v", wantErr: "want NAME@HOST"},
+		{spec: "@api.example.com=v", wantErr: "want NAME@HOST"},
+		{spec: "X@=value", wantErr: "want NAME@HOST"},
+		{spec: "1X@api.example.com=v", wantErr: "not a variable name"},
+		{spec: "X@bad host=v", wantErr: "host"},
+		{spec: "X@a.com,,b.com=v", wantErr: "host"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.spec, func(t *testing.T) {
+			s, err := ParseHostSecret(tt.spec, getenv)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
+					t.Fatalf("err = %v, want one containing %q and wrapping ErrInvalid", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error is not one line: %q", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Name != tt.wantName || fmt.Sprint(s.Hosts) != fmt.Sprint(tt.wantHosts) || s.Value.Reveal() != tt.wantValue {
+				t.Errorf("got %s hosts %v", s.Name, s.Hosts)
+			}
+		})
+	}
+}
+
+// TestSecretValueNeverPrinted checks every way a value could leak through
+// formatting or JSON.
+func TestSecretValueNeverPrinted(t *testing.T) {
+	const value = "super-secret-value-42"
+	p := DefaultPolicy()
+	p.Secrets = []Secret{{Name: "TOKEN", Hosts: []string{"api.example.com"}, Value: NewSecretValue(value)}}
+	p.fillPlaceholders(nil)
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs := []string{
+		string(b),
+		fmt.Sprint(p), fmt.Sprintf("%v", p), fmt.Sprintf("%+v", p), fmt.Sprintf("%#v", p),
+		fmt.Sprintf("%s", p.Secrets[0]), fmt.Sprintf("%q", p.Secrets[0].Value), fmt.Sprintf("%x", p.Secrets[0].Value),
+		fmt.Sprintf("%+v", &p), p.Secrets[0].String(),
+	}
+	for _, o := range outs {
+		if strings.Contains(o, value) {
+			t.Errorf("value leaked: %s", o)
+		}
+	}
+	if !strings.Contains(string(b), `"has_value":true`) || !strings.Contains(string(b), p.Secrets[0].Placeholder) {
+		t.Errorf("JSON lacks has_value or placeholder: %s", b)
+	}
+	// A round trip keeps everything but the value.
+	var q Policy
+	if err := json.Unmarshal(b, &q); err != nil {
+		t.Fatal(err)
+	}
+	if q.Secrets[0].Value.IsSet() || q.Secrets[0].Placeholder != p.Secrets[0].Placeholder {
+		t.Errorf("round trip: %+v", q.Secrets[0])
+	}
+	if got := q.MissingSecrets(); fmt.Sprint(got) != "[TOKEN]" {
+		t.Errorf("MissingSecrets = %v", got)
+	}
+	if err := q.Validate(); err != nil {
+		t.Errorf("restored policy invalid: %v", err)
+	}
+}
+
+func TestParseTCPMap(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    TCPMap
+		wantErr bool
+	}{
+		{in: "db=127.0.0.1:5432", want: TCPMap{GuestHost: "db", GuestPort: 5432, Upstream: "127.0.0.1:5432"}},
+		{in: "DB.internal:15432=db.example.com:5432", want: TCPMap{GuestHost: "db.internal", GuestPort: 15432, Upstream: "db.example.com:5432"}},
+		{in: "10.0.2.100:22=[::1]:2222", want: TCPMap{GuestHost: "10.0.2.100", GuestPort: 22, Upstream: "[::1]:2222"}},
+		{in: "db=host", wantErr: true},
+		{in: "db:0=h:1", wantErr: true},
+		{in: "db=h:70000", wantErr: true},
+		{in: "=h:1", wantErr: true},
+		{in: "db", wantErr: true},
+		{in: "d b=h:1", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			m, err := ParseTCPMap(tt.in)
+			if tt.wantErr {
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("err = %v, want ErrInvalid", err)
+				}
+				return
+			}
+			if err != nil || m != tt.want {
+				t.Fatalf("= %+v, %v; want %+v", m, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseSmallFlags(t *testing.T) {
+	if r, err := ParseResolve("API.example.com.=127.0.0.1"); err != nil || r.Host != "api.example.com" || r.IP != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("ParseResolve = %+v, %v", r, err)
+	}
+	if r, err := ParseResolve("h=[::1]"); err != nil || r.IP != netip.MustParseAddr("::1") {
+		t.Errorf("ParseResolve v6 = %+v, %v", r, err)
+	}
+	for _, bad := range []string{"h", "h=", "h=1.2.3", "1.2.3.4=1.2.3.4", "h:80=1.2.3.4", "=1.2.3.4"} {
+		if _, err := ParseResolve(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseResolve(%q) err = %v", bad, err)
+		}
+	}
+	if p, err := ParseCIDR("127.0.0.1"); err != nil || p.String() != "127.0.0.1/32" {
+		t.Errorf("ParseCIDR = %v, %v", p, err)
+	}
+	if p, err := ParseCIDR("10.0.0.0/8"); err != nil || p.String() != "10.0.0.0/8" {
+		t.Errorf("ParseCIDR = %v, %v", p, err)
+	}
+	for _, bad := range []string{"10.0.0.1/8", "10.0.0.0/33", "x", ""} {
+		if _, err := ParseCIDR(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseCIDR(%q) err = %v", bad, err)
+		}
+	}
+	for _, good := range []string{"synthetic", "trusted", "open", "OPEN"} {
+		if _, err := ParseDNSMode(good); err != nil {
+			t.Errorf("ParseDNSMode(%q): %v", good, err)
+		}
+	}
+	if _, err := ParseDNSMode("none"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("ParseDNSMode(none) err = %v", err)
+	}
+	for _, good := range []string{"api.github.com", "*.github.com", "*", "1.2.3.4", "[::1]", "Host.Example."} {
+		if _, err := ParseAllowHost(good); err != nil {
+			t.Errorf("ParseAllowHost(%q): %v", good, err)
+		}
+	}
+	for _, bad := range []string{"", "a b", "http://x.com", "x.com/path", "x..com", "x.com:443"} {
+		if _, err := ParseAllowHost(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseAllowHost(%q) err = %v", bad, err)
+		}
+	}
+	if s, err := ParseDNSServer("1.1.1.1"); err != nil || s != "1.1.1.1" {
+		t.Errorf("ParseDNSServer = %q, %v", s, err)
+	}
+	if s, err := ParseDNSServer("127.0.0.1:5353"); err != nil || s != "127.0.0.1:5353" {
+		t.Errorf("ParseDNSServer = %q, %v", s, err)
+	}
+	if _, err := ParseDNSServer("dns.google"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("ParseDNSServer(name) err = %v", err)
+	}
+}
+
+func TestFlagsPolicy(t *testing.T) {
+	getenv := func(k string) string { return map[string]string{"TOKEN": "tok-from-env"}[k] }
+	p, err := Flags{}.Policy(getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(p.Allow) != "[*]" || p.DNS != DNSSynthetic {
+		t.Errorf("default policy = %+v", p)
+	}
+	p, err = Flags{
+		AllowHost:        []string{"api.github.com"},
+		HostSecret:       []string{"TOKEN@api.github.com"},
+		DNSTrustedServer: []string{"1.1.1.1"},
+		TCPMap:           []string{"db=127.0.0.1:5432"},
+		AllowInternal:    []string{"127.0.0.1/32"},
+		Resolve:          []string{"api.github.com=127.0.0.1"},
+	}.Policy(getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(p.Allow) != "[api.github.com]" || p.DNS != DNSTrusted || p.Secrets[0].Value.Reveal() != "tok-from-env" {
+		t.Errorf("policy = %+v", p)
+	}
+	bad := []struct {
+		f    Flags
+		want string
+	}{
+		{Flags{HostSecret: []string{"NOPE@x.com"}}, "NOPE is not set"},
+		{Flags{TCPMap: []string{"db=127.0.0.1:5432"}}, "--allow-internal 127.0.0.1/32"},
+		{Flags{TCPMap: []string{"db=h:1", "db:1=h:2"}}, "mapped twice"},
+		{Flags{DNS: "synthetic", DNSTrustedServer: []string{"1.1.1.1"}}, "needs --dns trusted"},
+		{Flags{HostSecret: []string{"A@x.com=1", "A@y.com=2"}}, "given twice"},
+		{Flags{Resolve: []string{"a=1.1.1.1", "A.=2.2.2.2"}}, "given twice"},
+	}
+	for _, tt := range bad {
+		_, err := tt.f.Policy(getenv)
+		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: err = %v, want %q", tt.f, err, tt.want)
+		}
+	}
+}
+
+func TestSetSecretKeepsPlaceholder(t *testing.T) {
+	p := DefaultPolicy()
+	p.SetSecret(Secret{Name: "A", Hosts: []string{"x.com"}, Value: NewSecretValue("one")})
+	p.fillPlaceholders(nil)
+	ph := p.Secrets[0].Placeholder
+	p.SetSecret(Secret{Name: "A", Hosts: []string{"y.com"}, Value: NewSecretValue("two")})
+	if p.Secrets[0].Placeholder != ph || p.Secrets[0].Value.Reveal() != "two" || len(p.Secrets) != 1 {
+		t.Errorf("after rotation: %+v", p.Secrets)
+	}
+	// A policy rebuilt from flags (no placeholders) inherits them by name.
+	q := DefaultPolicy()
+	q.Secrets = []Secret{{Name: "A", Hosts: []string{"x.com"}, Value: NewSecretValue("three")}, {Name: "B", Hosts: []string{"x.com"}, Value: NewSecretValue("b")}}
+	q.fillPlaceholders(&p)
+	if q.Secrets[0].Placeholder != ph || q.Secrets[1].Placeholder == "" || q.Secrets[1].Placeholder == ph {
+		t.Errorf("fill: %+v", q.Secrets)
+	}
+	if !p.RemoveSecret("A") || p.RemoveSecret("A") || len(p.Secrets) != 0 {
+		t.Errorf("RemoveSecret: %+v", p.Secrets)
+	}
+	if env := q.SecretEnv(); len(env) != 2 || env[0] != "A="+ph {
+		t.Errorf("SecretEnv = %v", env)
+	}
+}

@@ -1,0 +1,446 @@
+package netpolicy
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ErrInvalid marks a policy, flag or pattern that cannot be used as given.
+// Every parse and validation error wraps it, so the CLI can map it to its
+// bad-input exit code and the supervisor API to a 400.
+var ErrInvalid = errors.New("invalid")
+
+// Policy is what one VM's network may do. It is a plain value: the CLI
+// builds it from flags, the supervisor stores it (secret values are never
+// serialised) and hands it to a running Network with SetPolicy.
+type Policy struct {
+	// Allow lists host patterns (see MatchHost) that HTTP and HTTPS
+	// requests may reach. Empty allows nothing; ["*"] allows every
+	// public host (what the CLI gives when no --allow-host is set).
+	Allow []string `json:"allow,omitempty"`
+	// Deny lists host patterns that are refused even when Allow matches
+	// (what `gondolin policy deny` adds).
+	Deny []string `json:"deny,omitempty"`
+	// Secrets are substituted into requests to their hosts only.
+	Secrets []Secret `json:"secrets,omitempty"`
+	// DNS is how the guest's DNS queries are answered ("" = synthetic).
+	DNS DNSMode `json:"dns,omitempty"`
+	// DNSServers are the upstreams of trusted and open DNS, as IP or
+	// IP:PORT; empty means the host's own resolvers (/etc/resolv.conf).
+	DNSServers []string `json:"dns_servers,omitempty"`
+	// TCPMaps forward raw TCP to explicit upstreams.
+	TCPMaps []TCPMap `json:"tcp_maps,omitempty"`
+	// AllowInternal lifts the internal-range block for these ranges only.
+	AllowInternal []netip.Prefix `json:"allow_internal,omitempty"`
+	// Resolve pins the host-side resolution of names, as curl --resolve.
+	Resolve []ResolvePin `json:"resolve,omitempty"`
+	// DisableWebSockets refuses WebSocket upgrades.
+	DisableWebSockets bool `json:"disable_websockets,omitempty"`
+}
+
+// DNSMode selects how guest DNS queries are answered.
+type DNSMode string
+
+const (
+	// DNSSynthetic answers A queries with a synthetic address per name
+	// and never sends a query out of the host.
+	DNSSynthetic DNSMode = "synthetic"
+	// DNSTrusted forwards well-formed ordinary queries to the trusted
+	// servers (or the host's resolvers).
+	DNSTrusted DNSMode = "trusted"
+	// DNSOpen forwards every well-formed query.
+	DNSOpen DNSMode = "open"
+)
+
+// Secret is a value the guest may use but never see: the guest's
+// environment holds Placeholder under Name, and the host puts Value in its
+// place only in requests to Hosts.
+type Secret struct {
+	Name  string   `json:"name"`
+	Hosts []string `json:"hosts"`
+	// Placeholder is what the guest sees. Empty until a Network assigns
+	// one; kept across policy updates and supervisor restarts so that
+	// the guest's environment stays valid.
+	Placeholder string `json:"placeholder,omitempty"`
+	// Value is the real secret; it lives in memory only.
+	Value SecretValue `json:"-"`
+}
+
+// MarshalJSON writes the secret without its value, adding has_value so that
+// `policy show` can say which secrets need to be set again.
+func (s Secret) MarshalJSON() ([]byte, error) {
+	type plain Secret
+	return json.Marshal(struct {
+		plain
+		HasValue bool `json:"has_value"`
+	}{plain(s), s.Value.IsSet()})
+}
+
+// String shows the secret with its value masked.
+func (s Secret) String() string {
+	return fmt.Sprintf("%s@%s=%v", s.Name, strings.Join(s.Hosts, ","), s.Value)
+}
+
+// SecretValue holds a secret's real value. It prints as "[redacted]" with
+// every fmt verb, is left out of JSON, and hides the bytes behind a pointer
+// so that even reflection-based dumps of a Policy show no value.
+type SecretValue struct{ p *string }
+
+// NewSecretValue wraps a real secret value.
+func NewSecretValue(v string) SecretValue { return SecretValue{&v} }
+
+// IsSet reports whether a value is held.
+func (v SecretValue) IsSet() bool { return v.p != nil }
+
+// Reveal returns the real value; call it only where the value is about to
+// be sent to one of the secret's hosts.
+func (v SecretValue) Reveal() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+// String masks the value.
+func (v SecretValue) String() string {
+	if v.p == nil {
+		return "[unset]"
+	}
+	return "[redacted]"
+}
+
+// GoString masks the value for %#v.
+func (v SecretValue) GoString() string { return v.String() }
+
+// Format masks the value for every verb.
+func (v SecretValue) Format(f fmt.State, _ rune) { io.WriteString(f, v.String()) }
+
+// MarshalJSON never writes the value.
+func (SecretValue) MarshalJSON() ([]byte, error) { return []byte("null"), nil }
+
+// TCPMap forwards raw TCP from GuestHost:GuestPort (a name the guest
+// resolves through synthetic DNS, or an IP) to Upstream (HOST:PORT).
+type TCPMap struct {
+	GuestHost string `json:"guest_host"`
+	GuestPort uint16 `json:"guest_port"`
+	Upstream  string `json:"upstream"`
+}
+
+func (m TCPMap) String() string {
+	return net.JoinHostPort(m.GuestHost, strconv.Itoa(int(m.GuestPort))) + "=" + m.Upstream
+}
+
+// ResolvePin makes the host resolve Host to IP (as curl --resolve).
+type ResolvePin struct {
+	Host string     `json:"host"`
+	IP   netip.Addr `json:"ip"`
+}
+
+// DefaultPolicy is the policy of a VM started without network flags: every
+// public host over HTTP and HTTPS, synthetic DNS, nothing internal.
+func DefaultPolicy() Policy {
+	return Policy{Allow: []string{"*"}, DNS: DNSSynthetic}
+}
+
+// Clone returns a deep copy, so a caller can edit it while a Network keeps
+// using the original.
+func (p Policy) Clone() Policy {
+	q := p
+	q.Allow = slices.Clone(p.Allow)
+	q.Deny = slices.Clone(p.Deny)
+	q.DNSServers = slices.Clone(p.DNSServers)
+	q.TCPMaps = slices.Clone(p.TCPMaps)
+	q.AllowInternal = slices.Clone(p.AllowInternal)
+	q.Resolve = slices.Clone(p.Resolve)
+	q.Secrets = make([]Secret, len(p.Secrets))
+	for i, s := range p.Secrets {
+		s.Hosts = slices.Clone(s.Hosts)
+		q.Secrets[i] = s
+	}
+	if p.Secrets == nil {
+		q.Secrets = nil
+	}
+	return q
+}
+
+// AllowHost adds pattern to the allowlist and drops an identical Deny
+// entry, so the last command about a pattern wins.
+func (p *Policy) AllowHost(pattern string) error {
+	pat, err := ParseAllowHost(pattern)
+	if err != nil {
+		return err
+	}
+	p.Deny = slices.DeleteFunc(p.Deny, func(s string) bool { return s == pat })
+	if !slices.Contains(p.Allow, pat) {
+		p.Allow = append(p.Allow, pat)
+	}
+	return nil
+}
+
+// DenyHost removes pattern from the allowlist and adds it to Deny. Denying
+// the last allowed pattern leaves an empty allowlist, which allows nothing
+// (never "everything").
+func (p *Policy) DenyHost(pattern string) error {
+	pat, err := ParseAllowHost(pattern)
+	if err != nil {
+		return err
+	}
+	p.Allow = slices.DeleteFunc(p.Allow, func(s string) bool { return s == pat })
+	if !slices.Contains(p.Deny, pat) {
+		p.Deny = append(p.Deny, pat)
+	}
+	return nil
+}
+
+// SetSecret adds s or replaces the secret of the same name. A replaced
+// secret keeps its placeholder, so the guest's environment stays valid
+// while the value rotates.
+func (p *Policy) SetSecret(s Secret) {
+	for i, old := range p.Secrets {
+		if old.Name == s.Name {
+			if s.Placeholder == "" {
+				s.Placeholder = old.Placeholder
+			}
+			p.Secrets[i] = s
+			return
+		}
+	}
+	p.Secrets = append(p.Secrets, s)
+}
+
+// RemoveSecret removes the named secret and reports whether it existed.
+func (p *Policy) RemoveSecret(name string) bool {
+	n := len(p.Secrets)
+	p.Secrets = slices.DeleteFunc(p.Secrets, func(s Secret) bool { return s.Name == name })
+	return len(p.Secrets) != n
+}
+
+// MissingSecrets names the secrets that have no value: after a supervisor
+// restart the values are gone (they are never written to disk) and
+// requests that use these secrets are refused until they are set again.
+func (p Policy) MissingSecrets() []string {
+	var out []string
+	for _, s := range p.Secrets {
+		if !s.Value.IsSet() {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
+// SecretEnv returns NAME=PLACEHOLDER for every secret that has a
+// placeholder: the guest processes' view of the secrets.
+func (p Policy) SecretEnv() []string {
+	var out []string
+	for _, s := range p.Secrets {
+		if s.Placeholder != "" {
+			out = append(out, s.Name+"="+s.Placeholder)
+		}
+	}
+	return out
+}
+
+var (
+	envNameRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	placeholderRE = regexp.MustCompile(`^GONDOLIN_SECRET_[0-9a-f]{32}$`)
+)
+
+// placeholderPrefix starts every placeholder, so a guest value is easy to
+// recognise as one.
+const placeholderPrefix = "GONDOLIN_SECRET_"
+
+// newPlaceholder returns a fresh random placeholder (128 bits).
+func newPlaceholder() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return placeholderPrefix + hex.EncodeToString(b[:])
+}
+
+// fillPlaceholders gives every secret without a placeholder the one the
+// same-named secret had in prev, else a fresh one.
+func (p *Policy) fillPlaceholders(prev *Policy) {
+	for i := range p.Secrets {
+		s := &p.Secrets[i]
+		if s.Placeholder != "" {
+			continue
+		}
+		if prev != nil {
+			for _, o := range prev.Secrets {
+				if o.Name == s.Name && o.Placeholder != "" {
+					s.Placeholder = o.Placeholder
+				}
+			}
+		}
+		if s.Placeholder == "" {
+			s.Placeholder = newPlaceholder()
+		}
+	}
+}
+
+// Validate checks every field and returns the first problem as a one-line
+// error wrapping ErrInvalid.
+func (p Policy) Validate() error {
+	for _, pat := range append(slices.Clone(p.Allow), p.Deny...) {
+		if _, err := ParseAllowHost(pat); err != nil {
+			return err
+		}
+	}
+	seen := map[string]bool{}
+	placeholders := map[string]bool{}
+	for _, s := range p.Secrets {
+		if !envNameRE.MatchString(s.Name) {
+			return fmt.Errorf("%w: secret name %q: want a variable name (letters, digits, _)", ErrInvalid, s.Name)
+		}
+		if seen[s.Name] {
+			return fmt.Errorf("%w: secret %s is given twice", ErrInvalid, s.Name)
+		}
+		seen[s.Name] = true
+		if len(s.Hosts) == 0 {
+			return fmt.Errorf("%w: secret %s has no hosts; write NAME@HOST[,HOST...]", ErrInvalid, s.Name)
+		}
+		for _, h := range s.Hosts {
+			if _, err := ParseAllowHost(h); err != nil {
+				return fmt.Errorf("secret %s: %w", s.Name, err)
+			}
+		}
+		if s.Placeholder != "" {
+			if !placeholderRE.MatchString(s.Placeholder) {
+				return fmt.Errorf("%w: secret %s: malformed placeholder", ErrInvalid, s.Name)
+			}
+			if placeholders[s.Placeholder] {
+				return fmt.Errorf("%w: secret %s: placeholder shared with another secret", ErrInvalid, s.Name)
+			}
+			placeholders[s.Placeholder] = true
+		}
+		if s.Value.IsSet() && s.Value.Reveal() == "" {
+			return fmt.Errorf("%w: secret %s has an empty value", ErrInvalid, s.Name)
+		}
+	}
+	if _, err := ParseDNSMode(string(p.DNS)); err != nil && p.DNS != "" {
+		return err
+	}
+	for _, s := range p.DNSServers {
+		if _, err := ParseDNSServer(s); err != nil {
+			return err
+		}
+	}
+	if len(p.DNSServers) > 0 && (p.DNS == "" || p.DNS == DNSSynthetic) {
+		return fmt.Errorf("%w: --dns-trusted-server needs --dns trusted or --dns open", ErrInvalid)
+	}
+	maps := map[string]bool{}
+	for _, m := range p.TCPMaps {
+		if _, err := ParseTCPMap(m.String()); err != nil {
+			return err
+		}
+		key := strings.ToLower(m.GuestHost) + ":" + strconv.Itoa(int(m.GuestPort))
+		if maps[key] {
+			return fmt.Errorf("%w: --tcp-map %s: %s is mapped twice", ErrInvalid, m, key)
+		}
+		maps[key] = true
+		// An upstream spelled as an internal IP needs its range lifted:
+		// say so now rather than at the first connection.
+		host, _, _ := net.SplitHostPort(m.Upstream)
+		if _, ip, err := NormalizeHost(host); err == nil && ip.IsValid() {
+			if reason, ok := p.ipAllowed(ip); !ok {
+				return fmt.Errorf("%w: --tcp-map %s: %s", ErrInvalid, m, reason)
+			}
+		}
+	}
+	for _, pfx := range p.AllowInternal {
+		if !pfx.IsValid() || pfx != pfx.Masked() {
+			return fmt.Errorf("%w: --allow-internal %s: not a network address", ErrInvalid, pfx)
+		}
+	}
+	pins := map[string]bool{}
+	for _, r := range p.Resolve {
+		name, ip, err := NormalizeHost(r.Host)
+		if err != nil || ip.IsValid() {
+			return fmt.Errorf("%w: --resolve %s: want a host name", ErrInvalid, r.Host)
+		}
+		if !r.IP.IsValid() {
+			return fmt.Errorf("%w: --resolve %s: missing address", ErrInvalid, r.Host)
+		}
+		if pins[name] {
+			return fmt.Errorf("%w: --resolve %s is given twice", ErrInvalid, name)
+		}
+		pins[name] = true
+	}
+	return nil
+}
+
+// dnsMode returns the effective mode.
+func (p *Policy) dnsMode() DNSMode {
+	if p.DNS == "" {
+		return DNSSynthetic
+	}
+	return p.DNS
+}
+
+// pinned returns the pinned address for a canonical name.
+func (p *Policy) pinned(name string) (netip.Addr, bool) {
+	for _, r := range p.Resolve {
+		if n, _, _ := NormalizeHost(r.Host); n == name {
+			return r.IP, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// hostRule decides whether HTTP(S) requests may go to a canonical host and
+// names the rule that decided. The most specific matching pattern wins
+// (the one with the most non-wildcard characters), and deny wins a tie:
+// so `deny *` then `allow api.example.com` leaves exactly that host
+// allowed, and `allow *.example.com` with `deny evil.example.com` blocks
+// just evil.example.com.
+func (p *Policy) hostRule(host string) (rule string, ok bool) {
+	best, bestScore := "", -1
+	for _, pat := range p.Allow {
+		if s := specificity(pat); s > bestScore && MatchHost(pat, host) {
+			best, bestScore, ok = "allow "+pat, s, true
+		}
+	}
+	for _, pat := range p.Deny {
+		if s := specificity(pat); s >= bestScore && MatchHost(pat, host) {
+			best, bestScore, ok = "deny "+pat, s, false
+		}
+	}
+	switch {
+	case best != "":
+		return best, ok
+	case len(p.Allow) == 0:
+		return "allowlist is empty", false
+	}
+	return "not in allowlist", false
+}
+
+func specificity(pattern string) int {
+	return len(pattern) - strings.Count(pattern, "*")
+}
+
+// tcpMap returns the map for a guest destination, given as the synthetic
+// name it was handed out for (or "") and its IP and port.
+func (p *Policy) tcpMap(name string, ip netip.Addr, port uint16) (TCPMap, bool) {
+	for _, m := range p.TCPMaps {
+		if m.GuestPort != port {
+			continue
+		}
+		gname, gip, err := NormalizeHost(m.GuestHost)
+		if err != nil {
+			continue
+		}
+		if (gip.IsValid() && gip == ip) || (name != "" && gname == name) {
+			return m, true
+		}
+	}
+	return TCPMap{}, false
+}
