@@ -1,0 +1,518 @@
+package fsproto
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"syscall"
+)
+
+// Decoding errors. A frame that fails to decode is answered with
+// ErrnoOf(err) and the connection goes on.
+var (
+	ErrMalformed  = errors.New("malformed frame")
+	ErrUnknownOp  = errors.New("unknown operation")
+	ErrShortFrame = errors.New("frame shorter than its header")
+)
+
+// TooLargeError reports a frame whose size exceeds the reader's limit.
+// Tag and Op are the frame's, so the host can answer it.
+type TooLargeError struct {
+	Tag  uint64
+	Op   Op
+	Size uint32
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("frame of %d bytes exceeds the limit of %d", e.Size, MaxFrame)
+}
+
+// ErrnoOf maps a decoding error to the errno a reply carries.
+func ErrnoOf(err error) syscall.Errno {
+	var tl *TooLargeError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &tl):
+		return syscall.EMSGSIZE
+	case errors.Is(err, ErrUnknownOp):
+		return syscall.ENOSYS
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return syscall.EPROTO
+}
+
+// FrameReader reads frames from a byte stream.
+type FrameReader struct {
+	r    *bufio.Reader
+	max  uint32
+	skip int64 // bytes of a refused frame still to discard
+}
+
+// NewFrameReader reads frames of at most max bytes (after the size
+// field) from r.
+func NewFrameReader(r *bufio.Reader, max int) *FrameReader {
+	return &FrameReader{r: r, max: uint32(max)}
+}
+
+// Next returns the next frame (tag, op and body, without the size field),
+// reusing buf when it is large enough. A frame larger than the limit is
+// reported as *TooLargeError and one shorter than a header as
+// ErrShortFrame; call Skip to discard the rest of such a frame and go on.
+// Other errors come from the underlying reader.
+func (fr *FrameReader) Next(buf []byte) ([]byte, error) {
+	if fr.skip > 0 {
+		if err := fr.Skip(); err != nil {
+			return nil, err
+		}
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
+		return nil, err
+	}
+	size := binary.BigEndian.Uint32(hdr[:])
+	if size < frameHeader {
+		fr.skip = int64(size)
+		return nil, ErrShortFrame
+	}
+	if size > fr.max {
+		var h [frameHeader]byte
+		if _, err := io.ReadFull(fr.r, h[:]); err != nil {
+			return nil, err
+		}
+		fr.skip = int64(size) - frameHeader
+		return nil, &TooLargeError{Tag: binary.BigEndian.Uint64(h[:]), Op: Op(h[8]), Size: size}
+	}
+	if cap(buf) < int(size) {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	if _, err := io.ReadFull(fr.r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// Skip discards what is left of a frame Next refused.
+func (fr *FrameReader) Skip() error {
+	for fr.skip > 0 {
+		n, err := fr.r.Discard(int(min(fr.skip, 1<<30)))
+		fr.skip -= int64(n)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encoder appends fields to a frame.
+type encoder struct{ b []byte }
+
+func (e *encoder) u8(v uint8)   { e.b = append(e.b, v) }
+func (e *encoder) u32(v uint32) { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+func (e *encoder) u64(v uint64) { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+func (e *encoder) str(s string) {
+	e.b = binary.BigEndian.AppendUint16(e.b, uint16(len(s)))
+	e.b = append(e.b, s...)
+}
+func (e *encoder) bytes(p []byte) {
+	e.u32(uint32(len(p)))
+	e.b = append(e.b, p...)
+}
+func (e *encoder) time(t Time) { e.u64(uint64(t.Sec)); e.u32(t.Nsec) }
+
+func (e *encoder) attr(a *Attr) {
+	e.u64(a.Ino)
+	e.u64(a.Gen)
+	e.u64(a.Size)
+	e.u64(a.Blocks)
+	e.time(a.Atime)
+	e.time(a.Mtime)
+	e.time(a.Ctime)
+	e.u32(a.Mode)
+	e.u32(a.Nlink)
+	e.u32(a.Blksize)
+	e.u32(a.Rdev)
+}
+
+// attrSize is the encoded size of an Attr.
+const attrSize = 4*8 + 3*12 + 4*4
+
+// decoder reads fields from a frame body; the first problem sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
+	}
+}
+
+func (d *decoder) take(n int, what string) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || len(d.b) < n {
+		d.fail("%s: need %d bytes, have %d", what, n, len(d.b))
+		return nil
+	}
+	p := d.b[:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) u8(what string) uint8 {
+	if p := d.take(1, what); p != nil {
+		return p[0]
+	}
+	return 0
+}
+
+func (d *decoder) u32(what string) uint32 {
+	if p := d.take(4, what); p != nil {
+		return binary.BigEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (d *decoder) u64(what string) uint64 {
+	if p := d.take(8, what); p != nil {
+		return binary.BigEndian.Uint64(p)
+	}
+	return 0
+}
+
+// str reads a length-prefixed string of at most max bytes without NULs:
+// no path or name the kernel hands a filesystem contains one.
+func (d *decoder) str(what string, max int) string {
+	p := d.take(2, what)
+	if p == nil {
+		return ""
+	}
+	n := int(binary.BigEndian.Uint16(p))
+	if n > max {
+		d.fail("%s: %d bytes, limit %d", what, n, max)
+		return ""
+	}
+	s := d.take(n, what)
+	if strings.IndexByte(string(s), 0) >= 0 {
+		d.fail("%s: NUL byte", what)
+		return ""
+	}
+	return string(s)
+}
+
+func (d *decoder) bytes(what string, max int) []byte {
+	n := d.u32(what)
+	if d.err == nil && n > uint32(max) {
+		d.fail("%s: %d bytes, limit %d", what, n, max)
+		return nil
+	}
+	return d.take(int(n), what)
+}
+
+func (d *decoder) time(what string) Time {
+	t := Time{Sec: int64(d.u64(what)), Nsec: d.u32(what)}
+	if t.Nsec >= 1e9 {
+		d.fail("%s: %d nanoseconds", what, t.Nsec)
+	}
+	return t
+}
+
+func (d *decoder) attr() Attr {
+	return Attr{
+		Ino: d.u64("ino"), Gen: d.u64("gen"), Size: d.u64("size"), Blocks: d.u64("blocks"),
+		Atime: d.time("atime"), Mtime: d.time("mtime"), Ctime: d.time("ctime"),
+		Mode: d.u32("mode"), Nlink: d.u32("nlink"), Blksize: d.u32("blksize"), Rdev: d.u32("rdev"),
+	}
+}
+
+func (d *decoder) end() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	return d.err
+}
+
+// beginFrame starts a frame in buf: a size placeholder, tag and op.
+func beginFrame(buf []byte, tag uint64, op byte) encoder {
+	e := encoder{b: buf[:0]}
+	e.u32(0)
+	e.u64(tag)
+	e.u8(op)
+	return e
+}
+
+func (e *encoder) finish() ([]byte, error) {
+	size := len(e.b) - 4
+	if size > MaxFrame {
+		return nil, &TooLargeError{Size: uint32(min(size, math.MaxUint32))}
+	}
+	binary.BigEndian.PutUint32(e.b, uint32(size))
+	return e.b, nil
+}
+
+// AppendRequest encodes r as a complete frame (size field included) into
+// buf[:0] and returns it.
+func AppendRequest(buf []byte, r *Request) ([]byte, error) {
+	if !r.Op.Valid() {
+		return nil, ErrUnknownOp
+	}
+	f := requestFields[r.Op]
+	switch {
+	case len(r.Mount) > MaxMountID, len(r.Path) > MaxPath, len(r.Path2) > MaxPath:
+		return nil, fmt.Errorf("%s: %w: name too long", r.Op, ErrMalformed)
+	case len(r.Data) > MaxData:
+		return nil, &TooLargeError{Tag: r.Tag, Op: r.Op, Size: uint32(min(len(r.Data), math.MaxUint32))}
+	}
+	e := beginFrame(buf, r.Tag, byte(r.Op))
+	if f&fMount != 0 {
+		e.str(r.Mount)
+	}
+	if f&fPath != 0 {
+		e.str(r.Path)
+	}
+	if f&fPath2 != 0 {
+		e.str(r.Path2)
+	}
+	if f&fHandle != 0 {
+		e.u64(r.Handle)
+	}
+	if f&fFlags != 0 {
+		e.u32(r.Flags)
+	}
+	if f&fMode != 0 {
+		e.u32(r.Mode)
+	}
+	if f&fDev != 0 {
+		e.u32(r.Dev)
+	}
+	if f&fOffset != 0 {
+		e.u64(r.Offset)
+	}
+	if f&fSize != 0 {
+		e.u64(r.Size)
+	}
+	if f&fData != 0 {
+		e.bytes(r.Data)
+	}
+	if f&fTimes != 0 {
+		e.time(r.Atime)
+		e.time(r.Mtime)
+	}
+	if f&fVersion != 0 {
+		e.u32(r.Version)
+	}
+	return e.finish()
+}
+
+// DecodeRequest decodes a frame as returned by FrameReader.Next. When the
+// frame has a header, the returned request carries its Tag and Op even if
+// the body fails to decode, so that the error can be answered. Data
+// aliases frame.
+func DecodeRequest(frame []byte) (*Request, error) {
+	if len(frame) < frameHeader {
+		return nil, ErrShortFrame
+	}
+	r := &Request{Tag: binary.BigEndian.Uint64(frame), Op: Op(frame[8])}
+	if !r.Op.Valid() {
+		return r, fmt.Errorf("%w %d", ErrUnknownOp, frame[8])
+	}
+	f := requestFields[r.Op]
+	d := decoder{b: frame[frameHeader:]}
+	if f&fMount != 0 {
+		r.Mount = d.str("mount", MaxMountID)
+	}
+	if f&fPath != 0 {
+		r.Path = d.str("path", MaxPath)
+	}
+	if f&fPath2 != 0 {
+		r.Path2 = d.str("path2", MaxPath)
+	}
+	if f&fHandle != 0 {
+		r.Handle = d.u64("handle")
+	}
+	if f&fFlags != 0 {
+		r.Flags = d.u32("flags")
+	}
+	if f&fMode != 0 {
+		r.Mode = d.u32("mode")
+	}
+	if f&fDev != 0 {
+		r.Dev = d.u32("dev")
+	}
+	if f&fOffset != 0 {
+		r.Offset = d.u64("offset")
+	}
+	if f&fSize != 0 {
+		r.Size = d.u64("size")
+	}
+	if f&fData != 0 {
+		max := MaxData
+		if r.Op == OpSymlink {
+			max = MaxPath
+		}
+		r.Data = d.bytes("data", max)
+	}
+	if f&fTimes != 0 {
+		r.Atime = d.time("atime")
+		r.Mtime = d.time("mtime")
+	}
+	if f&fVersion != 0 {
+		r.Version = d.u32("version")
+	}
+	if err := d.end(); err != nil {
+		return r, fmt.Errorf("%s: %w", r.Op, err)
+	}
+	return r, nil
+}
+
+// AppendReply encodes rep as a complete frame into buf[:0]. A reply with
+// a non-zero Errno carries nothing else.
+func AppendReply(buf []byte, rep *Reply) ([]byte, error) {
+	e := beginFrame(buf, rep.Tag, byte(rep.Op)|ReplyBit)
+	e.u32(uint32(rep.Errno))
+	if rep.Errno != 0 || !rep.Op.Valid() {
+		return e.finish()
+	}
+	f := replyFields[rep.Op]
+	if f&fVersion != 0 {
+		e.u32(rep.Version)
+	}
+	if f&fInstance != 0 {
+		e.u64(rep.Instance)
+	}
+	if f&fHandle != 0 {
+		e.u64(rep.Handle)
+	}
+	if f&fAttr != 0 {
+		e.attr(&rep.Attr)
+	}
+	if f&fData != 0 {
+		if len(rep.Data) > MaxData {
+			return nil, &TooLargeError{Tag: rep.Tag, Op: rep.Op}
+		}
+		e.bytes(rep.Data)
+	}
+	if f&fSize != 0 {
+		e.u64(rep.Size)
+	}
+	if f&fOffset != 0 {
+		e.u64(rep.Offset)
+	}
+	if f&fEntries != 0 {
+		if len(rep.Entries) > MaxEntries {
+			return nil, &TooLargeError{Tag: rep.Tag, Op: rep.Op}
+		}
+		e.u32(uint32(len(rep.Entries)))
+		for i := range rep.Entries {
+			de := &rep.Entries[i]
+			if len(de.Name) > MaxName {
+				return nil, fmt.Errorf("%w: entry name of %d bytes", ErrMalformed, len(de.Name))
+			}
+			e.str(de.Name)
+			e.u64(de.Next)
+			e.attr(&de.Attr)
+		}
+		eof := uint8(0)
+		if rep.EOF {
+			eof = 1
+		}
+		e.u8(eof)
+	}
+	if f&fStatfs != 0 {
+		s := &rep.Statfs
+		for _, v := range []uint64{s.Blocks, s.Bfree, s.Bavail, s.Files, s.Ffree} {
+			e.u64(v)
+		}
+		for _, v := range []uint32{s.Bsize, s.Namelen, s.Frsize} {
+			e.u32(v)
+		}
+	}
+	return e.finish()
+}
+
+// EntrySize is the encoded size of a directory entry with a name of n
+// bytes; the host fills readdir pages up to MaxData with it.
+func EntrySize(n int) int { return 2 + n + 8 + attrSize }
+
+// DecodeReply decodes a reply frame as returned by FrameReader.Next. Data
+// aliases frame.
+func DecodeReply(frame []byte) (*Reply, error) {
+	if len(frame) < frameHeader+4 {
+		return nil, ErrShortFrame
+	}
+	rep := &Reply{Tag: binary.BigEndian.Uint64(frame), Op: Op(frame[8] &^ ReplyBit)}
+	if frame[8]&ReplyBit == 0 {
+		return rep, fmt.Errorf("%w: request where a reply was expected", ErrMalformed)
+	}
+	d := decoder{b: frame[frameHeader:]}
+	rep.Errno = syscall.Errno(d.u32("errno"))
+	if rep.Errno != 0 || !rep.Op.Valid() {
+		return rep, d.end()
+	}
+	f := replyFields[rep.Op]
+	if f&fVersion != 0 {
+		rep.Version = d.u32("version")
+	}
+	if f&fInstance != 0 {
+		rep.Instance = d.u64("instance")
+	}
+	if f&fHandle != 0 {
+		rep.Handle = d.u64("handle")
+	}
+	if f&fAttr != 0 {
+		rep.Attr = d.attr()
+	}
+	if f&fData != 0 {
+		rep.Data = d.bytes("data", MaxData)
+	}
+	if f&fSize != 0 {
+		rep.Size = d.u64("size")
+	}
+	if f&fOffset != 0 {
+		rep.Offset = d.u64("offset")
+	}
+	if f&fEntries != 0 {
+		n := d.u32("entries")
+		if n > MaxEntries {
+			d.fail("%d entries, limit %d", n, MaxEntries)
+		}
+		if d.err == nil {
+			rep.Entries = make([]DirEntry, 0, min(int(n), len(d.b)/EntrySize(1)+1))
+		}
+		for i := uint32(0); i < n && d.err == nil; i++ {
+			de := DirEntry{Name: d.str("name", MaxName), Next: d.u64("next"), Attr: d.attr()}
+			if d.err == nil && (de.Name == "" || de.Name == "." || de.Name == ".." || strings.IndexByte(de.Name, '/') >= 0) {
+				d.fail("bad entry name %q", de.Name)
+			}
+			rep.Entries = append(rep.Entries, de)
+		}
+		rep.EOF = d.u8("eof") != 0
+	}
+	if f&fStatfs != 0 {
+		s := &rep.Statfs
+		for _, p := range []*uint64{&s.Blocks, &s.Bfree, &s.Bavail, &s.Files, &s.Ffree} {
+			*p = d.u64("statfs")
+		}
+		for _, p := range []*uint32{&s.Bsize, &s.Namelen, &s.Frsize} {
+			*p = d.u32("statfs")
+		}
+	}
+	if err := d.end(); err != nil {
+		return rep, fmt.Errorf("%s reply: %w", rep.Op, err)
+	}
+	return rep, nil
+}

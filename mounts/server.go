@@ -1,0 +1,445 @@
+package mounts
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/mounts/fsproto"
+	"golang.org/x/sys/unix"
+)
+
+// Server is the host end of one VM's fs port: it serves the file
+// operations of all of the VM's host mounts. A Server outlives its
+// connections: after the VM's port is reconnected (by this process),
+// call Serve again with the new connection, and the guest's open handles
+// stay valid. A new Server (after a supervisor restart) is a new
+// instance: the guest reopens its handles by path.
+type Server struct {
+	log      *log.Logger
+	mounts   map[string]*hostMount
+	instance uint32
+	handles  handleTable
+	limiter  logLimiter
+
+	// life is held shared by every operation and exclusively by Close,
+	// so that no operation uses a root or a handle Close has released.
+	life   sync.RWMutex
+	closed atomic.Bool // set under mu
+
+	mu   sync.Mutex
+	conn io.ReadWriteCloser
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("mounts: server closed")
+
+// maxInflight bounds the requests served at once; when it is reached the
+// server stops reading, which pushes back on the guest through the port.
+const maxInflight = 64
+
+// NewServer opens the host directory of every host mount in specs
+// (memory mounts are the guest's business and are skipped). logger may
+// be nil.
+func NewServer(specs []Spec, logger *log.Logger) (*Server, error) {
+	if logger == nil {
+		logger = log.New(io.Discard, "", 0)
+	}
+	if err := Check(specs); err != nil {
+		return nil, err
+	}
+	var b [4]byte
+	rand.Read(b[:])
+	s := &Server{
+		log:      logger,
+		mounts:   map[string]*hostMount{},
+		instance: binary.BigEndian.Uint32(b[:]) | 1,
+		limiter:  logLimiter{every: time.Second, burst: 10},
+	}
+	s.handles.init(s.instance)
+	for _, spec := range specs {
+		if spec.Memory {
+			continue
+		}
+		m, err := openMount(spec)
+		if err != nil {
+			s.closeMounts()
+			return nil, err
+		}
+		s.mounts[spec.ID] = m
+	}
+	return s, nil
+}
+
+func (s *Server) closeMounts() {
+	for _, m := range s.mounts {
+		m.close()
+	}
+}
+
+// Close drops the connection, waits for operations in progress, and
+// closes every handle and mount root.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	already := s.closed.Swap(true)
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	s.mu.Unlock()
+	if already {
+		return nil
+	}
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.handles.closeAll()
+	s.closeMounts()
+	return nil
+}
+
+// Serve resynchronises with the guest over conn and serves it until conn
+// fails or the Server is closed (then it returns ErrServerClosed). A
+// Serve already running on an older connection is cut off: one guest,
+// one connection. conn is closed on return.
+func (s *Server) Serve(conn io.ReadWriteCloser) error {
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		conn.Close()
+		return ErrServerClosed
+	}
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	s.conn = conn
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.conn == conn {
+			s.conn = nil
+		}
+		s.mu.Unlock()
+		conn.Close()
+	}()
+
+	br, err := fsproto.HostHandshake(conn)
+	if err != nil {
+		return s.serveErr(fmt.Errorf("fs port handshake: %w", err))
+	}
+	var (
+		wmu      sync.Mutex
+		inflight sync.WaitGroup
+		sem      = make(chan struct{}, maxInflight)
+	)
+	reply := func(rep *fsproto.Reply) {
+		frame, err := fsproto.AppendReply(nil, rep)
+		if err != nil {
+			s.logf("fs: encode %s reply: %v", rep.Op, err)
+			frame, _ = fsproto.AppendReply(nil, &fsproto.Reply{Tag: rep.Tag, Op: rep.Op, Errno: syscall.EIO})
+		}
+		wmu.Lock()
+		_, err = conn.Write(frame)
+		wmu.Unlock()
+		if err != nil {
+			conn.Close() // the reader notices and Serve returns
+		}
+	}
+	defer inflight.Wait()
+	fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
+	for {
+		frame, err := fr.Next(nil)
+		if err != nil {
+			var tl *fsproto.TooLargeError
+			switch {
+			case errors.As(err, &tl):
+				s.logf("fs: %v", err)
+				reply(&fsproto.Reply{Tag: tl.Tag, Op: tl.Op, Errno: syscall.EMSGSIZE})
+				continue
+			case errors.Is(err, fsproto.ErrShortFrame):
+				s.logf("fs: %v", err) // no tag to answer
+				continue
+			}
+			return s.serveErr(err)
+		}
+		req, err := fsproto.DecodeRequest(frame)
+		if err != nil {
+			s.logf("fs: %v", err)
+			reply(&fsproto.Reply{Tag: req.Tag, Op: req.Op, Errno: fsproto.ErrnoOf(err)})
+			continue
+		}
+		sem <- struct{}{}
+		inflight.Add(1)
+		go func() {
+			defer func() { <-sem; inflight.Done() }()
+			reply(s.handle(req))
+		}()
+	}
+}
+
+func (s *Server) serveErr(err error) error {
+	if s.closed.Load() {
+		return ErrServerClosed
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) {
+		return nil
+	}
+	return err
+}
+
+// handle performs one request. It is the single place where the mount
+// and the read-only rule are enforced.
+func (s *Server) handle(req *fsproto.Request) *fsproto.Reply {
+	rep := &fsproto.Reply{Tag: req.Tag, Op: req.Op}
+	s.life.RLock()
+	defer s.life.RUnlock()
+	if s.closed.Load() {
+		rep.Errno = syscall.ENOTCONN
+		return rep
+	}
+	if req.Op == fsproto.OpInit {
+		if req.Version != fsproto.Version {
+			rep.Errno = syscall.EPROTONOSUPPORT
+			return rep
+		}
+		rep.Version = fsproto.Version
+		rep.Instance = uint64(s.instance)
+		return rep
+	}
+	m := s.mounts[req.Mount]
+	if m == nil {
+		rep.Errno = syscall.ENODEV
+		return rep
+	}
+	if m.ro && req.Writes() {
+		rep.Errno = syscall.EROFS
+		return rep
+	}
+	rep.Errno = s.do(m, req, rep)
+	return rep
+}
+
+func (s *Server) do(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) syscall.Errno {
+	switch req.Op {
+	case fsproto.OpStat:
+		return m.stat(req.Path, &rep.Attr)
+	case fsproto.OpReadlink:
+		var errno syscall.Errno
+		rep.Data, errno = m.readlink(req.Path)
+		return errno
+	case fsproto.OpOpen, fsproto.OpCreate:
+		f, errno := m.open(req, &rep.Attr)
+		if errno != 0 {
+			return errno
+		}
+		rep.Handle, errno = s.handles.add(&handle{m: m, f: f})
+		if errno != 0 {
+			f.Close()
+		}
+		return errno
+	case fsproto.OpOpendir:
+		d, errno := m.opendir(req.Path)
+		if errno != 0 {
+			return errno
+		}
+		rep.Handle, errno = s.handles.add(&handle{m: m, dir: d})
+		if errno != 0 {
+			d.close()
+		}
+		return errno
+	case fsproto.OpSetattr:
+		if req.Handle != 0 {
+			h, errno := s.handles.get(m, req.Handle)
+			if errno != 0 {
+				return errno
+			}
+			if h.f == nil {
+				return syscall.EISDIR
+			}
+			return m.setattrFile(h.f, req, &rep.Attr)
+		}
+		return m.setattrPath(req, &rep.Attr)
+	case fsproto.OpMkdir:
+		return m.mkdir(req.Path, req.Mode, &rep.Attr)
+	case fsproto.OpMknod:
+		return m.mknod(req.Path, req.Mode, &rep.Attr)
+	case fsproto.OpSymlink:
+		return m.symlink(string(req.Data), req.Path, &rep.Attr)
+	case fsproto.OpLink:
+		return m.link(req.Path, req.Path2, &rep.Attr)
+	case fsproto.OpUnlink:
+		return m.unlink(req.Path, 0)
+	case fsproto.OpRmdir:
+		return m.unlink(req.Path, unix.AT_REMOVEDIR)
+	case fsproto.OpRename:
+		return m.rename(req.Path, req.Path2, req.Flags)
+	case fsproto.OpStatfs:
+		return m.statfs(&rep.Statfs)
+	case fsproto.OpRelease:
+		return s.handles.release(m, req.Handle)
+	}
+	// The rest work on a handle.
+	h, errno := s.handles.get(m, req.Handle)
+	if errno != 0 {
+		return errno
+	}
+	if req.Op == fsproto.OpReaddir {
+		if h.dir == nil {
+			return syscall.ENOTDIR
+		}
+		rep.Entries, rep.EOF, errno = h.dir.page(m, req.Offset, req.Size)
+		return errno
+	}
+	if req.Op == fsproto.OpFstat && h.dir != nil {
+		return h.dir.stat(m, &rep.Attr)
+	}
+	if req.Op == fsproto.OpFsync && h.dir != nil {
+		return h.dir.sync()
+	}
+	if h.f == nil {
+		return syscall.EISDIR
+	}
+	switch req.Op {
+	case fsproto.OpFstat:
+		return m.fstat(h.f, &rep.Attr)
+	case fsproto.OpRead:
+		rep.Data, errno = readAt(h.f, req.Offset, req.Size)
+		return errno
+	case fsproto.OpWrite:
+		var n int
+		n, errno = writeAt(h.f, req.Offset, req.Data)
+		rep.Size = uint64(n)
+		return errno
+	case fsproto.OpFsync:
+		return fsync(h.f, req.Flags&1 != 0)
+	case fsproto.OpLseek:
+		rep.Offset, errno = lseek(h.f, req.Offset, req.Flags)
+		return errno
+	case fsproto.OpFallocate:
+		return fallocate(h.f, req.Offset, req.Size, req.Flags)
+	}
+	return syscall.ENOSYS
+}
+
+// logf logs at a bounded rate: the guest can produce errors at will.
+func (s *Server) logf(format string, args ...any) {
+	if s.limiter.allow() {
+		s.log.Printf(format, args...)
+	}
+}
+
+type logLimiter struct {
+	mu     sync.Mutex
+	every  time.Duration
+	burst  int
+	tokens int
+	last   time.Time
+}
+
+func (l *logLimiter) allow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.last) >= l.every {
+		l.tokens, l.last = l.burst, now
+	}
+	if l.tokens == 0 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+// A handle is an open file or directory of one mount.
+type handle struct {
+	m   *hostMount
+	f   *os.File
+	dir *dirStream
+}
+
+func (h *handle) close() {
+	if h.f != nil {
+		h.f.Close()
+	}
+	if h.dir != nil {
+		h.dir.close()
+	}
+}
+
+// maxHandles bounds the host file descriptors one VM can hold open.
+const maxHandles = 1 << 14
+
+// handleTable maps handle numbers to open files. A number carries the
+// server's instance in its high half, so that a handle of an earlier
+// instance (from before a supervisor restart) is never mistaken for one
+// of this instance: it gets ESTALE, and the guest reopens by path.
+type handleTable struct {
+	mu       sync.Mutex
+	instance uint32
+	next     uint32
+	m        map[uint64]*handle
+}
+
+func (t *handleTable) init(instance uint32) {
+	t.instance = instance
+	t.m = map[uint64]*handle{}
+}
+
+func (t *handleTable) add(h *handle) (uint64, syscall.Errno) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.m) >= maxHandles {
+		return 0, syscall.EMFILE
+	}
+	for {
+		t.next++
+		id := uint64(t.instance)<<32 | uint64(t.next)
+		if t.next != 0 && t.m[id] == nil {
+			t.m[id] = h
+			return id, 0
+		}
+	}
+}
+
+func (t *handleTable) get(m *hostMount, id uint64) (*handle, syscall.Errno) {
+	t.mu.Lock()
+	h := t.m[id]
+	t.mu.Unlock()
+	switch {
+	case h == nil:
+		return nil, syscall.ESTALE
+	case h.m != m:
+		return nil, syscall.EBADF
+	}
+	return h, 0
+}
+
+func (t *handleTable) release(m *hostMount, id uint64) syscall.Errno {
+	t.mu.Lock()
+	h := t.m[id]
+	if h == nil || h.m != m {
+		t.mu.Unlock()
+		return 0 // released already (a retried release), or never ours
+	}
+	delete(t.m, id)
+	t.mu.Unlock()
+	// os.File and dirStream wait for operations still using them.
+	h.close()
+	return 0
+}
+
+func (t *handleTable) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, h := range t.m {
+		h.close()
+		delete(t.m, id)
+	}
+}

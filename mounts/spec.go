@@ -1,0 +1,202 @@
+// Package mounts puts a user's host directories (read-write or read-only)
+// and memory filesystems inside gondolin VMs, and is the host end of the
+// file protocol that serves them: every host-file access a guest makes is
+// done here, confined beneath the mounted directory.
+//
+// How a host directory reaches the guest: the guest agent runs a FUSE
+// filesystem (package mounts/guestfs) that forwards each operation over
+// the VM's fs virtio-serial port (package mounts/fsproto) to a Server,
+// which performs it beneath the directory with openat2(RESOLVE_BENEATH |
+// RESOLVE_NO_SYMLINKS) and *at calls that never follow a final symlink.
+// Unlike virtiofs this keeps a VM migratable, so live snapshots work.
+//
+// What the guest sees:
+//
+//   - Ownership: every file appears owned by root (uid 0, gid 0), the user
+//     the guest runs as; the guest kernel checks permission bits against
+//     that (default_permissions). On the host, files are created as the
+//     user running gondolin, with the guest's mode limited by that
+//     process's umask. chown and chgrp succeed and change nothing, so
+//     tools that extract archives as root keep working. Host permission
+//     checks still apply to the host user: a file the host user may not
+//     read gives EACCES in the guest even to its root.
+//   - Set-user-ID and set-group-ID bits are never set on host files: the
+//     guest must not be able to leave a privileged executable in the
+//     user's tree.
+//   - Device nodes are neither created nor opened on the host (EPERM);
+//     FIFOs and sockets may be created (the guest kernel opens those).
+//   - Symlinks are stored verbatim and resolved by the guest kernel, so
+//     an absolute symlink points into the guest's own filesystem, never
+//     the host's.
+//   - Caching: the guest caches attributes and names for CacheTimeout
+//     (1 s) and file data until the next open of a file whose size or
+//     modification time changed: a change made on the host shows in the
+//     guest within a second, and new contents at the next open.
+//   - Inode numbers are the host's (mixed with the device number for
+//     directories that cross a mount point), so hard links show as one
+//     inode.
+package mounts
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// ErrInvalid is wrapped by every error about a bad mount specification.
+var ErrInvalid = errors.New("invalid mount")
+
+// CacheTimeout is how long the guest trusts attributes and directory
+// entries it got from the host (see the package comment).
+const CacheTimeout = time.Second
+
+// Spec is one mount of a VM, as recorded in a session's spec.
+type Spec struct {
+	// ID names a host mount on the fs port; it is derived from the guest
+	// path, so it is stable across supervisor restarts.
+	ID string `json:"id,omitempty"`
+	// HostPath is the absolute, symlink-free host directory (host mounts).
+	HostPath  string `json:"host_path,omitempty"`
+	GuestPath string `json:"guest_path"`
+	ReadOnly  bool   `json:"read_only,omitempty"`
+	// Memory mounts are a tmpfs in the guest, gone with the VM.
+	Memory bool `json:"memory,omitempty"`
+}
+
+func (s Spec) String() string {
+	switch {
+	case s.Memory:
+		return "memfs:" + s.GuestPath
+	case s.ReadOnly:
+		return s.HostPath + ":" + s.GuestPath + ":ro"
+	}
+	return s.HostPath + ":" + s.GuestPath
+}
+
+// AgentMount is the request that asks the guest agent to mount s.
+func (s Spec) AgentMount() *agentproto.Mount {
+	return &agentproto.Mount{ID: s.ID, Path: s.GuestPath, ReadOnly: s.ReadOnly, Memory: s.Memory}
+}
+
+// ParseHostFS parses a --mount-hostfs value, HOST:GUEST[:ro] (":rw" is
+// accepted too). HOST may be relative and may contain colons; it must be
+// an existing directory, and is resolved to an absolute path without
+// symlinks, so that the mount cannot be redirected later.
+func ParseHostFS(s string) (Spec, error) {
+	bad := func(format string, args ...any) (Spec, error) {
+		return Spec{}, fmt.Errorf("%w: --mount-hostfs %q: %s", ErrInvalid, s, fmt.Sprintf(format, args...))
+	}
+	spec := Spec{}
+	rest := s
+	if r, ok := strings.CutSuffix(rest, ":ro"); ok {
+		spec.ReadOnly, rest = true, r
+	} else if r, ok := strings.CutSuffix(rest, ":rw"); ok {
+		rest = r
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i <= 0 {
+		return bad("want HOST:GUEST or HOST:GUEST:ro")
+	}
+	host, guest := rest[:i], rest[i+1:]
+	g, err := checkGuestPath(guest)
+	if err != nil {
+		return bad("%v", err)
+	}
+	spec.GuestPath = g
+	abs, err := filepath.Abs(host)
+	if err != nil {
+		return bad("%v", err)
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return bad("host directory %s does not exist", abs)
+		}
+		return bad("%v", err)
+	}
+	st, err := os.Stat(real)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if !st.IsDir() {
+		return bad("%s is not a directory", abs)
+	}
+	spec.HostPath = real
+	spec.ID = mountID(g)
+	return spec, nil
+}
+
+// ParseMemFS parses a --mount-memfs value: an absolute guest path.
+func ParseMemFS(s string) (Spec, error) {
+	g, err := checkGuestPath(s)
+	if err != nil {
+		return Spec{}, fmt.Errorf("%w: --mount-memfs %q: %v", ErrInvalid, s, err)
+	}
+	return Spec{GuestPath: g, Memory: true}, nil
+}
+
+func mountID(guestPath string) string {
+	sum := sha256.Sum256([]byte(guestPath))
+	return "m" + hex.EncodeToString(sum[:6])
+}
+
+// Guest paths that must stay the guest kernel's own.
+var reservedGuestPaths = []string{"/proc", "/sys", "/dev"}
+
+func checkGuestPath(p string) (string, error) {
+	switch {
+	case p == "":
+		return "", errors.New("empty guest path")
+	case !strings.HasPrefix(p, "/"):
+		return "", fmt.Errorf("guest path %s is not absolute", p)
+	case strings.ContainsAny(p, "\x00:"), len(p) > 1024:
+		return "", fmt.Errorf("guest path %q is not usable", p)
+	}
+	c := path.Clean(p)
+	if c == "/" {
+		return "", errors.New("cannot mount over the guest's root")
+	}
+	for _, r := range reservedGuestPaths {
+		if c == r || strings.HasPrefix(c, r+"/") {
+			return "", fmt.Errorf("%s is reserved for the guest kernel", r)
+		}
+	}
+	return c, nil
+}
+
+// Check validates a VM's mounts as a set: each must be valid on its own,
+// no guest path may be used twice, and mount points may not nest (a mount
+// inside a host mount would create its mount point in the user's tree,
+// and the outcome would depend on mount order).
+func Check(specs []Spec) error {
+	for i, s := range specs {
+		if _, err := checkGuestPath(s.GuestPath); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if !s.Memory && (s.ID == "" || len(s.ID) > 64 || !filepath.IsAbs(s.HostPath)) {
+			return fmt.Errorf("%w: host mount %s lacks an ID or an absolute host path", ErrInvalid, s.GuestPath)
+		}
+		for _, t := range specs[:i] {
+			a, b := path.Clean(s.GuestPath), path.Clean(t.GuestPath)
+			switch {
+			case a == b:
+				return fmt.Errorf("%w: %s is mounted twice", ErrInvalid, a)
+			case strings.HasPrefix(a, b+"/"):
+				return fmt.Errorf("%w: %s is inside mount %s; nested mounts are not supported", ErrInvalid, a, b)
+			case strings.HasPrefix(b, a+"/"):
+				return fmt.Errorf("%w: %s is inside mount %s; nested mounts are not supported", ErrInvalid, b, a)
+			case !s.Memory && !t.Memory && s.ID == t.ID:
+				return fmt.Errorf("%w: mounts %s and %s share ID %s", ErrInvalid, a, b, s.ID)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package mounts
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseHostFS(t *testing.T) {
+	dir := t.TempDir()
+	colon := filepath.Join(dir, "a:b")
+	file := filepath.Join(dir, "file")
+	link := filepath.Join(dir, "link")
+	os.Mkdir(colon, 0o755)
+	os.WriteFile(file, nil, 0o644)
+	os.Symlink(colon, link)
+	t.Chdir(dir)
+
+	tests := []struct {
+		in      string
+		host    string
+		guest   string
+		ro      bool
+		wantErr string
+	}{
+		{in: dir + ":/workspace", host: dir, guest: "/workspace"},
+		{in: dir + ":/workspace:ro", host: dir, guest: "/workspace", ro: true},
+		{in: dir + ":/workspace:rw", host: dir, guest: "/workspace"},
+		{in: dir + ":/a/../b/./c/", host: dir, guest: "/b/c"},
+		{in: ".:/w", host: dir, guest: "/w"},
+		{in: colon + ":/w", host: colon, guest: "/w"},
+		{in: link + ":/w:ro", host: colon, guest: "/w", ro: true},
+		{in: "a:b:/w", host: colon, guest: "/w"},
+		{in: dir, wantErr: "want HOST:GUEST"},
+		{in: ":/w", wantErr: "want HOST:GUEST"},
+		{in: dir + ":", wantErr: "empty guest path"},
+		{in: dir + ":w", wantErr: "not absolute"},
+		{in: dir + ":/", wantErr: "guest's root"},
+		{in: dir + ":/a/..", wantErr: "guest's root"},
+		{in: dir + ":/proc", wantErr: "reserved"},
+		{in: dir + ":/sys/kernel", wantErr: "reserved"},
+		{in: dir + ":/dev/shm", wantErr: "reserved"},
+		{in: dir + "/missing:/w", wantErr: "does not exist"},
+		{in: file + ":/w", wantErr: "not a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			spec, err := ParseHostFS(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
+					t.Fatalf("ParseHostFS(%q) = %+v, %v; want an ErrInvalid containing %q", tt.in, spec, err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error is not one line: %q", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spec.HostPath != tt.host || spec.GuestPath != tt.guest || spec.ReadOnly != tt.ro || spec.Memory || spec.ID == "" {
+				t.Fatalf("ParseHostFS(%q) = %+v", tt.in, spec)
+			}
+			b, _ := json.Marshal(spec)
+			var back Spec
+			if err := json.Unmarshal(b, &back); err != nil || back != spec {
+				t.Fatalf("JSON round trip: %s -> %+v, %v", b, back, err)
+			}
+		})
+	}
+}
+
+func TestParseMemFS(t *testing.T) {
+	spec, err := ParseMemFS("/scratch/")
+	if err != nil || spec != (Spec{GuestPath: "/scratch", Memory: true}) {
+		t.Fatalf("ParseMemFS = %+v, %v", spec, err)
+	}
+	for _, bad := range []string{"", "scratch", "/", "/proc/x", "/a:b"} {
+		if _, err := ParseMemFS(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseMemFS(%q): %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	host := func(guest string) Spec {
+		s, err := ParseHostFS(dir + ":" + guest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	mem := func(guest string) Spec {
+		s, err := ParseMemFS(guest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	ok := [][]Spec{
+		nil,
+		{host("/a"), host("/b"), mem("/c")},
+		{host("/a"), host("/ab")},
+	}
+	for _, specs := range ok {
+		if err := Check(specs); err != nil {
+			t.Errorf("Check(%v): %v", specs, err)
+		}
+	}
+	bad := map[string][]Spec{
+		"mounted twice": {host("/a"), mem("/a")},
+		"nested":        {host("/a"), mem("/a/b")},
+		"nested ":       {mem("/a/b/c"), host("/a")},
+		"lacks an ID":   {{HostPath: dir, GuestPath: "/x"}},
+	}
+	for want, specs := range bad {
+		err := Check(specs)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), strings.TrimSpace(want)) {
+			t.Errorf("Check(%v) = %v, want %q", specs, err, want)
+		}
+	}
+}
