@@ -479,3 +479,21 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestAgentBackgroundChildDoesNotHang checks that a command which leaves a
+// background process holding its output ends when the command does.
+func TestAgentBackgroundChildDoesNotHang(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		for _, tty := range []bool{false, true} {
+			start := time.Now()
+			_, _, exit, err := run(t, a, Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "sleep 30 & echo started"}, TTY: tty}})
+			if err != nil || exit.Code != 0 {
+				t.Fatalf("tty=%v: exit %+v, %v", tty, exit, err)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Fatalf("tty=%v: took %v", tty, d)
+			}
+		}
+	})
+}

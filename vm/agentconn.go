@@ -119,7 +119,8 @@ func Handshake(ctx context.Context, conn net.Conn) (*Agent, error) {
 	cfg := yamux.DefaultConfig()
 	cfg.EnableKeepAlive = false // a paused VM is not a dead one; the host watches QEMU instead
 	cfg.LogOutput = io.Discard
-	sess, err := yamux.Client(&agentproto.Conn{R: br, W: conn, C: conn}, cfg)
+	cfg.MaxStreamWindowSize = 1 << 20
+	sess, err := yamux.Client(&agentproto.Conn{R: br, W: &agentproto.CoalesceWriter{W: conn}, C: conn}, cfg)
 	if err != nil {
 		return nil, err
 	}

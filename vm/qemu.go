@@ -168,6 +168,13 @@ func qemuArgs(c Config, tscKHz int) []string {
 	return args
 }
 
+// CommandLine returns the QEMU arguments gondolin uses for cfg, for tools
+// that measure a bare QEMU against gondolin.
+func CommandLine(cfg Config) []string {
+	cfg.fill()
+	return qemuArgs(cfg, hostTSCKHz())
+}
+
 func kernelCmdline(c Config, tscKHz int) string {
 	params := []string{
 		"console=ttyS0", "panic=-1", "quiet", "loglevel=0",

@@ -23,7 +23,7 @@ const EnvRequireVM = "GONDOLIN_TEST_REQUIRE_VM"
 // the user's store. skip is non-empty when integration tests cannot run
 // here (-short, or no image built), with the reason.
 func NewHome() (home layout.Home, cleanup func(), skip string, err error) {
-	if testing.Short() {
+	if testing.Testing() && testing.Short() {
 		return "", nil, "integration test: skipped with -short", nil
 	}
 	src, err := layout.DefaultHome()
@@ -49,7 +49,7 @@ func NewHome() (home layout.Home, cleanup func(), skip string, err error) {
 		return "", nil, "", err
 	}
 	home = layout.Home(dir)
-	if err := linkTree(src.Images(), home.Images()); err != nil {
+	if err := LinkImages(src, home); err != nil {
 		os.RemoveAll(dir)
 		return "", nil, "", fmt.Errorf("link images: %w", err)
 	}
@@ -69,6 +69,11 @@ func Home(t testing.TB) layout.Home {
 	}
 	t.Cleanup(cleanup)
 	return home
+}
+
+// LinkImages makes src's images available in dst without copying them.
+func LinkImages(src, dst layout.Home) error {
+	return linkTree(src.Images(), dst.Images())
 }
 
 // linkTree recreates src's directories under dst and hard-links its files

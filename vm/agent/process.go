@@ -197,7 +197,7 @@ func (t *procTable) start(req *agentproto.Exec) (*process, error) {
 	}()
 	attr := &os.ProcAttr{Dir: cwd, Env: env, Sys: &syscall.SysProcAttr{Setsid: true}}
 	if req.TTY {
-		ptmx, tty, err := pty.Open()
+		ptmx, tty, err := openPTY()
 		if err != nil {
 			return nil, fmt.Errorf("exec: open pty: %w", err)
 		}
@@ -205,7 +205,7 @@ func (t *procTable) start(req *agentproto.Exec) (*process, error) {
 		if rows == 0 || cols == 0 {
 			rows, cols = 24, 80
 		}
-		pty.Setsize(ptmx, &pty.Winsize{Rows: rows, Cols: cols})
+		setWinsize(ptmx, rows, cols)
 		p.ptmx = ptmx
 		childFiles = append(childFiles, tty)
 		attr.Files = []*os.File{tty, tty, tty}
@@ -238,6 +238,8 @@ func (t *procTable) start(req *agentproto.Exec) (*process, error) {
 			return nil, err
 		}
 		p.stdout, p.stderr = outR, errR
+		growPipe(outR)
+		growPipe(errR)
 		childFiles = append(childFiles, outW, errW)
 		attr.Files = []*os.File{stdin, outW, errW}
 	}
@@ -356,4 +358,55 @@ func executable(path string) error {
 		return &startError{code: 126, err: fmt.Errorf("exec %s: permission denied", path)}
 	}
 	return nil
+}
+
+// growPipe raises a pipe's capacity to readChunk so a fast producer fills
+// it in fewer, larger writes (best effort: the limit is
+// /proc/sys/fs/pipe-max-size).
+func growPipe(f *os.File) {
+	// Not f.Fd(): that would switch the pipe to blocking mode, and a
+	// blocked read could no longer be interrupted by Close.
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, readChunk) })
+	}
+}
+
+// openPTY opens a pseudo-terminal whose master stays in non-blocking mode:
+// pty.Open leaves it blocking (it calls Fd), and a blocking read can then
+// not be interrupted by Close when a background process keeps the
+// terminal open after the command exits.
+func openPTY() (ptmx, tty *os.File, err error) {
+	m, tty, err := pty.Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer m.Close()
+	fd, err := unix.Dup(int(m.Fd()))
+	if err != nil {
+		tty.Close()
+		return nil, nil, err
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		tty.Close()
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fd), "/dev/ptmx"), tty, nil
+}
+
+// setWinsize sets a terminal's size without switching it to blocking mode.
+func setWinsize(f *os.File, rows, cols uint16) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ioctlErr error
+	err = rc.Control(func(fd uintptr) {
+		ioctlErr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	})
+	if err != nil {
+		return err
+	}
+	return ioctlErr
 }

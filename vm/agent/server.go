@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/creack/pty"
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"github.com/hashicorp/yamux"
 )
@@ -110,6 +109,7 @@ func (s *Server) ServeConn(ch io.ReadWriteCloser) error {
 	// of a VM that was paused for a snapshot.
 	cfg.EnableKeepAlive = false
 	cfg.LogOutput = io.Discard
+	cfg.MaxStreamWindowSize = 1 << 20
 	sess, err := yamux.Server(conn, cfg)
 	if err != nil {
 		return err
@@ -147,7 +147,7 @@ func (s *Server) handshake(ch io.ReadWriteCloser) (io.ReadWriteCloser, error) {
 			}
 		case agentproto.WordGo:
 			if nonce == answered {
-				return &agentproto.Conn{R: br, W: ch, C: ch}, nil
+				return &agentproto.Conn{R: br, W: &agentproto.CoalesceWriter{W: ch}, C: ch}, nil
 			}
 		}
 	}
@@ -310,14 +310,16 @@ func (s *Server) exec(st *stream, req *agentproto.Exec) {
 	var wg sync.WaitGroup
 	copyOut := func(r *os.File, t agentproto.FrameType) {
 		defer wg.Done()
-		buf := make([]byte, agentproto.MaxData)
+		buf := make([]byte, readChunk)
 		for {
 			n, err := r.Read(buf)
-			if n > 0 {
-				if st.frame(t, buf[:n]) != nil {
+			for chunk := buf[:n]; len(chunk) > 0; {
+				m := min(len(chunk), agentproto.MaxData)
+				if st.frame(t, chunk[:m]) != nil {
 					p.signal(syscall.SIGKILL)
 					return
 				}
+				chunk = chunk[m:]
 			}
 			if err != nil { // EOF, or EIO from a PTY whose other side closed
 				return
@@ -351,6 +353,10 @@ func (s *Server) exec(st *stream, req *agentproto.Exec) {
 	p.closeFiles()
 	st.json(agentproto.FrameExit, p.exit)
 }
+
+// readChunk is how much output is read at once; output pipes are grown to
+// match, because under emulation each wakeup costs more than the copy.
+const readChunk = 1 << 20
 
 // outputGrace is how long output may keep flowing after the process
 // exits, from children that still hold its stdout.
@@ -474,5 +480,5 @@ func (s *Server) resize(st *stream, req agentproto.Request) {
 		st.fail(errors.New("resize: rows and cols must be positive"))
 		return
 	}
-	s.reply(st, pty.Setsize(p.ptmx, &pty.Winsize{Rows: req.Rows, Cols: req.Cols}))
+	s.reply(st, setWinsize(p.ptmx, req.Rows, req.Cols))
 }

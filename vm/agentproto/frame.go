@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // FrameType says what a frame's payload is.
@@ -44,7 +45,7 @@ func (t FrameType) String() string {
 const (
 	// MaxData is the most raw output one frame carries; writers split
 	// larger chunks so one stream cannot hog the channel.
-	MaxData = 32 << 10
+	MaxData = 64 << 10
 	// MaxFrame bounds any frame a reader accepts (argv and env of an exec
 	// request included).
 	MaxFrame  = 1 << 20
@@ -69,13 +70,19 @@ func WriteFrame(w io.Writer, t FrameType, payload []byte) error {
 	if len(payload)+1 > MaxFrame {
 		return ErrFrameTooLarge
 	}
-	buf := make([]byte, headerLen+len(payload))
+	bp := framePool.Get().(*[]byte)
+	defer framePool.Put(bp)
+	buf := append((*bp)[:0], 0, 0, 0, 0, byte(t))
 	binary.BigEndian.PutUint32(buf, uint32(len(payload)+1))
-	buf[4] = byte(t)
-	copy(buf[headerLen:], payload)
+	buf = append(buf, payload...)
+	*bp = buf
 	_, err := w.Write(buf)
 	return err
 }
+
+// framePool recycles frame buffers: output streams write one frame per
+// read, and under emulation every allocation and copy shows.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, headerLen+MaxData); return &b }}
 
 // WriteJSON writes v as a frame of type t.
 func WriteJSON(w io.Writer, t FrameType, v any) error {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -119,3 +120,32 @@ func (c *Conn) Write(p []byte) (int, error) { return c.W.Write(p) }
 func (c *Conn) Close() error                { return c.C.Close() }
 
 func (c *Conn) String() string { return fmt.Sprintf("agentproto.Conn(%T)", c.W) }
+
+// yamuxHeaderLen is the size of a yamux frame header.
+const yamuxHeaderLen = 12
+
+// CoalesceWriter joins each yamux data frame's header to its body, which
+// yamux writes with two calls. On a virtio-serial port every write is a
+// guest exit and a separate buffer, so halving the writes matters. Only a
+// data frame with a body is held back, so nothing can wait for a write
+// that never comes.
+type CoalesceWriter struct {
+	W       io.Writer
+	buf     []byte // reused: a held header, then header and body
+	holding bool
+}
+
+func (c *CoalesceWriter) Write(p []byte) (int, error) {
+	if !c.holding && len(p) == yamuxHeaderLen && p[1] == 0 && binary.BigEndian.Uint32(p[8:12]) > 0 {
+		c.buf = append(c.buf[:0], p...)
+		c.holding = true
+		return len(p), nil
+	}
+	if !c.holding {
+		return c.W.Write(p)
+	}
+	c.holding = false
+	c.buf = append(c.buf[:yamuxHeaderLen], p...)
+	n, err := c.W.Write(c.buf)
+	return max(n-yamuxHeaderLen, 0), err
+}

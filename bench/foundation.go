@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// benchFoundation measures boots and execs (issue: foundation).
+func benchFoundation(e *env) []row {
+	store, err := imagestore.Open(e.home.Images())
+	if err != nil {
+		fatal(err)
+	}
+	img, err := store.Resolve(layout.DefaultImage)
+	if err != nil {
+		fatal(err)
+	}
+	cfg := vm.Config{Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: img.RootfsPath(), Accel: vm.TCG}
+
+	raw, err := rawN(e, cfg, "")
+	check("raw boot", err)
+
+	// A saved template for the raw restore: the one gondolin makes.
+	check("warm-up exec", gondolinExec(e, "true"))
+	tmplDir := filepath.Join(string(e.home), "templates", (&vm.Templates{}).Key(withDir(cfg, "x")))
+	rawRestore, err := rawN(e, cfg, tmplDir)
+	check("raw restore", err)
+
+	cold, err := timeN(*runs, func() error { return gondolinExec(e, "--cold", "--", "true") })
+	check("exec --cold", err)
+	warm, err := timeN(*runs, func() error { return gondolinExec(e, "--", "true") })
+	check("exec", err)
+
+	rt, mbs, limitMBs := agentFigures(e, cfg)
+	return []row{
+		{"raw QEMU boot to agent (the limit)", raw.String(), raw.String(), "1.00x"},
+		{"exec -- true, cold boot", cold.String(), "boot " + ms(raw.pct(0.5)), ratio(cold.pct(0.5), raw.pct(0.5))},
+		{"exec -- true, template clone", warm.String(), "boot " + ms(raw.pct(0.5)), ratio(warm.pct(0.5), raw.pct(0.5))},
+		{"  raw QEMU restore to agent", rawRestore.String(), "boot " + ms(raw.pct(0.5)), ratio(rawRestore.pct(0.5), raw.pct(0.5))},
+		{"exec -- true, template vs raw restore", ms(warm.pct(0.5)), "restore " + ms(rawRestore.pct(0.5)), ratio(warm.pct(0.5), rawRestore.pct(0.5))},
+		{"exec round trip in a booted VM", rt.String(), "-", "-"},
+		{"stdout through the agent", fmt.Sprintf("%.1f MB/s", mbs), fmt.Sprintf("%.1f MB/s bare port", limitMBs), fmt.Sprintf("%.2fx", mbs/limitMBs)},
+	}
+}
+
+func check(what string, err error) {
+	if err != nil {
+		fatal(fmt.Errorf("%s: %w", what, err))
+	}
+}
+
+func withDir(cfg vm.Config, dir string) vm.Config {
+	cfg.Dir = dir
+	return cfg
+}
+
+// gondolinExec runs the real CLI, as a user would.
+func gondolinExec(e *env, args ...string) error {
+	cmd := exec.Command(e.bin, append([]string{"exec"}, args...)...)
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(e.home))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+func rawN(e *env, cfg vm.Config, tmplDir string) (durations, error) {
+	var d durations
+	for range *runs {
+		t, err := rawBoot(e, cfg, tmplDir)
+		if err != nil {
+			return d, err
+		}
+		d = append(d, t)
+	}
+	return d, nil
+}
+
+// rawBoot starts QEMU with gondolin's command line but none of its code
+// and times from exec to the agent's first answer. With tmplDir it
+// restores that template's saved state instead of booting.
+func rawBoot(e *env, cfg vm.Config, tmplDir string) (time.Duration, error) {
+	dir, err := os.MkdirTemp(string(e.home), "raw")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	cfg.Dir = dir
+	backing, format := cfg.Backing, "qcow2"
+	if tmplDir != "" {
+		backing = filepath.Join(tmplDir, "disk.qcow2")
+		cfg.Restore = filepath.Join(tmplDir, "state.zst")
+	}
+	overlay := filepath.Join(dir, layout.Disk)
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", format, "-b", backing, overlay).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("qemu-img: %v: %s", err, out)
+	}
+	start := time.Now()
+	cmd := exec.Command("qemu-system-x86_64", vm.CommandLine(cfg)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	sock := filepath.Join(dir, layout.AgentSocket)
+	var conn net.Conn
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if conn, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("agent socket: %w", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	defer conn.Close()
+	nonce := agentproto.NewNonce()
+	conn.Write(agentproto.Line(agentproto.WordHello, nonce))
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(conn)
+	for {
+		word, n, err := agentproto.ScanLine(br)
+		if err != nil {
+			return 0, fmt.Errorf("agent: %w", err)
+		}
+		if word == agentproto.WordReady && n == nonce {
+			return time.Since(start), nil
+		}
+	}
+}
+
+// agentFigures boots one VM and measures the exec round trip and the
+// output throughput through the agent channel.
+func agentFigures(e *env, cfg vm.Config) (rt durations, mbs, limitMBs float64) {
+	dir, err := os.MkdirTemp(string(e.home), "agent")
+	check("agent run dir", err)
+	defer os.RemoveAll(dir)
+	cfg.Dir = dir
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m, a, err := (&vm.Templates{Dir: e.home.Templates()}).Clone(ctx, cfg, agentproto.Setup{})
+	check("boot for agent figures", err)
+	defer m.Kill()
+	defer a.Close()
+	rt, err = timeN(max(*runs, 50), func() error {
+		exit, err := a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: []string{"true"}}})
+		if err == nil && exit.Code != 0 {
+			err = fmt.Errorf("exit %d", exit.Code)
+		}
+		return err
+	})
+	check("round trip", err)
+	const size = 64 << 20
+	produce := fmt.Sprintf("dd if=/dev/zero bs=64k count=%d 2>/dev/null", size/(64<<10))
+	var n int64
+	start := time.Now()
+	_, err = a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: []string{"sh", "-c", produce}}, Stdout: countingWriter{&n}})
+	check("throughput", err)
+	mbs = float64(n) / 1e6 / time.Since(start).Seconds()
+	// The limit: the same bytes written straight to a virtio-serial port
+	// (the unused fs port), drained by a bare socket reader on the host.
+	conn, err := net.Dial("unix", filepath.Join(dir, layout.FSSocket))
+	check("fs port", err)
+	defer conn.Close()
+	drained := make(chan int64, 1)
+	go func() { n, _ := io.Copy(io.Discard, conn); drained <- n }()
+	port := `p=$(grep -l ` + agentproto.FSPortName + ` /sys/class/virtio-ports/*/name); p=/dev/$(basename $(dirname $p)); `
+	start = time.Now()
+	_, err = a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: []string{"sh", "-c", port + produce + " > $p"}}})
+	check("throughput limit", err)
+	limitMBs = float64(size) / 1e6 / time.Since(start).Seconds()
+	return rt, mbs, limitMBs
+}
+
+type countingWriter struct{ n *int64 }
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	*c.n += int64(len(p))
+	return len(p), nil
+}
