@@ -1,0 +1,233 @@
+package netpolicy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// flow is what the host knows about one guest TCP connection.
+type flow struct {
+	dst netip.AddrPort // where the guest connected
+	// synthetic is set when dst is in SyntheticPrefix: the flow's name
+	// must then be one DNS handed out for dst.
+	synthetic bool
+	tls       bool
+	sni       string // server name in the ClientHello, as parsed here
+}
+
+// flowConn is a guest connection after classification: the bytes read
+// while peeking are replayed first, and closing it frees its slot in the
+// per-VM flow limit.
+type flowConn struct {
+	net.Conn
+	pre     []byte
+	fl      *flow
+	once    sync.Once
+	release func()
+}
+
+func (c *flowConn) Read(b []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(b, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *flowConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+// CloseWrite half-closes toward the guest (raw TCP forwarding).
+func (c *flowConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+var lastLimitEvent atomic.Int64
+
+// handleFlow runs for each new guest TCP connection (in its own goroutine,
+// started by the forwarder; at most MaxHandshakes at once). It completes
+// the handshake unless the VM is at its flow limit, then classifies and
+// serves the flow.
+func (n *Network) handleFlow(r *tcp.ForwarderRequest) {
+	id := r.ID()
+	src := netip.AddrFrom4(id.RemoteAddress.As4())
+	if id.RemoteAddress.Len() != 4 || !GuestPrefix.Contains(src) {
+		// A spoofed source: a reset could not even be routed back.
+		r.Complete(false)
+		return
+	}
+	dst := netip.AddrPortFrom(netip.AddrFrom4(id.LocalAddress.As4()), id.LocalPort)
+	if n.flows.Add(1) > int64(n.opts.MaxFlows) {
+		n.flows.Add(-1)
+		r.Complete(true)
+		// One event a second is enough to explain a flood.
+		if now := time.Now().Unix(); lastLimitEvent.Swap(now) != now {
+			n.event(Event{Action: Blocked, Proto: "tcp", Host: dst.Addr().String(), Port: dst.Port(),
+				Reason: fmt.Sprintf("too many connections (limit %d per VM)", n.opts.MaxFlows)})
+		}
+		return
+	}
+	var wq waiter.Queue
+	ep, err := r.CreateEndpoint(&wq)
+	if err != nil {
+		n.flows.Add(-1)
+		r.Complete(true)
+		return
+	}
+	r.Complete(false)
+	// Keepalive: a guest that vanishes (VM killed, stream replaced)
+	// without closing would otherwise pin the flow's goroutines and
+	// upstream socket for the default two hours.
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(60 * time.Second)
+	ep.SetSockOpt(&idle)
+	intvl := tcpip.KeepaliveIntervalOption(15 * time.Second)
+	ep.SetSockOpt(&intvl)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 4)
+
+	fc := &flowConn{Conn: gonet.NewTCPConn(&wq, ep), fl: &flow{dst: dst}, release: func() { n.flows.Add(-1) }}
+	fc.fl.synthetic = SyntheticPrefix.Contains(dst.Addr())
+	n.serveFlow(fc, ep)
+}
+
+// serveFlow routes a flow: DNS over TCP to the gateway, a TCP map, or,
+// by its first bytes, TLS or HTTP mediation; anything else is reset.
+func (n *Network) serveFlow(fc *flowConn, ep tcpip.Endpoint) {
+	p := n.policy.Load()
+	dst := fc.fl.dst
+	if dst.Addr() == GatewayIP && dst.Port() == 53 {
+		n.serveDNSTCP(fc)
+		return
+	}
+	if m, ok := n.findTCPMap(p, dst); ok {
+		n.forwardTCP(fc, p, m)
+		return
+	}
+	kind, err := n.peek(fc)
+	switch kind {
+	case kindTLS:
+		fc.fl.tls = true
+		if sni, _, perr := parseClientHello(fc.pre); perr == nil {
+			fc.fl.sni = sni
+		}
+		n.proxy.serveTLS(fc)
+	case kindHTTP:
+		n.proxy.serve(fc)
+	default:
+		reason := "not HTTP or TLS (other protocols are not mediated; map them with --tcp-map)"
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			reason = fmt.Sprintf("no request within %v (server-first protocols such as SSH are not mediated; map them with --tcp-map)", n.opts.PeekTimeout)
+		}
+		ev := Event{Action: Blocked, Proto: "tcp", Host: dst.Addr().String(), Port: dst.Port(), Reason: reason}
+		if name, ok := n.synth.name(dst.Addr()); ok {
+			ev.Host = name
+		}
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			n.event(ev)
+		}
+		ep.Abort() // RST, so the guest fails at once rather than hanging
+		fc.Close()
+	}
+}
+
+// peek reads the flow's first bytes until sniff can classify them (for
+// TLS, until the whole first record is in, so its ClientHello can be
+// parsed), within PeekTimeout.
+func (n *Network) peek(fc *flowConn) (flowKind, error) {
+	fc.SetReadDeadline(time.Now().Add(n.opts.PeekTimeout))
+	defer fc.SetReadDeadline(time.Time{})
+	buf := make([]byte, maxPeek)
+	got := 0
+	for {
+		kind := sniff(buf[:got])
+		done := kind != kindNeedMore
+		if kind == kindTLS {
+			need, ok := tlsRecordLen(buf[:got])
+			done = ok && (got >= need || need > maxPeek)
+		}
+		if done || got == len(buf) {
+			fc.pre = slices.Clone(buf[:got])
+			return kind, nil
+		}
+		m, err := fc.Conn.Read(buf[got:])
+		got += m
+		if err != nil {
+			if kind == kindTLS {
+				// Let crypto/tls report the broken handshake.
+				fc.pre = slices.Clone(buf[:got])
+				return kindTLS, nil
+			}
+			return kindOther, err
+		}
+	}
+}
+
+// findTCPMap finds the TCP map for a destination. For a synthetic address
+// unknown to the DNS table (a supervisor restart lost it) each mapped name
+// is checked against the address, as synthTable.verify does.
+func (n *Network) findTCPMap(p *Policy, dst netip.AddrPort) (TCPMap, bool) {
+	name := ""
+	if SyntheticPrefix.Contains(dst.Addr()) {
+		name, _ = n.synth.name(dst.Addr())
+		if name == "" {
+			for _, m := range p.TCPMaps {
+				if m.GuestPort == dst.Port() && n.synth.verify(dst.Addr(), m.GuestHost) {
+					return m, true
+				}
+			}
+			return TCPMap{}, false
+		}
+	}
+	return p.tcpMap(name, dst.Addr(), dst.Port())
+}
+
+// forwardTCP connects a mapped flow to its upstream (checked against the
+// internal ranges like any other) and copies bytes both ways.
+func (n *Network) forwardTCP(fc *flowConn, p *Policy, m TCPMap) {
+	defer fc.Close()
+	ev := Event{Proto: "tcp", Host: m.GuestHost, Port: m.GuestPort, Rule: "tcp-map " + m.String()}
+	up, err := n.proxy.dial(n.ctx, "tcp", m.Upstream)
+	if err != nil {
+		var be *blockedError
+		if errors.As(err, &be) {
+			ev.Action, ev.Reason = Blocked, be.reason
+		} else {
+			ev.Action, ev.Reason = Failed, p.redact(err.Error())
+		}
+		n.event(ev)
+		return
+	}
+	defer up.Close()
+	ev.Action = Allowed
+	n.event(ev)
+	done := make(chan struct{})
+	go func() {
+		io.Copy(up, fc)
+		if tc, ok := up.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+		close(done)
+	}()
+	io.Copy(fc, up)
+	fc.CloseWrite()
+	<-done
+}

@@ -1,0 +1,719 @@
+package netpolicy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/netpolicy/ca"
+	"github.com/miekg/dns"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+)
+
+// upstreamServer is a local HTTPS (or HTTP) server standing in for a
+// public service. It records what reached it.
+type upstreamServer struct {
+	*httptest.Server
+	mu   sync.Mutex
+	seen []*http.Request
+}
+
+func (u *upstreamServer) requests() []*http.Request {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]*http.Request(nil), u.seen...)
+}
+
+func (u *upstreamServer) port() string {
+	_, p, _ := net.SplitHostPort(u.Listener.Addr().String())
+	return p
+}
+
+var (
+	upstreamCAOnce sync.Once
+	upstreamCA     *ca.CA
+	hostCA         *ca.CA
+)
+
+func testCAs(t testing.TB) (upstream, host *ca.CA) {
+	upstreamCAOnce.Do(func() {
+		var err error
+		if upstreamCA, err = ca.New(); err != nil {
+			panic(err)
+		}
+		if hostCA, err = ca.New(); err != nil {
+			panic(err)
+		}
+	})
+	return upstreamCA, hostCA
+}
+
+func newUpstream(t testing.TB, useTLS bool, h http.HandlerFunc) *upstreamServer {
+	u := &upstreamServer{}
+	if h == nil {
+		h = func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello from %s auth=%q\n", r.Host, r.Header.Get("Authorization"))
+		}
+	}
+	u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.seen = append(u.seen, r)
+		u.mu.Unlock()
+		h(w, r)
+	}))
+	if useTLS {
+		upCA, _ := testCAs(t)
+		u.TLS = &tls.Config{GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return upCA.Leaf(hello.ServerName)
+		}}
+		u.StartTLS()
+	} else {
+		u.Start()
+	}
+	t.Cleanup(u.Close)
+	return u
+}
+
+func newTestNetwork(t testing.TB, p Policy, tweak ...func(*Options)) *Network {
+	upCA, hCA := testCAs(t)
+	opts := Options{
+		Policy:        p,
+		CA:            hCA,
+		UpstreamRoots: []*x509.Certificate{upCA.Certificate()},
+		// Tests must never touch the real network: unpinned names fail.
+		LookupHost: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return nil, fmt.Errorf("no such host %s (test resolver)", host)
+		},
+	}
+	for _, f := range tweak {
+		f(&opts)
+	}
+	n, err := NewNetwork(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+func localPolicy(allow ...string) Policy {
+	p := DefaultPolicy()
+	if len(allow) > 0 {
+		p.Allow = allow
+	}
+	for _, h := range []string{"api.test", "other.test", "new.test", "ws.test", "plain.test"} {
+		p.Resolve = append(p.Resolve, ResolvePin{Host: h, IP: netip.MustParseAddr("127.0.0.1")})
+	}
+	p.AllowInternal = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	return p
+}
+
+func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+		} else {
+			req.Header.Set(k, v)
+		}
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestDHCPAndDNS(t *testing.T) {
+	n := newTestNetwork(t, DefaultPolicy())
+	g := newTestGuest(t, n)
+	ack := g.configure()
+	if got := ack.YourIPAddr.String(); got != GuestIP.String() {
+		t.Errorf("lease %s, want %s", got, GuestIP)
+	}
+	if got := ack.DNS(); len(got) != 1 || got[0].String() != GatewayIP.String() {
+		t.Errorf("DNS %v", got)
+	}
+	if ones, _ := ack.SubnetMask().Size(); ones != 24 {
+		t.Errorf("mask /%d", ones)
+	}
+	a1, err := g.lookup("api.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !SyntheticPrefix.Contains(a1) {
+		t.Errorf("synthetic answer %v outside %v", a1, SyntheticPrefix)
+	}
+	a2, _ := g.lookup("API.Example.com")
+	a3, _ := g.lookup("other.example.com")
+	if a1 != a2 || a1 == a3 {
+		t.Errorf("addresses %v %v %v: want same per name, distinct across names", a1, a2, a3)
+	}
+	r, err := g.query("api.example.com", dns.TypeAAAA)
+	if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 {
+		t.Errorf("AAAA: %v %v", r, err)
+	}
+	arpa, _ := dns.ReverseAddr(a1.String())
+	r, err = g.query(arpa, dns.TypePTR)
+	if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.PTR).Ptr != "api.example.com." {
+		t.Errorf("PTR: %v %v", r, err)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("a.example.com.", dns.TypeA)
+	m.Question = append(m.Question, m.Question[0])
+	if r, err := g.exchange(m); err != nil || r.Rcode != dns.RcodeFormatError {
+		t.Errorf("two questions: %v %v", r, err)
+	}
+}
+
+func TestMediation(t *testing.T) {
+	api := newUpstream(t, true, nil)
+	other := newUpstream(t, true, nil)
+	p := localPolicy("api.test", "other.test", "ws.test", "plain.test")
+	p.Secrets = []Secret{{Name: "TOKEN", Hosts: []string{"api.test"}, Value: NewSecretValue("real-token-value-123")}}
+	n := newTestNetwork(t, p)
+	g := newTestGuest(t, n)
+	g.configure()
+	c := g.client()
+	env := n.GuestEnv()
+	ph := ""
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "TOKEN="); ok {
+			ph = v
+		}
+		if strings.Contains(e, "real-token-value-123") {
+			t.Fatalf("guest env holds the value: %q", e)
+		}
+	}
+	if !strings.HasPrefix(ph, placeholderPrefix) {
+		t.Fatalf("no placeholder in %v", env)
+	}
+
+	t.Run("allowed host gets the real token", func(t *testing.T) {
+		code, body := get(t, c, "https://api.test:"+api.port()+"/user", map[string]string{"Authorization": "Bearer " + ph})
+		if code != 200 || !strings.Contains(body, `auth="Bearer real-token-value-123"`) {
+			t.Fatalf("%d %q", code, body)
+		}
+		reqs := api.requests()
+		if got := reqs[len(reqs)-1]; got.Host != "api.test:"+api.port() || got.Header.Get("X-Forwarded-For") != "" {
+			t.Errorf("upstream saw Host %q XFF %q", got.Host, got.Header.Get("X-Forwarded-For"))
+		}
+	})
+	t.Run("placeholder to another host is blocked and never sent", func(t *testing.T) {
+		before := len(other.requests())
+		code, body := get(t, c, "https://other.test:"+other.port()+"/", map[string]string{"Authorization": "Bearer " + ph})
+		if code != 403 || !strings.Contains(body, "secret TOKEN may only be sent to api.test") {
+			t.Fatalf("%d %q", code, body)
+		}
+		if len(other.requests()) != before {
+			t.Fatal("the other server saw the request")
+		}
+		code, _ = get(t, c, "https://other.test:"+other.port()+"/?t="+ph, nil)
+		if code != 403 || len(other.requests()) != before {
+			t.Fatalf("placeholder in URL: %d", code)
+		}
+	})
+	t.Run("host not in allowlist", func(t *testing.T) {
+		code, body := get(t, c, "https://new.test:"+api.port()+"/", nil)
+		if code != 403 || !strings.Contains(body, "not in allowlist") {
+			t.Fatalf("%d %q", code, body)
+		}
+	})
+	t.Run("plain http", func(t *testing.T) {
+		plain := newUpstream(t, false, nil)
+		code, body := get(t, c, "http://plain.test:"+plain.port()+"/x", nil)
+		if code != 200 || !strings.Contains(body, "hello from plain.test") {
+			t.Fatalf("%d %q", code, body)
+		}
+	})
+	t.Run("Host must match the synthetic name", func(t *testing.T) {
+		for _, url := range []string{"https://api.test:" + api.port() + "/", "http://api.test:" + api.port() + "/"} {
+			code, body := get(t, c, url, map[string]string{"Host": "other.test:" + api.port()})
+			if code != 403 || !strings.Contains(body, "is not the name DNS gave") {
+				t.Fatalf("%s: %d %q", url, code, body)
+			}
+		}
+		// To a real (non-synthetic) address, SNI and Host must agree.
+		sc := g.client()
+		sc.Transport.(*http.Transport).TLSClientConfig.ServerName = "api.test"
+		code, body := get(t, sc, "https://10.0.2.2:"+api.port()+"/", map[string]string{"Host": "other.test:" + api.port()})
+		if code != 403 || !strings.Contains(body, "does not match the TLS server name") {
+			t.Fatalf("%d %q", code, body)
+		}
+		if code, body := get(t, sc, "https://10.0.2.2:"+api.port()+"/", map[string]string{"Host": "api.test:" + api.port()}); code != 200 {
+			t.Fatalf("%d %q", code, body)
+		}
+	})
+	t.Run("CONNECT is refused", func(t *testing.T) {
+		conn, err := g.dial(context.Background(), "api.test:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != 405 {
+			t.Fatalf("%v %v", resp, err)
+		}
+	})
+	t.Run("events", func(t *testing.T) {
+		evs := n.Events()
+		b, _ := json.Marshal(evs)
+		if strings.Contains(string(b), "real-token-value-123") {
+			t.Fatal("value in events")
+		}
+		var sawAllowSecret, sawBlockSecret bool
+		for _, e := range evs {
+			if e.Action == Allowed && e.Host == "api.test" && strings.Join(e.Secrets, ",") == "TOKEN" && e.Proto == "https" && e.Path == "/user" {
+				sawAllowSecret = true
+			}
+			if e.Action == Blocked && e.Host == "other.test" && strings.Join(e.Secrets, ",") == "TOKEN" && e.Status == 403 {
+				sawBlockSecret = true
+			}
+		}
+		if !sawAllowSecret || !sawBlockSecret {
+			t.Errorf("events lack the secret decisions: %s", b)
+		}
+	})
+}
+
+func TestInternalBlocked(t *testing.T) {
+	up := newUpstream(t, false, nil)
+	p := DefaultPolicy()
+	p.Resolve = []ResolvePin{{Host: "sneaky.test", IP: netip.MustParseAddr("127.0.0.1")}}
+	n := newTestNetwork(t, p)
+	g := newTestGuest(t, n)
+	g.configure()
+	c := g.client()
+	// Every spelling of 127.0.0.1 in the Host header, sent to the gateway.
+	for _, host := range []string{"127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.1", "127.1", "[::ffff:127.0.0.1]", "sneaky.test", "SNEAKY.test."} {
+		t.Run(host, func(t *testing.T) {
+			code, body := get(t, c, "http://10.0.2.2:"+up.port()+"/", map[string]string{"Host": host + ":" + up.port()})
+			if code != 403 || !strings.Contains(body, "internal") {
+				t.Fatalf("%d %q", code, body)
+			}
+		})
+	}
+	if len(up.requests()) != 0 {
+		t.Fatal("the local server was reached")
+	}
+	// Lifting exactly that address lets the same request through.
+	if err := n.UpdatePolicy(func(p *Policy) error {
+		p.AllowInternal = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, c, "http://10.0.2.2:"+up.port()+"/", map[string]string{"Host": "2130706433:" + up.port()}); code != 200 {
+		t.Fatalf("after allow-internal: %d %q", code, body)
+	}
+}
+
+// TestRebinding checks the second, connect-time check: a name that passes
+// the request-time check but resolves to an internal address when the
+// upstream connection is made is refused.
+func TestRebinding(t *testing.T) {
+	up := newUpstream(t, false, nil)
+	var calls sync.Map
+	n := newTestNetwork(t, DefaultPolicy(), func(o *Options) {
+		o.LookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			k, _ := calls.LoadOrStore(host, new(int))
+			*k.(*int)++
+			if *k.(*int) == 1 {
+				return []netip.Addr{netip.MustParseAddr("93.184.216.34")}, nil
+			}
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+		}
+	})
+	g := newTestGuest(t, n)
+	g.configure()
+	code, body := get(t, g.client(), "http://rebind.test:"+up.port()+"/", nil)
+	if code != 403 || !strings.Contains(body, "127.0.0.1 is internal") {
+		t.Fatalf("%d %q", code, body)
+	}
+	if len(up.requests()) != 0 {
+		t.Fatal("reached")
+	}
+}
+
+func TestRawTCP(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(echo.Addr().String())
+	p := localPolicy()
+	m, err := ParseTCPMap("db.internal:5432=127.0.0.1:" + port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.TCPMaps = []TCPMap{m}
+	n := newTestNetwork(t, p, func(o *Options) { o.PeekTimeout = 300 * time.Millisecond })
+	g := newTestGuest(t, n)
+	g.configure()
+
+	t.Run("tcp-map", func(t *testing.T) {
+		c, err := g.dial(context.Background(), "db.internal:5432")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// A server-first protocol would wait here: the map does not peek.
+		fmt.Fprintf(c, "SSH-2.0-test\r\n")
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || line != "SSH-2.0-test\r\n" {
+			t.Fatalf("%q %v", line, err)
+		}
+	})
+	t.Run("unmapped raw TCP is reset", func(t *testing.T) {
+		c, err := g.dial(context.Background(), "93.184.216.34:22")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("\x00\x01binary junk"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 10))
+		if !isReset(err) {
+			t.Fatalf("read: %v, want a reset", err)
+		}
+	})
+	t.Run("silent client is reset after the peek timeout", func(t *testing.T) {
+		c, err := g.dial(context.Background(), "ssh.example.com:22")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 10))
+		if !isReset(err) {
+			t.Fatalf("read: %v, want a reset", err)
+		}
+	})
+	t.Run("UDP elsewhere is dropped", func(t *testing.T) {
+		m := new(dns.Msg)
+		m.SetQuestion("x.", dns.TypeA)
+		q, _ := m.Pack()
+		for _, dst := range []string{"1.1.1.1:53", "10.0.2.2:5353"} {
+			ap := netip.MustParseAddrPort(dst)
+			c, err := gonet.DialUDP(g.s, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(ap.Addr().As4()), Port: ap.Port()}, ipv4.ProtocolNumber)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Write(q)
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			var ne net.Error
+			if _, err := c.Read(make([]byte, 512)); !errors.As(err, &ne) || !ne.Timeout() {
+				t.Errorf("UDP to %s: %v, want silence", dst, err)
+			}
+			c.Close()
+		}
+	})
+}
+
+func isReset(err error) bool {
+	return err != nil && (errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "reset"))
+}
+
+func TestLivePolicyChange(t *testing.T) {
+	up := newUpstream(t, true, nil)
+	n := newTestNetwork(t, localPolicy("api.test"))
+	g := newTestGuest(t, n)
+	g.configure()
+	c := g.client()
+	url := "https://new.test:" + up.port() + "/"
+	if code, _ := get(t, c, url, nil); code != 403 {
+		t.Fatalf("before: %d", code)
+	}
+	if err := n.UpdatePolicy(func(p *Policy) error { return p.AllowHost("new.test") }); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, c, url, nil); code != 200 {
+		t.Fatalf("after allow: %d %q", code, body)
+	}
+	// Denying again applies to the next request on the same keep-alive
+	// connection.
+	if err := n.UpdatePolicy(func(p *Policy) error { return p.DenyHost("new.test") }); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get(t, c, url, nil); code != 403 {
+		t.Fatalf("after deny: %d", code)
+	}
+	// A secret added live keeps working after rotation.
+	if err := n.UpdatePolicy(func(p *Policy) error {
+		p.SetSecret(Secret{Name: "K", Hosts: []string{"api.test"}, Value: NewSecretValue("first-value-xyz")})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ph := n.Policy().Secrets[0].Placeholder
+	if err := n.UpdatePolicy(func(p *Policy) error {
+		p.SetSecret(Secret{Name: "K", Hosts: []string{"api.test"}, Value: NewSecretValue("second-value-xyz")})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n.Policy().Secrets[0].Placeholder != ph {
+		t.Fatal("rotation changed the placeholder")
+	}
+	_, body := get(t, c, "https://api.test:"+up.port()+"/", map[string]string{"Authorization": ph})
+	if !strings.Contains(body, "second-value-xyz") {
+		t.Fatalf("%q", body)
+	}
+	// A bad update changes nothing.
+	if err := n.UpdatePolicy(func(p *Policy) error { p.DNS = "bogus"; return nil }); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad update: %v", err)
+	}
+	if n.Policy().DNS != DNSSynthetic {
+		t.Fatal("bad update applied")
+	}
+}
+
+// wsHandler accepts a WebSocket-style upgrade and echoes raw bytes.
+func wsHandler(w http.ResponseWriter, r *http.Request) {
+	if !isWebSocket(r.Header) {
+		http.Error(w, "want upgrade", 400)
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	brw.Flush()
+	io.Copy(conn, brw)
+}
+
+func wsRoundTrip(t *testing.T, g *testGuest, port string) (int, string) {
+	t.Helper()
+	raw, err := g.dial(context.Background(), "ws.test:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := tls.Client(raw, &tls.Config{ServerName: "ws.test", RootCAs: g.roots})
+	fmt.Fprintf(c, "GET /chat HTTP/1.1\r\nHost: ws.test:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", port)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 {
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	c.Write([]byte("ping over the tunnel"))
+	buf := make([]byte, 20)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(br, buf); err != nil {
+		t.Fatal(err)
+	}
+	return 101, string(buf)
+}
+
+func TestWebSocket(t *testing.T) {
+	up := newUpstream(t, true, wsHandler)
+	n := newTestNetwork(t, localPolicy("ws.test"))
+	g := newTestGuest(t, n)
+	g.configure()
+	if code, echo := wsRoundTrip(t, g, up.port()); code != 101 || echo != "ping over the tunnel" {
+		t.Fatalf("%d %q", code, echo)
+	}
+	if err := n.UpdatePolicy(func(p *Policy) error { p.DisableWebSockets = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := wsRoundTrip(t, g, up.port()); code != 403 || !strings.Contains(body, "WebSockets are disabled") {
+		t.Fatalf("%d %q", code, body)
+	}
+}
+
+func TestReconnect(t *testing.T) {
+	up := newUpstream(t, true, nil)
+	n := newTestNetwork(t, localPolicy("api.test"))
+	g := newTestGuest(t, n)
+	g.configure()
+	if code, _ := get(t, g.client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
+		t.Fatal(code)
+	}
+	// A new supervisor connects to the same QEMU socket: the guest keeps
+	// its lease and ARP entry, and new connections work at once.
+	g.plug(n)
+	if code, body := get(t, g.client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
+		t.Fatalf("after reconnect: %d %q", code, body)
+	}
+	// And a whole new Network (a restarted supervisor) with the
+	// persisted policy still attributes the guest's cached synthetic
+	// address to its name.
+	addr, _ := g.lookup("api.test")
+	pol := n.Policy()
+	n.Close()
+	n2 := newTestNetwork(t, pol)
+	g.plug(n2)
+	raw, err := gonetDial(g, addr, up.port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, &tls.Config{ServerName: "api.test", RootCAs: g.roots})
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test:%s\r\nConnection: close\r\n\r\n", up.port())
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("new supervisor, cached address: %v %v", resp, err)
+	}
+}
+
+func gonetDial(g *testGuest, addr netip.Addr, port string) (net.Conn, error) {
+	return g.dial(context.Background(), net.JoinHostPort(addr.String(), port))
+}
+
+func TestFlowLimit(t *testing.T) {
+	n := newTestNetwork(t, DefaultPolicy(), func(o *Options) {
+		o.MaxFlows = 3
+		o.PeekTimeout = 5 * time.Second
+	})
+	g := newTestGuest(t, n)
+	g.configure()
+	var held []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := g.dial(context.Background(), "93.184.216.34:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	_, err := g.dial(context.Background(), "93.184.216.34:80")
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("fourth flow: %v, want refused", err)
+	}
+	found := false
+	for _, e := range n.Events() {
+		if strings.Contains(e.Reason, "too many connections") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no event for the limit")
+	}
+	// Freeing one lets a new flow in.
+	held[0].Close()
+	held = held[1:]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := g.dial(context.Background(), "93.184.216.34:80")
+		if err == nil {
+			held = append(held, c)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flow slot never freed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestTrustedDNS(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queries sync.Map
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		queries.Store(r.Question[0].Name, true)
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.IPv4(93, 184, 216, 34)})
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	defer srv.Shutdown()
+	p := DefaultPolicy()
+	p.DNS = DNSTrusted
+	p.DNSServers = []string{pc.LocalAddr().String()}
+	n := newTestNetwork(t, p)
+	g := newTestGuest(t, n)
+	g.configure()
+	a, err := g.lookup("real.example.com")
+	if err != nil || a.String() != "93.184.216.34" {
+		t.Fatalf("%v %v", a, err)
+	}
+	r, err := g.query("real.example.com", dns.TypeANY)
+	if err != nil || r.Rcode != dns.RcodeRefused {
+		t.Fatalf("ANY: %v %v", r, err)
+	}
+	if _, ok := queries.Load("real.example.com."); !ok {
+		t.Fatal("server saw nothing")
+	}
+	// Switching to synthetic live stops forwarding.
+	n.UpdatePolicy(func(p *Policy) error { p.DNS = DNSSynthetic; p.DNSServers = nil; return nil })
+	a, err = g.lookup("never-sent.example.com")
+	if err != nil || !SyntheticPrefix.Contains(a) {
+		t.Fatalf("%v %v", a, err)
+	}
+	if _, ok := queries.Load("never-sent.example.com."); ok {
+		t.Fatal("synthetic mode sent a query out")
+	}
+}
+
+func TestSubscribe(t *testing.T) {
+	n := newTestNetwork(t, localPolicy("api.test"))
+	ctx, cancel := context.WithCancel(context.Background())
+	n.event(Event{Action: Blocked, Host: "before"})
+	backlog, ch := n.Subscribe(ctx)
+	if len(backlog) != 1 || backlog[0].Host != "before" {
+		t.Fatalf("backlog %v", backlog)
+	}
+	n.event(Event{Action: Allowed, Host: "after"})
+	select {
+	case e := <-ch:
+		if e.Host != "after" || e.Seq != 2 {
+			t.Fatalf("%+v", e)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("no event")
+	}
+	cancel()
+	for range ch { // closed after cancel
+	}
+	_, ch2 := n.Subscribe(context.Background())
+	n.Close()
+	for range ch2 { // closed by Close
+	}
+}

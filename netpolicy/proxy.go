@@ -1,0 +1,441 @@
+package netpolicy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// proxy is the HTTP side of mediation: one http.Server per VM reads the
+// guest's requests (TLS terminated with the local CA), the policy decides,
+// and a ReverseProxy replays allowed requests with the host's own client.
+type proxy struct {
+	n         *Network
+	srv       *http.Server
+	ln        *chanListener
+	tlsConfig *tls.Config
+	transport *http.Transport
+	rp        *httputil.ReverseProxy
+}
+
+type ctxKey int
+
+const (
+	flowKey ctxKey = iota
+	upstreamKey
+)
+
+// upstream is where an allowed request goes, decided by the handler and
+// applied by the ReverseProxy's Rewrite.
+type upstream struct {
+	scheme, host string // host is HOST:PORT with the canonical host
+	policy       *Policy
+	secrets      []string
+	event        Event
+}
+
+func newProxy(n *Network) (*proxy, error) {
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	for _, c := range n.opts.UpstreamRoots {
+		roots.AddCert(c)
+	}
+	px := &proxy{n: n, ln: newChanListener()}
+	px.transport = &http.Transport{
+		// Never the environment's proxy: egress is this process's own.
+		Proxy:       nil,
+		DialContext: px.dial,
+		// Upstream TLS is verified against the host's real trust store
+		// for the name the guest asked for (the Transport sets
+		// ServerName from the request's host).
+		TLSClientConfig:     &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		// HTTP/1.1 upstream, like the guest side: WebSocket upgrades
+		// need it, and one protocol keeps replay simple.
+		ForceAttemptHTTP2:      false,
+		MaxIdleConns:           64,
+		MaxIdleConnsPerHost:    8,
+		IdleConnTimeout:        60 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		// Pass the guest's Accept-Encoding through and the upstream's
+		// encoding back, untouched.
+		DisableCompression: true,
+	}
+	px.rp = &httputil.ReverseProxy{
+		Rewrite:        px.rewrite,
+		Transport:      px.transport,
+		ErrorHandler:   px.upstreamError,
+		ModifyResponse: px.modifyResponse,
+		BufferPool:     newBufferPool(),
+		ErrorLog:       slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	px.tlsConfig = &tls.Config{
+		GetConfigForClient: px.configForClient,
+		// ALPN: HTTP/1.1 only, so every client speaks what this server
+		// parses (an h2-only client fails the handshake visibly).
+		NextProtos: []string{"http/1.1"},
+		MinVersion: tls.VersionTLS12,
+	}
+	px.srv = &http.Server{
+		Handler:           http.HandlerFunc(px.serveHTTP),
+		MaxHeaderBytes:    n.opts.MaxHeaderBytes,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		// No h2 on the guest side (TLS here is terminated by hand).
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*tls.Conn); ok {
+				c = tc.NetConn()
+			}
+			if fc, ok := c.(*flowConn); ok {
+				ctx = context.WithValue(ctx, flowKey, fc.fl)
+			}
+			return ctx
+		},
+		ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		px.srv.Serve(px.ln)
+	}()
+	return px, nil
+}
+
+func (px *proxy) close() {
+	px.srv.Close()
+	px.transport.CloseIdleConnections()
+}
+
+// serve hands a plain-HTTP flow to the server.
+func (px *proxy) serve(c net.Conn) {
+	if !px.ln.push(c) {
+		c.Close()
+	}
+}
+
+// serveTLS terminates TLS on a flow with a leaf certificate for its server
+// name and hands the result to the server (which runs the handshake).
+func (px *proxy) serveTLS(fc *flowConn) {
+	if fc.fl.synthetic && fc.fl.sni != "" {
+		// Refuse early when SNI contradicts DNS: no leaf is minted.
+		name, ip, err := NormalizeHost(fc.fl.sni)
+		if err != nil || ip.IsValid() || !px.n.synth.verify(fc.fl.dst.Addr(), name) {
+			px.n.event(Event{Action: Blocked, Proto: "https", Host: fc.fl.sni, Port: fc.fl.dst.Port(),
+				Reason: fmt.Sprintf("TLS server name does not match the name DNS gave %s", fc.fl.dst.Addr())})
+			fc.Close()
+			return
+		}
+	}
+	px.serve(tls.Server(fc, px.tlsConfig))
+}
+
+// configForClient picks the leaf certificate: for the SNI name, or for the
+// address the guest dialled when it sent none (https://IP).
+func (px *proxy) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	fc, ok := hello.Conn.(*flowConn)
+	if !ok {
+		return nil, errors.New("not a guest flow")
+	}
+	name := fc.fl.dst.Addr().String()
+	if hello.ServerName != "" {
+		n, ip, err := NormalizeHost(hello.ServerName)
+		if err != nil {
+			return nil, fmt.Errorf("bad server name %q", hello.ServerName)
+		}
+		name = canonicalHost(n, ip)
+		// Our parse and crypto/tls's must agree, or the early check
+		// in serveTLS looked at a different name.
+		if fc.fl.sni != "" && fc.fl.sni != hello.ServerName {
+			return nil, errors.New("ambiguous server name")
+		}
+	}
+	leaf, err := px.n.ca.Leaf(name)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{*leaf},
+		NextProtos:   []string{"http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}
+
+// blockedError is a refusal by policy at connect time (the second check).
+type blockedError struct{ reason string }
+
+func (e *blockedError) Error() string { return "blocked: " + e.reason }
+
+// dial connects to HOST:PORT for an allowed request or a TCP map. It
+// resolves the host itself (pins, IP literals, the host's resolver),
+// checks every address against the internal ranges under the policy in
+// force now, and connects only to an allowed address: a name that
+// resolved to a public address when the request was checked but resolves
+// to an internal one now (DNS rebinding) is refused here.
+func (px *proxy) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("bad port %q", portStr)
+	}
+	name, ip, err := NormalizeHost(host)
+	if err != nil {
+		return nil, &blockedError{err.Error()}
+	}
+	p := px.n.policy.Load()
+	allowed, reason, err := px.n.resolve(ctx, p, name, ip)
+	if err != nil {
+		return nil, err
+	}
+	if len(allowed) == 0 {
+		return nil, &blockedError{reason}
+	}
+	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	var last error
+	for _, a := range allowed {
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(a, uint16(port)).String())
+		if err == nil {
+			return c, nil
+		}
+		last = err
+	}
+	return nil, last
+}
+
+// serveHTTP decides one guest request and replays it if allowed.
+func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	n := px.n
+	fl, _ := r.Context().Value(flowKey).(*flow)
+	if fl == nil {
+		http.Error(w, "gondolin: no flow", http.StatusInternalServerError)
+		return
+	}
+	p := n.policy.Load()
+	ev := Event{Proto: "http", Method: r.Method, Path: r.URL.Path, Port: fl.dst.Port(), Host: r.Host}
+	if fl.tls {
+		ev.Proto = "https"
+	}
+	refuse := func(status int, reason string) {
+		ev.Action, ev.Status, ev.Reason = Blocked, status, reason
+		n.event(ev)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Gondolin-Blocked", "1")
+		w.WriteHeader(status)
+		fmt.Fprintf(w, "gondolin: blocked %s %s: %s\n", r.Method, ev.Host, reason)
+	}
+	if r.Method == http.MethodConnect {
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		refuse(http.StatusMethodNotAllowed, "CONNECT tunnels are not allowed; requests are mediated one by one")
+		return
+	}
+	name, ip, err := NormalizeHost(r.Host)
+	if err != nil {
+		refuse(http.StatusBadRequest, "bad Host header")
+		return
+	}
+	host := canonicalHost(name, ip)
+	ev.Host = host
+	if fl.synthetic && (ip.IsValid() || !n.synth.verify(fl.dst.Addr(), host)) {
+		refuse(http.StatusForbidden, fmt.Sprintf("Host %s is not the name DNS gave %s", host, fl.dst.Addr()))
+		return
+	}
+	if r.TLS != nil && r.TLS.ServerName != "" {
+		sn, sip, err := NormalizeHost(r.TLS.ServerName)
+		if err != nil || canonicalHost(sn, sip) != host {
+			refuse(http.StatusForbidden, fmt.Sprintf("Host %s does not match the TLS server name %s", host, r.TLS.ServerName))
+			return
+		}
+	}
+	rule, ok := p.hostRule(host)
+	ev.Rule = rule
+	if !ok {
+		refuse(http.StatusForbidden, "host not allowed ("+rule+"); allow it with --allow-host or gondolin policy allow")
+		return
+	}
+	if isWebSocket(r.Header) {
+		if p.DisableWebSockets {
+			refuse(http.StatusForbidden, "WebSockets are disabled (--disable-websockets)")
+			return
+		}
+		ev.Proto = map[string]string{"http": "ws", "https": "wss"}[ev.Proto]
+	} else if r.Header.Get("Upgrade") != "" {
+		// Only WebSocket upgrades are tunnelled; any other (h2c, ...)
+		// is dropped and the request proceeds as plain HTTP/1.1.
+		r.Header.Del("Upgrade")
+		r.Header.Del("Connection")
+	}
+	sv := p.applySecrets(host, r)
+	if len(sv.blocked) > 0 {
+		ev.Secrets = sv.blocked
+		refuse(http.StatusForbidden, sv.reason)
+		return
+	}
+	ev.Secrets = sv.used
+	// First check of the host's own resolution (dial checks again).
+	allowed, reason, err := n.resolve(r.Context(), p, name, ip)
+	if err != nil {
+		ev.Action, ev.Status, ev.Reason = Failed, http.StatusBadGateway, p.redact(err.Error())
+		n.event(ev)
+		http.Error(w, "gondolin: "+ev.Reason, http.StatusBadGateway)
+		return
+	}
+	if len(allowed) == 0 {
+		refuse(http.StatusForbidden, reason)
+		return
+	}
+	if len(sv.used) > 0 && !fl.tls && !insideAny(allowed, p.AllowInternal) {
+		refuse(http.StatusForbidden, "secrets are only substituted over HTTPS (or to an --allow-internal address)")
+		return
+	}
+	ev.Action = Allowed
+	n.event(ev)
+	scheme := "http"
+	if fl.tls {
+		scheme = "https"
+	}
+	up := &upstream{
+		scheme:  scheme,
+		host:    net.JoinHostPort(host, strconv.Itoa(int(fl.dst.Port()))),
+		policy:  p,
+		secrets: sv.used,
+		event:   ev,
+	}
+	px.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), upstreamKey, up)))
+}
+
+func (px *proxy) rewrite(pr *httputil.ProxyRequest) {
+	up := pr.In.Context().Value(upstreamKey).(*upstream)
+	pr.Out.URL.Scheme = up.scheme
+	pr.Out.URL.Host = up.host
+	pr.Out.Host = pr.In.Host
+}
+
+func (px *proxy) modifyResponse(resp *http.Response) error {
+	if up, ok := resp.Request.Context().Value(upstreamKey).(*upstream); ok && len(up.secrets) > 0 {
+		up.policy.scrubResponse(resp.Header)
+	}
+	return nil
+}
+
+// upstreamError answers the guest when the upstream could not be reached:
+// 403 when the connect-time check refused it, else 502.
+func (px *proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	up, _ := r.Context().Value(upstreamKey).(*upstream)
+	if up == nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	ev := up.event
+	ev.Time = time.Time{}
+	var be *blockedError
+	status := http.StatusBadGateway
+	if errors.As(err, &be) {
+		ev.Action, ev.Reason, status = Blocked, be.reason, http.StatusForbidden
+	} else if errors.Is(err, context.Canceled) {
+		return // the guest went away
+	} else {
+		ev.Action, ev.Reason = Failed, up.policy.redact(err.Error())
+	}
+	ev.Status = status
+	px.n.event(ev)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if status == http.StatusForbidden {
+		w.Header().Set("X-Gondolin-Blocked", "1")
+	}
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "gondolin: %s %s: %s\n", r.Method, ev.Host, ev.Reason)
+}
+
+func isWebSocket(h http.Header) bool {
+	if !strings.EqualFold(h.Get("Upgrade"), "websocket") {
+		return false
+	}
+	for _, v := range h.Values("Connection") {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func insideAny(addrs []netip.Addr, pfxs []netip.Prefix) bool {
+	for _, a := range addrs {
+		in := false
+		for _, p := range pfxs {
+			if p.Contains(a) {
+				in = true
+			}
+		}
+		if !in {
+			return false
+		}
+	}
+	return len(addrs) > 0
+}
+
+// chanListener is a net.Listener fed by the flow handlers.
+type chanListener struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	closed sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr {
+	return &net.TCPAddr{IP: GatewayIP.AsSlice()}
+}
+
+// bufferPool recycles ReverseProxy copy buffers (32 KiB each).
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
