@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -29,6 +31,8 @@ type Runtime struct {
 	Debug     bool
 	// BootTimeout bounds a boot or restore up to the agent's first answer.
 	BootTimeout time.Duration
+	// Status, when set, shows what a slow start is doing (on a terminal).
+	Status *progress.Status
 
 	accelOnce sync.Once
 	accel     vm.Accel
@@ -102,7 +106,11 @@ func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached boo
 	ctx, cancel := context.WithTimeout(ctx, r.BootTimeout)
 	defer cancel()
 	setup := agentproto.Setup{Hostname: spec.hostname(dir)}
+	defer r.Status.Clear()
 	if !spec.Cold {
+		if !r.Templates.Ready(cfg) {
+			r.Status.Show(fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", strings.Join(img.Refs, ",")))
+		}
 		m, a, err := r.Templates.Clone(ctx, cfg, setup)
 		if err == nil {
 			return m, a, nil
@@ -117,6 +125,7 @@ func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached boo
 		}
 		cleanRunDir(dir)
 	}
+	r.Status.Show("gondolin: booting " + strings.Join(img.Refs, ",") + "...")
 	m, err := vm.Start(ctx, cfg)
 	if err != nil {
 		return nil, nil, err

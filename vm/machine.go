@@ -36,6 +36,17 @@ var ErrExited = errors.New("vm exited")
 // ConnectAgent to wait for it.
 func Start(ctx context.Context, cfg Config) (*Machine, error) {
 	cfg.fill()
+	m, err := start(ctx, cfg)
+	if err != nil && cfg.MachineType == MicroVM && strings.Contains(err.Error(), "machine type") {
+		// A QEMU built without microvm: the same VM on q35 boots slower
+		// but works.
+		cfg.MachineType = Q35
+		return start(ctx, cfg)
+	}
+	return m, err
+}
+
+func start(ctx context.Context, cfg Config) (*Machine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -23,6 +23,14 @@ const (
 	TCG Accel = "tcg"
 )
 
+// MachineType is a QEMU machine type.
+type MachineType string
+
+const (
+	MicroVM MachineType = "microvm" // the fast default
+	Q35     MachineType = "q35"     // fallback for a QEMU built without microvm
+)
+
 // Config describes one VM. The same Config, apart from Dir and Restore,
 // must be used to save and to restore a VM's state: QEMU needs the same
 // machine and devices on both sides.
@@ -41,6 +49,7 @@ type Config struct {
 	CPUs          int
 	MemoryMiB     int
 	Accel         Accel
+	MachineType   MachineType // default MicroVM
 	// Restore, when set, is a state file saved by SaveState; the VM
 	// resumes from it instead of booting.
 	Restore string
@@ -70,6 +79,9 @@ func (c *Config) fill() {
 	}
 	if c.Accel == "" {
 		c.Accel = TCG
+	}
+	if c.MachineType == "" {
+		c.MachineType = MicroVM
 	}
 	if c.BackingFormat == "" {
 		c.BackingFormat = "qcow2"
@@ -103,6 +115,11 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("vm: unknown accelerator %q", c.Accel)
 	}
+	switch c.MachineType {
+	case MicroVM, Q35:
+	default:
+		return fmt.Errorf("vm: unknown machine type %q", c.MachineType)
+	}
 	return nil
 }
 
@@ -114,11 +131,18 @@ const GuestMAC = "52:54:00:67:64:01"
 // fastest on our machines (see PLATFORM.md): microvm with virtio-mmio
 // devices, a PVH kernel, no firmware, no default devices.
 func qemuArgs(c Config, tscKHz int) []string {
+	// microvm has virtio-mmio devices; q35, the fallback for a QEMU
+	// without microvm, has the same devices on PCI.
+	machine, bus := "microvm,acpi=on,pcie=off,rtc=on", "device"
+	if c.MachineType == Q35 {
+		machine, bus = "q35,acpi=on", "pci"
+	}
+	dev := func(kind string) string { return "virtio-" + kind + "-" + bus }
 	args := []string{
 		"-name", c.Name + ",debug-threads=off",
 		// microvm finds virtio-mmio devices through ACPI in the Debian
 		// kernel; acpi=off finds nothing.
-		"-M", "microvm,acpi=on,pcie=off,rtc=on",
+		"-M", machine,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-m", strconv.Itoa(c.MemoryMiB) + "M",
 		"-smp", strconv.Itoa(c.CPUs),
@@ -131,7 +155,7 @@ func qemuArgs(c Config, tscKHz int) []string {
 		"-serial", "chardev:console",
 		// QEMU listens on every socket so that a new host (a restarted
 		// supervisor) can connect at any time.
-		"-device", "virtio-serial-device,max_ports=4",
+		"-device", dev("serial") + ",max_ports=4",
 		"-chardev", "socket,id=agent,server=on,wait=off,path=" + c.path(layout.AgentSocket),
 		"-device", "virtserialport,chardev=agent,name=" + agentproto.PortName,
 		// Every VM has the fs port, used or not, so that the device list
@@ -153,14 +177,14 @@ func qemuArgs(c Config, tscKHz int) []string {
 		// agent's sync, so the host page cache may hold writes.
 		args = append(args,
 			"-drive", "id=root,if=none,format=qcow2,discard=unmap,cache=unsafe,file="+c.path(layout.Disk),
-			"-device", "virtio-blk-device,drive=root")
+			"-device", dev("blk")+",drive=root")
 	}
 	if c.Network {
 		args = append(args,
 			"-netdev", "stream,id=net0,server=on,addr.type=unix,addr.path="+c.path(layout.NetSocket),
 			// A fixed MAC: a restored template's guest keeps its ARP and
 			// DHCP state, which must match every clone's host stack.
-			"-device", "virtio-net-device,netdev=net0,mac="+GuestMAC)
+			"-device", dev("net")+",netdev=net0,mac="+GuestMAC)
 	}
 	if c.Restore != "" {
 		args = append(args, "-incoming", "exec:zstd -dcq "+shellQuote(c.Restore))

@@ -80,3 +80,17 @@ func TestParseAccel(t *testing.T) {
 		t.Error("ParseAccel accepted KVM")
 	}
 }
+
+func TestQEMUArgsQ35(t *testing.T) {
+	c := Config{Dir: "/run/x", Kernel: "/k", Initramfs: "/i", Backing: "/b", Network: true, MachineType: Q35}
+	c.fill()
+	line := strings.Join(qemuArgs(c, 0), " ")
+	for _, w := range []string{"-M q35", "virtio-serial-pci", "virtio-blk-pci", "virtio-net-pci"} {
+		if !strings.Contains(line, w) {
+			t.Errorf("missing %q in %s", w, line)
+		}
+	}
+	if strings.Contains(line, "-device virtio-blk-device") || strings.Contains(line, "tsc_early_khz") {
+		t.Errorf("microvm devices or a bogus TSC on q35: %s", line)
+	}
+}

@@ -250,3 +250,27 @@ func TestVMBootTimeout(t *testing.T) {
 		t.Fatal("QEMU survived Kill")
 	}
 }
+
+// TestVMQ35 boots the fallback machine type, used when QEMU lacks microvm.
+func TestVMQ35(t *testing.T) {
+	home := testHome(t)
+	cfg := testConfig(t, home, "q35")
+	cfg.MachineType = Q35
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	m, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Kill()
+	logConsole(t, m)
+	a, err := m.ConnectAgent(ctx, agentproto.Setup{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	out, _, exit, err := run(t, a, sh("cat /sys/bus/virtio/devices/*/modalias | sort | tr '\\n' ' '; ls /sys/bus/pci/devices | wc -l"))
+	if err != nil || exit.Code != 0 || !strings.Contains(out, "virtio:d00000002") || !strings.Contains(out, "virtio:d00000003") {
+		t.Fatalf("out %q exit %+v err %v", out, exit, err)
+	}
+}

@@ -119,3 +119,41 @@ func (l *line) end() {
 		fmt.Fprintf(l.w, "\r\033[K%s (%s)\n", l.phase, l.now().Sub(l.start).Round(10*time.Millisecond))
 	}
 }
+
+// Status is a one-line message that stays on a terminal only while an
+// operation runs (a VM booting before a command's own output starts).
+type Status struct {
+	mu    sync.Mutex
+	w     io.Writer
+	tty   bool
+	shown bool
+}
+
+// NewStatus returns a Status that draws on f when f is a terminal.
+func NewStatus(f *os.File) *Status {
+	return &Status{w: f, tty: term.IsTerminal(int(f.Fd()))}
+}
+
+// Show replaces the status line with msg.
+func (s *Status) Show(msg string) {
+	if s == nil || !s.tty {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.w, "\r\033[K%s", msg)
+	s.shown = true
+}
+
+// Clear erases the status line.
+func (s *Status) Clear() {
+	if s == nil || !s.tty {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shown {
+		fmt.Fprint(s.w, "\r\033[K")
+		s.shown = false
+	}
+}

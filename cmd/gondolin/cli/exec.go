@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/internal/termio"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
@@ -43,6 +44,7 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			if err != nil {
 				return err
 			}
+			rt.Status = progress.NewStatus(os.Stderr)
 			eio := sessions.ExecIO{Stdout: os.Stdout, Stderr: os.Stderr, Timeout: timeout}
 			stdinTTY := termio.IsTerminal(os.Stdin)
 			if interactive || !stdinTTY || (tty && stdinTTY) {
