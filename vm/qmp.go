@@ -78,11 +78,3 @@ func (m *monitor) run(ctx context.Context, command string, args, out any) error 
 
 func (m *monitor) close() { m.mon.Disconnect() }
 
-// status returns QEMU's run state ("running", "paused", "postmigrate", ...).
-func (m *monitor) status(ctx context.Context) (string, error) {
-	var st struct {
-		Status string `json:"status"`
-	}
-	err := m.run(ctx, "query-status", nil, &st)
-	return st.Status, err
-}
