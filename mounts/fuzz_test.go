@@ -1,0 +1,94 @@
+package mounts
+
+import (
+	"errors"
+	"io"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/mounts/fsproto"
+)
+
+// FuzzServe feeds a Server arbitrary bytes after the handshake, as a
+// hostile guest can: frames of any size, op and body, against a
+// read-only mount. The server must answer with well-formed replies, end
+// when the stream ends, and leave the tree unchanged.
+func FuzzServe(f *testing.F) {
+	dir := f.TempDir()
+	os.Mkdir(filepath.Join(dir, "d"), 0o755)
+	os.WriteFile(filepath.Join(dir, "d", "f"), []byte("data"), 0o644)
+	os.Symlink("/etc/passwd", filepath.Join(dir, "link"))
+	spec, err := ParseHostFS(dir + ":/w:ro")
+	if err != nil {
+		f.Fatal(err)
+	}
+	before := treeHash(f, dir)
+	s, err := NewServer([]Spec{spec}, log.New(io.Discard, "", 0))
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer s.Close()
+
+	var seed []byte
+	for i, r := range []fsproto.Request{
+		{Op: fsproto.OpInit, Version: fsproto.Version},
+		{Op: fsproto.OpStat, Path: "d/f"},
+		{Op: fsproto.OpOpen, Path: "d/f"},
+		{Op: fsproto.OpRead, Handle: uint64(s.instance)<<32 | 1, Size: 10},
+		{Op: fsproto.OpOpendir, Path: "d"},
+		{Op: fsproto.OpReaddir, Handle: uint64(s.instance)<<32 | 2, Size: 10},
+		{Op: fsproto.OpReadlink, Path: "link"},
+		{Op: fsproto.OpOpen, Path: "link/../x"},
+		{Op: fsproto.OpCreate, Path: "new", Flags: 0o101},
+		{Op: fsproto.OpStatfs},
+	} {
+		r.Tag, r.Mount = uint64(i), spec.ID
+		b, err := fsproto.AppendRequest(nil, &r)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+		seed = append(seed, b...)
+	}
+	f.Add(seed)
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 3})
+
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		g, h := socketPair(t)
+		defer g.Close()
+		served := make(chan error, 1)
+		go func() { served <- s.Serve(h) }()
+		g.SetDeadline(time.Now().Add(10 * time.Second))
+		br, err := fsproto.GuestHandshake(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			g.Write(stream)
+			g.(*net.UnixConn).CloseWrite()
+		}()
+		fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
+		for {
+			frame, err := fr.Next(nil)
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					t.Fatalf("reading replies: %v", err)
+				}
+				break
+			}
+			if _, err := fsproto.DecodeReply(frame); err != nil {
+				t.Fatalf("malformed reply: %v", err)
+			}
+		}
+		if err := <-served; err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("Serve: %v", err)
+		}
+		if after := treeHash(t, dir); after != before {
+			t.Fatal("the read-only tree changed")
+		}
+	})
+}
