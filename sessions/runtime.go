@@ -42,7 +42,7 @@ type Runtime struct {
 // NewRuntime opens the state under home.
 func NewRuntime(home layout.Home) (*Runtime, error) {
 	if _, _, err := vm.ParseAccel(os.Getenv(layout.EnvAccel)); err != nil {
-		return nil, &invalidError{msg: err.Error()}
+		return nil, invalidf("%v", err)
 	}
 	if err := layout.MkdirPrivate(string(home)); err != nil {
 		return nil, fmt.Errorf("create %s: %w", home, err)
@@ -103,13 +103,20 @@ func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached boo
 		return nil, nil, err
 	}
 	cfg.Detached = detached
+	return r.BootConfig(ctx, spec, cfg, strings.Join(img.Refs, ","))
+}
+
+// BootConfig starts the VM cfg describes; what names its image for the
+// status line.
+func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, what string) (*vm.Machine, *vm.Agent, error) {
+	dir := cfg.Dir
 	ctx, cancel := context.WithTimeout(ctx, r.BootTimeout)
 	defer cancel()
 	setup := agentproto.Setup{Hostname: spec.hostname(dir)}
 	defer r.Status.Clear()
 	if !spec.Cold {
 		if !r.Templates.Ready(cfg) {
-			r.Status.Show(fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", strings.Join(img.Refs, ",")))
+			r.Status.Show(fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", what))
 		}
 		m, a, err := r.Templates.Clone(ctx, cfg, setup)
 		if err == nil {
@@ -125,7 +132,7 @@ func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached boo
 		}
 		cleanRunDir(dir)
 	}
-	r.Status.Show("gondolin: booting " + strings.Join(img.Refs, ",") + "...")
+	r.Status.Show("gondolin: booting " + what + "...")
 	m, err := vm.Start(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
@@ -165,7 +172,7 @@ type accelCache struct {
 func (r *Runtime) Accel(ctx context.Context, img *imagestore.Image) (vm.Accel, error) {
 	accel, auto, err := vm.ParseAccel(os.Getenv(layout.EnvAccel))
 	if err != nil {
-		return "", &invalidError{msg: err.Error()}
+		return "", invalidf("%v", err)
 	}
 	if !auto {
 		return accel, nil

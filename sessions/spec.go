@@ -5,7 +5,6 @@ package sessions
 
 import (
 	"errors"
-	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,15 +13,8 @@ import (
 // ErrInvalid marks bad input from the user (exit code 2).
 var ErrInvalid = errors.New("invalid input")
 
-// invalidError reads as its message alone; errors.Is still finds
-// ErrInvalid.
-type invalidError struct{ msg string }
-
-func (e *invalidError) Error() string { return e.msg }
-func (e *invalidError) Unwrap() error { return ErrInvalid }
-
 func invalidf(format string, args ...any) error {
-	return &invalidError{msg: fmt.Sprintf(format, args...)}
+	return errorf(ErrInvalid, format, args...)
 }
 
 // Spec is everything that describes a VM to create.

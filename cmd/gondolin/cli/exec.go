@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,13 +20,15 @@ func newExecCmd() *cobra.Command {
 		interactive bool
 		tty         bool
 		timeout     time.Duration
+		session     string
 	)
 	c := &cobra.Command{
 		Use:   "exec [flags] -- CMD [ARGS...]",
-		Short: "Run a command in a fresh disposable VM",
+		Short: "Run a command in a fresh disposable VM (or in a session)",
 		Long: `Run a command in a fresh VM, stream its stdout and stderr, and exit with
 its exit code (128+N when signal N killed it; 125 when gondolin failed;
-2 for bad usage). The VM is destroyed afterwards.
+2 for bad usage). The VM is destroyed afterwards. With --session, run it
+in that session's VM instead.
 
 stdin is forwarded when it is a pipe or a file, or with -i. -t runs the
 command on a terminal (and forwards the keyboard when stdin is one).`,
@@ -40,40 +43,26 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			if err != nil {
 				return err
 			}
+			term := setupTerminal(tty, interactive)
+			defer term.restore()
+			if session != "" {
+				if timeout > 0 {
+					return usageError("--timeout is not supported with --session")
+				}
+				return execInSession(session, spec, args, term)
+			}
 			rt, err := runtime()
 			if err != nil {
 				return err
 			}
 			rt.Status = progress.NewStatus(os.Stderr)
-			eio := sessions.ExecIO{Stdout: os.Stdout, Stderr: os.Stderr, Timeout: timeout}
-			stdinTTY := termio.IsTerminal(os.Stdin)
-			if interactive || !stdinTTY || (tty && stdinTTY) {
-				eio.Stdin = os.Stdin
+			eio := sessions.ExecIO{
+				Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Timeout: timeout,
+				TTY: tty, Rows: term.rows, Cols: term.cols, Resizes: term.resizes,
+				Signals: forwardSignals(),
 			}
-			if tty {
-				eio.TTY = true
-				eio.Rows, eio.Cols = termio.Size(os.Stdout)
-				if termio.IsTerminal(os.Stdout) {
-					sizes, stop := termio.WatchSize(os.Stdout)
-					defer stop()
-					eio.Resizes = sizes
-				}
-				if stdinTTY {
-					restore, err := termio.MakeRaw(os.Stdin)
-					if err == nil {
-						defer restore()
-					}
-				}
-			}
-			eio.Signals = forwardSignals()
 			code, err := rt.Exec(context.Background(), spec, args, eio)
-			if err != nil && code == 0 {
-				return err
-			}
-			if err != nil { // the command could not start: 126 or 127
-				return &exitError{code: code, err: err}
-			}
-			return &exitError{code: code}
+			return exitWith(code, err)
 		},
 	}
 	c.Flags().SetInterspersed(false)
@@ -81,7 +70,58 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 	c.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
 	c.Flags().BoolVarP(&tty, "tty", "t", false, "run the command on a pseudo-terminal")
 	c.Flags().DurationVar(&timeout, "timeout", 0, "send SIGTERM after this long, SIGKILL 2s later (e.g. 30s, 5m)")
+	c.Flags().StringVar(&session, "session", "", "run in this session (ID, prefix or name) instead of a fresh VM")
 	return c
+}
+
+// exitWith turns a guest command's outcome into gondolin's exit.
+func exitWith(code int, err error) error {
+	if err != nil && code == 0 {
+		return err
+	}
+	if err != nil { // the command could not start: 126 or 127
+		return &exitError{code: code, err: err}
+	}
+	return &exitError{code: code}
+}
+
+// terminal is how exec connects the user's terminal to a guest command.
+type terminal struct {
+	stdin      io.Reader
+	rows, cols uint16
+	resizes    <-chan [2]uint16
+	undo       []func()
+}
+
+// setupTerminal decides what exec forwards: stdin when it is a pipe or a
+// file, or with -i, or with -t on a terminal (raw, with size changes).
+func setupTerminal(tty, interactive bool) *terminal {
+	t := &terminal{}
+	stdinTTY := termio.IsTerminal(os.Stdin)
+	if interactive || !stdinTTY || (tty && stdinTTY) {
+		t.stdin = os.Stdin
+	}
+	if !tty {
+		return t
+	}
+	t.rows, t.cols = termio.Size(os.Stdout)
+	if termio.IsTerminal(os.Stdout) {
+		sizes, stop := termio.WatchSize(os.Stdout)
+		t.resizes = sizes
+		t.undo = append(t.undo, stop)
+	}
+	if stdinTTY {
+		if restore, err := termio.MakeRaw(os.Stdin); err == nil {
+			t.undo = append(t.undo, restore)
+		}
+	}
+	return t
+}
+
+func (t *terminal) restore() {
+	for i := len(t.undo) - 1; i >= 0; i-- {
+		t.undo[i]()
+	}
 }
 
 // forwardSignals relays the signals a user sends to gondolin (Ctrl-C,

@@ -75,6 +75,8 @@ func newRoot() *cobra.Command {
 		Long: `gondolin runs commands in disposable Linux micro-VMs.
 
   gondolin exec -- uname -a     run one command in a fresh VM
+  gondolin bash                 a shell in a new session (Ctrl-] detaches)
+  gondolin list                 sessions; gondolin attach ID brings one back
   gondolin image build          build the default guest image
 
 State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
@@ -84,7 +86,7 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v (see: %s --help)", err, c.CommandPath())
 	})
-	root.AddCommand(newExecCmd(), newImageCmd())
+	root.AddCommand(newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/gondolin/gondolin/internal/termio"
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/spf13/cobra"
+)
+
+func newAttachCmd() *cobra.Command {
+	var detachKeys string
+	c := &cobra.Command{
+		Use:   "attach ID [-- CMD...]",
+		Short: "Attach to a session's terminal (Ctrl-] detaches)",
+		Long: `Without CMD, reattach to the session's most recent running terminal and
+repaint its current screen; with CMD, open a new terminal running it.
+Ctrl-] detaches (--detach-keys changes it, e.g. ctrl-p,ctrl-q); the
+terminal keeps running. Several clients may attach to one terminal.`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("attach needs a session: gondolin attach ID [-- CMD...]")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			keys, err := termio.ParseDetachKeys(detachKeys)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			ref, cmdArgs := args[0], args[1:]
+			var ptyID uint64
+			if len(cmdArgs) > 0 {
+				rows, cols := termio.Size(os.Stdout)
+				p, err := client.OpenPTY(context.Background(), ref, sessions.OpenPTYRequest{Command: cmdArgs, Rows: rows, Cols: cols})
+				if err != nil {
+					return err
+				}
+				ptyID = p.ID
+			}
+			return attachTerminal(client, ref, ptyID, keys)
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	c.Flags().StringVar(&detachKeys, "detach-keys", termio.DefaultDetachKeys, "key sequence that detaches")
+	return c
+}
+
+// attachTerminal joins the user's terminal to a guest terminal until the
+// user detaches or the guest process exits (whose exit code becomes ours).
+func attachTerminal(client *sessions.Client, ref string, ptyID uint64, detachKeys []byte) error {
+	rows, cols := termio.Size(os.Stdout)
+	att, err := client.Attach(context.Background(), ref, ptyID, rows, cols)
+	if err != nil {
+		return err
+	}
+	defer att.Close()
+	if termio.IsTerminal(os.Stdin) {
+		restore, err := termio.MakeRaw(os.Stdin)
+		if err == nil {
+			defer restore()
+		}
+	}
+	if termio.IsTerminal(os.Stdout) {
+		sizes, stop := termio.WatchSize(os.Stdout)
+		defer stop()
+		go func() {
+			for size := range sizes {
+				att.Resize(size[0], size[1])
+			}
+		}()
+	}
+	detached := make(chan struct{})
+	go func() {
+		m := termio.NewDetachMatcher(detachKeys)
+		buf := make([]byte, 4096)
+		for {
+			n, err := os.Stdin.Read(buf)
+			if n > 0 {
+				forward, detach := m.Feed(buf[:n])
+				if len(forward) > 0 && att.Input(forward) != nil {
+					return
+				}
+				if detach {
+					close(detached)
+					att.Close()
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	outErr := att.Output(os.Stdout)
+	select {
+	case <-detached:
+		fmt.Fprintf(os.Stderr, "\r\ngondolin: detached; reattach with: gondolin attach %s\r\n", ref)
+		return nil
+	default:
+	}
+	if att.Exit != nil {
+		if att.Exit.Code != 0 {
+			return &exitError{code: att.Exit.Code}
+		}
+		return nil
+	}
+	if outErr == nil {
+		outErr = errors.New("connection closed")
+	}
+	return fmt.Errorf("lost the connection to the supervisor (%v); the session keeps running: gondolin attach %s", outErr, ref)
+}

@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/spf13/cobra"
+)
+
+func newListCmd() *cobra.Command {
+	var all, asJSON bool
+	c := &cobra.Command{
+		Use:     "list [--all] [--json]",
+		Aliases: []string{"ls", "ps"},
+		Short:   "List sessions (live ones; --all adds stale and stopped)",
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			list, err := client.List(context.Background(), all)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(list)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tNAME\tSTATE\tPID\tAGE\tIMAGE\tPTYS\tLABEL")
+			var notes []string
+			for _, s := range list {
+				pid := "-"
+				if s.PID > 0 {
+					pid = strconv.Itoa(s.PID)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, dash(s.Name), s.State, pid,
+					humanAge(time.Since(s.Created)), s.Image, s.RunningPTYs(), s.Label)
+				if s.State == sessions.Stale {
+					notes = append(notes, fmt.Sprintf("%s is stale: %s (remove it with: gondolin rm %s)", s.ID, s.Reason, s.ID))
+				}
+			}
+			w.Flush()
+			for _, n := range notes {
+				fmt.Fprintln(os.Stderr, n)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&all, "all", "a", false, "include stale and stopped sessions")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newStopCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop ID...",
+		Short: "Stop sessions' VMs (gracefully, then by force)",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("stop needs a session: gondolin stop ID...")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				s, err := client.Stop(context.Background(), ref)
+				if err != nil {
+					return err
+				}
+				fmt.Println(s.ID)
+			}
+			return nil
+		},
+	}
+}
+
+func newRmCmd() *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:   "rm [-f] ID...",
+		Short: "Remove stale or stopped sessions (-f stops live ones first)",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("rm needs a session: gondolin rm [-f] ID...")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				if err := client.Remove(context.Background(), ref, force); err != nil {
+					return err
+				}
+				fmt.Println(ref)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&force, "force", "f", false, "stop a live session first")
+	return c
+}
+
+func newLogsCmd() *cobra.Command {
+	var follow bool
+	c := &cobra.Command{
+		Use:   "logs [-f] ID",
+		Short: "Print a session's serial console",
+		Args:  exactArgs(1, "a session"),
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return client.Logs(ctx, args[0], follow, os.Stdout)
+		},
+	}
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return c
+}
+
+// execInSession is exec --session: the same stdio and exit codes as a
+// one-shot exec, in an existing session.
+func execInSession(ref string, spec *sessions.Spec, args []string, term *terminal) error {
+	client, err := dialSupervisor(true)
+	if err != nil {
+		return err
+	}
+	req := sessions.ExecRequest{Argv: args, Env: spec.Env, Cwd: spec.Cwd, TTY: term.rows > 0, Rows: term.rows, Cols: term.cols}
+	sigs := make(chan int, 4)
+	go func() {
+		for s := range forwardSignals() {
+			sigs <- int(s)
+		}
+	}()
+	code, err := client.Exec(context.Background(), ref, req, sessions.ExecStreams{
+		Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Signals: sigs, Resizes: term.resizes,
+	})
+	return exitWith(code, err)
+}

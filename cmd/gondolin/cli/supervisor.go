@@ -1,0 +1,85 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/spf13/cobra"
+)
+
+func newSupervisorCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "supervisor",
+		Short: "Run the background supervisor that owns the VMs (started on demand)",
+		Long: `Run the supervisor in the foreground. Commands that need it start it on
+demand, detached, with its log in $GONDOLIN_HOME/supervisor.log. Exactly one
+runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			home, err := layout.DefaultHome()
+			if err != nil {
+				return err
+			}
+			logger := log.New(os.Stderr, "", log.LstdFlags)
+			return sessions.RunSupervisor(home, logger)
+		},
+	}
+	var all bool
+	stop := &cobra.Command{
+		Use:   "stop [--all]",
+		Short: "Stop the supervisor (VMs keep running; --all stops them too)",
+		Args:  noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(false)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			return client.StopSupervisor(ctx, all)
+		},
+	}
+	stop.Flags().BoolVar(&all, "all", false, "stop every VM too")
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show whether the supervisor runs, and what it holds",
+		Args:  noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(false)
+			if err != nil {
+				return err
+			}
+			st, err := client.Status(context.Background())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(st)
+			}
+			fmt.Printf("supervisor %d running since %s for %s: %d sessions (%d live), %s resident\n",
+				st.PID, st.Started.Local().Format(time.DateTime), st.Home, st.Sessions, st.Live, humanBytes(st.RSSBytes))
+			return nil
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.AddCommand(stop, status)
+	return c
+}
+
+// dialSupervisor connects to the home's supervisor, starting it when
+// start is set.
+func dialSupervisor(start bool) (*sessions.Client, error) {
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: start})
+}

@@ -1,0 +1,149 @@
+package sessions
+
+import "time"
+
+// State is a session's derived state.
+type State string
+
+const (
+	// Live: QEMU runs and its agent answers.
+	Live State = "live"
+	// Stale: the VM died or does not answer; Reason says which.
+	Stale State = "stale"
+	// Stopped: stopped on purpose (gondolin stop).
+	Stopped State = "stopped"
+)
+
+// Session is what the supervisor API reports about a session.
+type Session struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name,omitempty"`
+	Label    string    `json:"label,omitempty"`
+	State    State     `json:"state"`
+	Reason   string    `json:"reason,omitempty"`
+	PID      int       `json:"pid,omitempty"`
+	Created  time.Time `json:"created"`
+	Image    string    `json:"image"`
+	ImageID  string    `json:"image_id"`
+	Spec     Spec      `json:"spec"`
+	Keep     bool      `json:"keep,omitempty"`
+	PTYs     []PTY     `json:"ptys"`
+	CPUs     int       `json:"cpus"`
+	MemoryMB int       `json:"memory_mib"`
+	// Usage is the VM's host resource use (live sessions only).
+	Usage *Usage `json:"usage,omitempty"`
+	// Errors lists non-fatal problems (lima's habit): a dashboard row
+	// can show them without the session being stale.
+	Errors []string `json:"errors,omitempty"`
+}
+
+// Usage is a VM's resource use on the host.
+type Usage struct {
+	CPUPercent float64 `json:"cpu_percent"`
+	RSSBytes   int64   `json:"rss_bytes"`
+}
+
+// RunningPTYs counts the session's live terminals.
+func (s Session) RunningPTYs() int {
+	n := 0
+	for _, p := range s.PTYs {
+		if p.Running {
+			n++
+		}
+	}
+	return n
+}
+
+// PTY is one terminal process in a session.
+type PTY struct {
+	ID       uint64    `json:"id"`
+	Argv     []string  `json:"argv"`
+	Created  time.Time `json:"created"`
+	Main     bool      `json:"main,omitempty"`
+	Running  bool      `json:"running"`
+	ExitCode *int      `json:"exit_code,omitempty"`
+	Rows     uint16    `json:"rows"`
+	Cols     uint16    `json:"cols"`
+	Clients  int       `json:"clients"`
+}
+
+// CreateRequest asks the supervisor for a new session.
+type CreateRequest struct {
+	Spec Spec `json:"spec"`
+	// Command runs on the session's first terminal (default: bash, or sh
+	// when the image has no bash).
+	Command []string `json:"command,omitempty"`
+	// Keep keeps the session running after Command exits.
+	Keep       bool   `json:"keep,omitempty"`
+	Label string `json:"label,omitempty"`
+	Rows  uint16 `json:"rows,omitempty"`
+	Cols  uint16 `json:"cols,omitempty"`
+}
+
+// OpenPTYRequest asks for a new terminal in a session.
+type OpenPTYRequest struct {
+	Command []string `json:"command,omitempty"`
+	Rows    uint16   `json:"rows,omitempty"`
+	Cols    uint16   `json:"cols,omitempty"`
+}
+
+// ExecRequest is the first frame of an exec stream.
+type ExecRequest struct {
+	Argv  []string `json:"argv"`
+	Env   []string `json:"env,omitempty"`
+	Cwd   string   `json:"cwd,omitempty"`
+	TTY   bool     `json:"tty,omitempty"`
+	Rows  uint16   `json:"rows,omitempty"`
+	Cols  uint16   `json:"cols,omitempty"`
+	Stdin bool     `json:"stdin,omitempty"`
+}
+
+// Screen is a terminal's current contents as the supervisor's emulator
+// sees them.
+type Screen struct {
+	Rows   int    `json:"rows"`
+	Cols   int    `json:"cols"`
+	Text   string `json:"text"` // plain text, one line per row
+	ANSI   string `json:"ansi"` // with styles as escape codes
+	Cursor [2]int `json:"cursor"`
+	Offset uint64 `json:"offset"` // output bytes seen so far
+}
+
+// Event is a change the supervisor reports to followers.
+type Event struct {
+	Type    string    `json:"type"` // session.created, session.state, session.removed, pty.opened, pty.exited, pty.output
+	Time    time.Time `json:"time"`
+	Session string    `json:"session"`
+	State   State     `json:"state,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	PTY     uint64    `json:"pty,omitempty"`
+}
+
+// Event types.
+const (
+	EventCreated  = "session.created"
+	EventState    = "session.state"
+	EventRemoved  = "session.removed"
+	EventPTYOpen  = "pty.opened"
+	EventPTYExit  = "pty.exited"
+	EventPTYPaint = "pty.output" // a terminal's screen changed (rate limited)
+)
+
+// SupervisorStatus describes the running supervisor.
+type SupervisorStatus struct {
+	PID      int       `json:"pid"`
+	Started  time.Time `json:"started"`
+	Home     string    `json:"home"`
+	Sessions int       `json:"sessions"`
+	Live     int       `json:"live"`
+	RSSBytes int64     `json:"rss_bytes"`
+}
+
+// Stream frame types for upgraded connections (attach and exec), carried
+// with agentproto's frame codec. Output frames reuse agentproto's types.
+const (
+	frameInput    = 16 // client to server: bytes for the terminal or stdin
+	frameInputEOF = 17 // client to server: stdin is done
+	frameResize   = 18 // client to server: JSON [rows, cols]
+	frameSignal   = 19 // client to server: JSON signal number
+)

@@ -1,0 +1,415 @@
+package sessions
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// Client talks to a supervisor over its unix socket. It serves the CLI
+// and the dashboard.
+type Client struct {
+	home layout.Home
+	http *http.Client
+}
+
+// NewClient returns a client for home's supervisor socket; it does not
+// connect until used.
+func NewClient(home layout.Home) *Client {
+	sock := home.SupervisorSocket()
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		MaxIdleConns: 4,
+	}
+	return &Client{home: home, http: &http.Client{Transport: tr}}
+}
+
+const baseURL = "http://gondolin"
+
+// do sends a request and decodes a JSON answer into out; API errors come
+// back with their class (ErrNotFound, ErrInvalid, ...).
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, baseURL+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return errorf(ErrUnavailable, "supervisor: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return responseError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func responseError(resp *http.Response) error {
+	var e apiError
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if json.Unmarshal(b, &e) != nil || e.Error == "" {
+		e.Error = fmt.Sprintf("supervisor answered %s", resp.Status)
+	}
+	if class := classOf(resp.StatusCode); class != nil {
+		return errorf(class, "%s", e.Error)
+	}
+	return errors.New(e.Error)
+}
+
+// Status describes the supervisor.
+func (c *Client) Status(ctx context.Context) (SupervisorStatus, error) {
+	var st SupervisorStatus
+	err := c.do(ctx, http.MethodGet, "/v1/supervisor", nil, &st)
+	return st, err
+}
+
+// StopSupervisor stops the supervisor; with all, every live VM first.
+func (c *Client) StopSupervisor(ctx context.Context, all bool) error {
+	return c.do(ctx, http.MethodPost, "/v1/supervisor/stop", stopRequest{All: all}, nil)
+}
+
+// List returns live sessions, or every session with all.
+func (c *Client) List(ctx context.Context, all bool) ([]Session, error) {
+	var out []Session
+	err := c.do(ctx, http.MethodGet, "/v1/sessions?all="+strconv.FormatBool(all), nil, &out)
+	return out, err
+}
+
+// Get inspects one session by ID, prefix or name.
+func (c *Client) Get(ctx context.Context, ref string) (Session, error) {
+	var s Session
+	err := c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(ref), nil, &s)
+	return s, err
+}
+
+// Create makes a new session.
+func (c *Client) Create(ctx context.Context, req CreateRequest) (Session, error) {
+	var s Session
+	err := c.do(ctx, http.MethodPost, "/v1/sessions", req, &s)
+	return s, err
+}
+
+// Stop stops a session's VM.
+func (c *Client) Stop(ctx context.Context, ref string) (Session, error) {
+	var s Session
+	err := c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(ref)+"/stop", nil, &s)
+	return s, err
+}
+
+// Remove deletes a stale or stopped session (force: stop it first).
+func (c *Client) Remove(ctx context.Context, ref string, force bool) error {
+	return c.do(ctx, http.MethodDelete, "/v1/sessions/"+url.PathEscape(ref)+"?force="+strconv.FormatBool(force), nil, nil)
+}
+
+// OpenPTY starts a new terminal in a session.
+func (c *Client) OpenPTY(ctx context.Context, ref string, req OpenPTYRequest) (PTY, error) {
+	var p PTY
+	err := c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(ref)+"/ptys", req, &p)
+	return p, err
+}
+
+// Screen returns a terminal's current screen (pty 0: the latest).
+func (c *Client) Screen(ctx context.Context, ref string, pty uint64) (Screen, error) {
+	var s Screen
+	err := c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(ref)+"/ptys/"+ptyRef(pty)+"/screen", nil, &s)
+	return s, err
+}
+
+func ptyRef(id uint64) string {
+	if id == 0 {
+		return "latest"
+	}
+	return strconv.FormatUint(id, 10)
+}
+
+// upgrade opens a raw stream on path.
+func (c *Client) upgrade(ctx context.Context, path string, body any) (io.ReadWriteCloser, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", upgradeProtocol)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "supervisor: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		defer resp.Body.Close()
+		return nil, responseError(resp)
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return nil, errors.New("supervisor did not upgrade the connection")
+	}
+	return rwc, nil
+}
+
+// Attachment is a client's connection to a terminal.
+type Attachment struct {
+	rwc io.ReadWriteCloser
+	fw  *frameWriter
+	// Exit is set once the terminal's process has exited.
+	Exit *agentproto.ExitStatus
+}
+
+// Attach connects to a terminal of a session (pty 0: the most recent
+// running one) at the given size. Its output starts with a repaint of the
+// current screen.
+func (c *Client) Attach(ctx context.Context, ref string, pty uint64, rows, cols uint16) (*Attachment, error) {
+	path := fmt.Sprintf("/v1/sessions/%s/ptys/%s/attach?rows=%d&cols=%d", url.PathEscape(ref), ptyRef(pty), rows, cols)
+	rwc, err := c.upgrade(ctx, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Attachment{rwc: rwc, fw: &frameWriter{w: rwc}}, nil
+}
+
+// Input sends keystrokes.
+func (a *Attachment) Input(p []byte) error {
+	for len(p) > 0 {
+		n := min(len(p), agentproto.MaxData)
+		if err := a.fw.frame(frameInput, p[:n]); err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// Resize tells the terminal its new size.
+func (a *Attachment) Resize(rows, cols uint16) error {
+	return a.fw.json(frameResize, [2]uint16{rows, cols})
+}
+
+// Output copies the terminal's output to w until the process exits (nil,
+// with Exit set) or the connection ends.
+func (a *Attachment) Output(w io.Writer) error {
+	br := bufio.NewReaderSize(a.rwc, 64<<10)
+	for {
+		f, err := agentproto.ReadFrame(br, agentproto.MaxFrame)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		switch f.Type {
+		case agentproto.FrameStdout:
+			if _, err := w.Write(f.Payload); err != nil {
+				return err
+			}
+		case agentproto.FrameExit:
+			var exit agentproto.ExitStatus
+			if err := f.Decode(&exit); err != nil {
+				return err
+			}
+			a.Exit = &exit
+			return nil
+		case agentproto.FrameError:
+			var resp agentproto.Response
+			if err := f.Decode(&resp); err != nil {
+				return err
+			}
+			return resp.Err()
+		}
+	}
+}
+
+// Close detaches; the terminal keeps running.
+func (a *Attachment) Close() error { return a.rwc.Close() }
+
+// ExecIO is the caller's side of a command run with Client.Exec.
+type ExecStreams struct {
+	Stdin          io.Reader // nil: no stdin
+	Stdout, Stderr io.Writer
+	Signals        <-chan int
+	Resizes        <-chan [2]uint16
+}
+
+// Exec runs a command in a live session and returns its exit code
+// (128+N for signal N; 126/127 when it could not start, with the error).
+func (c *Client) Exec(ctx context.Context, ref string, req ExecRequest, s ExecStreams) (int, error) {
+	req.Stdin = s.Stdin != nil
+	rwc, err := c.upgrade(ctx, "/v1/sessions/"+url.PathEscape(ref)+"/exec", req)
+	if err != nil {
+		return 0, err
+	}
+	defer rwc.Close()
+	fw := &frameWriter{w: rwc}
+	done := make(chan struct{})
+	defer close(done)
+	if s.Stdin != nil {
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := s.Stdin.Read(buf)
+				if n > 0 && fw.frame(frameInput, buf[:n]) != nil {
+					return
+				}
+				if err != nil {
+					fw.frame(frameInputEOF, nil)
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		for {
+			select {
+			case sig := <-s.Signals:
+				fw.json(frameSignal, sig)
+			case size := <-s.Resizes:
+				fw.json(frameResize, size)
+			case <-done:
+				return
+			}
+		}
+	}()
+	stdout, stderr := s.Stdout, s.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	br := bufio.NewReaderSize(rwc, 64<<10)
+	for {
+		f, err := agentproto.ReadFrame(br, agentproto.MaxFrame)
+		if err != nil {
+			return 0, fmt.Errorf("exec stream: %w", err)
+		}
+		switch f.Type {
+		case agentproto.FrameStdout:
+			stdout.Write(f.Payload)
+		case agentproto.FrameStderr:
+			stderr.Write(f.Payload)
+		case agentproto.FrameExit:
+			var exit agentproto.ExitStatus
+			if err := f.Decode(&exit); err != nil {
+				return 0, err
+			}
+			return exit.Code, nil
+		case agentproto.FrameError:
+			var resp agentproto.Response
+			if err := f.Decode(&resp); err != nil {
+				return 0, err
+			}
+			return resp.Code, resp.Err()
+		}
+	}
+}
+
+// Logs copies a session's console log to w; with follow, until ctx ends.
+func (c *Client) Logs(ctx context.Context, ref string, follow bool, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		baseURL+"/v1/sessions/"+url.PathEscape(ref)+"/logs?follow="+strconv.FormatBool(follow), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return errorf(ErrUnavailable, "supervisor: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return responseError(resp)
+	}
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// Events follows the supervisor's events until ctx ends or the stream
+// breaks; the channel is closed then.
+func (c *Client) Events(ctx context.Context) (<-chan Event, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/v1/events", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "supervisor: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, responseError(resp)
+	}
+	ch := make(chan Event, 64)
+	go func() {
+		defer close(ch)
+		defer resp.Body.Close()
+		dec := json.NewDecoder(resp.Body)
+		for {
+			var e Event
+			if err := dec.Decode(&e); err != nil {
+				return
+			}
+			select {
+			case ch <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// WaitState polls until a session reaches state or ctx ends (for tests and
+// scripts).
+func (c *Client) WaitState(ctx context.Context, ref string, state State) (Session, error) {
+	for {
+		s, err := c.Get(ctx, ref)
+		if err == nil && s.State == state {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("session %s is %s, not %s", ref, s.State, state)
+			}
+			return s, err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,155 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+)
+
+// ErrSupervisorRunning means another supervisor holds the home's lock.
+var ErrSupervisorRunning = errors.New("a supervisor is already running")
+
+// RunSupervisor runs the supervisor for home in this process until it is
+// told to stop (API or SIGTERM/SIGINT). VMs keep running after it exits.
+func RunSupervisor(home layout.Home, logger *log.Logger) error {
+	if err := layout.MkdirPrivate(string(home)); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(home.SupervisorLock(), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(home.SupervisorLock())
+		return fmt.Errorf("%w (pid %s)", ErrSupervisorRunning, strings.TrimSpace(string(b)))
+	}
+	lock.Truncate(0)
+	lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+
+	rt, err := NewRuntime(home)
+	if err != nil {
+		return err
+	}
+	sockPath := home.SupervisorSocket()
+	os.Remove(sockPath) // a dead supervisor's; we hold the lock
+	ln, err := net.Listen("unix", sockPath)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(sockPath)
+	if err := os.Chmod(sockPath, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+
+	sv := NewSupervisor(rt, logger)
+	logger.Printf("supervisor %d starting for %s", os.Getpid(), home)
+	sv.Adopt(context.Background())
+	api := NewAPI(sv)
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	stop := make(chan struct{}, 1)
+	api.OnStop = func(bool) { stop <- struct{}{} }
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	go func() {
+		select {
+		case <-stop:
+		case s := <-sigs:
+			logger.Printf("supervisor: %v", s)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		srv.Close()
+	}()
+	logger.Printf("supervisor %d serving on %s", os.Getpid(), sockPath)
+	err = srv.Serve(ln)
+	sv.Close()
+	logger.Printf("supervisor %d exiting; VMs keep running", os.Getpid())
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// ConnectOptions says how to reach the supervisor.
+type ConnectOptions struct {
+	// Start starts a supervisor when none answers.
+	Start bool
+	// Executable is the gondolin binary to start it with (default: this
+	// process's own executable).
+	Executable string
+}
+
+// Connect returns a client of home's supervisor, starting one (detached:
+// its own session, stdin from /dev/null, output to supervisor.log) if
+// none answers and opts.Start is set.
+func Connect(ctx context.Context, home layout.Home, opts ConnectOptions) (*Client, error) {
+	c := NewClient(home)
+	if _, err := c.Status(ctx); err == nil {
+		return c, nil
+	} else if !opts.Start {
+		return nil, errorf(ErrUnavailable, "no supervisor is running for %s (%v)", home, err)
+	}
+	if err := startSupervisor(home, opts.Executable); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := c.Status(ctx); err == nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, errorf(ErrUnavailable, "the supervisor did not start: see %s", home.SupervisorLog())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func startSupervisor(home layout.Home, executable string) error {
+	if executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		executable = exe
+	}
+	if err := layout.MkdirPrivate(string(home)); err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(home.SupervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(executable, "supervisor")
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start supervisor: %w", err)
+	}
+	// Reap it if it exits early (another one won the race); otherwise it
+	// is reparented when we exit.
+	go cmd.Wait()
+	return nil
+}

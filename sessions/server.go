@@ -1,0 +1,554 @@
+package sessions
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// maxBody bounds every request body: a bigger one is refused with 413
+// before anything is done.
+const maxBody = 1 << 20
+
+// upgradeProtocol names the raw stream an attach or exec request turns
+// into, in the manner of Docker's engine API.
+const upgradeProtocol = "gondolin-stream"
+
+// API serves the supervisor over HTTP.
+type API struct {
+	sv *Supervisor
+	// OnStop is called after a supervisor stop request has been answered.
+	OnStop func(all bool)
+	mux    *http.ServeMux
+}
+
+// NewAPI returns the HTTP handler for sv.
+func NewAPI(sv *Supervisor) *API {
+	a := &API{sv: sv, mux: http.NewServeMux()}
+	a.mux.HandleFunc("GET /v1/supervisor", a.status)
+	a.mux.HandleFunc("POST /v1/supervisor/stop", a.stopSupervisor)
+	a.mux.HandleFunc("GET /v1/sessions", a.list)
+	a.mux.HandleFunc("POST /v1/sessions", a.create)
+	a.mux.HandleFunc("GET /v1/sessions/{id}", a.get)
+	a.mux.HandleFunc("DELETE /v1/sessions/{id}", a.remove)
+	a.mux.HandleFunc("POST /v1/sessions/{id}/stop", a.stop)
+	a.mux.HandleFunc("POST /v1/sessions/{id}/ptys", a.openPTY)
+	a.mux.HandleFunc("GET /v1/sessions/{id}/ptys/{pty}/screen", a.screen)
+	a.mux.HandleFunc("POST /v1/sessions/{id}/ptys/{pty}/attach", a.attach)
+	a.mux.HandleFunc("POST /v1/sessions/{id}/exec", a.exec)
+	a.mux.HandleFunc("GET /v1/sessions/{id}/logs", a.logs)
+	a.mux.HandleFunc("GET /v1/events", a.eventStream)
+	return a
+}
+
+// ServeHTTP routes a request; unknown paths and methods get JSON errors
+// like every other failure.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := a.mux.Handler(r); pattern == "" {
+		rec := httptest.NewRecorder()
+		a.mux.ServeHTTP(rec, r)
+		msg := "no such endpoint: " + r.Method + " " + r.URL.Path
+		if rec.Code == http.StatusMethodNotAllowed {
+			msg = "method " + r.Method + " not allowed on " + r.URL.Path
+		}
+		writeError(w, rec.Code, msg)
+		return
+	}
+	a.mux.ServeHTTP(w, r)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, apiError{Error: msg})
+}
+
+func fail(w http.ResponseWriter, err error) {
+	writeError(w, httpStatus(err), err.Error())
+}
+
+// decode reads a strict, bounded JSON body into v.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return errorf(ErrInvalid, "request body is larger than %d bytes", maxBody)
+		}
+		if errors.Is(err, io.EOF) {
+			return errorf(ErrInvalid, "empty request body")
+		}
+		return errorf(ErrInvalid, "malformed request: %v", err)
+	}
+	if dec.More() {
+		return errorf(ErrInvalid, "malformed request: data after the JSON value")
+	}
+	return nil
+}
+
+func (a *API) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.sv.Status())
+}
+
+type stopRequest struct {
+	All bool `json:"all"`
+}
+
+func (a *API) stopSupervisor(w http.ResponseWriter, r *http.Request) {
+	var req stopRequest
+	if r.ContentLength != 0 {
+		if err := decode(w, r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+	}
+	if req.All {
+		a.sv.StopAll(r.Context())
+	}
+	writeJSON(w, http.StatusOK, a.sv.Status())
+	if a.OnStop != nil {
+		go a.OnStop(req.All)
+	}
+}
+
+func (a *API) list(w http.ResponseWriter, r *http.Request) {
+	all, _ := strconv.ParseBool(r.URL.Query().Get("all"))
+	writeJSON(w, http.StatusOK, a.sv.List(all))
+}
+
+func (a *API) create(w http.ResponseWriter, r *http.Request) {
+	var req CreateRequest
+	if err := decode(w, r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	// A create outlives the request: a client that gives up must not
+	// leave a half-made VM behind.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := a.sv.Create(ctx, req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, s)
+}
+
+func (a *API) get(w http.ResponseWriter, r *http.Request) {
+	s, err := a.sv.Get(r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+func (a *API) stop(w http.ResponseWriter, r *http.Request) {
+	s, err := a.sv.Stop(context.Background(), r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+func (a *API) remove(w http.ResponseWriter, r *http.Request) {
+	force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
+	if err := a.sv.Remove(context.Background(), r.PathValue("id"), force); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) openPTY(w http.ResponseWriter, r *http.Request) {
+	var req OpenPTYRequest
+	if err := decode(w, r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	p, err := a.sv.OpenPTY(r.Context(), r.PathValue("id"), req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, p)
+}
+
+// sessionPTY resolves {id} and {pty} ("latest" or 0 for the most recent
+// running terminal).
+func (a *API) sessionPTY(r *http.Request) (*session, *pty, error) {
+	s, err := a.sv.lookup(r.PathValue("id"))
+	if err != nil {
+		return nil, nil, err
+	}
+	var id uint64
+	if ref := r.PathValue("pty"); ref != "latest" {
+		if id, err = strconv.ParseUint(ref, 10, 64); err != nil {
+			return nil, nil, errorf(ErrInvalid, "bad terminal id %q", ref)
+		}
+	}
+	p, err := s.findPTY(id)
+	return s, p, err
+}
+
+func (a *API) screen(w http.ResponseWriter, r *http.Request) {
+	_, p, err := a.sessionPTY(r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p.screen())
+}
+
+// hijack answers 101 and takes the connection over. Reads must go through
+// the returned reader: it may hold bytes the client sent early.
+func hijack(w http.ResponseWriter, r *http.Request) (net.Conn, *bufio.Reader, error) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), upgradeProtocol) {
+		return nil, nil, errorf(ErrInvalid, "this endpoint needs Connection: Upgrade and Upgrade: %s", upgradeProtocol)
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("connection cannot be upgraded")
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProtocol + "\r\n\r\n")
+	if err := brw.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, brw.Reader, nil
+}
+
+// frameWriter serialises frames from several goroutines onto one stream.
+type frameWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (f *frameWriter) frame(t agentproto.FrameType, payload []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return agentproto.WriteFrame(f.w, t, payload)
+}
+
+func (f *frameWriter) json(t agentproto.FrameType, v any) error {
+	b, _ := json.Marshal(v)
+	return f.frame(t, b)
+}
+
+// streamWriter writes everything as frames of type t, split to size.
+type streamWriter struct {
+	fw *frameWriter
+	t  agentproto.FrameType
+}
+
+func (s streamWriter) Write(p []byte) (int, error) {
+	for chunk := p; len(chunk) > 0; {
+		n := min(len(chunk), agentproto.MaxData)
+		if err := s.fw.frame(s.t, chunk[:n]); err != nil {
+			return 0, err
+		}
+		chunk = chunk[n:]
+	}
+	return len(p), nil
+}
+
+func parseSize(b []byte) (uint16, uint16, error) {
+	var size [2]uint16
+	if err := json.Unmarshal(b, &size); err != nil || size[0] == 0 || size[1] == 0 {
+		return 0, 0, errorf(ErrInvalid, "bad terminal size %q", b)
+	}
+	return size[0], size[1], nil
+}
+
+// attach joins a client to a terminal: the current screen first, then
+// live output; keystrokes and size changes the other way. Any number of
+// clients may attach to one terminal.
+func (a *API) attach(w http.ResponseWriter, r *http.Request) {
+	s, p, err := a.sessionPTY(r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	q := r.URL.Query()
+	rows, _ := strconv.ParseUint(q.Get("rows"), 10, 16)
+	cols, _ := strconv.ParseUint(q.Get("cols"), 10, 16)
+	conn, br, err := hijack(w, r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	defer conn.Close()
+	if rows > 0 && cols > 0 {
+		s.resize(p, uint16(rows), uint16(cols))
+	}
+	c, repaint := p.attach()
+	defer p.detach(c)
+	fw := &frameWriter{w: conn}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer conn.Close()
+		if fw.frame(agentproto.FrameStdout, repaint) != nil {
+			return
+		}
+		for {
+			var chunk []byte
+			select {
+			case chunk = <-c.out:
+			default:
+				if rp := p.catchUp(c); rp != nil {
+					chunk = rp
+					break
+				}
+				select {
+				case chunk = <-c.out:
+				case <-c.exited:
+					// Drain what the process printed last, then say so.
+					for {
+						select {
+						case chunk = <-c.out:
+							fw.frame(agentproto.FrameStdout, chunk)
+							continue
+						default:
+						}
+						break
+					}
+					info := p.info()
+					code := -1
+					if info.ExitCode != nil {
+						code = *info.ExitCode
+					}
+					fw.json(agentproto.FrameExit, agentproto.ExitStatus{Code: code})
+					return
+				}
+			}
+			if fw.frame(agentproto.FrameStdout, chunk) != nil {
+				return
+			}
+		}
+	}()
+	for {
+		f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
+		if err != nil {
+			break
+		}
+		switch f.Type {
+		case frameInput:
+			if err := s.input(p, f.Payload); err != nil {
+				fw.json(agentproto.FrameError, agentproto.Response{Error: err.Error()})
+			}
+		case frameResize:
+			if rows, cols, err := parseSize(f.Payload); err == nil {
+				s.resize(p, rows, cols)
+			}
+		default:
+			fw.json(agentproto.FrameError, agentproto.Response{Error: fmt.Sprintf("unexpected %s frame", f.Type)})
+		}
+	}
+	conn.Close()
+	<-done
+}
+
+// exec runs a command in a live session with separate stdout and stderr
+// and its exit code, over an upgraded stream.
+func (a *API) exec(w http.ResponseWriter, r *http.Request) {
+	var req ExecRequest
+	if err := decode(w, r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	if len(req.Argv) == 0 || req.Argv[0] == "" {
+		fail(w, errorf(ErrInvalid, "exec needs a command"))
+		return
+	}
+	s, err := a.sv.lookup(r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	s.mu.Lock()
+	agent := s.agent
+	st, _ := s.derivedLocked()
+	s.mu.Unlock()
+	if agent == nil || st != Live {
+		fail(w, errorf(ErrUnavailable, "session %s is %s", s.rec.ID, st))
+		return
+	}
+	conn, br, err := hijack(w, r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	defer conn.Close()
+	fw := &frameWriter{w: conn}
+	cmd := vm.Command{
+		Exec: agentproto.Exec{Argv: req.Argv, Env: append(append([]string{}, s.rec.Spec.Env...), req.Env...),
+			Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols},
+		Stdout: streamWriter{fw, agentproto.FrameStdout},
+		Stderr: streamWriter{fw, agentproto.FrameStderr},
+	}
+	if cmd.Cwd == "" {
+		cmd.Cwd = s.rec.Spec.Cwd
+	}
+	var stdinW *io.PipeWriter
+	if req.Stdin {
+		var stdinR *io.PipeReader
+		stdinR, stdinW = io.Pipe()
+		cmd.Stdin = stdinR
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	proc, err := agent.Start(ctx, cmd)
+	if err != nil {
+		resp := agentproto.Response{Error: err.Error()}
+		if code, ok := vm.StartError(err); ok {
+			resp.Code = code
+		}
+		fw.json(agentproto.FrameError, resp)
+		return
+	}
+	go func() {
+		defer func() {
+			if stdinW != nil {
+				stdinW.Close()
+			}
+		}()
+		for {
+			f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
+			if err != nil {
+				// The client went away: nobody will read the output.
+				select {
+				case <-proc.Done():
+				default:
+					proc.Signal(context.Background(), int(syscall.SIGKILL))
+				}
+				return
+			}
+			switch f.Type {
+			case frameInput:
+				if stdinW != nil {
+					stdinW.Write(f.Payload)
+				}
+			case frameInputEOF:
+				if stdinW != nil {
+					stdinW.Close()
+				}
+			case frameSignal:
+				var sig int
+				if json.Unmarshal(f.Payload, &sig) == nil && sig > 0 && sig < 65 {
+					proc.Signal(context.Background(), sig)
+				}
+			case frameResize:
+				if rows, cols, err := parseSize(f.Payload); err == nil {
+					proc.Resize(context.Background(), rows, cols)
+				}
+			}
+		}
+	}()
+	exit, err := proc.Wait()
+	if err != nil {
+		fw.json(agentproto.FrameError, agentproto.Response{Error: err.Error()})
+		return
+	}
+	fw.json(agentproto.FrameExit, exit)
+}
+
+// logs streams a session's serial console, following it on request.
+func (a *API) logs(w http.ResponseWriter, r *http.Request) {
+	s, err := a.sv.lookup(r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	f, err := os.Open(filepath.Join(a.sv.reg.dir(s.rec.ID), layout.ConsoleLog))
+	if err != nil {
+		fail(w, errorf(ErrNotFound, "session %s has no console log yet", s.rec.ID))
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	for {
+		if _, err := io.Copy(w, f); err != nil {
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		if !follow {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if _, err := a.sv.lookup(s.rec.ID); err != nil {
+			return // removed
+		}
+	}
+}
+
+// eventStream sends every event as one JSON line until the client goes.
+func (a *API) eventStream(w http.ResponseWriter, r *http.Request) {
+	ch := a.sv.events.subscribe()
+	defer a.sv.events.unsubscribe(ch)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush()
+	}
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case e, ok := <-ch:
+			if !ok {
+				return // fell too far behind; the client reconnects
+			}
+			if enc.Encode(e) != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		case <-r.Context().Done():
+			return
+		}
+	}
+}

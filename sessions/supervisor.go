@@ -1,0 +1,764 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"log"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// Supervisor owns the VMs of one GONDOLIN_HOME: it creates sessions,
+// keeps their terminals' screens, adopts the VMs an earlier supervisor
+// left running, and serves the API. VMs never depend on it: they run in
+// their own sessions (setsid) and outlive it.
+type Supervisor struct {
+	rt      *Runtime
+	reg     registry
+	log     *log.Logger
+	bootID  string
+	started time.Time
+	events  *broker
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	names    map[string]bool // names taken by sessions being created
+}
+
+// NewSupervisor prepares a supervisor for rt's home; Adopt and Serve
+// start it.
+func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
+	return &Supervisor{
+		rt:       rt,
+		reg:      registry{home: rt.Home},
+		log:      logger,
+		bootID:   hostBootID(),
+		started:  time.Now(),
+		events:   newBroker(),
+		sessions: map[string]*session{},
+		names:    map[string]bool{},
+	}
+}
+
+// session is one session as the supervisor knows it.
+type session struct {
+	sv  *Supervisor
+	rec Record
+
+	mu       sync.Mutex
+	state    StateRecord
+	m        *vm.Machine // nil when no VM is known to run
+	agent    *vm.Agent   // nil while not connected
+	ptys     map[uint64]*pty
+	stale    string // why it is stale; empty when live or stopped
+	stopping bool
+	cpu      cpuSample
+}
+
+type cpuSample struct {
+	ticks uint64
+	at    time.Time
+	pct   float64
+}
+
+// Adopt loads every session on disk: VMs that still run are taken over
+// (agent reconnected, terminals replayed from the guest's buffers), dead
+// ones are marked stale with the reason. Nothing is deleted.
+func (sv *Supervisor) Adopt(ctx context.Context) {
+	ids, err := sv.reg.ids()
+	if err != nil {
+		sv.log.Printf("list sessions: %v", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		rec, st, err := sv.reg.load(id)
+		if err != nil {
+			sv.log.Printf("skip %s: %v", id, err)
+			continue
+		}
+		s := &session{sv: sv, rec: rec, state: st, ptys: map[uint64]*pty{}}
+		for _, pr := range st.PTYs {
+			p := newPTY(pr.ID, pr.Argv, pr.Created, pr.Main, 0, 0)
+			p.running = false
+			s.ptys[pr.ID] = p
+		}
+		sv.mu.Lock()
+		sv.sessions[id] = s
+		sv.mu.Unlock()
+		if st.Stopped {
+			continue
+		}
+		if rec.HostBootID != "" && rec.HostBootID != sv.bootID {
+			s.stale = "the host rebooted since the VM started"
+			continue
+		}
+		m, err := vm.Adopt(rec.VM)
+		if err != nil {
+			s.stale = staleReason(err)
+			continue
+		}
+		s.m = m
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			defer cancel()
+			if err := s.connect(actx); err != nil {
+				s.mu.Lock()
+				s.stale = "agent not answering: " + err.Error()
+				s.mu.Unlock()
+				sv.log.Printf("adopt %s: %v", id, err)
+			} else {
+				sv.log.Printf("adopted %s (qemu %d)", id, m.PID())
+			}
+			go s.watch()
+		}()
+	}
+	wg.Wait()
+}
+
+func staleReason(err error) string {
+	if errors.Is(err, vm.ErrNotRunning) {
+		return "the VM is not running (" + err.Error() + ")"
+	}
+	return err.Error()
+}
+
+// connect (re)connects to the session's agent and follows every terminal
+// the guest still has, from the oldest output it kept.
+func (s *session) connect(ctx context.Context) error {
+	a, err := s.m.ConnectAgent(ctx, agentproto.Setup{Hostname: s.rec.Spec.hostname(s.sv.reg.dir(s.rec.ID))})
+	if err != nil {
+		return err
+	}
+	procs, err := a.Processes(ctx)
+	if err != nil {
+		a.Close()
+		return err
+	}
+	s.mu.Lock()
+	s.agent = a
+	s.stale = ""
+	known := map[uint64]agentproto.Process{}
+	for _, pr := range procs {
+		known[pr.ID] = pr
+	}
+	var follow []*pty
+	for id, p := range s.ptys {
+		pr, ok := known[id]
+		if !ok {
+			p.exited(-1) // the guest forgot it: gone long ago
+			continue
+		}
+		p.mu.Lock()
+		p.running = pr.Running || p.running
+		p.mu.Unlock()
+		follow = append(follow, p)
+	}
+	s.mu.Unlock()
+	for _, p := range follow {
+		if err := s.follow(ctx, p); err != nil {
+			s.sv.log.Printf("session %s: follow pty %d: %v", s.rec.ID, p.id, err)
+		}
+	}
+	return nil
+}
+
+// follow streams a persistent guest terminal's output into p from where
+// p left off, and handles its exit.
+func (s *session) follow(ctx context.Context, p *pty) error {
+	s.mu.Lock()
+	a := s.agent
+	s.mu.Unlock()
+	if a == nil {
+		return errors.New("no agent connection")
+	}
+	p.mu.Lock()
+	offset := p.offset
+	p.mu.Unlock()
+	proc, err := a.Attach(ctx, p.id, offset, vm.Command{OnOutput: p.output})
+	if err != nil {
+		return err
+	}
+	go s.waitPTY(p, proc)
+	return nil
+}
+
+func (s *session) waitPTY(p *pty, proc *vm.Process) {
+	exit, err := proc.Wait()
+	if err != nil {
+		return // connection lost: watch() reconnects and follows again
+	}
+	p.exited(exit.Code)
+	s.sv.emit(Event{Type: EventPTYExit, Session: s.rec.ID, PTY: p.id})
+	if p.main && !s.rec.Keep {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.stop(ctx); err != nil {
+			s.sv.log.Printf("session %s: stop after its command exited: %v", s.rec.ID, err)
+		}
+	}
+}
+
+// watch follows the VM and the agent connection for the session's life:
+// a lost connection is retried, a dead VM makes the session stale.
+func (s *session) watch() {
+	for {
+		s.mu.Lock()
+		m, a := s.m, s.agent
+		s.mu.Unlock()
+		if m == nil {
+			return
+		}
+		var agentDone <-chan struct{}
+		if a != nil {
+			agentDone = a.Done()
+		}
+		select {
+		case <-m.Exited():
+			s.vmExited(m)
+			return
+		case <-agentDone:
+			select {
+			case <-m.Exited():
+				s.vmExited(m)
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			s.mu.Lock()
+			if s.agent == a {
+				s.agent = nil
+			}
+			stopping := s.stopping
+			s.mu.Unlock()
+			if stopping {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := s.connect(ctx)
+			cancel()
+			if err != nil {
+				s.mu.Lock()
+				s.stale = "agent not answering: " + err.Error()
+				s.mu.Unlock()
+				s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: s.stale})
+				// Keep watching the VM: if it dies, say so.
+				<-m.Exited()
+				s.vmExited(m)
+				return
+			}
+		case <-time.After(time.Second):
+			// nothing: loop to pick up a replaced connection
+		}
+	}
+}
+
+func (s *session) vmExited(m *vm.Machine) {
+	s.mu.Lock()
+	if s.m != m {
+		s.mu.Unlock()
+		return
+	}
+	s.m = nil
+	if s.agent != nil {
+		s.agent.Close()
+		s.agent = nil
+	}
+	stopped := s.state.Stopped || s.stopping
+	if !stopped {
+		s.stale = "the VM exited: " + m.ExitErr().Error()
+	}
+	ptys := s.ptyList()
+	s.mu.Unlock()
+	for _, p := range ptys {
+		p.exited(-1)
+	}
+	if !stopped {
+		s.sv.log.Printf("session %s: %s", s.rec.ID, s.stale)
+		s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: s.stale})
+	}
+}
+
+func (s *session) ptyList() []*pty {
+	list := make([]*pty, 0, len(s.ptys))
+	for _, p := range s.ptys {
+		list = append(list, p)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].id < list[j].id })
+	return list
+}
+
+// derived computes the session's state; it is never stored.
+func (s *session) derivedLocked() (State, string) {
+	switch {
+	case s.state.Stopped:
+		return Stopped, ""
+	case s.stale != "":
+		return Stale, s.stale
+	case s.m == nil:
+		return Stale, "the VM is not running"
+	case s.agent == nil:
+		return Stale, "reconnecting to the agent"
+	}
+	return Live, ""
+}
+
+func (s *session) info() Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, reason := s.derivedLocked()
+	out := Session{
+		ID: s.rec.ID, Name: s.rec.Spec.Name, Label: s.rec.Label, State: st, Reason: reason,
+		Created: s.rec.Created, Image: s.rec.ImageRef, ImageID: s.rec.ImageID, Spec: s.rec.Spec,
+		Keep: s.rec.Keep, PTYs: []PTY{}, CPUs: s.rec.VM.CPUs, MemoryMB: s.rec.VM.MemoryMiB,
+	}
+	for _, p := range s.ptyList() {
+		out.PTYs = append(out.PTYs, p.info())
+	}
+	if s.m != nil {
+		out.PID = s.m.PID()
+		if stats, err := vm.ProcessStats(out.PID); err == nil {
+			now := time.Now()
+			if !s.cpu.at.IsZero() && now.Sub(s.cpu.at) > 200*time.Millisecond {
+				s.cpu.pct = float64(stats.CPUTicks-s.cpu.ticks) / 100 / now.Sub(s.cpu.at).Seconds() * 100
+			}
+			if s.cpu.at.IsZero() || now.Sub(s.cpu.at) > 200*time.Millisecond {
+				s.cpu.ticks, s.cpu.at = stats.CPUTicks, now
+			}
+			out.Usage = &Usage{CPUPercent: s.cpu.pct, RSSBytes: stats.RSSBytes}
+		}
+	}
+	return out
+}
+
+// saveStateLocked writes state.json; the caller holds s.mu.
+func (s *session) saveStateLocked() {
+	s.state.PTYs = s.state.PTYs[:0]
+	for _, p := range s.ptyList() {
+		s.state.PTYs = append(s.state.PTYs, p.record())
+	}
+	if err := s.sv.reg.saveState(s.rec.ID, s.state); err != nil {
+		s.sv.log.Printf("session %s: save state: %v", s.rec.ID, err)
+	}
+}
+
+// Create makes a new session: its VM and its first terminal.
+func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, error) {
+	spec := req.Spec
+	if err := spec.Validate(); err != nil {
+		return Session{}, err
+	}
+	if len(req.Label) > 200 {
+		return Session{}, invalidf("label is longer than 200 bytes")
+	}
+	if err := validateCommand(req.Command); err != nil {
+		return Session{}, err
+	}
+	if spec.Name != "" {
+		sv.mu.Lock()
+		taken := sv.names[spec.Name]
+		for _, s := range sv.sessions {
+			if s.rec.Spec.Name == spec.Name || s.rec.ID == spec.Name {
+				taken = true
+			}
+		}
+		if !taken {
+			sv.names[spec.Name] = true
+		}
+		sv.mu.Unlock()
+		if taken {
+			return Session{}, errorf(ErrConflict, "a session named %q exists (see: gondolin list --all)", spec.Name)
+		}
+		defer func() {
+			sv.mu.Lock()
+			delete(sv.names, spec.Name)
+			sv.mu.Unlock()
+		}()
+	}
+	img, err := sv.rt.ResolveImage(&spec)
+	if err != nil {
+		return Session{}, err
+	}
+	id := newID()
+	dir := sv.reg.dir(id)
+	cfg, err := sv.rt.MachineConfig(ctx, &spec, img, dir)
+	if err != nil {
+		return Session{}, err
+	}
+	cfg.Detached = true
+	ref := spec.Image
+	if ref == "" && len(img.Refs) > 0 {
+		ref = img.Refs[0]
+	}
+	rec := Record{ID: id, Spec: spec, Created: time.Now().UTC(), ImageRef: ref, ImageID: img.ID,
+		Command: req.Command, Keep: req.Keep, Label: req.Label, VM: cfg, HostBootID: sv.bootID}
+	if err := sv.reg.create(rec); err != nil {
+		return Session{}, err
+	}
+	m, a, err := sv.rt.BootConfig(ctx, &spec, cfg, ref)
+	if err != nil {
+		sv.reg.remove(id)
+		return Session{}, err
+	}
+	s := &session{sv: sv, rec: rec, m: m, agent: a, ptys: map[uint64]*pty{}}
+	if _, err := s.openPTY(ctx, req.Command, req.Rows, req.Cols, true); err != nil {
+		m.Kill()
+		a.Close()
+		sv.reg.remove(id)
+		return Session{}, err
+	}
+	sv.mu.Lock()
+	sv.sessions[id] = s
+	sv.mu.Unlock()
+	go s.watch()
+	sv.emit(Event{Type: EventCreated, Session: id, State: Live})
+	return s.info(), nil
+}
+
+func validateCommand(argv []string) error {
+	if len(argv) > 0 && argv[0] == "" {
+		return invalidf("empty command")
+	}
+	e := agentproto.Exec{Argv: append([]string{"x"}, argv...)}
+	if err := e.Validate(); err != nil {
+		return invalidf("%v", err)
+	}
+	return nil
+}
+
+// defaultShell runs bash when the image has it, else sh, as a login
+// shell so profiles are read.
+var defaultShell = []string{"/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l"}
+
+// openPTY starts a persistent terminal process in the session's guest.
+func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16, main bool) (*pty, error) {
+	if len(argv) == 0 {
+		argv = defaultShell
+	}
+	if rows == 0 || cols == 0 {
+		rows, cols = 24, 80
+	}
+	s.mu.Lock()
+	a := s.agent
+	s.mu.Unlock()
+	if a == nil {
+		return nil, errorf(ErrUnavailable, "session %s is not live", s.rec.ID)
+	}
+	p := newPTY(0, argv, time.Now().UTC(), main, rows, cols)
+	p.changed = s.sv.paintNotifier(s.rec.ID, p)
+	proc, err := a.Start(ctx, vm.Command{
+		Exec:     agentproto.Exec{Argv: argv, Env: s.rec.Spec.Env, Cwd: s.rec.Spec.Cwd, TTY: true, Rows: rows, Cols: cols, Persistent: true},
+		OnOutput: p.output,
+	})
+	if err != nil {
+		if code, ok := vm.StartError(err); ok {
+			return nil, invalidf("%v (exit code %d)", err, code)
+		}
+		return nil, err
+	}
+	p.id = proc.ID
+	s.mu.Lock()
+	s.ptys[p.id] = p
+	s.saveStateLocked()
+	s.mu.Unlock()
+	go s.waitPTY(p, proc)
+	s.sv.emit(Event{Type: EventPTYOpen, Session: s.rec.ID, PTY: p.id})
+	return p, nil
+}
+
+// stop shuts the VM down (the agent first, QMP then, a kill last) and
+// records the session as stopped.
+func (s *session) stop(ctx context.Context) error {
+	s.mu.Lock()
+	if s.state.Stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopping = true
+	m, a := s.m, s.agent
+	s.mu.Unlock()
+	if m != nil {
+		m.Stop(ctx, a, 5*time.Second)
+	}
+	s.mu.Lock()
+	s.state.Stopped = true
+	s.state.StoppedAt = time.Now().UTC()
+	s.stopping = false
+	s.stale = ""
+	s.m, s.agent = nil, nil
+	ptys := s.ptyList()
+	s.saveStateLocked()
+	s.mu.Unlock()
+	if a != nil {
+		a.Close()
+	}
+	for _, p := range ptys {
+		p.exited(-1)
+	}
+	// Nothing of a stopped VM is needed but its disk and console log.
+	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid} {
+		os.Remove(filepath.Join(s.sv.reg.dir(s.rec.ID), name))
+	}
+	s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stopped})
+	return nil
+}
+
+// lookup resolves a user's reference to one session.
+func (sv *Supervisor) lookup(ref string) (*session, error) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	recs := make([]Record, 0, len(sv.sessions))
+	for _, s := range sv.sessions {
+		recs = append(recs, s.rec)
+	}
+	id, err := resolveID(ref, recs)
+	if err != nil {
+		return nil, err
+	}
+	return sv.sessions[id], nil
+}
+
+// List returns the sessions, newest first; without all, only live ones.
+func (sv *Supervisor) List(all bool) []Session {
+	sv.mu.Lock()
+	list := make([]*session, 0, len(sv.sessions))
+	for _, s := range sv.sessions {
+		list = append(list, s)
+	}
+	sv.mu.Unlock()
+	out := []Session{}
+	for _, s := range list {
+		info := s.info()
+		if all || info.State == Live {
+			out = append(out, info)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out
+}
+
+// Get returns one session.
+func (sv *Supervisor) Get(ref string) (Session, error) {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return Session{}, err
+	}
+	return s.info(), nil
+}
+
+// Stop stops a session's VM.
+func (sv *Supervisor) Stop(ctx context.Context, ref string) (Session, error) {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return Session{}, err
+	}
+	if err := s.stop(ctx); err != nil {
+		return Session{}, err
+	}
+	return s.info(), nil
+}
+
+// Remove deletes a stale or stopped session; force stops a live one first.
+func (sv *Supervisor) Remove(ctx context.Context, ref string, force bool) error {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	st, _ := s.derivedLocked()
+	m := s.m
+	s.mu.Unlock()
+	if st == Live && !force {
+		return errorf(ErrConflict, "session %s is live: stop it first (gondolin stop %s) or use: gondolin rm -f %s", s.rec.ID, s.rec.ID, s.rec.ID)
+	}
+	if st == Live || m != nil {
+		if err := s.stop(ctx); err != nil {
+			return err
+		}
+	}
+	if err := sv.reg.remove(s.rec.ID); err != nil {
+		return err
+	}
+	sv.mu.Lock()
+	delete(sv.sessions, s.rec.ID)
+	sv.mu.Unlock()
+	sv.emit(Event{Type: EventRemoved, Session: s.rec.ID})
+	return nil
+}
+
+// OpenPTY starts a new terminal in a live session.
+func (sv *Supervisor) OpenPTY(ctx context.Context, ref string, req OpenPTYRequest) (PTY, error) {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return PTY{}, err
+	}
+	if err := validateCommand(req.Command); err != nil {
+		return PTY{}, err
+	}
+	p, err := s.openPTY(ctx, req.Command, req.Rows, req.Cols, false)
+	if err != nil {
+		return PTY{}, err
+	}
+	return p.info(), nil
+}
+
+// findPTY returns a session's terminal; id 0 means the most recent
+// running one.
+func (s *session) findPTY(id uint64) (*pty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id != 0 {
+		p, ok := s.ptys[id]
+		if !ok {
+			return nil, errorf(ErrNotFound, "session %s has no terminal %d", s.rec.ID, id)
+		}
+		return p, nil
+	}
+	var best *pty
+	for _, p := range s.ptyList() {
+		p.mu.Lock()
+		running := p.running
+		p.mu.Unlock()
+		if running {
+			best = p
+		}
+	}
+	if best == nil {
+		return nil, errorf(ErrNotFound, "session %s has no running terminal; open one with: gondolin attach %s -- bash", s.rec.ID, s.rec.ID)
+	}
+	return best, nil
+}
+
+// input writes keystrokes to a terminal through one shared agent stream.
+func (s *session) input(p *pty, data []byte) error {
+	p.mu.Lock()
+	w := p.stdin
+	p.mu.Unlock()
+	if w == nil {
+		s.mu.Lock()
+		a := s.agent
+		s.mu.Unlock()
+		if a == nil {
+			return errorf(ErrUnavailable, "session %s is not connected", s.rec.ID)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := a.OpenStdin(ctx, p.id)
+		cancel()
+		if err != nil {
+			return err
+		}
+		p.mu.Lock()
+		if p.stdin == nil {
+			p.stdin = st
+		} else {
+			st.Close()
+		}
+		w = p.stdin
+		p.mu.Unlock()
+	}
+	if _, err := w.Write(data); err != nil {
+		p.mu.Lock()
+		if p.stdin == w {
+			p.stdin = nil
+		}
+		p.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// resize changes a terminal's size in the guest and in the emulator.
+func (s *session) resize(p *pty, rows, cols uint16) error {
+	if rows == 0 || cols == 0 {
+		return invalidf("terminal size %dx%d", rows, cols)
+	}
+	p.resize(rows, cols)
+	s.mu.Lock()
+	a := s.agent
+	s.mu.Unlock()
+	if a == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return a.Resize(ctx, p.id, rows, cols)
+}
+
+// Status describes the supervisor.
+func (sv *Supervisor) Status() SupervisorStatus {
+	st := SupervisorStatus{PID: os.Getpid(), Started: sv.started, Home: string(sv.rt.Home)}
+	for _, s := range sv.List(true) {
+		st.Sessions++
+		if s.State == Live {
+			st.Live++
+		}
+	}
+	if stats, err := vm.ProcessStats(os.Getpid()); err == nil {
+		st.RSSBytes = stats.RSSBytes
+	}
+	return st
+}
+
+// StopAll stops every live session (supervisor stop --all).
+func (sv *Supervisor) StopAll(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, info := range sv.List(false) {
+		s, err := sv.lookup(info.ID)
+		if err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); s.stop(ctx) }()
+	}
+	wg.Wait()
+}
+
+// Close drops every agent connection; the VMs keep running.
+func (sv *Supervisor) Close() {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	for _, s := range sv.sessions {
+		s.mu.Lock()
+		if s.agent != nil {
+			s.agent.Close()
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (sv *Supervisor) emit(e Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	sv.events.publish(e)
+}
+
+// paintNotifier returns a callback that reports screen changes at most
+// ten times a second per terminal, so the dashboard's preview follows
+// without a flood.
+func (sv *Supervisor) paintNotifier(id string, p *pty) func() {
+	var mu sync.Mutex
+	pending := false
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if pending {
+			return
+		}
+		pending = true
+		time.AfterFunc(100*time.Millisecond, func() {
+			mu.Lock()
+			pending = false
+			mu.Unlock()
+			sv.emit(Event{Type: EventPTYPaint, Session: id, PTY: p.id})
+		})
+	}
+}
