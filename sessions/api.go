@@ -74,7 +74,7 @@ type CreateRequest struct {
 	// when the image has no bash).
 	Command []string `json:"command,omitempty"`
 	// Keep keeps the session running after Command exits.
-	Keep       bool   `json:"keep,omitempty"`
+	Keep  bool   `json:"keep,omitempty"`
 	Label string `json:"label,omitempty"`
 	Rows  uint16 `json:"rows,omitempty"`
 	Cols  uint16 `json:"cols,omitempty"`

@@ -77,4 +77,3 @@ func (m *monitor) run(ctx context.Context, command string, args, out any) error 
 }
 
 func (m *monitor) close() { m.mon.Disconnect() }
-
