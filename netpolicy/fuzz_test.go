@@ -1,0 +1,211 @@
+package netpolicy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/miekg/dns"
+)
+
+// clientHello captures a real ClientHello from crypto/tls.
+func clientHello(t testing.TB, sni string, alpn []string) []byte {
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	go func() {
+		tls.Client(c1, &tls.Config{ServerName: sni, NextProtos: alpn, InsecureSkipVerify: true}).Handshake()
+	}()
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(c2, hdr); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	if _, err := io.ReadFull(c2, body); err != nil {
+		t.Fatal(err)
+	}
+	return append(hdr, body...)
+}
+
+func TestParseClientHello(t *testing.T) {
+	hello := clientHello(t, "api.example.com", []string{"h2", "http/1.1"})
+	if sniff(hello) != kindTLS || sniff(hello[:2]) != kindNeedMore {
+		t.Fatal("sniff")
+	}
+	sni, alpn, err := parseClientHello(hello)
+	if err != nil || sni != "api.example.com" || strings.Join(alpn, ",") != "h2,http/1.1" {
+		t.Fatalf("%q %v %v", sni, alpn, err)
+	}
+	for i := 0; i < len(hello); i++ {
+		parseClientHello(hello[:i]) // truncations never panic
+	}
+	if _, _, err := parseClientHello(hello[:len(hello)-1]); err == nil {
+		t.Error("truncated hello parsed")
+	}
+	noSNI := clientHello(t, "", nil)
+	if sni, _, err := parseClientHello(noSNI); err != nil || sni != "" {
+		t.Errorf("no SNI: %q %v", sni, err)
+	}
+}
+
+func TestSniff(t *testing.T) {
+	for in, want := range map[string]flowKind{
+		"GET / HTTP/1.1\r\n":         kindHTTP,
+		"PROPFIND ":                  kindHTTP,
+		"GE":                         kindNeedMore,
+		"":                           kindNeedMore,
+		"SSH-2.0-OpenSSH":            kindOther,
+		"get / HTTP/1.1":             kindOther,
+		" GET":                       kindOther,
+		"\x16\x03\x01\x02":           kindTLS,
+		"\x16\x02\x01":               kindOther,
+		"\x00\x00":                   kindOther,
+		"AAAAAAAAAAAAAAAAAAAAAAAAA ": kindOther,
+	} {
+		if got := sniff([]byte(in)); got != want {
+			t.Errorf("sniff(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func FuzzClientHello(f *testing.F) {
+	f.Add(clientHello(f, "api.example.com", []string{"http/1.1"}))
+	f.Add(clientHello(f, "", nil))
+	f.Add([]byte{0x16, 3, 1, 0, 4, 1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		sni, _, err := parseClientHello(b)
+		if err == nil && len(sni) > len(b) {
+			t.Fatal("SNI longer than input")
+		}
+		sniff(b)
+	})
+}
+
+// FuzzHTTPRequest runs guest bytes through what an HTTP flow meets before
+// anything leaves the host: sniffing, request parsing with a header limit,
+// host normalisation, the allowlist and secret substitution.
+func FuzzHTTPRequest(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: api.github.com\r\nAuthorization: Bearer " + tokenPH + "\r\n\r\n"))
+	f.Add([]byte("POST /x?k=" + tokenPH + " HTTP/1.1\r\nHost: 0x7f.1:80\r\nContent-Length: 3\r\n\r\nabc"))
+	f.Add([]byte("GET http://evil/ HTTP/1.1\r\nHost: [::ffff:127.0.0.1]\r\nAuthorization: Basic Zm9vOmJhcg==\r\n\r\n"))
+	f.Add([]byte("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"))
+	p := secretPolicy()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if sniff(b) != kindHTTP {
+			return
+		}
+		r, err := http.ReadRequest(bufio.NewReader(io.LimitReader(bytes.NewReader(b), 64<<10)))
+		if err != nil {
+			return
+		}
+		name, ip, err := NormalizeHost(r.Host)
+		if err != nil {
+			return
+		}
+		host := canonicalHost(name, ip)
+		if n2, ip2, err := NormalizeHost(host); err != nil || canonicalHost(n2, ip2) != host {
+			t.Fatalf("canonical form %q of %q is not stable", host, r.Host)
+		}
+		p.hostRule(host)
+		if ip.IsValid() {
+			p.ipAllowed(ip)
+		}
+		v := p.applySecrets(host, r)
+		if len(v.used) > 0 && !p.Secrets[0].secretHost(host) {
+			t.Fatalf("secret substituted for %q", host)
+		}
+	})
+}
+
+func FuzzNormalizeHost(f *testing.F) {
+	for _, s := range []string{"example.com", "0x7f.1", "127.1", "[::ffff:127.0.0.1]:80", "2130706433", "A.B.", "0177.0.0.01", "1.2.3.0x4"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		name, ip, err := NormalizeHost(s)
+		if err != nil {
+			return
+		}
+		if (name == "") == !ip.IsValid() {
+			t.Fatalf("%q: name %q ip %v", s, name, ip)
+		}
+		c := canonicalHost(name, ip)
+		n2, ip2, err := NormalizeHost(c)
+		if ip.Is6() {
+			n2, ip2, err = NormalizeHost("[" + c + "]")
+		}
+		if err != nil || canonicalHost(n2, ip2) != c {
+			t.Fatalf("%q -> %q not stable: %q %v %v", s, c, n2, ip2, err)
+		}
+	})
+}
+
+func fuzzNetwork() *Network {
+	return &Network{
+		synth:  newSynthTable(),
+		events: newEventLog(16),
+		log:    slog.New(slog.DiscardHandler),
+		ctx:    context.Background(),
+	}
+}
+
+// FuzzDNSQuery feeds guest bytes to the DNS server in synthetic mode (the
+// default, which never sends anything out) and checks every answer parses.
+func FuzzDNSQuery(f *testing.F) {
+	for _, q := range []struct {
+		name string
+		typ  uint16
+	}{{"api.example.com.", dns.TypeA}, {"x.", dns.TypeAAAA}, {"5.0.18.198.in-addr.arpa.", dns.TypePTR}, {"a.b.", dns.TypeANY}} {
+		m := new(dns.Msg)
+		m.SetQuestion(q.name, q.typ)
+		m.SetEdns0(4096, true)
+		b, _ := m.Pack()
+		f.Add(b)
+	}
+	n := fuzzNetwork()
+	p := &Policy{DNS: DNSSynthetic}
+	f.Fuzz(func(t *testing.T, q []byte) {
+		for _, tcp := range []bool{false, true} {
+			out := n.answerDNS(context.Background(), p, q, tcp)
+			if out == nil {
+				continue
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(out); err != nil {
+				t.Fatalf("answer does not parse: %v", err)
+			}
+			if !tcp && len(out) > 4096 {
+				t.Fatalf("UDP answer of %d bytes", len(out))
+			}
+		}
+	})
+}
+
+// FuzzDHCP feeds guest frames to the DHCP server.
+func FuzzDHCP(f *testing.F) {
+	disc, _ := dhcpv4.NewDiscovery(DefaultGuestMAC)
+	f.Add(dhcpRequestFrame(disc))
+	req, _ := dhcpv4.NewDiscovery(DefaultGuestMAC, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest))
+	f.Add(dhcpRequestFrame(req))
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		out := dhcpReply(frame, DefaultGuestMAC)
+		if out == nil {
+			return
+		}
+		if m := dhcpFromFrame(out[4:]); m == nil {
+			t.Fatal("reply is not a DHCP frame")
+		} else if y := m.YourIPAddr; !y.IsUnspecified() && y.String() != GuestIP.String() {
+			t.Fatalf("offered %v", y)
+		}
+	})
+}
