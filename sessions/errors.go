@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/gondolin/gondolin/imagestore"
 )
 
 // Error classes that travel across the supervisor API (as HTTP statuses)
@@ -30,9 +32,9 @@ func errorf(class error, format string, args ...any) error {
 // httpStatus maps an error to the status the API answers with.
 func httpStatus(err error) int {
 	switch {
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, ErrInvalid), errors.Is(err, imagestore.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, ErrNotFound), errors.Is(err, imagestore.ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, ErrConflict):
 		return http.StatusConflict

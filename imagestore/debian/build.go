@@ -33,7 +33,7 @@ var basePackages = []string{"bash", "busybox-static", "ca-certificates", "curl"}
 
 // formatVersion changes whenever the builder would produce a different
 // image from the same inputs, so that FindBuild does not reuse old ones.
-const formatVersion = 1
+const formatVersion = 2
 
 // Options configure a build.
 type Options struct {

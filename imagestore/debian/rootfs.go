@@ -87,6 +87,9 @@ func finishRootfs(ctx context.Context, t *tree, staging, agent string, p progres
 			return err
 		}
 	}
+	if err := baseFiles(t); err != nil {
+		return err
+	}
 	if err := busyboxLinks(ctx, t, staging); err != nil {
 		return err
 	}
@@ -94,6 +97,34 @@ func finishRootfs(ctx context.Context, t *tree, staging, agent string, p progres
 		return err
 	}
 	return ldconfig(ctx, staging, p)
+}
+
+// baseFileCopies are what base-files' postinst copies into place: the
+// shell profiles that give login shells a PATH and a prompt.
+var baseFileCopies = []struct{ src, dst string }{
+	{"usr/share/base-files/profile", "etc/profile"},
+	{"usr/share/base-files/dot.bashrc", "root/.bashrc"},
+	{"usr/share/base-files/dot.profile", "root/.profile"},
+}
+
+func baseFiles(t *tree) error {
+	for _, c := range baseFileCopies {
+		if t.exists(c.dst) {
+			continue
+		}
+		// Through the tree's root: a package's symlink cannot make this
+		// read a host file.
+		f, err := t.root.Open(c.src)
+		if err != nil {
+			continue // an image without base-files
+		}
+		err = t.writeFile(c.dst, f, 0o644, 0, 0, noTime)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // busyboxLinks points every applet the packages do not provide at
