@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/miekg/dns"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
@@ -715,5 +717,73 @@ func TestSubscribe(t *testing.T) {
 	_, ch2 := n.Subscribe(context.Background())
 	n.Close()
 	for range ch2 { // closed by Close
+	}
+}
+
+// synFrame builds a bare TCP SYN from the guest, as a flooding guest
+// would send with raw sockets, never completing the handshake.
+func synFrame(srcPort uint16, dst netip.AddrPort) []byte {
+	f := make([]byte, header.EthernetMinimumSize+header.IPv4MinimumSize+header.TCPMinimumSize)
+	header.Ethernet(f).Encode(&header.EthernetFields{SrcAddr: tcpip.LinkAddress(DefaultGuestMAC), DstAddr: tcpip.LinkAddress(GatewayMAC), Type: header.IPv4ProtocolNumber})
+	ip := header.IPv4(f[header.EthernetMinimumSize:])
+	src, d := tcpip.AddrFrom4(GuestIP.As4()), tcpip.AddrFrom4(dst.Addr().As4())
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(ip)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: src, DstAddr: d})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	tcph := header.TCP(ip[header.IPv4MinimumSize:])
+	tcph.Encode(&header.TCPFields{SrcPort: srcPort, DstPort: dst.Port(), SeqNum: 1, DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagSyn, WindowSize: 65535})
+	tcph.SetChecksum(^tcph.CalculateChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, d, uint16(len(tcph)))))
+	return f
+}
+
+// TestSYNFlood checks that a guest flooding SYNs (and one opening many
+// connections) costs the host a bounded number of goroutines, and that
+// another VM's network keeps working meanwhile.
+func TestSYNFlood(t *testing.T) {
+	up := newUpstream(t, true, nil)
+	other := newTestNetwork(t, localPolicy("api.test"))
+	og := newTestGuest(t, other)
+	og.configure()
+
+	n := newTestNetwork(t, DefaultPolicy(), func(o *Options) {
+		o.MaxHandshakes = 32
+		o.MaxFlows = 64
+		o.PeekTimeout = 2 * time.Second
+	})
+	g := newTestGuest(t, n)
+	g.configure()
+	base := runtime.NumGoroutine()
+	dst := netip.MustParseAddrPort("93.184.216.34:80")
+	for i := 0; i < 5000; i++ {
+		g.writeFrame(synFrame(uint16(1024+i), dst))
+	}
+	// Completed connections that never send a byte: held until the
+	// flow limit, refused beyond it.
+	var conns []net.Conn
+	for i := 0; i < 100; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		c, err := g.dial(ctx, "93.184.216.34:443")
+		cancel()
+		if err == nil {
+			conns = append(conns, c)
+		}
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	// The guest stack's own goroutines count too; the host side adds at
+	// most a few per handshake slot and per flow.
+	t.Logf("held %d connections; %d flows; %d extra goroutines; %d SYNs dropped at the handshake limit",
+		len(conns), n.flows.Load(), runtime.NumGoroutine()-base, n.stack.s.Stats().TCP.ForwardMaxInFlightDrop.Value())
+	if extra := runtime.NumGoroutine() - base; extra > 4*(32+64)+100 {
+		t.Errorf("%d goroutines after the flood", extra)
+	}
+	if got := n.flows.Load(); got > 64 {
+		t.Errorf("%d flows, limit 64", got)
+	}
+	if code, body := get(t, og.client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
+		t.Fatalf("other VM during the flood: %d %q", code, body)
 	}
 }
