@@ -67,7 +67,7 @@ func TestSecretValueNeverPrinted(t *testing.T) {
 	outs := []string{
 		string(b),
 		fmt.Sprint(p), fmt.Sprintf("%v", p), fmt.Sprintf("%+v", p), fmt.Sprintf("%#v", p),
-		fmt.Sprintf("%s", p.Secrets[0]), fmt.Sprintf("%q", p.Secrets[0].Value), fmt.Sprintf("%x", p.Secrets[0].Value),
+		p.Secrets[0].String(), fmt.Sprintf("%v", p.Secrets[0]), fmt.Sprintf("%q", p.Secrets[0].Value), fmt.Sprintf("%x", p.Secrets[0].Value),
 		fmt.Sprintf("%+v", &p), p.Secrets[0].String(),
 	}
 	for _, o := range outs {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -61,16 +60,14 @@ func (c *flowConn) CloseWrite() error {
 	return nil
 }
 
-var lastLimitEvent atomic.Int64
-
 // handleFlow runs for each new guest TCP connection (in its own goroutine,
 // started by the forwarder; at most MaxHandshakes at once). It completes
 // the handshake unless the VM is at its flow limit, then classifies and
 // serves the flow.
 func (n *Network) handleFlow(r *tcp.ForwarderRequest) {
 	id := r.ID()
-	src := netip.AddrFrom4(id.RemoteAddress.As4())
-	if id.RemoteAddress.Len() != 4 || !GuestPrefix.Contains(src) {
+	if id.RemoteAddress.Len() != 4 || id.LocalAddress.Len() != 4 ||
+		!GuestPrefix.Contains(netip.AddrFrom4(id.RemoteAddress.As4())) {
 		// A spoofed source: a reset could not even be routed back.
 		r.Complete(false)
 		return
@@ -80,7 +77,7 @@ func (n *Network) handleFlow(r *tcp.ForwarderRequest) {
 		n.flows.Add(-1)
 		r.Complete(true)
 		// One event a second is enough to explain a flood.
-		if now := time.Now().Unix(); lastLimitEvent.Swap(now) != now {
+		if now := time.Now().Unix(); n.lastLimitEvent.Swap(now) != now {
 			n.event(Event{Action: Blocked, Proto: "tcp", Host: dst.Addr().String(), Port: dst.Port(),
 				Reason: fmt.Sprintf("too many connections (limit %d per VM)", n.opts.MaxFlows)})
 		}

@@ -124,11 +124,13 @@ type Network struct {
 	stack    *netStack
 	proxy    *proxy
 
-	flows atomic.Int64 // guest TCP flows being served
+	flows          atomic.Int64 // guest TCP flows being served
+	lastLimitEvent atomic.Int64 // unix second of the last flow-limit event
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 
 	connMu  sync.Mutex
 	conn    io.ReadWriteCloser // the current QEMU stream, or nil
@@ -244,17 +246,20 @@ func (n *Network) Subscribe(ctx context.Context) ([]Event, <-chan Event) {
 // returns at once; frames are read in the background until conn fails or
 // the network closes.
 func (n *Network) Attach(conn io.ReadWriteCloser) error {
+	// Checked under connMu, which Close takes after cancelling: either
+	// this Attach is counted in wg before Close waits, or it fails.
+	n.connMu.Lock()
 	if n.ctx.Err() != nil {
+		n.connMu.Unlock()
 		return errors.New("netpolicy: network is closed")
 	}
-	n.connMu.Lock()
 	old := n.conn
 	n.conn = conn
+	n.wg.Add(1)
 	n.connMu.Unlock()
 	if old != nil {
 		old.Close()
 	}
-	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		err := n.stack.readFrames(conn)
@@ -289,20 +294,19 @@ func (n *Network) writeFrame(frame []byte) {
 
 // Close stops the stack, every flow and the stream.
 func (n *Network) Close() error {
-	if n.ctx.Err() != nil {
-		return nil
-	}
-	n.cancel()
-	n.connMu.Lock()
-	if n.conn != nil {
-		n.conn.Close()
-		n.conn = nil
-	}
-	n.connMu.Unlock()
-	n.proxy.close()
-	n.stack.close()
-	n.wg.Wait()
-	n.events.close()
+	n.closeOnce.Do(func() {
+		n.cancel()
+		n.connMu.Lock()
+		if n.conn != nil {
+			n.conn.Close()
+			n.conn = nil
+		}
+		n.connMu.Unlock()
+		n.proxy.close()
+		n.stack.close()
+		n.wg.Wait()
+		n.events.close()
+	})
 	return nil
 }
 

@@ -250,6 +250,23 @@ func TestMediation(t *testing.T) {
 			t.Fatalf("%d %q", code, body)
 		}
 	})
+	t.Run("secrets over cleartext only to allow-internal addresses", func(t *testing.T) {
+		plain := newUpstream(t, false, nil)
+		n.UpdatePolicy(func(p *Policy) error {
+			p.Secrets[0].Hosts = []string{"api.test", "plain.test", "pub.test"}
+			p.Allow = append(p.Allow, "pub.test")
+			p.Resolve = append(p.Resolve, ResolvePin{Host: "pub.test", IP: netip.MustParseAddr("93.184.216.34")})
+			return nil
+		})
+		code, body := get(t, c, "http://plain.test:"+plain.port()+"/", map[string]string{"Authorization": "Bearer " + ph})
+		if code != 200 || !strings.Contains(body, "real-token-value-123") {
+			t.Fatalf("to an allow-internal address: %d %q", code, body)
+		}
+		code, body = get(t, c, "http://pub.test:"+plain.port()+"/", map[string]string{"Authorization": "Bearer " + ph})
+		if code != 403 || !strings.Contains(body, "only substituted over HTTPS") {
+			t.Fatalf("to a public address: %d %q", code, body)
+		}
+	})
 	t.Run("Host must match the synthetic name", func(t *testing.T) {
 		for _, url := range []string{"https://api.test:" + api.port() + "/", "http://api.test:" + api.port() + "/"} {
 			code, body := get(t, c, url, map[string]string{"Host": "other.test:" + api.port()})
@@ -785,5 +802,21 @@ func TestSYNFlood(t *testing.T) {
 	}
 	if code, body := get(t, og.client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
 		t.Fatalf("other VM during the flood: %d %q", code, body)
+	}
+}
+
+// TestUpstreamTLSVerified checks that upstream certificates are verified
+// against the host's trust store (here without the test CA added).
+func TestUpstreamTLSVerified(t *testing.T) {
+	up := newUpstream(t, true, nil)
+	n := newTestNetwork(t, localPolicy("api.test"), func(o *Options) { o.UpstreamRoots = nil })
+	g := newTestGuest(t, n)
+	g.configure()
+	code, body := get(t, g.client(), "https://api.test:"+up.port()+"/", nil)
+	if code != 502 || !strings.Contains(body, "certificate") {
+		t.Fatalf("%d %q", code, body)
+	}
+	if len(up.requests()) != 0 {
+		t.Fatal("request sent over an unverified connection")
 	}
 }

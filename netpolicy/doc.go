@@ -1,0 +1,72 @@
+// Package netpolicy is the host side of a VM's network: a user-space
+// TCP/IP stack (gVisor) fed with the guest's Ethernet frames, through which
+// every byte of guest egress is mediated by policy — allowed hosts, secrets
+// the guest can use but never see, DNS mode, raw TCP maps and internal
+// address ranges — and which can be changed while the VM runs.
+//
+// # What the guest sees
+//
+// eth0 with 10.0.2.15/24 from DHCP; gateway and DNS server 10.0.2.2 (the
+// host stack). There is no NAT and no route to anything: each guest TCP
+// connection ends in this process, which classifies it by its first bytes:
+//
+//   - TLS: terminated with a leaf certificate for the SNI name, signed by
+//     a CA kept in GONDOLIN_HOME/ca (package ca) that the guest trusts
+//     (ALPN offers http/1.1 only); the inner HTTP requests are handled as
+//     below and replayed over HTTPS, verified against the host's trust
+//     store.
+//   - HTTP/1.x: each request is checked, then replayed by the host's own
+//     HTTP client (bodies streamed). CONNECT is refused (405). WebSocket
+//     upgrades are tunnelled after the check unless disabled.
+//   - A destination named by a TCP map (--tcp-map): forwarded raw to its
+//     upstream without peeking (so server-first protocols work).
+//   - Anything else (including a client silent for PeekTimeout): reset.
+//
+// UDP other than DNS to the gateway is dropped; pings are answered by the
+// gateway only; the guest network is IPv4-only.
+//
+// # The checks, in order, for each HTTP request
+//
+//  1. The Host header, normalised (NormalizeHost: case, trailing dot,
+//     port, every inet_aton spelling of an IPv4 literal, bracketed IPv6),
+//     must be the name synthetic DNS handed out for the flow's
+//     destination address, and must equal the TLS server name.
+//  2. The allowlist (most specific matching Allow/Deny pattern wins).
+//  3. Secrets: placeholders are replaced by real values in header values
+//     (Basic credentials decoded and re-encoded) and the URL, for the
+//     secret's hosts only. Any placeholder, or any real value (8 bytes or
+//     longer), bound for another host blocks the request with a 403
+//     before anything is sent; so does a placeholder whose value is not
+//     known (values are memory-only and lost with the supervisor).
+//     Bodies are neither substituted nor scanned: the guest never holds a
+//     real value, and the host never writes one into a body. Real values
+//     echoed in response headers are turned back into placeholders;
+//     response bodies are not scanned. Secrets are not substituted into
+//     plain HTTP unless the upstream is an --allow-internal address.
+//  4. The host resolves the name itself (--resolve pins first) and at
+//     least one address must be outside the internal ranges
+//     (InternalRange) or inside an --allow-internal range; the upstream
+//     connection is then made by resolving and checking again and
+//     dialling only an allowed address, so a name that rebinds to an
+//     internal address between the two is still refused.
+//
+// Every decision is an Event (never with a secret value), kept in a ring
+// and streamed to subscribers.
+//
+// # DNS
+//
+// Synthetic (the default) answers A queries with an address from
+// 198.18.0.0/15 derived from a hash of the name, so a flow to that address
+// is attributed to the name even after a supervisor restart; AAAA and
+// other types get an empty answer and nothing leaves the host. Trusted
+// forwards single-question class-IN queries of ordinary types to the
+// trusted servers or the host's resolvers; open forwards any well-formed
+// query.
+//
+// # Limits
+//
+// Per VM: MaxHandshakes TCP handshakes in progress (a SYN flood beyond it
+// is dropped), MaxFlows concurrent flows (more are reset), request headers
+// up to MaxHeaderBytes, at most 32 DNS queries in progress. Bodies are
+// streamed, never buffered whole.
+package netpolicy
