@@ -96,6 +96,7 @@ func (c *Client) Instance() uint64 {
 func (c *Client) run() {
 	defer close(c.exited)
 	lastHost := time.Now()
+	lastErr := ""
 	sleep := func(d time.Duration) bool {
 		select {
 		case <-c.done:
@@ -118,7 +119,10 @@ func (c *Client) run() {
 		}
 		rw, err := c.open()
 		if err != nil {
-			c.log.Printf("fs port: %v", err)
+			if err.Error() != lastErr { // a missing port fails every poll
+				c.log.Printf("fs port: %v", err)
+				lastErr = err.Error()
+			}
 			if !sleep(slowPoll) {
 				return
 			}

@@ -1,0 +1,602 @@
+package guestfs_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/mounts"
+	"github.com/gondolin/gondolin/mounts/fsproto"
+	"github.com/gondolin/gondolin/mounts/guestfs"
+	"golang.org/x/sys/unix"
+)
+
+// These tests mount the FUSE filesystem on the host, playing the guest:
+// the same code the agent runs, talking to a real Server over a socket
+// pair. They need root and /dev/fuse.
+
+func needFUSE(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE without fusermount")
+	}
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no usable /dev/fuse: %v", err)
+	}
+	f.Close()
+}
+
+func socketPair(t testing.TB) (net.Conn, net.Conn) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+type env struct {
+	host  string // the host directory
+	guest string // where the FUSE filesystem is mounted
+	spec  mounts.Spec
+
+	mu     sync.Mutex
+	server *mounts.Server
+	conn   net.Conn
+	logger *log.Logger
+}
+
+// restart replaces the host's Server with a new one and drops the
+// connection, as a supervisor restart does.
+func (e *env) restart(t testing.TB) {
+	s, err := mounts.NewServer([]mounts.Spec{e.spec}, e.logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	old := e.server
+	e.server = s
+	e.conn.Close()
+	e.mu.Unlock()
+	old.Close()
+}
+
+// mount serves a new host directory and mounts it at a new directory.
+func mount(t testing.TB, ro bool) *env {
+	t.Helper()
+	needFUSE(t)
+	host := t.TempDir()
+	arg := host + ":/w"
+	if ro {
+		arg += ":ro"
+	}
+	spec, err := mounts.ParseHostFS(arg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mountSpec(t, spec)
+}
+
+func mountSpec(t testing.TB, spec mounts.Spec) *env {
+	logger := log.New(io.Discard, "", 0)
+	if testing.Verbose() {
+		logger = log.New(os.Stderr, "fs: ", 0)
+	}
+	server, err := mounts.NewServer([]mounts.Spec{spec}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{host: spec.HostPath, spec: spec, server: server, logger: logger}
+	var wg sync.WaitGroup
+	client := fsproto.NewClient(func() (io.ReadWriteCloser, error) {
+		g, h := socketPair(t)
+		e.mu.Lock()
+		s := e.server
+		e.conn = h
+		e.mu.Unlock()
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Serve(h) }()
+		return g, nil
+	}, logger)
+	guest := t.TempDir()
+	m, err := guestfs.Mount(client, spec.ID, guest, guestfs.Options{ReadOnly: spec.ReadOnly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+		client.Close()
+		e.mu.Lock()
+		e.server.Close()
+		e.mu.Unlock()
+		wg.Wait()
+	})
+	e.guest = guest
+	return e
+}
+
+func (e *env) g(p string) string { return filepath.Join(e.guest, p) }
+func (e *env) h(p string) string { return filepath.Join(e.host, p) }
+
+func run(t testing.TB, dir string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t", "HOME="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestFileOps(t *testing.T) {
+	e := mount(t, false)
+
+	// create, write, read back on both sides
+	if err := os.WriteFile(e.g("a"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(e.h("a")); string(b) != "hello" {
+		t.Fatalf("host reads %q", b)
+	}
+	st, err := os.Stat(e.g("a"))
+	if err != nil || st.Size() != 5 || st.Mode().Perm() != 0o644 {
+		t.Fatalf("stat %v %v", st, err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	var hst unix.Stat_t
+	unix.Stat(e.h("a"), &hst)
+	if sys.Uid != 0 || sys.Gid != 0 || sys.Ino != hst.Ino {
+		t.Errorf("owner %d:%d ino %d, host ino %d", sys.Uid, sys.Gid, sys.Ino, hst.Ino)
+	}
+
+	// O_EXCL
+	if _, err := os.OpenFile(e.g("a"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("O_EXCL on an existing file: %v", err)
+	}
+
+	// truncate, chmod, utimes, chown (accepted, changes nothing)
+	if err := os.Truncate(e.g("a"), 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(e.g("a"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	when := time.Date(2001, 2, 3, 4, 5, 6, 7000, time.UTC)
+	if err := os.Chtimes(e.g("a"), when, when); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(e.g("a"), 1000, 1000); err != nil {
+		t.Errorf("chown: %v", err)
+	}
+	hs, _ := os.Stat(e.h("a"))
+	if hs.Size() != 2 || hs.Mode().Perm() != 0o600 || !hs.ModTime().Equal(when) {
+		t.Errorf("host sees size %d mode %v mtime %v", hs.Size(), hs.Mode(), hs.ModTime())
+	}
+
+	// mkdir, rmdir, unlink, rename over an existing file
+	os.MkdirAll(e.g("d/e"), 0o755)
+	os.WriteFile(e.g("d/e/f"), []byte("1"), 0o644)
+	os.WriteFile(e.g("d/g"), []byte("2"), 0o644)
+	if err := os.Rename(e.g("d/e/f"), e.g("d/g")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(e.g("d/g")); string(b) != "1" {
+		t.Errorf("rename over: %q", b)
+	}
+	if err := os.Remove(e.g("d")); err == nil {
+		t.Error("removed a non-empty directory")
+	}
+	if err := os.Rename(e.g("d/e"), e.g("e2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(e.g("d")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(e.h("d")); !os.IsNotExist(err) {
+		t.Errorf("d still on the host: %v", err)
+	}
+
+	// hard links and symlinks
+	if err := os.Link(e.g("a"), e.g("a2")); err != nil {
+		t.Fatal(err)
+	}
+	s1, _ := os.Stat(e.g("a"))
+	s2, _ := os.Stat(e.g("a2"))
+	if !os.SameFile(s1, s2) || s1.Sys().(*syscall.Stat_t).Nlink != 2 {
+		t.Errorf("hard link is not the same file")
+	}
+	if err := os.Symlink("a", e.g("sl")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(e.g("sl")); err != nil || string(b) != "he" {
+		t.Errorf("through symlink: %q %v", b, err)
+	}
+	if target, _ := os.Readlink(e.h("sl")); target != "a" {
+		t.Errorf("host link target %q", target)
+	}
+	// An absolute symlink resolves in the guest's namespace, never the
+	// host's: the guest kernel follows it, not the provider.
+	os.Symlink("/etc/hostname-of-the-guest", e.g("abs"))
+	if _, err := os.ReadFile(e.g("abs")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("absolute symlink: %v", err)
+	}
+
+	// sparse file past 4 GiB
+	f, err := os.Create(e.g("sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("end"), 5<<30); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := f.ReadAt(buf, 5<<30-2); err != nil || string(buf) != "\x00\x00end" {
+		t.Errorf("read at 5 GiB: %q %v", buf, err)
+	}
+	if off, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_DATA); err != nil || off < 4<<30 {
+		t.Errorf("SEEK_DATA = %d, %v", off, err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Errorf("fsync: %v", err)
+	}
+	f.Close()
+	var hs2 unix.Stat_t
+	unix.Stat(e.h("sparse"), &hs2)
+	if hs2.Size != 5<<30+3 || hs2.Blocks*512 > 1<<20 {
+		t.Errorf("host size %d blocks %d", hs2.Size, hs2.Blocks)
+	}
+
+	// statfs
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(e.guest, &sfs); err != nil || sfs.Blocks == 0 {
+		t.Errorf("statfs %+v %v", sfs, err)
+	}
+
+	// fifo, and no device nodes
+	if err := unix.Mkfifo(e.g("fifo"), 0o644); err != nil {
+		t.Errorf("mkfifo: %v", err)
+	}
+	if err := unix.Mknod(e.g("null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err == nil {
+		t.Error("created a device node on the host")
+	}
+
+	// unlinked open file keeps working
+	f, _ = os.Create(e.g("tmp"))
+	os.Remove(e.g("tmp"))
+	f.WriteString("still")
+	f.Seek(0, 0)
+	if b, _ := io.ReadAll(f); string(b) != "still" {
+		t.Errorf("unlinked file reads %q", b)
+	}
+	f.Close()
+}
+
+func TestMmapAndHostChanges(t *testing.T) {
+	e := mount(t, false)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	os.WriteFile(e.h("m"), data, 0o644)
+	// Mapped pages are read (and written back) by the kernel on page
+	// faults, which a Go process must not serve itself: a fault blocks a
+	// thread the runtime cannot stop for garbage collection. So a child
+	// process maps the file, as any guest process would.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMmapHelper$", "-test.v")
+	cmd.Env = append(os.Environ(), "MMAP_HELPER_FILE="+e.g("m"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "mmap ok") {
+		t.Fatalf("mmap helper: %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(e.h("m")); !bytes.HasPrefix(b, []byte("MMAP4567")) {
+		t.Errorf("host sees %q", b[:8])
+	}
+
+	// A change on the host shows within the cache time.
+	if b, _ := os.ReadFile(e.g("m")); len(b) != len(data) {
+		t.Fatal("short read")
+	}
+	os.WriteFile(e.h("m"), []byte("changed on the host"), 0o644)
+	os.WriteFile(e.h("new"), []byte("new"), 0o644)
+	deadline := time.Now().Add(mounts.CacheTimeout + 2*time.Second)
+	for {
+		b, _ := os.ReadFile(e.g("m"))
+		_, err := os.Stat(e.g("new"))
+		if string(b) == "changed on the host" && err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host change not visible after %v: %q, %v", mounts.CacheTimeout+2*time.Second, b[:min(len(b), 20)], err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMmapHelper runs in a child process of TestMmapAndHostChanges: it
+// reads a file of the mount through a shared mapping, checks it, and
+// writes through a writable shared mapping.
+func TestMmapHelper(t *testing.T) {
+	name := os.Getenv("MMAP_HELPER_FILE")
+	if name == "" {
+		t.Skip("helper process only")
+	}
+	want := bytes.Repeat([]byte("0123456789abcdef"), 64<<10)
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mm, err := unix.Mmap(int(f.Fd()), 0, len(want), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mm, want) {
+		t.Fatal("mapped contents differ")
+	}
+	copy(mm, "MMAP")
+	if err := unix.Msync(mm, unix.MS_SYNC); err != nil {
+		t.Fatal(err)
+	}
+	unix.Munmap(mm)
+	fmt.Println("mmap ok")
+}
+
+func TestTools(t *testing.T) {
+	e := mount(t, false)
+	// tar x of a source tree
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for i := range 200 {
+		name := fmt.Sprintf("src/pkg%d/file%d.go", i%10, i)
+		body := fmt.Sprintf("package pkg%d\n\n// file %d\n", i%10, i)
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1e9, 0), Uid: 1234, Gid: 5678})
+		tw.Write([]byte(body))
+	}
+	tw.WriteHeader(&tar.Header{Name: "src/link", Typeflag: tar.TypeSymlink, Linkname: "pkg0/file0.go"})
+	tw.WriteHeader(&tar.Header{Name: "src/hard", Typeflag: tar.TypeLink, Linkname: "src/pkg1/file1.go"})
+	tw.Close()
+	os.WriteFile(filepath.Join(t.TempDir(), "x"), nil, 0o644)
+	archive := filepath.Join(t.TempDir(), "src.tar")
+	os.WriteFile(archive, tb.Bytes(), 0o644)
+	run(t, e.guest, "tar", "xf", archive) // as root: chowns every file
+	if n := strings.Count(run(t, e.host, "find", "src", "-type", "f"), "\n"); n != 201 {
+		t.Errorf("host has %d files after tar x, want 201", n)
+	}
+
+	// git init && git add -A && git commit
+	run(t, e.guest, "git", "init", "-q", "repo")
+	repo := filepath.Join(e.guest, "repo")
+	run(t, e.guest, "cp", "-a", "src", "repo/")
+	run(t, repo, "git", "add", "-A")
+	run(t, repo, "git", "commit", "-q", "-m", "import")
+	if out := run(t, repo, "git", "status", "--porcelain"); out != "" {
+		t.Errorf("git status after commit: %q", out)
+	}
+	run(t, repo, "git", "fsck", "--no-progress")
+	// The host's own git agrees.
+	if got := run(t, filepath.Join(e.host, "repo"), "git", "log", "--format=%s"); got != "import\n" {
+		t.Errorf("host git log: %q", got)
+	}
+}
+
+func TestLargeDirectory(t *testing.T) {
+	e := mount(t, false)
+	const n = 10000
+	os.Mkdir(e.h("big"), 0o755)
+	for i := range n {
+		if err := os.WriteFile(e.h(fmt.Sprintf("big/f%05d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := os.ReadDir(e.g("big"))
+	if err != nil || len(entries) != n {
+		t.Fatalf("ReadDir: %d entries, %v", len(entries), err)
+	}
+	names := make([]string, 0, n)
+	for _, de := range entries {
+		names = append(names, de.Name())
+	}
+	if !sort.StringsAreSorted(names) || names[0] != "f00000" || names[n-1] != fmt.Sprintf("f%05d", n-1) {
+		t.Errorf("names %v ... %v", names[:2], names[n-2:])
+	}
+	out := run(t, e.guest, "find", "big", "-type", "f")
+	if c := strings.Count(out, "\n"); c != n {
+		t.Errorf("find found %d files", c)
+	}
+	out = run(t, e.guest, "ls", "-la", "big")
+	if c := strings.Count(out, "\n"); c != n+3 { // total, ., ..
+		t.Errorf("ls -la printed %d lines", c)
+	}
+}
+
+func TestReadOnlyMount(t *testing.T) {
+	e := mount(t, true)
+	_ = e
+	os.WriteFile(e.h("f"), []byte("data"), 0o644)
+	os.Mkdir(e.h("d"), 0o755)
+	hash := treeHash(t, e.host)
+	if b, err := os.ReadFile(e.g("f")); err != nil || string(b) != "data" {
+		t.Fatalf("read: %q %v", b, err)
+	}
+	erofs := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%s: %v, want EROFS", what, err)
+		}
+	}
+	erofs("write", os.WriteFile(e.g("f"), []byte("x"), 0o644))
+	erofs("create", os.WriteFile(e.g("new"), []byte("x"), 0o644))
+	erofs("mkdir", os.Mkdir(e.g("nd"), 0o755))
+	erofs("rmdir", os.Remove(e.g("d")))
+	erofs("unlink", os.Remove(e.g("f")))
+	erofs("rename", os.Rename(e.g("f"), e.g("g")))
+	erofs("chmod", os.Chmod(e.g("f"), 0o777))
+	erofs("truncate", os.Truncate(e.g("f"), 0))
+	erofs("utimes", os.Chtimes(e.g("f"), time.Now(), time.Now()))
+	erofs("symlink", os.Symlink("f", e.g("l")))
+	erofs("link", os.Link(e.g("f"), e.g("l")))
+	if h2 := treeHash(t, e.host); h2 != hash {
+		t.Fatal("read-only tree changed")
+	}
+}
+
+// TestExecFromMount runs programs from the mount and in it with one P,
+// as in a one-vCPU guest: a vfork child touching FUSE must not deadlock
+// the process that serves it.
+func TestExecFromMount(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	e := mount(t, false)
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Fatal("Mount did not raise GOMAXPROCS")
+	}
+	b, err := os.ReadFile("/usr/bin/busybox")
+	if err != nil {
+		t.Skip("no busybox to copy")
+	}
+	os.WriteFile(e.g("busybox"), b, 0o755)
+	done := make(chan string)
+	go func() {
+		cmd := exec.Command(e.g("busybox"), "pwd")
+		cmd.Dir = e.guest
+		out, err := cmd.CombinedOutput()
+		done <- fmt.Sprint(string(out), err)
+	}()
+	select {
+	case out := <-done:
+		if strings.TrimSpace(out) != e.guest+"<nil>" && !strings.HasPrefix(out, e.guest) {
+			t.Errorf("exec: %s", out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("exec from the mount deadlocked")
+	}
+}
+
+// TestHostRestart replaces the host provider under open files, as a
+// supervisor restart does: open files are reopened by path, directory
+// listings continue, and new operations work.
+func TestHostRestart(t *testing.T) {
+	e := mount(t, false)
+	os.WriteFile(e.h("f"), []byte("0123456789"), 0o644)
+	os.Mkdir(e.h("d"), 0o755)
+	for i := range 100 {
+		os.WriteFile(e.h(fmt.Sprintf("d/%03d", i)), nil, 0o644)
+	}
+	f, err := os.OpenFile(e.g("f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d, err := os.Open(e.g("d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	first, err := d.Readdirnames(10)
+	if err != nil || len(first) != 10 {
+		t.Fatalf("readdir: %v %v", first, err)
+	}
+	for round := range 3 {
+		e.restart(t)
+		buf := make([]byte, 4)
+		if _, err := f.ReadAt(buf, int64(round)); err != nil || string(buf) != "0123456789"[round:round+4] {
+			t.Fatalf("round %d: read after restart: %q %v", round, buf, err)
+		}
+		if _, err := f.WriteAt([]byte("X"), 9); err != nil {
+			t.Fatalf("round %d: write after restart: %v", round, err)
+		}
+		if err := os.WriteFile(e.g(fmt.Sprintf("new%d", round)), []byte("n"), 0o644); err != nil {
+			t.Fatalf("round %d: create after restart: %v", round, err)
+		}
+	}
+	rest, err := d.Readdirnames(-1)
+	if err != nil || len(first)+len(rest) != 100 {
+		t.Fatalf("listing across restarts: %d + %d names, %v", len(first), len(rest), err)
+	}
+	if b, _ := os.ReadFile(e.h("f")); string(b) != "012345678X" {
+		t.Errorf("host has %q", b)
+	}
+}
+
+// TestSHA256 writes 1 GiB through the mount and compares checksums on
+// both sides.
+func TestSHA256(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1 GiB file in -short mode")
+	}
+	e := mount(t, false)
+	const size = 1 << 30
+	f, err := os.Create(e.g("big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	block := make([]byte, 1<<20)
+	start := time.Now()
+	for i := range size / len(block) {
+		for j := 0; j < len(block); j += 8 {
+			block[j] = byte(i)
+			block[j+1] = byte(j >> 8)
+		}
+		h.Write(block)
+		if _, err := f.Write(block); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := hex.EncodeToString(h.Sum(nil))
+	t.Logf("wrote 1 GiB in %v", time.Since(start))
+	start = time.Now()
+	guest := strings.Fields(run(t, e.guest, "sha256sum", "big"))[0]
+	t.Logf("sha256 through the mount in %v", time.Since(start))
+	host := strings.Fields(run(t, e.host, "sha256sum", "big"))[0]
+	if guest != want || host != want {
+		t.Fatalf("sha256: written %s, guest %s, host %s", want, guest, host)
+	}
+}
+
+// treeHash hashes names, modes, sizes, mtimes and contents under dir.
+func treeHash(t testing.TB, dir string) string {
+	h := sha256.New()
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := os.Lstat(p)
+		fmt.Fprintf(h, "%s %v %d %d\n", p, st.Mode(), st.Size(), st.ModTime().UnixNano())
+		if st.Mode().IsRegular() {
+			b, _ := os.ReadFile(p)
+			h.Write(b)
+		}
+		return nil
+	})
+	return hex.EncodeToString(h.Sum(nil))
+}
