@@ -18,8 +18,8 @@ import (
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
-// benchFoundation measures boots and execs (issue: foundation).
-func benchFoundation(e *env) []row {
+// benchConfig is the default image's VM in dir, as gondolin makes it.
+func benchConfig(e *env, dir string) vm.Config {
 	store, err := imagestore.Open(e.home.Images())
 	if err != nil {
 		fatal(err)
@@ -28,7 +28,12 @@ func benchFoundation(e *env) []row {
 	if err != nil {
 		fatal(err)
 	}
-	cfg := vm.Config{Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: img.RootfsPath(), Accel: vm.TCG}
+	return vm.Config{Dir: dir, Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: img.RootfsPath(), Accel: vm.TCG}
+}
+
+// benchFoundation measures boots and execs (issue: foundation).
+func benchFoundation(e *env) []row {
+	cfg := benchConfig(e, "")
 
 	raw, err := rawN(e, cfg, "")
 	check("raw boot", err)
