@@ -403,13 +403,19 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 	if err := sv.reg.create(rec); err != nil {
 		return Session{}, err
 	}
+	t0 := time.Now()
 	m, a, err := sv.rt.BootConfig(ctx, &spec, cfg, ref)
 	if err != nil {
 		sv.reg.remove(id)
 		return Session{}, err
 	}
+	t1 := time.Now()
 	s := &session{sv: sv, rec: rec, m: m, agent: a, ptys: map[uint64]*pty{}}
-	if _, err := s.openPTY(ctx, req.Command, req.Rows, req.Cols, true); err != nil {
+	_, err = s.openPTY(ctx, req.Command, req.Rows, req.Cols, true)
+	if sv.rt.Debug {
+		sv.log.Printf("create %s: boot %v, terminal %v", id, t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
+	}
+	if err != nil {
 		m.Kill()
 		a.Close()
 		sv.reg.remove(id)
