@@ -47,7 +47,10 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	return &dir{n: n, h: h}, 0, 0
+	// Let the kernel cache listings: it checks the directory's mtime
+	// (refreshed once the attribute cache expires) before it reuses one,
+	// and drops it when the guest changes the directory itself.
+	return &dir{n: n, h: h}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // call runs op with the host handle, reopening the directory once if a

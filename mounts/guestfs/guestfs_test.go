@@ -323,13 +323,19 @@ func TestMmapAndHostChanges(t *testing.T) {
 	if b, _ := os.ReadFile(e.g("m")); len(b) != len(data) {
 		t.Fatal("short read")
 	}
+	os.Mkdir(e.h("d"), 0o755)
+	if names, _ := os.ReadDir(e.g("d")); len(names) != 0 {
+		t.Fatal("d not empty")
+	}
 	os.WriteFile(e.h("m"), []byte("changed on the host"), 0o644)
 	os.WriteFile(e.h("new"), []byte("new"), 0o644)
+	os.WriteFile(e.h("d/listed"), nil, 0o644)
 	deadline := time.Now().Add(mounts.CacheTimeout + 2*time.Second)
 	for {
 		b, _ := os.ReadFile(e.g("m"))
 		_, err := os.Stat(e.g("new"))
-		if string(b) == "changed on the host" && err == nil {
+		names, _ := os.ReadDir(e.g("d"))
+		if string(b) == "changed on the host" && err == nil && len(names) == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
