@@ -208,6 +208,13 @@ func (s *session) waitPTY(p *pty, proc *vm.Process) {
 	}
 }
 
+// The supervisor pings every live agent this often; a guest that does not
+// answer in time is stale until it does.
+const (
+	probeInterval = 10 * time.Second
+	probeTimeout  = 5 * time.Second
+)
+
 // watch follows the VM and the agent connection for the session's life:
 // a lost connection is retried, a dead VM makes the session stale.
 func (s *session) watch() {
@@ -255,8 +262,21 @@ func (s *session) watch() {
 				s.vmExited(m)
 				return
 			}
-		case <-time.After(time.Second):
-			// nothing: loop to pick up a replaced connection
+		case <-time.After(probeInterval):
+			// A hung guest keeps its connection open: probe it.
+			if a != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+				_, err := a.Ping(ctx)
+				cancel()
+				if err != nil {
+					s.mu.Lock()
+					if !s.stopping {
+						s.stale = "agent not answering: " + err.Error()
+					}
+					s.mu.Unlock()
+					a.Close() // the next round reconnects or gives up
+				}
+			}
 		}
 	}
 }
