@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
@@ -56,64 +55,14 @@ terminal keeps running. Several clients may attach to one terminal.`,
 // attachTerminal joins the user's terminal to a guest terminal until the
 // user detaches or the guest process exits (whose exit code becomes ours).
 func attachTerminal(client *sessions.Client, ref string, ptyID uint64, detachKeys []byte) error {
-	rows, cols := termio.Size(os.Stdout)
-	att, err := client.Attach(context.Background(), ref, ptyID, rows, cols)
-	if err != nil {
+	res, err := sessions.AttachTerminal(context.Background(), client, ref, ptyID, detachKeys, os.Stdin, os.Stdout)
+	switch {
+	case err != nil:
 		return err
-	}
-	defer att.Close()
-	if termio.IsTerminal(os.Stdin) {
-		restore, err := termio.MakeRaw(os.Stdin)
-		if err == nil {
-			defer restore()
-		}
-	}
-	if termio.IsTerminal(os.Stdout) {
-		sizes, stop := termio.WatchSize(os.Stdout)
-		defer stop()
-		go func() {
-			for size := range sizes {
-				att.Resize(size[0], size[1])
-			}
-		}()
-	}
-	detached := make(chan struct{})
-	go func() {
-		m := termio.NewDetachMatcher(detachKeys)
-		buf := make([]byte, 4096)
-		for {
-			n, err := os.Stdin.Read(buf)
-			if n > 0 {
-				forward, detach := m.Feed(buf[:n])
-				if len(forward) > 0 && att.Input(forward) != nil {
-					return
-				}
-				if detach {
-					close(detached)
-					att.Close()
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	outErr := att.Output(os.Stdout)
-	select {
-	case <-detached:
+	case res.Detached:
 		fmt.Fprintf(os.Stderr, "\r\ngondolin: detached; reattach with: gondolin attach %s\r\n", ref)
-		return nil
-	default:
+	case res.ExitCode != 0:
+		return &exitError{code: res.ExitCode}
 	}
-	if att.Exit != nil {
-		if att.Exit.Code != 0 {
-			return &exitError{code: att.Exit.Code}
-		}
-		return nil
-	}
-	if outErr == nil {
-		outErr = errors.New("connection closed")
-	}
-	return fmt.Errorf("lost the connection to the supervisor (%v); the session keeps running: gondolin attach %s", outErr, ref)
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/termio"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
@@ -82,11 +83,25 @@ func newRoot() *cobra.Command {
 State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError("unknown command %q (see: gondolin --help)", args[0])
+			}
+			return nil
+		},
+		// Alone on a terminal, gondolin opens its dashboard; piped, it
+		// prints its help.
+		RunE: func(c *cobra.Command, args []string) error {
+			if termio.IsTerminal(os.Stdin) && termio.IsTerminal(os.Stdout) {
+				return runDashboard()
+			}
+			return c.Help()
+		},
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v (see: %s --help)", err, c.CommandPath())
 	})
-	root.AddCommand(newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd())
+	root.AddCommand(newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}
