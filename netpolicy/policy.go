@@ -86,6 +86,21 @@ func (s Secret) MarshalJSON() ([]byte, error) {
 	}{plain(s), s.Value.IsSet()})
 }
 
+// UnmarshalJSON reads what MarshalJSON writes (has_value is informative
+// only), so a policy survives a round trip through strict decoders.
+func (s *Secret) UnmarshalJSON(b []byte) error {
+	type plain Secret
+	var v struct {
+		plain
+		HasValue bool `json:"has_value"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = Secret(v.plain)
+	return nil
+}
+
 // String shows the secret with its value masked.
 func (s Secret) String() string {
 	return fmt.Sprintf("%s@%s=%v", s.Name, strings.Join(s.Hosts, ","), s.Value)

@@ -30,6 +30,9 @@ type Session struct {
 	PTYs     []PTY     `json:"ptys"`
 	CPUs     int       `json:"cpus"`
 	MemoryMB int       `json:"memory_mib"`
+	// Policy summarises the network policy ("public web", "3 hosts, 1
+	// secret", "no network").
+	Policy string `json:"policy,omitempty"`
 	// Usage is the VM's host resource use (live sessions only).
 	Usage *Usage `json:"usage,omitempty"`
 	// Errors lists non-fatal problems (lima's habit): a dashboard row
@@ -78,6 +81,10 @@ type CreateRequest struct {
 	Label string `json:"label,omitempty"`
 	Rows  uint16 `json:"rows,omitempty"`
 	Cols  uint16 `json:"cols,omitempty"`
+	// SecretValues carries the values of Spec.Policy's secrets, which
+	// never serialise with the policy. They stay in the supervisor's
+	// memory only.
+	SecretValues map[string]string `json:"secret_values,omitempty"`
 }
 
 // OpenPTYRequest asks for a new terminal in a session.
@@ -127,6 +134,7 @@ const (
 	EventPTYOpen  = "pty.opened"
 	EventPTYExit  = "pty.exited"
 	EventPTYPaint = "pty.output" // a terminal's screen changed (rate limited)
+	EventPolicy   = "session.policy"
 )
 
 // SupervisorStatus describes the running supervisor.

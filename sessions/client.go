@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
@@ -412,4 +413,55 @@ func (c *Client) WaitState(ctx context.Context, ref string, state State) (Sessio
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Policy returns a session's network policy (no secret values).
+func (c *Client) Policy(ctx context.Context, ref string) (PolicyView, error) {
+	var v PolicyView
+	err := c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(ref)+"/policy", nil, &v)
+	return v, err
+}
+
+// ChangePolicy edits a running session's network policy; the next
+// request sees it.
+func (c *Client) ChangePolicy(ctx context.Context, ref string, ch PolicyChange) (PolicyView, error) {
+	var v PolicyView
+	err := c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(ref)+"/policy", ch, &v)
+	return v, err
+}
+
+// NetworkEvents returns a session's network decisions; with follow, the
+// channel stays open for new ones until ctx ends.
+func (c *Client) NetworkEvents(ctx context.Context, ref string, follow bool) (<-chan netpolicy.Event, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		baseURL+"/v1/sessions/"+url.PathEscape(ref)+"/network-events?follow="+strconv.FormatBool(follow), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "supervisor: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, responseError(resp)
+	}
+	ch := make(chan netpolicy.Event, 64)
+	go func() {
+		defer close(ch)
+		defer resp.Body.Close()
+		dec := json.NewDecoder(resp.Body)
+		for {
+			var e netpolicy.Event
+			if err := dec.Decode(&e); err != nil {
+				return
+			}
+			select {
+			case ch <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
 }

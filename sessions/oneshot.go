@@ -43,13 +43,12 @@ func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecI
 	if r.Debug {
 		defer dumpConsole(dir)
 	}
-	m, a, err := r.Boot(ctx, spec, dir, false)
+	in, err := r.Boot(ctx, spec, dir, false)
 	if err != nil {
 		return 0, err
 	}
-	defer m.Kill() // disposable: no graceful shutdown needed
-	defer a.Close()
-	return RunCommand(ctx, a, spec, argv, eio)
+	defer in.Kill() // disposable: no graceful shutdown needed
+	return RunCommand(ctx, in.Agent, spec, argv, eio)
 }
 
 // dumpConsole copies a VM's serial console to stderr (GONDOLIN_DEBUG).

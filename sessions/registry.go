@@ -16,6 +16,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/vm"
 )
 
@@ -43,6 +44,9 @@ type StateRecord struct {
 	Stopped   bool        `json:"stopped,omitempty"`
 	StoppedAt time.Time   `json:"stopped_at,omitzero"`
 	PTYs      []PTYRecord `json:"ptys,omitempty"`
+	// Policy is the network policy as it is now (live edits included),
+	// with secret placeholders and without secret values.
+	Policy *netpolicy.Policy `json:"policy,omitempty"`
 }
 
 // PTYRecord remembers a terminal process in the guest.

@@ -3,10 +3,12 @@ package sessions
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +20,8 @@ import (
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/netpolicy/ca"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -51,13 +55,16 @@ func NewRuntime(home layout.Home) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{
+	r := &Runtime{
 		Home:        home,
 		Images:      images,
 		Templates:   &vm.Templates{Dir: home.Templates()},
 		Debug:       os.Getenv(layout.EnvDebug) != "",
 		BootTimeout: 60 * time.Second,
-	}, nil
+	}
+	r.Templates.Prepare = r.prepareTemplate
+	r.Templates.KeyExtra = r.templateKeyExtra
+	return r, nil
 }
 
 // ResolveImage finds the spec's image (or the default one).
@@ -84,6 +91,7 @@ func (r *Runtime) MachineConfig(ctx context.Context, spec *Spec, img *imagestore
 		Kernel:    img.KernelPath(),
 		Initramfs: img.InitramfsPath(),
 		Backing:   img.RootfsPath(),
+		Network:   !spec.NoNetwork,
 		CPUs:      spec.CPUs,
 		MemoryMiB: spec.MemoryMiB,
 		Accel:     accel,
@@ -91,58 +99,157 @@ func (r *Runtime) MachineConfig(ctx context.Context, spec *Spec, img *imagestore
 	}, nil
 }
 
+// Instance is a running VM and what its owner holds for it: the agent
+// connection and the mediated network.
+type Instance struct {
+	Machine *vm.Machine
+	Agent   *vm.Agent
+	Net     *netpolicy.Network // nil without a network
+}
+
+// Kill stops the VM at once and releases everything.
+func (in *Instance) Kill() {
+	if in.Agent != nil {
+		in.Agent.Close()
+	}
+	in.Machine.Kill()
+	if in.Net != nil {
+		in.Net.Close()
+	}
+}
+
 // Boot starts a VM for spec in dir (which must exist) and connects to its
 // agent: a clone of the image's template when possible, else a cold boot.
-func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached bool) (*vm.Machine, *vm.Agent, error) {
+func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached bool) (*Instance, error) {
 	img, err := r.ResolveImage(spec)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cfg, err := r.MachineConfig(ctx, spec, img, dir)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cfg.Detached = detached
 	return r.BootConfig(ctx, spec, cfg, strings.Join(img.Refs, ","))
 }
 
-// BootConfig starts the VM cfg describes; what names its image for the
-// status line.
-func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, what string) (*vm.Machine, *vm.Agent, error) {
+// BootConfig starts the VM cfg describes with spec's network; what names
+// its image for the status line.
+func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, what string) (*Instance, error) {
 	dir := cfg.Dir
 	ctx, cancel := context.WithTimeout(ctx, r.BootTimeout)
 	defer cancel()
+	in := &Instance{}
 	setup := agentproto.Setup{Hostname: spec.hostname(dir)}
+	if cfg.Network {
+		n, err := r.NewNetwork(spec.policy())
+		if err != nil {
+			return nil, err
+		}
+		in.Net = n
+		setup.Env = n.GuestEnv()
+	}
+	fail := func(err error) (*Instance, error) {
+		if in.Machine != nil {
+			in.Kill()
+		} else if in.Net != nil {
+			in.Net.Close()
+		}
+		return nil, err
+	}
 	defer r.Status.Clear()
+	cloned := false
 	if !spec.Cold {
 		if !r.Templates.Ready(cfg) {
 			r.Status.Show(fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", what))
 		}
 		m, a, err := r.Templates.Clone(ctx, cfg, setup)
-		if err == nil {
-			return m, a, nil
+		switch {
+		case err == nil:
+			in.Machine, in.Agent, cloned = m, a, true
+		case ctx.Err() != nil:
+			return fail(err)
+		default:
+			// A template that cannot be built or restored never stops a
+			// run: fall back to a cold boot, in a clean directory.
+			if !errors.Is(err, vm.ErrTemplateBusy) && r.Debug {
+				fmt.Fprintf(os.Stderr, "gondolin: template: %v; booting cold\n", err)
+			}
+			cleanRunDir(dir)
 		}
-		if ctx.Err() != nil {
-			return nil, nil, err
-		}
-		// A template that cannot be built or restored never stops a run:
-		// fall back to a cold boot, in a clean directory.
-		if !errors.Is(err, vm.ErrTemplateBusy) && r.Debug {
-			fmt.Fprintf(os.Stderr, "gondolin: template: %v; booting cold\n", err)
-		}
-		cleanRunDir(dir)
 	}
-	r.Status.Show("gondolin: booting " + what + "...")
-	m, err := vm.Start(ctx, cfg)
+	if !cloned {
+		r.Status.Show("gondolin: booting " + what + "...")
+		m, err := vm.Start(ctx, cfg)
+		if err != nil {
+			return fail(err)
+		}
+		in.Machine = m
+		a, err := m.ConnectAgent(ctx, setup)
+		if err != nil {
+			return fail(err)
+		}
+		in.Agent = a
+	}
+	if in.Net != nil {
+		if err := attachNetwork(ctx, in.Net, dir); err != nil {
+			return fail(err)
+		}
+		// A clone's guest was configured in its template; a cold boot
+		// configures its network now.
+		if !cloned {
+			if err := in.Agent.Network(ctx, agentproto.Network{CACert: in.Net.CACertPEM()}); err != nil {
+				return fail(fmt.Errorf("guest network: %w", err))
+			}
+		}
+	}
+	return in, nil
+}
+
+// NewNetwork makes the mediated network for a policy, with the home's CA.
+func (r *Runtime) NewNetwork(p netpolicy.Policy) (*netpolicy.Network, error) {
+	return netpolicy.NewNetwork(netpolicy.Options{Policy: p, CADir: r.Home.CA()})
+}
+
+// attachNetwork connects a network stack to the VM's NIC socket.
+func attachNetwork(ctx context.Context, n *netpolicy.Network, dir string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", filepath.Join(dir, layout.NetSocket))
 	if err != nil {
-		return nil, nil, err
+		return fmt.Errorf("connect to the VM's network: %w", err)
 	}
-	a, err := m.ConnectAgent(ctx, setup)
+	return n.Attach(conn)
+}
+
+// prepareTemplate configures a template VM's network (address by DHCP,
+// the home's CA in its trust store) so that clones need not.
+func (r *Runtime) prepareTemplate(ctx context.Context, cfg vm.Config, m *vm.Machine, a *vm.Agent) error {
+	if !cfg.Network {
+		return nil
+	}
+	n, err := r.NewNetwork(netpolicy.DefaultPolicy())
 	if err != nil {
-		m.Kill()
-		return nil, nil, err
+		return err
 	}
-	return m, a, nil
+	defer n.Close()
+	if err := attachNetwork(ctx, n, cfg.Dir); err != nil {
+		return err
+	}
+	return a.Network(ctx, agentproto.Network{CACert: n.CACertPEM()})
+}
+
+// templateKeyExtra ties networked templates to the home's CA, which they
+// trust.
+func (r *Runtime) templateKeyExtra(cfg vm.Config) string {
+	if !cfg.Network {
+		return ""
+	}
+	c, err := ca.LoadOrCreate(r.Home.CA())
+	if err != nil {
+		return "no-ca"
+	}
+	sum := sha256.Sum256(c.CertPEM())
+	return hex.EncodeToString(sum[:8])
 }
 
 func (s *Spec) hostname(dir string) string {

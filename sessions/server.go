@@ -55,6 +55,9 @@ func NewAPI(sv *Supervisor) *API {
 	a.mux.HandleFunc("POST /v1/sessions/{id}/exec", a.exec)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/logs", a.logs)
 	a.mux.HandleFunc("GET /v1/events", a.eventStream)
+	a.mux.HandleFunc("GET /v1/sessions/{id}/policy", a.getPolicy)
+	a.mux.HandleFunc("POST /v1/sessions/{id}/policy", a.changePolicy)
+	a.mux.HandleFunc("GET /v1/sessions/{id}/network-events", a.netEvents)
 	return a
 }
 
@@ -540,6 +543,85 @@ func (a *API) eventStream(w http.ResponseWriter, r *http.Request) {
 		case e, ok := <-ch:
 			if !ok {
 				return // fell too far behind; the client reconnects
+			}
+			if enc.Encode(e) != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (a *API) getPolicy(w http.ResponseWriter, r *http.Request) {
+	s, err := a.sv.lookup(r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	v, err := s.policyView()
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *API) changePolicy(w http.ResponseWriter, r *http.Request) {
+	var ch PolicyChange
+	if err := decode(w, r, &ch); err != nil {
+		fail(w, err)
+		return
+	}
+	s, err := a.sv.lookup(r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	v, err := s.changePolicy(r.Context(), ch)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// netEvents streams a session's network decisions as JSON lines.
+func (a *API) netEvents(w http.ResponseWriter, r *http.Request) {
+	s, err := a.sv.lookup(r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	backlog, ch, err := s.netEvents(r.Context(), follow)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	for _, e := range backlog {
+		if enc.Encode(e) != nil {
+			return
+		}
+	}
+	if flusher != nil {
+		flusher.Flush()
+	}
+	if ch == nil {
+		return
+	}
+	for {
+		select {
+		case e, ok := <-ch:
+			if !ok {
+				return
 			}
 			if enc.Encode(e) != nil {
 				return

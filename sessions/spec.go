@@ -5,6 +5,8 @@ package sessions
 
 import (
 	"errors"
+
+	"github.com/gondolin/gondolin/netpolicy"
 	"regexp"
 	"strconv"
 	"strings"
@@ -27,6 +29,19 @@ type Spec struct {
 	Name      string   `json:"name,omitempty"`
 	// Cold boots the image instead of cloning its saved template.
 	Cold bool `json:"cold,omitempty"`
+	// NoNetwork gives the VM no NIC at all.
+	NoNetwork bool `json:"no_network,omitempty"`
+	// Policy is the network policy; nil means the default (public HTTP
+	// and HTTPS to any host). Secret values never serialise.
+	Policy *netpolicy.Policy `json:"policy,omitempty"`
+}
+
+// policy returns the spec's network policy or the default one.
+func (s *Spec) policy() netpolicy.Policy {
+	if s.Policy == nil {
+		return netpolicy.DefaultPolicy()
+	}
+	return s.Policy.Clone()
 }
 
 var (
@@ -53,6 +68,14 @@ func (s *Spec) Validate() error {
 	}
 	if s.Cwd != "" && !strings.HasPrefix(s.Cwd, "/") {
 		return invalidf("--cwd %q: use an absolute guest path", s.Cwd)
+	}
+	if s.Policy != nil {
+		if s.NoNetwork {
+			return invalidf("--no-network cannot be combined with network policy flags")
+		}
+		if err := s.Policy.Validate(); err != nil {
+			return invalidf("%v", err)
+		}
 	}
 	if s.Name != "" && !nameRule.MatchString(s.Name) {
 		return invalidf("--name %q: use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)", s.Name)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -54,8 +55,9 @@ type session struct {
 
 	mu       sync.Mutex
 	state    StateRecord
-	m        *vm.Machine // nil when no VM is known to run
-	agent    *vm.Agent   // nil while not connected
+	m        *vm.Machine        // nil when no VM is known to run
+	agent    *vm.Agent          // nil while not connected
+	net      *netpolicy.Network // nil without a network
 	ptys     map[uint64]*pty
 	stale    string // why it is stale; empty when live or stopped
 	stopping bool
@@ -106,6 +108,11 @@ func (sv *Supervisor) Adopt(ctx context.Context) {
 			continue
 		}
 		s.m = m
+		if rec.VM.Network {
+			if err := s.restoreNetwork(); err != nil {
+				s.stale = "network: " + err.Error()
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -135,7 +142,13 @@ func staleReason(err error) string {
 // connect (re)connects to the session's agent and follows every terminal
 // the guest still has, from the oldest output it kept.
 func (s *session) connect(ctx context.Context) error {
-	a, err := s.m.ConnectAgent(ctx, agentproto.Setup{Hostname: s.rec.Spec.hostname(s.sv.reg.dir(s.rec.ID))})
+	setup := agentproto.Setup{Hostname: s.rec.Spec.hostname(s.sv.reg.dir(s.rec.ID))}
+	s.mu.Lock()
+	if s.net != nil {
+		setup.Env = s.net.GuestEnv()
+	}
+	s.mu.Unlock()
+	a, err := s.m.ConnectAgent(ctx, setup)
 	if err != nil {
 		return err
 	}
@@ -292,6 +305,10 @@ func (s *session) vmExited(m *vm.Machine) {
 		s.agent.Close()
 		s.agent = nil
 	}
+	if s.net != nil {
+		s.net.Close()
+		s.net = nil
+	}
 	stopped := s.state.Stopped || s.stopping
 	if !stopped {
 		s.stale = "the VM exited: " + m.ExitErr().Error()
@@ -343,6 +360,13 @@ func (s *session) info() Session {
 	for _, p := range s.ptyList() {
 		out.PTYs = append(out.PTYs, p.info())
 	}
+	out.Errors = s.networkErrorsLocked()
+	if s.net != nil {
+		p := s.net.Policy()
+		out.Policy = summarizePolicy(p)
+	} else if s.rec.Spec.NoNetwork {
+		out.Policy = "no network"
+	}
 	if s.m != nil {
 		out.PID = s.m.PID()
 		if stats, err := vm.ProcessStats(out.PID); err == nil {
@@ -373,6 +397,9 @@ func (s *session) saveStateLocked() {
 // Create makes a new session: its VM and its first terminal.
 func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, error) {
 	spec := req.Spec
+	if err := spec.applySecretValues(req.SecretValues); err != nil {
+		return Session{}, err
+	}
 	if err := spec.Validate(); err != nil {
 		return Session{}, err
 	}
@@ -424,20 +451,23 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 		return Session{}, err
 	}
 	t0 := time.Now()
-	m, a, err := sv.rt.BootConfig(ctx, &spec, cfg, ref)
+	in, err := sv.rt.BootConfig(ctx, &spec, cfg, ref)
 	if err != nil {
 		sv.reg.remove(id)
 		return Session{}, err
 	}
 	t1 := time.Now()
-	s := &session{sv: sv, rec: rec, m: m, agent: a, ptys: map[uint64]*pty{}}
+	s := &session{sv: sv, rec: rec, m: in.Machine, agent: in.Agent, net: in.Net, ptys: map[uint64]*pty{}}
+	if in.Net != nil {
+		p := in.Net.Policy()
+		s.state.Policy = &p
+	}
 	_, err = s.openPTY(ctx, req.Command, req.Rows, req.Cols, true)
 	if sv.rt.Debug {
 		sv.log.Printf("create %s: boot %v, terminal %v", id, t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
 	}
 	if err != nil {
-		m.Kill()
-		a.Close()
+		in.Kill()
 		sv.reg.remove(id)
 		return Session{}, err
 	}
@@ -520,11 +550,16 @@ func (s *session) stop(ctx context.Context) error {
 	s.stopping = false
 	s.stale = ""
 	s.m, s.agent = nil, nil
+	n := s.net
+	s.net = nil
 	ptys := s.ptyList()
 	s.saveStateLocked()
 	s.mu.Unlock()
 	if a != nil {
 		a.Close()
+	}
+	if n != nil {
+		n.Close()
 	}
 	for _, p := range ptys {
 		p.exited(-1)

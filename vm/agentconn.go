@@ -203,6 +203,18 @@ func (a *Agent) Setup(ctx context.Context, s agentproto.Setup) error {
 	return err
 }
 
+// Network has the guest configure its NIC by DHCP and trust caCert.
+func (a *Agent) Network(ctx context.Context, n agentproto.Network) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpNetwork, Network: &n})
+	return err
+}
+
+// Mount has the guest mount a filesystem.
+func (a *Agent) Mount(ctx context.Context, m agentproto.Mount) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpMount, Mount: &m})
+	return err
+}
+
 // Sync flushes the guest's filesystems.
 func (a *Agent) Sync(ctx context.Context) error {
 	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpSync})

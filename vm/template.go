@@ -23,6 +23,13 @@ import (
 // seed and clock from the agent's setup.
 type Templates struct {
 	Dir string // e.g. GONDOLIN_HOME/templates
+	// Prepare, when set, runs in a template VM after boot and before it
+	// is saved: what it sets up (the network's address, a trusted CA) is
+	// then in every clone.
+	Prepare func(ctx context.Context, cfg Config, m *Machine, a *Agent) error
+	// KeyExtra names what Prepare depends on beyond cfg (a CA's
+	// fingerprint): a change makes a new template.
+	KeyExtra func(cfg Config) string
 }
 
 // Template file names.
@@ -34,7 +41,7 @@ const (
 
 // templateFormat is bumped whenever QEMU's arguments or the template
 // layout change, which invalidates every saved template.
-const templateFormat = "3"
+const templateFormat = "4"
 
 // ErrTemplateBusy means another process is building the template; the
 // caller should boot cold instead of waiting.
@@ -48,6 +55,9 @@ func (t *Templates) Key(cfg Config) string {
 	fmt.Fprintf(h, "format=%s\nkernel=%s\ninitramfs=%s\nbacking=%s:%s\ncpus=%d\nmem=%d\naccel=%s\nnet=%v\nqemu=%s\n",
 		templateFormat, cfg.Kernel, cfg.Initramfs, cfg.Backing, cfg.BackingFormat,
 		cfg.CPUs, cfg.MemoryMiB, cfg.Accel, cfg.Network, qemuIdentity())
+	if t.KeyExtra != nil {
+		fmt.Fprintf(h, "extra=%s\n", t.KeyExtra(cfg))
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -146,6 +156,12 @@ func (t *Templates) build(ctx context.Context, cfg Config, dir string) (err erro
 	a, err := m.ConnectAgent(ctx, agentproto.Setup{})
 	if err != nil {
 		return fmt.Errorf("boot template: %w", err)
+	}
+	if t.Prepare != nil {
+		if err := t.Prepare(ctx, bootCfg, m, a); err != nil {
+			a.Close()
+			return fmt.Errorf("prepare template: %w", err)
+		}
 	}
 	// The saved guest must expect a new host: without this its agent
 	// would resume in the middle of this connection's session.

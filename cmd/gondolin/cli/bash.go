@@ -41,7 +41,7 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 			rows, cols := termio.Size(os.Stdout)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			s, err := client.Create(ctx, sessions.CreateRequest{Spec: *spec, Command: args, Keep: keep, Label: label, Rows: rows, Cols: cols})
+			s, err := client.Create(ctx, sessions.CreateRequest{Spec: *spec, Command: args, Keep: keep, Label: label, Rows: rows, Cols: cols, SecretValues: spec.SecretValues()})
 			if err != nil {
 				return err
 			}

@@ -1,19 +1,24 @@
 package cli
 
 import (
+	"os"
+
+	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/pflag"
 )
 
 // vmFlags are the flags every command that creates a VM shares.
 type vmFlags struct {
-	image  string
-	env    []string
-	cwd    string
-	cpus   int
-	memory string
-	name   string
-	cold   bool
+	image     string
+	env       []string
+	cwd       string
+	cpus      int
+	memory    string
+	name      string
+	cold      bool
+	net       netpolicy.Flags
+	noNetwork bool
 }
 
 func (f *vmFlags) register(fs *pflag.FlagSet) {
@@ -23,10 +28,36 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.cpus, "cpus", 0, "virtual CPUs (default 1)")
 	fs.StringVar(&f.memory, "memory", "", "guest memory, e.g. 512M or 2G (default 256M)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the image instead of cloning its saved template")
+	fs.StringArrayVar(&f.net.AllowHost, "allow-host", nil, "allow HTTP(S) to this host pattern, * wildcards (repeatable; default: any public host)")
+	fs.StringArrayVar(&f.net.HostSecret, "host-secret", nil, "NAME@HOST[,HOST...][=VALUE]: the guest sees a placeholder in $NAME, the host substitutes the value (from the host env when omitted) for those hosts only")
+	fs.StringVar(&f.net.DNS, "dns", "", "DNS mode: synthetic (default), trusted or open")
+	fs.StringArrayVar(&f.net.DNSTrustedServer, "dns-trusted-server", nil, "resolver for --dns trusted (default: the host's)")
+	fs.StringArrayVar(&f.net.TCPMap, "tcp-map", nil, "GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT: forward raw TCP to an explicit upstream")
+	fs.BoolVar(&f.net.DisableWebSockets, "disable-websockets", false, "refuse WebSocket upgrades")
+	fs.StringArrayVar(&f.net.AllowInternal, "allow-internal", nil, "lift internal-range blocking for this CIDR only (local work and tests)")
+	fs.StringArrayVar(&f.net.Resolve, "resolve", nil, "HOST=IP: pin the host-side resolution of a name (as curl's --resolve)")
+	fs.BoolVar(&f.noNetwork, "no-network", false, "give the VM no network interface at all")
+}
+
+// networkFlagsSet reports whether any network policy flag was given.
+func (f *vmFlags) networkFlagsSet() bool {
+	n := f.net
+	return len(n.AllowHost)+len(n.HostSecret)+len(n.DNSTrustedServer)+len(n.TCPMap)+len(n.AllowInternal)+len(n.Resolve) > 0 ||
+		n.DNS != "" || n.DisableWebSockets
 }
 
 func (f *vmFlags) spec() (*sessions.Spec, error) {
-	spec := &sessions.Spec{Image: f.image, Env: f.env, Cwd: f.cwd, CPUs: f.cpus, Name: f.name, Cold: f.cold}
+	spec := &sessions.Spec{Image: f.image, Env: f.env, Cwd: f.cwd, CPUs: f.cpus, Name: f.name, Cold: f.cold, NoNetwork: f.noNetwork}
+	if f.networkFlagsSet() {
+		if f.noNetwork {
+			return nil, usageError("--no-network cannot be combined with network policy flags")
+		}
+		p, err := f.net.Policy(os.Getenv)
+		if err != nil {
+			return nil, usageError("%v", err)
+		}
+		spec.Policy = &p
+	}
 	if f.memory != "" {
 		mib, err := sessions.ParseMemory(f.memory)
 		if err != nil {

@@ -1,0 +1,186 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/spf13/cobra"
+)
+
+func newPolicyCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "policy",
+		Short: "Show or change a running session's network policy",
+		Args:  noArgs,
+	}
+	var asJSON bool
+	show := &cobra.Command{
+		Use:   "show ID [--json]",
+		Short: "Show allowed hosts, secrets (names and hosts, never values), DNS and maps",
+		Args:  exactArgs(1, "a session"),
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			v, err := client.Policy(context.Background(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(v)
+			}
+			printPolicy(v)
+			return nil
+		},
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	edit := func(use, short string, n int, build func(args []string) (sessions.PolicyChange, error)) *cobra.Command {
+		return &cobra.Command{
+			Use:   use,
+			Short: short,
+			Args:  exactArgs(n, strings.TrimPrefix(use, strings.Fields(use)[0]+" ")),
+			RunE: func(c *cobra.Command, args []string) error {
+				ch, err := build(args[1:])
+				if err != nil {
+					return err
+				}
+				client, err := dialSupervisor(true)
+				if err != nil {
+					return err
+				}
+				v, err := client.ChangePolicy(context.Background(), args[0], ch)
+				if err != nil {
+					return err
+				}
+				printPolicy(v)
+				return nil
+			},
+		}
+	}
+	allow := edit("allow ID PATTERN", "Allow a host pattern on the running VM (next request)", 2,
+		func(a []string) (sessions.PolicyChange, error) { return sessions.PolicyChange{Allow: a[0]}, nil })
+	deny := edit("deny ID PATTERN", "Deny a host pattern on the running VM (next request)", 2,
+		func(a []string) (sessions.PolicyChange, error) { return sessions.PolicyChange{Deny: a[0]}, nil })
+	secret := &cobra.Command{Use: "secret", Short: "Set, rotate or remove a secret", Args: noArgs}
+	set := edit("set ID NAME@HOST[,HOST...][=VALUE]", "Add or rotate a secret (value from the host env when omitted)", 2,
+		func(a []string) (sessions.PolicyChange, error) {
+			// Resolve the value here, from this shell's environment; it
+			// travels to the supervisor apart from the spec.
+			sec, err := netpolicy.ParseHostSecret(a[0], os.Getenv)
+			if err != nil {
+				return sessions.PolicyChange{}, usageError("%v", err)
+			}
+			v := sec.Value.Reveal()
+			return sessions.PolicyChange{SetSecret: sec.Name + "@" + strings.Join(sec.Hosts, ","), SecretValue: &v}, nil
+		})
+	rm := edit("rm ID NAME", "Remove a secret", 2,
+		func(a []string) (sessions.PolicyChange, error) { return sessions.PolicyChange{RemoveSecret: a[0]}, nil })
+	secret.AddCommand(set, rm)
+	c.AddCommand(show, allow, deny, secret)
+	return c
+}
+
+func printPolicy(v sessions.PolicyView) {
+	p := v.Policy
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "allow\t%s\n", strings.Join(p.Allow, " "))
+	if len(p.Deny) > 0 {
+		fmt.Fprintf(w, "deny\t%s\n", strings.Join(p.Deny, " "))
+	}
+	missing := map[string]bool{}
+	for _, m := range v.Missing {
+		missing[m] = true
+	}
+	for _, s := range p.Secrets {
+		state := "set"
+		if missing[s.Name] {
+			state = "NO VALUE: gondolin policy secret set ID " + s.Name + "@" + strings.Join(s.Hosts, ",")
+		}
+		fmt.Fprintf(w, "secret\t%s for %s (%s)\n", s.Name, strings.Join(s.Hosts, ","), state)
+	}
+	dns := string(p.DNS)
+	if len(p.DNSServers) > 0 {
+		dns += " via " + strings.Join(p.DNSServers, ",")
+	}
+	fmt.Fprintf(w, "dns\t%s\n", dns)
+	for _, m := range p.TCPMaps {
+		fmt.Fprintf(w, "tcp-map\t%s:%d=%s\n", m.GuestHost, m.GuestPort, m.Upstream)
+	}
+	for _, pfx := range p.AllowInternal {
+		fmt.Fprintf(w, "allow-internal\t%s\n", pfx)
+	}
+	for _, r := range p.Resolve {
+		fmt.Fprintf(w, "resolve\t%s=%s\n", r.Host, r.IP)
+	}
+	if p.DisableWebSockets {
+		fmt.Fprintf(w, "websockets\tdisabled\n")
+	}
+	w.Flush()
+}
+
+func newEventsCmd() *cobra.Command {
+	var follow, asJSON bool
+	c := &cobra.Command{
+		Use:   "events ID [-f] [--json]",
+		Short: "Show a session's network decisions (allowed and blocked requests)",
+		Args:  exactArgs(1, "a session"),
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			ch, err := client.NetworkEvents(ctx, args[0], follow)
+			if err != nil {
+				return err
+			}
+			for e := range ch {
+				if asJSON {
+					if err := printJSONLine(e); err != nil {
+						return err
+					}
+					continue
+				}
+				fmt.Println(formatNetEvent(e))
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new decisions")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")
+	return c
+}
+
+func formatNetEvent(e netpolicy.Event) string {
+	target := e.Host
+	if e.Port != 0 {
+		target = fmt.Sprintf("%s:%d", e.Host, e.Port)
+	}
+	line := fmt.Sprintf("%s %-5s %-5s %s %s%s", e.Time.Local().Format(time.TimeOnly), e.Action, e.Proto, e.Method, target, e.Path)
+	if e.Rule != "" {
+		line += " rule=" + e.Rule
+	}
+	if len(e.Secrets) > 0 {
+		line += " secrets=" + strings.Join(e.Secrets, ",")
+	}
+	if e.Reason != "" {
+		line += " (" + e.Reason + ")"
+	}
+	return line
+}
+
+// printJSONLine prints v as one line, for streams.
+func printJSONLine(v any) error {
+	return json.NewEncoder(os.Stdout).Encode(v)
+}

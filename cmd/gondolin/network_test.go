@@ -1,0 +1,244 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testenv"
+)
+
+// upstream is a local HTTPS server with a certificate for api.test and
+// other.test from a test CA, which the host (not the guest) trusts
+// through SSL_CERT_FILE, as a real upstream's would be trusted.
+type upstream struct {
+	port   int
+	caFile string
+	mu     sync.Mutex
+	seen   []string // "host path authorization"
+}
+
+func newUpstream(t *testing.T) *upstream {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gondolin test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	caCert, _ := x509.ParseCertificate(caDER)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "api.test"},
+		DNSNames: []string{"api.test", "other.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	leafDER, _ := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
+	u := &upstream{caFile: filepath.Join(t.TempDir(), "ca.pem")}
+	os.WriteFile(u.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u.mu.Lock()
+			u.seen = append(u.seen, r.Host+" "+r.URL.Path+" "+r.Header.Get("Authorization"))
+			u.mu.Unlock()
+			fmt.Fprintf(w, "hello %s auth=%s\n", r.URL.Path, r.Header.Get("Authorization"))
+		}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}}},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.port = ln.Addr().(*net.TCPAddr).Port
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return u
+}
+
+func (u *upstream) requests() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.seen...)
+}
+
+// plainServer is a local plain-HTTP server that records every request.
+func plainServer(t *testing.T) (port int, hits func() int) {
+	var mu sync.Mutex
+	n := 0
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		mu.Unlock()
+		fmt.Fprintln(w, "internal")
+	})}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port, func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+func withEnv(t *testing.T, kv ...string) {
+	for i := 0; i+1 < len(kv); i += 2 {
+		t.Setenv(kv[i], kv[i+1])
+	}
+}
+
+const realToken = "real-secret-value-0123456789"
+
+// TestNetworkPolicy runs real curl in a real VM against local servers.
+func TestNetworkPolicy(t *testing.T) {
+	home := testenv.Home(t)
+	up := newUpstream(t)
+	plainPort, plainHits := plainServer(t)
+	withEnv(t, "SSL_CERT_FILE", up.caFile, "TOKEN", realToken)
+	base := []string{"exec",
+		"--allow-host", "api.test", "--allow-host", "other.test",
+		"--host-secret", "TOKEN@api.test",
+		"--resolve", "api.test=127.0.0.1", "--resolve", "other.test=127.0.0.1",
+		"--allow-internal", "127.0.0.1/32", "--"}
+	curl := func(host, path string) string {
+		return `curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" ` + fmt.Sprintf("https://%s:%d/%s", host, up.port, path)
+	}
+
+	tests := []struct {
+		name    string
+		args    []string
+		script  string
+		wantOut string
+		check   func(t *testing.T)
+	}{
+		{name: "the guest sees a placeholder, never the value",
+			args:    base,
+			script:  `case "$TOKEN" in GONDOLIN_SECRET_*) echo placeholder;; esac; env | grep -c ` + realToken + `; cat /proc/*/environ 2>/dev/null | grep -c ` + realToken,
+			wantOut: "placeholder\n0\n0\n"},
+		{name: "the allowed host gets the real token over verified TLS",
+			args:    base,
+			script:  curl("api.test", "allowed"),
+			wantOut: "200",
+			check: func(t *testing.T) {
+				if !contains(up.requests(), "api.test:"+fmt.Sprint(up.port)+" /allowed Bearer "+realToken) {
+					t.Fatalf("upstream saw %q", up.requests())
+				}
+			}},
+		{name: "the placeholder to another host is blocked before it leaves",
+			args:    base,
+			script:  curl("other.test", "leak"),
+			wantOut: "403",
+			check: func(t *testing.T) {
+				for _, r := range up.requests() {
+					if strings.Contains(r, "/leak") {
+						t.Fatalf("upstream saw the leak: %q", r)
+					}
+				}
+			}},
+		{name: "a host not allowed is blocked",
+			args:    []string{"exec", "--allow-host", "api.test", "--resolve", "other.test=127.0.0.1", "--allow-internal", "127.0.0.1/32", "--"},
+			script:  fmt.Sprintf(`curl -sS -o /dev/null -w '%%{http_code}' https://other.test:%d/nope`, up.port),
+			wantOut: "403"},
+		{name: "the host's localhost, metadata and LAN are internal without --allow-internal",
+			args: []string{"exec", "--resolve", "internal.test=127.0.0.1", "--resolve", "lan.test=192.168.1.1", "--"},
+			script: fmt.Sprintf(`for u in http://internal.test:%d/ http://169.254.169.254/latest/meta-data/ http://lan.test/ http://10.0.2.2:%d/ http://2130706433:%d/; do `+
+				`curl -sS -o /dev/null -w '%%{http_code} ' --max-time 10 $u; done`, plainPort, plainPort, plainPort),
+			wantOut: "403 403 403 403 403 ",
+			check: func(t *testing.T) {
+				if plainHits() != 0 {
+					t.Fatal("the internal server was reached")
+				}
+			}},
+		{name: "raw TCP is reset",
+			args:    []string{"exec", "--"},
+			script:  `printf 'hello\n' | nc -w 5 198.51.100.7 5000 | wc -c`,
+			wantOut: "0\n"},
+		{name: "synthetic DNS answers without asking anyone",
+			args:    []string{"exec", "--"},
+			script:  `nslookup some-name.example 2>/dev/null | grep -A1 'Name:' | grep -o '198\.1[89]\.[0-9.]*' | head -1 | cut -d. -f1-2`,
+			wantOut: "198.18\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := gondolin(t, home, "", append(tt.args, "sh", "-c", tt.script)...)
+			if r.stdout != tt.wantOut {
+				t.Fatalf("stdout %q, want %q (stderr %q, code %d)", r.stdout, tt.wantOut, r.stderr, r.code)
+			}
+			if tt.check != nil {
+				tt.check(t)
+			}
+		})
+	}
+}
+
+// TestNetworkPolicyLive changes a running session's policy.
+func TestNetworkPolicyLive(t *testing.T) {
+	home := testenv.Home(t)
+	t.Cleanup(func() { stopSupervisor(t, home) })
+	up := newUpstream(t)
+	withEnv(t, "SSL_CERT_FILE", up.caFile, "TOKEN", realToken)
+	r := gondolin(t, home, "", "bash", "--detach", "--keep", "--name", "net",
+		"--allow-host", "api.test", "--host-secret", "TOKEN@api.test",
+		"--resolve", "api.test=127.0.0.1", "--resolve", "other.test=127.0.0.1", "--allow-internal", "127.0.0.1/32")
+	if r.code != 0 {
+		t.Fatalf("bash: %+v", r)
+	}
+	get := func(host string) string {
+		r := gondolin(t, home, "", "exec", "--session", "net", "--", "sh", "-c",
+			fmt.Sprintf(`curl -sS -o /dev/null -w '%%{http_code}' https://%s:%d/live`, host, up.port))
+		return r.stdout
+	}
+	if code := get("other.test"); code != "403" {
+		t.Fatalf("before allow: %s", code)
+	}
+	if r := gondolin(t, home, "", "policy", "allow", "net", "other.test"); r.code != 0 {
+		t.Fatalf("policy allow: %+v", r)
+	}
+	if code := get("other.test"); code != "200" {
+		t.Fatalf("after allow: %s", code)
+	}
+	r = gondolin(t, home, "", "policy", "show", "net", "--json")
+	if r.code != 0 || strings.Contains(r.stdout, realToken) || !strings.Contains(r.stdout, "other.test") {
+		t.Fatalf("policy show: %+v", r)
+	}
+	r = gondolin(t, home, "", "events", "net", "--json")
+	var allowed, blocked int
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var e struct{ Action, Host string }
+		json.Unmarshal([]byte(line), &e)
+		switch e.Action {
+		case "allow":
+			allowed++
+		case "block":
+			blocked++
+		}
+	}
+	if allowed == 0 || blocked == 0 || strings.Contains(r.stdout, realToken) {
+		t.Fatalf("events: %d allowed, %d blocked: %s", allowed, blocked, r.stdout)
+	}
+	logs, _ := os.ReadFile(home.SupervisorLog())
+	if strings.Contains(string(logs), realToken) {
+		t.Fatal("the supervisor log holds the secret value")
+	}
+	if b, _ := os.ReadFile(filepath.Join(home.Session(listSessions(t, home)["net"].ID), layout.StateFile)); strings.Contains(string(b), realToken) {
+		t.Fatal("state.json holds the secret value")
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
