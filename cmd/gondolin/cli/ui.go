@@ -1,8 +1,12 @@
 package cli
 
 import (
-	"errors"
+	"context"
+	"time"
 
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/ui"
 	"github.com/spf13/cobra"
 )
 
@@ -17,6 +21,18 @@ func newUICmd() *cobra.Command {
 	}
 }
 
+// runDashboard connects to the supervisor (starting it if none runs) and
+// opens the dashboard; quitting it leaves every VM running.
 func runDashboard() error {
-	return errors.New("the dashboard is not built yet")
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	client, err := sessions.Connect(ctx, home, sessions.ConnectOptions{Start: true})
+	cancel()
+	if err != nil {
+		return err
+	}
+	return ui.Run(context.Background(), client)
 }

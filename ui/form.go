@@ -1,0 +1,325 @@
+package ui
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"charm.land/bubbles/v2/textinput"
+	tea "charm.land/bubbletea/v2"
+	"github.com/gondolin/gondolin/sessions"
+)
+
+// Fields of the new-session form, in order.
+const (
+	fieldImage = iota
+	fieldName
+	fieldCPUs
+	fieldMemory
+	fieldMounts
+	fieldHosts
+	fieldSecrets
+	numFields
+)
+
+var fieldLabels = [numFields]string{"Image", "Name", "CPUs", "Memory", "Mounts", "Allowed hosts", "Secrets"}
+
+var fieldHints = [numFields]string{
+	"name:tag or image ID",
+	"optional; letters, digits, . _ -",
+	"1 to 64 (empty: 1)",
+	"e.g. 512M or 2G (empty: 256M)",
+	"HOST:GUEST[:ro], space-separated",
+	"patterns such as api.github.com *.npmjs.org",
+	"NAME@HOST[,HOST...]; values from this environment",
+}
+
+// formValues is what the user typed, one string per field.
+type formValues [numFields]string
+
+// fieldError is a validation error that belongs to one field.
+type fieldError struct {
+	field int
+	err   error
+}
+
+func (e *fieldError) Error() string { return e.err.Error() }
+func (e *fieldError) Unwrap() error { return e.err }
+
+// errExtrasUnsupported: the supervisor cannot take mounts, allowed hosts
+// or secrets yet (sessions.Spec has no fields for them).
+var errExtrasUnsupported = errors.New("not supported by this version yet; leave it empty")
+
+var (
+	secretName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	hostPattern = regexp.MustCompile(`^[A-Za-z0-9*]([A-Za-z0-9*.-]*[A-Za-z0-9*])?$`)
+)
+
+// buildRequest validates the form and turns it into a create request. A
+// failure is a *fieldError naming the field to fix; nothing is sent.
+func buildRequest(v formValues, extras SpecExtras, getenv func(string) string) (sessions.CreateRequest, error) {
+	fail := func(f int, format string, args ...any) (sessions.CreateRequest, error) {
+		return sessions.CreateRequest{}, &fieldError{field: f, err: fmt.Errorf(format, args...)}
+	}
+	spec := sessions.Spec{
+		Image: strings.TrimSpace(v[fieldImage]),
+		Name:  strings.TrimSpace(v[fieldName]),
+	}
+	if strings.ContainsAny(spec.Image, " \t") {
+		return fail(fieldImage, "image %q: no spaces in an image reference", spec.Image)
+	}
+	if c := strings.TrimSpace(v[fieldCPUs]); c != "" {
+		n, err := strconv.Atoi(c)
+		if err != nil {
+			return fail(fieldCPUs, "CPUs %q: use a whole number from 1 to 64", c)
+		}
+		if n < 1 {
+			return fail(fieldCPUs, "CPUs %d: use 1 to 64", n)
+		}
+		spec.CPUs = n
+	}
+	if mem := strings.TrimSpace(v[fieldMemory]); mem != "" {
+		mib, err := sessions.ParseMemory(mem)
+		if err != nil {
+			return fail(fieldMemory, "%s", strings.TrimPrefix(err.Error(), "--memory "))
+		}
+		spec.MemoryMiB = mib
+	}
+	if err := spec.Validate(); err != nil {
+		field := fieldImage
+		switch msg := err.Error(); {
+		case strings.HasPrefix(msg, "--cpus"):
+			field = fieldCPUs
+		case strings.HasPrefix(msg, "--memory"):
+			field = fieldMemory
+		case strings.HasPrefix(msg, "--name"):
+			field = fieldName
+		}
+		return sessions.CreateRequest{}, &fieldError{field: field, err: err}
+	}
+
+	mounts := strings.Fields(v[fieldMounts])
+	for _, mt := range mounts {
+		if err := checkMount(mt); err != nil {
+			return fail(fieldMounts, "mount %q: %v", mt, err)
+		}
+	}
+	hosts := strings.Fields(strings.ReplaceAll(v[fieldHosts], ",", " "))
+	for _, h := range hosts {
+		if !hostPattern.MatchString(h) {
+			return fail(fieldHosts, "host %q: use a host name, * as a wildcard (no scheme, port or path)", h)
+		}
+	}
+	secrets := strings.Fields(v[fieldSecrets])
+	for _, s := range secrets {
+		if err := checkSecret(s, getenv); err != nil {
+			return fail(fieldSecrets, "secret %q: %v", s, err)
+		}
+	}
+	if extras == nil {
+		for f, list := range map[int][]string{fieldMounts: mounts, fieldHosts: hosts, fieldSecrets: secrets} {
+			if len(list) > 0 {
+				return sessions.CreateRequest{}, &fieldError{field: f, err: fmt.Errorf("%s: %w", strings.ToLower(fieldLabels[f]), errExtrasUnsupported)}
+			}
+		}
+	} else if err := extras(&spec, mounts, hosts, secrets); err != nil {
+		return sessions.CreateRequest{}, &fieldError{field: fieldMounts, err: err}
+	}
+	return sessions.CreateRequest{Spec: spec}, nil
+}
+
+func checkMount(s string) error {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return errors.New("use HOST:GUEST or HOST:GUEST:ro")
+	}
+	if parts[0] == "" || parts[1] == "" {
+		return errors.New("use HOST:GUEST or HOST:GUEST:ro")
+	}
+	if !strings.HasPrefix(parts[1], "/") {
+		return errors.New("the guest path must be absolute")
+	}
+	if len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw" {
+		return fmt.Errorf("%q: the mode is ro or rw", parts[2])
+	}
+	return nil
+}
+
+func checkSecret(s string, getenv func(string) string) error {
+	name, hosts, ok := strings.Cut(s, "@")
+	if !ok || name == "" || hosts == "" {
+		return errors.New("use NAME@HOST[,HOST...]")
+	}
+	if !secretName.MatchString(name) {
+		return errors.New("the name is letters, digits and _")
+	}
+	if strings.Contains(hosts, "=") {
+		return errors.New("no =VALUE here: the value comes from this environment (or the policy editor, p, masked)")
+	}
+	for _, h := range strings.Split(hosts, ",") {
+		if !hostPattern.MatchString(h) {
+			return fmt.Errorf("host %q: use a host name, * as a wildcard", h)
+		}
+	}
+	if getenv(name) == "" {
+		return fmt.Errorf("$%s is not set in the dashboard's environment", name)
+	}
+	return nil
+}
+
+// sessionForm is the new-session dialog.
+type sessionForm struct {
+	inputs [numFields]textinput.Model
+	focus  int
+	err    *fieldError
+}
+
+func newSessionForm(m *Model) *sessionForm {
+	f := &sessionForm{}
+	for i := range f.inputs {
+		in := textinput.New()
+		in.Prompt = ""
+		in.CharLimit = 512
+		st := in.Styles()
+		st.Cursor.Blink = false
+		in.SetStyles(st)
+		f.inputs[i] = in
+	}
+	f.inputs[fieldImage].SetValue(m.opts.DefaultImage)
+	return f
+}
+
+func (f *sessionForm) focusCmd() tea.Cmd {
+	for i := range f.inputs {
+		f.inputs[i].Blur()
+	}
+	return f.inputs[f.focus].Focus()
+}
+
+func (f *sessionForm) values() formValues {
+	var v formValues
+	for i, in := range f.inputs {
+		v[i] = in.Value()
+	}
+	return v
+}
+
+func (f *sessionForm) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
+	k, ok := msg.(tea.KeyPressMsg)
+	if !ok {
+		var cmd tea.Cmd
+		f.inputs[f.focus], cmd = f.inputs[f.focus].Update(msg)
+		return false, cmd
+	}
+	switch k.String() {
+	case "esc", "ctrl+c":
+		return true, nil
+	case "tab", "down":
+		f.focus = (f.focus + 1) % numFields
+		return false, f.focusCmd()
+	case "shift+tab", "up":
+		f.focus = (f.focus + numFields - 1) % numFields
+		return false, f.focusCmd()
+	case "enter":
+		req, err := buildRequest(f.values(), m.opts.Extras, os.Getenv)
+		if err != nil {
+			var fe *fieldError
+			if errors.As(err, &fe) {
+				f.err = fe
+				f.focus = fe.field
+			}
+			return false, f.focusCmd()
+		}
+		req.Rows, req.Cols = uint16(max(m.height, 24)), uint16(max(m.width, 80))
+		return true, tea.Batch(m.setStatus("creating "+orDefault(req.Spec.Name, "a session")+"… (its VM boots)"), m.create(req, f))
+	}
+	var cmd tea.Cmd
+	f.inputs[f.focus], cmd = f.inputs[f.focus].Update(k)
+	if f.err != nil && f.err.field == f.focus {
+		f.err = nil
+	}
+	return false, cmd
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// createDoneMsg reports a create; on failure the form comes back with
+// what was typed.
+type createDoneMsg struct {
+	session sessions.Session
+	err     error
+	form    *sessionForm
+}
+
+func (m *Model) create(req sessions.CreateRequest, form *sessionForm) tea.Cmd {
+	return func() tea.Msg {
+		// Creating boots a VM: allow it far longer than a plain request.
+		ctx, cancel := contextWithTimeout(m.ctx, createTimeout)
+		defer cancel()
+		s, err := m.backend.Create(ctx, req)
+		return createDoneMsg{session: s, err: err, form: form}
+	}
+}
+
+func (m *Model) onCreateDone(msg createDoneMsg) tea.Cmd {
+	if msg.err != nil {
+		if m.dialog == nil && msg.form != nil {
+			msg.form.err = &fieldError{field: fieldImage, err: msg.err}
+			if errors.Is(msg.err, sessions.ErrConflict) || strings.Contains(msg.err.Error(), "name") {
+				msg.form.err.field = fieldName
+			}
+			msg.form.focus = msg.form.err.field
+			m.dialog = msg.form
+			return tea.Batch(m.setError(fmt.Errorf("create: %w", msg.err)), msg.form.focusCmd())
+		}
+		return m.setError(fmt.Errorf("create: %w", msg.err))
+	}
+	m.selected = msg.session.ID
+	if len(msg.session.PTYs) > 0 {
+		m.ptyChoice[msg.session.ID] = msg.session.PTYs[0].ID
+	}
+	return tea.Batch(m.setStatus("created "+displayName(msg.session)+": enter attaches"), m.refresh(), m.fetchPreview(true))
+}
+
+func (f *sessionForm) view(m *Model, w, h int) string {
+	w = min(w, 76)
+	inner := w - 4
+	labelW := 14
+	var body []string
+	for i := range f.inputs {
+		label := fit(fieldLabels[i], labelW, false)
+		if i == f.focus {
+			label = m.st.focused.Render(label)
+		} else {
+			label = m.st.label.Render(label)
+		}
+		marker := "  "
+		if i == f.focus {
+			marker = "> "
+		}
+		// The input draws one more cell than its width (the cursor).
+		f.inputs[i].SetWidth(max(inner-labelW-5, 8))
+		body = append(body, marker+label+" "+f.inputs[i].View())
+		hint := fieldHints[i]
+		if m.opts.Extras == nil && i >= fieldMounts {
+			hint = "not supported by this version yet"
+		}
+		if f.err != nil && f.err.field == i {
+			for _, l := range wrap(f.err.Error(), inner-labelW-3) {
+				body = append(body, strings.Repeat(" ", labelW+3)+m.st.errText.Render(l))
+			}
+		} else if i == f.focus {
+			body = append(body, strings.Repeat(" ", labelW+3)+m.st.dim.Render(hint))
+		}
+	}
+	body = append(body, "", m.st.key.Render("enter")+" create   "+m.st.key.Render("tab")+" next field   "+m.st.key.Render("esc")+" cancel")
+	return m.box("New session", body, w, h)
+}

@@ -1,0 +1,599 @@
+// Package ui is gondolin's dashboard: a full-screen Bubble Tea program
+// that lists every session, previews and attaches to their terminals,
+// creates, stops and removes sessions, and (where the supervisor offers
+// them) edits network policy and takes snapshots. It talks to the
+// supervisor only through a Backend, normally a *sessions.Client.
+package ui
+
+import (
+	"cmp"
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"charm.land/bubbles/v2/textinput"
+	tea "charm.land/bubbletea/v2"
+	"github.com/gondolin/gondolin/sessions"
+)
+
+// AttachFunc joins the user's terminal to a session's terminal until the
+// user detaches; sessions.AttachTerminal with a client is one.
+type AttachFunc func(ctx context.Context, ref string, pty uint64, in, out *os.File) (sessions.AttachResult, error)
+
+// Options tune a dashboard.
+type Options struct {
+	// Attach runs the full-screen attach behind Enter; nil: Enter says
+	// attaching is not available.
+	Attach AttachFunc
+	// Extras lets the new-session form pass mounts, allowed hosts and
+	// secrets; nil: the form says the supervisor does not take them yet.
+	Extras SpecExtras
+	// UsageRefresh re-lists sessions at this interval while any is live,
+	// only to update the CPU and memory columns: the supervisor measures
+	// them when asked and sends no event for them. 0: never.
+	UsageRefresh time.Duration
+	// DefaultImage prefills the new-session form.
+	DefaultImage string
+	// Now is the clock for uptimes (tests pin it).
+	Now func() time.Time
+}
+
+// Model is the dashboard's state. It is a tea.Model.
+type Model struct {
+	backend Backend
+	opts    Options
+	ctx     context.Context
+	st      styles
+
+	width, height int
+
+	all      []sessions.Session // as listed, newest first
+	visible  []int              // indexes into all that pass the filter
+	cursor   int                // index into visible
+	offset   int                // first visible row in the table
+	selected string             // selected session ID, kept across refreshes
+	loaded   bool
+	listErr  error
+
+	// One list request at a time; events that arrive meanwhile set
+	// listAgain so that one more follows, however many arrived.
+	listing, listAgain bool
+
+	ptyChoice map[string]uint64 // the terminal previewed per session
+
+	preview   preview
+	fetching  bool // a screen request is in flight
+	wantFetch bool // the preview is out of date
+
+	events     <-chan sessions.Event
+	eventsUp   bool
+	backoff    time.Duration
+	eventsNote string
+
+	filter    textinput.Model
+	filtering bool
+
+	dialog dialog
+
+	status    string
+	statusErr bool
+	statusID  int
+
+	quitting bool
+}
+
+// preview is the last screen fetched for the previewed terminal.
+type preview struct {
+	session string
+	pty     uint64
+	screen  sessions.Screen
+	lines   []string // styled rows of the screen
+	err     error
+}
+
+// New returns a dashboard backed by b. ctx bounds every request it makes.
+func New(ctx context.Context, b Backend, opts Options) *Model {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.DefaultImage == "" {
+		opts.DefaultImage = defaultImage()
+	}
+	f := textinput.New()
+	f.Prompt = "/"
+	f.Placeholder = "filter"
+	f.CharLimit = 64
+	return &Model{
+		backend:   b,
+		opts:      opts,
+		ctx:       ctx,
+		st:        newStyles(),
+		width:     80,
+		height:    24,
+		ptyChoice: map[string]uint64{},
+		filter:    f,
+		backoff:   minBackoff,
+	}
+}
+
+func defaultImage() string {
+	if img := os.Getenv("GONDOLIN_DEFAULT_IMAGE"); img != "" {
+		return img
+	}
+	return "default:latest"
+}
+
+// Messages from commands back to Update.
+type (
+	listMsg struct {
+		list []sessions.Session
+		err  error
+	}
+	screenMsg struct {
+		session string
+		pty     uint64
+		screen  sessions.Screen
+		err     error
+	}
+	eventsOpenMsg struct {
+		ch  <-chan sessions.Event
+		err error
+	}
+	eventsMsg struct {
+		ch     <-chan sessions.Event
+		events []sessions.Event
+		closed bool
+	}
+	reconnectMsg struct{}
+	tickMsg      struct{}
+	usageMsg     struct{}
+	clearStatus  struct{ id int }
+	// doneMsg reports an action: ok (with text) or failed.
+	doneMsg struct {
+		text string
+		err  error
+		// refresh: re-list sessions afterwards.
+		refresh bool
+		// selectID selects this session once it is listed.
+		selectID string
+		// pty previews this terminal of selectID.
+		pty uint64
+	}
+	attachDoneMsg struct {
+		ref string
+		pty uint64
+		res sessions.AttachResult
+		err error
+	}
+)
+
+const (
+	minBackoff     = 250 * time.Millisecond
+	maxBackoff     = 10 * time.Second
+	requestTimeout = 10 * time.Second
+	createTimeout  = 3 * time.Minute // a create boots a VM
+	// maxDrain bounds how many queued events one message carries, so a
+	// burst becomes one re-list instead of hundreds.
+	maxDrain = 256
+)
+
+// Init starts the first list and the event stream.
+func (m *Model) Init() tea.Cmd {
+	m.listing = true
+	cmds := []tea.Cmd{m.listCmd(), m.openEvents(), tick()}
+	if m.opts.UsageRefresh > 0 {
+		cmds = append(cmds, tea.Tick(m.opts.UsageRefresh, func(time.Time) tea.Msg { return usageMsg{} }))
+	}
+	return tea.Batch(cmds...)
+}
+
+// tick redraws uptimes; it is cheap and touches no backend.
+func tick() tea.Cmd {
+	return tea.Tick(time.Second, func(time.Time) tea.Msg { return tickMsg{} })
+}
+
+func (m *Model) reqCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(m.ctx, requestTimeout)
+}
+
+var contextWithTimeout = context.WithTimeout
+
+func (m *Model) listCmd() tea.Cmd {
+	return func() tea.Msg {
+		ctx, cancel := m.reqCtx()
+		defer cancel()
+		list, err := m.backend.List(ctx, true)
+		return listMsg{list: list, err: err}
+	}
+}
+
+// refresh lists sessions again, or marks that one more list is due when
+// one is already in flight.
+func (m *Model) refresh() tea.Cmd {
+	if m.listing {
+		m.listAgain = true
+		return nil
+	}
+	m.listing = true
+	return m.listCmd()
+}
+
+func (m *Model) openEvents() tea.Cmd {
+	return func() tea.Msg {
+		ch, err := m.backend.Events(m.ctx)
+		return eventsOpenMsg{ch: ch, err: err}
+	}
+}
+
+// waitEvents blocks for the next event, then takes whatever else is
+// already queued.
+func waitEvents(ch <-chan sessions.Event) tea.Cmd {
+	return func() tea.Msg {
+		e, ok := <-ch
+		if !ok {
+			return eventsMsg{ch: ch, closed: true}
+		}
+		batch := []sessions.Event{e}
+		for len(batch) < maxDrain {
+			select {
+			case e, ok := <-ch:
+				if !ok {
+					return eventsMsg{ch: ch, events: batch, closed: true}
+				}
+				batch = append(batch, e)
+			default:
+				return eventsMsg{ch: ch, events: batch}
+			}
+		}
+		return eventsMsg{ch: ch, events: batch}
+	}
+}
+
+// Update handles a message.
+func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	switch msg := msg.(type) {
+	case tea.WindowSizeMsg:
+		m.width, m.height = msg.Width, msg.Height
+		m.clampScroll()
+		return m, nil
+	case listMsg:
+		return m, m.onList(msg)
+	case screenMsg:
+		return m, m.onScreen(msg)
+	case eventsOpenMsg:
+		if msg.err != nil {
+			return m, m.eventsDown(msg.err.Error())
+		}
+		m.events, m.eventsUp, m.eventsNote = msg.ch, true, ""
+		m.backoff = minBackoff
+		// Events may have been missed while the stream was down.
+		return m, tea.Batch(waitEvents(msg.ch), m.refresh(), m.fetchPreview(true))
+	case eventsMsg:
+		if msg.ch != m.events {
+			return m, nil
+		}
+		cmd := m.onEvents(msg.events)
+		if msg.closed {
+			return m, tea.Batch(cmd, m.eventsDown("the supervisor's event stream ended"))
+		}
+		return m, tea.Batch(cmd, waitEvents(msg.ch))
+	case reconnectMsg:
+		return m, m.openEvents()
+	case tickMsg:
+		return m, tick()
+	case usageMsg:
+		var cmd tea.Cmd
+		if m.anyLive() {
+			cmd = m.refresh()
+		}
+		return m, tea.Batch(cmd, tea.Tick(m.opts.UsageRefresh, func(time.Time) tea.Msg { return usageMsg{} }))
+	case clearStatus:
+		if msg.id == m.statusID {
+			m.status = ""
+		}
+		return m, nil
+	case doneMsg:
+		var cmds []tea.Cmd
+		if msg.err != nil {
+			cmds = append(cmds, m.setError(msg.err))
+		} else if msg.text != "" {
+			cmds = append(cmds, m.setStatus(msg.text))
+		}
+		if msg.selectID != "" {
+			m.selected = msg.selectID
+			if msg.pty != 0 {
+				m.ptyChoice[msg.selectID] = msg.pty
+			}
+		}
+		if msg.refresh {
+			cmds = append(cmds, m.refresh(), m.fetchPreview(true))
+		}
+		return m, tea.Batch(cmds...)
+	case attachDoneMsg:
+		return m, m.onAttachDone(msg)
+	case createDoneMsg:
+		return m, m.onCreateDone(msg)
+	}
+	if m.dialog != nil {
+		done, cmd := m.dialog.update(m, msg)
+		if done {
+			m.dialog = nil
+		}
+		return m, cmd
+	}
+	if msg, ok := msg.(tea.KeyPressMsg); ok {
+		return m, m.onKey(msg)
+	}
+	if m.filtering {
+		var cmd tea.Cmd
+		m.filter, cmd = m.filter.Update(msg)
+		return m, cmd
+	}
+	return m, nil
+}
+
+func (m *Model) eventsDown(why string) tea.Cmd {
+	m.events, m.eventsUp = nil, false
+	m.eventsNote = why
+	d := m.backoff
+	m.backoff = min(m.backoff*2, maxBackoff)
+	return tea.Tick(d, func(time.Time) tea.Msg { return reconnectMsg{} })
+}
+
+func (m *Model) onEvents(events []sessions.Event) tea.Cmd {
+	relist, repaint := false, false
+	sel, selPTY := m.previewTarget()
+	for _, e := range events {
+		switch e.Type {
+		case sessions.EventPTYPaint:
+			if e.Session == sel && (e.PTY == selPTY || selPTY == 0) {
+				repaint = true
+			}
+		case sessions.EventPTYOpen, sessions.EventPTYExit:
+			relist = true
+			if e.Session == sel {
+				repaint = true
+			}
+		default:
+			if strings.HasPrefix(e.Type, "session.") {
+				relist = true
+			}
+		}
+		if m.dialog != nil {
+			if d, ok := m.dialog.(eventFollower); ok {
+				d.onEvent(m, e)
+			}
+		}
+	}
+	var cmds []tea.Cmd
+	if relist {
+		cmds = append(cmds, m.refresh())
+	}
+	if repaint {
+		cmds = append(cmds, m.fetchPreview(true))
+	}
+	if m.dialog != nil {
+		if d, ok := m.dialog.(eventFollower); ok {
+			cmds = append(cmds, d.afterEvents(m))
+		}
+	}
+	return tea.Batch(cmds...)
+}
+
+// eventFollower is a dialog that reacts to supervisor events.
+type eventFollower interface {
+	onEvent(m *Model, e sessions.Event)
+	afterEvents(m *Model) tea.Cmd
+}
+
+func (m *Model) onList(msg listMsg) tea.Cmd {
+	m.listing = false
+	var cmds []tea.Cmd
+	if m.listAgain {
+		m.listAgain = false
+		m.listing = true
+		cmds = append(cmds, m.listCmd())
+	}
+	if msg.err != nil {
+		m.listErr = msg.err
+		return tea.Batch(cmds...)
+	}
+	m.listErr = nil
+	m.loaded = true
+	m.all = msg.list
+	slices.SortStableFunc(m.all, func(a, b sessions.Session) int {
+		// Live first, then stale, then stopped; newest first within.
+		if c := cmp.Compare(stateRank(a.State), stateRank(b.State)); c != 0 {
+			return c
+		}
+		return b.Created.Compare(a.Created)
+	})
+	m.applyFilter()
+	cmds = append(cmds, m.fetchPreview(false))
+	return tea.Batch(cmds...)
+}
+
+func stateRank(s sessions.State) int {
+	switch s {
+	case sessions.Live:
+		return 0
+	case sessions.Stale:
+		return 1
+	}
+	return 2
+}
+
+// applyFilter recomputes the visible rows and keeps the selection on the
+// same session when it is still visible.
+func (m *Model) applyFilter() {
+	q := strings.TrimSpace(m.filter.Value())
+	m.visible = m.visible[:0]
+	for i, s := range m.all {
+		if matches(s, q) {
+			m.visible = append(m.visible, i)
+		}
+	}
+	m.cursor = 0
+	for i, idx := range m.visible {
+		if m.all[idx].ID == m.selected {
+			m.cursor = i
+			break
+		}
+	}
+	if len(m.visible) > 0 {
+		m.selected = m.all[m.visible[m.cursor]].ID
+	}
+	m.clampScroll()
+}
+
+// matches reports whether a session passes the filter: every word of q
+// must appear (case-insensitively) in its name, ID, image, state, label
+// or reason.
+func matches(s sessions.Session, q string) bool {
+	if q == "" {
+		return true
+	}
+	hay := strings.ToLower(strings.Join([]string{s.Name, s.ID, s.Image, string(s.State), s.Label, s.Reason}, " "))
+	for _, w := range strings.Fields(strings.ToLower(q)) {
+		if !strings.Contains(hay, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// current returns the selected session.
+func (m *Model) current() (sessions.Session, bool) {
+	if m.cursor < 0 || m.cursor >= len(m.visible) {
+		return sessions.Session{}, false
+	}
+	return m.all[m.visible[m.cursor]], true
+}
+
+func (m *Model) anyLive() bool {
+	for _, s := range m.all {
+		if s.State == sessions.Live {
+			return true
+		}
+	}
+	return false
+}
+
+// ptyFor is the terminal the preview shows for s: the one the user chose
+// if it still exists, else the most recent running one (what attach
+// picks), else the most recent one.
+func (m *Model) ptyFor(s sessions.Session) (sessions.PTY, bool) {
+	if id, ok := m.ptyChoice[s.ID]; ok {
+		for _, p := range s.PTYs {
+			if p.ID == id {
+				return p, true
+			}
+		}
+	}
+	for i := len(s.PTYs) - 1; i >= 0; i-- {
+		if s.PTYs[i].Running {
+			return s.PTYs[i], true
+		}
+	}
+	if len(s.PTYs) > 0 {
+		return s.PTYs[len(s.PTYs)-1], true
+	}
+	return sessions.PTY{}, false
+}
+
+// previewTarget is the session and terminal the preview should show.
+func (m *Model) previewTarget() (string, uint64) {
+	s, ok := m.current()
+	if !ok {
+		return "", 0
+	}
+	p, ok := m.ptyFor(s)
+	if !ok {
+		return s.ID, 0
+	}
+	return s.ID, p.ID
+}
+
+// fetchPreview asks for the previewed terminal's screen when the preview
+// shows another terminal, or always with force (its screen changed). One
+// request is in flight at a time; a newer need waits for it.
+func (m *Model) fetchPreview(force bool) tea.Cmd {
+	id, pty := m.previewTarget()
+	if id == "" || pty == 0 {
+		m.preview = preview{session: id}
+		return nil
+	}
+	if !force && m.preview.session == id && m.preview.pty == pty {
+		return nil
+	}
+	if m.fetching {
+		m.wantFetch = true
+		return nil
+	}
+	m.fetching, m.wantFetch = true, false
+	return func() tea.Msg {
+		ctx, cancel := m.reqCtx()
+		defer cancel()
+		scr, err := m.backend.Screen(ctx, id, pty)
+		return screenMsg{session: id, pty: pty, screen: scr, err: err}
+	}
+}
+
+func (m *Model) onScreen(msg screenMsg) tea.Cmd {
+	m.fetching = false
+	m.preview = preview{session: msg.session, pty: msg.pty, screen: msg.screen, err: msg.err}
+	if msg.err == nil {
+		m.preview.lines = screenLines(msg.screen)
+	}
+	id, pty := m.previewTarget()
+	if m.wantFetch || id != msg.session || pty != msg.pty {
+		return m.fetchPreview(true)
+	}
+	return nil
+}
+
+func (m *Model) setStatus(text string) tea.Cmd {
+	m.status, m.statusErr = text, false
+	m.statusID++
+	id := m.statusID
+	return tea.Tick(5*time.Second, func(time.Time) tea.Msg { return clearStatus{id: id} })
+}
+
+func (m *Model) setError(err error) tea.Cmd {
+	m.status, m.statusErr = oneLine(err.Error()), true
+	m.statusID++
+	id := m.statusID
+	return tea.Tick(10*time.Second, func(time.Time) tea.Msg { return clearStatus{id: id} })
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// select moves the cursor to visible row i.
+func (m *Model) selectRow(i int) tea.Cmd {
+	if len(m.visible) == 0 {
+		return nil
+	}
+	m.cursor = max(0, min(i, len(m.visible)-1))
+	m.selected = m.all[m.visible[m.cursor]].ID
+	m.clampScroll()
+	return m.fetchPreview(false)
+}
+
+// clampScroll keeps the cursor inside the table's window.
+func (m *Model) clampScroll() {
+	rows := m.layout().tableRows
+	if rows < 1 {
+		rows = 1
+	}
+	if m.cursor < m.offset {
+		m.offset = m.cursor
+	}
+	if m.cursor >= m.offset+rows {
+		m.offset = m.cursor - rows + 1
+	}
+	m.offset = max(0, min(m.offset, len(m.visible)-rows))
+}
