@@ -17,11 +17,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/sessions"
 )
 
 // upstream is a local HTTPS server with a certificate for api.test and
@@ -231,6 +233,36 @@ func TestNetworkPolicyLive(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(home.Session(listSessions(t, home)["net"].ID), layout.StateFile)); strings.Contains(string(b), realToken) {
 		t.Fatal("state.json holds the secret value")
+	}
+
+	// After a supervisor crash the value is gone: the session says so,
+	// requests that use the secret are blocked, and setting it again fixes
+	// both. The policy edit made before the crash is kept.
+	syscall.Kill(supervisorPID(t, home), syscall.SIGKILL)
+	time.Sleep(500 * time.Millisecond)
+	s := listSessions(t, home)["net"]
+	if s.State != sessions.Live || len(s.Errors) == 0 || !strings.Contains(s.Errors[0], "TOKEN") {
+		t.Fatalf("after restart: %+v", s)
+	}
+	withToken := func() string {
+		r := gondolin(t, home, "", "exec", "--session", "net", "--", "sh", "-c",
+			fmt.Sprintf(`curl -sS -o /dev/null -w '%%{http_code}' -H "Authorization: Bearer $TOKEN" https://api.test:%d/again`, up.port))
+		return r.stdout
+	}
+	if code := withToken(); code != "403" {
+		t.Fatalf("secret without a value: %s", code)
+	}
+	if code := get("other.test"); code != "200" {
+		t.Fatalf("live allow lost in the restart: %s", code)
+	}
+	if r := gondolin(t, home, "", "policy", "secret", "set", "net", "TOKEN@api.test"); r.code != 0 {
+		t.Fatalf("secret set: %+v", r)
+	}
+	if code := withToken(); code != "200" || !contains(up.requests(), fmt.Sprintf("api.test:%d /again Bearer %s", up.port, realToken)) {
+		t.Fatalf("after secret set: %s, upstream saw %q", code, up.requests())
+	}
+	if s := listSessions(t, home)["net"]; len(s.Errors) != 0 {
+		t.Fatalf("errors after secret set: %v", s.Errors)
 	}
 }
 
