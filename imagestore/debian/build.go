@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
 )
@@ -247,7 +248,7 @@ func buildFiles(ctx context.Context, store *imagestore.Store, pl plan, debPaths 
 	p := opts.Progress
 	p.Phase("unpacking kernel")
 	kernelDir := filepath.Join(work, "kernel")
-	kt, err := newTree(kernelDir, false)
+	kt, err := rootfs.New(kernelDir, rootfs.Options{})
 	if err != nil {
 		return imagestore.Manifest{}, err
 	}
@@ -341,7 +342,7 @@ func buildRootfs(ctx context.Context, store *imagestore.Store, pl plan, debPaths
 	p := opts.Progress
 	p.Phase(fmt.Sprintf("unpacking %d packages", len(pl.debs)))
 	staging := filepath.Join(work, "rootfs")
-	t, err := newTree(staging, true)
+	t, err := rootfs.New(staging, rootfs.Options{UsrMerged: true, Skip: skipDirs})
 	if err != nil {
 		return imagestore.File{}, err
 	}
@@ -357,7 +358,7 @@ func buildRootfs(ctx context.Context, store *imagestore.Store, pl plan, debPaths
 	if err := finishRootfs(ctx, t, staging, opts.AgentPath, p); err != nil {
 		return imagestore.File{}, err
 	}
-	if err := t.finish(); err != nil {
+	if err := t.Finish(); err != nil {
 		return imagestore.File{}, err
 	}
 
@@ -366,20 +367,10 @@ func buildRootfs(ctx context.Context, store *imagestore.Store, pl plan, debPaths
 	if err != nil {
 		return imagestore.File{}, err
 	}
-	raw := filepath.Join(work, "rootfs.raw")
-	if err := makeExt4(ctx, staging, raw, size); err != nil {
-		return imagestore.File{}, err
-	}
-	if os.Getuid() != 0 {
-		if err := chownRoot(ctx, staging, raw); err != nil {
-			return imagestore.File{}, err
-		}
-	}
 	qcow2 := filepath.Join(work, "rootfs.qcow2")
-	if err := toQcow2(ctx, raw, qcow2); err != nil {
+	if err := t.MakeDisk(ctx, qcow2, size); err != nil {
 		return imagestore.File{}, err
 	}
-	os.Remove(raw)
 	f, err := store.PutFile(qcow2)
 	f.Format = imagestore.FormatQcow2
 	return f, err
@@ -387,7 +378,7 @@ func buildRootfs(ctx context.Context, store *imagestore.Store, pl plan, debPaths
 
 // unpackDeb streams a .deb's data archive into t without running any of
 // its maintainer scripts.
-func unpackDeb(ctx context.Context, t *tree, debPath string, keep func(string) bool) error {
+func unpackDeb(ctx context.Context, t *rootfs.Tree, debPath string, keep func(string) bool) error {
 	cmd, err := command(ctx, "", "dpkg-deb", "--fsys-tarfile", debPath)
 	if err != nil {
 		return err
@@ -401,7 +392,7 @@ func unpackDeb(ctx context.Context, t *tree, debPath string, keep func(string) b
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	xerr := t.extract(ctx, out, keep)
+	xerr := t.Extract(ctx, out, keep)
 	if xerr != nil {
 		// Stop dpkg-deb rather than wait for it to fill a pipe nobody reads.
 		cmd.Process.Kill()

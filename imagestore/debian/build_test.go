@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
 	"github.com/gondolin/gondolin/internal/progress"
 )
 
@@ -119,7 +120,7 @@ func TestFinishRootfs(t *testing.T) {
 	}
 	bb, _ := os.ReadFile(busybox)
 	staging := filepath.Join(t.TempDir(), "root")
-	tr, err := newTree(staging, true)
+	tr, err := rootfs.New(staging, rootfs.Options{UsrMerged: true, Skip: skipDirs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,14 +134,14 @@ func TestFinishRootfs(t *testing.T) {
 		{"usr/share/ca-certificates/mozilla/B.crt", "-----B-----", 0o644},
 		{"usr/share/ca-certificates/mozilla/A.crt", "-----A-----\n", 0o644},
 	} {
-		if err := tr.writeFile(f.path, strings.NewReader(f.body), f.mode, 0, 0, noTime); err != nil {
+		if err := tr.WriteFile(f.path, strings.NewReader(f.body), f.mode, 0, 0, noTime); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := finishRootfs(context.Background(), tr, staging, busybox, progress.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.finish(); err != nil {
+	if err := tr.Finish(); err != nil {
 		t.Fatal(err)
 	}
 	read := func(p string) string { b, _ := os.ReadFile(filepath.Join(staging, p)); return string(b) }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
 	"github.com/gondolin/gondolin/internal/progress"
 )
 
@@ -37,6 +38,10 @@ var etcFiles = []struct {
 	{"etc/resolv.conf", 0o644, ""},
 }
 
+// skipDirs hold documentation and translations: a VM image does not need
+// them and they are a large part of the packages.
+var skipDirs = []string{"usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"}
+
 // noTime leaves a file's mtime at the time of writing: the files the
 // builder makes itself have no archive time to keep.
 var noTime time.Time
@@ -60,14 +65,14 @@ var skeletonDirs = []struct {
 
 // finishRootfs does what dpkg's maintainer scripts and a base system
 // would have done, on a tree of unpacked packages.
-func finishRootfs(ctx context.Context, t *tree, staging, agent string, p progress.Reporter) error {
+func finishRootfs(ctx context.Context, t *rootfs.Tree, staging, agent string, p progress.Reporter) error {
 	for _, d := range skeletonDirs {
-		if err := t.dir(d.path, d.mode, 0, 0, noTime); err != nil {
+		if err := t.MkDir(d.path, d.mode, 0, 0, noTime); err != nil {
 			return err
 		}
 	}
 	for _, f := range etcFiles {
-		if err := t.writeFile(f.path, strings.NewReader(f.data), f.mode, 0, 0, noTime); err != nil {
+		if err := t.WriteFile(f.path, strings.NewReader(f.data), f.mode, 0, 0, noTime); err != nil {
 			return err
 		}
 	}
@@ -75,15 +80,15 @@ func finishRootfs(ctx context.Context, t *tree, staging, agent string, p progres
 	if err != nil {
 		return err
 	}
-	err = t.writeFile(strings.TrimPrefix(AgentGuestPath, "/"), a, 0o755, 0, 0, noTime)
+	err = t.WriteFile(strings.TrimPrefix(AgentGuestPath, "/"), a, 0o755, 0, 0, noTime)
 	a.Close()
 	if err != nil {
 		return err
 	}
-	if !t.exists("etc/ld.so.conf") {
+	if !t.Exists("etc/ld.so.conf") {
 		// libc-bin's file, which the base set does not pull in; without
 		// it ldconfig would ignore etc/ld.so.conf.d.
-		if err := t.writeFile("etc/ld.so.conf", strings.NewReader("include /etc/ld.so.conf.d/*.conf\n"), 0o644, 0, 0, noTime); err != nil {
+		if err := t.WriteFile("etc/ld.so.conf", strings.NewReader("include /etc/ld.so.conf.d/*.conf\n"), 0o644, 0, 0, noTime); err != nil {
 			return err
 		}
 	}
@@ -107,18 +112,18 @@ var baseFileCopies = []struct{ src, dst string }{
 	{"usr/share/base-files/dot.profile", "root/.profile"},
 }
 
-func baseFiles(t *tree) error {
+func baseFiles(t *rootfs.Tree) error {
 	for _, c := range baseFileCopies {
-		if t.exists(c.dst) {
+		if t.Exists(c.dst) {
 			continue
 		}
 		// Through the tree's root: a package's symlink cannot make this
 		// read a host file.
-		f, err := t.root.Open(c.src)
+		f, err := t.Open(c.src)
 		if err != nil {
 			continue // an image without base-files
 		}
-		err = t.writeFile(c.dst, f, 0o644, 0, 0, noTime)
+		err = t.WriteFile(c.dst, f, 0o644, 0, 0, noTime)
 		f.Close()
 		if err != nil {
 			return err
@@ -129,8 +134,8 @@ func baseFiles(t *tree) error {
 
 // busyboxLinks points every applet the packages do not provide at
 // busybox, /bin/sh included.
-func busyboxLinks(ctx context.Context, t *tree, staging string) error {
-	if !t.exists("usr/bin/busybox") {
+func busyboxLinks(ctx context.Context, t *rootfs.Tree, staging string) error {
+	if !t.Exists("usr/bin/busybox") {
 		return errors.New("the packages did not provide /usr/bin/busybox")
 	}
 	// The static busybox from the package is the authority on its
@@ -147,10 +152,10 @@ func busyboxLinks(ctx context.Context, t *tree, staging string) error {
 		if name == "busybox" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
 			continue
 		}
-		if t.exists("usr/bin/"+name) || t.exists("usr/sbin/"+name) {
+		if t.Exists("usr/bin/"+name) || t.Exists("usr/sbin/"+name) {
 			continue
 		}
-		if err := t.symlink("busybox", "usr/bin/"+name); err != nil {
+		if err := t.Symlink("busybox", "usr/bin/"+name); err != nil {
 			return err
 		}
 	}
@@ -159,9 +164,9 @@ func busyboxLinks(ctx context.Context, t *tree, staging string) error {
 
 // caBundle writes the bundle update-ca-certificates (ca-certificates'
 // postinst) would make: every certificate the packages ship, in order.
-func caBundle(t *tree, staging string) error {
+func caBundle(t *rootfs.Tree, staging string) error {
 	const src = "usr/share/ca-certificates"
-	if !t.exists(src) {
+	if !t.Exists(src) {
 		return nil
 	}
 	var certs []string
@@ -189,10 +194,10 @@ func caBundle(t *tree, staging string) error {
 			bundle.WriteByte('\n')
 		}
 	}
-	if err := t.dir("etc/ssl/certs", 0o755, 0, 0, noTime); err != nil {
+	if err := t.MkDir("etc/ssl/certs", 0o755, 0, 0, noTime); err != nil {
 		return err
 	}
-	return t.writeFile("etc/ssl/certs/ca-certificates.crt", &bundle, 0o644, 0, 0, noTime)
+	return t.WriteFile("etc/ssl/certs/ca-certificates.crt", &bundle, 0o644, 0, 0, noTime)
 }
 
 // ldconfig writes etc/ld.so.cache with the host's ldconfig (-X: the

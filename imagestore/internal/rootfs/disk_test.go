@@ -1,4 +1,4 @@
-package debian
+package rootfs
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 // up owned by 0:0, names with spaces and quotes included.
 func TestChownRoot(t *testing.T) {
 	for _, tool := range []string{"mke2fs", "debugfs", "qemu-img"} {
-		if _, err := lookTool(tool); err != nil {
+		if _, err := LookTool(tool); err != nil {
 			t.Skip(err)
 		}
 	}
@@ -37,14 +37,14 @@ func TestChownRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	stat := func(p string) string {
-		debugfs, _ := lookTool("debugfs")
+		debugfs, _ := LookTool("debugfs")
 		out, _ := exec.Command(debugfs, "-R", `stat "`+strings.ReplaceAll(p, `"`, `""`)+`"`, raw).CombinedOutput()
 		return string(out)
 	}
 	if !strings.Contains(stat("/usr/bin/tool"), "User: ") || strings.Contains(stat("/usr/bin/tool"), "User:     0   Group:     0") {
 		t.Fatalf("before the fixup /usr/bin/tool is already root's:\n%s", stat("/usr/bin/tool"))
 	}
-	if err := chownRoot(ctx, staging, raw); err != nil {
+	if err := setOwners(ctx, staging, raw, rootOwner); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"/", "/etc", "/etc/passwd", `/odd name "quoted"`, "/usr", "/usr/bin", "/usr/bin/tool", "/bin"} {
@@ -63,7 +63,7 @@ func TestChownRoot(t *testing.T) {
 }
 
 func TestChownRootReportsDebugfsErrors(t *testing.T) {
-	if _, err := lookTool("debugfs"); err != nil {
+	if _, err := LookTool("debugfs"); err != nil {
 		t.Skip(err)
 	}
 	dir := t.TempDir()
@@ -77,8 +77,10 @@ func TestChownRootReportsDebugfsErrors(t *testing.T) {
 	if err := makeExt4(context.Background(), filepath.Join(dir, "empty"), raw, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	err := chownRoot(context.Background(), staging, raw)
+	err := setOwners(context.Background(), staging, raw, rootOwner)
 	if err == nil || !strings.Contains(err.Error(), "only-in-staging") {
-		t.Fatalf("chownRoot on a mismatched image: %v", err)
+		t.Fatalf("setOwners on a mismatched image: %v", err)
 	}
 }
+
+func rootOwner(string) (int, int) { return 0, 0 }

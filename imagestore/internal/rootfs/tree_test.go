@@ -1,4 +1,4 @@
-package debian
+package rootfs
 
 import (
 	"archive/tar"
@@ -49,6 +49,7 @@ type tarEntry struct {
 	typ        byte
 	mode       int64
 	body       string
+	uid, gid   int
 }
 
 func tarOf(t testing.TB, entries ...tarEntry) []byte {
@@ -62,7 +63,7 @@ func tarOf(t testing.TB, entries ...tarEntry) []byte {
 				mode = 0o755
 			}
 		}
-		hdr := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: mode, Size: int64(len(e.body))}
+		hdr := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: mode, Size: int64(len(e.body)), Uid: e.uid, Gid: e.gid}
 		if e.typ != tar.TypeReg {
 			hdr.Size = 0
 		}
@@ -89,15 +90,15 @@ func hard(name, target string) tarEntry { return tarEntry{name: name, typ: tar.T
 
 func extractInto(t *testing.T, staging string, entries ...tarEntry) error {
 	t.Helper()
-	tr, err := newTree(staging, true)
+	tr, err := New(staging, Options{UsrMerged: true, Skip: []string{"usr/share/doc", "usr/share/man"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if err := tr.extract(context.Background(), bytes.NewReader(tarOf(t, entries...)), nil); err != nil {
+	if err := tr.Extract(context.Background(), bytes.NewReader(tarOf(t, entries...)), nil); err != nil {
 		return err
 	}
-	return tr.finish()
+	return tr.Finish()
 }
 
 func TestExtract(t *testing.T) {
@@ -185,7 +186,7 @@ func TestExtract(t *testing.T) {
 	if len(entries) != 1 {
 		t.Errorf("sandbox holds %v", entries)
 	}
-	if err := removeAll(staging); err != nil {
+	if err := RemoveAll(staging); err != nil {
 		t.Fatalf("removeAll: %v", err)
 	}
 }
@@ -228,7 +229,7 @@ func FuzzPlace(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		tr := &tree{nodes: map[string]*node{}, usrMerged: true}
+		tr := &Tree{nodes: map[string]*node{}, opts: Options{UsrMerged: true}}
 		for p, target := range map[string]string{
 			"bin": "usr/bin", "lib": "usr/lib", "up": "../..", "abs": "/usr/lib", "usr/lib/rel": "../../..",
 			"loop": "loop", "dotdot": "..", "empty": "", "usr/lib/deep": "/up/abs/rel",

@@ -1,4 +1,7 @@
-package debian
+// Package rootfs fills a staging directory from untrusted tar archives
+// (Debian packages, OCI image layers) without ever writing outside it, and
+// turns the result into an ext4 root disk.
+package rootfs
 
 import (
 	"archive/tar"
@@ -15,16 +18,30 @@ import (
 	"time"
 )
 
-// tree writes files into a staging directory from untrusted archives.
+// Tree writes files into a staging directory from untrusted archives.
 // Every write goes through an os.Root, so nothing can land outside the
 // directory, and the tree keeps its own record of what it created so that
-// paths are resolved lexically: a symlink shipped by one package is never
-// followed on disk while another package's files are written.
-type tree struct {
-	root      *os.Root
-	nodes     map[string]*node // by clean relative path; "" is the root
-	chown     bool             // running as root: keep the archive's owners
-	usrMerged bool
+// paths are resolved lexically: a symlink shipped by one archive is never
+// followed on disk while another archive's files are written.
+//
+// Paths given to the methods are clean, relative, slash-separated and
+// already resolved (Extract and ApplyLayer resolve archive names).
+type Tree struct {
+	root  *os.Root
+	dir   string
+	nodes map[string]*node // by clean relative path; "" is the root
+	chown bool             // running as root: give files their owners now
+	opts  Options
+	bytes int64 // regular file content written
+}
+
+// Options shape a tree.
+type Options struct {
+	// UsrMerged makes bin, sbin, lib and lib64 symlinks into usr and moves
+	// archive entries under them there, as Debian's merged /usr does.
+	UsrMerged bool
+	// Skip lists directories whose entries Extract drops.
+	Skip []string
 }
 
 type nodeKind uint8
@@ -36,23 +53,19 @@ const (
 )
 
 type node struct {
-	kind   nodeKind
-	target string      // symlink target
-	mode   fs.FileMode // final mode of a directory, applied by finish
-	mtime  time.Time
+	kind     nodeKind
+	target   string      // symlink target
+	mode     fs.FileMode // final mode of a directory, applied by Finish
+	mtime    time.Time
+	uid, gid int // owner in the guest
 }
-
-// skipDirs hold documentation and translations: a VM image does not need
-// them and they are a large part of the packages.
-var skipDirs = []string{"usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"}
 
 // mergedDirs are Debian's merged-/usr top-level symlinks.
 var mergedDirs = []string{"bin", "sbin", "lib", "lib64"}
 
-// newTree starts a tree in dir, which must be empty or absent: the tree's
-// record of what is on disk starts empty. With usrMerged the top-level
-// bin, sbin, lib and lib64 are symlinks into usr.
-func newTree(dir string, usrMerged bool) (*tree, error) {
+// New starts a tree in dir, which must be empty or absent: the tree's
+// record of what is on disk starts empty.
+func New(dir string, opts Options) (*Tree, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -63,14 +76,14 @@ func newTree(dir string, usrMerged bool) (*tree, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &tree{root: root, nodes: map[string]*node{"": {kind: kindDir, mode: 0o755}}, chown: os.Getuid() == 0, usrMerged: usrMerged}
-	if usrMerged {
+	t := &Tree{root: root, dir: dir, nodes: map[string]*node{"": {kind: kindDir, mode: 0o755}}, chown: os.Getuid() == 0, opts: opts}
+	if opts.UsrMerged {
 		for _, d := range mergedDirs {
 			if err := t.mkdirAll("usr/"+d, 0o755); err != nil {
 				root.Close()
 				return nil, err
 			}
-			if err := t.symlink("usr/"+d, d); err != nil {
+			if err := t.Symlink("usr/"+d, d); err != nil {
 				root.Close()
 				return nil, err
 			}
@@ -79,7 +92,15 @@ func newTree(dir string, usrMerged bool) (*tree, error) {
 	return t, nil
 }
 
-func (t *tree) Close() error { return t.root.Close() }
+// Close releases the tree's directory handle; the files stay.
+func (t *Tree) Close() error { return t.root.Close() }
+
+// Dir is the staging directory.
+func (t *Tree) Dir() string { return t.dir }
+
+// Usage estimates the space the tree's files take on a filesystem: their
+// content plus a block for every inode.
+func (t *Tree) Usage() int64 { return t.bytes + int64(len(t.nodes))*4096 }
 
 // cleanName turns a tar entry name into a clean relative path. It rejects
 // absolute names, ".." anywhere, and control characters (which no Debian
@@ -112,8 +133,8 @@ func cleanName(name string) (string, error) {
 
 // mergeUsr rewrites bin/, sbin/, lib/ and lib64/ into usr/, as Debian's
 // merged-/usr layout does.
-func (t *tree) mergeUsr(p string) string {
-	if !t.usrMerged {
+func (t *Tree) mergeUsr(p string) string {
+	if !t.opts.UsrMerged {
 		return p
 	}
 	for _, d := range mergedDirs {
@@ -130,8 +151,9 @@ const maxHops = 40
 // resolveParent resolves the symlinks among p's directory components
 // using the tree's own record and returns a path whose parents are all
 // real directories (or do not exist yet). The last component is kept as
-// is. ".." at the root stays at the root, so the result never escapes.
-func (t *tree) resolveParent(p string) (string, error) {
+// is. ".." at the root stays at the root, so the result never escapes:
+// a symlink is followed as the guest would follow it, inside the tree.
+func (t *Tree) resolveParent(p string) (string, error) {
 	if p == "" {
 		return "", nil
 	}
@@ -172,7 +194,7 @@ func (t *tree) resolveParent(p string) (string, error) {
 }
 
 // place returns where an archive entry named name goes, or "" to skip it.
-func (t *tree) place(name string) (string, error) {
+func (t *Tree) place(name string) (string, error) {
 	p, err := cleanName(name)
 	if err != nil || p == "" {
 		return "", err
@@ -181,7 +203,7 @@ func (t *tree) place(name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, d := range skipDirs {
+	for _, d := range t.opts.Skip {
 		if p == d || strings.HasPrefix(p, d+"/") {
 			return "", nil
 		}
@@ -190,7 +212,7 @@ func (t *tree) place(name string) (string, error) {
 }
 
 // mkdirAll creates p and its missing parents (p already resolved).
-func (t *tree) mkdirAll(p string, mode fs.FileMode) error {
+func (t *Tree) mkdirAll(p string, mode fs.FileMode) error {
 	if p == "" {
 		return nil
 	}
@@ -203,8 +225,8 @@ func (t *tree) mkdirAll(p string, mode fs.FileMode) error {
 	if err := t.parent(p); err != nil {
 		return err
 	}
-	// Owner write and search stay on until finish, so that a read-only
-	// directory from a package can still be filled when not root.
+	// Owner write and search stay on until Finish, so that a read-only
+	// directory from an archive can still be filled when not root.
 	if err := t.root.Mkdir(p, 0o700); err != nil {
 		return err
 	}
@@ -212,7 +234,7 @@ func (t *tree) mkdirAll(p string, mode fs.FileMode) error {
 	return nil
 }
 
-func (t *tree) parent(p string) error {
+func (t *Tree) parent(p string) error {
 	dir := path.Dir(p)
 	if dir == "." {
 		return nil
@@ -222,7 +244,7 @@ func (t *tree) parent(p string) error {
 
 // clear removes whatever non-directory is at p, so that a later package
 // replaces an earlier one's file as dpkg does.
-func (t *tree) clear(p string) error {
+func (t *Tree) clear(p string) error {
 	n := t.nodes[p]
 	if n == nil {
 		return nil
@@ -234,8 +256,24 @@ func (t *tree) clear(p string) error {
 	return t.root.Remove(p)
 }
 
-// writeFile writes a regular file at the resolved path p.
-func (t *tree) writeFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, mtime time.Time) error {
+// remove deletes p and everything under it.
+func (t *Tree) remove(p string) error {
+	if p == "" {
+		return errors.New("cannot remove the root")
+	}
+	if t.nodes[p] == nil {
+		return nil
+	}
+	for q := range t.nodes {
+		if q == p || strings.HasPrefix(q, p+"/") {
+			delete(t.nodes, q)
+		}
+	}
+	return t.root.RemoveAll(p)
+}
+
+// WriteFile writes a regular file at p, replacing a file or symlink there.
+func (t *Tree) WriteFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, mtime time.Time) error {
 	if err := t.parent(p); err != nil {
 		return err
 	}
@@ -246,8 +284,9 @@ func (t *tree) writeFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, 
 	if err != nil {
 		return err
 	}
-	t.nodes[p] = &node{kind: kindFile}
-	_, err = io.Copy(f, r)
+	t.nodes[p] = &node{kind: kindFile, uid: uid, gid: gid}
+	n, err := io.Copy(f, r)
+	t.bytes += n
 	if err == nil && t.chown && (uid != 0 || gid != 0) {
 		err = f.Chown(uid, gid)
 	}
@@ -264,9 +303,14 @@ func (t *tree) writeFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, 
 	return err
 }
 
-// symlink creates p -> target. The target is not checked: it is only ever
-// followed inside the guest, and by resolveParent, which confines it.
-func (t *tree) symlink(target, p string) error {
+// Symlink creates p -> target, replacing a file or symlink at p. The
+// target is not checked: it is only ever followed inside the guest, and
+// by resolveParent, which confines it.
+func (t *Tree) Symlink(target, p string) error {
+	return t.symlink(target, p, 0, 0)
+}
+
+func (t *Tree) symlink(target, p string, uid, gid int) error {
 	if err := t.parent(p); err != nil {
 		return err
 	}
@@ -276,14 +320,21 @@ func (t *tree) symlink(target, p string) error {
 	if err := t.root.Symlink(target, p); err != nil {
 		return err
 	}
-	t.nodes[p] = &node{kind: kindSymlink, target: target}
+	t.nodes[p] = &node{kind: kindSymlink, target: target, uid: uid, gid: gid}
+	if t.chown && (uid != 0 || gid != 0) {
+		return t.root.Lchown(p, uid, gid)
+	}
 	return nil
 }
 
 // link hard-links p to the earlier regular file at the resolved path old.
-func (t *tree) link(old, p string) error {
-	if n := t.nodes[old]; n == nil || n.kind != kindFile {
+func (t *Tree) link(old, p string) error {
+	n := t.nodes[old]
+	if n == nil || n.kind != kindFile {
 		return fmt.Errorf("hard link %s: target %s is not a file in the tree", p, old)
+	}
+	if old == p {
+		return fmt.Errorf("hard link %s: links to itself", p)
 	}
 	if err := t.parent(p); err != nil {
 		return err
@@ -294,33 +345,51 @@ func (t *tree) link(old, p string) error {
 	if err := t.root.Link(old, p); err != nil {
 		return err
 	}
-	t.nodes[p] = &node{kind: kindFile}
+	// One inode: both names share the owner.
+	t.nodes[p] = n
 	return nil
 }
 
-// dir creates or updates the directory p with its final mode.
-func (t *tree) dir(p string, mode fs.FileMode, uid, gid int, mtime time.Time) error {
+// MkDir creates or updates the directory p with its final mode. A
+// symlink at p is kept, as dpkg keeps a directory symlink another
+// package made and puts the directory's contents through it.
+func (t *Tree) MkDir(p string, mode fs.FileMode, uid, gid int, mtime time.Time) error {
 	if n := t.nodes[p]; n != nil && n.kind == kindSymlink {
-		// dpkg keeps a directory symlink another package made and puts
-		// the directory's contents through it.
 		return nil
 	}
 	if err := t.mkdirAll(p, mode); err != nil {
 		return err
 	}
 	n := t.nodes[p]
-	n.mode, n.mtime = mode, mtime
+	n.mode, n.mtime, n.uid, n.gid = mode, mtime, uid, gid
 	if t.chown && (uid != 0 || gid != 0) {
 		return t.root.Lchown(p, uid, gid)
 	}
 	return nil
 }
 
-func (t *tree) exists(p string) bool { return t.nodes[p] != nil }
+// Exists reports whether the tree holds something at p.
+func (t *Tree) Exists(p string) bool { return t.nodes[p] != nil }
 
-// extract writes a tar stream into the tree. keep, when not nil, selects
-// the entries to write by their resolved path.
-func (t *tree) extract(ctx context.Context, r io.Reader, keep func(p string) bool) error {
+// IsDir reports whether p is a real directory (not a symlink to one).
+func (t *Tree) IsDir(p string) bool {
+	n := t.nodes[p]
+	return n != nil && n.kind == kindDir
+}
+
+// Open opens a file of the tree for reading, through the tree's root: a
+// symlink in the tree cannot make it read a host file.
+func (t *Tree) Open(p string) (*os.File, error) { return t.root.Open(p) }
+
+// Remove deletes p and everything under it.
+func (t *Tree) Remove(p string) error { return t.remove(p) }
+
+// Extract writes a tar stream into the tree as dpkg unpacks a package:
+// a later archive's file replaces an earlier one's, a directory symlink
+// is kept and filled through, and a file where a directory stands is an
+// error. keep, when not nil, selects the entries to write by their
+// resolved path.
+func (t *Tree) Extract(ctx context.Context, r io.Reader, keep func(p string) bool) error {
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -343,17 +412,14 @@ func (t *tree) extract(ctx context.Context, r io.Reader, keep func(p string) boo
 		mode := tarMode(hdr.Mode)
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			err = t.dir(p, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
+			err = t.MkDir(p, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
 		case tar.TypeReg:
-			err = t.writeFile(p, tr, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
+			err = t.WriteFile(p, tr, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
 		case tar.TypeSymlink:
 			if hdr.Linkname == "" || strings.ContainsRune(hdr.Linkname, 0) {
 				return fmt.Errorf("%s: bad symlink target %q", hdr.Name, hdr.Linkname)
 			}
-			err = t.symlink(hdr.Linkname, p)
-			if err == nil && t.chown && (hdr.Uid != 0 || hdr.Gid != 0) {
-				err = t.root.Lchown(p, hdr.Uid, hdr.Gid)
-			}
+			err = t.symlink(hdr.Linkname, p, hdr.Uid, hdr.Gid)
 		case tar.TypeLink:
 			var old string
 			old, err = t.place(hdr.Linkname)
@@ -389,9 +455,9 @@ func tarMode(m int64) fs.FileMode {
 	return mode
 }
 
-// finish gives directories their final modes and times, deepest first so
+// Finish gives directories their final modes and times, deepest first so
 // that a read-only parent is set after its children.
-func (t *tree) finish() error {
+func (t *Tree) Finish() error {
 	var dirs []string
 	for p, n := range t.nodes {
 		if n.kind == kindDir {
@@ -416,9 +482,18 @@ func (t *tree) finish() error {
 	return nil
 }
 
-// removeAll deletes a directory tree that may contain read-only
+// owner returns the guest owner of the file at the relative path p
+// (root for files the tree did not make itself).
+func (t *Tree) owner(p string) (uid, gid int) {
+	if n := t.nodes[p]; n != nil {
+		return n.uid, n.gid
+	}
+	return 0, 0
+}
+
+// RemoveAll deletes a directory tree that may contain read-only
 // directories, which os.RemoveAll cannot empty when not root.
-func removeAll(dir string) error {
+func RemoveAll(dir string) error {
 	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
 			os.Chmod(p, 0o700)

@@ -1,0 +1,255 @@
+package rootfs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// applyLayers applies each entry list as one layer into a fresh tree in
+// sandbox/root and returns the first error.
+func applyLayers(t *testing.T, sandbox string, layers ...[]tarEntry) (*Tree, error) {
+	t.Helper()
+	tr, err := New(filepath.Join(sandbox, "root"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	for _, l := range layers {
+		if err := tr.ApplyLayer(context.Background(), bytes.NewReader(tarOf(t, l...))); err != nil {
+			return tr, err
+		}
+	}
+	return tr, tr.Finish()
+}
+
+// listTree returns every path under dir with a one-letter kind and, for
+// files, the content; symlinks show their target.
+func listTree(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case d.Type()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			out = append(out, rel+" -> "+target)
+		case d.IsDir():
+			out = append(out, rel+"/")
+		default:
+			b, _ := os.ReadFile(p)
+			out = append(out, rel+" = "+string(b))
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
+
+func TestApplyLayerWhiteouts(t *testing.T) {
+	sandbox := t.TempDir()
+	_, err := applyLayers(t, sandbox,
+		[]tarEntry{
+			dir("etc/"), reg("etc/keep", "k"), reg("etc/gone", "g"),
+			dir("etc/sub/"), reg("etc/sub/deep", "d"),
+			dir("opq/"), reg("opq/old", "o"), dir("opq/olddir/"), reg("opq/olddir/x", "x"),
+			dir("mixed/"), dir("mixed/d/"), reg("mixed/d/old", "o"),
+			reg("replaced-by-dir", "f"), dir("dir-replaced-by-file/"), reg("dir-replaced-by-file/x", "x"),
+			sym("link-replaced", "etc"),
+		},
+		[]tarEntry{
+			// Whiteouts of a file and of a whole directory.
+			reg("etc/.wh.gone", ""),
+			reg("etc/.wh.sub", ""),
+			// A whiteout of something that never existed is harmless.
+			reg(".wh.never", ""),
+			// Opaque: the older contents go, this layer's stay, whatever
+			// the entry order.
+			reg("opq/new", "n"),
+			reg("opq/.wh..wh..opq", ""),
+			reg("opq/newer", "n2"),
+			// A whiteout does not remove what its own layer adds.
+			reg("mixed/d/new", "n"),
+			reg("mixed/.wh..wh..opq", ""),
+			// Replacing across kinds.
+			dir("replaced-by-dir/"),
+			reg("dir-replaced-by-file", "file now"),
+			dir("link-replaced/"),
+			// AUFS metadata is ignored.
+			reg(".wh..wh.plnk/123", ""),
+		},
+		[]tarEntry{
+			// A later layer may bring a whited-out file back.
+			reg("etc/gone", "back"),
+		},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(listTree(t, filepath.Join(sandbox, "root")), "\n")
+	want := strings.Join([]string{
+		"dir-replaced-by-file = file now",
+		"etc/",
+		"etc/gone = back",
+		"etc/keep = k",
+		"link-replaced/",
+		"mixed/",
+		"mixed/d/",
+		"mixed/d/new = n",
+		"opq/",
+		"opq/new = n",
+		"opq/newer = n2",
+		"replaced-by-dir/",
+	}, "\n")
+	if got != want {
+		t.Errorf("tree:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestApplyLayerConfinement(t *testing.T) {
+	sandbox := t.TempDir()
+	outside := filepath.Join(t.TempDir(), "outside")
+	os.Mkdir(outside, 0o755)
+	_, err := applyLayers(t, sandbox,
+		[]tarEntry{
+			// An absolute symlink is kept as it is: it resolves in the guest.
+			sym("evil", "/"),
+			sym("host", outside),
+			sym("etc/rel", "../usr"),
+		},
+		[]tarEntry{
+			// Entries through those symlinks land inside the tree, never
+			// on the host.
+			reg("evil/etc/x", "through evil"),
+			reg("host/y", "through host"),
+			reg("etc/rel/z", "through rel"),
+			// A leading slash means the image's root.
+			reg("/abs/name", "abs"),
+		},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(sandbox, "root")
+	for p, want := range map[string]string{
+		"evil":         "-> /",
+		"host":         "-> " + outside,
+		"etc/rel":      "-> ../usr",
+		"etc/x":        "through evil",
+		"usr/z":        "through rel",
+		"abs/name":     "abs",
+		outside + "/y": "through host",
+	} {
+		got := ""
+		if target, err := os.Readlink(filepath.Join(root, p)); err == nil {
+			got = "-> " + target
+		} else if b, err := os.ReadFile(filepath.Join(root, p)); err == nil {
+			got = string(b)
+		}
+		if got != want {
+			t.Errorf("%s: %q, want %q", p, got, want)
+		}
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Fatalf("wrote through a symlink onto the host: %v", entries)
+	}
+	if entries, _ := os.ReadDir(sandbox); len(entries) != 1 {
+		t.Fatalf("sandbox holds %v", entries)
+	}
+}
+
+func TestApplyLayerRejects(t *testing.T) {
+	tests := []struct {
+		name    string
+		layers  [][]tarEntry
+		wantErr string
+	}{
+		{"dotdot", [][]tarEntry{{reg("../etc/passwd", "x")}}, `entry "../etc/passwd": path "../etc/passwd" escapes the root`},
+		{"dotdot inside", [][]tarEntry{{reg("usr/../../etc/passwd", "x")}}, "escapes the root"},
+		{"dotdot after slash", [][]tarEntry{{reg("/../etc/passwd", "x")}}, "escapes the root"},
+		{"hard link absolute", [][]tarEntry{{hard("x", "/etc/passwd")}}, `entry "x": hard link target "/etc/passwd" is absolute`},
+		{"hard link up", [][]tarEntry{{hard("x", "../../etc/passwd")}}, "escapes the root"},
+		{"hard link to nothing", [][]tarEntry{{hard("x", "etc/passwd")}}, "not a file in the tree"},
+		{"hard link to itself", [][]tarEntry{{reg("x", "1"), hard("x", "x")}}, "links to itself"},
+		{"hard link through symlink", [][]tarEntry{{sym("evil", "/"), hard("x", "evil/etc/passwd")}}, "not a file in the tree"},
+		{"symlink climbs", [][]tarEntry{{sym("a/b", "../../etc")}}, `symlink target "../../etc" escapes the root`},
+		{"symlink empty", [][]tarEntry{{sym("a", "")}}, "bad symlink target"},
+		{"whiteout dotdot", [][]tarEntry{{reg("a/.wh...", "")}}, "whiteout names no file"},
+		{"control character", [][]tarEntry{{reg("a\nb", "")}}, "control character"},
+		{"symlink loop", [][]tarEntry{{sym("a", "b"), sym("b", "a"), reg("a/x", "x")}}, "too many levels"},
+		{"opaque in a file", [][]tarEntry{{reg("f", "x")}, {reg("f/.wh..wh..opq", "")}}, "not a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sandbox := t.TempDir()
+			_, err := applyLayers(t, sandbox, tt.layers...)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("apply: %v; want error about %q", err, tt.wantErr)
+			}
+			if entries, _ := os.ReadDir(sandbox); len(entries) != 1 {
+				t.Fatalf("sandbox holds %v", entries)
+			}
+		})
+	}
+}
+
+func TestApplyLayerKeepsOwnersAndModes(t *testing.T) {
+	sandbox := t.TempDir()
+	tr, err := applyLayers(t, sandbox, []tarEntry{
+		{name: "srv/", typ: tar.TypeDir, mode: 0o750, uid: 101, gid: 102},
+		{name: "srv/app", typ: tar.TypeReg, mode: 0o4755, body: "x", uid: 101, gid: 102},
+		{name: "srv/l", typ: tar.TypeSymlink, link: "app", uid: 103, gid: 104},
+		{name: "dev/null", typ: tar.TypeChar},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string][2]int{"srv": {101, 102}, "srv/app": {101, 102}, "srv/l": {103, 104}, "etc/none": {0, 0}} {
+		if uid, gid := tr.owner(p); uid != want[0] || gid != want[1] {
+			t.Errorf("owner(%s) = %d:%d, want %d:%d", p, uid, gid, want[0], want[1])
+		}
+	}
+	root := filepath.Join(sandbox, "root")
+	if st, err := os.Stat(filepath.Join(root, "srv/app")); err != nil || st.Mode()&os.ModeSetuid == 0 {
+		t.Errorf("srv/app mode %v, %v", st.Mode(), err)
+	}
+	if st, err := os.Stat(filepath.Join(root, "srv")); err != nil || st.Mode().Perm() != 0o750 {
+		t.Errorf("srv mode %v, %v", st.Mode(), err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "dev/null")); err == nil {
+		t.Error("device node created")
+	}
+}
+
+// FuzzApplyLayer feeds arbitrary tar streams (after a fixed first layer
+// full of symlinks) and checks that nothing appears outside the tree.
+func FuzzApplyLayer(f *testing.F) {
+	f.Add(tarOf(f, reg("evil/etc/x", "x"), sym("a", "/"), reg("a/b", "y")))
+	f.Add(tarOf(f, reg("../x", "x")))
+	f.Add(tarOf(f, hard("h", "up/etc/passwd"), reg("opq/.wh..wh..opq", ""), reg("rel/.wh.x", "")))
+	f.Fuzz(func(t *testing.T, layer []byte) {
+		sandbox := t.TempDir()
+		tr, err := New(filepath.Join(sandbox, "root"), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		base := tarOf(t, sym("evil", "/"), sym("up", "/.."), sym("rel", "usr/../etc"), dir("opq/"), reg("opq/f", "f"))
+		if err := tr.ApplyLayer(context.Background(), bytes.NewReader(base)); err != nil {
+			t.Fatal(err)
+		}
+		tr.ApplyLayer(context.Background(), bytes.NewReader(layer))
+		tr.Finish()
+		if entries, _ := os.ReadDir(sandbox); len(entries) != 1 {
+			t.Fatalf("sandbox holds %v", entries)
+		}
+	})
+}
