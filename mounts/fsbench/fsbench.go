@@ -25,7 +25,7 @@ import (
 // (busybox has them). Its clock is date +%s%N where date knows %N, else
 // /proc/uptime (10 ms steps: the default sizes keep guest steps well
 // above that). Sizes come from the environment: FSBENCH_MB (sequential
-// file, default 256), FSBENCH_SMALL (small files, default 2000),
+// file, default 64: it must fit a small guest's tmpfs), FSBENCH_SMALL (small files, default 2000),
 // FSBENCH_FILES (files for find, default 10000, in directories of 100).
 // It prints one line per measurement:
 //
@@ -43,7 +43,7 @@ if d=$(date +%s%N 2>/dev/null) && [ "${d%N}" = "$d" ]; then
 else
 	now() { read up rest < /proc/uptime; s=${up%.*}; c=${up#*.}; echo $((s * 1000000 + ${c#0} * 10000)); }
 fi
-mb=${FSBENCH_MB:-256}
+mb=${FSBENCH_MB:-64}
 small=${FSBENCH_SMALL:-2000}
 files=${FSBENCH_FILES:-10000}
 top=$1/fsbench.$$
@@ -52,11 +52,11 @@ trap 'cd /; rm -rf "$top"' EXIT
 cd "$top"
 
 t0=$(now)
-dd if=/dev/zero of=seq bs=1048576 count=$mb conv=fsync 2>/dev/null
+dd if=/dev/zero of=seq bs=1048576 count=$mb conv=fsync
 t1=$(now)
 echo "fsbench seq_write $((mb * 1048576)) $((t1 - t0))"
 t0=$(now)
-dd if=seq of=/dev/null bs=1048576 2>/dev/null
+dd if=seq of=/dev/null bs=1048576
 t1=$(now)
 echo "fsbench seq_read $((mb * 1048576)) $((t1 - t0))"
 rm -f seq

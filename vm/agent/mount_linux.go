@@ -7,6 +7,7 @@ import (
 	"log"
 	"os"
 	"path"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -81,15 +82,70 @@ func (Guest) Mount(m *agentproto.Mount) error {
 	return nil
 }
 
-// ensureFUSE makes /dev/fuse usable: the fuse module is loaded on the
-// first host mount only (loading costs 100-400 ms under TCG), and
-// devtmpfs creates the device node when the module registers it.
+// fuseModules holds the files of the fuse module and its dependencies
+// open from the moment the agent starts. The module is loaded only on the
+// first host mount (loading costs 100-400 ms under TCG), but by then Init
+// may have switched to a root disk, which carries no modules, and freed
+// the initramfs; an open file outlives that.
+var fuseModules []*os.File
+
+func init() {
+	if os.Getpid() != 1 {
+		return // not the VM's init: nothing to keep
+	}
+	modMu.Lock()
+	defer modMu.Unlock()
+	ix, err := loadIndex()
+	if err != nil {
+		return
+	}
+	order, err := ix.LoadOrder("fuse")
+	if err != nil {
+		return
+	}
+	for _, name := range order {
+		mod, ok := ix.Find(name)
+		if !ok {
+			break
+		}
+		f, err := os.Open(filepath.Join(modulesDir, ix.Release, mod.Path))
+		if err != nil {
+			break
+		}
+		fuseModules = append(fuseModules, f)
+	}
+	if len(fuseModules) != len(order) {
+		for _, f := range fuseModules {
+			f.Close()
+		}
+		fuseModules = nil
+	}
+}
+
+// loadFUSE loads the fuse module, from the image's module directory when
+// it is still there, else from the files held since boot.
+func loadFUSE() error {
+	err := LoadModules("fuse")
+	if err == nil || len(fuseModules) == 0 {
+		return err
+	}
+	for _, f := range fuseModules {
+		if e := unix.FinitModule(int(f.Fd()), "", 0); e != nil && e != unix.EEXIST {
+			return fmt.Errorf("load %s: %w", f.Name(), e)
+		}
+	}
+	return nil
+}
+
+// ensureFUSE makes /dev/fuse usable: it loads the fuse module on the
+// first host mount, and devtmpfs creates the device node when the module
+// registers it.
 func ensureFUSE() error {
 	const dev = "/dev/fuse"
 	if _, err := os.Stat(dev); err == nil {
 		return nil
 	}
-	loadErr := LoadModules("fuse") // fails harmlessly when fuse is built in
+	loadErr := loadFUSE() // fails harmlessly when fuse is built in
 	for i := 0; i < 50; i++ {
 		if _, err := os.Stat(dev); err == nil {
 			return nil
