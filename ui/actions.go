@@ -285,10 +285,11 @@ func (a *attachExec) Run() error {
 	}
 	if out == nil {
 		out = os.Stdout
+	} else {
+		// Clear the dashboard off the screen: the attach repaints the
+		// guest terminal's screen over a blank one.
+		io.WriteString(out, "\x1b[H\x1b[2J")
 	}
-	// Clear the dashboard off the screen: the attach repaints the guest
-	// terminal's screen over a blank one.
-	io.WriteString(out, "\x1b[H\x1b[2J")
 	a.res, a.err = a.fn(a.ctx, a.ref, a.pty, in, out)
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -21,75 +22,33 @@ type Backend interface {
 
 var _ Backend = (*sessions.Client)(nil)
 
-// The interfaces below are features whose supervisor API does not exist
-// yet. The dashboard checks for them with a type assertion, so its views
-// light up as soon as the backend grows the methods; until then the key
-// says the feature is not available in this version.
-//
-// Their value types (Policy, Snapshot, ...) are declared here with the
-// shape the dashboard needs. When package sessions declares its own,
-// each declaration here becomes an alias (type Policy = sessions.Policy)
-// and *sessions.Client satisfies the interface with no other change.
+// Optional features are interfaces the dashboard checks for with a type
+// assertion, so a view lights up as soon as the backend has the methods
+// and otherwise says the feature is not available in this version.
 
-// PolicyBackend edits a live session's network and secret policy.
+// PolicyBackend reads and edits a live session's network policy and
+// follows its network decisions. *sessions.Client has it.
 type PolicyBackend interface {
-	// Policy returns the session's current policy.
-	Policy(ctx context.Context, ref string) (Policy, error)
-	// AllowHost adds an allowed host pattern (`*` wildcards).
-	AllowHost(ctx context.Context, ref, pattern string) error
-	// DenyHost removes an allowed host pattern.
-	DenyHost(ctx context.Context, ref, pattern string) error
-	// SetSecret adds a secret or rotates its value; the value never comes
-	// back from the supervisor.
-	SetSecret(ctx context.Context, ref string, secret SecretSpec) error
-	// RemoveSecret removes a secret by name.
-	RemoveSecret(ctx context.Context, ref, name string) error
-	// Requests returns the session's recent mediated requests, newest
-	// last (allowed and blocked).
-	Requests(ctx context.Context, ref string, limit int) ([]Request, error)
+	Policy(ctx context.Context, ref string) (sessions.PolicyView, error)
+	ChangePolicy(ctx context.Context, ref string, ch sessions.PolicyChange) (sessions.PolicyView, error)
+	NetworkEvents(ctx context.Context, ref string, follow bool) (<-chan netpolicy.Event, error)
 }
 
-// SnapshotBackend takes and resumes checkpoints.
+var _ PolicyBackend = (*sessions.Client)(nil)
+
+// SnapshotBackend takes and resumes checkpoints. The supervisor has no
+// snapshot API yet: the types below are the shape the dashboard needs.
+// When package sessions declares its own, each becomes an alias (type
+// Snapshot = sessions.Snapshot) and *sessions.Client satisfies the
+// interface with no other change here.
 type SnapshotBackend interface {
 	// Snapshot checkpoints a session: its disk, or with Live its RAM and
-	// devices too. progress is called as the work advances (0..1).
+	// devices too. progress is called as the work advances.
 	Snapshot(ctx context.Context, ref string, req SnapshotRequest, progress func(SnapshotProgress)) (Snapshot, error)
 	// ListSnapshots returns every snapshot, newest first.
 	ListSnapshots(ctx context.Context) ([]Snapshot, error)
 	// Resume creates a session from a snapshot.
 	Resume(ctx context.Context, snapshot string, req ResumeRequest) (sessions.Session, error)
-}
-
-// Policy is a session's network and secret policy as the dashboard shows
-// it.
-type Policy struct {
-	AllowHosts []string     `json:"allow_hosts"`
-	Secrets    []SecretInfo `json:"secrets"`
-	DNS        string       `json:"dns,omitempty"` // synthetic, trusted or open
-}
-
-// SecretInfo describes a secret without its value.
-type SecretInfo struct {
-	Name  string    `json:"name"`
-	Hosts []string  `json:"hosts"`
-	Set   time.Time `json:"set"` // when the value was last set (rotation)
-}
-
-// SecretSpec adds or rotates a secret.
-type SecretSpec struct {
-	Name  string   `json:"name"`
-	Hosts []string `json:"hosts"`
-	Value string   `json:"value"`
-}
-
-// Request is one mediated network request.
-type Request struct {
-	Time    time.Time `json:"time"`
-	Method  string    `json:"method,omitempty"` // HTTP method, or "TCP"
-	Host    string    `json:"host"`
-	Path    string    `json:"path,omitempty"`
-	Allowed bool      `json:"allowed"`
-	Reason  string    `json:"reason,omitempty"` // why it was blocked
 }
 
 // SnapshotRequest says what to checkpoint.
@@ -120,17 +79,8 @@ type ResumeRequest struct {
 	Name string `json:"name,omitempty"`
 }
 
-// Policy event types the dashboard follows when the supervisor emits them
-// (with Event.Session set): the policy editor refreshes its request log on
-// them.
-const (
-	EventPolicyChanged = "policy.changed"
-	EventRequest       = "net.request"
-)
-
-// SpecExtras fills the parts of a Spec that the new-session form accepts
-// in the CLI's flag syntax but that sessions.Spec does not carry yet:
-// mounts (--mount-hostfs HOST:GUEST[:ro]), allowed hosts (--allow-host)
-// and secrets (--host-secret NAME@HOST[,HOST...]). nil means the
-// supervisor cannot take them, and the form says so.
-type SpecExtras func(spec *sessions.Spec, mounts, allowHosts, secrets []string) error
+// MountSpecs puts the new-session form's mounts, in the CLI's
+// --mount-hostfs syntax (HOST:GUEST[:ro]), into a Spec. sessions.Spec has
+// no mounts yet, so the dashboard has none by default and the form says
+// so; wiring mounts later is setting Options.Mounts.
+type MountSpecs func(spec *sessions.Spec, mounts []string) error

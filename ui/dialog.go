@@ -55,9 +55,16 @@ func (helpDialog) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 }
 
 func (helpDialog) view(m *Model, w, h int) string {
+	lines := 0
+	for _, g := range keyMap {
+		lines += len(g.bindings) + 2
+	}
+	// On short terminals the groups go without blank lines between them,
+	// so that every key still shows.
+	roomy := lines+4 <= h
 	var body []string
 	for i, g := range keyMap {
-		if i > 0 {
+		if i > 0 && roomy {
 			body = append(body, "")
 		}
 		body = append(body, m.st.label.Render(g.title))

@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"charm.land/bubbles/v2/textinput"
 	tea "charm.land/bubbletea/v2"
+	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -34,7 +34,7 @@ var fieldHints = [numFields]string{
 	"e.g. 512M or 2G (empty: 256M)",
 	"HOST:GUEST[:ro], space-separated",
 	"patterns such as api.github.com *.npmjs.org",
-	"NAME@HOST[,HOST...]; values from this environment",
+	"NAME@HOST[,HOST...]; the value is $NAME here",
 }
 
 // formValues is what the user typed, one string per field.
@@ -49,45 +49,79 @@ type fieldError struct {
 func (e *fieldError) Error() string { return e.err.Error() }
 func (e *fieldError) Unwrap() error { return e.err }
 
-// errExtrasUnsupported: the supervisor cannot take mounts, allowed hosts
-// or secrets yet (sessions.Spec has no fields for them).
-var errExtrasUnsupported = errors.New("not supported by this version yet; leave it empty")
-
-var (
-	secretName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	hostPattern = regexp.MustCompile(`^[A-Za-z0-9*]([A-Za-z0-9*.-]*[A-Za-z0-9*])?$`)
-)
+// errMountsUnsupported: sessions.Spec has no mounts yet.
+var errMountsUnsupported = errors.New("mounts: not supported by this version yet; leave it empty (gondolin bash --mount-hostfs when it lands)")
 
 // buildRequest validates the form and turns it into a create request. A
 // failure is a *fieldError naming the field to fix; nothing is sent.
-func buildRequest(v formValues, extras SpecExtras, getenv func(string) string) (sessions.CreateRequest, error) {
-	fail := func(f int, format string, args ...any) (sessions.CreateRequest, error) {
-		return sessions.CreateRequest{}, &fieldError{field: f, err: fmt.Errorf(format, args...)}
+// getenv supplies secret values (the dashboard's environment).
+func buildRequest(v formValues, mounts MountSpecs, getenv func(string) string) (sessions.CreateRequest, error) {
+	fail := func(f int, err error) (sessions.CreateRequest, error) {
+		return sessions.CreateRequest{}, &fieldError{field: f, err: err}
 	}
 	spec := sessions.Spec{
 		Image: strings.TrimSpace(v[fieldImage]),
 		Name:  strings.TrimSpace(v[fieldName]),
 	}
 	if strings.ContainsAny(spec.Image, " \t") {
-		return fail(fieldImage, "image %q: no spaces in an image reference", spec.Image)
+		return fail(fieldImage, fmt.Errorf("image %q: no spaces in an image reference", spec.Image))
 	}
 	if c := strings.TrimSpace(v[fieldCPUs]); c != "" {
 		n, err := strconv.Atoi(c)
-		if err != nil {
-			return fail(fieldCPUs, "CPUs %q: use a whole number from 1 to 64", c)
-		}
-		if n < 1 {
-			return fail(fieldCPUs, "CPUs %d: use 1 to 64", n)
+		if err != nil || n < 1 {
+			return fail(fieldCPUs, fmt.Errorf("CPUs %q: use a whole number from 1 to 64", c))
 		}
 		spec.CPUs = n
 	}
 	if mem := strings.TrimSpace(v[fieldMemory]); mem != "" {
 		mib, err := sessions.ParseMemory(mem)
 		if err != nil {
-			return fail(fieldMemory, "%s", strings.TrimPrefix(err.Error(), "--memory "))
+			return fail(fieldMemory, err)
 		}
 		spec.MemoryMiB = mib
 	}
+
+	var flags netpolicy.Flags
+	flags.AllowHost = strings.Fields(strings.ReplaceAll(v[fieldHosts], ",", " "))
+	for _, h := range flags.AllowHost {
+		if _, err := netpolicy.ParseAllowHost(h); err != nil {
+			return fail(fieldHosts, err)
+		}
+	}
+	// Secrets are NAME@HOST[,HOST...] with the value taken from the
+	// dashboard's environment: a value typed here would sit in plain
+	// sight on the screen (the policy editor takes values masked).
+	flags.HostSecret = strings.Fields(v[fieldSecrets])
+	for _, sec := range flags.HostSecret {
+		if strings.Contains(sec, "=") {
+			return fail(fieldSecrets, fmt.Errorf("%s: no =VALUE here; export the variable before starting gondolin, or set the value masked in the policy editor (p)", strings.SplitN(sec, "=", 2)[0]))
+		}
+		if _, err := netpolicy.ParseHostSecret(sec, getenv); err != nil {
+			return fail(fieldSecrets, err)
+		}
+	}
+	if len(flags.AllowHost)+len(flags.HostSecret) > 0 {
+		p, err := flags.Policy(getenv)
+		if err != nil {
+			return fail(fieldHosts, err)
+		}
+		spec.Policy = &p
+	}
+
+	if list := strings.Fields(v[fieldMounts]); len(list) > 0 {
+		for _, mt := range list {
+			if err := checkMount(mt); err != nil {
+				return fail(fieldMounts, fmt.Errorf("mount %q: %v", mt, err))
+			}
+		}
+		if mounts == nil {
+			return fail(fieldMounts, errMountsUnsupported)
+		}
+		if err := mounts(&spec, list); err != nil {
+			return fail(fieldMounts, err)
+		}
+	}
+
 	if err := spec.Validate(); err != nil {
 		field := fieldImage
 		switch msg := err.Error(); {
@@ -97,46 +131,19 @@ func buildRequest(v formValues, extras SpecExtras, getenv func(string) string) (
 			field = fieldMemory
 		case strings.HasPrefix(msg, "--name"):
 			field = fieldName
+		case strings.Contains(msg, "secret"):
+			field = fieldSecrets
+		case strings.Contains(msg, "allow"):
+			field = fieldHosts
 		}
-		return sessions.CreateRequest{}, &fieldError{field: field, err: err}
+		return fail(field, err)
 	}
-
-	mounts := strings.Fields(v[fieldMounts])
-	for _, mt := range mounts {
-		if err := checkMount(mt); err != nil {
-			return fail(fieldMounts, "mount %q: %v", mt, err)
-		}
-	}
-	hosts := strings.Fields(strings.ReplaceAll(v[fieldHosts], ",", " "))
-	for _, h := range hosts {
-		if !hostPattern.MatchString(h) {
-			return fail(fieldHosts, "host %q: use a host name, * as a wildcard (no scheme, port or path)", h)
-		}
-	}
-	secrets := strings.Fields(v[fieldSecrets])
-	for _, s := range secrets {
-		if err := checkSecret(s, getenv); err != nil {
-			return fail(fieldSecrets, "secret %q: %v", s, err)
-		}
-	}
-	if extras == nil {
-		for f, list := range map[int][]string{fieldMounts: mounts, fieldHosts: hosts, fieldSecrets: secrets} {
-			if len(list) > 0 {
-				return sessions.CreateRequest{}, &fieldError{field: f, err: fmt.Errorf("%s: %w", strings.ToLower(fieldLabels[f]), errExtrasUnsupported)}
-			}
-		}
-	} else if err := extras(&spec, mounts, hosts, secrets); err != nil {
-		return sessions.CreateRequest{}, &fieldError{field: fieldMounts, err: err}
-	}
-	return sessions.CreateRequest{Spec: spec}, nil
+	return sessions.CreateRequest{Spec: spec, SecretValues: spec.SecretValues()}, nil
 }
 
 func checkMount(s string) error {
 	parts := strings.Split(s, ":")
-	if len(parts) < 2 || len(parts) > 3 {
-		return errors.New("use HOST:GUEST or HOST:GUEST:ro")
-	}
-	if parts[0] == "" || parts[1] == "" {
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
 		return errors.New("use HOST:GUEST or HOST:GUEST:ro")
 	}
 	if !strings.HasPrefix(parts[1], "/") {
@@ -144,28 +151,6 @@ func checkMount(s string) error {
 	}
 	if len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw" {
 		return fmt.Errorf("%q: the mode is ro or rw", parts[2])
-	}
-	return nil
-}
-
-func checkSecret(s string, getenv func(string) string) error {
-	name, hosts, ok := strings.Cut(s, "@")
-	if !ok || name == "" || hosts == "" {
-		return errors.New("use NAME@HOST[,HOST...]")
-	}
-	if !secretName.MatchString(name) {
-		return errors.New("the name is letters, digits and _")
-	}
-	if strings.Contains(hosts, "=") {
-		return errors.New("no =VALUE here: the value comes from this environment (or the policy editor, p, masked)")
-	}
-	for _, h := range strings.Split(hosts, ",") {
-		if !hostPattern.MatchString(h) {
-			return fmt.Errorf("host %q: use a host name, * as a wildcard", h)
-		}
-	}
-	if getenv(name) == "" {
-		return fmt.Errorf("$%s is not set in the dashboard's environment", name)
 	}
 	return nil
 }
@@ -224,7 +209,7 @@ func (f *sessionForm) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 		f.focus = (f.focus + numFields - 1) % numFields
 		return false, f.focusCmd()
 	case "enter":
-		req, err := buildRequest(f.values(), m.opts.Extras, os.Getenv)
+		req, err := buildRequest(f.values(), m.opts.Mounts, os.Getenv)
 		if err != nil {
 			var fe *fieldError
 			if errors.As(err, &fe) {
@@ -309,7 +294,7 @@ func (f *sessionForm) view(m *Model, w, h int) string {
 		f.inputs[i].SetWidth(max(inner-labelW-5, 8))
 		body = append(body, marker+label+" "+f.inputs[i].View())
 		hint := fieldHints[i]
-		if m.opts.Extras == nil && i >= fieldMounts {
+		if m.opts.Mounts == nil && i == fieldMounts {
 			hint = "not supported by this version yet"
 		}
 		if f.err != nil && f.err.field == i {

@@ -16,8 +16,8 @@ var keyMap = []bindingGroup{
 	{"Sessions", []binding{
 		{"↑/k ↓/j", "select a session"},
 		{"PgUp PgDn g G", "page, first, last"},
-		{"/", "filter by name, ID, image, state or label (Esc clears)"},
-		{"enter", "attach full-screen to the previewed terminal (Ctrl-] comes back)"},
+		{"/", "filter by name, ID, image, state, label (Esc clears)"},
+		{"enter", "attach to the previewed terminal (Ctrl-] detaches)"},
 		{"tab 1-9", "preview the next terminal, or terminal N"},
 		{"c", "open a new shell terminal in the session"},
 		{"n", "new session"},
@@ -25,7 +25,7 @@ var keyMap = []bindingGroup{
 		{"d", "remove a stale or stopped session (asks first)"},
 	}},
 	{"Policy and snapshots", []binding{
-		{"p", "network and secret policy: allowed hosts, secrets, recent requests"},
+		{"p", "policy: allowed hosts, secrets, recent requests"},
 		{"s", "snapshot the session (disk, or live with RAM)"},
 		{"r", "resume a session from a snapshot"},
 	}},
@@ -47,6 +47,4 @@ var shortHelp = []binding{
 	{"d", "rm"},
 	{"p", "policy"},
 	{"s", "snap"},
-	{"?", "help"},
-	{"q", "quit"},
 }

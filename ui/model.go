@@ -27,9 +27,9 @@ type Options struct {
 	// Attach runs the full-screen attach behind Enter; nil: Enter says
 	// attaching is not available.
 	Attach AttachFunc
-	// Extras lets the new-session form pass mounts, allowed hosts and
-	// secrets; nil: the form says the supervisor does not take them yet.
-	Extras SpecExtras
+	// Mounts lets the new-session form pass mounts; nil: the form says
+	// this version does not take them yet.
+	Mounts MountSpecs
 	// UsageRefresh re-lists sessions at this interval while any is live,
 	// only to update the CPU and memory columns: the supervisor measures
 	// them when asked and sends no event for them. 0: never.
@@ -146,6 +146,9 @@ type (
 		events []sessions.Event
 		closed bool
 	}
+	// inspectMsg runs a function on the model inside the program's
+	// goroutine: tests read the model through it without racing.
+	inspectMsg   func(*Model)
 	reconnectMsg struct{}
 	tickMsg      struct{}
 	usageMsg     struct{}
@@ -315,6 +318,9 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.onAttachDone(msg)
 	case createDoneMsg:
 		return m, m.onCreateDone(msg)
+	case inspectMsg:
+		msg(m)
+		return m, nil
 	}
 	if m.dialog != nil {
 		done, cmd := m.dialog.update(m, msg)

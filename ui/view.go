@@ -33,7 +33,11 @@ func (m *Model) layout() frame {
 
 // View renders the dashboard.
 func (m *Model) View() tea.View {
-	v := tea.NewView(m.render())
+	content := ""
+	if !m.quitting {
+		content = m.render()
+	}
+	v := tea.NewView(content)
 	v.AltScreen = true
 	v.WindowTitle = "gondolin"
 	return v
@@ -43,9 +47,6 @@ func (m *Model) View() tea.View {
 // cells; a frame never depends on the previous one, so a resize only
 // needs the next render.
 func (m *Model) render() string {
-	if m.quitting {
-		return ""
-	}
 	w, h := max(m.width, 20), max(m.height, 3)
 	f := m.layout()
 	lines := make([]string, 0, h)
@@ -116,19 +117,20 @@ type column struct {
 	min, max int // max 0: takes any spare width
 	prio     int // higher survives longer
 	right    bool
+	cut      bool // truncate without an ellipsis (an ID prefix still works)
 	cell     func(m *Model, s sessions.Session) string
 }
 
 var columns = []column{
 	{title: "NAME", min: 8, max: 20, prio: 9, cell: func(_ *Model, s sessions.Session) string { return dash(s.Name) }},
-	{title: "ID", min: 12, max: 12, prio: 8, cell: func(_ *Model, s sessions.Session) string { return s.ID }},
+	{title: "ID", min: 8, max: 12, prio: 8, cut: true, cell: func(_ *Model, s sessions.Session) string { return s.ID }},
 	{title: "STATE", min: 7, max: 0, prio: 10, cell: func(_ *Model, s sessions.Session) string { return stateText(s) }},
 	{title: "IMAGE", min: 10, max: 22, prio: 5, cell: func(_ *Model, s sessions.Session) string { return s.Image }},
 	{title: "UP", min: 4, max: 5, prio: 6, right: true, cell: func(m *Model, s sessions.Session) string { return m.uptime(s) }},
 	{title: "CPU", min: 5, max: 5, prio: 4, right: true, cell: func(_ *Model, s sessions.Session) string { return cpuText(s) }},
 	{title: "MEM", min: 5, max: 6, prio: 3, right: true, cell: func(_ *Model, s sessions.Session) string { return memText(s) }},
 	{title: "PTYS", min: 4, max: 4, prio: 7, right: true, cell: func(_ *Model, s sessions.Session) string { return ptysText(s) }},
-	{title: "POLICY", min: 10, max: 0, prio: 2, cell: func(m *Model, s sessions.Session) string { return m.policySummary(s) }},
+	{title: "POLICY", min: 10, max: 0, prio: 2, cell: func(_ *Model, s sessions.Session) string { return dash(s.Policy) }},
 }
 
 const markerWidth = 2 // "> " on the selected row
@@ -137,8 +139,8 @@ const markerWidth = 2 // "> " on the selected row
 func (m *Model) colWidths(w int) []int {
 	widths := make([]int, len(columns))
 	on := make([]bool, len(columns))
-	for i, c := range columns {
-		on[i] = c.title != "POLICY" || m.policyBackend() != nil
+	for i := range columns {
+		on[i] = true
 	}
 	need := func() int {
 		n := markerWidth
@@ -167,26 +169,46 @@ func (m *Model) colWidths(w int) []int {
 			widths[i] = c.min
 		}
 	}
-	// Bounded columns first, then the unbounded ones share the rest.
-	for i, c := range columns {
-		if on[i] && c.max > c.min && spare > 0 {
-			add := min(c.max-c.min, spare)
-			widths[i] += add
-			spare -= add
+	// Spare width goes first to what the rows on screen need in STATE
+	// (a stale session's reason) and POLICY, then to names, images and
+	// full IDs; what is left pads the last column.
+	for _, i := range growOrder {
+		if !on[i] || spare == 0 {
+			continue
 		}
-	}
-	var open []int
-	for i, c := range columns {
-		if on[i] && c.max == 0 {
-			open = append(open, i)
+		limit := columns[i].max
+		if limit == 0 {
+			limit = m.contentWidth(i)
 		}
-	}
-	for k, i := range open {
-		add := spare / (len(open) - k)
+		add := min(max(limit-widths[i], 0), spare)
 		widths[i] += add
 		spare -= add
 	}
 	return widths
+}
+
+// growOrder lists columns by who gets spare width first.
+var growOrder = func() []int {
+	var order []int
+	for _, title := range []string{"STATE", "POLICY", "NAME", "ID", "IMAGE", "UP", "CPU", "MEM", "PTYS"} {
+		for i, c := range columns {
+			if c.title == title {
+				order = append(order, i)
+			}
+		}
+	}
+	return order
+}()
+
+// contentWidth is the widest cell of column i among the rows on screen
+// (at most 40 cells).
+func (m *Model) contentWidth(i int) int {
+	n := 0
+	rows := m.layout().tableRows
+	for r := m.offset; r < len(m.visible) && r < m.offset+rows; r++ {
+		n = max(n, ansi.StringWidth(columns[i].cell(m, m.all[m.visible[r]])))
+	}
+	return min(n, 40)
 }
 
 func (m *Model) tableHeader(w int) string {
@@ -232,7 +254,11 @@ func (m *Model) tableBody(w, rows int) []string {
 			if widths[i] == 0 {
 				continue
 			}
-			cell := fit(c.cell(m, s), widths[i], c.right)
+			text := c.cell(m, s)
+			if c.cut {
+				text = ansi.Truncate(text, widths[i], "")
+			}
+			cell := fit(text, widths[i], c.right)
 			if c.title == "STATE" && !sel {
 				cell = m.st.stateStyle(s.State).Render(cell)
 			}
@@ -480,22 +506,23 @@ func (m *Model) statusLine(w int) string {
 	return ""
 }
 
+// helpBar lists the main keys that fit; "? help" and "q quit" always
+// show, at the right.
 func (m *Model) helpBar(w int) string {
+	item := func(k binding) string { return m.st.key.Render(k.keys) + " " + m.st.dim.Render(k.help) }
+	right := item(binding{"?", "help"}) + "  " + item(binding{"q", "quit"})
+	avail := w - ansi.StringWidth(right) - 2
 	var b strings.Builder
 	used := 0
 	for _, k := range shortHelp {
-		item := k.keys + " " + k.help
-		n := len(item) + 2
-		if used+n > w {
+		n := len(k.keys) + 1 + len(k.help) + 2
+		if used+n > avail {
 			break
 		}
-		if used > 0 {
-			b.WriteString("  ")
-		}
-		b.WriteString(m.st.key.Render(k.keys) + " " + m.st.dim.Render(k.help))
+		b.WriteString(item(k) + "  ")
 		used += n
 	}
-	return b.String()
+	return spread(strings.TrimRight(b.String(), " "), right, w)
 }
 
 // overlay draws box (a multi-line string) centred over lines.

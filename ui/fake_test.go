@@ -1,0 +1,300 @@
+package ui
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/sessions"
+)
+
+// epoch is the fake clock: every session's age is measured against it.
+var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func TestMain(m *testing.M) {
+	// Request times in the policy editor print in local time.
+	time.Local = time.UTC
+	os.Exit(m.Run())
+}
+
+// fakeBackend is an in-memory supervisor with the policy and snapshot
+// features.
+type fakeBackend struct {
+	mu       sync.Mutex
+	sessions []sessions.Session
+	screens  map[string]sessions.Screen // "id/pty"
+	policies map[string]sessions.PolicyView
+	netlog   []netpolicy.Event
+	snaps    []Snapshot
+	events   chan sessions.Event
+	// eventsErr makes Events fail (the supervisor is down).
+	eventsErr error
+
+	calls   map[string]int
+	created []sessions.CreateRequest
+	changes []sessions.PolicyChange
+	// snapProgress is what Snapshot reports before it returns; gate, if
+	// set, holds Snapshot until closed.
+	snapProgress []SnapshotProgress
+	gate         chan struct{}
+}
+
+// basicBackend hides the optional features of a fake.
+type basicBackend struct{ Backend }
+
+func newFake(list ...sessions.Session) *fakeBackend {
+	return &fakeBackend{
+		sessions: list,
+		screens:  map[string]sessions.Screen{},
+		policies: map[string]sessions.PolicyView{},
+		events:   make(chan sessions.Event, 64),
+		calls:    map[string]int{},
+	}
+}
+
+func (f *fakeBackend) count(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[name]
+}
+
+func (f *fakeBackend) called(name string) {
+	f.mu.Lock()
+	f.calls[name]++
+	f.mu.Unlock()
+}
+
+func (f *fakeBackend) find(ref string) (int, error) {
+	for i, s := range f.sessions {
+		if s.ID == ref || s.Name == ref {
+			return i, nil
+		}
+	}
+	return -1, fmt.Errorf("session %s: %w", ref, sessions.ErrNotFound)
+}
+
+func (f *fakeBackend) List(ctx context.Context, all bool) ([]sessions.Session, error) {
+	f.called("List")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]sessions.Session(nil), f.sessions...), nil
+}
+
+func (f *fakeBackend) Create(ctx context.Context, req sessions.CreateRequest) (sessions.Session, error) {
+	f.called("Create")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.created = append(f.created, req)
+	s := sessions.Session{ID: fmt.Sprintf("c0ffee%06d", len(f.created)), Name: req.Spec.Name, State: sessions.Live,
+		Created: epoch, Image: orDefault(req.Spec.Image, "default:latest"), Spec: req.Spec,
+		PTYs: []sessions.PTY{{ID: 1, Running: true, Main: true}}}
+	f.sessions = append([]sessions.Session{s}, f.sessions...)
+	return s, nil
+}
+
+func (f *fakeBackend) Stop(ctx context.Context, ref string) (sessions.Session, error) {
+	f.called("Stop")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, err := f.find(ref)
+	if err != nil {
+		return sessions.Session{}, err
+	}
+	f.sessions[i].State = sessions.Stopped
+	f.sessions[i].Usage = nil
+	return f.sessions[i], nil
+}
+
+func (f *fakeBackend) Remove(ctx context.Context, ref string, force bool) error {
+	f.called("Remove")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, err := f.find(ref)
+	if err != nil {
+		return err
+	}
+	f.sessions = append(f.sessions[:i], f.sessions[i+1:]...)
+	return nil
+}
+
+func (f *fakeBackend) OpenPTY(ctx context.Context, ref string, req sessions.OpenPTYRequest) (sessions.PTY, error) {
+	f.called("OpenPTY")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, err := f.find(ref)
+	if err != nil {
+		return sessions.PTY{}, err
+	}
+	p := sessions.PTY{ID: uint64(len(f.sessions[i].PTYs) + 1), Argv: []string{"bash"}, Running: true}
+	f.sessions[i].PTYs = append(f.sessions[i].PTYs, p)
+	return p, nil
+}
+
+func (f *fakeBackend) Screen(ctx context.Context, ref string, pty uint64) (sessions.Screen, error) {
+	f.called("Screen")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	scr, ok := f.screens[fmt.Sprintf("%s/%d", ref, pty)]
+	if !ok {
+		return sessions.Screen{}, fmt.Errorf("terminal %d: %w", pty, sessions.ErrNotFound)
+	}
+	return scr, nil
+}
+
+func (f *fakeBackend) Events(ctx context.Context) (<-chan sessions.Event, error) {
+	f.called("Events")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.eventsErr != nil {
+		return nil, f.eventsErr
+	}
+	return f.events, nil
+}
+
+func (f *fakeBackend) Policy(ctx context.Context, ref string) (sessions.PolicyView, error) {
+	f.called("Policy")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.policies[ref], nil
+}
+
+func (f *fakeBackend) ChangePolicy(ctx context.Context, ref string, ch sessions.PolicyChange) (sessions.PolicyView, error) {
+	f.called("ChangePolicy")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.changes = append(f.changes, ch)
+	v := f.policies[ref]
+	p := v.Policy.Clone()
+	switch {
+	case ch.Allow != "":
+		p.AllowHost(ch.Allow)
+	case ch.Unallow != "":
+		p.Allow = removeString(p.Allow, ch.Unallow)
+	case ch.SetSecret != "":
+		name, hosts, _ := strings.Cut(ch.SetSecret, "@")
+		p.SetSecret(netpolicy.Secret{Name: name, Hosts: strings.Split(hosts, ","), Value: netpolicy.NewSecretValue(*ch.SecretValue)})
+	case ch.RemoveSecret != "":
+		p.RemoveSecret(ch.RemoveSecret)
+	}
+	v.Policy = p
+	f.policies[ref] = v
+	return v, nil
+}
+
+func removeString(list []string, s string) []string {
+	var out []string
+	for _, x := range list {
+		if x != s {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func (f *fakeBackend) NetworkEvents(ctx context.Context, ref string, follow bool) (<-chan netpolicy.Event, error) {
+	f.called("NetworkEvents")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan netpolicy.Event, len(f.netlog)+1)
+	for _, e := range f.netlog {
+		ch <- e
+	}
+	// Left open, as a followed stream is; the test's context ends it.
+	go func() {
+		<-ctx.Done()
+	}()
+	return ch, nil
+}
+
+func (f *fakeBackend) Snapshot(ctx context.Context, ref string, req SnapshotRequest, progress func(SnapshotProgress)) (Snapshot, error) {
+	f.called("Snapshot")
+	for _, p := range f.snapProgress {
+		progress(p)
+	}
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return Snapshot{}, ctx.Err()
+		}
+	}
+	s := Snapshot{ID: "snap0001", Name: req.Name, Session: ref, Live: req.Live, Created: epoch, Bytes: 300 << 20}
+	f.mu.Lock()
+	f.snaps = append([]Snapshot{s}, f.snaps...)
+	f.mu.Unlock()
+	return s, nil
+}
+
+func (f *fakeBackend) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
+	f.called("ListSnapshots")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Snapshot(nil), f.snaps...), nil
+}
+
+func (f *fakeBackend) Resume(ctx context.Context, snapshot string, req ResumeRequest) (sessions.Session, error) {
+	f.called("Resume")
+	return f.Create(ctx, sessions.CreateRequest{Spec: sessions.Spec{Name: "resumed"}})
+}
+
+var (
+	_ PolicyBackend   = (*fakeBackend)(nil)
+	_ SnapshotBackend = (*fakeBackend)(nil)
+)
+
+// screenOf builds a terminal screen holding lines, the cursor after the
+// last one.
+func screenOf(rows, cols int, lines ...string) sessions.Screen {
+	all := make([]string, rows)
+	copy(all, lines)
+	return sessions.Screen{Rows: rows, Cols: cols, Text: strings.Join(all, "\n"), Cursor: [2]int{max(len(lines)-1, 0), len(lines[len(lines)-1])}}
+}
+
+func exitCode(n int) *int { return &n }
+
+// sampleBackend is the fixture most views are drawn from: live, stale and
+// stopped sessions, two terminals, usage figures and a policy.
+func sampleBackend() *fakeBackend {
+	f := newFake(
+		sessions.Session{ID: "a1b2c3d4e5f6", Name: "api", State: sessions.Live, PID: 4242, Created: epoch.Add(-95 * time.Minute),
+			Image: "default:latest", Policy: "3 hosts, 1 secret", Usage: &sessions.Usage{CPUPercent: 3.25, RSSBytes: 212 << 20},
+			Label: "api work",
+			PTYs: []sessions.PTY{
+				{ID: 1, Running: true, Main: true},
+				{ID: 2, Argv: []string{"/usr/bin/top"}, Running: true},
+			}},
+		sessions.Session{ID: "0f9e8d7c6b5a", Name: "build", State: sessions.Live, PID: 4343, Created: epoch.Add(-26 * time.Hour),
+			Image: "debian:12", Policy: "public web", Usage: &sessions.Usage{CPUPercent: 87, RSSBytes: 1536 << 20},
+			PTYs: []sessions.PTY{{ID: 1, Running: true, Main: true}}},
+		sessions.Session{ID: "deadbeef0001", Name: "old", State: sessions.Stale, Reason: "the VM is not running",
+			Created: epoch.Add(-50 * time.Hour), Image: "default:latest",
+			PTYs: []sessions.PTY{{ID: 1, Main: true}}},
+		sessions.Session{ID: "5e55a0000002", State: sessions.Stopped, Created: epoch.Add(-3 * time.Hour), Image: "default:latest",
+			PTYs: []sessions.PTY{{ID: 1, Main: true, ExitCode: exitCode(0)}}},
+	)
+	f.screens["a1b2c3d4e5f6/1"] = screenOf(24, 80, "root@api:~# make test", "ok  \tgithub.com/example/api\t0.412s", "root@api:~# echo hello", "hello", "root@api:~# ")
+	f.screens["a1b2c3d4e5f6/2"] = screenOf(24, 80, "top - 12:00:00 up 1:35,  0 users,  load average: 0.08", "Tasks:  12 total,   1 running")
+	f.screens["0f9e8d7c6b5a/1"] = screenOf(24, 80, "root@build:~# ./build.sh", "[3/7] compiling")
+	f.policies["a1b2c3d4e5f6"] = sessions.PolicyView{
+		Policy: netpolicy.Policy{
+			Allow:   []string{"api.github.com", "*.npmjs.org", "proxy.golang.org"},
+			Secrets: []netpolicy.Secret{{Name: "GH_TOKEN", Hosts: []string{"api.github.com"}}, {Name: "NPM_TOKEN", Hosts: []string{"registry.npmjs.org"}}},
+			DNS:     netpolicy.DNSSynthetic,
+		},
+		Missing: []string{"NPM_TOKEN"},
+	}
+	f.netlog = []netpolicy.Event{
+		{Time: epoch.Add(-20 * time.Second), Action: netpolicy.Allowed, Proto: "https", Method: "GET", Host: "api.github.com", Path: "/repos/x/y", Rule: "allow api.github.com", Secrets: []string{"GH_TOKEN"}},
+		{Time: epoch.Add(-10 * time.Second), Action: netpolicy.Blocked, Proto: "https", Method: "POST", Host: "evil.example", Path: "/upload", Reason: "host not allowed"},
+	}
+	f.snaps = []Snapshot{
+		{ID: "snapaaaa0001", Name: "before-upgrade", Session: "a1b2c3d4e5f6", Live: true, Created: epoch.Add(-2 * time.Hour), Bytes: 512 << 20},
+		{ID: "snapaaaa0002", Session: "0f9e8d7c6b5a", Created: epoch.Add(-26 * time.Hour), Bytes: 80 << 20},
+	}
+	return f
+}

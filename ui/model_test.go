@@ -1,0 +1,415 @@
+package ui
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/charmbracelet/x/ansi"
+	"github.com/gondolin/gondolin/sessions"
+)
+
+func TestFilter(t *testing.T) {
+	s := sessions.Session{ID: "a1b2c3d4e5f6", Name: "api", State: sessions.Stale, Image: "debian:12", Label: "API work", Reason: "the VM is not running"}
+	tests := []struct {
+		q    string
+		want bool
+	}{
+		{"", true},
+		{"api", true},
+		{"API", true},
+		{"a1b2", true},
+		{"debian", true},
+		{"stale", true},
+		{"live", false},
+		{"not running", true},
+		{"api debian", true},
+		{"api ubuntu", false},
+		{"work", true},
+		{"zzz", false},
+	}
+	for _, tt := range tests {
+		if got := matches(s, tt.q); got != tt.want {
+			t.Errorf("matches(%q) = %v, want %v", tt.q, got, tt.want)
+		}
+	}
+}
+
+func TestBuildRequest(t *testing.T) {
+	env := map[string]string{"GH_TOKEN": "ghp_secret"}
+	getenv := func(k string) string { return env[k] }
+	form := func(kv ...any) formValues {
+		var v formValues
+		v[fieldImage] = "default:latest"
+		for i := 0; i < len(kv); i += 2 {
+			v[kv[i].(int)] = kv[i+1].(string)
+		}
+		return v
+	}
+	tests := []struct {
+		name      string
+		v         formValues
+		mounts    MountSpecs
+		wantField int // -1: valid
+		wantErr   string
+		check     func(t *testing.T, req sessions.CreateRequest)
+	}{
+		{name: "defaults", v: form(), wantField: -1, check: func(t *testing.T, r sessions.CreateRequest) {
+			if r.Spec.Image != "default:latest" || r.Spec.CPUs != 0 || r.Spec.MemoryMiB != 0 || r.Spec.Policy != nil {
+				t.Errorf("spec %+v", r.Spec)
+			}
+		}},
+		{name: "everything", v: form(fieldName, "web-1", fieldCPUs, "2", fieldMemory, "1G", fieldHosts, "api.github.com, *.npmjs.org", fieldSecrets, "GH_TOKEN@api.github.com"),
+			wantField: -1, check: func(t *testing.T, r sessions.CreateRequest) {
+				s := r.Spec
+				if s.Name != "web-1" || s.CPUs != 2 || s.MemoryMiB != 1024 {
+					t.Errorf("spec %+v", s)
+				}
+				if s.Policy == nil || len(s.Policy.Allow) != 2 || len(s.Policy.Secrets) != 1 {
+					t.Fatalf("policy %+v", s.Policy)
+				}
+				if r.SecretValues["GH_TOKEN"] != "ghp_secret" {
+					t.Errorf("secret values %v", r.SecretValues)
+				}
+			}},
+		{name: "bad name", v: form(fieldName, "-x"), wantField: fieldName, wantErr: "--name"},
+		{name: "image with space", v: form(fieldImage, "a b"), wantField: fieldImage, wantErr: "no spaces"},
+		{name: "cpus not a number", v: form(fieldCPUs, "two"), wantField: fieldCPUs, wantErr: "whole number"},
+		{name: "cpus zero", v: form(fieldCPUs, "0"), wantField: fieldCPUs},
+		{name: "cpus too many", v: form(fieldCPUs, "65"), wantField: fieldCPUs, wantErr: "--cpus"},
+		{name: "memory too small", v: form(fieldMemory, "12"), wantField: fieldMemory, wantErr: "64M"},
+		{name: "memory garbage", v: form(fieldMemory, "lots"), wantField: fieldMemory},
+		{name: "host with scheme", v: form(fieldHosts, "https://x.com"), wantField: fieldHosts},
+		{name: "secret without host", v: form(fieldSecrets, "GH_TOKEN"), wantField: fieldSecrets},
+		{name: "secret inline value refused", v: form(fieldSecrets, "GH_TOKEN@x.com=v"), wantField: fieldSecrets, wantErr: "no =VALUE"},
+		{name: "secret not in env", v: form(fieldSecrets, "NOPE@x.com"), wantField: fieldSecrets, wantErr: "NOPE"},
+		{name: "mount syntax", v: form(fieldMounts, "/src"), wantField: fieldMounts, wantErr: "HOST:GUEST"},
+		{name: "mount relative guest", v: form(fieldMounts, "/src:work"), wantField: fieldMounts, wantErr: "absolute"},
+		{name: "mount bad mode", v: form(fieldMounts, "/src:/work:rx"), wantField: fieldMounts, wantErr: "ro or rw"},
+		{name: "mounts unsupported", v: form(fieldMounts, "/src:/work:ro"), wantField: fieldMounts, wantErr: "not supported"},
+		{name: "mounts once supported", v: form(fieldMounts, "/src:/work:ro"), wantField: -1,
+			mounts: func(s *sessions.Spec, m []string) error { s.Env = append(s.Env, "MOUNTS="+strings.Join(m, ",")); return nil },
+			check: func(t *testing.T, r sessions.CreateRequest) {
+				if len(r.Spec.Env) != 1 || r.Spec.Env[0] != "MOUNTS=/src:/work:ro" {
+					t.Errorf("mounts not passed: %+v", r.Spec)
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := buildRequest(tt.v, tt.mounts, getenv)
+			if tt.wantField < 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tt.check != nil {
+					tt.check(t, req)
+				}
+				return
+			}
+			var fe *fieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("err %v, want a field error", err)
+			}
+			if fe.field != tt.wantField || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("field %s: %v; want field %s mentioning %q", fieldLabels[fe.field], err, fieldLabels[tt.wantField], tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "ghp_secret") {
+				t.Error("the error shows a secret value")
+			}
+		})
+	}
+}
+
+// attachRecorder is an AttachFunc that records its calls.
+type attachRecorder struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (a *attachRecorder) attach(ctx context.Context, ref string, pty uint64, in, out *os.File) (sessions.AttachResult, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = append(a.calls, ref+"/"+string(rune('0'+pty)))
+	return sessions.AttachResult{Detached: true}, nil
+}
+
+func TestKeys(t *testing.T) {
+	type check func(t *testing.T, h *harness, f *fakeBackend)
+	selected := func(name string) check {
+		return func(t *testing.T, h *harness, f *fakeBackend) {
+			h.inspect(func(m *Model) {
+				if s, _ := m.current(); s.Name != name {
+					t.Errorf("selected %q, want %q", s.Name, name)
+				}
+			})
+		}
+	}
+	previewing := func(pty uint64) check {
+		return func(t *testing.T, h *harness, f *fakeBackend) {
+			h.inspect(func(m *Model) {
+				if _, p := m.previewTarget(); p != pty {
+					t.Errorf("previewing terminal %d, want %d", p, pty)
+				}
+			})
+		}
+	}
+	status := func(want string) check {
+		return func(t *testing.T, h *harness, f *fakeBackend) {
+			h.inspect(func(m *Model) {
+				if !strings.Contains(m.status, want) {
+					t.Errorf("status %q, want it to mention %q", m.status, want)
+				}
+			})
+		}
+	}
+	calls := func(name string, n int) check {
+		return func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil(name+" called", func(*Model) bool { return f.count(name) >= n })
+			if got := f.count(name); got != n {
+				t.Errorf("%s called %d times, want %d", name, got, n)
+			}
+		}
+	}
+	noDialog := func(t *testing.T, h *harness, f *fakeBackend) {
+		h.inspect(func(m *Model) {
+			if m.dialog != nil {
+				t.Errorf("dialog %T open", m.dialog)
+			}
+		})
+	}
+	state := func(name string, want sessions.State) check {
+		return func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil(name+" is "+string(want), func(m *Model) bool {
+				for _, s := range m.all {
+					if s.Name == name {
+						return s.State == want
+					}
+				}
+				return false
+			})
+		}
+	}
+	tests := []struct {
+		name   string
+		keys   []string
+		checks []check
+	}{
+		{"starts on the newest live session", nil, []check{selected("api"), previewing(2)}},
+		{"j moves down", []string{"j"}, []check{selected("build"), previewing(1)}},
+		{"down arrow moves down", []string{"down"}, []check{selected("build")}},
+		{"k at the top stays", []string{"k"}, []check{selected("api")}},
+		{"j stops at the bottom", []string{"j", "j", "j", "j", "j", "j"}, []check{selected("")}},
+		{"G and g", []string{"G"}, []check{selected("")}},
+		{"g goes to the top", []string{"G", "g"}, []check{selected("api")}},
+		{"tab cycles terminals", []string{"tab"}, []check{previewing(1)}},
+		{"tab wraps around", []string{"tab", "tab"}, []check{previewing(2)}},
+		{"1 picks terminal 1", []string{"1"}, []check{previewing(1)}},
+		{"9 beyond the terminals", []string{"9"}, []check{previewing(2), status("has 2 terminal")}},
+		{"enter attaches to the previewed terminal", []string{"1", "enter"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {}}},
+		{"enter on a stale session", []string{"j", "j", "enter"}, []check{status("it is stale")}},
+		{"c opens a shell", []string{"c"}, []check{calls("OpenPTY", 1), func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil("new terminal previewed", func(m *Model) bool { _, p := m.previewTarget(); return p == 3 })
+		}}},
+		{"c on a stopped session", []string{"G", "c"}, []check{status("stopped"), calls("OpenPTY", 0)}},
+		{"x then y stops", []string{"x", "y"}, []check{calls("Stop", 1), state("api", sessions.Stopped)}},
+		{"x then n does not", []string{"x", "n"}, []check{noDialog, calls("Stop", 0)}},
+		{"x then esc does not", []string{"x", "esc"}, []check{noDialog, calls("Stop", 0)}},
+		{"x on a stale session", []string{"j", "j", "x"}, []check{noDialog, status("it is stale")}},
+		{"d on a live session refuses", []string{"d"}, []check{noDialog, status("stop it first")}},
+		{"d then y removes a stopped one", []string{"G", "d", "y"}, []check{calls("Remove", 1)}},
+		{"/ filters and esc clears", []string{"/", "build", "enter"}, []check{selected("build"), func(t *testing.T, h *harness, f *fakeBackend) {
+			h.inspect(func(m *Model) {
+				if len(m.visible) != 1 {
+					t.Errorf("%d visible", len(m.visible))
+				}
+			})
+			h.keys("esc")
+			h.inspect(func(m *Model) {
+				if len(m.visible) != 4 {
+					t.Errorf("%d visible after esc", len(m.visible))
+				}
+			})
+		}}},
+		{"q inside the filter is text", []string{"/", "q"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
+			h.inspect(func(m *Model) {
+				if m.quitting || m.filter.Value() != "q" {
+					t.Errorf("quitting %v, filter %q", m.quitting, m.filter.Value())
+				}
+			})
+		}}},
+		{"? opens help, any key closes", []string{"?", "j"}, []check{noDialog, selected("api")}},
+		{"n creates a session", []string{"n", "tab", "web", "tab", "2", "enter"}, []check{calls("Create", 1), func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil("new session selected", func(m *Model) bool { s, _ := m.current(); return s.Name == "web" })
+			if r := f.created[0]; r.Spec.Name != "web" || r.Spec.CPUs != 2 || r.Rows == 0 || r.Cols == 0 {
+				t.Errorf("create request %+v", r)
+			}
+		}}},
+		{"an invalid form is not sent", []string{"n", "tab", "tab", "tab", "1", "enter"}, []check{calls("Create", 0), func(t *testing.T, h *harness, f *fakeBackend) {
+			h.inspect(func(m *Model) {
+				form, ok := m.dialog.(*sessionForm)
+				if !ok || form.err == nil || form.focus != fieldMemory {
+					t.Errorf("form not showing the memory error: %#v", m.dialog)
+				}
+			})
+		}}},
+		{"p adds an allowed host", []string{"p"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil("policy loaded", policyReady)
+			h.keys("a", "*.example.com", "enter")
+			h.waitUntil("host added", func(m *Model) bool {
+				d, ok := m.dialog.(*policyEditor)
+				return ok && len(d.pv.Policy.Allow) == 4
+			})
+			if ch := f.changes[0]; ch.Allow != "*.example.com" {
+				t.Errorf("change %+v", ch)
+			}
+		}}},
+		{"p rotates a secret with a masked value", []string{"p"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil("policy loaded", policyReady)
+			h.keys("tab", "j", "r", "s3cret", "enter")
+			h.waitUntil("secret set", func(*Model) bool { return f.count("ChangePolicy") == 1 })
+			ch := f.changes[0]
+			if ch.SetSecret != "NPM_TOKEN@registry.npmjs.org" || ch.SecretValue == nil || *ch.SecretValue != "s3cret" {
+				t.Errorf("change %+v", ch)
+			}
+			if strings.Contains(h.screen(), "s3cret") {
+				t.Error("the value shows on screen")
+			}
+		}}},
+		{"p removes a secret after y", []string{"p"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil("policy loaded", policyReady)
+			h.keys("tab", "d")
+			if f.count("ChangePolicy") != 0 {
+				t.Fatal("removed without asking")
+			}
+			h.keys("y")
+			h.waitUntil("secret removed", func(*Model) bool { return f.count("ChangePolicy") == 1 })
+			if f.changes[0].RemoveSecret != "GH_TOKEN" {
+				t.Errorf("change %+v", f.changes[0])
+			}
+		}}},
+		{"r resumes the chosen snapshot", []string{"r"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil("list loaded", func(m *Model) bool { d, ok := m.dialog.(*resumeDialog); return ok && d.loaded })
+			h.keys("enter")
+		}, calls("Resume", 1), func(t *testing.T, h *harness, f *fakeBackend) {
+			h.waitUntil("resumed session selected", func(m *Model) bool { s, _ := m.current(); return s.Name == "resumed" })
+		}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := sampleBackend()
+			rec := &attachRecorder{}
+			h := start(t, f, 100, 30, func(o *Options) { o.Attach = rec.attach })
+			h.keys(tt.keys...)
+			for _, c := range tt.checks {
+				c(t, h, f)
+			}
+			if tt.name == "enter attaches to the previewed terminal" {
+				h.waitUntil("attached", func(*Model) bool {
+					rec.mu.Lock()
+					defer rec.mu.Unlock()
+					return len(rec.calls) == 1
+				})
+				if rec.calls[0] != "a1b2c3d4e5f6/1" {
+					t.Errorf("attached to %v", rec.calls)
+				}
+				h.waitUntil("detach reported", func(m *Model) bool { return strings.Contains(m.status, "detached") })
+			}
+		})
+	}
+}
+
+// TestQuitLeavesVMs: q ends the program without stopping or removing
+// anything.
+func TestQuitLeavesVMs(t *testing.T) {
+	f := sampleBackend()
+	h := start(t, f, 80, 24)
+	h.keys("q")
+	h.tm.WaitFinished(t, teatestTimeout)
+	if f.count("Stop")+f.count("Remove") != 0 {
+		t.Fatalf("quitting called Stop %d and Remove %d times", f.count("Stop"), f.count("Remove"))
+	}
+}
+
+// TestEventDriven: the preview follows pty.output for the previewed
+// terminal only, and session events re-list; nothing polls.
+func TestEventDriven(t *testing.T) {
+	f := sampleBackend()
+	h := start(t, f, 80, 24)
+	h.waitUntil("subscribed", func(m *Model) bool { return m.eventsUp })
+	h.settle()
+	lists, screens := f.count("List"), f.count("Screen")
+
+	// Output on a terminal nobody previews: no request.
+	f.events <- sessions.Event{Type: sessions.EventPTYPaint, Session: "0f9e8d7c6b5a", PTY: 1}
+	f.events <- sessions.Event{Type: sessions.EventPTYPaint, Session: "a1b2c3d4e5f6", PTY: 1}
+	time.Sleep(100 * time.Millisecond)
+	h.settle()
+	if got := f.count("Screen"); got != screens {
+		t.Fatalf("Screen called %d times for unwatched output", got-screens)
+	}
+
+	// Output on the previewed terminal: the preview is fetched again and
+	// shows it.
+	f.mu.Lock()
+	f.screens["a1b2c3d4e5f6/2"] = screenOf(24, 80, "top - 12:00:05 up 1:35", "fresh output")
+	f.mu.Unlock()
+	f.events <- sessions.Event{Type: sessions.EventPTYPaint, Session: "a1b2c3d4e5f6", PTY: 2}
+	h.waitUntil("preview refreshed", func(m *Model) bool { return strings.Contains(m.render(), "fresh output") })
+	if f.count("List") != lists {
+		t.Errorf("pty.output re-listed sessions")
+	}
+
+	// A burst of session events becomes few lists, not one each.
+	f.mu.Lock()
+	f.sessions = f.sessions[1:]
+	f.mu.Unlock()
+	for i := 0; i < 50; i++ {
+		f.events <- sessions.Event{Type: sessions.EventState, Session: "a1b2c3d4e5f6"}
+	}
+	h.waitUntil("list refreshed", func(m *Model) bool { return len(m.all) == 3 })
+	h.settle()
+	if n := f.count("List") - lists; n < 1 || n > 3 {
+		t.Errorf("50 events made %d lists", n)
+	}
+
+	// The stream ends (supervisor restart): the dashboard subscribes
+	// again and lists afresh.
+	events := f.count("Events")
+	f.mu.Lock()
+	old := f.events
+	f.events = make(chan sessions.Event, 64)
+	f.mu.Unlock()
+	close(old)
+	h.waitUntil("resubscribed", func(m *Model) bool { return m.eventsUp && f.count("Events") > events })
+}
+
+// TestLayoutFits: every frame has exactly the terminal's height and no
+// line wider than it, from 80x24 up, with and without dialogs.
+func TestLayoutFits(t *testing.T) {
+	f := manySessions(100)
+	h := start(t, f, 80, 24)
+	for _, size := range [][2]int{{80, 24}, {100, 30}, {120, 40}, {200, 60}, {81, 25}, {60, 15}} {
+		for _, keys := range [][]string{nil, {"?"}, {"n"}, {"x"}, {"p"}} {
+			h.tm.Send(sizeMsg(size[0], size[1]))
+			h.keys(keys...)
+			h.settle()
+			var frame string
+			h.inspect(func(m *Model) { frame = m.render() })
+			lines := strings.Split(frame, "\n")
+			if len(lines) != size[1] {
+				t.Errorf("%dx%d %v: %d lines", size[0], size[1], keys, len(lines))
+			}
+			for i, l := range lines {
+				if w := ansi.StringWidth(l); w > size[0] {
+					t.Errorf("%dx%d %v: line %d is %d wide: %q", size[0], size[1], keys, i, w, ansi.Strip(l))
+				}
+			}
+			h.keys("esc")
+		}
+	}
+}
