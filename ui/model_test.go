@@ -92,7 +92,10 @@ func TestBuildRequest(t *testing.T) {
 		{name: "mount bad mode", v: form(fieldMounts, "/src:/work:rx"), wantField: fieldMounts, wantErr: "ro or rw"},
 		{name: "mounts unsupported", v: form(fieldMounts, "/src:/work:ro"), wantField: fieldMounts, wantErr: "not supported"},
 		{name: "mounts once supported", v: form(fieldMounts, "/src:/work:ro"), wantField: -1,
-			mounts: func(s *sessions.Spec, m []string) error { s.Env = append(s.Env, "MOUNTS="+strings.Join(m, ",")); return nil },
+			mounts: func(s *sessions.Spec, m []string) error {
+				s.Env = append(s.Env, "MOUNTS="+strings.Join(m, ","))
+				return nil
+			},
 			check: func(t *testing.T, r sessions.CreateRequest) {
 				if len(r.Spec.Env) != 1 || r.Spec.Env[0] != "MOUNTS=/src:/work:ro" {
 					t.Errorf("mounts not passed: %+v", r.Spec)
