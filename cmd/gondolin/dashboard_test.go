@@ -1,0 +1,149 @@
+package main
+
+// TestDashboard drives the real dashboard in a real terminal (tmux), the
+// way a user does: create a session with the form, attach, type, detach,
+// quit, come back, stop it.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/sessions"
+)
+
+// tmuxServer is a private tmux server (its own socket), killed when the
+// test ends.
+type tmuxServer struct {
+	t      *testing.T
+	socket string
+}
+
+func newTmux(t *testing.T) *tmuxServer {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		if os.Getenv(testenv.EnvRequireVM) != "" {
+			t.Fatal("the dashboard test needs tmux (apt-get install tmux)")
+		}
+		t.Skip("tmux is not installed")
+	}
+	s := &tmuxServer{t: t, socket: fmt.Sprintf("gd-dash-%d-%d", os.Getpid(), time.Now().UnixNano())}
+	t.Cleanup(func() { exec.Command("tmux", "-L", s.socket, "kill-server").Run() })
+	return s
+}
+
+func (s *tmuxServer) run(args ...string) string {
+	s.t.Helper()
+	out, err := exec.Command("tmux", append([]string{"-L", s.socket}, args...)...).CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("tmux %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+// open starts the dashboard in a new 120x40 tmux session named name. The
+// pane stays after gondolin exits and shows its exit status.
+func (s *tmuxServer) open(name string, home layout.Home) {
+	s.t.Helper()
+	cmd := fmt.Sprintf("%s=%s %s; echo dashboard-exited-$?; sleep 600", layout.EnvHome, home, gondolinBin)
+	s.run("new-session", "-d", "-s", name, "-x", "120", "-y", "40", cmd)
+}
+
+func (s *tmuxServer) screen(name string) string {
+	s.t.Helper()
+	return s.run("capture-pane", "-p", "-t", name)
+}
+
+func (s *tmuxServer) keys(name string, keys ...string) {
+	s.t.Helper()
+	s.run(append([]string{"send-keys", "-t", name}, keys...)...)
+}
+
+// waitScreen polls the pane until cond holds.
+func (s *tmuxServer) waitScreen(name, what string, d time.Duration, cond func(string) bool) string {
+	s.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		scr := s.screen(name)
+		if cond(scr) {
+			return scr
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the screen never showed %s; it shows:\n%s", what, scr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *tmuxServer) waitText(name, text string, d time.Duration) string {
+	s.t.Helper()
+	return s.waitScreen(name, fmt.Sprintf("%q", text), d, func(scr string) bool { return strings.Contains(scr, text) })
+}
+
+var (
+	helloLine = regexp.MustCompile(`(?m)^hello\s*$`)
+	liveRow   = regexp.MustCompile(`(?m)^> dash\s+[0-9a-f]+\s+live\b`)
+	stopRow   = regexp.MustCompile(`(?m)^> dash\s+[0-9a-f]+\s+stopped\b`)
+)
+
+func TestDashboard(t *testing.T) {
+	home := testenv.Home(t)
+	tm := newTmux(t)
+	t.Cleanup(func() { stopSupervisor(t, home) })
+
+	// First visit: nothing yet; create a session with the form.
+	tm.open("one", home)
+	tm.waitText("one", "No sessions yet", 60*time.Second)
+	tm.waitText("one", "events: live", 10*time.Second)
+	tm.keys("one", "n")
+	tm.waitText("one", "New session", 10*time.Second)
+	tm.keys("one", "Tab", "dash", "Enter")
+	tm.waitScreen("one", "the new session live", 120*time.Second, liveRow.MatchString)
+	// Its shell's prompt reaches the preview through pty.output events.
+	tm.waitText("one", "root@dash", 60*time.Second)
+
+	// Enter attaches full-screen: the dashboard gives way to the shell.
+	tm.keys("one", "Enter")
+	tm.waitScreen("one", "the attached shell", 20*time.Second, func(s string) bool {
+		return strings.Contains(s, "root@dash") && !strings.Contains(s, "events: live")
+	})
+	tm.keys("one", "echo hello", "Enter")
+	tm.waitScreen("one", "hello", 20*time.Second, helloLine.MatchString)
+
+	// Ctrl-] comes back to the dashboard, preview current.
+	tm.keys("one", "C-]")
+	scr := tm.waitText("one", "events: live", 20*time.Second)
+	if !strings.Contains(scr, "detached") {
+		t.Errorf("no word of the detach:\n%s", scr)
+	}
+	tm.waitScreen("one", "hello in the preview", 20*time.Second, helloLine.MatchString)
+
+	// q quits; the VM keeps running.
+	tm.keys("one", "q")
+	tm.waitText("one", "dashboard-exited-0", 20*time.Second)
+	if s := listSessions(t, home)["dash"]; s.State != sessions.Live || s.RunningPTYs() != 1 {
+		t.Fatalf("after quitting the dashboard: %+v", s)
+	}
+
+	// Second visit: the session is there, live, hello in its preview.
+	tm.open("two", home)
+	tm.waitScreen("two", "the session live", 60*time.Second, liveRow.MatchString)
+	tm.waitScreen("two", "hello in the preview", 20*time.Second, helloLine.MatchString)
+
+	// x asks first, then stops it.
+	tm.keys("two", "x")
+	tm.waitText("two", "Stop dash?", 10*time.Second)
+	tm.keys("two", "y")
+	tm.waitScreen("two", "the session stopped", 60*time.Second, stopRow.MatchString)
+	if s := listSessions(t, home)["dash"]; s.State != sessions.Stopped {
+		t.Fatalf("after x: %+v", s)
+	}
+	tm.keys("two", "q")
+	tm.waitText("two", "dashboard-exited-0", 20*time.Second)
+}
