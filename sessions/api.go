@@ -81,6 +81,9 @@ type CreateRequest struct {
 	Label string `json:"label,omitempty"`
 	Rows  uint16 `json:"rows,omitempty"`
 	Cols  uint16 `json:"cols,omitempty"`
+	// Resume makes the session from a snapshot (ID, name, or disk path)
+	// instead of from an image.
+	Resume string `json:"resume,omitempty"`
 	// SecretValues carries the values of Spec.Policy's secrets, which
 	// never serialise with the policy. They stay in the supervisor's
 	// memory only.
@@ -135,6 +138,7 @@ const (
 	EventPTYExit  = "pty.exited"
 	EventPTYPaint = "pty.output" // a terminal's screen changed (rate limited)
 	EventPolicy   = "session.policy"
+	EventSnapshot = "session.snapshot"
 )
 
 // SupervisorStatus describes the running supervisor.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
@@ -464,4 +465,23 @@ func (c *Client) NetworkEvents(ctx context.Context, ref string, follow bool) (<-
 		}
 	}()
 	return ch, nil
+}
+
+// Snapshot checkpoints a live session (Live: with RAM and processes).
+func (c *Client) Snapshot(ctx context.Context, ref string, req SnapshotRequest) (*snapshots.Snapshot, error) {
+	var snap snapshots.Snapshot
+	err := c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(ref)+"/snapshot", req, &snap)
+	return &snap, err
+}
+
+// Snapshots lists the snapshots in the store.
+func (c *Client) Snapshots(ctx context.Context) ([]*snapshots.Snapshot, error) {
+	var list []*snapshots.Snapshot
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &list)
+	return list, err
+}
+
+// RemoveSnapshot deletes a snapshot.
+func (c *Client) RemoveSnapshot(ctx context.Context, ref string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(ref), nil, nil)
 }

@@ -27,6 +27,9 @@ type ExecIO struct {
 	// Timeout, when set, sends SIGTERM after it and SIGKILL KillAfter later.
 	Timeout   time.Duration
 	KillAfter time.Duration
+	// Resume runs the command in a VM resumed from this snapshot instead
+	// of a fresh one.
+	Resume string
 }
 
 // Exec runs argv in a fresh VM made from spec, which is destroyed
@@ -43,7 +46,22 @@ func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecI
 	if r.Debug {
 		defer dumpConsole(dir)
 	}
-	in, err := r.Boot(ctx, spec, dir, false)
+	var in *Instance
+	if eio.Resume != "" {
+		plan, perr := r.planResume(ctx, eio.Resume, dir)
+		if perr != nil {
+			return 0, perr
+		}
+		rs, perr := plan.resumeSpec(Spec{}, spec.SecretValues())
+		if perr != nil {
+			return 0, perr
+		}
+		rs.Env, rs.Cwd = append(rs.Env, spec.Env...), spec.Cwd
+		spec = &rs
+		in, err = r.BootConfig(ctx, spec, plan.cfg, "snapshot "+eio.Resume)
+	} else {
+		in, err = r.Boot(ctx, spec, dir, false)
+	}
 	if err != nil {
 		return 0, err
 	}

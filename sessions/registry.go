@@ -37,6 +37,8 @@ type Record struct {
 	VM vm.Config `json:"vm"`
 	// HostBootID tells a VM of this boot from a ghost of an earlier one.
 	HostBootID string `json:"host_boot_id"`
+	// ResumedFrom names the snapshot the session was made from.
+	ResumedFrom string `json:"resumed_from,omitempty"`
 }
 
 // StateRecord is what changes during a session's life: state.json.
@@ -79,7 +81,7 @@ func (r registry) create(rec Record) error {
 		return err
 	}
 	dir := r.dir(rec.ID)
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
 	if err := atomicfile.WriteJSON(filepath.Join(dir, layout.SpecFile), rec, 0o600); err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/netpolicy/ca"
+	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -32,6 +33,7 @@ type Runtime struct {
 	Home      layout.Home
 	Images    *imagestore.Store
 	Templates *vm.Templates
+	Snapshots *snapshots.Store
 	Debug     bool
 	// BootTimeout bounds a boot or restore up to the agent's first answer.
 	BootTimeout time.Duration
@@ -59,6 +61,7 @@ func NewRuntime(home layout.Home) (*Runtime, error) {
 		Home:        home,
 		Images:      images,
 		Templates:   &vm.Templates{Dir: home.Templates()},
+		Snapshots:   &snapshots.Store{Dir: home.Snapshots()},
 		Debug:       os.Getenv(layout.EnvDebug) != "",
 		BootTimeout: 60 * time.Second,
 	}
@@ -158,8 +161,10 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		return nil, err
 	}
 	defer r.Status.Clear()
+	// A restored VM (a live snapshot) comes back with its guest already
+	// configured, as a template's clone does.
 	cloned := false
-	if !spec.Cold {
+	if !spec.Cold && cfg.Restore == "" {
 		if !r.Templates.Ready(cfg) {
 			r.Status.Show(fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", what))
 		}
@@ -179,7 +184,11 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 	}
 	if !cloned {
-		r.Status.Show("gondolin: booting " + what + "...")
+		if cfg.Restore != "" {
+			r.Status.Show("gondolin: restoring " + what + "...")
+		} else {
+			r.Status.Show("gondolin: booting " + what + "...")
+		}
 		m, err := vm.Start(ctx, cfg)
 		if err != nil {
 			return fail(err)
@@ -197,7 +206,7 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 		// A clone's guest was configured in its template; a cold boot
 		// configures its network now.
-		if !cloned {
+		if !cloned && cfg.Restore == "" {
 			if err := in.Agent.Network(ctx, agentproto.Network{CACert: in.Net.CACertPEM()}); err != nil {
 				return fail(fmt.Errorf("guest network: %w", err))
 			}

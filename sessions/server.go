@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -55,6 +56,10 @@ func NewAPI(sv *Supervisor) *API {
 	a.mux.HandleFunc("POST /v1/sessions/{id}/exec", a.exec)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/logs", a.logs)
 	a.mux.HandleFunc("GET /v1/events", a.eventStream)
+	a.mux.HandleFunc("POST /v1/sessions/{id}/snapshot", a.snapshot)
+	a.mux.HandleFunc("GET /v1/snapshots", a.listSnapshots)
+	a.mux.HandleFunc("GET /v1/snapshots/{ref}", a.getSnapshot)
+	a.mux.HandleFunc("DELETE /v1/snapshots/{ref}", a.removeSnapshot)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/policy", a.getPolicy)
 	a.mux.HandleFunc("POST /v1/sessions/{id}/policy", a.changePolicy)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/network-events", a.netEvents)
@@ -633,4 +638,62 @@ func (a *API) netEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+func (a *API) snapshot(w http.ResponseWriter, r *http.Request) {
+	var req SnapshotRequest
+	if r.ContentLength != 0 {
+		if err := decode(w, r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	snap, err := a.sv.Snapshot(ctx, r.PathValue("id"), req)
+	if err != nil {
+		fail(w, snapshotError(err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, snap)
+}
+
+func (a *API) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	list, err := a.sv.rt.Snapshots.List()
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if list == nil {
+		list = []*snapshots.Snapshot{}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (a *API) getSnapshot(w http.ResponseWriter, r *http.Request) {
+	snap, err := a.sv.rt.Snapshots.Resolve(r.PathValue("ref"))
+	if err != nil {
+		fail(w, snapshotError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, snap)
+}
+
+func (a *API) removeSnapshot(w http.ResponseWriter, r *http.Request) {
+	if err := a.sv.rt.Snapshots.Remove(r.PathValue("ref")); err != nil {
+		fail(w, snapshotError(err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// snapshotError gives the snapshot package's errors their API class.
+func snapshotError(err error) error {
+	switch {
+	case errors.Is(err, snapshots.ErrNotFound):
+		return errorf(ErrNotFound, "%v", err)
+	case errors.Is(err, snapshots.ErrInvalid), errors.Is(err, snapshots.ErrCorrupt):
+		return errorf(ErrInvalid, "%v", err)
+	}
+	return err
 }

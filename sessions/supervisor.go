@@ -12,6 +12,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -61,7 +62,9 @@ type session struct {
 	ptys     map[uint64]*pty
 	stale    string // why it is stale; empty when live or stopped
 	stopping bool
-	cpu      cpuSample
+	// snapshotting: the VM may be paused on purpose; not a hang.
+	snapshotting bool
+	cpu          cpuSample
 }
 
 type cpuSample struct {
@@ -152,9 +155,19 @@ func (s *session) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.adoptProcesses(ctx, a); err != nil {
+		a.Close()
+		return err
+	}
+	return nil
+}
+
+// adoptProcesses makes a the session's agent connection and follows every
+// terminal the guest still has, from the oldest output it kept (so the
+// screens come back).
+func (s *session) adoptProcesses(ctx context.Context, a *vm.Agent) error {
 	procs, err := a.Processes(ctx)
 	if err != nil {
-		a.Close()
 		return err
 	}
 	s.mu.Lock()
@@ -276,8 +289,12 @@ func (s *session) watch() {
 				return
 			}
 		case <-time.After(probeInterval):
-			// A hung guest keeps its connection open: probe it.
-			if a != nil {
+			// A hung guest keeps its connection open: probe it (unless it
+			// is paused on purpose, for a snapshot).
+			s.mu.Lock()
+			snapshotting := s.snapshotting
+			s.mu.Unlock()
+			if a != nil && !snapshotting {
 				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 				_, err := a.Ping(ctx)
 				cancel()
@@ -409,26 +426,13 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 	if err := validateCommand(req.Command); err != nil {
 		return Session{}, err
 	}
-	if spec.Name != "" {
-		sv.mu.Lock()
-		taken := sv.names[spec.Name]
-		for _, s := range sv.sessions {
-			if s.rec.Spec.Name == spec.Name || s.rec.ID == spec.Name {
-				taken = true
-			}
-		}
-		if !taken {
-			sv.names[spec.Name] = true
-		}
-		sv.mu.Unlock()
-		if taken {
-			return Session{}, errorf(ErrConflict, "a session named %q exists (see: gondolin list --all)", spec.Name)
-		}
-		defer func() {
-			sv.mu.Lock()
-			delete(sv.names, spec.Name)
-			sv.mu.Unlock()
-		}()
+	release, err := sv.reserveName(spec.Name)
+	if err != nil {
+		return Session{}, err
+	}
+	defer release()
+	if req.Resume != "" {
+		return sv.resume(ctx, req)
 	}
 	img, err := sv.rt.ResolveImage(&spec)
 	if err != nil {
@@ -477,6 +481,123 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 	go s.watch()
 	sv.emit(Event{Type: EventCreated, Session: id, State: Live})
 	return s.info(), nil
+}
+
+// reserveName keeps a name for a session being made; release frees it
+// (the session, once registered, holds it).
+func (sv *Supervisor) reserveName(name string) (release func(), err error) {
+	if name == "" {
+		return func() {}, nil
+	}
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	taken := sv.names[name]
+	for _, s := range sv.sessions {
+		if s.rec.Spec.Name == name || s.rec.ID == name {
+			taken = true
+		}
+	}
+	if taken {
+		return nil, errorf(ErrConflict, "a session named %q exists (see: gondolin list --all)", name)
+	}
+	sv.names[name] = true
+	return func() {
+		sv.mu.Lock()
+		delete(sv.names, name)
+		sv.mu.Unlock()
+	}, nil
+}
+
+// resume makes a session from a snapshot: a live snapshot continues where
+// it was (processes, terminals and their screens); a disk checkpoint
+// boots with its disk.
+func (sv *Supervisor) resume(ctx context.Context, req CreateRequest) (Session, error) {
+	id := newID()
+	dir := sv.reg.dir(id)
+	if err := layout.MkdirPrivate(dir); err != nil {
+		return Session{}, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			sv.reg.remove(id)
+		}
+	}()
+	plan, err := sv.rt.planResume(ctx, req.Resume, dir)
+	if err != nil {
+		return Session{}, err
+	}
+	spec, err := plan.resumeSpec(req.Spec, req.SecretValues)
+	if err != nil {
+		return Session{}, err
+	}
+	command := plan.session.Command
+	if len(req.Command) > 0 {
+		command = req.Command
+	}
+	label := req.Label
+	if label == "" {
+		label = plan.session.Label
+	}
+	cfg := plan.cfg
+	cfg.Detached = true
+	recCfg := cfg
+	recCfg.Restore = ""
+	rec := Record{ID: id, Spec: spec, Created: time.Now().UTC(), ImageRef: plan.snap.ImageRef, ImageID: plan.img.ID,
+		Command: command, Keep: req.Keep || plan.session.Keep, Label: label, VM: recCfg, HostBootID: sv.bootID,
+		ResumedFrom: plan.snap.ID}
+	if err := sv.reg.create(rec); err != nil {
+		return Session{}, err
+	}
+	in, err := sv.rt.BootConfig(ctx, &spec, cfg, "snapshot "+req.Resume)
+	if err != nil {
+		return Session{}, err
+	}
+	s := &session{sv: sv, rec: rec, m: in.Machine, net: in.Net, ptys: map[uint64]*pty{}}
+	if in.Net != nil {
+		p := in.Net.Policy()
+		s.state.Policy = &p
+	}
+	if plan.snap.Kind == snapshots.Live {
+		for _, pr := range plan.session.PTYs {
+			s.ptys[pr.ID] = newPTY(pr.ID, pr.Argv, pr.Created, pr.Main, req.Rows, req.Cols)
+			s.ptys[pr.ID].changed = sv.paintNotifier(id, s.ptys[pr.ID])
+		}
+		if err := s.adoptProcesses(ctx, in.Agent); err != nil {
+			in.Kill()
+			return Session{}, err
+		}
+	} else {
+		s.agent = in.Agent
+	}
+	if len(s.runningPTYs()) == 0 {
+		if _, err := s.openPTY(ctx, command, req.Rows, req.Cols, true); err != nil {
+			in.Kill()
+			return Session{}, err
+		}
+	}
+	s.mu.Lock()
+	s.saveStateLocked()
+	s.mu.Unlock()
+	sv.mu.Lock()
+	sv.sessions[id] = s
+	sv.mu.Unlock()
+	ok = true
+	go s.watch()
+	sv.emit(Event{Type: EventCreated, Session: id, State: Live})
+	return s.info(), nil
+}
+
+func (s *session) runningPTYs() []*pty {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*pty
+	for _, p := range s.ptyList() {
+		if p.info().Running {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func validateCommand(argv []string) error {

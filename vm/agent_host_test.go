@@ -41,6 +41,7 @@ func (f *fakeSystem) Info() agentproto.Info {
 }
 func (f *fakeSystem) Network(*agentproto.Network) error { return errors.New("no network here") }
 func (f *fakeSystem) Mount(*agentproto.Mount) error     { return errors.New("no mounts here") }
+func (f *fakeSystem) Freeze(*agentproto.Freeze) error   { return errors.New("no freezing here") }
 func (f *fakeSystem) Sync() error                       { return nil }
 func (f *fakeSystem) Shutdown() error                   { return errors.New("not in a VM") }
 
@@ -493,6 +494,20 @@ func TestAgentBackgroundChildDoesNotHang(t *testing.T) {
 			}
 			if d := time.Since(start); d > 10*time.Second {
 				t.Fatalf("tty=%v: took %v", tty, d)
+			}
+		}
+	})
+}
+
+// TestAgentQuickCommandWithStdin: a command that exits before its stdin
+// stream is attached must not fail the exec.
+func TestAgentQuickCommandWithStdin(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		a := b.connect(t, false)
+		for i := range 20 {
+			out, _, exit, err := run(t, a, Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo quick"}}, Stdin: strings.NewReader("unread")})
+			if err != nil || exit.Code != 0 || out != "quick\n" {
+				t.Fatalf("run %d: %q %+v %v", i, out, exit, err)
 			}
 		}
 	})

@@ -215,6 +215,13 @@ func (a *Agent) Mount(ctx context.Context, m agentproto.Mount) error {
 	return err
 }
 
+// Freeze freezes (thaw=false) or thaws the guest's root filesystem; a
+// freeze undoes itself after timeout.
+func (a *Agent) Freeze(ctx context.Context, thaw bool, timeout time.Duration) error {
+	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpFreeze, Freeze: &agentproto.Freeze{Thaw: thaw, TimeoutMS: int(timeout.Milliseconds())}})
+	return err
+}
+
 // Sync flushes the guest's filesystems.
 func (a *Agent) Sync(ctx context.Context) error {
 	_, err := a.call(ctx, agentproto.Request{Op: agentproto.OpSync})

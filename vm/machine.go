@@ -317,6 +317,16 @@ func (m *Machine) SaveState(ctx context.Context, path string) error {
 	}
 }
 
+// Pause stops the guest's CPUs; QEMU flushes its disk caches to the image
+// files before it returns, so they can be copied.
+func (m *Machine) Pause(ctx context.Context) error {
+	mon, err := m.monitor(ctx)
+	if err != nil {
+		return err
+	}
+	return mon.run(ctx, "stop", nil, nil)
+}
+
 // Resume continues a paused VM.
 func (m *Machine) Resume(ctx context.Context) error {
 	mon, err := m.monitor(ctx)

@@ -25,6 +25,7 @@ type System interface {
 	Setup(*agentproto.Setup) error
 	Network(*agentproto.Network) error
 	Mount(*agentproto.Mount) error
+	Freeze(*agentproto.Freeze) error
 	Info() agentproto.Info
 	Sync() error
 	Shutdown() error
@@ -229,6 +230,12 @@ func (s *Server) handle(sess *yamux.Session, ys *yamux.Stream) {
 			return
 		}
 		s.reply(st, s.sys.Mount(req.Mount))
+	case agentproto.OpFreeze:
+		if req.Freeze == nil {
+			st.fail(errors.New("freeze: missing body"))
+			return
+		}
+		s.reply(st, s.sys.Freeze(req.Freeze))
 	case agentproto.OpSync:
 		s.reply(st, s.sys.Sync())
 	case agentproto.OpDetach:
@@ -296,15 +303,25 @@ func (s *Server) exec(st *stream, req *agentproto.Exec) {
 		s.streamRing(st, p, 0)
 		return
 	}
-	defer s.procs.remove(p.id)
-
 	// A lost stream means nobody will read the output or the exit
-	// status: kill the process rather than leave it blocked.
+	// status: kill the process rather than leave it blocked. The process
+	// stays in the table until the host has closed the stream, so a stdin
+	// stream the host opened right after the exec still finds it even if
+	// the command was quicker.
+	hostDone := make(chan struct{})
 	go func() {
 		io.Copy(io.Discard, st)
+		close(hostDone)
 		if !p.exited() {
 			p.signal(syscall.SIGKILL)
 		}
+	}()
+	defer func() {
+		select {
+		case <-hostDone:
+		case <-time.After(5 * time.Second):
+		}
+		s.procs.remove(p.id)
 	}()
 
 	var wg sync.WaitGroup

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -98,4 +99,60 @@ func (Guest) Shutdown() error {
 	unix.Sync()
 	time.Sleep(10 * time.Millisecond)
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// ioctl numbers from linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int).
+const (
+	fiFreeze = 0xc0045877
+	fiThaw   = 0xc0045878
+)
+
+var (
+	freezeMu    sync.Mutex
+	freezeTimer *time.Timer
+)
+
+// Freeze freezes or thaws the root filesystem (FIFREEZE/FITHAW). A freeze
+// thaws itself after its timeout.
+func (Guest) Freeze(f *agentproto.Freeze) error {
+	freezeMu.Lock()
+	defer freezeMu.Unlock()
+	if f.Thaw {
+		if freezeTimer != nil {
+			freezeTimer.Stop()
+			freezeTimer = nil
+		}
+		return fsIoctl("/", fiThaw)
+	}
+	unix.Sync()
+	if err := fsIoctl("/", fiFreeze); err != nil {
+		return fmt.Errorf("freeze /: %w", err)
+	}
+	timeout := time.Duration(f.TimeoutMS) * time.Millisecond
+	if timeout <= 0 || timeout > time.Minute {
+		timeout = 10 * time.Second
+	}
+	if freezeTimer != nil {
+		freezeTimer.Stop()
+	}
+	freezeTimer = time.AfterFunc(timeout, func() {
+		freezeMu.Lock()
+		defer freezeMu.Unlock()
+		fsIoctl("/", fiThaw)
+		freezeTimer = nil
+	})
+	return nil
+}
+
+func fsIoctl(path string, req uint) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }

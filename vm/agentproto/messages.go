@@ -31,6 +31,11 @@ const (
 	// OpMount mounts a host directory (served on the fs port) or a
 	// memory filesystem at a guest path: Mount -> Response.
 	OpMount = "mount"
+	// OpFreeze freezes (or, with Thaw, thaws) the root filesystem so a
+	// disk checkpoint is consistent: Freeze -> Response. A freeze thaws
+	// itself after its timeout, so a host that dies mid-checkpoint cannot
+	// leave the guest frozen.
+	OpFreeze = "freeze"
 )
 
 // FSPortName is the virtio-serial port that carries file operations for
@@ -49,6 +54,13 @@ type Request struct {
 	Setup   *Setup   `json:"setup,omitempty"`
 	Network *Network `json:"network,omitempty"`
 	Mount   *Mount   `json:"mount,omitempty"`
+	Freeze  *Freeze  `json:"freeze,omitempty"`
+}
+
+// Freeze asks for a filesystem freeze or thaw.
+type Freeze struct {
+	Thaw      bool `json:"thaw,omitempty"`
+	TimeoutMS int  `json:"timeout_ms,omitempty"` // auto-thaw; default 10 s
 }
 
 // Network asks the agent to bring up the guest's network.

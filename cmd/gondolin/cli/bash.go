@@ -18,6 +18,7 @@ func newBashCmd() *cobra.Command {
 		keep       bool
 		label      string
 		detachKeys string
+		resume     string
 	)
 	c := &cobra.Command{
 		Use:   "bash [flags] [-- CMD...]",
@@ -41,7 +42,7 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 			rows, cols := termio.Size(os.Stdout)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			s, err := client.Create(ctx, sessions.CreateRequest{Spec: *spec, Command: args, Keep: keep, Label: label, Rows: rows, Cols: cols, SecretValues: spec.SecretValues()})
+			s, err := client.Create(ctx, sessions.CreateRequest{Spec: *spec, Command: args, Keep: keep, Label: label, Rows: rows, Cols: cols, SecretValues: spec.SecretValues(), Resume: resume})
 			if err != nil {
 				return err
 			}
@@ -62,6 +63,7 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "create the session and print its ID without attaching")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the session running after CMD exits")
 	c.Flags().StringVar(&label, "label", "", "free text shown in gondolin list")
+	c.Flags().StringVar(&resume, "resume", "", "make the session from a snapshot (ID, name, or .qcow2 path) instead of an image")
 	c.Flags().StringVar(&detachKeys, "detach-keys", termio.DefaultDetachKeys, "key sequence that detaches")
 	return c
 }

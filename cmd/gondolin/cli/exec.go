@@ -21,6 +21,7 @@ func newExecCmd() *cobra.Command {
 		tty         bool
 		timeout     time.Duration
 		session     string
+		resume      string
 	)
 	c := &cobra.Command{
 		Use:   "exec [flags] -- CMD [ARGS...]",
@@ -46,8 +47,8 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			term := setupTerminal(tty, interactive)
 			defer term.restore()
 			if session != "" {
-				if timeout > 0 {
-					return usageError("--timeout is not supported with --session")
+				if timeout > 0 || resume != "" {
+					return usageError("--timeout and --resume do not go with --session")
 				}
 				return execInSession(session, spec, args, term)
 			}
@@ -59,7 +60,7 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			eio := sessions.ExecIO{
 				Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Timeout: timeout,
 				TTY: tty, Rows: term.rows, Cols: term.cols, Resizes: term.resizes,
-				Signals: forwardSignals(),
+				Signals: forwardSignals(), Resume: resume,
 			}
 			code, err := rt.Exec(context.Background(), spec, args, eio)
 			return exitWith(code, err)
@@ -70,6 +71,7 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 	c.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
 	c.Flags().BoolVarP(&tty, "tty", "t", false, "run the command on a pseudo-terminal")
 	c.Flags().DurationVar(&timeout, "timeout", 0, "send SIGTERM after this long, SIGKILL 2s later (e.g. 30s, 5m)")
+	c.Flags().StringVar(&resume, "resume", "", "run in a VM resumed from this snapshot (ID, name, or .qcow2 path)")
 	c.Flags().StringVar(&session, "session", "", "run in this session (ID, prefix or name) instead of a fresh VM")
 	return c
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termio"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/snapshots"
 	"github.com/spf13/cobra"
 )
 
@@ -57,7 +58,7 @@ func Run(args []string) int {
 		if ee.err == nil {
 			return code
 		}
-	case errors.Is(err, sessions.ErrInvalid), errors.Is(err, imagestore.ErrInvalid),
+	case errors.Is(err, sessions.ErrInvalid), errors.Is(err, imagestore.ErrInvalid), errors.Is(err, snapshots.ErrInvalid),
 		strings.HasPrefix(err.Error(), "unknown command"): // cobra's own usage error
 		code = exitUsage
 	}
@@ -101,7 +102,7 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v (see: %s --help)", err, c.CommandPath())
 	})
-	root.AddCommand(newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd())
+	root.AddCommand(newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}

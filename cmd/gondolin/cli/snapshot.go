@@ -1,0 +1,175 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/snapshots"
+	"github.com/spf13/cobra"
+)
+
+func newSnapshotCmd() *cobra.Command {
+	var (
+		name, output string
+		live         bool
+	)
+	c := &cobra.Command{
+		Use:   "snapshot ID [--name N] [--output PATH] [--live]",
+		Short: "Checkpoint a running session (ls, inspect and rm manage snapshots)",
+		Long: `Checkpoint a live session while it keeps running. Without --live, a disk
+checkpoint: the guest's filesystem is frozen and its disk copied. With
+--live, RAM and devices too: running processes, tmpfs contents and shell
+state come back on resume. Resume with: gondolin bash --resume SNAP
+(as many times as you like; the snapshot never changes).
+
+--output PATH writes the snapshot's disk to PATH, with PATH.json (and
+PATH.state.zst for --live) beside it; move them together. A disk file
+moved alone still resumes, as a disk checkpoint.`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError("snapshot needs a session: gondolin snapshot ID [--live] (or: snapshot ls|inspect|rm)")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			if output != "" {
+				abs, err := filepath.Abs(output)
+				if err != nil {
+					return usageError("--output: %v", err)
+				}
+				output = abs
+			}
+			if name != "" {
+				if err := snapshots.ValidName(name); err != nil {
+					return usageError("--name: %v", err)
+				}
+			}
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			kind := "disk"
+			if live {
+				kind = "live"
+			}
+			status := progress.NewStatus(os.Stderr)
+			status.Show(fmt.Sprintf("gondolin: taking a %s snapshot of %s...", kind, args[0]))
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			snap, err := client.Snapshot(ctx, args[0], sessions.SnapshotRequest{Name: name, Output: output, Live: live})
+			status.Clear()
+			if err != nil {
+				return err
+			}
+			where := snap.ID
+			if snap.Path != "" {
+				where += " at " + snap.Path
+			}
+			fmt.Printf("%s\n", snap.ID)
+			fmt.Fprintf(os.Stderr, "gondolin: %s snapshot %s of session %s, %s, in %s\n", snap.Kind, where, snap.Source,
+				humanBytes(snap.Size()), time.Since(start).Round(10*time.Millisecond))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&name, "name", "", "snapshot name (usable wherever an ID is)")
+	c.Flags().StringVar(&output, "output", "", "write the snapshot's disk to this path (.qcow2) with its metadata beside it")
+	c.Flags().BoolVar(&live, "live", false, "include RAM and devices: processes come back running")
+	c.AddCommand(newSnapshotLsCmd(), newSnapshotInspectCmd(), newSnapshotRmCmd())
+	return c
+}
+
+func snapshotStore() (*snapshots.Store, error) {
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return nil, err
+	}
+	return &snapshots.Store{Dir: home.Snapshots()}, nil
+}
+
+func newSnapshotLsCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:     "ls [--json]",
+		Aliases: []string{"list"},
+		Short:   "List snapshots",
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			store, err := snapshotStore()
+			if err != nil {
+				return err
+			}
+			list, err := store.List()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if list == nil {
+					list = []*snapshots.Snapshot{}
+				}
+				return printJSON(list)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tNAME\tKIND\tSESSION\tIMAGE\tSIZE\tAGE\tPATH")
+			for _, s := range list {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(s.Name), s.Kind, s.Source, s.ImageRef,
+					humanBytes(s.Size()), humanAge(time.Since(s.Created)), dash(s.Path))
+			}
+			return w.Flush()
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func newSnapshotInspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect SNAP",
+		Short: "Show a snapshot's metadata (SNAP: ID, prefix, name or disk path)",
+		Args:  exactArgs(1, "a snapshot"),
+		RunE: func(c *cobra.Command, args []string) error {
+			store, err := snapshotStore()
+			if err != nil {
+				return err
+			}
+			snap, err := store.Resolve(args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(snap)
+		},
+	}
+}
+
+func newSnapshotRmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm SNAP...",
+		Short: "Delete snapshots",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("snapshot rm needs a snapshot")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			store, err := snapshotStore()
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				if err := store.Remove(ref); err != nil {
+					return err
+				}
+				fmt.Println(ref)
+			}
+			return nil
+		},
+	}
+}

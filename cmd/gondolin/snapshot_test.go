@@ -1,0 +1,134 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testenv"
+)
+
+func mustRun(t *testing.T, home layout.Home, args ...string) string {
+	t.Helper()
+	r := gondolin(t, home, "", args...)
+	if r.code != 0 {
+		t.Fatalf("gondolin %s: %+v", strings.Join(args, " "), r)
+	}
+	return strings.TrimSpace(r.stdout)
+}
+
+func counter(t *testing.T, home layout.Home, session string) int {
+	t.Helper()
+	n, err := strconv.Atoi(mustRun(t, home, "exec", "--session", session, "--", "cat", "/tmp/counter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSnapshots takes live and disk snapshots of a running session and
+// resumes them, twice, from the store and from moved files.
+func TestSnapshots(t *testing.T) {
+	home := testenv.Home(t)
+	t.Cleanup(func() { stopSupervisor(t, home) })
+	loop := `i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done`
+	mustRun(t, home, "bash", "--detach", "--keep", "--name", "src", "--", "sh", "-c", loop)
+	waitFor(t, 30*time.Second, func() bool {
+		r := gondolin(t, home, "", "exec", "--session", "src", "--", "cat", "/tmp/counter")
+		return r.code == 0
+	})
+	mustRun(t, home, "exec", "--session", "src", "--", "sh", "-c", "echo kept > /root/before-snap; echo tmp > /tmp/in-tmpfs")
+
+	mustRun(t, home, "snapshot", "src", "--live", "--name", "live")
+	atSnap := counter(t, home, "src")
+	mustRun(t, home, "snapshot", "src", "--name", "disk")
+	out := filepath.Join(t.TempDir(), "exported.qcow2")
+	mustRun(t, home, "snapshot", "src", "--live", "--output", out)
+	mustRun(t, home, "exec", "--session", "src", "--", "sh", "-c", "echo later > /root/after-snap")
+	if n := counter(t, home, "src"); n < atSnap {
+		t.Fatalf("the source stopped counting after the snapshot: %d < %d", n, atSnap)
+	}
+
+	t.Run("live resume continues the loop, tmpfs included", func(t *testing.T) {
+		mustRun(t, home, "bash", "--detach", "--resume", "live", "--name", "r1")
+		first := counter(t, home, "r1")
+		time.Sleep(time.Second)
+		second := counter(t, home, "r1")
+		if second <= first {
+			t.Fatalf("the loop is not counting: %d then %d", first, second)
+		}
+		files := mustRun(t, home, "exec", "--session", "r1", "--", "sh", "-c", "cat /tmp/in-tmpfs; ls /root")
+		if files != "tmp\nbefore-snap" {
+			t.Fatalf("resumed files: %q", files)
+		}
+	})
+	t.Run("two resumes are isolated", func(t *testing.T) {
+		mustRun(t, home, "bash", "--detach", "--resume", "live", "--name", "r2")
+		mustRun(t, home, "exec", "--session", "r2", "--", "sh", "-c", "echo only-r2 > /root/r2-file")
+		if got := mustRun(t, home, "exec", "--session", "r1", "--", "ls", "/root"); got != "before-snap" {
+			t.Fatalf("r1 sees r2's writes: %q", got)
+		}
+	})
+	t.Run("a disk checkpoint keeps what was written before it only", func(t *testing.T) {
+		got := mustRun(t, home, "exec", "--resume", "disk", "--", "sh", "-c", "ls /root; ls /tmp/in-tmpfs 2>&1 | grep -c 'No such'")
+		if got != "before-snap\n1" {
+			t.Fatalf("disk resume sees %q", got)
+		}
+	})
+	t.Run("a moved --output snapshot resumes", func(t *testing.T) {
+		moved := filepath.Join(t.TempDir(), "moved.qcow2")
+		for _, suffix := range []string{"", ".json", ".state.zst"} {
+			if err := os.Rename(out+suffix, moved+suffix); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := mustRun(t, home, "exec", "--resume", moved, "--", "ls", "/root"); got != "before-snap" {
+			t.Fatalf("moved live snapshot: %q", got)
+		}
+		// The disk alone still resumes, as a disk checkpoint.
+		alone := filepath.Join(t.TempDir(), "alone.qcow2")
+		os.Rename(moved, alone)
+		if got := mustRun(t, home, "exec", "--resume", alone, "--", "ls", "/root"); got != "before-snap" {
+			t.Fatalf("bare disk: %q", got)
+		}
+	})
+	t.Run("a truncated snapshot gives a clear error", func(t *testing.T) {
+		id := mustRun(t, home, "snapshot", "src", "--live", "--name", "broken")
+		state := filepath.Join(home.Snapshots(), id, "state.zst")
+		st, _ := os.Stat(state)
+		os.Truncate(state, st.Size()/2)
+		r := gondolin(t, home, "", "bash", "--detach", "--resume", "broken")
+		if r.code != 2 || !strings.Contains(r.stderr, "truncated") || strings.Count(r.stderr, "\n") != 1 {
+			t.Fatalf("resume of a truncated snapshot: %+v", r)
+		}
+	})
+	ls := mustRun(t, home, "snapshot", "ls")
+	for _, want := range []string{"live", "disk", "broken"} {
+		if !strings.Contains(ls, want) {
+			t.Errorf("snapshot ls lacks %s:\n%s", want, ls)
+		}
+	}
+	mustRun(t, home, "snapshot", "rm", "broken")
+	if strings.Contains(mustRun(t, home, "snapshot", "ls"), "broken") {
+		t.Error("snapshot rm left it listed")
+	}
+}
+
+// TestSnapshotMissingImage checks the message when a snapshot's image is
+// gone from the store.
+func TestSnapshotMissingImage(t *testing.T) {
+	home := testenv.Home(t)
+	t.Cleanup(func() { stopSupervisor(t, home) })
+	mustRun(t, home, "bash", "--detach", "--keep", "--name", "s", "--", "sleep", "1000")
+	mustRun(t, home, "snapshot", "s", "--name", "orphan")
+	stopSupervisor(t, home)
+	os.RemoveAll(home.Images())
+	r := gondolin(t, home, "", "exec", "--resume", "orphan", "--", "true")
+	if r.code == 0 || !strings.Contains(r.stderr, "default:latest") || !strings.Contains(r.stderr, "gondolin image build") {
+		t.Fatalf("%+v", r)
+	}
+}

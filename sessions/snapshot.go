@@ -1,0 +1,262 @@
+package sessions
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/snapshots"
+	"github.com/gondolin/gondolin/vm"
+)
+
+// SnapshotRequest asks for a snapshot of a live session.
+type SnapshotRequest struct {
+	Name string `json:"name,omitempty"`
+	// Output writes the snapshot's disk to this path (its metadata and
+	// state beside it) instead of into the store alone.
+	Output string `json:"output,omitempty"`
+	// Live includes RAM and devices: processes, tmpfs and shell state.
+	Live bool `json:"live,omitempty"`
+}
+
+// snapshotSession is what a snapshot remembers of its session.
+type snapshotSession struct {
+	Spec    Spec              `json:"spec"`
+	Command []string          `json:"command,omitempty"`
+	Keep    bool              `json:"keep,omitempty"`
+	Label   string            `json:"label,omitempty"`
+	PTYs    []PTYRecord       `json:"ptys,omitempty"`
+	Policy  *netpolicy.Policy `json:"policy,omitempty"`
+}
+
+// Snapshot checkpoints a live session. Without Live it freezes the guest's
+// root filesystem, pauses the VM for as long as copying its disk overlay
+// takes, and thaws; with Live it saves RAM and devices while the guest
+// runs (QEMU pauses it only for the final pass) and copies the disk at
+// that same instant. Either way the session goes on running.
+func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequest) (*snapshots.Snapshot, error) {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return nil, err
+	}
+	if req.Name != "" {
+		if err := snapshots.ValidName(req.Name); err != nil {
+			return nil, invalidf("--name: %v", err)
+		}
+		if _, err := sv.rt.Snapshots.Resolve(req.Name); err == nil {
+			return nil, errorf(ErrConflict, "a snapshot named %q exists", req.Name)
+		}
+	}
+	if req.Output != "" {
+		if !filepath.IsAbs(req.Output) {
+			return nil, invalidf("--output %q: use an absolute path", req.Output)
+		}
+		if _, err := os.Stat(req.Output); err == nil {
+			return nil, errorf(ErrConflict, "--output %s exists; choose another path", req.Output)
+		}
+		if st, err := os.Stat(filepath.Dir(req.Output)); err != nil || !st.IsDir() {
+			return nil, invalidf("--output %s: its directory does not exist", req.Output)
+		}
+	}
+	s.mu.Lock()
+	m, a := s.m, s.agent
+	state, _ := s.derivedLocked()
+	s.mu.Unlock()
+	if state != Live {
+		return nil, errorf(ErrUnavailable, "session %s is %s; only a live session can be snapshotted", s.rec.ID, state)
+	}
+	img, err := sv.rt.Images.Resolve(s.rec.ImageID)
+	if err != nil {
+		return nil, fmt.Errorf("the session's image: %w", err)
+	}
+	store := sv.rt.Snapshots
+	id, dir, err := store.Begin()
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			store.Abort(dir)
+		}
+	}()
+	overlay := filepath.Join(sv.reg.dir(s.rec.ID), layout.Disk)
+	snapDisk := filepath.Join(dir, snapshots.DiskFile)
+	s.mu.Lock()
+	s.snapshotting = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.snapshotting = false
+		s.mu.Unlock()
+	}()
+	kind := snapshots.Disk
+	if req.Live {
+		kind = snapshots.Live
+		if err := m.SaveState(ctx, filepath.Join(dir, snapshots.StateFile)); err != nil {
+			m.Resume(context.Background())
+			return nil, err
+		}
+		err := snapshots.CopyDisk(overlay, snapDisk)
+		if rerr := m.Resume(context.Background()); rerr != nil && err == nil {
+			err = fmt.Errorf("resume after snapshot: %w", rerr)
+		}
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		if err := a.Freeze(ctx, false, 10*time.Second); err != nil {
+			return nil, fmt.Errorf("freeze the guest's disk: %w", err)
+		}
+		err := m.Pause(ctx)
+		if err == nil {
+			err = snapshots.CopyDisk(overlay, snapDisk)
+			if rerr := m.Resume(context.Background()); rerr != nil && err == nil {
+				err = rerr
+			}
+		}
+		if terr := a.Freeze(context.Background(), true, 0); terr != nil && err == nil {
+			err = fmt.Errorf("thaw the guest's disk: %w", terr)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := snapshots.Flatten(ctx, snapDisk, img.RootfsPath()); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	meta := snapshotSession{Spec: s.rec.Spec, Command: s.rec.Command, Keep: s.rec.Keep, Label: s.rec.Label, Policy: s.state.Policy}
+	for _, p := range s.ptyList() {
+		if p.info().Running {
+			meta.PTYs = append(meta.PTYs, p.record())
+		}
+	}
+	s.mu.Unlock()
+	raw, _ := json.Marshal(meta)
+	snap := &snapshots.Snapshot{
+		ID: id, Name: req.Name, Kind: kind, Created: time.Now().UTC(), Source: s.rec.ID,
+		ImageID: img.ID, ImageRef: s.rec.ImageRef, BaseDigest: img.Manifest.Rootfs.Digest,
+		Shape: snapshots.Shape{CPUs: s.rec.VM.CPUs, MemoryMiB: s.rec.VM.MemoryMiB, Network: s.rec.VM.Network,
+			Accel: string(s.rec.VM.Accel), MachineType: string(s.rec.VM.MachineType)},
+		Session: raw, Path: req.Output,
+	}
+	if err := store.Commit(snap, dir); err != nil {
+		return nil, err
+	}
+	ok = true
+	sv.emit(Event{Type: EventSnapshot, Session: s.rec.ID})
+	return snap, nil
+}
+
+// resumePlan is what resuming a snapshot needs: the VM to start and what
+// the snapshot remembers of its session.
+type resumePlan struct {
+	snap    *snapshots.Snapshot
+	img     *imagestore.Image
+	cfg     vm.Config
+	session snapshotSession
+}
+
+// planResume checks a snapshot (present, whole, its image available) and
+// prepares a VM configuration in dir that continues it. The snapshot
+// itself is never written to.
+func (r *Runtime) planResume(ctx context.Context, ref, dir string) (*resumePlan, error) {
+	snap, err := r.Snapshots.Resolve(ref)
+	if errors.Is(err, snapshots.ErrNotFound) {
+		return nil, errorf(ErrNotFound, "%v", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := snapshots.Verify(snap); err != nil {
+		return nil, errorf(ErrInvalid, "snapshot %s cannot be resumed: %v", ref, err)
+	}
+	img, err := r.snapshotImage(snap)
+	if err != nil {
+		return nil, err
+	}
+	plan := &resumePlan{snap: snap, img: img}
+	if len(snap.Session) > 0 {
+		if err := json.Unmarshal(snap.Session, &plan.session); err != nil {
+			return nil, errorf(ErrInvalid, "snapshot %s: corrupt session record: %v", ref, err)
+		}
+	}
+	accel, err := r.Accel(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	if snap.Kind == snapshots.Live && snap.Shape.Accel != "" && snap.Shape.Accel != string(accel) {
+		return nil, errorf(ErrInvalid, "snapshot %s was taken under %s and cannot continue under %s (set GONDOLIN_ACCEL=%s)",
+			ref, snap.Shape.Accel, accel, snap.Shape.Accel)
+	}
+	backing, err := snapshots.ResumeBacking(ctx, snap, img.RootfsPath(), dir)
+	if err != nil {
+		return nil, err
+	}
+	network := !plan.session.Spec.NoNetwork
+	if snap.Shape.CPUs != 0 {
+		network = snap.Shape.Network
+	}
+	plan.cfg = vm.Config{
+		Dir: dir, Name: "gondolin-" + filepath.Base(dir),
+		Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: backing,
+		CPUs: snap.Shape.CPUs, MemoryMiB: snap.Shape.MemoryMiB, Accel: accel,
+		MachineType: vm.MachineType(snap.Shape.MachineType), Network: network, Debug: r.Debug,
+		Restore: snap.StatePath(),
+	}
+	return plan, nil
+}
+
+// snapshotImage finds the image a snapshot was taken from, by ID or by its
+// root disk, or says what to build or pull.
+func (r *Runtime) snapshotImage(snap *snapshots.Snapshot) (*imagestore.Image, error) {
+	if snap.ImageID != "" {
+		if img, err := r.Images.Resolve(snap.ImageID); err == nil {
+			return img, nil
+		}
+	}
+	if images, err := r.Images.List(); err == nil {
+		for i := range images {
+			if images[i].Manifest.Rootfs.Digest == snap.BaseDigest {
+				return r.Images.Resolve(images[i].ID)
+			}
+		}
+	}
+	ref := snap.ImageRef
+	if ref == "" {
+		ref = "its image"
+	}
+	how := "gondolin image build"
+	if !strings.HasPrefix(ref, "default:") {
+		how = "gondolin image pull " + ref + " (or image build --tag " + ref + ")"
+	}
+	return nil, errorf(ErrNotFound, "snapshot %s needs %s (%s), which is not here: %s", snap.ID, ref, snap.ImageID, how)
+}
+
+// resumeSpec is the spec a resumed session runs with: the snapshot's,
+// with the requester's name and secret values.
+func (p *resumePlan) resumeSpec(req Spec, values map[string]string) (Spec, error) {
+	spec := p.session.Spec
+	spec.Name = req.Name
+	spec.Cold = true // nothing to clone: the snapshot is the VM
+	if p.session.Policy != nil {
+		pol := p.session.Policy.Clone()
+		spec.Policy = &pol
+	}
+	if spec.Image == "" {
+		spec.Image = p.img.ID
+	}
+	if err := spec.applySecretValues(values); err != nil {
+		return spec, err
+	}
+	return spec, nil
+}
