@@ -2,12 +2,12 @@ package debian
 
 import (
 	"bytes"
-	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 
+	"github.com/gondolin/gondolin/imagestore/internal/format"
 	"github.com/pierrec/lz4/v4"
 )
 
@@ -20,11 +20,6 @@ const (
 	offPayloadLength = 0x24c
 	minBootVersion   = 0x208 // first protocol version with the payload fields
 )
-
-// xenElfnotePhys32Entry is the ELF note (owner "Xen") that marks a kernel
-// as PVH-bootable: QEMU jumps straight to that 32-bit entry point, skipping
-// the bzImage's own decompressor.
-const xenElfnotePhys32Entry = 18
 
 // maxVmlinux bounds decompression: a distribution vmlinux is 30-70 MB, so
 // anything bigger is a corrupt or hostile payload.
@@ -79,51 +74,7 @@ func extractPVH(bz []byte) ([]byte, error) {
 
 // checkPVH checks that b is a complete x86-64 ELF with a PVH entry note.
 func checkPVH(b []byte) error {
-	f, err := elf.NewFile(bytes.NewReader(b))
-	if err != nil {
-		return fmt.Errorf("decompressed kernel is not ELF: %w", err)
-	}
-	defer f.Close()
-	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("decompressed kernel is %v %v, not x86-64", f.Class, f.Machine)
-	}
-	found := false
-	for _, p := range f.Progs {
-		// A truncated payload still has intact headers: insist on every
-		// segment's bytes being there.
-		if p.Off > uint64(len(b)) || p.Filesz > uint64(len(b))-p.Off {
-			return fmt.Errorf("decompressed kernel is truncated (segment at %#x+%#x)", p.Off, p.Filesz)
-		}
-		if p.Type == elf.PT_NOTE && hasNote(b[p.Off:p.Off+p.Filesz], f.ByteOrder, "Xen", xenElfnotePhys32Entry) {
-			found = true
-		}
-	}
-	if !found {
-		return errors.New("kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")
-	}
-	return nil
-}
-
-// hasNote walks an ELF note segment looking for (owner, type).
-func hasNote(b []byte, bo binary.ByteOrder, owner string, typ uint32) bool {
-	align4 := func(n uint64) uint64 { return (n + 3) &^ 3 }
-	for len(b) >= 12 {
-		namesz, descsz, t := uint64(bo.Uint32(b)), uint64(bo.Uint32(b[4:])), bo.Uint32(b[8:])
-		b = b[12:]
-		if align4(namesz) > uint64(len(b)) {
-			return false
-		}
-		name := string(bytes.TrimRight(b[:namesz], "\x00"))
-		b = b[align4(namesz):]
-		if align4(descsz) > uint64(len(b)) {
-			return name == owner && t == typ && descsz <= uint64(len(b))
-		}
-		if name == owner && t == typ {
-			return true
-		}
-		b = b[align4(descsz):]
-	}
-	return false
+	return format.PVH(bytes.NewReader(b), int64(len(b)))
 }
 
 // compression names a payload's format for the fallback message.

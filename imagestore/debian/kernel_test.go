@@ -48,12 +48,12 @@ func lz4Kernel(t testing.TB, data []byte) []byte {
 
 func pvhELF() []byte {
 	return testELF(append(elfNote("GNU", 3, []byte("build-id")), elfNote("Xen", xenElfnotePhys32Entry, []byte{0, 0, 0, 1})...),
-		elfSection{name: ".text", typ: 1, data: bytes.Repeat([]byte{0x90}, 4096)})
+		elfSection{Name: ".text", Type: 1, Data: bytes.Repeat([]byte{0x90}, 4096)})
 }
 
 func TestExtractPVH(t *testing.T) {
 	vmlinux := pvhELF()
-	noNote := testELF(elfNote("GNU", 3, []byte("x")), elfSection{name: ".text", typ: 1, data: []byte{0x90}})
+	noNote := testELF(elfNote("GNU", 3, []byte("x")), elfSection{Name: ".text", Type: 1, Data: []byte{0x90}})
 	compressed := lz4Kernel(t, vmlinux)
 	tests := []struct {
 		name    string
