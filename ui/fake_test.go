@@ -277,7 +277,7 @@ func sampleBackend() *fakeBackend {
 		sessions.Session{ID: "5e55a0000002", State: sessions.Stopped, Created: epoch.Add(-3 * time.Hour), Image: "default:latest",
 			PTYs: []sessions.PTY{{ID: 1, Main: true, ExitCode: exitCode(0)}}},
 	)
-	f.screens["a1b2c3d4e5f6/1"] = screenOf(24, 80, "root@api:~# make test", "ok  \tgithub.com/example/api\t0.412s", "root@api:~# echo hello", "hello", "root@api:~# ")
+	f.screens["a1b2c3d4e5f6/1"] = screenOf(24, 80, "root@api:~# make test", "ok      github.com/example/api  0.412s", "root@api:~# echo hello", "hello", "root@api:~# ")
 	f.screens["a1b2c3d4e5f6/2"] = screenOf(24, 80, "top - 12:00:00 up 1:35,  0 users,  load average: 0.08", "Tasks:  12 total,   1 running")
 	f.screens["0f9e8d7c6b5a/1"] = screenOf(24, 80, "root@build:~# ./build.sh", "[3/7] compiling")
 	f.policies["a1b2c3d4e5f6"] = sessions.PolicyView{

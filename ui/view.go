@@ -169,16 +169,16 @@ func (m *Model) colWidths(w int) []int {
 			widths[i] = c.min
 		}
 	}
-	// Spare width goes first to what the rows on screen need in STATE
-	// (a stale session's reason) and POLICY, then to names, images and
-	// full IDs; what is left pads the last column.
+	// Spare width goes to what the rows on screen need, column by
+	// column: images, then STATE (a stale session's reason), POLICY,
+	// names and full IDs; what is left pads the last column.
 	for _, i := range growOrder {
 		if !on[i] || spare == 0 {
 			continue
 		}
-		limit := columns[i].max
-		if limit == 0 {
-			limit = m.contentWidth(i)
+		limit := m.contentWidth(i)
+		if columns[i].max > 0 {
+			limit = min(limit, columns[i].max)
 		}
 		add := min(max(limit-widths[i], 0), spare)
 		widths[i] += add
@@ -190,7 +190,7 @@ func (m *Model) colWidths(w int) []int {
 // growOrder lists columns by who gets spare width first.
 var growOrder = func() []int {
 	var order []int
-	for _, title := range []string{"STATE", "POLICY", "NAME", "ID", "IMAGE", "UP", "CPU", "MEM", "PTYS"} {
+	for _, title := range []string{"IMAGE", "STATE", "POLICY", "NAME", "ID", "UP", "CPU", "MEM", "PTYS"} {
 		for i, c := range columns {
 			if c.title == title {
 				order = append(order, i)
@@ -450,6 +450,11 @@ func (m *Model) previewBody(w, rows int) []string {
 // styled rendering does not have one row per line).
 func screenLines(s sessions.Screen) []string {
 	plain := strings.Split(strings.ReplaceAll(s.Text, "\r\n", "\n"), "\n")
+	// An emulator's screen has no tabs, but a stray one would break the
+	// width arithmetic of every line around it.
+	for i, l := range plain {
+		plain[i] = strings.ReplaceAll(l, "\t", " ")
+	}
 	styled := strings.Split(strings.ReplaceAll(s.ANSI, "\r\n", "\n"), "\n")
 	if s.ANSI == "" || len(styled) != len(plain) {
 		return plain

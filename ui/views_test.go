@@ -24,6 +24,7 @@ func TestViews(t *testing.T) {
 	}{
 		{name: "main_80x24", w: 80, h: 24},
 		{name: "main_120x40", w: 120, h: 40},
+		{name: "main_100x30", w: 100, h: 30, keys: []string{"1"}}, // the README's capture
 		{name: "main_60x20_narrow", w: 60, h: 20},
 		{name: "empty", backend: func() Backend { return newFake() }, w: 80, h: 24},
 		{name: "second_pty", w: 80, h: 24, keys: []string{"tab"}},
