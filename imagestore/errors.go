@@ -6,8 +6,10 @@ import "errors"
 var (
 	// ErrNotFound: no image, ref or blob by that name.
 	ErrNotFound = errors.New("not found")
-	// ErrInvalid: a malformed reference, config or manifest.
+	// ErrInvalid: a malformed reference, config, manifest or import.
 	ErrInvalid = errors.New("invalid")
+	// ErrInUse: a session or snapshot still uses the image.
+	ErrInUse = errors.New("in use")
 )
 
 // hintError carries a complete message for the user while still matching

@@ -57,6 +57,40 @@ type Manifest struct {
 	Packages []Package   `json:"packages,omitempty"`
 	Config   BuildConfig `json:"config,omitzero"`
 	Modules  []string    `json:"modules,omitempty"` // module names in the initramfs
+
+	// OCI is set on images pulled from a registry.
+	OCI *OCIConfig `json:"oci,omitempty"`
+}
+
+// OCIConfig is what a pulled image's own config says about running it.
+// gondolin boots its own kernel and agent, so the entrypoint and command
+// are kept for reference only; Env and WorkingDir are what a command in
+// the guest may be given.
+type OCIConfig struct {
+	Source     string   `json:"source"` // the reference pulled, fully qualified
+	Digest     string   `json:"digest"` // of the image manifest in the registry
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+}
+
+// validate rejects what could not be passed to a process: NUL bytes,
+// environment entries without "=".
+func (c *OCIConfig) validate() error {
+	strs := append(append(append([]string{c.Source, c.Digest, c.WorkingDir, c.User}, c.Env...), c.Entrypoint...), c.Cmd...)
+	for _, s := range strs {
+		if strings.ContainsRune(s, 0) {
+			return fmt.Errorf("%w: manifest oci config has a NUL byte", ErrInvalid)
+		}
+	}
+	for _, e := range c.Env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return fmt.Errorf("%w: manifest oci env entry %q is not KEY=VALUE", ErrInvalid, e)
+		}
+	}
+	return nil
 }
 
 // files returns the manifest's blobs with the role each plays, for checks
@@ -107,6 +141,9 @@ func (m *Manifest) validate() error {
 		if !ok {
 			return fmt.Errorf("%w: manifest %s format %q (want one of %v)", ErrInvalid, f.role, f.file.Format, allowed[f.role])
 		}
+	}
+	if m.OCI != nil {
+		return m.OCI.validate()
 	}
 	return nil
 }

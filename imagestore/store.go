@@ -10,6 +10,7 @@
 //	manifests/<hex>      empty marker: blob <hex> is an image manifest
 //	refs/<name>/<tag>    "sha256:<hex>" of a manifest
 //	refs.lock            flock taken by ref writers
+//	blobs.lock           flock shared by writers, exclusive for garbage collection
 //	tmp/                 scratch space on the store's filesystem
 package imagestore
 
@@ -213,6 +214,13 @@ func (s *Store) PutManifest(m Manifest) (string, error) {
 	if err := m.validate(); err != nil {
 		return "", err
 	}
+	// Between the check that the blobs are here and the marker that
+	// makes them an image's, Remove must not collect them.
+	release, err := s.Hold()
+	if err != nil {
+		return "", err
+	}
+	defer release()
 	for _, f := range m.files() {
 		if !f.file.IsZero() && !s.hasBlob(f.file) {
 			return "", fmt.Errorf("store manifest: %s blob %s is not in the store", f.role, f.file.Digest)
@@ -243,6 +251,12 @@ func (s *Store) Tag(src string, dst Ref) error {
 	if _, err := ParseRef(dst.String()); err != nil {
 		return err
 	}
+	// The image must not be collected between Resolve and the new ref.
+	release, err := s.Hold()
+	if err != nil {
+		return err
+	}
+	defer release()
 	im, err := s.Resolve(src)
 	if err != nil {
 		return err
@@ -253,14 +267,11 @@ func (s *Store) Tag(src string, dst Ref) error {
 // writeRef replaces a ref atomically. The lock orders concurrent writers
 // so that each rename lands whole; the rename alone keeps readers safe.
 func (s *Store) writeRef(r Ref, id string) error {
-	lock, err := os.OpenFile(s.refLock(), os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err := s.lockRefs()
 	if err != nil {
 		return fmt.Errorf("tag %s: %w", r, err)
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("tag %s: lock refs: %w", r, err)
-	}
+	defer unlock()
 	dir := filepath.Join(s.refDir(), r.Name)
 	if err := layout.MkdirPrivate(dir); err != nil {
 		return fmt.Errorf("tag %s: %w", r, err)

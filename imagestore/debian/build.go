@@ -132,6 +132,13 @@ func Build(ctx context.Context, store *imagestore.Store, opts Options) (im *imag
 		return nil, false, err
 	}
 	defer removeAll(work)
+	// From the first blob stored to the tag, a concurrent image rm must
+	// not collect this build's blobs.
+	release, err := store.Hold()
+	if err != nil {
+		return nil, false, err
+	}
+	defer release()
 	m, err := buildFiles(ctx, store, pl, debPaths, work, opts)
 	if err != nil {
 		return nil, false, err
