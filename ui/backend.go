@@ -2,10 +2,10 @@ package ui
 
 import (
 	"context"
-	"time"
 
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/snapshots"
 )
 
 // Backend is what the dashboard needs from the supervisor. *sessions.Client
@@ -36,48 +36,14 @@ type PolicyBackend interface {
 
 var _ PolicyBackend = (*sessions.Client)(nil)
 
-// SnapshotBackend takes and resumes checkpoints. The supervisor has no
-// snapshot API yet: the types below are the shape the dashboard needs.
-// When package sessions declares its own, each becomes an alias (type
-// Snapshot = sessions.Snapshot) and *sessions.Client satisfies the
-// interface with no other change here.
+// SnapshotBackend takes checkpoints and lists them. *sessions.Client
+// has it. A snapshot resumes through Backend.Create (CreateRequest.Resume).
 type SnapshotBackend interface {
-	// Snapshot checkpoints a session: its disk, or with Live its RAM and
-	// devices too. progress is called as the work advances.
-	Snapshot(ctx context.Context, ref string, req SnapshotRequest, progress func(SnapshotProgress)) (Snapshot, error)
-	// ListSnapshots returns every snapshot, newest first.
-	ListSnapshots(ctx context.Context) ([]Snapshot, error)
-	// Resume creates a session from a snapshot.
-	Resume(ctx context.Context, snapshot string, req ResumeRequest) (sessions.Session, error)
+	Snapshot(ctx context.Context, ref string, req sessions.SnapshotRequest) (*snapshots.Snapshot, error)
+	Snapshots(ctx context.Context) ([]*snapshots.Snapshot, error)
 }
 
-// SnapshotRequest says what to checkpoint.
-type SnapshotRequest struct {
-	Name string `json:"name,omitempty"`
-	Live bool   `json:"live,omitempty"` // RAM and device state too
-}
-
-// SnapshotProgress reports a snapshot under way.
-type SnapshotProgress struct {
-	Phase string  `json:"phase"` // e.g. "pausing", "saving RAM", "copying disk"
-	Done  float64 `json:"done"`  // 0..1
-}
-
-// Snapshot is a saved checkpoint.
-type Snapshot struct {
-	ID      string    `json:"id"`
-	Name    string    `json:"name,omitempty"`
-	Session string    `json:"session"` // the session it was taken from
-	Image   string    `json:"image"`
-	Live    bool      `json:"live"`
-	Created time.Time `json:"created"`
-	Bytes   int64     `json:"bytes"`
-}
-
-// ResumeRequest names the session a snapshot resumes into.
-type ResumeRequest struct {
-	Name string `json:"name,omitempty"`
-}
+var _ SnapshotBackend = (*sessions.Client)(nil)
 
 // MountSpecs puts the new-session form's mounts, in the CLI's
 // --mount-hostfs syntax (HOST:GUEST[:ro]), into a Spec. sessions.Spec has

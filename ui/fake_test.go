@@ -11,6 +11,7 @@ import (
 
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/snapshots"
 )
 
 // epoch is the fake clock: every session's age is measured against it.
@@ -30,7 +31,7 @@ type fakeBackend struct {
 	screens  map[string]sessions.Screen // "id/pty"
 	policies map[string]sessions.PolicyView
 	netlog   []netpolicy.Event
-	snaps    []Snapshot
+	snaps    []*snapshots.Snapshot
 	events   chan sessions.Event
 	// eventsErr makes Events fail (the supervisor is down).
 	eventsErr error
@@ -38,10 +39,8 @@ type fakeBackend struct {
 	calls   map[string]int
 	created []sessions.CreateRequest
 	changes []sessions.PolicyChange
-	// snapProgress is what Snapshot reports before it returns; gate, if
-	// set, holds Snapshot until closed.
-	snapProgress []SnapshotProgress
-	gate         chan struct{}
+	// gate, if set, holds Snapshot until closed.
+	gate chan struct{}
 }
 
 // basicBackend hides the optional features of a fake.
@@ -90,7 +89,11 @@ func (f *fakeBackend) Create(ctx context.Context, req sessions.CreateRequest) (s
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.created = append(f.created, req)
-	s := sessions.Session{ID: fmt.Sprintf("c0ffee%06d", len(f.created)), Name: req.Spec.Name, State: sessions.Live,
+	name := req.Spec.Name
+	if req.Resume != "" {
+		name = "resumed"
+	}
+	s := sessions.Session{ID: fmt.Sprintf("c0ffee%06d", len(f.created)), Name: name, State: sessions.Live,
 		Created: epoch, Image: orDefault(req.Spec.Image, "default:latest"), Spec: req.Spec,
 		PTYs: []sessions.PTY{{ID: 1, Running: true, Main: true}}}
 	f.sessions = append([]sessions.Session{s}, f.sessions...)
@@ -211,35 +214,32 @@ func (f *fakeBackend) NetworkEvents(ctx context.Context, ref string, follow bool
 	return ch, nil
 }
 
-func (f *fakeBackend) Snapshot(ctx context.Context, ref string, req SnapshotRequest, progress func(SnapshotProgress)) (Snapshot, error) {
+func (f *fakeBackend) Snapshot(ctx context.Context, ref string, req sessions.SnapshotRequest) (*snapshots.Snapshot, error) {
 	f.called("Snapshot")
-	for _, p := range f.snapProgress {
-		progress(p)
-	}
 	if f.gate != nil {
 		select {
 		case <-f.gate:
 		case <-ctx.Done():
-			return Snapshot{}, ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
-	s := Snapshot{ID: "snap0001", Name: req.Name, Session: ref, Live: req.Live, Created: epoch, Bytes: 300 << 20}
+	kind := snapshots.Disk
+	if req.Live {
+		kind = snapshots.Live
+	}
+	s := &snapshots.Snapshot{ID: "snap0001", Name: req.Name, Source: ref, Kind: kind, Created: epoch,
+		Files: []snapshots.File{{Name: "disk.qcow2", Size: 300 << 20}}}
 	f.mu.Lock()
-	f.snaps = append([]Snapshot{s}, f.snaps...)
+	f.snaps = append([]*snapshots.Snapshot{s}, f.snaps...)
 	f.mu.Unlock()
 	return s, nil
 }
 
-func (f *fakeBackend) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
-	f.called("ListSnapshots")
+func (f *fakeBackend) Snapshots(ctx context.Context) ([]*snapshots.Snapshot, error) {
+	f.called("Snapshots")
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]Snapshot(nil), f.snaps...), nil
-}
-
-func (f *fakeBackend) Resume(ctx context.Context, snapshot string, req ResumeRequest) (sessions.Session, error) {
-	f.called("Resume")
-	return f.Create(ctx, sessions.CreateRequest{Spec: sessions.Spec{Name: "resumed"}})
+	return append([]*snapshots.Snapshot(nil), f.snaps...), nil
 }
 
 var (
@@ -292,9 +292,11 @@ func sampleBackend() *fakeBackend {
 		{Time: epoch.Add(-20 * time.Second), Action: netpolicy.Allowed, Proto: "https", Method: "GET", Host: "api.github.com", Path: "/repos/x/y", Rule: "allow api.github.com", Secrets: []string{"GH_TOKEN"}},
 		{Time: epoch.Add(-10 * time.Second), Action: netpolicy.Blocked, Proto: "https", Method: "POST", Host: "evil.example", Path: "/upload", Reason: "host not allowed"},
 	}
-	f.snaps = []Snapshot{
-		{ID: "snapaaaa0001", Name: "before-upgrade", Session: "a1b2c3d4e5f6", Live: true, Created: epoch.Add(-2 * time.Hour), Bytes: 512 << 20},
-		{ID: "snapaaaa0002", Session: "0f9e8d7c6b5a", Created: epoch.Add(-26 * time.Hour), Bytes: 80 << 20},
+	f.snaps = []*snapshots.Snapshot{
+		{ID: "snapaaaa0001", Name: "before-upgrade", Source: "a1b2c3d4e5f6", Kind: snapshots.Live, Created: epoch.Add(-2 * time.Hour),
+			Files: []snapshots.File{{Name: "disk.qcow2", Size: 300 << 20}, {Name: "state.zst", Size: 212 << 20}}},
+		{ID: "snapaaaa0002", Source: "0f9e8d7c6b5a", Kind: snapshots.Disk, Created: epoch.Add(-26 * time.Hour),
+			Files: []snapshots.File{{Name: "disk.qcow2", Size: 80 << 20}}},
 	}
 	return f
 }

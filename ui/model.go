@@ -318,6 +318,8 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.onAttachDone(msg)
 	case createDoneMsg:
 		return m, m.onCreateDone(msg)
+	case snapDoneMsg:
+		return m, m.onSnapDone(msg)
 	case inspectMsg:
 		msg(m)
 		return m, nil

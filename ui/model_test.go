@@ -298,8 +298,11 @@ func TestKeys(t *testing.T) {
 		{"r resumes the chosen snapshot", []string{"r"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
 			h.waitUntil("list loaded", func(m *Model) bool { d, ok := m.dialog.(*resumeDialog); return ok && d.loaded })
 			h.keys("enter")
-		}, calls("Resume", 1), func(t *testing.T, h *harness, f *fakeBackend) {
+		}, calls("Create", 1), func(t *testing.T, h *harness, f *fakeBackend) {
 			h.waitUntil("resumed session selected", func(m *Model) bool { s, _ := m.current(); return s.Name == "resumed" })
+			if r := f.created[0]; r.Resume != "snapaaaa0001" {
+				t.Errorf("create request %+v", r)
+			}
 		}}},
 	}
 	for _, tt := range tests {

@@ -3,10 +3,12 @@ package ui
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"charm.land/bubbles/v2/textinput"
 	tea "charm.land/bubbletea/v2"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/snapshots"
 )
 
 func (m *Model) snapshotBackend() SnapshotBackend {
@@ -14,30 +16,27 @@ func (m *Model) snapshotBackend() SnapshotBackend {
 	return sb
 }
 
-// snapshotDialog takes a disk or live snapshot of a session and shows its
-// progress.
+// snapshotDialog takes a disk or live snapshot of a session and shows it
+// under way.
 type snapshotDialog struct {
 	sb      SnapshotBackend
 	session sessions.Session
 	live    bool
 	name    textinput.Model
 
-	running  bool
-	progress SnapshotProgress
-	progCh   chan SnapshotProgress
-	result   *Snapshot
-	err      error
+	running bool
+	started time.Time
+	elapsed time.Duration
+	result  *snapshots.Snapshot
+	err     error
 }
 
 type (
-	snapProgressMsg struct {
-		ch chan SnapshotProgress
-		p  SnapshotProgress
-	}
+	snapTickMsg struct{ d *snapshotDialog }
 	snapDoneMsg struct {
-		session string
-		snap    Snapshot
-		err     error
+		d    *snapshotDialog
+		snap *snapshots.Snapshot
+		err  error
 	}
 )
 
@@ -62,58 +61,54 @@ func (m *Model) openSnapshot() tea.Cmd {
 	return d.name.Focus()
 }
 
-func waitProgress(ch chan SnapshotProgress) tea.Cmd {
-	return func() tea.Msg {
-		p, ok := <-ch
-		if !ok {
-			return nil
-		}
-		return snapProgressMsg{ch: ch, p: p}
-	}
+// snapTick animates the dialog while the supervisor works: its API
+// answers once, at the end, so the dialog shows time spent, not a
+// fraction done.
+func (d *snapshotDialog) tick() tea.Cmd {
+	return tea.Tick(100*time.Millisecond, func(time.Time) tea.Msg { return snapTickMsg{d: d} })
 }
 
 func (d *snapshotDialog) start(m *Model) tea.Cmd {
-	d.running = true
-	d.progCh = make(chan SnapshotProgress, 1)
-	ch := d.progCh
-	req := SnapshotRequest{Name: strings.TrimSpace(d.name.Value()), Live: d.live}
+	d.running, d.started = true, time.Now()
+	req := sessions.SnapshotRequest{Name: strings.TrimSpace(d.name.Value()), Live: d.live}
 	id := d.session.ID
 	run := func() tea.Msg {
 		ctx, cancel := contextWithTimeout(m.ctx, createTimeout)
 		defer cancel()
-		snap, err := d.sb.Snapshot(ctx, id, req, func(p SnapshotProgress) {
-			// Keep only the latest figure: the view needs no history.
-			select {
-			case <-ch:
-			default:
-			}
-			ch <- p
-		})
-		close(ch)
-		return snapDoneMsg{session: id, snap: snap, err: err}
+		snap, err := d.sb.Snapshot(ctx, id, req)
+		return snapDoneMsg{d: d, snap: snap, err: err}
 	}
-	return tea.Batch(run, waitProgress(ch))
+	return tea.Batch(run, d.tick())
+}
+
+// onSnapDone reports a finished snapshot whether or not its dialog is
+// still open (esc hides it while the work goes on).
+func (m *Model) onSnapDone(msg snapDoneMsg) tea.Cmd {
+	d := msg.d
+	d.running = false
+	if msg.err != nil {
+		d.err = msg.err
+		return m.setError(fmt.Errorf("snapshot %s: %w", displayName(d.session), msg.err))
+	}
+	d.result = msg.snap
+	return m.setStatus("snapshot " + snapName(msg.snap) + " saved; r resumes it")
+}
+
+func snapName(s *snapshots.Snapshot) string {
+	if s == nil {
+		return ""
+	}
+	return orDefault(s.Name, s.ID)
 }
 
 func (d *snapshotDialog) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 	switch msg := msg.(type) {
-	case snapProgressMsg:
-		if msg.ch == d.progCh {
-			d.progress = msg.p
-			return false, waitProgress(msg.ch)
+	case snapTickMsg:
+		if msg.d == d && d.running {
+			d.elapsed = time.Since(d.started)
+			return false, d.tick()
 		}
 		return false, nil
-	case snapDoneMsg:
-		if msg.session != d.session.ID {
-			return false, nil
-		}
-		d.running = false
-		if msg.err != nil {
-			d.err = msg.err
-			return false, m.setError(fmt.Errorf("snapshot %s: %w", displayName(d.session), msg.err))
-		}
-		d.result = &msg.snap
-		return false, m.setStatus("snapshot " + orDefault(msg.snap.Name, msg.snap.ID) + " saved; r resumes it")
 	case tea.KeyPressMsg:
 		key := msg.String()
 		if key == "ctrl+c" {
@@ -124,9 +119,7 @@ func (d *snapshotDialog) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 		}
 		if d.running {
 			if key == "esc" {
-				// Keep working in the background; the status line
-				// reports the end.
-				return true, m.setStatus("snapshot continues in the background")
+				return true, m.setStatus("the snapshot goes on in the background")
 			}
 			return false, nil
 		}
@@ -157,7 +150,7 @@ func (d *snapshotDialog) view(m *Model, w, h int) string {
 		return "( ) " + text
 	}
 	body = append(body,
-		radio(!d.live, "disk: the root disk only; the VM keeps running"),
+		radio(!d.live, "disk: the root disk; the VM pauses for a moment"),
 		radio(d.live, "live: RAM and devices too; resumes where it was"),
 		"")
 	d.name.SetWidth(max(inner-12, 8))
@@ -167,36 +160,46 @@ func (d *snapshotDialog) view(m *Model, w, h int) string {
 		body = append(body, wrap(m.st.errText.Render("failed: "+oneLine(d.err.Error())), inner)...)
 		body = append(body, "", "any key closes")
 	case d.result != nil:
-		body = append(body, m.st.okText.Render("saved "+orDefault(d.result.Name, d.result.ID)+" ("+humanBytes(d.result.Bytes)+")"), "", "any key closes")
+		body = append(body, m.st.okText.Render(fmt.Sprintf("saved %s (%s, %s)", snapName(d.result), d.result.Kind, humanBytes(d.result.Size()))), "", "any key closes")
 	case d.running:
-		body = append(body, progressBar(d.progress, inner), "", m.st.key.Render("esc")+" hide (the snapshot continues)")
+		what := "copying the disk"
+		if d.live {
+			what = "saving RAM and devices, then the disk"
+		}
+		body = append(body, busyBar(d.elapsed, inner), fmt.Sprintf("%s… %.1fs", what, d.elapsed.Seconds()), "",
+			m.st.key.Render("esc")+" hide (the snapshot goes on)")
 	default:
 		body = append(body, m.st.key.Render("tab")+" disk/live   "+m.st.key.Render("enter")+" take it   "+m.st.key.Render("esc")+" cancel")
 	}
 	return m.box("Snapshot · "+displayName(d.session), body, w, h)
 }
 
-// progressBar draws p as text, so it reads the same without colour.
-func progressBar(p SnapshotProgress, w int) string {
-	done := max(0, min(p.Done, 1))
-	label := fmt.Sprintf(" %3.0f%% %s", done*100, p.Phase)
-	barW := max(w-len(label)-2, 10)
-	n := int(done * float64(barW))
-	return "[" + strings.Repeat("#", n) + strings.Repeat("-", barW-n) + "]" + label
+// busyBar is a bar whose block sweeps back and forth with time: work
+// under way whose end is unknown. Plain characters, so it reads the same
+// without colour.
+func busyBar(elapsed time.Duration, w int) string {
+	barW := max(w-2, 10)
+	const block = 6
+	span := barW - block
+	step := int(elapsed/(100*time.Millisecond)) % (2 * span)
+	pos := step
+	if step > span {
+		pos = 2*span - step
+	}
+	return "[" + strings.Repeat("-", pos) + strings.Repeat("#", block) + strings.Repeat("-", span-pos) + "]"
 }
 
 // resumeDialog lists snapshots and resumes one into a new session.
 type resumeDialog struct {
 	sb     SnapshotBackend
-	list   []Snapshot
+	list   []*snapshots.Snapshot
 	loaded bool
 	err    error
 	cursor int
-	busy   bool
 }
 
 type snapListMsg struct {
-	list []Snapshot
+	list []*snapshots.Snapshot
 	err  error
 }
 
@@ -209,7 +212,7 @@ func (m *Model) openResume() tea.Cmd {
 	return func() tea.Msg {
 		ctx, cancel := m.reqCtx()
 		defer cancel()
-		list, err := sb.ListSnapshots(ctx)
+		list, err := sb.Snapshots(ctx)
 		return snapListMsg{list: list, err: err}
 	}
 }
@@ -230,19 +233,12 @@ func (d *resumeDialog) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 		case "down", "j":
 			d.cursor = min(d.cursor+1, max(len(d.list)-1, 0))
 		case "enter":
-			if len(d.list) == 0 || d.busy {
+			if len(d.list) == 0 {
 				return false, nil
 			}
 			snap := d.list[d.cursor]
-			return true, tea.Batch(m.setStatus("resuming "+orDefault(snap.Name, snap.ID)+"…"), func() tea.Msg {
-				ctx, cancel := contextWithTimeout(m.ctx, createTimeout)
-				defer cancel()
-				s, err := d.sb.Resume(ctx, snap.ID, ResumeRequest{})
-				if err != nil {
-					return doneMsg{err: fmt.Errorf("resume %s: %w", orDefault(snap.Name, snap.ID), err)}
-				}
-				return doneMsg{text: "resumed " + displayName(s), refresh: true, selectID: s.ID}
-			})
+			req := sessions.CreateRequest{Resume: snap.ID, Rows: uint16(max(m.height, 24)), Cols: uint16(max(m.width, 80))}
+			return true, tea.Batch(m.setStatus("resuming "+snapName(snap)+"…"), m.create(req, nil))
 		}
 	}
 	return false, nil
@@ -263,12 +259,8 @@ func (d *resumeDialog) view(m *Model, w, h int) string {
 		start := max(0, d.cursor-rows+1)
 		for i := start; i < len(d.list) && i < start+rows; i++ {
 			s := d.list[i]
-			kind := "disk"
-			if s.Live {
-				kind = "live"
-			}
-			line := marker(i == d.cursor) + fit(orDefault(s.Name, s.ID), 16, false) + " " + fit(s.Session, 12, false) + " " +
-				fit(kind, 4, false) + " " + fit(humanDuration(m.opts.Now().Sub(s.Created)), 5, true) + " " + fit(humanBytes(s.Bytes), 6, true)
+			line := marker(i == d.cursor) + fit(snapName(s), 16, false) + " " + fit(dash(s.Source), 12, false) + " " +
+				fit(string(s.Kind), 4, false) + " " + fit(humanDuration(m.opts.Now().Sub(s.Created)), 5, true) + " " + fit(humanBytes(s.Size()), 6, true)
 			if i == d.cursor {
 				line = m.st.selected.Render(line)
 			}
