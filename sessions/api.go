@@ -115,7 +115,7 @@ type Screen struct {
 	Cols   int    `json:"cols"`
 	Text   string `json:"text"` // plain text, one line per row
 	ANSI   string `json:"ansi"` // with styles as escape codes
-	Cursor [2]int `json:"cursor"`
+	Cursor [2]int `json:"cursor"` // [row, column], from 0
 	Offset uint64 `json:"offset"` // output bytes seen so far
 }
 
@@ -139,6 +139,10 @@ const (
 	EventPTYPaint = "pty.output" // a terminal's screen changed (rate limited)
 	EventPolicy   = "session.policy"
 	EventSnapshot = "session.snapshot"
+	// EventUsage is sent every few seconds while a session is live and
+	// someone follows events, so a dashboard's CPU and memory columns stay
+	// current without polling.
+	EventUsage = "session.usage"
 )
 
 // SupervisorStatus describes the running supervisor.

@@ -44,3 +44,9 @@ func (b *broker) publish(e Event) {
 		}
 	}
 }
+
+func (b *broker) followers() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.subs)
+}

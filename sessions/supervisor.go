@@ -34,10 +34,13 @@ type Supervisor struct {
 	names    map[string]bool // names taken by sessions being created
 }
 
+// usageInterval is how often followers hear about live sessions' usage.
+const usageInterval = 3 * time.Second
+
 // NewSupervisor prepares a supervisor for rt's home; Adopt and Serve
 // start it.
 func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
-	return &Supervisor{
+	sv := &Supervisor{
 		rt:       rt,
 		reg:      registry{home: rt.Home},
 		log:      logger,
@@ -46,6 +49,21 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 		events:   newBroker(),
 		sessions: map[string]*session{},
 		names:    map[string]bool{},
+	}
+	go sv.reportUsage()
+	return sv
+}
+
+// reportUsage tells followers, now and then, that live sessions' CPU and
+// memory figures have moved.
+func (sv *Supervisor) reportUsage() {
+	for range time.Tick(usageInterval) {
+		if sv.events.followers() == 0 {
+			continue
+		}
+		for _, s := range sv.List(false) {
+			sv.emit(Event{Type: EventUsage, Session: s.ID, State: s.State})
+		}
 	}
 }
 

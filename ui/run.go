@@ -10,8 +10,9 @@ import (
 	"github.com/gondolin/gondolin/sessions"
 )
 
-// usageRefresh is how often the CPU and memory columns are refreshed.
-const usageRefresh = 5 * time.Second
+// usageRefresh is 0: the supervisor's session.usage events keep the CPU
+// and memory columns current, so the dashboard never polls.
+const usageRefresh = 0 * time.Second
 
 // Run opens the dashboard on the process's terminal for client's
 // supervisor and returns when the user quits. Quitting leaves every VM
