@@ -29,7 +29,7 @@ image: $(GONDOLIN) $(AGENT)
 	$(GONDOLIN) image build
 
 run: all
-	$(GONDOLIN) exec -- uname -a
+	$(GONDOLIN)
 
 # Integration tests boot real VMs from the default image; they fail
 # (rather than skip) when it is missing.
