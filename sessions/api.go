@@ -113,8 +113,8 @@ type ExecRequest struct {
 type Screen struct {
 	Rows   int    `json:"rows"`
 	Cols   int    `json:"cols"`
-	Text   string `json:"text"` // plain text, one line per row
-	ANSI   string `json:"ansi"` // with styles as escape codes
+	Text   string `json:"text"`   // plain text, one line per row
+	ANSI   string `json:"ansi"`   // with styles as escape codes
 	Cursor [2]int `json:"cursor"` // [row, column], from 0
 	Offset uint64 `json:"offset"` // output bytes seen so far
 }

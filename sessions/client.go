@@ -365,7 +365,13 @@ func (c *Client) Logs(ctx context.Context, ref string, follow bool, w io.Writer)
 // Events follows the supervisor's events until ctx ends or the stream
 // breaks; the channel is closed then.
 func (c *Client) Events(ctx context.Context) (<-chan Event, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/v1/events", nil)
+	return getStream[Event](ctx, c, "/v1/events")
+}
+
+// getStream follows a JSON-lines answer; the channel closes when the
+// stream or ctx ends.
+func getStream[T any](ctx context.Context, c *Client, path string) (<-chan T, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -377,18 +383,18 @@ func (c *Client) Events(ctx context.Context) (<-chan Event, error) {
 		defer resp.Body.Close()
 		return nil, responseError(resp)
 	}
-	ch := make(chan Event, 64)
+	ch := make(chan T, 64)
 	go func() {
 		defer close(ch)
 		defer resp.Body.Close()
 		dec := json.NewDecoder(resp.Body)
 		for {
-			var e Event
-			if err := dec.Decode(&e); err != nil {
+			var v T
+			if err := dec.Decode(&v); err != nil {
 				return
 			}
 			select {
-			case ch <- e:
+			case ch <- v:
 			case <-ctx.Done():
 				return
 			}
@@ -434,37 +440,7 @@ func (c *Client) ChangePolicy(ctx context.Context, ref string, ch PolicyChange) 
 // NetworkEvents returns a session's network decisions; with follow, the
 // channel stays open for new ones until ctx ends.
 func (c *Client) NetworkEvents(ctx context.Context, ref string, follow bool) (<-chan netpolicy.Event, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
-		baseURL+"/v1/sessions/"+url.PathEscape(ref)+"/network-events?follow="+strconv.FormatBool(follow), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, errorf(ErrUnavailable, "supervisor: %v", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		return nil, responseError(resp)
-	}
-	ch := make(chan netpolicy.Event, 64)
-	go func() {
-		defer close(ch)
-		defer resp.Body.Close()
-		dec := json.NewDecoder(resp.Body)
-		for {
-			var e netpolicy.Event
-			if err := dec.Decode(&e); err != nil {
-				return
-			}
-			select {
-			case ch <- e:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return ch, nil
+	return getStream[netpolicy.Event](ctx, c, "/v1/sessions/"+url.PathEscape(ref)+"/network-events?follow="+strconv.FormatBool(follow))
 }
 
 // Snapshot checkpoints a live session (Live: with RAM and processes).

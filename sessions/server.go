@@ -536,25 +536,38 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 func (a *API) eventStream(w http.ResponseWriter, r *http.Request) {
 	ch := a.sv.events.subscribe()
 	defer a.sv.events.unsubscribe(ch)
+	streamJSON(w, r, nil, ch) // a closed channel: fell too far behind; the client reconnects
+}
+
+// streamJSON answers with backlog and then everything ch delivers, one
+// JSON value a line, flushed as it comes, until ch closes or the client
+// goes. A nil ch ends after the backlog.
+func streamJSON[T any](w http.ResponseWriter, r *http.Request, backlog []T, ch <-chan T) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
-	if flusher != nil {
-		flusher.Flush()
+	flush := func() {
+		if flusher != nil {
+			flusher.Flush()
+		}
 	}
 	enc := json.NewEncoder(w)
+	for _, v := range backlog {
+		if enc.Encode(v) != nil {
+			return
+		}
+	}
+	flush()
+	if ch == nil {
+		return
+	}
 	for {
 		select {
-		case e, ok := <-ch:
-			if !ok {
-				return // fell too far behind; the client reconnects
-			}
-			if enc.Encode(e) != nil {
+		case v, ok := <-ch:
+			if !ok || enc.Encode(v) != nil {
 				return
 			}
-			if flusher != nil {
-				flusher.Flush()
-			}
+			flush()
 		case <-r.Context().Done():
 			return
 		}
@@ -607,37 +620,7 @@ func (a *API) netEvents(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(w)
-	flusher, _ := w.(http.Flusher)
-	for _, e := range backlog {
-		if enc.Encode(e) != nil {
-			return
-		}
-	}
-	if flusher != nil {
-		flusher.Flush()
-	}
-	if ch == nil {
-		return
-	}
-	for {
-		select {
-		case e, ok := <-ch:
-			if !ok {
-				return
-			}
-			if enc.Encode(e) != nil {
-				return
-			}
-			if flusher != nil {
-				flusher.Flush()
-			}
-		case <-r.Context().Done():
-			return
-		}
-	}
+	streamJSON(w, r, backlog, ch)
 }
 
 func (a *API) snapshot(w http.ResponseWriter, r *http.Request) {

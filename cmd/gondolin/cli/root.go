@@ -134,3 +134,13 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 		return nil
 	}
 }
+
+// atLeastOne wants one or more positional arguments.
+func atLeastOne(what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return usageError("%s needs %s", c.Name(), what)
+		}
+		return nil
+	}
+}

@@ -70,12 +70,7 @@ func newStopCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stop ID...",
 		Short: "Stop sessions' VMs (gracefully, then by force)",
-		Args: func(c *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usageError("stop needs a session: gondolin stop ID...")
-			}
-			return nil
-		},
+		Args:  atLeastOne("a session: gondolin stop ID..."),
 		RunE: func(c *cobra.Command, args []string) error {
 			client, err := dialSupervisor(true)
 			if err != nil {
@@ -98,12 +93,7 @@ func newRmCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "rm [-f] ID...",
 		Short: "Remove stale or stopped sessions (-f stops live ones first)",
-		Args: func(c *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usageError("rm needs a session: gondolin rm [-f] ID...")
-			}
-			return nil
-		},
+		Args:  atLeastOne("a session: gondolin rm [-f] ID..."),
 		RunE: func(c *cobra.Command, args []string) error {
 			client, err := dialSupervisor(true)
 			if err != nil {

@@ -152,12 +152,7 @@ func newSnapshotRmCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "rm SNAP...",
 		Short: "Delete snapshots",
-		Args: func(c *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usageError("snapshot rm needs a snapshot")
-			}
-			return nil
-		},
+		Args:  atLeastOne("a snapshot"),
 		RunE: func(c *cobra.Command, args []string) error {
 			store, err := snapshotStore()
 			if err != nil {
