@@ -377,6 +377,12 @@ func (t *Tree) IsDir(p string) bool {
 	return n != nil && n.kind == kindDir
 }
 
+// IsRegular reports whether p is a regular file (not a symlink to one).
+func (t *Tree) IsRegular(p string) bool {
+	n := t.nodes[p]
+	return n != nil && n.kind == kindFile
+}
+
 // Open opens a file of the tree for reading, through the tree's root: a
 // symlink in the tree cannot make it read a host file.
 func (t *Tree) Open(p string) (*os.File, error) { return t.root.Open(p) }
