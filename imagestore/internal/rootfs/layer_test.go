@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -252,4 +253,61 @@ func FuzzApplyLayer(f *testing.F) {
 			t.Fatalf("sandbox holds %v", entries)
 		}
 	})
+}
+
+// TestMakeDiskOwnersWithoutRoot builds a disk as a build without root
+// does (staging files owned by the builder) and checks that the layers'
+// owners reach the disk through debugfs.
+func TestMakeDiskOwnersWithoutRoot(t *testing.T) {
+	for _, tool := range []string{"mke2fs", "debugfs", "qemu-img"} {
+		if _, err := LookTool(tool); err != nil {
+			t.Skip(err)
+		}
+	}
+	dir := t.TempDir()
+	tr, err := New(filepath.Join(dir, "root"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	tr.chown = false // as when not root, whoever runs the test
+	layer := tarOf(t,
+		tarEntry{name: "home/app/", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1001},
+		tarEntry{name: "home/app/data", typ: tar.TypeReg, body: "x", uid: 1000, gid: 1001},
+		tarEntry{name: "home/app/link", typ: tar.TypeSymlink, link: "data", uid: 1002, gid: 1003},
+		tarEntry{name: "home/app/hard", typ: tar.TypeLink, link: "home/app/data"},
+		reg("etc/passwd", "root"),
+	)
+	if err := tr.ApplyLayer(context.Background(), bytes.NewReader(layer)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	qcow2 := filepath.Join(dir, "disk.qcow2")
+	if err := tr.MakeDisk(context.Background(), qcow2, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(qcow2 + ".raw"); !os.IsNotExist(err) {
+		t.Errorf("raw image left behind: %v", err)
+	}
+	raw := filepath.Join(dir, "raw")
+	qemuImg, _ := LookTool("qemu-img")
+	if out, err := exec.Command(qemuImg, "convert", "-f", "qcow2", "-O", "raw", qcow2, raw).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	debugfs, _ := LookTool("debugfs")
+	for p, want := range map[string]string{
+		"/home/app":      "User:  1000   Group:  1001",
+		"/home/app/data": "User:  1000   Group:  1001",
+		"/home/app/hard": "User:  1000   Group:  1001",
+		"/home/app/link": "User:  1002   Group:  1003",
+		"/etc/passwd":    "User:     0   Group:     0",
+		"/home":          "User:     0   Group:     0",
+	} {
+		out, _ := exec.Command(debugfs, "-R", "stat "+p, raw).CombinedOutput()
+		if !strings.Contains(string(out), want) {
+			t.Errorf("%s: want %q in\n%s", p, want, out)
+		}
+	}
 }
