@@ -34,6 +34,7 @@ run: all
 # Integration tests boot real VMs from the default image; they fail
 # (rather than skip) when it is missing.
 test: all
+	@scripts/deps.sh --test
 	GONDOLIN_TEST_REQUIRE_VM=1 $(GO) test -count=1 -timeout 20m ./...
 
 # Unit tests only: no VM, no image.

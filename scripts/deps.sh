@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs the Debian/Ubuntu packages gondolin needs, only those missing,
 # through sudo when not root. Go itself must already be installed.
+# With --test, also what the tests need (tmux, a static busybox for the
+# OCI pull test, ssh for the SSH tests).
 set -eu
 
 need=""
@@ -13,8 +15,17 @@ check zstd zstd
 check mke2fs e2fsprogs
 check debugfs e2fsprogs
 check dpkg-deb dpkg
-check tmux tmux
 check curl curl
+if [ "${1:-}" = --test ]; then
+	check tmux tmux
+	check ssh openssh-client
+	check ssh-keygen openssh-client
+	# The pull test packs the host's busybox into an image: it must be
+	# the static one.
+	if ! { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; }; then
+		need="$need busybox-static"
+	fi
+fi
 [ -e /usr/sbin/ldconfig ] || [ -e /sbin/ldconfig ] || need="$need libc-bin"
 
 if ! command -v go >/dev/null 2>&1; then
