@@ -82,6 +82,22 @@ func (r *Runtime) ResolveImage(spec *Spec) (*imagestore.Image, error) {
 	return r.Images.Resolve(ref)
 }
 
+// applyImageConfig gives spec what a pulled image's own config says: its
+// environment (PATH included) under the spec's own, and its working
+// directory unless the spec names one.
+func applyImageConfig(spec *Spec, img *imagestore.Image) {
+	oci := img.Manifest.OCI
+	if oci == nil {
+		return
+	}
+	if len(oci.Env) > 0 {
+		spec.Env = append(append([]string{}, oci.Env...), spec.Env...)
+	}
+	if spec.Cwd == "" && oci.WorkingDir != "" {
+		spec.Cwd = oci.WorkingDir
+	}
+}
+
 // MachineConfig is the VM configuration for spec in run directory dir.
 func (r *Runtime) MachineConfig(ctx context.Context, spec *Spec, img *imagestore.Image, dir string) (vm.Config, error) {
 	accel, err := r.Accel(ctx, img)
@@ -133,6 +149,7 @@ func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached boo
 		return nil, err
 	}
 	cfg.Detached = detached
+	applyImageConfig(spec, img)
 	return r.BootConfig(ctx, spec, cfg, strings.Join(img.Refs, ","))
 }
 

@@ -2,7 +2,10 @@ package sessions
 
 import (
 	"errors"
+	"strings"
 	"testing"
+
+	"github.com/gondolin/gondolin/imagestore"
 )
 
 func TestParseMemory(t *testing.T) {
@@ -71,5 +74,25 @@ func TestSpecValidate(t *testing.T) {
 		if err != nil && !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v does not wrap ErrInvalid", tt.name, err)
 		}
+	}
+}
+
+func TestApplyImageConfig(t *testing.T) {
+	img := &imagestore.Image{Manifest: imagestore.Manifest{OCI: &imagestore.OCIConfig{
+		Env: []string{"PATH=/opt/bin:/usr/bin", "LANG=C"}, WorkingDir: "/app"}}}
+	spec := &Spec{Env: []string{"LANG=fr_FR"}}
+	applyImageConfig(spec, img)
+	if strings.Join(spec.Env, " ") != "PATH=/opt/bin:/usr/bin LANG=C LANG=fr_FR" || spec.Cwd != "/app" {
+		t.Fatalf("spec %+v: the image's env must come first (the user's wins) and its workdir be the default", spec)
+	}
+	own := &Spec{Cwd: "/mine"}
+	applyImageConfig(own, img)
+	if own.Cwd != "/mine" {
+		t.Fatalf("the user's --cwd was overridden: %q", own.Cwd)
+	}
+	plain := &Spec{Env: []string{"A=1"}}
+	applyImageConfig(plain, &imagestore.Image{})
+	if len(plain.Env) != 1 || plain.Cwd != "" {
+		t.Fatalf("an image without OCI config changed the spec: %+v", plain)
 	}
 }

@@ -463,6 +463,7 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 		return Session{}, err
 	}
 	cfg.Detached = true
+	applyImageConfig(&spec, img)
 	ref := spec.Image
 	if ref == "" && len(img.Refs) > 0 {
 		ref = img.Refs[0]
