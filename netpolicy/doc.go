@@ -20,7 +20,33 @@
 //     upgrades are tunnelled after the check unless disabled.
 //   - A destination named by a TCP map (--tcp-map): forwarded raw to its
 //     upstream without peeking (so server-first protocols work).
+//   - SSH (an "SSH-2.0-" identification line) to a host:port allowed by
+//     --ssh-allow-host: terminated by an SSH server in this process,
+//     which logs in upstream itself (see below).
 //   - Anything else (including a client silent for PeekTimeout): reset.
+//
+// # SSH egress
+//
+// For git over SSH, without the key ever entering the VM. The guest's
+// SSH client meets a host certificate for the name it dialled, signed by
+// a key derived from the CA (the guest trusts it through SSHKnownHosts,
+// written to GuestSSHKnownHosts), and may log in with anything: the
+// server is reachable from this VM only, and what the guest can do is
+// bounded on the host side. For an allowed destination (the synthetic
+// name and the port must match --ssh-allow-host; SSH carries no name of
+// its own, so with trusted or open DNS only IP patterns can match) the
+// host dials the upstream with the same resolution and internal-range
+// checks as HTTP, verifies its host key against --ssh-known-hosts (an
+// unknown or changed key is refused; there is no trust on first use),
+// and logs in as the guest's user name with the matching
+// --ssh-credential keys, then the --ssh-agent's. Only session channels
+// with exec requests pass (plus env GIT_PROTOCOL, LANG, LC_* and
+// signals); shells, subsystems (sftp), terminals, X11 and agent
+// forwarding and all port forwarding are refused with a message to the
+// guest. Key files are read when a login needs them; passphrases and key
+// bytes never serialise, and neither they nor the agent socket appear
+// in events. At most MaxSSHConns SSH connections per VM, each handshake
+// (guest; upstream dial and login) within SSHHandshakeTimeout.
 //
 // UDP other than DNS to the gateway is dropped; pings are answered by the
 // gateway only; the guest network is IPv4-only.
@@ -51,7 +77,8 @@
 //     internal address between the two is still refused.
 //
 // Every decision is an Event (never with a secret value), kept in a ring
-// and streamed to subscribers.
+// and streamed to subscribers. SSH connections and each exec, refused
+// request or forwarding attempt are events too (proto "ssh").
 //
 // # DNS
 //

@@ -13,13 +13,21 @@ type Event struct {
 	Seq    uint64    `json:"seq"`
 	Time   time.Time `json:"time"`
 	Action Action    `json:"action"`
-	// Proto is http, https, ws, wss, tcp (a raw or mapped flow) or dns.
-	Proto  string `json:"proto"`
+	// Proto is http, https, ws, wss, tcp (a raw or mapped flow), ssh
+	// or dns.
+	Proto string `json:"proto"`
+	// Method is the HTTP method, or for SSH what the guest asked for:
+	// connect, exec, shell, pty-req, subsystem, direct-tcpip, ...
 	Method string `json:"method,omitempty"`
 	Host   string `json:"host,omitempty"`
 	Port   uint16 `json:"port,omitempty"`
 	// Path is the request path without its query, cut to 256 bytes.
 	Path string `json:"path,omitempty"`
+	// User is the SSH login name (upstream, as the guest gave it).
+	User string `json:"user,omitempty"`
+	// Command is an SSH exec command as the guest sent it (or the
+	// subsystem name), cut to 256 bytes.
+	Command string `json:"command,omitempty"`
 	// Rule is the policy entry that decided ("allow *.github.com",
 	// "tcp-map db:5432=127.0.0.1:5432", ...).
 	Rule string `json:"rule,omitempty"`
@@ -65,6 +73,9 @@ func (l *eventLog) add(e Event) {
 	}
 	if len(e.Path) > 256 {
 		e.Path = e.Path[:256]
+	}
+	if len(e.Command) > 256 {
+		e.Command = e.Command[:256]
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -20,11 +21,19 @@ type Flags struct {
 	AllowInternal     []string // --allow-internal CIDR
 	Resolve           []string // --resolve HOST=IP
 	DisableWebSockets bool     // --disable-websockets
+
+	SSHAllowHost  []string // --ssh-allow-host HOST[:PORT]
+	SSHAgent      string   // --ssh-agent [SOCK]; SSHAgentFromEnv means $SSH_AUTH_SOCK
+	SSHKnownHosts []string // --ssh-known-hosts PATH
+	SSHCredential []string // --ssh-credential [USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]
 }
 
 // Policy builds the policy the flags describe. With no --allow-host every
 // public host is allowed; --dns-trusted-server without --dns implies
-// trusted. getenv supplies secret values not given inline (os.Getenv).
+// trusted. getenv supplies secret values not given inline, SSH key
+// passphrases and $SSH_AUTH_SOCK (os.Getenv). SSH paths are made
+// absolute, and the known_hosts files and keys are read once
+// (CheckSSHFiles) so that a bad one fails here.
 func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	var p Policy
 	for _, s := range f.AllowHost {
@@ -83,10 +92,56 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 		p.Resolve = append(p.Resolve, r)
 	}
 	p.DisableWebSockets = f.DisableWebSockets
+	if err := f.sshPolicy(&p, getenv); err != nil {
+		return Policy{}, err
+	}
 	if err := p.Validate(); err != nil {
 		return Policy{}, err
 	}
+	if err := p.CheckSSHFiles(); err != nil {
+		return Policy{}, err
+	}
 	return p, nil
+}
+
+func (f Flags) sshPolicy(p *Policy, getenv func(string) string) error {
+	for _, s := range f.SSHAllowHost {
+		h, err := ParseSSHHost(s)
+		if err != nil {
+			return err
+		}
+		p.SSHAllow = append(p.SSHAllow, h)
+	}
+	if sock := f.SSHAgent; sock != "" {
+		if sock == SSHAgentFromEnv {
+			if getenv != nil {
+				sock = getenv("SSH_AUTH_SOCK")
+			}
+			if sock == "" || sock == SSHAgentFromEnv {
+				return fmt.Errorf("%w: --ssh-agent: SSH_AUTH_SOCK is not set; start ssh-agent or give the socket path", ErrInvalid)
+			}
+		}
+		abs, err := filepath.Abs(expandHome(sock))
+		if err != nil {
+			return fmt.Errorf("%w: --ssh-agent %s: %v", ErrInvalid, sock, err)
+		}
+		p.SSHAgent = abs
+	}
+	for _, s := range f.SSHKnownHosts {
+		abs, err := filepath.Abs(expandHome(s))
+		if err != nil || s == "" {
+			return fmt.Errorf("%w: --ssh-known-hosts %q: want a file", ErrInvalid, s)
+		}
+		p.SSHKnownHosts = append(p.SSHKnownHosts, abs)
+	}
+	for _, s := range f.SSHCredential {
+		c, err := ParseSSHCredential(s, getenv)
+		if err != nil {
+			return err
+		}
+		p.SSHCredentials = append(p.SSHCredentials, c)
+	}
+	return nil
 }
 
 // ParseAllowHost checks an --allow-host pattern (a host name with optional

@@ -129,10 +129,12 @@ func (n *Network) serveFlow(fc *flowConn, ep tcpip.Endpoint) {
 		n.proxy.serveTLS(fc)
 	case kindHTTP:
 		n.proxy.serve(fc)
+	case kindSSH:
+		n.ssh.serve(fc, ep)
 	default:
-		reason := "not HTTP or TLS (other protocols are not mediated; map them with --tcp-map)"
+		reason := "not HTTP, TLS or SSH (other protocols are not mediated; map them with --tcp-map)"
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			reason = fmt.Sprintf("no request within %v (server-first protocols such as SSH are not mediated; map them with --tcp-map)", n.opts.PeekTimeout)
+			reason = fmt.Sprintf("no request within %v (server-first protocols are not mediated; map them with --tcp-map)", n.opts.PeekTimeout)
 		}
 		ev := Event{Action: Blocked, Proto: "tcp", Host: dst.Addr().String(), Port: dst.Port(), Reason: reason}
 		if name, ok := n.synth.name(dst.Addr()); ok {
@@ -146,21 +148,15 @@ func (n *Network) serveFlow(fc *flowConn, ep tcpip.Endpoint) {
 	}
 }
 
-// peek reads the flow's first bytes until sniff can classify them (for
-// TLS, until the whole first record is in, so its ClientHello can be
-// parsed), within PeekTimeout.
+// peek reads the flow's first bytes until they can be classified (see
+// classify), within PeekTimeout.
 func (n *Network) peek(fc *flowConn) (flowKind, error) {
 	fc.SetReadDeadline(time.Now().Add(n.opts.PeekTimeout))
 	defer fc.SetReadDeadline(time.Time{})
 	buf := make([]byte, maxPeek)
 	got := 0
 	for {
-		kind := sniff(buf[:got])
-		done := kind != kindNeedMore
-		if kind == kindTLS {
-			need, ok := tlsRecordLen(buf[:got])
-			done = ok && (got >= need || need > maxPeek)
-		}
+		kind, done := classify(buf[:got])
 		if done || got == len(buf) {
 			fc.pre = slices.Clone(buf[:got])
 			return kind, nil
@@ -175,6 +171,25 @@ func (n *Network) peek(fc *flowConn) (flowKind, error) {
 			}
 			return kindOther, err
 		}
+	}
+}
+
+// classify reports what a flow's first bytes are and whether enough of
+// them are in to act on it: for TLS, the whole first record (so its
+// ClientHello can be parsed); for SSH, the whole identification line (so
+// it can be checked; the client waits for ours after sending it).
+func classify(b []byte) (flowKind, bool) {
+	switch kind := sniff(b); kind {
+	case kindNeedMore:
+		return kind, false
+	case kindTLS:
+		need, ok := tlsRecordLen(b)
+		return kind, ok && (len(b) >= need || need > maxPeek)
+	case kindSSH:
+		_, complete := sshBannerLine(b)
+		return kind, complete || len(b) >= maxSSHBanner
+	default:
+		return kind, true
 	}
 }
 

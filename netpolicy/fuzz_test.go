@@ -64,7 +64,9 @@ func TestSniff(t *testing.T) {
 		"PROPFIND ":                  kindHTTP,
 		"GE":                         kindNeedMore,
 		"":                           kindNeedMore,
-		"SSH-2.0-OpenSSH":            kindOther,
+		"SSH-2.0-OpenSSH":            kindSSH,
+		"SSH-2.":                     kindNeedMore,
+		"SSH-1.99-OpenSSH":           kindOther,
 		"get / HTTP/1.1":             kindOther,
 		" GET":                       kindOther,
 		"\x16\x03\x01\x02":           kindTLS,
@@ -206,6 +208,52 @@ func FuzzDHCP(f *testing.F) {
 			t.Fatal("reply is not a DHCP frame")
 		} else if y := m.YourIPAddr; !y.IsUnspecified() && y.String() != GuestIP.String() {
 			t.Fatalf("offered %v", y)
+		}
+	})
+}
+
+// FuzzSSHBanner feeds guest bytes, as they arrive in pieces, to what an
+// SSH flow meets before the handshake: classification (sniff and the
+// bounded read) and the identification line check.
+func FuzzSSHBanner(f *testing.F) {
+	for _, s := range []string{
+		"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\r\n", "SSH-2.0-Go\r\n\x00\x00\x01\x14", "SSH-2.0-JSCH-0.1.54\n",
+		"SSH-2.0-", "SSH-1.99-x\r\n", "SSH-2.0-\x1b]0;x\a\r\n", "SSH-2.0-" + strings.Repeat("x", 300), "GET / HTTP/1.1\r\n",
+	} {
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, step uint8) {
+		// The bytes come in pieces of step bytes; peek stops as soon
+		// as classify says so.
+		got, kind, done := 0, kindNeedMore, false
+		for !done && got < len(b) {
+			got = min(len(b), got+max(1, int(step)))
+			kind, done = classify(b[:got])
+		}
+		if kind == kindSSH {
+			if !bytes.HasPrefix(b, sshPrefix) {
+				t.Fatalf("%q classified as SSH", b[:got])
+			}
+			if done && got > maxSSHBanner+int(step) {
+				t.Fatalf("read %d bytes before deciding", got)
+			}
+		}
+		// A prefix of SSH stays SSH with more bytes.
+		if kind == kindSSH && sniff(b) != kindSSH {
+			t.Fatal("classification changed with more bytes")
+		}
+		sw, err := parseSSHBanner(b[:got])
+		if err != nil {
+			return
+		}
+		line, _ := sshBannerLine(b[:got])
+		if kind != kindSSH || line > maxSSHBanner || sw == "" {
+			t.Fatalf("accepted %q (kind %v, line %d, software %q)", b[:got], kind, line, sw)
+		}
+		for _, c := range []byte(sw) {
+			if c <= ' ' || c > '~' {
+				t.Fatalf("software version %q has byte %#x", sw, c)
+			}
 		}
 	})
 }

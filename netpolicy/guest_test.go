@@ -50,6 +50,26 @@ type testGuest struct {
 	dhcp    chan *dhcpv4.DHCPv4
 	ctx     context.Context
 	cancel  context.CancelFunc
+
+	// recording, when set, keeps every frame the guest receives, so a
+	// test can assert what never reached it.
+	recMu     sync.Mutex
+	recording bool
+	received  []byte
+}
+
+// record starts keeping the frames the guest receives.
+func (g *testGuest) record() {
+	g.recMu.Lock()
+	g.recording = true
+	g.recMu.Unlock()
+}
+
+// receivedBytes returns every frame received since record, concatenated.
+func (g *testGuest) receivedBytes() []byte {
+	g.recMu.Lock()
+	defer g.recMu.Unlock()
+	return append([]byte(nil), g.received...)
 }
 
 // socketPair returns two connected stream sockets, like QEMU's end and the
@@ -155,6 +175,11 @@ func (g *testGuest) readLoop(c net.Conn) {
 		if _, err := io.ReadFull(r, f); err != nil {
 			return
 		}
+		g.recMu.Lock()
+		if g.recording {
+			g.received = append(g.received, f...)
+		}
+		g.recMu.Unlock()
 		// DHCP replies go to the test's client, as they would to a raw
 		// socket in a real guest before it has an address.
 		if m := dhcpFromFrame(f); m != nil {

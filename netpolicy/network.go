@@ -77,6 +77,12 @@ type Options struct {
 	MaxHeaderBytes int           // HTTP request header size (default 64 KiB)
 	PeekTimeout    time.Duration // wait for a flow's first bytes (default 10 s)
 	EventBuffer    int           // events kept for Events (default 1024)
+	// MaxSSHConns bounds guest SSH connections in progress, each with
+	// at most one upstream connection (default 16).
+	MaxSSHConns int
+	// SSHHandshakeTimeout bounds the guest's SSH handshake, and apart
+	// from it the upstream's dial, handshake and login (default 20 s).
+	SSHHandshakeTimeout time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -106,6 +112,12 @@ func (o *Options) setDefaults() {
 	if o.EventBuffer <= 0 {
 		o.EventBuffer = 1024
 	}
+	if o.MaxSSHConns <= 0 {
+		o.MaxSSHConns = 16
+	}
+	if o.SSHHandshakeTimeout <= 0 {
+		o.SSHHandshakeTimeout = 20 * time.Second
+	}
 }
 
 // Network is one VM's mediated network: a user-space TCP/IP stack fed with
@@ -123,6 +135,7 @@ type Network struct {
 	synth    *synthTable
 	stack    *netStack
 	proxy    *proxy
+	ssh      *sshProxy
 
 	flows          atomic.Int64 // guest TCP flows being served
 	lastLimitEvent atomic.Int64 // unix second of the last flow-limit event
@@ -168,6 +181,10 @@ func NewNetwork(opts Options) (*Network, error) {
 	}
 	n.policy.Store(&p)
 	var err error
+	if n.ssh, err = newSSHProxy(n); err != nil {
+		cancel()
+		return nil, err
+	}
 	if n.proxy, err = newProxy(n); err != nil {
 		cancel()
 		return nil, err
@@ -314,7 +331,8 @@ func (n *Network) Close() error {
 func (n *Network) event(e Event) {
 	n.events.add(e)
 	n.log.Debug("netpolicy", "action", e.Action, "proto", e.Proto, "method", e.Method,
-		"host", e.Host, "port", e.Port, "path", e.Path, "rule", e.Rule, "secrets", e.Secrets, "reason", e.Reason)
+		"host", e.Host, "port", e.Port, "path", e.Path, "user", e.User, "command", e.Command,
+		"rule", e.Rule, "secrets", e.Secrets, "reason", e.Reason)
 }
 
 // resolve returns the addresses the host would connect to for a canonical

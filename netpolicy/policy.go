@@ -46,6 +46,20 @@ type Policy struct {
 	Resolve []ResolvePin `json:"resolve,omitempty"`
 	// DisableWebSockets refuses WebSocket upgrades.
 	DisableWebSockets bool `json:"disable_websockets,omitempty"`
+
+	// SSHAllow lists the destinations guest SSH may reach through the
+	// host's SSH proxy (git over SSH). Empty: SSH flows are reset.
+	SSHAllow []SSHHost `json:"ssh_allow,omitempty"`
+	// SSHAgent is the host path of the ssh-agent socket used to log in
+	// upstream. Like every SSH field it is host-side only: the policy
+	// is never sent to the guest.
+	SSHAgent string `json:"ssh_agent,omitempty"`
+	// SSHKnownHosts are OpenSSH known_hosts files (host paths) that
+	// upstream host keys must be in.
+	SSHKnownHosts []string `json:"ssh_known_hosts,omitempty"`
+	// SSHCredentials are private keys (host paths) for upstream logins,
+	// tried before the agent's keys.
+	SSHCredentials []SSHCredential `json:"ssh_credentials,omitempty"`
 }
 
 // DNSMode selects how guest DNS queries are answered.
@@ -177,6 +191,9 @@ func (p Policy) Clone() Policy {
 	q.TCPMaps = slices.Clone(p.TCPMaps)
 	q.AllowInternal = slices.Clone(p.AllowInternal)
 	q.Resolve = slices.Clone(p.Resolve)
+	q.SSHAllow = slices.Clone(p.SSHAllow)
+	q.SSHKnownHosts = slices.Clone(p.SSHKnownHosts)
+	q.SSHCredentials = slices.Clone(p.SSHCredentials)
 	q.Secrets = make([]Secret, len(p.Secrets))
 	for i, s := range p.Secrets {
 		s.Hosts = slices.Clone(s.Hosts)
@@ -390,7 +407,7 @@ func (p Policy) Validate() error {
 		}
 		pins[name] = true
 	}
-	return nil
+	return p.validateSSH()
 }
 
 // dnsMode returns the effective mode.

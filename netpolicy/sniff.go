@@ -1,6 +1,7 @@
 package netpolicy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 )
@@ -12,6 +13,7 @@ const (
 	kindNeedMore flowKind = iota // not enough bytes to tell
 	kindTLS                      // a TLS handshake record
 	kindHTTP                     // an HTTP/1.x request line
+	kindSSH                      // an SSH-2.0 identification string
 	kindOther                    // anything else: the flow is reset
 )
 
@@ -21,9 +23,16 @@ const (
 const maxPeek = 5 + 16384
 
 // sniff classifies a flow from its first bytes. It only needs a prefix:
-// the TLS record header, or an HTTP method token and its space.
+// the TLS record header, an HTTP method token and its space, or "SSH-2.0-".
 func sniff(b []byte) flowKind {
 	if len(b) == 0 {
+		return kindNeedMore
+	}
+	// Checked before HTTP: "SSH" is also a prefix of a method token.
+	if bytes.HasPrefix(b, sshPrefix) {
+		return kindSSH
+	}
+	if bytes.HasPrefix(sshPrefix, b) {
 		return kindNeedMore
 	}
 	if b[0] == 0x16 { // TLS handshake record
@@ -196,4 +205,54 @@ func (r *reader) vec24() ([]byte, bool) {
 		return nil, false
 	}
 	return r.bytes(int(b[0])<<16 | int(b[1])<<8 | int(b[2]))
+}
+
+// sshPrefix starts an SSH client's identification string. SSH 1 ("SSH-1.")
+// and the compatibility form "SSH-1.99-" are servers' business: a client
+// that only speaks SSH 1 gets a reset.
+var sshPrefix = []byte("SSH-2.0-")
+
+// maxSSHBanner is RFC 4253's limit on the identification line, CR LF
+// included.
+const maxSSHBanner = 255
+
+// sshBannerLine returns the length of the identification line at the
+// start of b (up to and including its LF) once it is complete.
+func sshBannerLine(b []byte) (int, bool) {
+	i := bytes.IndexByte(b[:min(len(b), maxSSHBanner)], '\n')
+	if i < 0 {
+		return 0, false
+	}
+	return i + 1, true
+}
+
+var errBadBanner = errors.New("malformed SSH identification string")
+
+// parseSSHBanner checks the guest's identification line (RFC 4253 4.2:
+// "SSH-2.0-softwareversion SP comments CR LF", at most 255 bytes,
+// printable US-ASCII; a bare LF is accepted, as OpenSSH does) and returns
+// the software version. The line is only classified here and then
+// replayed to crypto/ssh, which parses it again: this check keeps the
+// guest from reaching a handshake (or an event) with control bytes or an
+// unbounded line.
+func parseSSHBanner(b []byte) (software string, err error) {
+	n, ok := sshBannerLine(b)
+	if !ok || !bytes.HasPrefix(b, sshPrefix) {
+		return "", errBadBanner
+	}
+	line := b[len(sshPrefix) : n-1]
+	line = bytes.TrimSuffix(line, []byte{'\r'})
+	for _, c := range line {
+		if c < 0x20 || c > 0x7e {
+			return "", errBadBanner
+		}
+	}
+	// RFC 4253 also forbids '-' in the software version, but JSch
+	// (JGit, Jenkins) sends "SSH-2.0-JSCH-0.1.54": tolerated, as
+	// crypto/ssh and OpenSSH tolerate it.
+	sw, _, _ := bytes.Cut(line, []byte{' '})
+	if len(sw) == 0 {
+		return "", errBadBanner
+	}
+	return string(sw), nil
 }

@@ -6,8 +6,11 @@ package ca
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -54,6 +57,9 @@ type CA struct {
 	// cost more than signing, and the leaves only protect guest<->host
 	// traffic inside one machine.
 	leafKey *ecdsa.PrivateKey
+	// sshKey signs the SSH host certificates of SSH egress (see
+	// SSHHostCAKey).
+	sshKey ed25519.PrivateKey
 
 	mu     sync.Mutex
 	leaves map[string]*tls.Certificate
@@ -174,7 +180,11 @@ func parse(certPEM, keyPEM []byte) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &CA{cert: cert, certPEM: certPEM, key: signer, leafKey: leafKey, leaves: map[string]*tls.Certificate{}}
+	sshKey, err := deriveSSHKey(kb.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	c := &CA{cert: cert, certPEM: certPEM, key: signer, leafKey: leafKey, sshKey: sshKey, leaves: map[string]*tls.Certificate{}}
 	// A key that does not match the certificate would only show up as
 	// handshake failures in the guest: catch it here.
 	if _, err := c.Leaf("check.invalid"); err != nil {
@@ -182,6 +192,29 @@ func parse(certPEM, keyPEM []byte) (*CA, error) {
 	}
 	return c, nil
 }
+
+// sshKeyInfo separates the SSH host CA key from every other key that might
+// one day be derived from the same secret.
+const sshKeyInfo = "gondolin ssh host ca v1"
+
+// deriveSSHKey derives an Ed25519 key from the CA's private key (PKCS#8
+// DER). Deriving it, rather than storing a second key, means it lives and
+// dies with the CA (guests that trust one trust the other) with no second
+// file to keep in step; deriving, rather than reusing the ECDSA key, keeps
+// X.509 and SSH signatures under separate keys.
+func deriveSSHKey(pkcs8 []byte) (ed25519.PrivateKey, error) {
+	seed, err := hkdf.Key(sha256.New, pkcs8, nil, sshKeyInfo, ed25519.SeedSize)
+	if err != nil {
+		return nil, err
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+// SSHHostCAKey returns the key that signs the host certificates the SSH
+// egress proxy shows guests (guests trust its public half through an
+// @cert-authority line in their known_hosts). It is derived from the CA
+// key, so it is stable for as long as the CA is.
+func (c *CA) SSHHostCAKey() ed25519.PrivateKey { return c.sshKey }
 
 // CertPEM returns the CA certificate in PEM form, for guests to trust.
 func (c *CA) CertPEM() []byte { return append([]byte(nil), c.certPEM...) }

@@ -83,3 +83,30 @@ func TestLeaf(t *testing.T) {
 		t.Error("leaf valid for a name it was not minted for")
 	}
 }
+
+// The SSH host CA key is stable across reloads of the same CA, differs
+// between CAs, and is not the X.509 key.
+func TestSSHHostCAKey(t *testing.T) {
+	dir := t.TempDir()
+	a, err := LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.SSHHostCAKey().Equal(b.SSHHostCAKey()) {
+		t.Error("reloaded CA derives another SSH key")
+	}
+	c, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.SSHHostCAKey().Equal(c.SSHHostCAKey()) {
+		t.Error("two CAs share an SSH key")
+	}
+	if len(a.SSHHostCAKey()) != 64 {
+		t.Errorf("key length %d", len(a.SSHHostCAKey()))
+	}
+}

@@ -1,0 +1,386 @@
+package netpolicy
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// DefaultSSHPort is the port of an --ssh-allow-host or --ssh-credential
+// that names none.
+const DefaultSSHPort = 22
+
+// SSHAgentFromEnv is the value of Flags.SSHAgent that means "the socket in
+// $SSH_AUTH_SOCK": the CLI gives it as the flag's no-argument default, so
+// that `--ssh-agent` alone uses the caller's agent.
+const SSHAgentFromEnv = "$SSH_AUTH_SOCK"
+
+// SSHHost is a destination guest SSH may reach: a host pattern (see
+// MatchHost) and an exact port.
+type SSHHost struct {
+	Host string `json:"host"`
+	Port uint16 `json:"port"`
+}
+
+func (h SSHHost) String() string { return joinPattern(h.Host, h.Port) }
+
+// SSHCredential is a private key the host uses to log in to matching SSH
+// upstreams on the guest's behalf. Only its path is stored: the key is
+// read from disk each time it is needed and never leaves the host process.
+type SSHCredential struct {
+	// User restricts the credential to guest logins as this user
+	// (git@github.com); empty matches every user.
+	User string `json:"user,omitempty"`
+	Host string `json:"host"` // pattern, see MatchHost
+	Port uint16 `json:"port"`
+	// Key is the absolute host path of an OpenSSH, PKCS#1, PKCS#8 or
+	// SEC1 private key.
+	Key string `json:"key"`
+	// PassphraseEnv names the host environment variable the passphrase
+	// was read from, so that errors can say which one to set.
+	PassphraseEnv string `json:"passphrase_env,omitempty"`
+	// Passphrase unlocks Key. Like a secret's value it lives in memory
+	// only (it never serialises) and is lost with the supervisor.
+	Passphrase SecretValue `json:"-"`
+}
+
+// ID names the credential as the user wrote it: [USER@]HOST:PORT. It keys
+// SSHPassphrases and appears in events and errors (the key path does not).
+func (c SSHCredential) ID() string {
+	id := joinPattern(c.Host, c.Port)
+	if c.User != "" {
+		id = c.User + "@" + id
+	}
+	return id
+}
+
+// String shows the credential without its passphrase.
+func (c SSHCredential) String() string {
+	s := c.ID() + "=" + c.Key
+	if c.PassphraseEnv != "" {
+		s += ",passphrase-env=" + c.PassphraseEnv
+	}
+	return s
+}
+
+func joinPattern(host string, port uint16) string {
+	return net.JoinHostPort(host, strconv.Itoa(int(port)))
+}
+
+// ParseSSHHost parses --ssh-allow-host HOST[:PORT] (port 22 by default;
+// an IPv6 literal with a port goes in brackets).
+func ParseSSHHost(s string) (SSHHost, error) {
+	host, port, err := splitHostPattern(s)
+	if err != nil {
+		return SSHHost{}, fmt.Errorf("%w: --ssh-allow-host %s: %v", ErrInvalid, s, err)
+	}
+	return SSHHost{Host: host, Port: port}, nil
+}
+
+// splitHostPattern splits HOST[:PORT] where HOST is a pattern, checks
+// both halves and returns the canonical pattern.
+func splitHostPattern(s string) (string, uint16, error) {
+	host, port := s, uint16(DefaultSSHPort)
+	if h, p, err := net.SplitHostPort(s); err == nil {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || n == 0 {
+			return "", 0, fmt.Errorf("bad port %q", p)
+		}
+		host, port = h, uint16(n)
+	} else if strings.Count(s, ":") == 1 {
+		return "", 0, errors.New("want HOST[:PORT]")
+	}
+	pat, err := ParseAllowHost(host)
+	if err != nil {
+		return "", 0, errors.New("want a host name with optional * wildcards, or an IP address")
+	}
+	return pat, port, nil
+}
+
+// ParseSSHCredential parses --ssh-credential
+// [USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]. The key path is made
+// absolute (the supervisor runs elsewhere); the passphrase is read with
+// getenv now, since only the CLI has the user's environment. Errors never
+// contain the passphrase.
+func ParseSSHCredential(s string, getenv func(string) string) (SSHCredential, error) {
+	bad := func(why string) (SSHCredential, error) {
+		return SSHCredential{}, fmt.Errorf("%w: --ssh-credential %s: %s", ErrInvalid, s, why)
+	}
+	dest, rest, ok := strings.Cut(s, "=")
+	if !ok || rest == "" {
+		return bad("want [USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]")
+	}
+	var c SSHCredential
+	if user, hp, ok := strings.Cut(dest, "@"); ok {
+		if !validSSHUser(user) {
+			return bad(fmt.Sprintf("bad user name %q", user))
+		}
+		c.User, dest = user, hp
+	}
+	host, port, err := splitHostPattern(dest)
+	if err != nil {
+		return bad(err.Error())
+	}
+	c.Host, c.Port = host, port
+	// The path is everything up to the last ",passphrase-env=", so a
+	// path with commas still works.
+	path := rest
+	if i := strings.LastIndex(rest, ",passphrase-env="); i >= 0 {
+		path, c.PassphraseEnv = rest[:i], rest[i+len(",passphrase-env="):]
+		if !envNameRE.MatchString(c.PassphraseEnv) {
+			return bad(fmt.Sprintf("passphrase-env %q is not a variable name", c.PassphraseEnv))
+		}
+		v := ""
+		if getenv != nil {
+			v = getenv(c.PassphraseEnv)
+		}
+		if v == "" {
+			return bad(fmt.Sprintf("environment variable %s is not set; export it with the key's passphrase", c.PassphraseEnv))
+		}
+		c.Passphrase = NewSecretValue(v)
+	}
+	if path == "" {
+		return bad("empty key path")
+	}
+	if c.Key, err = filepath.Abs(expandHome(path)); err != nil {
+		return bad(err.Error())
+	}
+	return c, nil
+}
+
+// expandHome expands a leading ~/ (a path given as --flag=~/x escapes the
+// shell's own expansion).
+func expandHome(p string) string {
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, rest)
+		}
+	}
+	return p
+}
+
+// validSSHUser accepts what OpenSSH accepts as a remote user name, minus
+// anything that could confuse a log line: no spaces, controls or '@'.
+func validSSHUser(u string) bool {
+	if u == "" || len(u) > 64 {
+		return false
+	}
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		if c <= ' ' || c >= 0x7f || c == '@' || c == ':' || c == '/' {
+			return false
+		}
+	}
+	return true
+}
+
+// validateSSH checks the SSH fields (Validate calls it). It does no I/O:
+// CheckSSHFiles reads the files.
+func (p Policy) validateSSH() error {
+	for _, h := range p.SSHAllow {
+		if _, err := ParseAllowHost(h.Host); err != nil || h.Port == 0 {
+			return fmt.Errorf("%w: --ssh-allow-host %s: want HOST[:PORT]", ErrInvalid, h)
+		}
+	}
+	if p.SSHAgent != "" && !filepath.IsAbs(p.SSHAgent) {
+		return fmt.Errorf("%w: --ssh-agent %s: want an absolute socket path", ErrInvalid, p.SSHAgent)
+	}
+	for _, f := range p.SSHKnownHosts {
+		if !filepath.IsAbs(f) {
+			return fmt.Errorf("%w: --ssh-known-hosts %s: want an absolute path", ErrInvalid, f)
+		}
+	}
+	ids := map[string]bool{}
+	for _, c := range p.SSHCredentials {
+		switch {
+		case c.User != "" && !validSSHUser(c.User):
+			return fmt.Errorf("%w: --ssh-credential %s: bad user name", ErrInvalid, c.ID())
+		case c.Port == 0:
+			return fmt.Errorf("%w: --ssh-credential %s: no port", ErrInvalid, c.ID())
+		case !filepath.IsAbs(c.Key):
+			return fmt.Errorf("%w: --ssh-credential %s: want an absolute key path", ErrInvalid, c.ID())
+		case c.PassphraseEnv != "" && !envNameRE.MatchString(c.PassphraseEnv):
+			return fmt.Errorf("%w: --ssh-credential %s: bad passphrase-env", ErrInvalid, c.ID())
+		case c.Passphrase.IsSet() && c.Passphrase.Reveal() == "":
+			return fmt.Errorf("%w: --ssh-credential %s: empty passphrase", ErrInvalid, c.ID())
+		}
+		if _, err := ParseAllowHost(c.Host); err != nil {
+			return fmt.Errorf("%w: --ssh-credential %s: bad host", ErrInvalid, c.ID())
+		}
+		if ids[c.ID()] {
+			return fmt.Errorf("%w: --ssh-credential %s is given twice", ErrInvalid, c.ID())
+		}
+		ids[c.ID()] = true
+	}
+	if len(p.SSHAllow) > 0 {
+		// Said here, at the command line, rather than at the first
+		// clone: without known hosts every connection would be
+		// refused, and gondolin never trusts a key on first use.
+		if len(p.SSHKnownHosts) == 0 {
+			return fmt.Errorf("%w: --ssh-allow-host needs --ssh-known-hosts FILE to verify upstream host keys (gondolin never trusts a key on first use; ~/.ssh/known_hosts is the usual file)", ErrInvalid)
+		}
+		if p.SSHAgent == "" && len(p.SSHCredentials) == 0 {
+			return fmt.Errorf("%w: --ssh-allow-host needs --ssh-agent or --ssh-credential to log in upstream", ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// CheckSSHFiles reads the known_hosts files and every credential's key
+// (with its passphrase) and reports the first that cannot be used, so
+// that a typo fails at the command line rather than at the first git
+// clone. The keys read are dropped at once. Flags.Policy calls it; the
+// supervisor may call it again on a live policy change.
+func (p Policy) CheckSSHFiles() error {
+	if len(p.SSHKnownHosts) > 0 {
+		if _, err := knownhosts.New(p.SSHKnownHosts...); err != nil {
+			return fmt.Errorf("%w: --ssh-known-hosts: %v", ErrInvalid, err)
+		}
+	}
+	for _, c := range p.SSHCredentials {
+		if _, err := c.signer(); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+	}
+	if p.SSHAgent != "" {
+		if fi, err := os.Stat(p.SSHAgent); err != nil || fi.Mode().Type() != os.ModeSocket {
+			return fmt.Errorf("%w: --ssh-agent: no agent socket there (is ssh-agent running? is SSH_AUTH_SOCK set?)", ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// signer reads and decrypts the credential's key. Its errors name the
+// credential, never the key's bytes or the passphrase.
+func (c SSHCredential) signer() (ssh.Signer, error) {
+	pem, err := os.ReadFile(c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("--ssh-credential %s: read key: %w", c.ID(), errors.Unwrap(err))
+	}
+	var s ssh.Signer
+	if c.Passphrase.IsSet() {
+		s, err = ssh.ParsePrivateKeyWithPassphrase(pem, []byte(c.Passphrase.Reveal()))
+	} else {
+		s, err = ssh.ParsePrivateKey(pem)
+	}
+	var missing *ssh.PassphraseMissingError
+	switch {
+	case errors.As(err, &missing) && c.PassphraseEnv != "":
+		return nil, fmt.Errorf("--ssh-credential %s: the key's passphrase (from $%s) is not known; the supervisor forgets it when it restarts: give it again", c.ID(), c.PassphraseEnv)
+	case errors.As(err, &missing):
+		return nil, fmt.Errorf("--ssh-credential %s: the key is encrypted; add ,passphrase-env=VAR naming a variable that holds its passphrase", c.ID())
+	case errors.Is(err, x509.IncorrectPasswordError):
+		return nil, fmt.Errorf("--ssh-credential %s: wrong passphrase", c.ID())
+	case err != nil:
+		return nil, fmt.Errorf("--ssh-credential %s: not a usable private key (%v)", c.ID(), err)
+	}
+	return s, nil
+}
+
+// SSHPassphrases returns the credentials' passphrases by credential ID, to
+// send from the CLI to the supervisor apart from the policy (they never
+// serialise with it), as SecretValues does for secrets.
+func (p Policy) SSHPassphrases() map[string]string {
+	var out map[string]string
+	for _, c := range p.SSHCredentials {
+		if c.Passphrase.IsSet() {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[c.ID()] = c.Passphrase.Reveal()
+		}
+	}
+	return out
+}
+
+// SetSSHPassphrases puts passphrases received apart back into the policy.
+// A passphrase for a credential the policy does not have is an error.
+func (p *Policy) SetSSHPassphrases(m map[string]string) error {
+	for id, v := range m {
+		found := false
+		for i := range p.SSHCredentials {
+			if p.SSHCredentials[i].ID() == id {
+				p.SSHCredentials[i].Passphrase = NewSecretValue(v)
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("%w: a passphrase for --ssh-credential %s, which the policy does not have", ErrInvalid, id)
+		}
+	}
+	return nil
+}
+
+// MissingSSHPassphrases names (by ID) the credentials that need a
+// passphrase the policy does not hold: after a supervisor restart, until
+// it is given again, logins with those keys fail.
+func (p Policy) MissingSSHPassphrases() []string {
+	var out []string
+	for _, c := range p.SSHCredentials {
+		if c.PassphraseEnv != "" && !c.Passphrase.IsSet() {
+			out = append(out, c.ID())
+		}
+	}
+	return out
+}
+
+// sshRule decides whether guest SSH may reach host:port and names the
+// rule. host is canonical (NormalizeHost).
+func (p *Policy) sshRule(host string, port uint16) (string, bool) {
+	for _, h := range p.SSHAllow {
+		if h.Port == port && MatchHost(h.Host, host) {
+			return "ssh-allow " + h.String(), true
+		}
+	}
+	return "", false
+}
+
+// sshCredentials returns the credentials that apply to a login as user
+// at host:port, most specific host pattern first (a user-bound one before
+// a catch-all of the same pattern).
+func (p *Policy) sshCredentials(user, host string, port uint16) []SSHCredential {
+	var out []SSHCredential
+	for _, c := range p.SSHCredentials {
+		if c.Port == port && (c.User == "" || c.User == user) && MatchHost(c.Host, host) {
+			out = append(out, c)
+		}
+	}
+	score := func(c SSHCredential) int {
+		s := specificity(c.Host) * 2
+		if c.User != "" {
+			s++
+		}
+		return s
+	}
+	// Insertion sort: a handful of entries, stable for equal scores.
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && score(out[j]) > score(out[j-1]); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// sshExactNames returns the SSH allow patterns that are plain names, the
+// only ones a synthetic address can be traced back to once the DNS table
+// is lost (see findTCPMap).
+func (p *Policy) sshExactNames() []string {
+	var out []string
+	for _, h := range p.SSHAllow {
+		if !strings.Contains(h.Host, "*") {
+			if _, err := netip.ParseAddr(h.Host); err != nil {
+				out = append(out, h.Host)
+			}
+		}
+	}
+	return out
+}
