@@ -48,6 +48,11 @@
 // in events. At most MaxSSHConns SSH connections per VM, each handshake
 // (guest; upstream dial and login) within SSHHandshakeTimeout.
 //
+// # Ingress
+//
+// DialGuest opens a connection from the gateway to a port on the guest
+// through the same stack, for host-side services such as package ingress.
+//
 // UDP other than DNS to the gateway is dropped; pings are answered by the
 // gateway only; the guest network is IPv4-only.
 //
