@@ -33,8 +33,9 @@
 // written to GuestSSHKnownHosts), and may log in with anything: the
 // server is reachable from this VM only, and what the guest can do is
 // bounded on the host side. For an allowed destination (the synthetic
-// name and the port must match --ssh-allow-host; SSH carries no name of
-// its own, so with trusted or open DNS only IP patterns can match) the
+// name and the port must match --ssh-allow-host, and no more specific
+// Deny pattern; SSH carries no name of its own, so with trusted or open
+// DNS only IP patterns can match) the
 // host dials the upstream with the same resolution and internal-range
 // checks as HTTP, verifies its host key against --ssh-known-hosts (an
 // unknown or changed key is refused; there is no trust on first use),

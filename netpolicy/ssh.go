@@ -216,8 +216,11 @@ func (sp *sshProxy) serve(fc *flowConn, ep tcpip.Endpoint) {
 
 	rule, ok := p.sshRule(name, dst.Port())
 	if !ok {
-		ev.Action = Blocked
+		ev.Action, ev.Rule = Blocked, rule
 		ev.Reason = fmt.Sprintf("SSH to %s is not allowed; allow it with --ssh-allow-host %s", joinPattern(name, dst.Port()), joinPattern(name, dst.Port()))
+		if rule != "" {
+			ev.Reason = fmt.Sprintf("SSH to %s is denied (%s)", joinPattern(name, dst.Port()), rule)
+		}
 		n.event(ev)
 		sp.refuse(gconn, gchans, ev.Reason)
 		return

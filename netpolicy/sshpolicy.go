@@ -334,14 +334,25 @@ func (p Policy) MissingSSHPassphrases() []string {
 }
 
 // sshRule decides whether guest SSH may reach host:port and names the
-// rule. host is canonical (NormalizeHost).
+// rule. host is canonical (NormalizeHost). A Deny pattern (`gondolin
+// policy deny`) applies to SSH too, by hostRule's measure: the most
+// specific pattern wins, deny on a tie.
 func (p *Policy) sshRule(host string, port uint16) (string, bool) {
+	best, bestScore := "", -1
 	for _, h := range p.SSHAllow {
-		if h.Port == port && MatchHost(h.Host, host) {
-			return "ssh-allow " + h.String(), true
+		if s := specificity(h.Host); s > bestScore && h.Port == port && MatchHost(h.Host, host) {
+			best, bestScore = "ssh-allow "+h.String(), s
 		}
 	}
-	return "", false
+	if best == "" {
+		return "", false
+	}
+	for _, pat := range p.Deny {
+		if specificity(pat) >= bestScore && MatchHost(pat, host) {
+			return "deny " + pat, false
+		}
+	}
+	return best, true
 }
 
 // sshCredentials returns the credentials that apply to a login as user

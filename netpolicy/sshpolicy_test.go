@@ -180,3 +180,27 @@ func TestSSHFlagsPolicy(t *testing.T) {
 		t.Errorf("agent without SSH_AUTH_SOCK: %v", err)
 	}
 }
+
+func TestSSHRule(t *testing.T) {
+	p := Policy{
+		SSHAllow: []SSHHost{{"github.com", 22}, {"*.corp.example", 2222}, {"*", 22}},
+		Deny:     []string{"evil.example", "*.corp.example"},
+	}
+	for _, tt := range []struct {
+		host string
+		port uint16
+		rule string
+		ok   bool
+	}{
+		{"github.com", 22, "ssh-allow github.com:22", true},
+		{"github.com", 443, "", false},
+		{"git.corp.example", 2222, "deny *.corp.example", false}, // a tie: deny wins
+		{"evil.example", 22, "deny evil.example", false},         // more specific than *
+		{"other.example", 22, "ssh-allow *:22", true},
+	} {
+		rule, ok := p.sshRule(tt.host, tt.port)
+		if rule != tt.rule || ok != tt.ok {
+			t.Errorf("sshRule(%s, %d) = %q %v, want %q %v", tt.host, tt.port, rule, ok, tt.rule, tt.ok)
+		}
+	}
+}
