@@ -140,6 +140,26 @@ func ParseListen(s string) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(int(n))), nil
 }
 
+// ParseRoute parses --listen [HOST:]PORT[=GUEST_PORT]: the host address
+// as ParseListen reads it, and the guest port, which is PORT when not
+// given (so PORT 0 needs one).
+func ParseRoute(s string) (Route, error) {
+	listen, guest, hasGuest := strings.Cut(s, "=")
+	addr, err := ParseListen(listen)
+	if err != nil {
+		return Route{}, err
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if !hasGuest {
+		guest = port
+	}
+	n, err := strconv.ParseUint(guest, 10, 16)
+	if err != nil || n == 0 {
+		return Route{}, fmt.Errorf("%w: --listen %s: want [HOST:]PORT[=GUEST_PORT] with a guest port from 1 to 65535", ErrInvalid, s)
+	}
+	return Route{Listen: addr, GuestPort: uint16(n)}, nil
+}
+
 // Add starts serving a route and returns it with its bound address.
 func (g *Gateway) Add(r Route) (Route, error) {
 	if r.GuestPort == 0 {

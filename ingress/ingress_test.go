@@ -45,6 +45,27 @@ func TestParseListen(t *testing.T) {
 	}
 }
 
+func TestParseRoute(t *testing.T) {
+	for in, want := range map[string]Route{
+		"3000":                {Listen: "127.0.0.1:3000", GuestPort: 3000},
+		"8080=3000":           {Listen: "127.0.0.1:8080", GuestPort: 3000},
+		"0=3000":              {Listen: "127.0.0.1:0", GuestPort: 3000},
+		"0.0.0.0:8080":        {Listen: "0.0.0.0:8080", GuestPort: 8080},
+		"[::1]:8443=443":      {Listen: "[::1]:8443", GuestPort: 443},
+		"localhost:5173=5173": {Listen: "127.0.0.1:5173", GuestPort: 5173},
+	} {
+		got, err := ParseRoute(in)
+		if err != nil || got != want {
+			t.Errorf("ParseRoute(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"0", "8080=", "8080=0", "8080=x", "=3000", "host:80=3000"} {
+		if _, err := ParseRoute(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseRoute(%q) err = %v", bad, err)
+		}
+	}
+}
+
 // guestServer runs an HTTP server on the guest: /echo reports what the
 // guest saw, /ws echoes WebSocket frames, /blob sends size bytes.
 func guestServer(t testing.TB, g *testGuest, port uint16) {
