@@ -1,6 +1,10 @@
 package sessions
 
-import "time"
+import (
+	"time"
+
+	"github.com/gondolin/gondolin/ingress"
+)
 
 // State is a session's derived state.
 type State string
@@ -33,6 +37,10 @@ type Session struct {
 	// Policy summarises the network policy ("public web", "3 hosts, 1
 	// secret", "no network").
 	Policy string `json:"policy,omitempty"`
+	// Ingress lists the host listeners that forward to guest ports.
+	Ingress []ingress.Route `json:"ingress,omitempty"`
+	// SSHCommand logs into the VM (sessions made with --ssh).
+	SSHCommand string `json:"ssh_command,omitempty"`
 	// Usage is the VM's host resource use (live sessions only).
 	Usage *Usage `json:"usage,omitempty"`
 	// Errors lists non-fatal problems (lima's habit): a dashboard row
@@ -84,6 +92,13 @@ type CreateRequest struct {
 	// Resume makes the session from a snapshot (ID, name, or disk path)
 	// instead of from an image.
 	Resume string `json:"resume,omitempty"`
+	// Listen opens ingress routes from host listeners to guest ports.
+	Listen []ingress.Route `json:"listen,omitempty"`
+	// SSH opens an SSH endpoint on the host that logs into the VM.
+	SSH *SSHAccess `json:"ssh,omitempty"`
+	// SSHPassphrases carries passphrases of --ssh-credential keys, by
+	// credential ID, apart from the spec like SecretValues.
+	SSHPassphrases map[string]string `json:"ssh_passphrases,omitempty"`
 	// SecretValues carries the values of Spec.Policy's secrets, which
 	// never serialise with the policy. They stay in the supervisor's
 	// memory only.
@@ -142,7 +157,8 @@ const (
 	// EventUsage is sent every few seconds while a session is live and
 	// someone follows events, so a dashboard's CPU and memory columns stay
 	// current without polling.
-	EventUsage = "session.usage"
+	EventUsage   = "session.usage"
+	EventIngress = "session.ingress"
 )
 
 // SupervisorStatus describes the running supervisor.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/snapshots"
@@ -460,4 +461,24 @@ func (c *Client) Snapshots(ctx context.Context) ([]*snapshots.Snapshot, error) {
 // RemoveSnapshot deletes a snapshot.
 func (c *Client) RemoveSnapshot(ctx context.Context, ref string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(ref), nil, nil)
+}
+
+// Routes lists a session's ingress routes.
+func (c *Client) Routes(ctx context.Context, ref string) ([]ingress.Route, error) {
+	var routes []ingress.Route
+	err := c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(ref)+"/ingress", nil, &routes)
+	return routes, err
+}
+
+// AddRoute opens an ingress route on a live session and returns it with
+// the address it got.
+func (c *Client) AddRoute(ctx context.Context, ref string, r ingress.Route) (ingress.Route, error) {
+	var got ingress.Route
+	err := c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(ref)+"/ingress", r, &got)
+	return got, err
+}
+
+// RemoveRoute closes the ingress route listening on listen.
+func (c *Client) RemoveRoute(ctx context.Context, ref, listen string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/sessions/"+url.PathEscape(ref)+"/ingress/"+url.PathEscape(listen), nil, nil)
 }

@@ -84,8 +84,12 @@ func (s *session) networkErrorsLocked() []string {
 		return nil
 	}
 	var out []string
-	for _, name := range s.net.Policy().MissingSecrets() {
+	p := s.net.Policy()
+	for _, name := range p.MissingSecrets() {
 		out = append(out, fmt.Sprintf("secret %s has no value (the supervisor restarted): set it with: gondolin policy secret set %s %s@HOSTS", name, s.rec.ID, name))
+	}
+	for _, id := range p.MissingSSHPassphrases() {
+		out = append(out, fmt.Sprintf("the passphrase of ssh credential %s is gone (the supervisor restarted): stop and resume the session with its environment set", id))
 	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
@@ -49,6 +50,10 @@ type StateRecord struct {
 	// Policy is the network policy as it is now (live edits included),
 	// with secret placeholders and without secret values.
 	Policy *netpolicy.Policy `json:"policy,omitempty"`
+	// Routes and SSH are the listeners to open again after a restart,
+	// with the addresses and port they got.
+	Routes []ingress.Route `json:"routes,omitempty"`
+	SSH    *SSHAccess      `json:"ssh,omitempty"`
 }
 
 // PTYRecord remembers a terminal process in the guest.

@@ -224,7 +224,7 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		// A clone's guest was configured in its template; a cold boot
 		// configures its network now.
 		if !cloned && cfg.Restore == "" {
-			if err := in.Agent.Network(ctx, agentproto.Network{CACert: in.Net.CACertPEM()}); err != nil {
+			if err := in.Agent.Network(ctx, guestNetwork(in.Net)); err != nil {
 				return fail(fmt.Errorf("guest network: %w", err))
 			}
 		}
@@ -261,7 +261,14 @@ func (r *Runtime) prepareTemplate(ctx context.Context, cfg vm.Config, m *vm.Mach
 	if err := attachNetwork(ctx, n, cfg.Dir); err != nil {
 		return err
 	}
-	return a.Network(ctx, agentproto.Network{CACert: n.CACertPEM()})
+	return a.Network(ctx, guestNetwork(n))
+}
+
+// guestNetwork is what the guest is told to trust: the TLS CA and the SSH
+// proxy's host key CA (both fixed per GONDOLIN_HOME, so templates hold
+// them).
+func guestNetwork(n *netpolicy.Network) agentproto.Network {
+	return agentproto.Network{CACert: n.CACertPEM(), SSHKnownHosts: n.SSHKnownHosts()}
 }
 
 // templateKeyExtra ties networked templates to the home's CA, which they

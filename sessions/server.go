@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm"
@@ -60,6 +61,9 @@ func NewAPI(sv *Supervisor) *API {
 	a.mux.HandleFunc("GET /v1/snapshots", a.listSnapshots)
 	a.mux.HandleFunc("GET /v1/snapshots/{ref}", a.getSnapshot)
 	a.mux.HandleFunc("DELETE /v1/snapshots/{ref}", a.removeSnapshot)
+	a.mux.HandleFunc("GET /v1/sessions/{id}/ingress", a.listRoutes)
+	a.mux.HandleFunc("POST /v1/sessions/{id}/ingress", a.addRoute)
+	a.mux.HandleFunc("DELETE /v1/sessions/{id}/ingress/{listen}", a.removeRoute)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/policy", a.getPolicy)
 	a.mux.HandleFunc("POST /v1/sessions/{id}/policy", a.changePolicy)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/network-events", a.netEvents)
@@ -679,4 +683,35 @@ func snapshotError(err error) error {
 		return errorf(ErrInvalid, "%v", err)
 	}
 	return err
+}
+
+func (a *API) listRoutes(w http.ResponseWriter, r *http.Request) {
+	routes, err := a.sv.Routes(r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, routes)
+}
+
+func (a *API) addRoute(w http.ResponseWriter, r *http.Request) {
+	var route ingress.Route
+	if err := decode(w, r, &route); err != nil {
+		fail(w, err)
+		return
+	}
+	got, err := a.sv.AddRoute(r.PathValue("id"), route)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, got)
+}
+
+func (a *API) removeRoute(w http.ResponseWriter, r *http.Request) {
+	if err := a.sv.RemoveRoute(r.PathValue("id"), r.PathValue("listen")); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

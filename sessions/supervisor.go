@@ -10,9 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/snapshots"
+	"github.com/gondolin/gondolin/sshaccess"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -72,14 +74,19 @@ type session struct {
 	sv  *Supervisor
 	rec Record
 
-	mu       sync.Mutex
-	state    StateRecord
-	m        *vm.Machine        // nil when no VM is known to run
-	agent    *vm.Agent          // nil while not connected
-	net      *netpolicy.Network // nil without a network
-	ptys     map[uint64]*pty
-	stale    string // why it is stale; empty when live or stopped
-	stopping bool
+	mu    sync.Mutex
+	state StateRecord
+	m     *vm.Machine        // nil when no VM is known to run
+	agent *vm.Agent          // nil while not connected
+	net   *netpolicy.Network // nil without a network
+	gw    *ingress.Gateway   // nil without ingress routes
+	sshd  *sshaccess.Server  // nil without --ssh
+	// accessErrs says why a route or the SSH endpoint could not be
+	// opened again after a restart (a port now taken).
+	accessErrs []string
+	ptys       map[uint64]*pty
+	stale      string // why it is stale; empty when live or stopped
+	stopping   bool
 	// snapshotting: the VM may be paused on purpose; not a hang.
 	snapshotting bool
 	cpu          cpuSample
@@ -132,6 +139,11 @@ func (sv *Supervisor) Adopt(ctx context.Context) {
 		if rec.VM.Network {
 			if err := s.restoreNetwork(); err != nil {
 				s.stale = "network: " + err.Error()
+			}
+		}
+		if len(st.Routes) > 0 || st.SSH != nil {
+			if err := s.startAccess(st.Routes, st.SSH); err != nil {
+				sv.log.Printf("adopt %s: %v", id, err)
 			}
 		}
 		wg.Add(1)
@@ -340,6 +352,7 @@ func (s *session) vmExited(m *vm.Machine) {
 		s.agent.Close()
 		s.agent = nil
 	}
+	s.stopAccessLocked()
 	if s.net != nil {
 		s.net.Close()
 		s.net = nil
@@ -395,7 +408,13 @@ func (s *session) info() Session {
 	for _, p := range s.ptyList() {
 		out.PTYs = append(out.PTYs, p.info())
 	}
-	out.Errors = s.networkErrorsLocked()
+	out.Errors = append(s.networkErrorsLocked(), s.accessErrs...)
+	if s.gw != nil {
+		out.Ingress = s.gw.List()
+	}
+	if s.sshd != nil {
+		out.SSHCommand = s.sshd.Command()
+	}
 	if s.net != nil {
 		p := s.net.Policy()
 		out.Policy = summarizePolicy(p)
@@ -434,6 +453,17 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 	spec := req.Spec
 	if err := spec.applySecretValues(req.SecretValues); err != nil {
 		return Session{}, err
+	}
+	if spec.Policy != nil && len(req.SSHPassphrases) > 0 {
+		if err := spec.Policy.SetSSHPassphrases(req.SSHPassphrases); err != nil {
+			return Session{}, invalidf("%v", err)
+		}
+	}
+	for i, r := range req.Listen {
+		if r.GuestPort == 0 {
+			return Session{}, invalidf("--listen %s: no guest port", r.Listen)
+		}
+		req.Listen[i] = r
 	}
 	if err := spec.Validate(); err != nil {
 		return Session{}, err
@@ -493,6 +523,13 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 		in.Kill()
 		sv.reg.remove(id)
 		return Session{}, err
+	}
+	if len(req.Listen) > 0 || req.SSH != nil {
+		if err := s.startAccess(req.Listen, req.SSH); err != nil {
+			s.stop(context.Background())
+			sv.reg.remove(id)
+			return Session{}, err
+		}
 	}
 	sv.mu.Lock()
 	sv.sessions[id] = s
@@ -690,6 +727,7 @@ func (s *session) stop(ctx context.Context) error {
 	s.stopping = false
 	s.stale = ""
 	s.m, s.agent = nil, nil
+	s.stopAccessLocked()
 	n := s.net
 	s.net = nil
 	ptys := s.ptyList()

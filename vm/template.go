@@ -41,7 +41,7 @@ const (
 
 // templateFormat is bumped whenever QEMU's arguments or the template
 // layout change, which invalidates every saved template.
-const templateFormat = "4"
+const templateFormat = "5"
 
 // ErrTemplateBusy means another process is building the template; the
 // caller should boot cold instead of waiting.

@@ -70,7 +70,28 @@ func (Guest) Network(n *agentproto.Network) error {
 			return fmt.Errorf("network: install CA: %w", err)
 		}
 	}
+	if len(n.SSHKnownHosts) > 0 {
+		if err := writeFileAtomic(guestSSHKnownHosts, n.SSHKnownHosts, 0o644); err != nil {
+			return fmt.Errorf("network: ssh known hosts: %w", err)
+		}
+	}
 	return nil
+}
+
+// guestSSHKnownHosts is where OpenSSH reads system-wide known hosts
+// (netpolicy.GuestSSHKnownHosts names the same path).
+const guestSSHKnownHosts = "/etc/ssh/ssh_known_hosts"
+
+// writeFileAtomic writes path through a temporary file and a rename.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".gondolin.tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // findLink waits briefly for the interface: virtio_net may still be

@@ -70,6 +70,9 @@ type Network struct {
 	// CACert is a PEM certificate the guest must trust (the host's TLS
 	// mediation CA), added to the system bundle.
 	CACert []byte `json:"ca_cert,omitempty"`
+	// SSHKnownHosts is the known_hosts line that makes the guest's ssh
+	// trust the host's SSH proxy (written to /etc/ssh/ssh_known_hosts).
+	SSHKnownHosts []byte `json:"ssh_known_hosts,omitempty"`
 }
 
 // Mount asks the agent to mount a filesystem.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/termio"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
@@ -19,6 +20,9 @@ func newBashCmd() *cobra.Command {
 		label      string
 		detachKeys string
 		resume     string
+		listen     []string
+		ssh        bool
+		sshAccess  sessions.SSHAccess
 	)
 	c := &cobra.Command{
 		Use:   "bash [flags] [-- CMD...]",
@@ -35,16 +39,44 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 			if err != nil {
 				return err
 			}
+			req := sessions.CreateRequest{Spec: *spec, Command: args, Keep: keep, Label: label,
+				SecretValues: spec.SecretValues(), Resume: resume}
+			if spec.Policy != nil {
+				req.SSHPassphrases = spec.Policy.SSHPassphrases()
+			}
+			for _, l := range listen {
+				r, err := ingress.ParseRoute(l)
+				if err != nil {
+					return usageError("--listen: %v", err)
+				}
+				r.DisableWebSockets = vf.net.DisableWebSockets
+				req.Listen = append(req.Listen, r)
+			}
+			if ssh {
+				req.SSH = &sshAccess
+			} else if sshAccess != (sessions.SSHAccess{}) {
+				return usageError("--ssh-user, --ssh-port and --ssh-listen go with --ssh")
+			}
 			client, err := dialSupervisor(true)
 			if err != nil {
 				return err
 			}
 			rows, cols := termio.Size(os.Stdout)
+			req.Rows, req.Cols = rows, cols
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			s, err := client.Create(ctx, sessions.CreateRequest{Spec: *spec, Command: args, Keep: keep, Label: label, Rows: rows, Cols: cols, SecretValues: spec.SecretValues(), Resume: resume})
+			s, err := client.Create(ctx, req)
 			if err != nil {
 				return err
+			}
+			for _, r := range s.Ingress {
+				fmt.Fprintf(os.Stderr, "gondolin: %s -> guest port %d\n", r.URL(), r.GuestPort)
+			}
+			if s.SSHCommand != "" {
+				fmt.Fprintf(os.Stderr, "gondolin: log in with: %s\n", s.SSHCommand)
+			}
+			for _, e := range s.Errors {
+				fmt.Fprintf(os.Stderr, "gondolin: warning: %s\n", e)
 			}
 			if detach {
 				fmt.Println(s.ID)
@@ -63,6 +95,11 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "create the session and print its ID without attaching")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the session running after CMD exits")
 	c.Flags().StringVar(&label, "label", "", "free text shown in gondolin list")
+	c.Flags().StringArrayVar(&listen, "listen", nil, "[HOST:]PORT[=GUEST_PORT]: forward HTTP (and WebSockets) from a host listener (default 127.0.0.1) to a guest port")
+	c.Flags().BoolVar(&ssh, "ssh", false, "open an SSH endpoint on the host that logs into the VM, and print the ssh command")
+	c.Flags().StringVar(&sshAccess.User, "ssh-user", "", "user name the SSH endpoint accepts (default root)")
+	c.Flags().IntVar(&sshAccess.Port, "ssh-port", 0, "SSH endpoint port (default: a free one)")
+	c.Flags().StringVar(&sshAccess.Listen, "ssh-listen", "", "SSH endpoint address (default 127.0.0.1)")
 	c.Flags().StringVar(&resume, "resume", "", "make the session from a snapshot (ID, name, or .qcow2 path) instead of an image")
 	c.Flags().StringVar(&detachKeys, "detach-keys", termio.DefaultDetachKeys, "key sequence that detaches")
 	return c

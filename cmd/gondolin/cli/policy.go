@@ -168,6 +168,12 @@ func formatNetEvent(e netpolicy.Event) string {
 		target = fmt.Sprintf("%s:%d", e.Host, e.Port)
 	}
 	line := fmt.Sprintf("%s %-5s %-5s %s %s%s", e.Time.Local().Format(time.TimeOnly), e.Action, e.Proto, e.Method, target, e.Path)
+	if e.User != "" {
+		line += " user=" + e.User
+	}
+	if e.Command != "" {
+		line += fmt.Sprintf(" command=%q", e.Command)
+	}
 	if e.Rule != "" {
 		line += " rule=" + e.Rule
 	}

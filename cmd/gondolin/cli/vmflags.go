@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"path/filepath"
 
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
@@ -37,13 +38,19 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.net.AllowInternal, "allow-internal", nil, "lift internal-range blocking for this CIDR only (local work and tests)")
 	fs.StringArrayVar(&f.net.Resolve, "resolve", nil, "HOST=IP: pin the host-side resolution of a name (as curl's --resolve)")
 	fs.BoolVar(&f.noNetwork, "no-network", false, "give the VM no network interface at all")
+	fs.StringArrayVar(&f.net.SSHAllowHost, "ssh-allow-host", nil, "allow SSH (git over ssh) to HOST[:PORT], * wildcards; the key stays on the host")
+	fs.StringVar(&f.net.SSHAgent, "ssh-agent", "", "authenticate upstream SSH with this ssh-agent socket (alone: $SSH_AUTH_SOCK)")
+	fs.Lookup("ssh-agent").NoOptDefVal = netpolicy.SSHAgentFromEnv
+	fs.StringArrayVar(&f.net.SSHKnownHosts, "ssh-known-hosts", nil, "OpenSSH known_hosts file that upstream host keys must match (default ~/.ssh/known_hosts when it exists)")
+	fs.StringArrayVar(&f.net.SSHCredential, "ssh-credential", nil, "[USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]: a host-side key for upstream SSH")
 }
 
 // networkFlagsSet reports whether any network policy flag was given.
 func (f *vmFlags) networkFlagsSet() bool {
 	n := f.net
-	return len(n.AllowHost)+len(n.HostSecret)+len(n.DNSTrustedServer)+len(n.TCPMap)+len(n.AllowInternal)+len(n.Resolve) > 0 ||
-		n.DNS != "" || n.DisableWebSockets
+	return len(n.AllowHost)+len(n.HostSecret)+len(n.DNSTrustedServer)+len(n.TCPMap)+len(n.AllowInternal)+len(n.Resolve)+
+		len(n.SSHAllowHost)+len(n.SSHKnownHosts)+len(n.SSHCredential) > 0 ||
+		n.DNS != "" || n.DisableWebSockets || n.SSHAgent != ""
 }
 
 func (f *vmFlags) spec() (*sessions.Spec, error) {
@@ -51,6 +58,14 @@ func (f *vmFlags) spec() (*sessions.Spec, error) {
 	if f.networkFlagsSet() {
 		if f.noNetwork {
 			return nil, usageError("--no-network cannot be combined with network policy flags")
+		}
+		if len(f.net.SSHAllowHost) > 0 && len(f.net.SSHKnownHosts) == 0 {
+			// No trust on first use: the user's own known hosts, if any.
+			if home, err := os.UserHomeDir(); err == nil {
+				if kh := filepath.Join(home, ".ssh", "known_hosts"); fileExists(kh) {
+					f.net.SSHKnownHosts = []string{kh}
+				}
+			}
 		}
 		p, err := f.net.Policy(os.Getenv)
 		if err != nil {
@@ -66,4 +81,9 @@ func (f *vmFlags) spec() (*sessions.Spec, error) {
 		spec.MemoryMiB = mib
 	}
 	return spec, spec.Validate()
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
