@@ -296,12 +296,16 @@ func (m *hostMount) open(req *fsproto.Request, a *fsproto.Attr) (*os.File, sysca
 		}
 		flags |= unix.O_CREAT | int(req.Flags&unix.O_EXCL)
 		mode = fileMode(req.Mode)
-	} else {
-		// Refuse anything but a regular file before opening it: opening a
-		// device node has effects of its own.
-		if errno := m.statAt(t.dir, t.name, 0, a); errno != 0 {
-			return nil, errno
-		}
+	}
+	// Refuse anything but a regular file before opening it: opening a
+	// device node has effects of its own. (The check and the open are
+	// not atomic, but only the host user can put a device node here; the
+	// guest cannot make one.)
+	switch errno := m.statAt(t.dir, t.name, 0, a); {
+	case errno == syscall.ENOENT && flags&unix.O_CREAT != 0:
+	case errno != 0:
+		return nil, errno
+	default:
 		if errno := regular(a.Mode); errno != 0 {
 			return nil, errno
 		}

@@ -1,6 +1,7 @@
 package mounts
 
 import (
+	"bufio"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -130,10 +131,26 @@ func (s *Server) Serve(conn io.ReadWriteCloser) error {
 		conn.Close()
 	}()
 
-	br, err := fsproto.HostHandshake(conn)
-	if err != nil {
-		return s.serveErr(fmt.Errorf("fs port handshake: %w", err))
+	br := fsproto.NewReader(conn)
+	for {
+		if err := fsproto.HostHandshake(conn, br); err != nil {
+			return s.serveErr(fmt.Errorf("fs port handshake: %w", err))
+		}
+		err := s.serveFrames(conn, br)
+		if errors.Is(err, fsproto.ErrDesync) {
+			// A new guest client (see fsproto.Breaker), or garbage: start
+			// over on the same connection.
+			s.logf("fs: the guest's stream lost frame sync; resynchronising")
+			continue
+		}
+		return s.serveErr(err)
 	}
+}
+
+// serveFrames serves requests until reading fails. It returns once every
+// request it started has been answered, so that no reply of this session
+// can follow the next handshake.
+func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) error {
 	var (
 		wmu      sync.Mutex
 		inflight sync.WaitGroup
@@ -167,7 +184,7 @@ func (s *Server) Serve(conn io.ReadWriteCloser) error {
 				s.logf("fs: %v", err) // no tag to answer
 				continue
 			}
-			return s.serveErr(err)
+			return err
 		}
 		req, err := fsproto.DecodeRequest(frame)
 		if err != nil {

@@ -255,8 +255,8 @@ func TestStaleBytes(t *testing.T) {
 
 	// The first host: handshake, take the guest's init and then a stat,
 	// answer the init, and die halfway through the stat's reply.
-	br, err := fsproto.HostHandshake(hostEnd)
-	if err != nil {
+	br := fsproto.NewReader(hostEnd)
+	if err := fsproto.HostHandshake(hostEnd, br); err != nil {
 		t.Fatal(err)
 	}
 	fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
@@ -301,5 +301,44 @@ func TestStaleBytes(t *testing.T) {
 	}
 	if c.Instance() == 1 {
 		t.Error("still on the old host's instance")
+	}
+}
+
+// TestGuestResync replaces the guest's client while the host is serving
+// the old one, which died in the middle of sending a request: the new
+// client's Breaker must bring the host back to the handshake on the same
+// connection.
+func TestGuestResync(t *testing.T) {
+	dir, spec := hostDir(t, "/w", false)
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	s, err := NewServer([]Spec{spec}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	guestEnd, hostEnd := socketPair(t)
+	defer guestEnd.Close()
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(hostEnd) }()
+	p := &port{c: guestEnd}
+	ctx := ctxT(t)
+
+	for round := range 3 {
+		c := fsproto.NewClient(p.open, testLogger(t))
+		m := fsproto.Mount{C: c, ID: spec.ID}
+		if a, errno := m.Stat(ctx, "f"); errno != 0 || a.Size != 1 {
+			t.Fatalf("round %d: stat %+v %v", round, a, errno)
+		}
+		h, _, errno := m.Open(ctx, "f", 0)
+		mustOK(t, "open", errno)
+		c.Close()
+		// The dying client's last words: half of a 1000-byte write.
+		guestEnd.Write(rawFrame(1000, 99, byte(fsproto.OpWrite), append(binary.BigEndian.AppendUint16(nil, uint16(len(spec.ID))), spec.ID...)))
+		_ = h
+	}
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned: %v", err)
+	default:
 	}
 }

@@ -137,7 +137,14 @@ func (c *Client) run() {
 		}
 		c.cur = &conn{rw: rw} // not published: up stays open
 		c.mu.Unlock()
-		br, err := GuestHandshake(rw)
+		// A host may be connected and in the middle of the previous
+		// client's frames: make it resynchronise. (With no host
+		// connected, this waits for one.)
+		_, err = rw.Write(Breaker)
+		var br *bufio.Reader
+		if err == nil {
+			br, err = GuestHandshake(rw)
+		}
 		if err != nil {
 			rw.Close()
 			c.setCur(nil)
@@ -151,11 +158,15 @@ func (c *Client) run() {
 		}
 		lastHost = time.Now()
 		cn := newConn(rw)
+		// Unpublish in the same step that marks the connection lost, so
+		// that a retrying Call never picks a dead connection again.
+		cn.onClose = func() { c.unpublish(cn) }
 		go cn.readLoop(br, c.log)
 		rep, err := cn.roundTrip(&Request{Op: OpInit, Version: Version})
 		if err == nil && rep.Errno != 0 {
 			c.log.Printf("fs host refused protocol version %d: %v", Version, rep.Errno)
 			cn.close()
+			c.setCur(nil)
 			if !sleep(refusedPause) {
 				return
 			}
@@ -163,6 +174,7 @@ func (c *Client) run() {
 		}
 		if err != nil {
 			cn.close()
+			c.setCur(nil)
 			continue
 		}
 		cn.instance = rep.Instance
@@ -171,7 +183,7 @@ func (c *Client) run() {
 			return
 		}
 		<-cn.lost
-		c.unpublish()
+		c.unpublish(cn) // in case it was lost before it was published
 		lastHost = time.Now()
 	}
 }
@@ -193,10 +205,16 @@ func (c *Client) publish(cn *conn) bool {
 	return true
 }
 
-func (c *Client) unpublish() {
+func (c *Client) unpublish(cn *conn) {
 	c.mu.Lock()
-	c.cur = nil
-	c.up = make(chan struct{})
+	if c.cur == cn {
+		c.cur = nil
+		select {
+		case <-c.up:
+			c.up = make(chan struct{})
+		default: // never published
+		}
+	}
 	c.mu.Unlock()
 }
 
@@ -262,6 +280,7 @@ type conn struct {
 	wmu      sync.Mutex
 	lost     chan struct{}
 	once     sync.Once
+	onClose  func()
 
 	mu      sync.Mutex
 	pending map[uint64]chan *Reply
@@ -273,6 +292,9 @@ func newConn(rw io.ReadWriteCloser) *conn {
 
 func (cn *conn) close() {
 	cn.once.Do(func() {
+		if cn.onClose != nil {
+			cn.onClose()
+		}
 		cn.rw.Close()
 		close(cn.lost)
 	})

@@ -17,7 +17,16 @@ var (
 	ErrMalformed  = errors.New("malformed frame")
 	ErrUnknownOp  = errors.New("unknown operation")
 	ErrShortFrame = errors.New("frame shorter than its header")
+	// ErrDesync means a size field no peer would send: the stream is not
+	// at a frame boundary (a peer died mid-frame, or the other end is
+	// resynchronising). The reader must go back to the handshake.
+	ErrDesync = errors.New("stream out of frame sync")
 )
+
+// MaxSkip is the largest oversized frame a reader skips and answers;
+// anything larger is ErrDesync. Resync padding (newlines, 0x0a0a0a0a
+// read as a size) and handshake text are always larger.
+const MaxSkip = 64 << 20
 
 // TooLargeError reports a frame whose size exceeds the reader's limit.
 // Tag and Op are the frame's, so the host can answer it.
@@ -65,8 +74,9 @@ func NewFrameReader(r *bufio.Reader, max int) *FrameReader {
 // Next returns the next frame (tag, op and body, without the size field),
 // reusing buf when it is large enough. A frame larger than the limit is
 // reported as *TooLargeError and one shorter than a header as
-// ErrShortFrame; call Skip to discard the rest of such a frame and go on.
-// Other errors come from the underlying reader.
+// ErrShortFrame; Next skips the rest of such a frame when called again.
+// A size beyond MaxSkip is ErrDesync. Other errors come from the
+// underlying reader.
 func (fr *FrameReader) Next(buf []byte) ([]byte, error) {
 	if fr.skip > 0 {
 		if err := fr.Skip(); err != nil {
@@ -78,6 +88,9 @@ func (fr *FrameReader) Next(buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	size := binary.BigEndian.Uint32(hdr[:])
+	if size > MaxSkip {
+		return nil, ErrDesync
+	}
 	if size < frameHeader {
 		fr.skip = int64(size)
 		return nil, ErrShortFrame

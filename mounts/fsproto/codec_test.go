@@ -212,6 +212,8 @@ func FuzzFrameStream(f *testing.F) {
 				}
 				DecodeRequest(frame)
 			case errors.As(err, &tl), errors.Is(err, ErrShortFrame):
+			case errors.Is(err, ErrDesync):
+				return
 			default:
 				return // end of stream
 			}

@@ -16,26 +16,41 @@ import (
 // left in flight, or requests a guest sent to it, never reach the new
 // session.
 //
-// One more case is particular to this port: a guest that never saw its
-// old host go away may be in the middle of reading a reply frame when the
-// new host's HELLO arrives. So every repeated HELLO is preceded by more
-// newlines than the largest frame: they complete any partial frame, and
-// the next size field the guest reads is made of newlines (0x0a0a0a0a),
-// larger than MaxFrame, which sends the guest back to the handshake.
+// Two more cases are particular to this port, where either end may be
+// replaced while the other stays connected:
+//
+//   - A guest that never saw its old host go away may be in the middle of
+//     reading a reply frame when the new host's HELLO arrives. So every
+//     repeated HELLO is preceded by Breaker: more newlines than the
+//     largest frame. They complete any partial frame, and the next size
+//     field the guest reads is made of newlines (0x0a0a0a0a), beyond
+//     MaxSkip, which sends the guest back to the handshake.
+//   - A new guest client (the fs daemon restarted) finds a host that is
+//     serving frames, perhaps in the middle of a request the old client
+//     left unfinished. So a guest client sends Breaker before it waits
+//     for HELLO: the host reads ErrDesync and starts the handshake again
+//     on the same connection.
 const (
 	helloFirst    = 100 * time.Millisecond
 	helloMax      = time.Second
-	helloPadding  = MaxFrame + 8
 	readerBufSize = 256 << 10
 )
 
-// HostHandshake resynchronises the channel from the host's end and
-// returns a reader positioned at the first frame. It returns when the
-// guest answers or rw fails (close rw to abort it).
-func HostHandshake(rw io.ReadWriter) (*bufio.Reader, error) {
+// Breaker is the resync padding: newlines, more than the largest frame.
+var Breaker = []byte(strings.Repeat("\n", MaxFrame+8))
+
+// NewReader returns the buffered reader a connection's handshakes and
+// frames are read through.
+func NewReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, readerBufSize) }
+
+// HostHandshake resynchronises the channel from the host's end: it
+// returns when the guest has answered, with br positioned at the first
+// frame, or when reading or writing fails (close the connection to abort
+// it). br reads from the same connection w writes to.
+func HostHandshake(w io.Writer, br *bufio.Reader) error {
 	nonce := agentproto.NewNonce()
 	hello := agentproto.Line(agentproto.WordHello, nonce)
-	padded := append([]byte(strings.Repeat("\n", helloPadding)), hello...)
+	padded := append(append([]byte(nil), Breaker...), hello...)
 
 	stop := make(chan struct{})
 	stopped := make(chan struct{})
@@ -47,7 +62,7 @@ func HostHandshake(rw io.ReadWriter) (*bufio.Reader, error) {
 			if i > 0 {
 				msg = padded
 			}
-			if _, err := rw.Write(msg); err != nil {
+			if _, err := w.Write(msg); err != nil {
 				return
 			}
 			select {
@@ -58,7 +73,6 @@ func HostHandshake(rw io.ReadWriter) (*bufio.Reader, error) {
 			wait = min(2*wait, helloMax)
 		}
 	}()
-	br := bufio.NewReaderSize(rw, readerBufSize)
 	var err error
 	for {
 		var word, n string
@@ -70,20 +84,19 @@ func HostHandshake(rw io.ReadWriter) (*bufio.Reader, error) {
 	close(stop)
 	<-stopped // never write GO into the middle of a HELLO
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if _, err := rw.Write(agentproto.Line(agentproto.WordGo, nonce)); err != nil {
-		return nil, err
-	}
-	return br, nil
+	_, err = w.Write(agentproto.Line(agentproto.WordGo, nonce))
+	return err
 }
 
 // GuestHandshake waits for a host's HELLO, answers READY once per nonce,
 // and returns a reader positioned after the matching GO. It returns
 // agentproto.ErrNoHandshake when the stream ends first (no host is
-// connected: a virtio port then reads EOF at once).
+// connected: a virtio port then reads EOF at once). A client sends
+// Breaker first (see above).
 func GuestHandshake(rw io.ReadWriter) (*bufio.Reader, error) {
-	br := bufio.NewReaderSize(rw, readerBufSize)
+	br := NewReader(rw)
 	answered := ""
 	for {
 		word, nonce, err := agentproto.ScanLine(br)

@@ -19,7 +19,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -60,25 +59,17 @@ func (m *Mounted) Unmount() error {
 // Wait returns when the filesystem is unmounted.
 func (m *Mounted) Wait() { m.server.Wait() }
 
-// Mount mounts the host mount id, served through c, at dir. It needs
-// /dev/fuse and root privileges (no fusermount). It waits until the host
-// answers for the mount, so a host that does not serve id is an error
-// here, not later.
+// Mount mounts the host mount id, served through c, at dir, served from
+// this process: one that never starts child processes (see RunDaemon for
+// why). It needs /dev/fuse and root privileges (no fusermount). It waits
+// until the host answers for the mount, so a host that does not serve id
+// is an error here, not later.
 func Mount(c *fsproto.Client, id, dir string, opts Options) (*Mounted, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = time.Second
 	}
 	if opts.MountTimeout == 0 {
 		opts.MountTimeout = 30 * time.Second
-	}
-	// The process serving FUSE must never run out of Ps: os/exec forks
-	// with CLONE_VFORK, and the forking thread keeps its P until the
-	// child has called execve. If the child's chdir or execve touches
-	// this filesystem, the request must be served by another thread, or
-	// both wait forever. With one vCPU GOMAXPROCS is 1; Go takes fork
-	// lock for every fork, so one spare P is enough.
-	if runtime.GOMAXPROCS(0) < 2 {
-		runtime.GOMAXPROCS(2)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opts.MountTimeout)
 	defer cancel()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -23,7 +25,6 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/mounts"
-	"github.com/gondolin/gondolin/mounts/fsproto"
 	"github.com/gondolin/gondolin/mounts/guestfs"
 	"golang.org/x/sys/unix"
 )
@@ -44,47 +45,107 @@ func needFUSE(t testing.TB) {
 	f.Close()
 }
 
-func socketPair(t testing.TB) (net.Conn, net.Conn) {
+// TestMain doubles as the daemon that serves the mount: mount
+// re-executes the test binary with envDaemon set, as the agent
+// re-executes itself. The daemon runs the host's Server too, so the test
+// process, which plays the agent (it runs git, tar and find with vfork,
+// and maps files), serves nothing itself: a vfork child or a page fault
+// that waits for a FUSE request must never wait for a process that is
+// stopped for garbage collection behind it.
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(envDaemon); spec != "" {
+		if err := daemon(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "fs daemon:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+const envDaemon = "GUESTFS_TEST_DAEMON_SPEC"
+
+// daemon serves spec with a Server and mounts it as told on fd 3.
+// SIGUSR1 replaces the Server with a new one (a supervisor restart).
+func daemon(specJSON string) error {
+	var spec mounts.Spec
+	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
+		return err
+	}
+	logger := log.New(io.Discard, "", 0)
+	if os.Getenv("GUESTFS_TEST_VERBOSE") != "" {
+		logger = log.New(os.Stderr, "fs: ", 0)
+	}
+	var mu sync.Mutex
+	var hostEnd net.Conn
+	server, err := mounts.NewServer([]mounts.Spec{spec}, logger)
+	if err != nil {
+		return err
+	}
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			s, err := mounts.NewServer([]mounts.Spec{spec}, logger)
+			if err != nil {
+				logger.Print(err)
+				continue
+			}
+			mu.Lock()
+			old := server
+			server = s
+			if hostEnd != nil {
+				hostEnd.Close()
+			}
+			mu.Unlock()
+			old.Close()
+		}
+	}()
+	open := func() (io.ReadWriteCloser, error) {
+		g, h, err := socketPair()
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		s := server
+		hostEnd = h
+		mu.Unlock()
+		go s.Serve(h)
+		return g, nil
+	}
+	return guestfs.RunDaemon(os.NewFile(3, "ctrl"), open, logger)
+}
+
+func socketPair() (net.Conn, net.Conn, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	conn := func(fd int) net.Conn {
+	var conns [2]net.Conn
+	for i, fd := range fds {
 		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
+		conns[i], err = net.FileConn(f)
+		f.Close()
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
-		return c
 	}
-	return conn(fds[0]), conn(fds[1])
+	return conns[0], conns[1], nil
 }
 
 type env struct {
-	host  string // the host directory
-	guest string // where the FUSE filesystem is mounted
-	spec  mounts.Spec
-
-	mu     sync.Mutex
-	server *mounts.Server
-	conn   net.Conn
-	logger *log.Logger
+	host   string // the host directory
+	guest  string // where the FUSE filesystem is mounted
+	spec   mounts.Spec
+	daemon *os.Process
 }
 
 // restart replaces the host's Server with a new one and drops the
 // connection, as a supervisor restart does.
 func (e *env) restart(t testing.TB) {
-	s, err := mounts.NewServer([]mounts.Spec{e.spec}, e.logger)
-	if err != nil {
+	if err := e.daemon.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	e.mu.Lock()
-	old := e.server
-	e.server = s
-	e.conn.Close()
-	e.mu.Unlock()
-	old.Close()
 }
 
 // mount serves a new host directory and mounts it at a new directory.
@@ -103,44 +164,46 @@ func mount(t testing.TB, ro bool) *env {
 	return mountSpec(t, spec)
 }
 
+// mountSpec starts a daemon that serves spec and mounts it.
 func mountSpec(t testing.TB, spec mounts.Spec) *env {
-	logger := log.New(io.Discard, "", 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent, child := os.NewFile(uintptr(fds[0]), "ctrl"), os.NewFile(uintptr(fds[1]), "ctrl")
+	specJSON, _ := json.Marshal(spec)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envDaemon+"="+string(specJSON))
 	if testing.Verbose() {
-		logger = log.New(os.Stderr, "fs: ", 0)
+		cmd.Env = append(cmd.Env, "GUESTFS_TEST_VERBOSE=1")
 	}
-	server, err := mounts.NewServer([]mounts.Spec{spec}, logger)
-	if err != nil {
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{host: spec.HostPath, spec: spec, server: server, logger: logger}
-	var wg sync.WaitGroup
-	client := fsproto.NewClient(func() (io.ReadWriteCloser, error) {
-		g, h := socketPair(t)
-		e.mu.Lock()
-		s := e.server
-		e.conn = h
-		e.mu.Unlock()
-		wg.Add(1)
-		go func() { defer wg.Done(); s.Serve(h) }()
-		return g, nil
-	}, logger)
+	child.Close()
 	guest := t.TempDir()
-	m, err := guestfs.Mount(client, spec.ID, guest, guestfs.Options{ReadOnly: spec.ReadOnly})
-	if err != nil {
+	t.Cleanup(func() {
+		parent.Close() // the daemon unmounts and exits
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("fs daemon: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("fs daemon did not exit")
+			cmd.Process.Kill()
+			<-done
+		}
+		syscall.Unmount(guest, syscall.MNT_DETACH) // after a failure
+	})
+	if err := guestfs.NewDaemonConn(parent).Mount(spec.ID, guest, spec.ReadOnly); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Errorf("unmount: %v", err)
-		}
-		client.Close()
-		e.mu.Lock()
-		e.server.Close()
-		e.mu.Unlock()
-		wg.Wait()
-	})
-	e.guest = guest
-	return e
+	return &env{host: spec.HostPath, guest: guest, spec: spec, daemon: cmd.Process}
 }
 
 func (e *env) g(p string) string { return filepath.Join(e.guest, p) }
@@ -305,16 +368,23 @@ func TestMmapAndHostChanges(t *testing.T) {
 	e := mount(t, false)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	os.WriteFile(e.h("m"), data, 0o644)
-	// Mapped pages are read (and written back) by the kernel on page
-	// faults, which a Go process must not serve itself: a fault blocks a
-	// thread the runtime cannot stop for garbage collection. So a child
-	// process maps the file, as any guest process would.
-	cmd := exec.Command(os.Args[0], "-test.run=^TestMmapHelper$", "-test.v")
-	cmd.Env = append(os.Environ(), "MMAP_HELPER_FILE="+e.g("m"))
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "mmap ok") {
-		t.Fatalf("mmap helper: %v\n%s", err, out)
+	f, err := os.OpenFile(e.g("m"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
+	mm, err := unix.Mmap(int(f.Fd()), 0, len(data), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mm, data) {
+		t.Error("mapped contents differ")
+	}
+	copy(mm, "MMAP")
+	if err := unix.Msync(mm, unix.MS_SYNC); err != nil {
+		t.Error(err)
+	}
+	unix.Munmap(mm)
+	f.Close()
 	if b, _ := os.ReadFile(e.h("m")); !bytes.HasPrefix(b, []byte("MMAP4567")) {
 		t.Errorf("host sees %q", b[:8])
 	}
@@ -343,35 +413,6 @@ func TestMmapAndHostChanges(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// TestMmapHelper runs in a child process of TestMmapAndHostChanges: it
-// reads a file of the mount through a shared mapping, checks it, and
-// writes through a writable shared mapping.
-func TestMmapHelper(t *testing.T) {
-	name := os.Getenv("MMAP_HELPER_FILE")
-	if name == "" {
-		t.Skip("helper process only")
-	}
-	want := bytes.Repeat([]byte("0123456789abcdef"), 64<<10)
-	f, err := os.OpenFile(name, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	mm, err := unix.Mmap(int(f.Fd()), 0, len(want), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(mm, want) {
-		t.Fatal("mapped contents differ")
-	}
-	copy(mm, "MMAP")
-	if err := unix.Msync(mm, unix.MS_SYNC); err != nil {
-		t.Fatal(err)
-	}
-	unix.Munmap(mm)
-	fmt.Println("mmap ok")
 }
 
 func TestTools(t *testing.T) {
@@ -473,34 +514,37 @@ func TestReadOnlyMount(t *testing.T) {
 	}
 }
 
-// TestExecFromMount runs programs from the mount and in it with one P,
-// as in a one-vCPU guest: a vfork child touching FUSE must not deadlock
-// the process that serves it.
+// TestExecFromMount starts programs from the mount and in it, many at a
+// time with one P, as a one-vCPU agent does: the vfork children touch the
+// mount, which the daemon serves (see RunDaemon).
 func TestExecFromMount(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	e := mount(t, false)
-	if runtime.GOMAXPROCS(0) < 2 {
-		t.Fatal("Mount did not raise GOMAXPROCS")
-	}
 	b, err := os.ReadFile("/usr/bin/busybox")
 	if err != nil {
 		t.Skip("no busybox to copy")
 	}
 	os.WriteFile(e.g("busybox"), b, 0o755)
 	done := make(chan string)
-	go func() {
-		cmd := exec.Command(e.g("busybox"), "pwd")
-		cmd.Dir = e.guest
-		out, err := cmd.CombinedOutput()
-		done <- fmt.Sprint(string(out), err)
-	}()
-	select {
-	case out := <-done:
-		if strings.TrimSpace(out) != e.guest+"<nil>" && !strings.HasPrefix(out, e.guest) {
-			t.Errorf("exec: %s", out)
+	const n = 50
+	for range n {
+		go func() {
+			cmd := exec.Command(e.g("busybox"), "pwd")
+			cmd.Dir = e.guest
+			out, err := cmd.CombinedOutput()
+			runtime.GC()
+			done <- fmt.Sprint(strings.TrimSpace(string(out)), err)
+		}()
+	}
+	for range n {
+		select {
+		case out := <-done:
+			if out != e.guest+"<nil>" {
+				t.Errorf("exec: %s", out)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("exec from the mount hung")
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("exec from the mount deadlocked")
 	}
 }
 

@@ -11,20 +11,26 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gondolin/gondolin/mounts/fsproto"
 	"github.com/gondolin/gondolin/mounts/guestfs"
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"golang.org/x/sys/unix"
 )
 
-// The agent's mounts: every host mount is a FUSE filesystem served from
-// this process, and all of them share one client of the fs port, opened
-// on the first host mount.
+// Host mounts are FUSE filesystems served by a daemon: the agent
+// re-executed with fsDaemonArg, one process for all mounts and the fs
+// port. The agent starts every guest command with vfork, and a child
+// that touches a FUSE mount served by its own parent can hang the parent
+// for good (see guestfs.RunDaemon); a separate daemon also keeps FUSE
+// out of PID 1, whose crash would panic the kernel.
 var guestMounts struct {
 	mu     sync.Mutex
-	client *fsproto.Client
-	byPath map[string]string // mount point -> what is mounted there
+	daemon *fsDaemon
+	byPath map[string]string   // mount point -> what is mounted there
+	host   []*agentproto.Mount // host mounts in order, to restore after a daemon crash
 }
+
+// fsDaemonArg, as the only argument, makes the agent binary the fs daemon.
+const fsDaemonArg = "gondolin-fs-daemon"
 
 // Mount mounts a host directory served on the fs port, or a memory
 // filesystem, at a guest path. Asking again for a mount that is already
@@ -70,16 +76,100 @@ func (Guest) Mount(m *agentproto.Mount) error {
 		if err := ensureFUSE(); err != nil {
 			return fmt.Errorf("mount %s: %w", m.Path, err)
 		}
-		if guestMounts.client == nil {
-			logger := log.New(os.Stderr, "gondolin-agent: ", 0)
-			guestMounts.client = fsproto.NewClient(OpenPort(agentproto.FSPortName), logger)
-		}
-		if _, err := guestfs.Mount(guestMounts.client, m.ID, m.Path, guestfs.Options{ReadOnly: m.ReadOnly}); err != nil {
+		if err := mountHostLocked(m); err != nil {
 			return err
 		}
+		guestMounts.host = append(guestMounts.host, m)
 	}
 	guestMounts.byPath[m.Path] = what
 	return nil
+}
+
+// mountHostLocked has the daemon (started if need be) mount m.
+func mountHostLocked(m *agentproto.Mount) error {
+	if guestMounts.daemon == nil {
+		d, err := startFSDaemon()
+		if err != nil {
+			return fmt.Errorf("mount %s: start fs daemon: %w", m.Path, err)
+		}
+		guestMounts.daemon = d
+	}
+	return guestMounts.daemon.conn.Mount(m.ID, m.Path, m.ReadOnly)
+}
+
+type fsDaemon struct {
+	conn *guestfs.DaemonConn
+	ctrl *os.File
+}
+
+var fsLog = log.New(os.Stderr, "gondolin-agent: ", 0)
+
+func startFSDaemon() (*fsDaemon, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ctrl, child := os.NewFile(uintptr(fds[0]), "fs-ctrl"), os.NewFile(uintptr(fds[1]), "fs-ctrl")
+	defer child.Close()
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		ctrl.Close()
+		return nil, err
+	}
+	defer null.Close()
+	attr := &os.ProcAttr{
+		Files: []*os.File{null, os.Stderr, os.Stderr, child},
+		Sys:   &unix.SysProcAttr{Setsid: true},
+	}
+	// /proc/self/exe: the agent's own binary, even after Init freed the
+	// initramfs it came from.
+	p, wait, err := processReaper().start(func() (*os.Process, error) {
+		return os.StartProcess("/proc/self/exe", []string{"gondolin-agent", fsDaemonArg}, attr)
+	})
+	if err != nil {
+		ctrl.Close()
+		return nil, err
+	}
+	d := &fsDaemon{conn: guestfs.NewDaemonConn(ctrl), ctrl: ctrl}
+	go func() {
+		ws := <-wait
+		fsLog.Printf("fs daemon (pid %d) exited: %v; restoring host mounts", p.Pid, ws)
+		ctrl.Close()
+		restoreMounts(d)
+	}()
+	return d, nil
+}
+
+// restoreMounts replaces a daemon that died: its mounts are dead (every
+// access fails with ENOTCONN), so they are detached and mounted again by
+// a new daemon.
+func restoreMounts(dead *fsDaemon) {
+	guestMounts.mu.Lock()
+	defer guestMounts.mu.Unlock()
+	if guestMounts.daemon != dead {
+		return
+	}
+	guestMounts.daemon = nil
+	for _, m := range guestMounts.host {
+		unix.Unmount(m.Path, unix.MNT_DETACH)
+	}
+	time.Sleep(100 * time.Millisecond) // a daemon that dies at once must not spin
+	for _, m := range guestMounts.host {
+		if err := mountHostLocked(m); err != nil {
+			fsLog.Printf("restore mount %s: %v", m.Path, err)
+		}
+	}
+}
+
+// runFSDaemon is the whole life of the fs daemon process.
+func runFSDaemon() {
+	logger := log.New(os.Stderr, "gondolin-fs: ", 0)
+	err := guestfs.RunDaemon(os.NewFile(3, "ctrl"), OpenPort(agentproto.FSPortName), logger)
+	if err != nil {
+		logger.Print(err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }
 
 // fuseModules holds the files of the fuse module and its dependencies
@@ -90,6 +180,10 @@ func (Guest) Mount(m *agentproto.Mount) error {
 var fuseModules []*os.File
 
 func init() {
+	if len(os.Args) == 2 && os.Args[1] == fsDaemonArg && os.Getpid() != 1 {
+		// The daemon needs none of the agent: it runs before main does.
+		runFSDaemon()
+	}
 	if os.Getpid() != 1 {
 		return // not the VM's init: nothing to keep
 	}
