@@ -3,12 +3,13 @@
 // file protocol that serves them: every host-file access a guest makes is
 // done here, confined beneath the mounted directory.
 //
-// How a host directory reaches the guest: the guest agent runs a FUSE
-// filesystem (package mounts/guestfs) that forwards each operation over
-// the VM's fs virtio-serial port (package mounts/fsproto) to a Server,
-// which performs it beneath the directory with openat2(RESOLVE_BENEATH |
-// RESOLVE_NO_SYMLINKS) and *at calls that never follow a final symlink.
-// Unlike virtiofs this keeps a VM migratable, so live snapshots work.
+// How a host directory reaches the guest: a daemon that the guest agent
+// starts serves a FUSE filesystem (package mounts/guestfs) and forwards
+// each operation over the VM's fs virtio-serial port (package
+// mounts/fsproto) to a Server, which performs it beneath the directory
+// with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and *at calls that
+// never follow a final symlink. Unlike virtiofs this keeps a VM
+// migratable, so live snapshots work.
 //
 // What the guest sees:
 //
@@ -27,7 +28,9 @@
 //     FIFOs and sockets may be created (the guest kernel opens those).
 //   - Symlinks are stored verbatim and resolved by the guest kernel, so
 //     an absolute symlink points into the guest's own filesystem, never
-//     the host's.
+//     the host's. (A symlink the guest leaves in a read-write tree may
+//     point anywhere on the host for host tools that follow it later, as
+//     any file the guest writes may mislead them.)
 //   - Caching: the guest caches attributes and names for CacheTimeout
 //     (1 s) and file data until the next open of a file whose size or
 //     modification time changed: a change made on the host shows in the

@@ -200,6 +200,11 @@ func (c *Client) publish(cn *conn) bool {
 	if c.closed {
 		return false
 	}
+	select {
+	case <-cn.lost:
+		return true // lost already: run moves on to the next connection
+	default:
+	}
 	c.cur = cn
 	close(c.up)
 	return true

@@ -1,7 +1,8 @@
-// Package guestfs is the guest side of host mounts: a FUSE filesystem,
-// served by the VM agent, that forwards every operation over the fs port
-// (package mounts/fsproto) to the host provider (package mounts), which
-// enforces confinement and read-only mounts.
+// Package guestfs is the guest side of host mounts: a FUSE filesystem
+// that forwards every operation over the fs port (package mounts/fsproto)
+// to the host provider (package mounts), which enforces confinement and
+// read-only mounts. The agent runs it in a daemon process of its own
+// (RunDaemon explains why).
 //
 // It is path-based, like go-fuse's loopback: each node knows its path
 // from the mount root through go-fuse's tree, and host handles stand for
