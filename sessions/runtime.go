@@ -20,6 +20,7 @@ import (
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/netpolicy/ca"
 	"github.com/gondolin/gondolin/snapshots"
@@ -124,6 +125,7 @@ type Instance struct {
 	Machine *vm.Machine
 	Agent   *vm.Agent
 	Net     *netpolicy.Network // nil without a network
+	FS      *mounts.Server     // nil without host mounts
 }
 
 // Kill stops the VM at once and releases everything.
@@ -134,6 +136,9 @@ func (in *Instance) Kill() {
 	in.Machine.Kill()
 	if in.Net != nil {
 		in.Net.Close()
+	}
+	if in.FS != nil {
+		in.FS.Close()
 	}
 }
 
@@ -177,6 +182,13 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 		return nil, err
 	}
+	if hm := spec.hostMounts(); len(hm) > 0 {
+		srv, err := mounts.NewServer(hm, nil)
+		if err != nil {
+			return fail(err)
+		}
+		in.FS = srv
+	}
 	defer r.Status.Clear()
 	// A restored VM (a live snapshot) comes back with its guest already
 	// configured, as a template's clone does.
@@ -217,6 +229,19 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 		in.Agent = a
 	}
+	if in.FS != nil {
+		if err := serveMounts(ctx, in.FS, dir); err != nil {
+			return fail(err)
+		}
+	}
+	// A restored guest still has its mounts; anything else mounts now.
+	if cfg.Restore == "" {
+		for _, m := range spec.Mounts {
+			if err := in.Agent.Mount(ctx, *m.AgentMount()); err != nil {
+				return fail(fmt.Errorf("mount %s: %w", m.GuestPath, err))
+			}
+		}
+	}
 	if in.Net != nil {
 		if err := attachNetwork(ctx, in.Net, dir); err != nil {
 			return fail(err)
@@ -245,6 +270,18 @@ func attachNetwork(ctx context.Context, n *netpolicy.Network, dir string) error 
 		return fmt.Errorf("connect to the VM's network: %w", err)
 	}
 	return n.Attach(conn)
+}
+
+// serveMounts connects a host mount server to the VM's fs port. It
+// serves in the background until the VM or the server goes.
+func serveMounts(ctx context.Context, srv *mounts.Server, dir string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", filepath.Join(dir, layout.FSSocket))
+	if err != nil {
+		return fmt.Errorf("connect to the VM's file port: %w", err)
+	}
+	go srv.Serve(conn)
+	return nil
 }
 
 // prepareTemplate configures a template VM's network (address by DHCP,

@@ -5,7 +5,9 @@ package sessions
 
 import (
 	"errors"
+	"os"
 
+	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/netpolicy"
 	"regexp"
 	"strconv"
@@ -34,6 +36,45 @@ type Spec struct {
 	// Policy is the network policy; nil means the default (public HTTP
 	// and HTTPS to any host). Secret values never serialise.
 	Policy *netpolicy.Policy `json:"policy,omitempty"`
+	// Mounts are host directories (read-write or read-only) and memory
+	// filesystems to mount in the guest.
+	Mounts []mounts.Spec `json:"mounts,omitempty"`
+}
+
+// ParseMounts reads --mount-hostfs HOST:GUEST[:ro] and --mount-memfs
+// GUEST values into spec.Mounts, checking them together (a guest path
+// used twice, or one inside another, is refused). Host directories must
+// exist now: a bad one is an error before anything boots.
+func (s *Spec) ParseMounts(hostfs, memfs []string) error {
+	for _, v := range hostfs {
+		m, err := mounts.ParseHostFS(v)
+		if err != nil {
+			return invalidf("%v", err)
+		}
+		s.Mounts = append(s.Mounts, m)
+	}
+	for _, v := range memfs {
+		m, err := mounts.ParseMemFS(v)
+		if err != nil {
+			return invalidf("%v", err)
+		}
+		s.Mounts = append(s.Mounts, m)
+	}
+	if err := mounts.Check(s.Mounts); err != nil {
+		return invalidf("%v", err)
+	}
+	return nil
+}
+
+// hostMounts are the mounts a host server must serve.
+func (s *Spec) hostMounts() []mounts.Spec {
+	var out []mounts.Spec
+	for _, m := range s.Mounts {
+		if !m.Memory {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // policy returns the spec's network policy or the default one.
@@ -75,6 +116,19 @@ func (s *Spec) Validate() error {
 		}
 		if err := s.Policy.Validate(); err != nil {
 			return invalidf("%v", err)
+		}
+	}
+	if len(s.Mounts) > 0 {
+		if err := mounts.Check(s.Mounts); err != nil {
+			return invalidf("%v", err)
+		}
+		for _, m := range s.Mounts {
+			if m.Memory {
+				continue
+			}
+			if st, err := os.Stat(m.HostPath); err != nil || !st.IsDir() {
+				return invalidf("--mount-hostfs %s: the host directory %s is not there", m.GuestPath, m.HostPath)
+			}
 		}
 	}
 	if s.Name != "" && !nameRule.MatchString(s.Name) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/sshaccess"
@@ -79,6 +80,7 @@ type session struct {
 	m     *vm.Machine        // nil when no VM is known to run
 	agent *vm.Agent          // nil while not connected
 	net   *netpolicy.Network // nil without a network
+	fs    *mounts.Server     // nil without host mounts
 	gw    *ingress.Gateway   // nil without ingress routes
 	sshd  *sshaccess.Server  // nil without --ssh
 	// accessErrs says why a route or the SSH endpoint could not be
@@ -139,6 +141,17 @@ func (sv *Supervisor) Adopt(ctx context.Context) {
 		if rec.VM.Network {
 			if err := s.restoreNetwork(); err != nil {
 				s.stale = "network: " + err.Error()
+			}
+		}
+		if hm := rec.Spec.hostMounts(); len(hm) > 0 {
+			// The guest keeps its mounts and resyncs with a new server.
+			if srv, err := mounts.NewServer(hm, nil); err != nil {
+				s.accessErrs = append(s.accessErrs, "mounts: "+err.Error())
+			} else if err := serveMounts(context.Background(), srv, sv.reg.dir(id)); err != nil {
+				srv.Close()
+				s.accessErrs = append(s.accessErrs, "mounts: "+err.Error())
+			} else {
+				s.fs = srv
 			}
 		}
 		if len(st.Routes) > 0 || st.SSH != nil {
@@ -357,6 +370,10 @@ func (s *session) vmExited(m *vm.Machine) {
 		s.net.Close()
 		s.net = nil
 	}
+	if s.fs != nil {
+		s.fs.Close()
+		s.fs = nil
+	}
 	stopped := s.state.Stopped || s.stopping
 	if !stopped {
 		s.stale = "the VM exited: " + m.ExitErr().Error()
@@ -510,7 +527,7 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 		return Session{}, err
 	}
 	t1 := time.Now()
-	s := &session{sv: sv, rec: rec, m: in.Machine, agent: in.Agent, net: in.Net, ptys: map[uint64]*pty{}}
+	s := &session{sv: sv, rec: rec, m: in.Machine, agent: in.Agent, net: in.Net, fs: in.FS, ptys: map[uint64]*pty{}}
 	if in.Net != nil {
 		p := in.Net.Policy()
 		s.state.Policy = &p
@@ -609,7 +626,7 @@ func (sv *Supervisor) resume(ctx context.Context, req CreateRequest) (Session, e
 	if err != nil {
 		return Session{}, err
 	}
-	s := &session{sv: sv, rec: rec, m: in.Machine, net: in.Net, ptys: map[uint64]*pty{}}
+	s := &session{sv: sv, rec: rec, m: in.Machine, net: in.Net, fs: in.FS, ptys: map[uint64]*pty{}}
 	if in.Net != nil {
 		p := in.Net.Policy()
 		s.state.Policy = &p
@@ -728,6 +745,10 @@ func (s *session) stop(ctx context.Context) error {
 	s.stale = ""
 	s.m, s.agent = nil, nil
 	s.stopAccessLocked()
+	if s.fs != nil {
+		s.fs.Close()
+		s.fs = nil
+	}
 	n := s.net
 	s.net = nil
 	ptys := s.ptyList()

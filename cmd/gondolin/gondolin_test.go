@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if gitImage.cleanup != nil {
+		gitImage.cleanup()
+	}
 	os.Exit(code)
 }
 

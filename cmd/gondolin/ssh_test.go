@@ -116,26 +116,66 @@ func (g *gitServer) serve(c net.Conn, cfg *ssh.ServerConfig, repoDir string) {
 	}
 }
 
-// buildTestImage builds an image with git and an ssh client, tagged tag.
-func buildTestImage(t *testing.T, home layout.Home, tag string) {
+// gitImage is one home, for the whole package, holding an image with git
+// and an ssh client (tagged gitssh:latest); the tests that need them share
+// it (one after the other, each stopping its supervisor).
+var gitImage struct {
+	once    sync.Once
+	home    layout.Home
+	cleanup func()
+	err     error
+}
+
+func gitHome(t *testing.T) layout.Home {
 	t.Helper()
-	agent := filepath.Join(t.TempDir(), "gondolin-agent")
+	gitImage.once.Do(func() {
+		var skip string
+		gitImage.home, gitImage.cleanup, skip, gitImage.err = testenv.NewHome()
+		if skip != "" {
+			gitImage.err = fmt.Errorf("skip: %s", skip)
+			return
+		}
+		if gitImage.err == nil {
+			gitImage.err = buildTestImage(gitImage.home, "gitssh:latest")
+		}
+	})
+	if gitImage.err != nil {
+		if strings.HasPrefix(gitImage.err.Error(), "skip: ") {
+			t.Skip(gitImage.err)
+		}
+		t.Fatal(gitImage.err)
+	}
+	return gitImage.home
+}
+
+// buildTestImage builds an image with git and an ssh client, tagged tag.
+func buildTestImage(home layout.Home, tag string) error {
+	dir, err := os.MkdirTemp("", "gdimg")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	agent := filepath.Join(dir, "gondolin-agent")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "../gondolin-agent")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v: %s", err, out)
+		return fmt.Errorf("build agent: %v: %s", err, out)
 	}
-	cfg := filepath.Join(t.TempDir(), "image.json")
+	cfg := filepath.Join(dir, "image.json")
 	os.WriteFile(cfg, []byte(`{"packages": ["git", "openssh-client"]}`), 0o644)
-	mustRun(t, home, "image", "build", "--config", cfg, "--tag", tag, "--agent", agent)
+	cmd := exec.Command(gondolinBin, "image", "build", "--config", cfg, "--tag", tag, "--agent", agent)
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("image build: %v: %s", err, out)
+	}
+	return nil
 }
 
 // TestSSHAndIngress: git over SSH with the key on the host only, the
 // refusals, ingress to a guest web and WebSocket server, and --ssh login.
 func TestSSHAndIngress(t *testing.T) {
-	home := testenv.Home(t)
+	home := gitHome(t)
 	t.Cleanup(func() { stopSupervisor(t, home) })
-	buildTestImage(t, home, "gitssh:latest")
 
 	repo := filepath.Join(t.TempDir(), "repo.git")
 	work := t.TempDir()

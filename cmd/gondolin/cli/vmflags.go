@@ -20,6 +20,8 @@ type vmFlags struct {
 	cold      bool
 	net       netpolicy.Flags
 	noNetwork bool
+	hostfs    []string
+	memfs     []string
 }
 
 func (f *vmFlags) register(fs *pflag.FlagSet) {
@@ -29,6 +31,8 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.cpus, "cpus", 0, "virtual CPUs (default 1)")
 	fs.StringVar(&f.memory, "memory", "", "guest memory, e.g. 512M or 2G (default 256M)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the image instead of cloning its saved template")
+	fs.StringArrayVar(&f.hostfs, "mount-hostfs", nil, "HOST:GUEST[:ro]: mount a host directory in the guest, read-write or read-only (repeatable)")
+	fs.StringArrayVar(&f.memfs, "mount-memfs", nil, "GUEST: a memory filesystem at this guest path, gone with the VM (repeatable)")
 	fs.StringArrayVar(&f.net.AllowHost, "allow-host", nil, "allow HTTP(S) to this host pattern, * wildcards (repeatable; default: any public host)")
 	fs.StringArrayVar(&f.net.HostSecret, "host-secret", nil, "NAME@HOST[,HOST...][=VALUE]: the guest sees a placeholder in $NAME, the host substitutes the value (from the host env when omitted) for those hosts only")
 	fs.StringVar(&f.net.DNS, "dns", "", "DNS mode: synthetic (default), trusted or open")
@@ -55,6 +59,9 @@ func (f *vmFlags) networkFlagsSet() bool {
 
 func (f *vmFlags) spec() (*sessions.Spec, error) {
 	spec := &sessions.Spec{Image: f.image, Env: f.env, Cwd: f.cwd, CPUs: f.cpus, Name: f.name, Cold: f.cold, NoNetwork: f.noNetwork}
+	if err := spec.ParseMounts(f.hostfs, f.memfs); err != nil {
+		return nil, err
+	}
 	if f.networkFlagsSet() {
 		if f.noNetwork {
 			return nil, usageError("--no-network cannot be combined with network policy flags")
