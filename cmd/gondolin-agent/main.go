@@ -12,6 +12,12 @@ import (
 )
 
 func main() {
+	if agent.IsFSDaemon(os.Args) {
+		// The agent re-executes itself as the one process that serves
+		// every FUSE mount (see agent.Guest.Mount for why not in PID 1).
+		agent.RunFSDaemon()
+		return
+	}
 	logger := log.New(os.Stderr, "gondolin-agent: ", 0)
 	if os.Getpid() == 1 {
 		if err := agent.Init(logger); err != nil {

@@ -50,6 +50,7 @@ func Init(logger *log.Logger) error {
 		logger.Printf("modules: %v", err)
 	}
 	step("modules")
+	holdFUSEModules()
 	if root := params[ParamRoot]; root != "" {
 		fstype := params[ParamRootFSType]
 		if fstype == "" {

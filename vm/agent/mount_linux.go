@@ -161,8 +161,14 @@ func restoreMounts(dead *fsDaemon) {
 	}
 }
 
-// runFSDaemon is the whole life of the fs daemon process.
-func runFSDaemon() {
+// IsFSDaemon reports whether the agent binary was started as the fs
+// daemon (the agent re-executes itself for that; see Mount).
+func IsFSDaemon(args []string) bool {
+	return len(args) == 2 && args[1] == fsDaemonArg && os.Getpid() != 1
+}
+
+// RunFSDaemon is the whole life of the fs daemon process.
+func RunFSDaemon() {
 	logger := log.New(os.Stderr, "gondolin-fs: ", 0)
 	err := guestfs.RunDaemon(os.NewFile(3, "ctrl"), OpenPort(agentproto.FSPortName), logger)
 	if err != nil {
@@ -179,14 +185,9 @@ func runFSDaemon() {
 // the initramfs; an open file outlives that.
 var fuseModules []*os.File
 
-func init() {
-	if len(os.Args) == 2 && os.Args[1] == fsDaemonArg && os.Getpid() != 1 {
-		// The daemon needs none of the agent: it runs before main does.
-		runFSDaemon()
-	}
-	if os.Getpid() != 1 {
-		return // not the VM's init: nothing to keep
-	}
+// holdFUSEModules opens the fuse module's files while the initramfs is
+// still there (Init calls it before switching root).
+func holdFUSEModules() {
 	modMu.Lock()
 	defer modMu.Unlock()
 	ix, err := loadIndex()
