@@ -33,12 +33,18 @@ if ! command -v go >/dev/null 2>&1; then
 	exit 1
 fi
 
-if [ -z "$need" ]; then
-	exit 0
-fi
 sudo=""
 if [ "$(id -u)" != 0 ]; then
 	sudo=sudo
+fi
+# The image build downloads Debian packages through apt: it needs package
+# lists, which a fresh container or a cleaned machine may not have.
+if ! apt-cache show --no-all-versions busybox-static >/dev/null 2>&1; then
+	echo "deps: updating apt's package lists" >&2
+	$sudo apt-get update -q
+fi
+if [ -z "$need" ]; then
+	exit 0
 fi
 echo "deps: installing$need" >&2
 $sudo apt-get update -q
