@@ -97,24 +97,8 @@ func HostHandshake(w io.Writer, br *bufio.Reader) error {
 // Breaker first (see above).
 func GuestHandshake(rw io.ReadWriter) (*bufio.Reader, error) {
 	br := NewReader(rw)
-	answered := ""
-	for {
-		word, nonce, err := agentproto.ScanLine(br)
-		if err != nil {
-			return nil, err
-		}
-		switch word {
-		case agentproto.WordHello:
-			if nonce != answered {
-				if _, err := rw.Write(agentproto.Line(agentproto.WordReady, nonce)); err != nil {
-					return nil, err
-				}
-				answered = nonce
-			}
-		case agentproto.WordGo:
-			if nonce == answered {
-				return br, nil
-			}
-		}
+	if err := agentproto.GuestHandshake(br, rw); err != nil {
+		return nil, err
 	}
+	return br, nil
 }

@@ -132,26 +132,10 @@ func (s *Server) ServeConn(ch io.ReadWriteCloser) error {
 // the connection positioned after GO. See agentproto for why.
 func (s *Server) handshake(ch io.ReadWriteCloser) (io.ReadWriteCloser, error) {
 	br := bufio.NewReaderSize(ch, 64<<10)
-	answered := ""
-	for {
-		word, nonce, err := agentproto.ScanLine(br)
-		if err != nil {
-			return nil, err
-		}
-		switch word {
-		case agentproto.WordHello:
-			if nonce != answered {
-				if _, err := ch.Write(agentproto.Line(agentproto.WordReady, nonce)); err != nil {
-					return nil, err
-				}
-				answered = nonce
-			}
-		case agentproto.WordGo:
-			if nonce == answered {
-				return &agentproto.Conn{R: br, W: &agentproto.CoalesceWriter{W: ch}, C: ch}, nil
-			}
-		}
+	if err := agentproto.GuestHandshake(br, ch); err != nil {
+		return nil, err
 	}
+	return &agentproto.Conn{R: br, W: &agentproto.CoalesceWriter{W: ch}, C: ch}, nil
 }
 
 // stream is one yamux stream with serialised frame writes.

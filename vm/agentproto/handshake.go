@@ -103,6 +103,34 @@ func isHex(s string) bool {
 	return true
 }
 
+// GuestHandshake is the guest's side: it waits for a host's HELLO,
+// answers READY once per nonce, and returns once the matching GO has been
+// read, leaving br positioned at the first byte after it. It returns
+// ErrNoHandshake when the stream ends first (no host is connected: a
+// virtio port then reads EOF at once).
+func GuestHandshake(br *bufio.Reader, w io.Writer) error {
+	answered := ""
+	for {
+		word, nonce, err := ScanLine(br)
+		if err != nil {
+			return err
+		}
+		switch word {
+		case WordHello:
+			if nonce != answered {
+				if _, err := w.Write(Line(WordReady, nonce)); err != nil {
+					return err
+				}
+				answered = nonce
+			}
+		case WordGo:
+			if nonce == answered {
+				return nil
+			}
+		}
+	}
+}
+
 // ValidNonce reports whether s has the form NewNonce returns.
 func ValidNonce(s string) bool { return len(s) == nonceLen && isHex(s) }
 
