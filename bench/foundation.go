@@ -14,6 +14,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -28,7 +29,9 @@ func benchConfig(e *env, dir string) vm.Config {
 	if err != nil {
 		fatal(err)
 	}
-	return vm.Config{Dir: dir, Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: img.RootfsPath(), Accel: vm.TCG}
+	// The same machine as an exec VM, NIC included, so that a raw
+	// restore of the template gondolin saved can use the same devices.
+	return vm.Config{Dir: dir, Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: img.RootfsPath(), Accel: vm.TCG, Network: true}
 }
 
 // benchFoundation measures boots and execs (issue: foundation).
@@ -40,7 +43,9 @@ func benchFoundation(e *env) []row {
 
 	// A saved template for the raw restore: the one gondolin makes.
 	check("warm-up exec", gondolinExec(e, "true"))
-	tmplDir := filepath.Join(string(e.home), "templates", (&vm.Templates{}).Key(withDir(cfg, "x")))
+	gd, err := sessions.NewRuntime(e.home)
+	check("runtime", err)
+	tmplDir := filepath.Join(e.home.Templates(), gd.Templates.Key(withDir(cfg, "x")))
 	rawRestore, err := rawN(e, cfg, tmplDir)
 	check("raw restore", err)
 
