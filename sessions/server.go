@@ -329,48 +329,12 @@ func (a *API) attach(w http.ResponseWriter, r *http.Request) {
 	c, repaint := p.attach()
 	defer p.detach(c)
 	fw := &frameWriter{w: conn}
+	gone := make(chan struct{}) // the client went away
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		defer conn.Close()
-		if fw.frame(agentproto.FrameStdout, repaint) != nil {
-			return
-		}
-		for {
-			var chunk []byte
-			select {
-			case chunk = <-c.out:
-			default:
-				if rp := p.catchUp(c); rp != nil {
-					chunk = rp
-					break
-				}
-				select {
-				case chunk = <-c.out:
-				case <-c.exited:
-					// Drain what the process printed last, then say so.
-					for {
-						select {
-						case chunk = <-c.out:
-							fw.frame(agentproto.FrameStdout, chunk)
-							continue
-						default:
-						}
-						break
-					}
-					info := p.info()
-					code := -1
-					if info.ExitCode != nil {
-						code = *info.ExitCode
-					}
-					fw.json(agentproto.FrameExit, agentproto.ExitStatus{Code: code})
-					return
-				}
-			}
-			if fw.frame(agentproto.FrameStdout, chunk) != nil {
-				return
-			}
-		}
+		streamPTY(fw, p, c, repaint, gone)
 	}()
 	for {
 		f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
@@ -390,8 +354,60 @@ func (a *API) attach(w http.ResponseWriter, r *http.Request) {
 			fw.json(agentproto.FrameError, agentproto.Response{Error: fmt.Sprintf("unexpected %s frame", f.Type)})
 		}
 	}
+	close(gone)
 	conn.Close()
 	<-done
+}
+
+// streamPTY sends one attached client a terminal's current screen, then
+// its live output, until the client goes or the process exits (then the
+// last output and the exit status). A client that fell behind gets a
+// fresh repaint once its queue is empty, so it never sees a torn screen.
+func streamPTY(fw *frameWriter, p *pty, c *ptyClient, repaint []byte, gone <-chan struct{}) {
+	send := func(b []byte) bool { return fw.frame(agentproto.FrameStdout, b) == nil }
+	if !send(repaint) {
+		return
+	}
+	for {
+		select {
+		case chunk := <-c.out:
+			if !send(chunk) {
+				return
+			}
+			continue
+		default:
+		}
+		if rp := p.catchUp(c); rp != nil {
+			if !send(rp) {
+				return
+			}
+			continue
+		}
+		select {
+		case chunk := <-c.out:
+			if !send(chunk) {
+				return
+			}
+		case <-gone:
+			return
+		case <-c.exited:
+			for {
+				select {
+				case chunk := <-c.out:
+					send(chunk)
+					continue
+				default:
+				}
+				break
+			}
+			code := -1
+			if info := p.info(); info.ExitCode != nil {
+				code = *info.ExitCode
+			}
+			fw.json(agentproto.FrameExit, agentproto.ExitStatus{Code: code})
+			return
+		}
+	}
 }
 
 // exec runs a command in a live session with separate stdout and stderr

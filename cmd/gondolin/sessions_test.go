@@ -173,6 +173,8 @@ func TestSessionLifecycle(t *testing.T) {
 	if s := listSessions(t, home)["life"]; s.State != sessions.Live || s.RunningPTYs() != 1 || s.PID == 0 {
 		t.Fatalf("after detach: %+v", s)
 	}
+	// A detached client is gone from the supervisor too.
+	waitFor(t, 10*time.Second, func() bool { return listSessions(t, home)["life"].PTYs[0].Clients == 0 })
 
 	// Reattach: the screen comes back before anything is typed.
 	second := startTerm(t, home, "attach", "life")
