@@ -103,13 +103,12 @@ type PolicyView struct {
 
 // PolicyChange is one live edit of a session's network policy.
 type PolicyChange struct {
-	Allow        string   `json:"allow,omitempty"`         // add an allowed host pattern
-	Deny         string   `json:"deny,omitempty"`          // add a denied host pattern
-	Unallow      string   `json:"unallow,omitempty"`       // remove an allowed pattern
-	SetSecret    string   `json:"set_secret,omitempty"`    // NAME@HOST[,HOST...]
-	SecretValue  *string  `json:"secret_value,omitempty"`  // its value (never stored)
-	RemoveSecret string   `json:"remove_secret,omitempty"` // NAME
-	AllowInt     []string `json:"allow_internal,omitempty"`
+	Allow        string  `json:"allow,omitempty"`         // add an allowed host pattern
+	Deny         string  `json:"deny,omitempty"`          // add a denied host pattern
+	Unallow      string  `json:"unallow,omitempty"`       // remove an allowed pattern
+	SetSecret    string  `json:"set_secret,omitempty"`    // NAME@HOST[,HOST...]
+	SecretValue  *string `json:"secret_value,omitempty"`  // its value (never stored)
+	RemoveSecret string  `json:"remove_secret,omitempty"` // NAME
 }
 
 // policy returns the session's network policy.
@@ -160,13 +159,6 @@ func (s *session) changePolicy(ctx context.Context, ch PolicyChange) (PolicyView
 			if err := p.DenyHost(ch.Deny); err != nil {
 				return err
 			}
-		}
-		for _, c := range ch.AllowInt {
-			pfx, err := netpolicy.ParseCIDR(c)
-			if err != nil {
-				return err
-			}
-			p.AllowInternal = append(p.AllowInternal, pfx)
 		}
 		if ch.SetSecret != "" {
 			spec := ch.SetSecret

@@ -44,6 +44,10 @@ type Runtime struct {
 	accelOnce sync.Once
 	accel     vm.Accel
 	accelErr  error
+
+	caOnce sync.Once
+	ca     *ca.CA
+	caErr  error
 }
 
 // NewRuntime opens the state under home.
@@ -259,7 +263,18 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 
 // NewNetwork makes the mediated network for a policy, with the home's CA.
 func (r *Runtime) NewNetwork(p netpolicy.Policy) (*netpolicy.Network, error) {
-	return netpolicy.NewNetwork(netpolicy.Options{Policy: p, CADir: r.Home.CA()})
+	c, err := r.homeCA()
+	if err != nil {
+		return nil, err
+	}
+	return netpolicy.NewNetwork(netpolicy.Options{Policy: p, CA: c})
+}
+
+// homeCA loads (or creates) the home's CA once per process: every VM's
+// network and every template key needs it.
+func (r *Runtime) homeCA() (*ca.CA, error) {
+	r.caOnce.Do(func() { r.ca, r.caErr = ca.LoadOrCreate(r.Home.CA()) })
+	return r.ca, r.caErr
 }
 
 // attachNetwork connects a network stack to the VM's NIC socket.
@@ -314,7 +329,7 @@ func (r *Runtime) templateKeyExtra(cfg vm.Config) string {
 	if !cfg.Network {
 		return ""
 	}
-	c, err := ca.LoadOrCreate(r.Home.CA())
+	c, err := r.homeCA()
 	if err != nil {
 		return "no-ca"
 	}
@@ -331,9 +346,8 @@ func (s *Spec) hostname(dir string) string {
 
 // cleanRunDir removes what a failed start left in a run directory.
 func cleanRunDir(dir string) {
-	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid, layout.Disk} {
-		os.Remove(filepath.Join(dir, name))
-	}
+	vm.RemoveRuntimeFiles(dir)
+	os.Remove(filepath.Join(dir, layout.Disk))
 }
 
 // accelCache records the outcome of the KVM probe boot per image.
@@ -354,10 +368,14 @@ func (r *Runtime) Accel(ctx context.Context, img *imagestore.Image) (vm.Accel, e
 	if !auto {
 		return accel, nil
 	}
-	if ok, _ := vm.KVMStatus(); !ok {
-		return vm.TCG, nil
-	}
-	r.accelOnce.Do(func() { r.accel, r.accelErr = r.probeKVM(ctx, img) })
+	// Probed once per process: the check opens /dev/kvm and makes a VM.
+	r.accelOnce.Do(func() {
+		if ok, _ := vm.KVMStatus(); !ok {
+			r.accel = vm.TCG
+			return
+		}
+		r.accel, r.accelErr = r.probeKVM(ctx, img)
+	})
 	return r.accel, r.accelErr
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -764,9 +763,7 @@ func (s *session) stop(ctx context.Context) error {
 		p.exited(-1)
 	}
 	// Nothing of a stopped VM is needed but its disk and console log.
-	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid} {
-		os.Remove(filepath.Join(s.sv.reg.dir(s.rec.ID), name))
-	}
+	vm.RemoveRuntimeFiles(s.sv.reg.dir(s.rec.ID))
 	s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stopped})
 	return nil
 }

@@ -234,24 +234,31 @@ func (m *Model) openEvents() tea.Cmd {
 // already queued.
 func waitEvents(ch <-chan sessions.Event) tea.Cmd {
 	return func() tea.Msg {
-		e, ok := <-ch
-		if !ok {
-			return eventsMsg{ch: ch, closed: true}
-		}
-		batch := []sessions.Event{e}
-		for len(batch) < maxDrain {
-			select {
-			case e, ok := <-ch:
-				if !ok {
-					return eventsMsg{ch: ch, events: batch, closed: true}
-				}
-				batch = append(batch, e)
-			default:
-				return eventsMsg{ch: ch, events: batch}
-			}
-		}
-		return eventsMsg{ch: ch, events: batch}
+		batch, closed := drain(ch)
+		return eventsMsg{ch: ch, events: batch, closed: closed}
 	}
+}
+
+// drain blocks for one value from ch, then takes up to maxDrain that are
+// already queued; closed says ch was closed.
+func drain[T any](ch <-chan T) (batch []T, closed bool) {
+	v, ok := <-ch
+	if !ok {
+		return nil, true
+	}
+	batch = []T{v}
+	for len(batch) < maxDrain {
+		select {
+		case v, ok := <-ch:
+			if !ok {
+				return batch, true
+			}
+			batch = append(batch, v)
+		default:
+			return batch, false
+		}
+	}
+	return batch, false
 }
 
 // Update handles a message.

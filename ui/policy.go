@@ -108,23 +108,8 @@ func (d *policyEditor) change(m *Model, ch sessions.PolicyChange, note string) t
 
 func waitNetEvents(ch <-chan netpolicy.Event) tea.Cmd {
 	return func() tea.Msg {
-		e, ok := <-ch
-		if !ok {
-			return netEventsMsg{ch: ch, closed: true}
-		}
-		batch := []netpolicy.Event{e}
-		for len(batch) < maxDrain {
-			select {
-			case e, ok := <-ch:
-				if !ok {
-					return netEventsMsg{ch: ch, events: batch, closed: true}
-				}
-				batch = append(batch, e)
-			default:
-				return netEventsMsg{ch: ch, events: batch}
-			}
-		}
-		return netEventsMsg{ch: ch, events: batch}
+		batch, closed := drain(ch)
+		return netEventsMsg{ch: ch, events: batch, closed: closed}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,17 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
+
+// runtimeFiles are what a running QEMU makes in its run directory.
+var runtimeFiles = []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid}
+
+// RemoveRuntimeFiles removes a gone QEMU's sockets and pid file from its
+// run directory (its disk and logs stay).
+func RemoveRuntimeFiles(dir string) {
+	for _, name := range runtimeFiles {
+		os.Remove(filepath.Join(dir, name))
+	}
+}
 
 // Machine is one running QEMU process.
 type Machine struct {
@@ -66,9 +78,7 @@ func start(ctx context.Context, cfg Config) (*Machine, error) {
 	}
 	// A reused run directory may hold a previous QEMU's sockets: waiting
 	// for them to appear must not find the stale ones.
-	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid} {
-		os.Remove(cfg.path(name))
-	}
+	RemoveRuntimeFiles(cfg.Dir)
 	logFile, err := os.OpenFile(cfg.path(layout.QEMULog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err

@@ -35,8 +35,10 @@ type Templates struct {
 // Template file names.
 const (
 	templateState = "state.zst"
-	templateDisk  = "disk.qcow2"
-	templateLock  = ".lock"
+	// templateDisk is the template VM's own overlay, kept where it was
+	// made (layout.Disk) and frozen.
+	templateDisk = layout.Disk
+	templateLock = ".lock"
 )
 
 // templateFormat is bumped whenever QEMU's arguments or the template
@@ -175,13 +177,10 @@ func (t *Templates) build(ctx context.Context, cfg Config, dir string) (err erro
 		return fmt.Errorf("save template: %w", err)
 	}
 	m.Kill()
-	for _, name := range []string{layout.AgentSocket, layout.QMPSocket, layout.FSSocket, layout.NetSocket, layout.QEMUPid, layout.QEMULog, layout.ConsoleLog} {
-		os.Remove(filepath.Join(tmp, name))
-	}
+	RemoveRuntimeFiles(tmp)
+	os.Remove(filepath.Join(tmp, layout.QEMULog))
+	os.Remove(filepath.Join(tmp, layout.ConsoleLog))
 	// The clones' overlays sit on this disk: it must never change.
-	if err := os.Rename(filepath.Join(tmp, layout.Disk), filepath.Join(tmp, templateDisk)); err != nil {
-		return err
-	}
 	os.Chmod(filepath.Join(tmp, templateDisk), 0o400)
 	if err := os.Rename(tmp, dir); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -105,6 +106,7 @@ func TestNetworkPolicy(t *testing.T) {
 	home := testenv.Home(t)
 	up := newUpstream(t)
 	plainPort, plainHits := plainServer(t)
+	echoPort := tcpEcho(t)
 	withEnv(t, "SSL_CERT_FILE", up.caFile, "TOKEN", realToken)
 	base := []string{"exec",
 		"--allow-host", "api.test", "--allow-host", "other.test",
@@ -164,6 +166,14 @@ func TestNetworkPolicy(t *testing.T) {
 			args:    []string{"exec", "--"},
 			script:  `printf 'hello\n' | nc -w 5 198.51.100.7 5000 | wc -c`,
 			wantOut: "0\n"},
+		{name: "a TCP map forwards raw TCP to its upstream only",
+			args: []string{"exec", "--tcp-map", fmt.Sprintf("db.test:5000=127.0.0.1:%d", echoPort), "--allow-internal", "127.0.0.1/32", "--"},
+			script: `printf 'raw bytes\n' | nc -w 3 db.test 5000; printf 'raw bytes\n' | nc -w 3 other.test 5000 | wc -c`,
+			wantOut: "echo: raw bytes\n0\n"},
+		{name: "--no-network leaves only loopback",
+			args:    []string{"exec", "--no-network", "--"},
+			script:  `ls /sys/class/net`,
+			wantOut: "lo\n"},
 		{name: "synthetic DNS answers without asking anyone",
 			args:    []string{"exec", "--"},
 			script:  `nslookup some-name.example 2>/dev/null | grep -A1 'Name:' | grep -o '198\.1[89]\.[0-9.]*' | head -1 | cut -d. -f1-2`,
@@ -273,4 +283,28 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// tcpEcho is a raw TCP server that answers each line with "echo: " and
+// the line.
+func tcpEcho(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				fmt.Fprintf(c, "echo: %s", line)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
 }

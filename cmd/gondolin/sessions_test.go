@@ -177,12 +177,22 @@ func TestSessionLifecycle(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool { return listSessions(t, home)["life"].PTYs[0].Clients == 0 })
 
 	// Reattach: the screen comes back before anything is typed.
-	second := startTerm(t, home, "attach", "life")
+	second := startTerm(t, home, "attach", "--detach-keys", "ctrl-p,ctrl-q", "life")
 	second.waitScreen("marker-42")
 	second.send("(sleep 2; echo printed-while-away) &\r")
 	time.Sleep(300 * time.Millisecond)
-	second.send("\x1d")
-	second.exit()
+	second.send("\x1d") // not the detach keys now: the shell gets it
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case <-second.done:
+		t.Fatal("Ctrl-] detached although --detach-keys changed them")
+	default:
+	}
+	second.send("\x03")     // Ctrl-C: clear what readline made of Ctrl-]
+	second.send("\x10\x11") // ctrl-p, ctrl-q
+	if code := second.exit(); code != 0 {
+		t.Fatalf("detach with ctrl-p,ctrl-q exited %d", code)
+	}
 
 	// kill -9 the supervisor; the next command starts a new one that
 	// adopts the VM and replays what the terminal printed in between.
@@ -311,6 +321,23 @@ func TestSupervisorRestartAndGhosts(t *testing.T) {
 		}
 	}
 	pid := listSessions(t, home)["keeper"].PID
+	if r := gondolin(t, home, "", "supervisor", "status"); r.code != 0 || !strings.Contains(r.stdout, "1 sessions (1 live)") {
+		t.Fatalf("supervisor status: %+v", r)
+	}
+	// logs -f follows the console until interrupted.
+	follow := exec.Command(gondolinBin, "logs", "-f", "keeper")
+	follow.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	var followed syncBuffer
+	follow.Stdout = &followed
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, home, "exec", "--session", "keeper", "--", "sh", "-c", "echo followed-line > /dev/console")
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(followed.String(), "followed-line") })
+	follow.Process.Signal(syscall.SIGINT)
+	if err := follow.Wait(); err != nil {
+		t.Fatalf("logs -f after Ctrl-C: %v", err)
+	}
 	if r := gondolin(t, home, "", "supervisor", "stop"); r.code != 0 {
 		t.Fatalf("supervisor stop: %+v", r)
 	}
@@ -338,4 +365,20 @@ func TestSupervisorRestartAndGhosts(t *testing.T) {
 	if s.State != sessions.Stale || !strings.Contains(s.Reason, "rebooted") {
 		t.Fatalf("ghost: %+v", s)
 	}
+}
+
+// TestExecInteractive: on a terminal, stdin reaches the command only with
+// -i (or -t).
+func TestExecInteractive(t *testing.T) {
+	home := testenv.Home(t)
+	with := startTerm(t, home, "exec", "-i", "--", "sh", "-c", "echo ready; read x; echo got-$x")
+	with.waitScreen("ready")
+	with.send("typed\r")
+	with.waitScreen("got-typed")
+	if code := with.exit(); code != 0 {
+		t.Fatalf("exec -i exited %d", code)
+	}
+	without := startTerm(t, home, "exec", "--", "sh", "-c", "read x; echo rc=$?")
+	without.waitScreen("rc=1") // stdin is /dev/null: read hits EOF at once
+	without.exit()
 }

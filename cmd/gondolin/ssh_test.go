@@ -288,6 +288,16 @@ func TestSSHAndIngress(t *testing.T) {
 			t.Fatalf("echo %q", back)
 		}
 
+		// A route that refuses WebSockets still serves HTTP.
+		noWS := strings.Fields(mustRun(t, home, "ingress", "web", "add", "--disable-websockets", "127.0.0.1:0=8000"))[0]
+		noWSBase := strings.TrimSuffix(noWS, "/")
+		if resp, err := http.Get(noWSBase + "/hello"); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("route without websockets: %v", err)
+		}
+		if _, err := websocket.Dial(strings.Replace(noWSBase, "http://", "ws://", 1)+"/echo", "", noWSBase); err == nil {
+			t.Fatal("a WebSocket went through a route that disables them")
+		}
+
 		// A route added and removed on the running session.
 		out := mustRun(t, home, "ingress", "web", "add", "127.0.0.1:0=8000")
 		added := strings.Fields(out)[0]

@@ -76,11 +76,7 @@ A second build with the same inputs does nothing.`,
 			if err != nil {
 				return err
 			}
-			verb := "built"
-			if reused {
-				verb = "up to date"
-			}
-			fmt.Printf("%s %s (%s) in %s\n", strings.Join(img.Refs, ", "), shortID(img.ID), verb, time.Since(start).Round(10*time.Millisecond))
+			printStored(img, "built", reused, start)
 			return nil
 		},
 	}
@@ -100,6 +96,14 @@ func defaultAgentPath() string {
 		exe = resolved
 	}
 	return filepath.Join(filepath.Dir(exe), "gondolin-agent")
+}
+
+// printStored says what a build or pull left in the store.
+func printStored(img *imagestore.Image, verb string, reused bool, start time.Time) {
+	if reused {
+		verb = "up to date"
+	}
+	fmt.Printf("%s %s (%s) in %s\n", strings.Join(img.Refs, ", "), shortID(img.ID), verb, time.Since(start).Round(10*time.Millisecond))
 }
 
 func shortID(id string) string {
@@ -244,11 +248,7 @@ Pulling the same image again does nothing.`,
 			if err != nil {
 				return err
 			}
-			verb := "pulled"
-			if reused {
-				verb = "up to date"
-			}
-			fmt.Printf("%s %s (%s) in %s\n", strings.Join(img.Refs, ", "), shortID(img.ID), verb, time.Since(start).Round(10*time.Millisecond))
+			printStored(img, "pulled", reused, start)
 			return nil
 		},
 	}
