@@ -6,12 +6,17 @@ package main
 import (
 	"log"
 	"os"
+	"runtime/debug"
 
 	"github.com/gondolin/gondolin/vm/agent"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
 func main() {
+	// A fatal error in the guest's init (or its fs daemon) is a crash
+	// nobody can rerun: print every goroutine, runtime frames included,
+	// on the console (stderr), where the host looks for it.
+	debug.SetTraceback("system")
 	if agent.IsFSDaemon(os.Args) {
 		// The agent re-executes itself as the one process that serves
 		// every FUSE mount (see agent.Guest.Mount for why not in PID 1).

@@ -119,6 +119,19 @@ func (t *procTable) list() []agentproto.Process {
 	return out
 }
 
+// running counts the processes that have not exited.
+func (t *procTable) running() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, p := range t.procs {
+		if !p.exited() {
+			n++
+		}
+	}
+	return n
+}
+
 func (t *procTable) remove(id uint64) {
 	t.mu.Lock()
 	delete(t.procs, id)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,6 +40,58 @@ type Server struct {
 
 	envMu   sync.Mutex
 	baseEnv []string
+
+	// handlers counts request handlers still running, whatever session
+	// they came from: a park waits for them.
+	handlers atomic.Int64
+	// needSetup is set by a park and cleared by the next Setup: a guest
+	// restored from a saved state shares its RNG state and clock with
+	// every other copy, so it runs nothing before the host has reseeded
+	// and set them (see afterRestore).
+	needSetup atomic.Bool
+}
+
+// afterRestore is what a parked guest must redo when it runs again as a
+// restored copy, all of it through the host's Setup, before it runs
+// anything for the host:
+//
+//   - reseed the kernel's CRNG (RNDADDENTROPY, then RNDRESEEDCRNG), or
+//     every clone would produce the same random bytes;
+//   - set CLOCK_REALTIME, which stood still while the state was stored;
+//   - set the hostname the host chose for this copy.
+//
+// The agent reopens its port for every host anyway, and nothing else
+// holds state tied to the host that saved it: a park refuses while a
+// process runs or a request is still being handled.
+var afterRestore = []string{"reseed the CRNG", "set the clock", "set the hostname"}
+
+// parkBudget bounds how long a park waits for the previous session's
+// request handlers to end.
+const parkBudget = 5 * time.Second
+
+// park readies the agent for its VM's state to be saved: nothing may be
+// running but the handshake loop that calls it.
+func (s *Server) park() error {
+	if n := s.procs.running(); n > 0 {
+		return fmt.Errorf("park: %d processes are still running", n)
+	}
+	deadline := time.Now().Add(parkBudget)
+	for s.handlers.Load() > 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("park: %d requests of the last session are still being handled", s.handlers.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.needSetup.Store(true)
+	return nil
+}
+
+// allowedBeforeSetup are the ops a restored guest answers before its
+// Setup: none of them runs anything or reads state that a clone must
+// not share.
+var allowedBeforeSetup = map[string]bool{
+	agentproto.OpPing: true, agentproto.OpSetup: true, agentproto.OpList: true,
+	agentproto.OpDetach: true, agentproto.OpShutdown: true,
 }
 
 // NewServer returns a server; logger receives one line per notable event.
@@ -124,7 +177,11 @@ func (s *Server) ServeConn(ch io.ReadWriteCloser) error {
 			}
 			return err
 		}
-		go s.handle(sess, stream)
+		s.handlers.Add(1)
+		go func() {
+			defer s.handlers.Add(-1)
+			s.handle(sess, stream)
+		}()
 	}
 }
 
@@ -132,7 +189,7 @@ func (s *Server) ServeConn(ch io.ReadWriteCloser) error {
 // the connection positioned after GO. See agentproto for why.
 func (s *Server) handshake(ch io.ReadWriteCloser) (io.ReadWriteCloser, error) {
 	br := bufio.NewReaderSize(ch, 64<<10)
-	if err := agentproto.GuestHandshake(br, ch); err != nil {
+	if err := agentproto.GuestHandshakePark(br, ch, s.park); err != nil {
 		return nil, err
 	}
 	return &agentproto.Conn{R: br, W: &agentproto.CoalesceWriter{W: ch}, C: ch}, nil
@@ -182,6 +239,11 @@ func (s *Server) handle(sess *yamux.Session, ys *yamux.Stream) {
 	}
 	if err := f.Decode(&req); err != nil {
 		st.fail(fmt.Errorf("bad request: %w", err))
+		return
+	}
+	if s.needSetup.Load() && !allowedBeforeSetup[req.Op] {
+		st.fail(fmt.Errorf("%s refused: this guest was restored from a saved state and needs the host's setup first (%s)",
+			req.Op, strings.Join(afterRestore, ", ")))
 		return
 	}
 	switch req.Op {
@@ -262,6 +324,9 @@ func (s *Server) setup(st *stream, setup *agentproto.Setup) {
 	if err := s.sys.Setup(setup); err != nil {
 		st.fail(fmt.Errorf("setup: %w", err))
 		return
+	}
+	if len(setup.Seed) > 0 && setup.UnixNano > 0 {
+		s.needSetup.Store(false)
 	}
 	if len(setup.Env) > 0 {
 		s.envMu.Lock()

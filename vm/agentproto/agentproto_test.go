@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -30,6 +31,9 @@ func TestScanLine(t *testing.T) {
 		{name: "trailing junk skipped", in: "GONDOLIN-HELLO " + nonce + "x\n", wantErr: ErrNoHandshake},
 		{name: "no newline", in: "GONDOLIN-HELLO " + nonce, wantErr: ErrNoHandshake},
 		{name: "empty", in: "", wantErr: ErrNoHandshake},
+		{name: "park", in: "GONDOLIN-PARK " + nonce + "\n", wantWord: WordPark, wantNonce: nonce},
+		{name: "parked", in: "junk GONDOLIN-PARKED " + nonce + "\n", wantWord: WordParked, wantNonce: nonce},
+		{name: "park with parked's length skipped", in: "GONDOLIN-PARK " + nonce + "xy\n", wantErr: ErrNoHandshake},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,6 +51,53 @@ func TestScanLine(t *testing.T) {
 			rest, _ := io.ReadAll(r)
 			if string(rest) != tt.wantRest {
 				t.Fatalf("rest = %q, want %q", rest, tt.wantRest)
+			}
+		})
+	}
+}
+
+// TestGuestHandshakePark drives the guest's side with scripted host
+// lines and checks what it answers and whether it parked.
+func TestGuestHandshakePark(t *testing.T) {
+	other := strings.Repeat("f", 32)
+	park := func(n string) string { return string(Line(WordPark, n)) }
+	hello := func(n string) string { return string(Line(WordHello, n)) }
+	goLine := func(n string) string { return string(Line(WordGo, n)) }
+	tests := []struct {
+		name      string
+		in        string
+		parkErr   error
+		nilPark   bool
+		wantOut   string
+		wantParks int
+		wantErr   error
+	}{
+		{name: "park then session", in: park(nonce) + park(nonce) + hello(other) + goLine(other),
+			wantOut: string(Line(WordParked, nonce)) + string(Line(WordReady, other)), wantParks: 1},
+		{name: "park refused", in: park(nonce), parkErr: errors.New("busy"), wantErr: errors.New("busy")},
+		{name: "park ignored without a parker", in: park(nonce) + hello(other) + goLine(other), nilPark: true,
+			wantOut: string(Line(WordReady, other))},
+		{name: "parked line from a host ignored", in: string(Line(WordParked, nonce)), wantErr: ErrNoHandshake},
+		{name: "two parks", in: park(nonce) + park(other), wantOut: string(Line(WordParked, nonce)) + string(Line(WordParked, other)),
+			wantParks: 2, wantErr: ErrNoHandshake},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			parks := 0
+			parker := func() error { parks++; return tt.parkErr }
+			if tt.nilPark {
+				parker = nil
+			}
+			err := GuestHandshakePark(bufio.NewReader(strings.NewReader(tt.in)), &out, parker)
+			if (err == nil) != (tt.wantErr == nil) || (err != nil && err.Error() != tt.wantErr.Error()) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if tt.parkErr == nil && out.String() != tt.wantOut {
+				t.Fatalf("wrote %q, want %q", out.String(), tt.wantOut)
+			}
+			if tt.parkErr == nil && parks != tt.wantParks {
+				t.Fatalf("parked %d times, want %d", parks, tt.wantParks)
 			}
 		})
 	}
@@ -203,7 +254,7 @@ func FuzzScanLine(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !ValidNonce(n) || (word != WordHello && word != WordReady && word != WordGo) {
+		if !ValidNonce(n) || !slices.Contains(words, word) {
 			t.Fatalf("accepted %q %q", word, n)
 		}
 		if !bytes.Contains(data, Line(word, n)) {

@@ -23,16 +23,32 @@ import (
 // remains of a dead host's frames cannot reach the new yamux session; the
 // host discards everything up to READY, so output queued for a dead host
 // cannot either.
+//
+// Before a VM's state is saved (a template), the host parks the agent
+// instead of starting a session:
+//
+//	host:  GONDOLIN-PARK <nonce>\n     (repeated until answered)
+//	guest: GONDOLIN-PARKED <nonce>\n   (once its previous session is gone)
+//
+// PARKED can only come from the handshake loop, so it proves that no
+// session is open and none is being torn down; the guest then waits for
+// the next HELLO, which is where a restored copy resumes.
 const (
-	WordHello = "HELLO"
-	WordReady = "READY"
-	WordGo    = "GO"
+	WordHello  = "HELLO"
+	WordReady  = "READY"
+	WordGo     = "GO"
+	WordPark   = "PARK"
+	WordParked = "PARKED"
 
 	linePrefix = "GONDOLIN-"
 	nonceLen   = 32
-	// maxLine bounds how much of a garbage line the scanner keeps.
-	maxLine = len(linePrefix) + len(WordHello) + 1 + nonceLen + 1
+	// maxLine bounds how much of a garbage line the scanner keeps: the
+	// longest valid line.
+	maxLine = len(linePrefix) + len(WordParked) + 1 + nonceLen + 1
 )
+
+// words are the handshake words ScanLine recognises.
+var words = []string{WordHello, WordReady, WordGo, WordPark, WordParked}
 
 // NewNonce returns a fresh random nonce for one connection.
 func NewNonce() string {
@@ -86,7 +102,7 @@ func parseLine(line []byte) (word, nonce string, ok bool) {
 		return "", "", false
 	}
 	rest := string(line[i+len(linePrefix):])
-	for _, w := range []string{WordHello, WordReady, WordGo} {
+	for _, w := range words {
 		if len(rest) == len(w)+1+nonceLen && rest[:len(w)+1] == w+" " && isHex(rest[len(w)+1:]) {
 			return w, rest[len(w)+1:], true
 		}
@@ -107,9 +123,16 @@ func isHex(s string) bool {
 // answers READY once per nonce, and returns once the matching GO has been
 // read, leaving br positioned at the first byte after it. It returns
 // ErrNoHandshake when the stream ends first (no host is connected: a
-// virtio port then reads EOF at once).
+// virtio port then reads EOF at once). PARK lines are ignored.
 func GuestHandshake(br *bufio.Reader, w io.Writer) error {
-	answered := ""
+	return GuestHandshakePark(br, w, nil)
+}
+
+// GuestHandshakePark is GuestHandshake for a guest that can be parked:
+// on a PARK line it calls park once per nonce and, if park succeeds,
+// answers PARKED, then goes on waiting for a HELLO.
+func GuestHandshakePark(br *bufio.Reader, w io.Writer, park func() error) error {
+	answered, parked := "", ""
 	for {
 		word, nonce, err := ScanLine(br)
 		if err != nil {
@@ -127,6 +150,17 @@ func GuestHandshake(br *bufio.Reader, w io.Writer) error {
 			if nonce == answered {
 				return nil
 			}
+		case WordPark:
+			if park == nil || nonce == parked {
+				continue
+			}
+			if err := park(); err != nil {
+				return err
+			}
+			if _, err := w.Write(Line(WordParked, nonce)); err != nil {
+				return err
+			}
+			parked = nonce
 		}
 	}
 }
