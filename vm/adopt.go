@@ -58,6 +58,11 @@ func Adopt(cfg Config) (*Machine, error) {
 		return nil, fmt.Errorf("watch qemu %d: %w", pid, err)
 	}
 	m := &Machine{cfg: cfg, pid: pid, exited: make(chan struct{})}
+	// What the guest printed before this process took over concerns the
+	// one that started it.
+	if st, err := os.Stat(cfg.path(layout.ConsoleLog)); err == nil {
+		m.consoleFrom = st.Size()
+	}
 	go func() {
 		defer unix.Close(fd)
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}

@@ -9,9 +9,9 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"github.com/hashicorp/yamux"
 )
@@ -54,64 +54,9 @@ func DialAgent(ctx context.Context, socket string) (*Agent, error) {
 // starts the multiplexed session. conn is owned by the Agent afterwards.
 func Handshake(ctx context.Context, conn net.Conn) (*Agent, error) {
 	nonce := agentproto.NewNonce()
-	hello := agentproto.Line(agentproto.WordHello, nonce)
-	padded := append([]byte(strings.Repeat("\n", helloPadding)), hello...)
-
-	var wmu sync.Mutex
-	stop := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		for i := 0; ; i++ {
-			msg := hello
-			if i > 0 {
-				msg = padded
-			}
-			wmu.Lock()
-			_, err := conn.Write(msg)
-			wmu.Unlock()
-			if err != nil {
-				return
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(helloInterval):
-			}
-		}
-	}()
-
-	type result struct{ err error }
-	br := bufio.NewReaderSize(conn, 64<<10)
-	done := make(chan result, 1)
-	go func() {
-		for {
-			word, n, err := agentproto.ScanLine(br)
-			if err != nil {
-				done <- result{err}
-				return
-			}
-			if word == agentproto.WordReady && n == nonce {
-				done <- result{nil}
-				return
-			}
-		}
-	}()
-	var res result
-	select {
-	case res = <-done:
-	case <-ctx.Done():
-		conn.SetDeadline(time.Now()) // unblock the reader
-		<-done
-		res.err = ctx.Err()
-	}
-	close(stop)
-	<-stopped
-	if res.err != nil {
-		if errors.Is(res.err, agentproto.ErrNoHandshake) {
-			res.err = ErrAgentGone
-		}
-		return nil, fmt.Errorf("guest agent handshake: %w", res.err)
+	br, err := exchange(ctx, conn, agentproto.WordHello, agentproto.WordReady, nonce)
+	if err != nil {
+		return nil, fmt.Errorf("guest agent handshake: %w", err)
 	}
 	if _, err := conn.Write(agentproto.Line(agentproto.WordGo, nonce)); err != nil {
 		return nil, fmt.Errorf("guest agent handshake: %w", err)
@@ -125,6 +70,90 @@ func Handshake(ctx context.Context, conn net.Conn) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{sess: sess, conn: conn}, nil
+}
+
+// exchange repeats the handshake line (send, nonce) on conn until the
+// guest answers with (want, nonce), and returns the reader positioned
+// after the answer. Later repeats carry padding that flushes out a partial
+// frame a stale guest-side session may still be waiting to complete.
+func exchange(ctx context.Context, conn net.Conn, send, want, nonce string) (*bufio.Reader, error) {
+	line := agentproto.Line(send, nonce)
+	padded := append([]byte(strings.Repeat("\n", helloPadding)), line...)
+
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for i := 0; ; i++ {
+			msg := line
+			if i > 0 {
+				msg = padded
+			}
+			if _, err := conn.Write(msg); err != nil {
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(helloInterval):
+			}
+		}
+	}()
+
+	br := bufio.NewReaderSize(conn, 64<<10)
+	done := make(chan error, 1)
+	go func() {
+		for {
+			word, n, err := agentproto.ScanLine(br)
+			if err != nil {
+				done <- err
+				return
+			}
+			if word == want && n == nonce {
+				done <- nil
+				return
+			}
+		}
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		conn.SetDeadline(time.Now()) // unblock the reader and the writer
+		<-done
+		err = ctx.Err()
+	}
+	close(stop)
+	<-stopped
+	conn.SetDeadline(time.Time{})
+	if errors.Is(err, agentproto.ErrNoHandshake) {
+		err = ErrAgentGone
+	}
+	if err != nil {
+		return nil, err
+	}
+	return br, nil
+}
+
+// ParkAgent parks the guest agent before its VM's state is saved (see
+// agentproto): the agent answers only from its handshake loop, once its
+// previous session has ended and nothing else runs, so the saved guest is
+// in one known place. The returned connection must stay open until the
+// state is saved: the agent is then blocked reading it, waiting for the
+// next host, which is where every restored copy starts.
+func (m *Machine) ParkAgent(ctx context.Context) (io.Closer, error) {
+	gctx, cancel := m.guard(ctx)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(gctx, "unix", m.cfg.path(layout.AgentSocket))
+	if err != nil {
+		return nil, fmt.Errorf("connect to guest agent: %w", err)
+	}
+	if _, err := exchange(gctx, conn, agentproto.WordPark, agentproto.WordParked, agentproto.NewNonce()); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("park the guest agent: %w", m.guestError(gctx, err))
+	}
+	return conn, nil
 }
 
 // Close drops the connection; persistent guest processes keep running.

@@ -32,6 +32,10 @@ func RemoveRuntimeFiles(dir string) {
 type Machine struct {
 	cfg Config
 	pid int
+	// consoleFrom is where the console log starts to concern this
+	// process: everything for a VM it started, only what comes after
+	// adoption for one it took over.
+	consoleFrom int64
 
 	exited  chan struct{}
 	exitErr error
@@ -105,6 +109,12 @@ func start(ctx context.Context, cfg Config) (*Machine, error) {
 		m.Kill()
 		return nil, err
 	}
+	if cfg.Restore != "" {
+		if err := m.finishRestore(ctx); err != nil {
+			m.Kill()
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
@@ -171,31 +181,22 @@ func (m *Machine) Exited() <-chan struct{} { return m.exited }
 func (m *Machine) ExitErr() error { return m.exitErr }
 
 // ConnectAgent waits for the guest agent, handshakes and sends the guest
-// its setup (time, entropy, hostname). A VM that exits meanwhile fails
-// at once with the reason, and a guest that never answers fails when ctx
-// ends, with the end of its console log.
+// its setup (time, entropy, hostname). A VM that exits or whose console
+// shows a crash meanwhile fails at once with the reason, and a guest that
+// never answers fails when ctx ends, with the end of its console log.
 func (m *Machine) ConnectAgent(ctx context.Context, setup agentproto.Setup) (*Agent, error) {
-	ctx, cancel := context.WithCancel(ctx)
+	gctx, cancel := m.guard(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-m.exited:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	a, err := DialAgent(ctx, m.cfg.path(layout.AgentSocket))
+	a, err := DialAgent(gctx, m.cfg.path(layout.AgentSocket))
 	if err == nil {
-		err = a.Setup(ctx, setup)
+		err = a.Setup(gctx, setup)
 		if err != nil {
 			a.Close()
 		}
 	}
 	if err != nil {
-		select {
-		case <-m.exited:
-			return nil, fmt.Errorf("%w%s", m.exitErr, m.consoleHint())
-		default:
+		if gerr := m.guestError(gctx, err); gerr != err {
+			return nil, gerr
 		}
 		return nil, fmt.Errorf("guest agent did not answer: %w%s", err, m.consoleHint())
 	}
@@ -272,78 +273,6 @@ func (m *Machine) closeQMP() {
 		m.qmp.close()
 		m.qmp = nil
 	}
-}
-
-// SaveState writes the VM's RAM and device state to path, compressed,
-// while the guest keeps running; QEMU pauses it only for the final pass.
-// The VM is left paused ("postmigrate"): call Resume to continue it. A
-// restored copy starts running by itself.
-func (m *Machine) SaveState(ctx context.Context, path string) error {
-	if _, err := LookTool("zstd"); err != nil {
-		return err
-	}
-	mon, err := m.monitor(ctx)
-	if err != nil {
-		return err
-	}
-	// The default bandwidth cap makes a save take ~0.5 s; lift it.
-	if err := mon.run(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(10_000_000_000)}, nil); err != nil {
-		return err
-	}
-	tmp := path + ".partial"
-	os.Remove(tmp)
-	if err := mon.run(ctx, "migrate", map[string]any{"uri": "exec:zstd -1 -q -o " + shellQuote(tmp)}, nil); err != nil {
-		return err
-	}
-	for {
-		var st struct {
-			Status    string `json:"status"`
-			ErrorDesc string `json:"error-desc"`
-		}
-		if err := mon.run(ctx, "query-migrate", nil, &st); err != nil {
-			return err
-		}
-		switch st.Status {
-		case "completed":
-			// The exec: child may still be flushing; zstd exits before
-			// QEMU reports completion only after closing its pipe, so
-			// wait for the file to stop growing is not needed: QEMU waits
-			// for the command to exit.
-			if err := syncFile(tmp); err != nil {
-				return err
-			}
-			return os.Rename(tmp, path)
-		case "failed", "cancelled":
-			os.Remove(tmp)
-			return fmt.Errorf("save vm state: migration %s: %s", st.Status, st.ErrorDesc)
-		}
-		select {
-		case <-ctx.Done():
-			mon.run(context.Background(), "migrate_cancel", nil, nil)
-			os.Remove(tmp)
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
-
-// Pause stops the guest's CPUs; QEMU flushes its disk caches to the image
-// files before it returns, so they can be copied.
-func (m *Machine) Pause(ctx context.Context) error {
-	mon, err := m.monitor(ctx)
-	if err != nil {
-		return err
-	}
-	return mon.run(ctx, "stop", nil, nil)
-}
-
-// Resume continues a paused VM.
-func (m *Machine) Resume(ctx context.Context) error {
-	mon, err := m.monitor(ctx)
-	if err != nil {
-		return err
-	}
-	return mon.run(ctx, "cont", nil, nil)
 }
 
 func syncFile(path string) error {

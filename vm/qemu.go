@@ -201,7 +201,7 @@ func CommandLine(cfg Config) []string {
 
 func kernelCmdline(c Config, tscKHz int) string {
 	params := []string{
-		"console=ttyS0", "panic=-1", "quiet", "loglevel=0",
+		"console=ttyS0", "panic=-1", "quiet", "loglevel=2",
 		"cryptomgr.notests", "no_timer_check", "8250.nr_uarts=1",
 		"random.trust_cpu=on", "i8042.noaux", "i8042.nokbd",
 	}

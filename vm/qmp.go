@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -47,6 +48,12 @@ func (m *monitor) do(ctx context.Context, f func() error) error {
 
 // run executes one QMP command and decodes its "return" into out.
 func (m *monitor) run(ctx context.Context, command string, args, out any) error {
+	return m.runWithFile(ctx, command, args, nil, out)
+}
+
+// runWithFile is run with a file descriptor passed along (SCM_RIGHTS),
+// for getfd.
+func (m *monitor) runWithFile(ctx context.Context, command string, args any, file *os.File, out any) error {
 	c := qmp.Command{Execute: command}
 	if args != nil { // a typed nil in Args would be sent as null
 		c.Args = args
@@ -58,7 +65,7 @@ func (m *monitor) run(ctx context.Context, command string, args, out any) error 
 	var raw []byte
 	err = m.do(ctx, func() error {
 		var err error
-		raw, err = m.mon.Run(cmd)
+		raw, err = m.mon.RunWithFile(cmd, file)
 		return err
 	})
 	if err != nil {
