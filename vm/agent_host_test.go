@@ -49,13 +49,19 @@ func (f *fakeSystem) Shutdown() error                   { return errors.New("not
 // accepted connection is a new channel epoch, as QEMU's chardev gives.
 func hostAgent(t *testing.T) (socket string, sys *fakeSystem) {
 	t.Helper()
+	sys = &fakeSystem{}
+	return hostAgentWith(t, sys), sys
+}
+
+// hostAgentWith serves the agent with the given System.
+func hostAgentWith(t *testing.T, sys agent.System) (socket string) {
+	t.Helper()
 	socket = filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	sys = &fakeSystem{}
 	srv := agent.NewServer(log.New(io.Discard, "", 0), sys)
 	go func() {
 		for {
@@ -75,7 +81,7 @@ func hostAgent(t *testing.T) (socket string, sys *fakeSystem) {
 			}()
 		}
 	}()
-	return socket, sys
+	return socket
 }
 
 // keepOpen stops a session from closing the shared channel.

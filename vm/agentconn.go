@@ -149,12 +149,25 @@ func (m *Machine) ParkAgent(ctx context.Context) (io.Closer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to guest agent: %w", err)
 	}
-	if _, err := exchange(gctx, conn, agentproto.WordPark, agentproto.WordParked, agentproto.NewNonce()); err != nil {
+	if err := park(gctx, conn); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("park the guest agent: %w", m.guestError(gctx, err))
 	}
 	return conn, nil
 }
+
+// park asks the agent on conn to park until it answers or ctx ends (a
+// park refused, because something still runs, is never answered).
+func park(ctx context.Context, conn net.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, parkTimeout)
+	defer cancel()
+	_, err := exchange(ctx, conn, agentproto.WordPark, agentproto.WordParked, agentproto.NewNonce())
+	return err
+}
+
+// parkTimeout bounds a park: the agent waits at most 5 s for the last
+// session's requests to end.
+const parkTimeout = 15 * time.Second
 
 // Close drops the connection; persistent guest processes keep running.
 func (a *Agent) Close() error { return a.sess.Close() }
@@ -162,14 +175,30 @@ func (a *Agent) Close() error { return a.sess.Close() }
 // Done is closed when the connection is lost.
 func (a *Agent) Done() <-chan struct{} { return a.sess.CloseChan() }
 
+// callTimeout bounds the wait for an answer when the caller set no
+// deadline: the guest is not trusted to answer at all. (A variable for
+// tests.)
+var callTimeout = time.Minute
+
 // request opens a stream, sends req and reads the response. The stream is
 // returned open for callers that go on using it.
 func (a *Agent) request(ctx context.Context, req agentproto.Request) (*yamux.Stream, agentproto.Response, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, callTimeout)
+		defer cancel()
+	}
 	st, err := a.sess.OpenStream()
 	if err != nil {
 		return nil, agentproto.Response{}, a.wrap(err)
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
+	// Closing a yamux stream only half-closes it: a read waits on for the
+	// guest (up to yamux's five-minute close timeout). The deadline ends
+	// the wait at once.
+	stop := context.AfterFunc(ctx, func() {
+		st.SetDeadline(time.Now())
+		st.Close()
+	})
 	defer stop()
 	if err := agentproto.WriteJSON(st, agentproto.FrameRequest, req); err != nil {
 		st.Close()

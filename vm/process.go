@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"github.com/hashicorp/yamux"
@@ -134,6 +135,10 @@ func (p *Process) read(cmd Command) {
 	}
 }
 
+// abandonGrace is how long a cancelled Run waits for the guest to
+// confirm that its process is gone.
+const abandonGrace = 2 * time.Second
+
 // Wait waits for the process to exit and all its output to be written.
 func (p *Process) Wait() (agentproto.ExitStatus, error) {
 	<-p.done
@@ -162,9 +167,15 @@ func (a *Agent) Run(ctx context.Context, cmd Command) (agentproto.ExitStatus, er
 	select {
 	case <-p.done:
 	case <-ctx.Done():
-		// Closing the stream makes the agent kill a non-persistent process.
+		// Closing the stream makes the agent kill a non-persistent
+		// process; a guest that does not confirm soon is not waited for.
 		p.st.Close()
-		<-p.done
+		select {
+		case <-p.done:
+		case <-time.After(abandonGrace):
+			p.st.SetDeadline(time.Now())
+			<-p.done
+		}
 		return agentproto.ExitStatus{}, ctx.Err()
 	}
 	return p.Wait()
