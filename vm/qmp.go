@@ -3,8 +3,10 @@ package vm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -17,12 +19,29 @@ type monitor struct {
 	mon *qmp.SocketMonitor
 }
 
+// qmpListenWait bounds how long a refused QMP connection is retried.
+const qmpListenWait = 2 * time.Second
+
 func dialQMP(ctx context.Context, socket string) (*monitor, error) {
 	timeout := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	mon, err := qmp.NewSocketMonitor("unix", socket, timeout)
+	// QEMU creates the socket file (bind) a moment before it listens: a
+	// connection in between is refused.
+	var mon *qmp.SocketMonitor
+	var err error
+	for deadline := time.Now().Add(qmpListenWait); ; {
+		mon, err = qmp.NewSocketMonitor("unix", socket, timeout)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to qmp: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect to qmp: %w", err)
 	}

@@ -142,7 +142,7 @@ func (m *Machine) waitMigration(ctx context.Context, mon *monitor) error {
 func (m *Machine) finishRestore(ctx context.Context) error {
 	mon, err := m.monitor(ctx)
 	if err != nil {
-		return err
+		return m.qmpError(err)
 	}
 	for {
 		status, err := m.runState(ctx, mon)
@@ -168,18 +168,24 @@ func (m *Machine) finishRestore(ctx context.Context) error {
 	}
 }
 
+// qmpError explains a failed QMP call: QEMU closing its monitor usually
+// means it is exiting (a state that does not load), and its exit says why.
+func (m *Machine) qmpError(err error) error {
+	select {
+	case <-m.exited:
+		return m.exitErr
+	case <-time.After(time.Second):
+		return err
+	}
+}
+
 // runState is QEMU's run state ("running", "paused", "inmigrate"...).
 func (m *Machine) runState(ctx context.Context, mon *monitor) (string, error) {
 	var st struct {
 		Status string `json:"status"`
 	}
 	if err := mon.run(ctx, "query-status", nil, &st); err != nil {
-		select {
-		case <-m.exited:
-			return "", m.exitErr
-		default:
-		}
-		return "", err
+		return "", m.qmpError(err)
 	}
 	if st.Status == "" {
 		return "", errors.New("qmp query-status: no status")

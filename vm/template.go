@@ -5,14 +5,18 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -21,6 +25,12 @@ import (
 // and saved: restoring it takes a fraction of a cold boot. A clone gets
 // its own disk overlay over the template's frozen disk and its own RNG
 // seed and clock from the agent's setup.
+//
+// A template is saved from a known state (the agent parked, the vCPUs
+// stopped: see state.go for why) and published only after a clone of it
+// has been restored, has answered the handshake and has run a command. A
+// template whose clone later fails anyway is moved aside into broken/
+// with the reason, so that it is rebuilt instead of failing every run.
 type Templates struct {
 	Dir string // e.g. GONDOLIN_HOME/templates
 	// Prepare, when set, runs in a template VM after boot and before it
@@ -30,6 +40,9 @@ type Templates struct {
 	// KeyExtra names what Prepare depends on beyond cfg (a CA's
 	// fingerprint): a change makes a new template.
 	KeyExtra func(cfg Config) string
+	// Label names what a template is made from (an image's references),
+	// for listings.
+	Label func(cfg Config) string
 }
 
 // Template file names.
@@ -37,17 +50,86 @@ const (
 	templateState = "state.zst"
 	// templateDisk is the template VM's own overlay, kept where it was
 	// made (layout.Disk) and frozen.
-	templateDisk = layout.Disk
-	templateLock = ".lock"
+	templateDisk    = layout.Disk
+	templateInfo    = "template.json"
+	templateConsole = "console.log"
+	templateLock    = ".lock"
+	brokenDir       = "broken"
+	brokenInfo      = "broken.json"
+	// cloneConsole is the console of the clone that failed, kept with a
+	// broken template.
+	cloneConsole = "clone-console.log"
+	// keepBroken is how many broken templates are kept for diagnosis.
+	keepBroken = 3
+	// A template that broke brokenLimit times within brokenBackoff is
+	// not built again by Clone until the back-off has passed (Build
+	// still builds it): each attempt costs a boot, and a QEMU or kernel
+	// that cannot restore would otherwise cost one on every exec.
+	brokenLimit   = 2
+	brokenBackoff = 10 * time.Minute
 )
 
-// templateFormat is bumped whenever QEMU's arguments or the template
-// layout change, which invalidates every saved template.
-const templateFormat = "5"
+// templateFormat is bumped whenever QEMU's arguments, the way a template
+// is saved or the template layout change, which invalidates every saved
+// template. 6: saved from a parked agent and stopped vCPUs, verified.
+const templateFormat = "6"
+
+// Deadlines for a template's own steps. A restore takes well under a
+// second even on a slow day; a clone that has not answered in
+// cloneTimeout is treated as broken so that its caller can still boot
+// cold within its own deadline.
+const (
+	cloneTimeout  = 20 * time.Second
+	verifyTimeout = 30 * time.Second
+)
 
 // ErrTemplateBusy means another process is building the template; the
 // caller should boot cold instead of waiting.
 var ErrTemplateBusy = errors.New("template is being built by another process")
+
+// ErrTemplateBroken means a clone of the template did not restore: the
+// template was moved aside and must be rebuilt.
+var ErrTemplateBroken = errors.New("template is broken")
+
+// TemplateState says where a template is in its life.
+type TemplateState string
+
+const (
+	TemplateReady    TemplateState = "ready"
+	TemplateBuilding TemplateState = "building"
+	// TemplateUnverified is a template saved by an older gondolin that
+	// never checked it: its next use checks it first.
+	TemplateUnverified TemplateState = "unverified"
+	// TemplateBroken was moved aside after a clone of it failed.
+	TemplateBroken TemplateState = "broken"
+)
+
+// TemplateInfo describes one template: what template.json records, and
+// its state when listed.
+type TemplateInfo struct {
+	Key       string        `json:"key"`
+	State     TemplateState `json:"state"`
+	Format    string        `json:"format,omitempty"`
+	Label     string        `json:"label,omitempty"`
+	CPUs      int           `json:"cpus,omitempty"`
+	MemoryMiB int           `json:"memory_mib,omitempty"`
+	Network   bool          `json:"network,omitempty"`
+	Built     time.Time     `json:"built,omitzero"`
+	// How long the build's steps took: the cold boot to the agent's
+	// answer (and Prepare), the save of the stopped guest, and the check
+	// of a clone.
+	BootMS   int64 `json:"boot_ms,omitempty"`
+	SaveMS   int64 `json:"save_ms,omitempty"`
+	VerifyMS int64 `json:"verify_ms,omitempty"`
+	// StateBytes is the size of the compressed saved state.
+	StateBytes int64 `json:"state_bytes,omitempty"`
+	Verified   bool  `json:"verified,omitempty"`
+	// Reason and Broken say why and when a broken template was moved
+	// aside; Dir is where it now is.
+	Reason string    `json:"reason,omitempty"`
+	Broken time.Time `json:"broken_at,omitzero"`
+	Dir    string    `json:"dir,omitempty"`
+}
 
 // Key identifies the template for cfg: the image's files (blob paths are
 // content addresses), the VM shape, the accelerator and the QEMU binary.
@@ -77,26 +159,76 @@ func qemuIdentity() string {
 	return fmt.Sprintf("%s:%d:%d", p, st.Size(), st.ModTime().UnixNano())
 }
 
-// Ready reports whether the template for cfg exists.
+// Ready reports whether a checked template for cfg exists.
 func (t *Templates) Ready(cfg Config) bool {
-	_, err := os.Stat(filepath.Join(t.Dir, t.Key(cfg), templateState))
-	return err == nil
+	info, err := readTemplate(filepath.Join(t.Dir, t.Key(cfg)))
+	return err == nil && info.State == TemplateReady
+}
+
+// readTemplate reads a published template's record. A template from an
+// older gondolin has a saved state but no record (or an unchecked one).
+func readTemplate(dir string) (TemplateInfo, error) {
+	info := TemplateInfo{Key: filepath.Base(dir)}
+	if _, err := os.Stat(filepath.Join(dir, templateState)); err != nil {
+		return info, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, templateInfo))
+	if err == nil {
+		err = json.Unmarshal(b, &info)
+	}
+	info.Key = filepath.Base(dir)
+	info.State = TemplateUnverified
+	if err == nil && info.Verified && info.Format == templateFormat {
+		info.State = TemplateReady
+	}
+	return info, nil
 }
 
 // Clone starts a VM from the template for cfg, building the template
-// first if there is none. cfg.Dir is the clone's run directory.
+// first if there is none. cfg.Dir is the clone's run directory. A clone
+// that does not come up moves the template aside (ErrTemplateBroken):
+// the caller should boot cold, and the template is rebuilt by the next
+// Clone or Build.
 func (t *Templates) Clone(ctx context.Context, cfg Config, setup agentproto.Setup) (*Machine, *Agent, error) {
 	if cfg.Restore != "" {
 		return nil, nil, errors.New("vm: a clone cannot also restore another state")
 	}
-	dir := filepath.Join(t.Dir, t.Key(cfg))
-	if _, err := os.Stat(filepath.Join(dir, templateState)); err != nil {
-		if err := t.build(ctx, cfg, dir); err != nil {
+	key := t.Key(cfg)
+	dir := filepath.Join(t.Dir, key)
+	info, err := readTemplate(dir)
+	switch {
+	case err != nil:
+		if n := t.brokenSince(key, time.Now().Add(-brokenBackoff)); n >= brokenLimit {
+			return nil, nil, fmt.Errorf("%w: %d builds of it broke in the last %v; not building it again yet", ErrTemplateBroken, n, brokenBackoff)
+		}
+		if err := t.Build(ctx, cfg); err != nil {
+			return nil, nil, err
+		}
+	case info.State == TemplateUnverified:
+		if err := t.checkOld(ctx, cfg, dir); err != nil {
 			return nil, nil, err
 		}
 	}
+	cctx, cancel := context.WithTimeout(ctx, cloneTimeout)
+	defer cancel()
+	m, a, err := t.restore(cctx, cfg, dir, setup)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, err // the caller gave up: the template is not to blame
+		}
+		t.quarantine(key, dir, err, cfg.path(layout.ConsoleLog))
+		return nil, nil, fmt.Errorf("%w: a clone did not restore: %w", ErrTemplateBroken, err)
+	}
+	return m, a, nil
+}
+
+// restore starts cfg from the template in dir and connects its agent.
+// The clone's overlay is backed by a hard link to the template's disk in
+// its own directory, so that moving the template aside (or deleting it)
+// never breaks a VM that was cloned from it.
+func (t *Templates) restore(ctx context.Context, cfg Config, dir string, setup agentproto.Setup) (*Machine, *Agent, error) {
 	clone := cfg
-	clone.Backing = filepath.Join(dir, templateDisk)
+	clone.Backing = linkTemplateDisk(filepath.Join(dir, templateDisk), cfg.path(layout.TemplateDisk))
 	clone.BackingFormat = "qcow2"
 	clone.Restore = filepath.Join(dir, templateState)
 	m, err := Start(ctx, clone)
@@ -106,87 +238,402 @@ func (t *Templates) Clone(ctx context.Context, cfg Config, setup agentproto.Setu
 	a, err := m.ConnectAgent(ctx, setup)
 	if err != nil {
 		m.Kill()
-		if ctx.Err() == nil {
-			// A template that does not restore is broken (a QEMU
-			// upgrade, a truncated file): drop it so the next run
-			// rebuilds it.
-			os.RemoveAll(dir)
-		}
-		return nil, nil, fmt.Errorf("restore template: %w", err)
+		return nil, nil, err
 	}
 	return m, a, nil
 }
 
-// build boots cfg cold, lets the agent detach, saves the VM's state and
-// publishes the directory with one rename.
-func (t *Templates) build(ctx context.Context, cfg Config, dir string) (err error) {
-	if err := layout.MkdirPrivate(t.Dir); err != nil {
-		return err
+// linkTemplateDisk hard-links disk to link and returns the path the
+// clone's overlay should name: the link, or disk itself when no link can
+// be made (another filesystem).
+func linkTemplateDisk(disk, link string) string {
+	os.Remove(link)
+	if err := os.Link(disk, link); err != nil {
+		return disk
 	}
-	lock, err := os.OpenFile(dir+templateLock, os.O_CREATE|os.O_RDWR, 0o600)
+	return link
+}
+
+// Build boots cfg cold, parks its agent, saves the stopped VM's state,
+// checks that a clone of it runs a command, and publishes it. It returns
+// at once when a checked template exists, and ErrTemplateBusy when
+// another process is building it.
+func (t *Templates) Build(ctx context.Context, cfg Config) error {
+	key := t.Key(cfg)
+	dir := filepath.Join(t.Dir, key)
+	unlock, err := t.lock(key, cfg)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		return ErrTemplateBusy
-	}
-	defer os.Remove(dir + templateLock)
-	if _, err := os.Stat(filepath.Join(dir, templateState)); err == nil {
+	defer unlock()
+	if info, err := readTemplate(dir); err == nil && info.State == TemplateReady {
 		return nil // built by someone else while we looked
 	}
+	t.sweep(key)
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	tmp := dir + ".tmp" + hex.EncodeToString(rnd[:])
 	if err := layout.MkdirPrivate(tmp); err != nil {
 		return err
 	}
+	ok := false
 	defer func() {
-		if err != nil {
+		if !ok {
 			os.RemoveAll(tmp)
 		}
 	}()
+	info, err := t.save(ctx, cfg, tmp)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := t.verify(ctx, cfg, tmp); err != nil {
+		if ctx.Err() == nil {
+			t.quarantine(key, tmp, err, "")
+		}
+		return fmt.Errorf("%w: the new template failed its check: %w", ErrTemplateBroken, err)
+	}
+	info.VerifyMS = time.Since(start).Milliseconds()
+	info.Verified = true
+	if err := atomicfile.WriteJSON(filepath.Join(tmp, templateInfo), info, 0o600); err != nil {
+		return err
+	}
+	// A broken template that was moved aside leaves the name free; an
+	// unchecked one from an older gondolin is replaced.
+	if _, err := os.Stat(dir); err == nil {
+		if err := os.Rename(dir, tmp+".old"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp + ".old")
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
+
+// save boots the template VM in tmp and saves it there.
+func (t *Templates) save(ctx context.Context, cfg Config, tmp string) (TemplateInfo, error) {
+	cfg.fill()
+	info := TemplateInfo{Key: filepath.Base(tmp), Format: templateFormat, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB,
+		Network: cfg.Network, Built: time.Now().UTC()}
+	if t.Label != nil {
+		info.Label = t.Label(cfg)
+	}
+	start := time.Now()
 	bootCfg := cfg
 	bootCfg.Dir = tmp
+	bootCfg.Name = "gondolin-template"
 	bootCfg.Restore = ""
 	bootCfg.Detached = false
 	m, err := Start(ctx, bootCfg)
 	if err != nil {
-		return fmt.Errorf("boot template: %w", err)
+		return info, fmt.Errorf("boot template: %w", err)
 	}
 	defer m.Kill()
 	a, err := m.ConnectAgent(ctx, agentproto.Setup{})
 	if err != nil {
-		return fmt.Errorf("boot template: %w", err)
+		return info, fmt.Errorf("boot template: %w", err)
 	}
 	if t.Prepare != nil {
 		if err := t.Prepare(ctx, bootCfg, m, a); err != nil {
 			a.Close()
-			return fmt.Errorf("prepare template: %w", err)
+			return info, fmt.Errorf("prepare template: %w", err)
 		}
 	}
-	// The saved guest must expect a new host: without this its agent
-	// would resume in the middle of this connection's session.
+	// The saved guest must expect a new host: it drops this session, and
+	// the park proves it has (see agentproto).
 	if err := a.Detach(ctx); err != nil {
-		return fmt.Errorf("template detach: %w", err)
+		return info, fmt.Errorf("template detach: %w", err)
 	}
-	// Give the agent a moment to see the connection go, so that the
-	// state is saved with it already waiting for the next handshake.
-	time.Sleep(20 * time.Millisecond)
+	parked, err := m.ParkAgent(ctx)
+	if err != nil {
+		return info, fmt.Errorf("template: %w", err)
+	}
+	defer parked.Close()
+	info.BootMS = time.Since(start).Milliseconds()
+	start = time.Now()
 	if err := m.SaveState(ctx, filepath.Join(tmp, templateState)); err != nil {
-		return fmt.Errorf("save template: %w", err)
+		return info, fmt.Errorf("save template: %w", err)
 	}
+	info.SaveMS = time.Since(start).Milliseconds()
 	m.Kill()
 	RemoveRuntimeFiles(tmp)
 	os.Remove(filepath.Join(tmp, layout.QEMULog))
-	os.Remove(filepath.Join(tmp, layout.ConsoleLog))
+	// The console of the template's boot stays, for diagnosis.
+	os.Rename(filepath.Join(tmp, layout.ConsoleLog), filepath.Join(tmp, templateConsole))
 	// The clones' overlays sit on this disk: it must never change.
-	os.Chmod(filepath.Join(tmp, templateDisk), 0o400)
-	if err := os.Rename(tmp, dir); err != nil {
+	if err := os.Chmod(filepath.Join(tmp, templateDisk), 0o400); err != nil {
+		return info, err
+	}
+	if st, err := os.Stat(filepath.Join(tmp, templateState)); err == nil {
+		info.StateBytes = st.Size()
+	}
+	return info, nil
+}
+
+// verify restores a clone of the template in dir, in a scratch directory
+// beside it, and has it run a command.
+func (t *Templates) verify(ctx context.Context, cfg Config, dir string) error {
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	scratch := filepath.Join(t.Dir, filepath.Base(dir)[:16]+".v"+hex.EncodeToString(rnd[:]))
+	if err := layout.MkdirPrivate(scratch); err != nil {
 		return err
+	}
+	defer os.RemoveAll(scratch)
+	vctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+	defer cancel()
+	clone := cfg
+	clone.Dir = scratch
+	clone.Name = "gondolin-template-check"
+	clone.Detached = false
+	m, a, err := t.restore(vctx, clone, dir, agentproto.Setup{Hostname: "gondolin-check"})
+	if err != nil {
+		keepConsole(clone.path(layout.ConsoleLog), filepath.Join(dir, cloneConsole))
+		return err
+	}
+	defer m.Kill()
+	defer a.Close()
+	gctx, gcancel := m.guard(vctx)
+	defer gcancel()
+	exit, err := a.Run(gctx, Command{Exec: agentproto.Exec{Argv: []string{"true"}}})
+	if err == nil && exit.Code != 0 {
+		err = fmt.Errorf("the check command exited %d", exit.Code)
+	}
+	if err != nil {
+		keepConsole(clone.path(layout.ConsoleLog), filepath.Join(dir, cloneConsole))
+		return m.guestError(gctx, err)
 	}
 	return nil
 }
 
-// Remove deletes every template (they are rebuilt on demand).
+// checkOld checks a template saved by an older gondolin once, with one
+// clone, and records the result; a template that fails is moved aside.
+func (t *Templates) checkOld(ctx context.Context, cfg Config, dir string) error {
+	key := filepath.Base(dir)
+	unlock, err := t.lock(key, cfg)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	info, err := readTemplate(dir)
+	if err != nil {
+		return fmt.Errorf("%w: it disappeared during its check", ErrTemplateBroken)
+	}
+	if info.State == TemplateReady {
+		return nil
+	}
+	start := time.Now()
+	if err := t.verify(ctx, cfg, dir); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		t.quarantine(key, dir, err, "")
+		return fmt.Errorf("%w: a template saved by an older gondolin failed its check: %w", ErrTemplateBroken, err)
+	}
+	cfg.fill()
+	info = TemplateInfo{Key: key, Format: templateFormat, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB, Network: cfg.Network,
+		VerifyMS: time.Since(start).Milliseconds(), Verified: true}
+	if t.Label != nil {
+		info.Label = t.Label(cfg)
+	}
+	if st, err := os.Stat(filepath.Join(dir, templateState)); err == nil {
+		info.Built = st.ModTime().UTC()
+		info.StateBytes = st.Size()
+	}
+	return atomicfile.WriteJSON(filepath.Join(dir, templateInfo), info, 0o600)
+}
+
+// lock takes the template's build lock without waiting, and records in
+// the lock file what is being built, for listings.
+func (t *Templates) lock(key string, cfg Config) (unlock func(), err error) {
+	if err := layout.MkdirPrivate(t.Dir); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(t.Dir, key+templateLock)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, ErrTemplateBusy
+	}
+	cfg.fill()
+	what := TemplateInfo{Key: key, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB, Network: cfg.Network, Built: time.Now().UTC()}
+	if t.Label != nil {
+		what.Label = t.Label(cfg)
+	}
+	if b, err := json.Marshal(what); err == nil {
+		f.Truncate(0)
+		f.WriteAt(b, 0)
+	}
+	return func() {
+		os.Remove(path)
+		f.Close()
+	}, nil
+}
+
+// sweep removes what crashed builds of key left (run with its lock held).
+func (t *Templates) sweep(key string) {
+	for _, pattern := range []string{key + ".tmp*", key + ".v*"} {
+		matches, _ := filepath.Glob(filepath.Join(t.Dir, pattern))
+		for _, m := range matches {
+			os.RemoveAll(m)
+		}
+	}
+}
+
+// quarantine moves a template that failed into broken/, with the reason
+// and the failed clone's console, and keeps only the newest few there.
+func (t *Templates) quarantine(key, dir string, reason error, console string) {
+	bdir := filepath.Join(t.Dir, brokenDir)
+	if err := layout.MkdirPrivate(bdir); err != nil {
+		os.RemoveAll(dir)
+		return
+	}
+	now := time.Now().UTC()
+	dst := filepath.Join(bdir, key+"-"+now.Format(brokenStamp))
+	if err := os.Rename(dir, dst); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			os.RemoveAll(dir)
+		}
+		return // another clone moved it first
+	}
+	if console != "" {
+		keepConsole(console, filepath.Join(dst, cloneConsole))
+	}
+	info, _ := readTemplateRecord(dst)
+	info.Key, info.State, info.Reason, info.Broken = key, TemplateBroken, reason.Error(), now
+	atomicfile.WriteJSON(filepath.Join(dst, brokenInfo), info, 0o600)
+	entries, _ := os.ReadDir(bdir)
+	sort.Slice(entries, func(i, j int) bool { return brokenTime(entries[i].Name()) > brokenTime(entries[j].Name()) })
+	for i, e := range entries {
+		if i >= keepBroken {
+			os.RemoveAll(filepath.Join(bdir, e.Name()))
+		}
+	}
+}
+
+// brokenSince counts the broken templates of key moved aside after t.
+func (t *Templates) brokenSince(key string, since time.Time) int {
+	entries, _ := os.ReadDir(filepath.Join(t.Dir, brokenDir))
+	n := 0
+	for _, e := range entries {
+		k, stamp, ok := strings.Cut(e.Name(), "-")
+		if !ok || k != key {
+			continue
+		}
+		if when, err := time.Parse(brokenStamp, stamp); err == nil && when.After(since) {
+			n++
+		}
+	}
+	return n
+}
+
+// brokenStamp is the time in a broken template's directory name.
+const brokenStamp = "20060102T150405.000000"
+
+func brokenTime(name string) string {
+	_, stamp, _ := strings.Cut(name, "-")
+	return stamp
+}
+
+// readTemplateRecord reads template.json alone.
+func readTemplateRecord(dir string) (TemplateInfo, error) {
+	var info TemplateInfo
+	b, err := os.ReadFile(filepath.Join(dir, templateInfo))
+	if err == nil {
+		err = json.Unmarshal(b, &info)
+	}
+	return info, err
+}
+
+// keepConsole copies the end of a console log (at most 64 KiB) to dst.
+func keepConsole(src, dst string) {
+	const keep = 64 << 10
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return
+	}
+	if len(b) > keep {
+		b = b[len(b)-keep:]
+	}
+	os.WriteFile(dst, b, 0o600)
+}
+
+// List describes every template: the published ones, those being built
+// and those moved aside as broken (newest first).
+func (t *Templates) List() ([]TemplateInfo, error) {
+	entries, err := os.ReadDir(t.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return []TemplateInfo{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	list := []TemplateInfo{}
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case e.IsDir() && isKey(name):
+			if info, err := readTemplate(filepath.Join(t.Dir, name)); err == nil {
+				info.Dir = filepath.Join(t.Dir, name)
+				list = append(list, info)
+			}
+		case strings.HasSuffix(name, templateLock) && isKey(strings.TrimSuffix(name, templateLock)):
+			if info, ok := building(filepath.Join(t.Dir, name)); ok {
+				list = append(list, info)
+			}
+		}
+	}
+	broken, _ := os.ReadDir(filepath.Join(t.Dir, brokenDir))
+	sort.Slice(broken, func(i, j int) bool { return brokenTime(broken[i].Name()) > brokenTime(broken[j].Name()) })
+	for _, e := range broken {
+		dir := filepath.Join(t.Dir, brokenDir, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, brokenInfo))
+		if err != nil {
+			continue
+		}
+		var info TemplateInfo
+		if json.Unmarshal(b, &info) == nil {
+			info.State, info.Dir = TemplateBroken, dir
+			list = append(list, info)
+		}
+	}
+	return list, nil
+}
+
+// building reports the build a lock file records, if the lock is held.
+func building(lockPath string) (TemplateInfo, bool) {
+	f, err := os.Open(lockPath)
+	if err != nil {
+		return TemplateInfo{}, false
+	}
+	defer f.Close()
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) == nil {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		return TemplateInfo{}, false // a lock file a crashed build left
+	}
+	var info TemplateInfo
+	b := make([]byte, 4096)
+	n, _ := f.Read(b)
+	json.Unmarshal(b[:n], &info)
+	info.Key = strings.TrimSuffix(filepath.Base(lockPath), templateLock)
+	info.State = TemplateBuilding
+	return info, true
+}
+
+func isKey(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// Remove deletes every template (they are rebuilt on demand). VMs cloned
+// from them keep running: their disks hold their own links.
 func (t *Templates) Remove() error { return os.RemoveAll(t.Dir) }

@@ -32,9 +32,13 @@ const (
 	QEMULog     = "qemu.log"
 	QEMUPid     = "qemu.pid"
 	Disk        = "disk.qcow2"
-	OwnerLock   = "owner.lock"
-	SpecFile    = "spec.json"
-	StateFile   = "state.json"
+	// TemplateDisk is a clone's hard link to its template's disk, which
+	// its overlay is backed by: the template can then be moved aside or
+	// rebuilt without breaking the clone.
+	TemplateDisk = "template.qcow2"
+	OwnerLock    = "owner.lock"
+	SpecFile     = "spec.json"
+	StateFile    = "state.json"
 )
 
 // MaxSocketPath is the longest unix socket path the kernel accepts
