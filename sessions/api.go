@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/vm"
 )
 
 // State is a session's derived state.
@@ -159,6 +160,9 @@ const (
 	// current without polling.
 	EventUsage   = "session.usage"
 	EventIngress = "session.ingress"
+	// EventTemplate says a template's state changed (a rebuild started
+	// or ended): read it in the supervisor's status.
+	EventTemplate = "template"
 )
 
 // SupervisorStatus describes the running supervisor.
@@ -169,6 +173,14 @@ type SupervisorStatus struct {
 	Sessions int       `json:"sessions"`
 	Live     int       `json:"live"`
 	RSSBytes int64     `json:"rss_bytes"`
+	// Templates are the home's saved templates: ready, being built, or
+	// moved aside as broken (with the reason).
+	Templates []vm.TemplateInfo `json:"templates"`
+}
+
+// TemplateRequest asks for the template of a VM shape to be rebuilt.
+type TemplateRequest struct {
+	Spec Spec `json:"spec"`
 }
 
 // Stream frame types for upgraded connections (attach and exec), carried

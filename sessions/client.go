@@ -95,6 +95,12 @@ func (c *Client) Status(ctx context.Context) (SupervisorStatus, error) {
 	return st, err
 }
 
+// RebuildTemplate asks the supervisor to rebuild, in the background, the
+// template spec's VMs are cloned from.
+func (c *Client) RebuildTemplate(ctx context.Context, spec Spec) error {
+	return c.do(ctx, http.MethodPost, "/v1/templates/rebuild", TemplateRequest{Spec: spec.shape()}, nil)
+}
+
 // StopSupervisor stops the supervisor; with all, every live VM first.
 func (c *Client) StopSupervisor(ctx context.Context, all bool) error {
 	return c.do(ctx, http.MethodPost, "/v1/supervisor/stop", stopRequest{All: all}, nil)

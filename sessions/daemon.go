@@ -57,6 +57,7 @@ func RunSupervisor(home layout.Home, logger *log.Logger) error {
 
 	sv := NewSupervisor(rt, logger)
 	logger.Printf("supervisor %d starting for %s", os.Getpid(), home)
+	rt.Snapshots.SweepScratch() // a dead supervisor's unfinished snapshots
 	sv.Adopt(context.Background())
 	api := NewAPI(sv)
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}

@@ -40,6 +40,14 @@ type Runtime struct {
 	BootTimeout time.Duration
 	// Status, when set, shows what a slow start is doing (on a terminal).
 	Status *progress.Status
+	// Notice, when set, receives one-line notes the user should see
+	// although the run goes on (a template that broke). Without it they
+	// go to stderr.
+	Notice func(msg string)
+	// RebuildTemplate, when set, is asked to rebuild the template for
+	// spec in the background after a clone of it failed; without it the
+	// next run that needs the template builds it.
+	RebuildTemplate func(spec Spec)
 
 	accelOnce sync.Once
 	accel     vm.Accel
@@ -72,6 +80,7 @@ func NewRuntime(home layout.Home) (*Runtime, error) {
 	}
 	r.Templates.Prepare = r.prepareTemplate
 	r.Templates.KeyExtra = r.templateKeyExtra
+	r.Templates.Label = r.templateLabel
 	return r, nil
 }
 
@@ -210,7 +219,13 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		default:
 			// A template that cannot be built or restored never stops a
 			// run: fall back to a cold boot, in a clean directory.
-			if !errors.Is(err, vm.ErrTemplateBusy) && r.Debug {
+			if errors.Is(err, vm.ErrTemplateBroken) {
+				r.Status.Clear()
+				r.notice(fmt.Sprintf("gondolin: the saved template of %s is broken (%v); booting cold while it is rebuilt", what, err))
+				if r.RebuildTemplate != nil {
+					r.RebuildTemplate(*spec)
+				}
+			} else if !errors.Is(err, vm.ErrTemplateBusy) && r.Debug {
 				fmt.Fprintf(os.Stderr, "gondolin: template: %v; booting cold\n", err)
 			}
 			cleanRunDir(dir)
@@ -259,6 +274,24 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 	}
 	return in, nil
+}
+
+// notice shows msg to the user without stopping the run.
+func (r *Runtime) notice(msg string) {
+	if r.Notice != nil {
+		r.Notice(msg)
+		return
+	}
+	fmt.Fprintln(os.Stderr, msg)
+}
+
+// TemplateConfig is the VM configuration spec's template is made for.
+func (r *Runtime) TemplateConfig(ctx context.Context, spec *Spec) (vm.Config, error) {
+	img, err := r.ResolveImage(spec)
+	if err != nil {
+		return vm.Config{}, err
+	}
+	return r.MachineConfig(ctx, spec, img, "")
 }
 
 // NewNetwork makes the mediated network for a policy, with the home's CA.
@@ -323,6 +356,23 @@ func guestNetwork(n *netpolicy.Network) agentproto.Network {
 	return agentproto.Network{CACert: n.CACertPEM(), SSHKnownHosts: n.SSHKnownHosts()}
 }
 
+// templateLabel names a template by its image's references.
+func (r *Runtime) templateLabel(cfg vm.Config) string {
+	images, err := r.Images.List()
+	if err != nil {
+		return ""
+	}
+	for i := range images {
+		if img := &images[i]; img.RootfsPath() == cfg.Backing {
+			if len(img.Refs) == 0 {
+				return img.ID
+			}
+			return strings.Join(img.Refs, ",")
+		}
+	}
+	return ""
+}
+
 // templateKeyExtra ties networked templates to the home's CA, which they
 // trust.
 func (r *Runtime) templateKeyExtra(cfg vm.Config) string {
@@ -348,6 +398,7 @@ func (s *Spec) hostname(dir string) string {
 func cleanRunDir(dir string) {
 	vm.RemoveRuntimeFiles(dir)
 	os.Remove(filepath.Join(dir, layout.Disk))
+	os.Remove(filepath.Join(dir, layout.TemplateDisk))
 }
 
 // accelCache records the outcome of the KVM probe boot per image.

@@ -46,6 +46,7 @@ func NewAPI(sv *Supervisor) *API {
 	a := &API{sv: sv, mux: http.NewServeMux()}
 	a.mux.HandleFunc("GET /v1/supervisor", a.status)
 	a.mux.HandleFunc("POST /v1/supervisor/stop", a.stopSupervisor)
+	a.mux.HandleFunc("POST /v1/templates/rebuild", a.rebuildTemplate)
 	a.mux.HandleFunc("GET /v1/sessions", a.list)
 	a.mux.HandleFunc("POST /v1/sessions", a.create)
 	a.mux.HandleFunc("GET /v1/sessions/{id}", a.get)
@@ -150,6 +151,21 @@ func (a *API) stopSupervisor(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// rebuildTemplate starts a template build in the background and answers
+// at once; the supervisor's status and template events follow it.
+func (a *API) rebuildTemplate(w http.ResponseWriter, r *http.Request) {
+	var req TemplateRequest
+	if err := decode(w, r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	if err := a.sv.RebuildTemplate(req.Spec); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
 func (a *API) list(w http.ResponseWriter, r *http.Request) {
 	all, _ := strconv.ParseBool(r.URL.Query().Get("all"))
 	writeJSON(w, http.StatusOK, a.sv.List(all))
@@ -161,9 +177,9 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	// A create outlives the request: a client that gives up must not
-	// leave a half-made VM behind.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// A client that gives up (a CLI interrupted, a dashboard that quit)
+	// cancels the create: its half-made VM is removed.
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
 	defer cancel()
 	s, err := a.sv.Create(ctx, req)
 	if err != nil {
@@ -651,7 +667,9 @@ func (a *API) snapshot(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// The snapshot is abandoned (and its files removed) when its client
+	// goes away.
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
 	defer cancel()
 	snap, err := a.sv.Snapshot(ctx, r.PathValue("id"), req)
 	if err != nil {

@@ -69,10 +69,22 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 	s.mu.Lock()
 	m, a := s.m, s.agent
 	state, _ := s.derivedLocked()
+	busy := s.snapshotting
+	if state == Live && !busy {
+		s.snapshotting = true
+	}
 	s.mu.Unlock()
 	if state != Live {
 		return nil, errorf(ErrUnavailable, "session %s is %s; only a live session can be snapshotted", s.rec.ID, state)
 	}
+	if busy {
+		return nil, errorf(ErrConflict, "a snapshot of session %s is being taken; try again when it is done", s.rec.ID)
+	}
+	defer func() {
+		s.mu.Lock()
+		s.snapshotting = false
+		s.mu.Unlock()
+	}()
 	img, err := sv.rt.Images.Resolve(s.rec.ImageID)
 	if err != nil {
 		return nil, fmt.Errorf("the session's image: %w", err)
@@ -90,40 +102,46 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 	}()
 	overlay := filepath.Join(sv.reg.dir(s.rec.ID), layout.Disk)
 	snapDisk := filepath.Join(dir, snapshots.DiskFile)
-	s.mu.Lock()
-	s.snapshotting = true
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.snapshotting = false
-		s.mu.Unlock()
-	}()
+	// Undoing a pause or a freeze must happen even when the caller has
+	// gone away, within its own deadline.
+	undo := func(f func(context.Context) error) error {
+		uctx, cancel := context.WithTimeout(context.Background(), undoTimeout)
+		defer cancel()
+		return f(uctx)
+	}
 	kind := snapshots.Disk
 	if req.Live {
+		// The guest stays stopped from the start of the save to the end
+		// of the disk copy: RAM and disk are from one instant.
 		kind = snapshots.Live
 		if err := m.SaveState(ctx, filepath.Join(dir, snapshots.StateFile)); err != nil {
-			m.Resume(context.Background())
+			undo(m.Resume)
 			return nil, err
 		}
 		err := snapshots.CopyDisk(overlay, snapDisk)
-		if rerr := m.Resume(context.Background()); rerr != nil && err == nil {
+		if rerr := undo(m.Resume); rerr != nil && err == nil {
 			err = fmt.Errorf("resume after snapshot: %w", rerr)
 		}
 		if err != nil {
 			return nil, err
 		}
 	} else {
-		if err := a.Freeze(ctx, false, 10*time.Second); err != nil {
+		fctx, cancel := context.WithTimeout(ctx, freezeTimeout)
+		err := a.Freeze(fctx, false, freezeTimeout)
+		cancel()
+		if err != nil {
+			// A freeze the guest did not confirm may still have happened.
+			undo(func(c context.Context) error { return a.Freeze(c, true, 0) })
 			return nil, fmt.Errorf("freeze the guest's disk: %w", err)
 		}
-		err := m.Pause(ctx)
+		err = m.Pause(ctx)
 		if err == nil {
 			err = snapshots.CopyDisk(overlay, snapDisk)
-			if rerr := m.Resume(context.Background()); rerr != nil && err == nil {
+			if rerr := undo(m.Resume); rerr != nil && err == nil {
 				err = rerr
 			}
 		}
-		if terr := a.Freeze(context.Background(), true, 0); terr != nil && err == nil {
+		if terr := undo(func(c context.Context) error { return a.Freeze(c, true, 0) }); terr != nil && err == nil {
 			err = fmt.Errorf("thaw the guest's disk: %w", terr)
 		}
 		if err != nil {
@@ -156,6 +174,14 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 	sv.emit(Event{Type: EventSnapshot, Session: s.rec.ID})
 	return snap, nil
 }
+
+// Deadlines of a snapshot's calls into the guest and QEMU: a freeze
+// (the guest syncs its disk first) and the undoing of a pause or a
+// freeze, which runs even when the caller has gone.
+const (
+	freezeTimeout = 30 * time.Second
+	undoTimeout   = 10 * time.Second
+)
 
 // resumePlan is what resuming a snapshot needs: the VM to start and what
 // the snapshot remembers of its session.

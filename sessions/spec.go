@@ -41,6 +41,12 @@ type Spec struct {
 	Mounts []mounts.Spec `json:"mounts,omitempty"`
 }
 
+// shape is what of spec a template depends on: the image and the VM's
+// size and devices. Nothing else (policy, secrets, mounts) leaves with it.
+func (s Spec) shape() Spec {
+	return Spec{Image: s.Image, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, NoNetwork: s.NoNetwork}
+}
+
 // ParseMounts reads --mount-hostfs HOST:GUEST[:ro] and --mount-memfs
 // GUEST values into spec.Mounts, checking them together (a guest path
 // used twice, or one inside another, is refused). Host directories must

@@ -34,6 +34,14 @@ type Supervisor struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	names    map[string]bool // names taken by sessions being created
+	// rebuilding holds the keys of templates being rebuilt here.
+	rebuilding map[string]bool
+
+	// Background work (template rebuilds) stops with bgCancel; Close
+	// waits for it.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
 }
 
 // usageInterval is how often followers hear about live sessions' usage.
@@ -51,9 +59,67 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 		events:   newBroker(),
 		sessions: map[string]*session{},
 		names:    map[string]bool{},
+
+		rebuilding: map[string]bool{},
+	}
+	sv.bgCtx, sv.bgCancel = context.WithCancel(context.Background())
+	rt.Notice = func(msg string) { sv.log.Print(msg) }
+	rt.RebuildTemplate = func(spec Spec) {
+		if err := sv.RebuildTemplate(spec); err != nil {
+			sv.log.Printf("rebuild template: %v", err)
+		}
 	}
 	go sv.reportUsage()
 	return sv
+}
+
+// templateBuildTimeout bounds one background template build.
+const templateBuildTimeout = 5 * time.Minute
+
+// RebuildTemplate builds the template spec's VMs are cloned from, in the
+// background, unless one is being built already. A clone that failed
+// moved the broken one aside; meanwhile new VMs boot cold.
+func (sv *Supervisor) RebuildTemplate(spec Spec) error {
+	spec = spec.shape()
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(sv.bgCtx, templateBuildTimeout)
+	cfg, err := sv.rt.TemplateConfig(ctx, &spec)
+	if err != nil {
+		cancel()
+		return err
+	}
+	key := sv.rt.Templates.Key(cfg)
+	sv.mu.Lock()
+	if sv.rebuilding[key] {
+		sv.mu.Unlock()
+		cancel()
+		return nil
+	}
+	sv.rebuilding[key] = true
+	sv.mu.Unlock()
+	sv.bg.Add(1)
+	go func() {
+		defer sv.bg.Done()
+		defer cancel()
+		sv.emit(Event{Type: EventTemplate})
+		start := time.Now()
+		err := sv.rt.Templates.Build(ctx, cfg)
+		switch {
+		case err == nil:
+			sv.log.Printf("template %s rebuilt in %v", key, time.Since(start).Round(time.Millisecond))
+		case errors.Is(err, vm.ErrTemplateBusy):
+			sv.log.Printf("template %s: another process is building it", key)
+		default:
+			sv.log.Printf("template %s: rebuild failed: %v", key, err)
+		}
+		sv.mu.Lock()
+		delete(sv.rebuilding, key)
+		sv.mu.Unlock()
+		sv.emit(Event{Type: EventTemplate})
+	}()
+	return nil
 }
 
 // reportUsage tells followers, now and then, that live sessions' CPU and
@@ -949,9 +1015,10 @@ func (s *session) resize(p *pty, rows, cols uint16) error {
 	return a.Resize(ctx, p.id, rows, cols)
 }
 
-// Status describes the supervisor.
+// Status describes the supervisor and the home's templates.
 func (sv *Supervisor) Status() SupervisorStatus {
 	st := SupervisorStatus{PID: os.Getpid(), Started: sv.started, Home: string(sv.rt.Home)}
+	st.Templates, _ = sv.rt.Templates.List()
 	for _, s := range sv.List(true) {
 		st.Sessions++
 		if s.State == Live {
@@ -978,8 +1045,11 @@ func (sv *Supervisor) StopAll(ctx context.Context) {
 	wg.Wait()
 }
 
-// Close drops every agent connection; the VMs keep running.
+// Close stops background work and drops every agent connection; the
+// VMs keep running.
 func (sv *Supervisor) Close() {
+	sv.bgCancel()
+	sv.bg.Wait()
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
 	for _, s := range sv.sessions {

@@ -163,6 +163,18 @@ func (st *Store) Begin() (id, dir string, err error) {
 	return id, dir, os.Mkdir(dir, 0o700)
 }
 
+// SweepScratch removes the scratch directories of snapshots that were
+// never committed (their supervisor died mid-snapshot). Only the one
+// supervisor of a home takes snapshots, so it calls this as it starts.
+func (st *Store) SweepScratch() {
+	matches, _ := filepath.Glob(filepath.Join(st.Dir, ".*.tmp"))
+	for _, m := range matches {
+		if idRule.MatchString(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(m), "."), ".tmp")) {
+			os.RemoveAll(m)
+		}
+	}
+}
+
 // Commit hashes the files, writes the metadata and makes the snapshot
 // visible with one rename. For an --output snapshot, the disk and state
 // are moved to s.Path and its sidecars first, and the store keeps only

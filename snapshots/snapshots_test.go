@@ -177,3 +177,27 @@ func TestBareDiskOpensAsDiskCheckpoint(t *testing.T) {
 		t.Fatalf("junk: %v", err)
 	}
 }
+
+// TestSweepScratch removes what unfinished snapshots left and nothing
+// else.
+func TestSweepScratch(t *testing.T) {
+	st := &Store{Dir: t.TempDir()}
+	kept := fakeSnapshot(t, st, "kept", Disk)
+	_, scratch, err := st.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(scratch, DiskFile), []byte("half a disk"), 0o600)
+	other := filepath.Join(st.Dir, ".notasnapshot.tmp")
+	os.Mkdir(other, 0o700)
+	st.SweepScratch()
+	if _, err := os.Stat(scratch); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("scratch directory %s survived: %v", scratch, err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("a directory that is not a snapshot's scratch was removed: %v", err)
+	}
+	if _, err := st.Resolve(kept.ID); err != nil {
+		t.Errorf("a committed snapshot was removed: %v", err)
+	}
+}

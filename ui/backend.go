@@ -45,6 +45,15 @@ type SnapshotBackend interface {
 
 var _ SnapshotBackend = (*sessions.Client)(nil)
 
+// StatusBackend reports the supervisor's status, templates included.
+// *sessions.Client has it; the dashboard then says when a template is
+// being rebuilt or broke.
+type StatusBackend interface {
+	Status(ctx context.Context) (sessions.SupervisorStatus, error)
+}
+
+var _ StatusBackend = (*sessions.Client)(nil)
+
 // MountSpecs puts the new-session form's mounts, in the CLI's
 // --mount-hostfs syntax (HOST:GUEST[:ro]), into a Spec. sessions.Spec has
 // no mounts yet, so the dashboard has none by default and the form says

@@ -12,6 +12,7 @@ import (
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/snapshots"
+	"github.com/gondolin/gondolin/vm"
 )
 
 // epoch is the fake clock: every session's age is measured against it.
@@ -41,6 +42,8 @@ type fakeBackend struct {
 	changes []sessions.PolicyChange
 	// gate, if set, holds Snapshot until closed.
 	gate chan struct{}
+	// templates are what Status reports.
+	templates []vm.TemplateInfo
 }
 
 // basicBackend hides the optional features of a fake.
@@ -54,6 +57,13 @@ func newFake(list ...sessions.Session) *fakeBackend {
 		events:   make(chan sessions.Event, 64),
 		calls:    map[string]int{},
 	}
+}
+
+func (f *fakeBackend) Status(ctx context.Context) (sessions.SupervisorStatus, error) {
+	f.called("Status")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return sessions.SupervisorStatus{Templates: append([]vm.TemplateInfo(nil), f.templates...)}, nil
 }
 
 func (f *fakeBackend) count(name string) int {

@@ -16,6 +16,7 @@ import (
 	"charm.land/bubbles/v2/textinput"
 	tea "charm.land/bubbletea/v2"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/vm"
 )
 
 // AttachFunc joins the user's terminal to a session's terminal until the
@@ -81,6 +82,10 @@ type Model struct {
 	statusErr bool
 	statusID  int
 
+	// templateNote says what is wrong with a template (being rebuilt,
+	// broken), from the supervisor's status; empty when all is well.
+	templateNote string
+
 	quitting bool
 }
 
@@ -127,7 +132,8 @@ func defaultImage() string {
 
 // Messages from commands back to Update.
 type (
-	listMsg struct {
+	templatesMsg struct{ note string }
+	listMsg      struct {
 		list []sessions.Session
 		err  error
 	}
@@ -185,7 +191,7 @@ const (
 // Init starts the first list and the event stream.
 func (m *Model) Init() tea.Cmd {
 	m.listing = true
-	cmds := []tea.Cmd{m.listCmd(), m.openEvents(), tick()}
+	cmds := []tea.Cmd{m.listCmd(), m.openEvents(), tick(), m.templatesCmd()}
 	if m.opts.UsageRefresh > 0 {
 		cmds = append(cmds, tea.Tick(m.opts.UsageRefresh, func(time.Time) tea.Msg { return usageMsg{} }))
 	}
@@ -221,6 +227,53 @@ func (m *Model) refresh() tea.Cmd {
 	}
 	m.listing = true
 	return m.listCmd()
+}
+
+// templatesCmd reads the templates' state from the supervisor's status,
+// when the backend reports one.
+func (m *Model) templatesCmd() tea.Cmd {
+	sb, ok := m.backend.(StatusBackend)
+	if !ok {
+		return nil
+	}
+	return func() tea.Msg {
+		ctx, cancel := m.reqCtx()
+		defer cancel()
+		st, err := sb.Status(ctx)
+		if err != nil {
+			return nil
+		}
+		return templatesMsg{note: templateNote(st.Templates)}
+	}
+}
+
+// templateNote is the one line the dashboard shows about templates: one
+// being rebuilt, or one that broke and has not been rebuilt (a broken one
+// whose key has a ready template again is history).
+func templateNote(list []vm.TemplateInfo) string {
+	ok := map[string]bool{}
+	for _, t := range list {
+		if t.State == vm.TemplateReady || t.State == vm.TemplateBuilding {
+			ok[t.Key] = true
+		}
+	}
+	name := func(t vm.TemplateInfo) string {
+		if t.Label != "" {
+			return t.Label
+		}
+		return t.Key
+	}
+	for _, t := range list {
+		if t.State == vm.TemplateBuilding {
+			return "template " + name(t) + ": rebuilding"
+		}
+	}
+	for _, t := range list { // newest broken first
+		if t.State == vm.TemplateBroken && !ok[t.Key] {
+			return "template " + name(t) + " broke (new VMs boot cold until it is rebuilt): " + oneLine(t.Reason)
+		}
+	}
+	return ""
 }
 
 func (m *Model) openEvents() tea.Cmd {
@@ -270,6 +323,9 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, nil
 	case listMsg:
 		return m, m.onList(msg)
+	case templatesMsg:
+		m.templateNote = msg.note
+		return m, nil
 	case screenMsg:
 		return m, m.onScreen(msg)
 	case eventsOpenMsg:
@@ -279,7 +335,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.events, m.eventsUp, m.eventsNote = msg.ch, true, ""
 		m.backoff = minBackoff
 		// Events may have been missed while the stream was down.
-		return m, tea.Batch(waitEvents(msg.ch), m.refresh(), m.fetchPreview(true))
+		return m, tea.Batch(waitEvents(msg.ch), m.refresh(), m.fetchPreview(true), m.templatesCmd())
 	case eventsMsg:
 		if msg.ch != m.events {
 			return m, nil
@@ -358,10 +414,12 @@ func (m *Model) eventsDown(why string) tea.Cmd {
 }
 
 func (m *Model) onEvents(events []sessions.Event) tea.Cmd {
-	relist, repaint := false, false
+	relist, repaint, templates := false, false, false
 	sel, selPTY := m.previewTarget()
 	for _, e := range events {
 		switch e.Type {
+		case sessions.EventTemplate:
+			templates = true
 		case sessions.EventPTYPaint:
 			if e.Session == sel && (e.PTY == selPTY || selPTY == 0) {
 				repaint = true
@@ -385,6 +443,9 @@ func (m *Model) onEvents(events []sessions.Event) tea.Cmd {
 	var cmds []tea.Cmd
 	if relist {
 		cmds = append(cmds, m.refresh())
+	}
+	if templates {
+		cmds = append(cmds, m.templatesCmd())
 	}
 	if repaint {
 		cmds = append(cmds, m.fetchPreview(true))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/charmbracelet/x/ansi"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/vm"
 )
 
 func TestFilter(t *testing.T) {
@@ -418,4 +419,42 @@ func TestLayoutFits(t *testing.T) {
 			h.keys("esc")
 		}
 	}
+}
+
+func TestTemplateNote(t *testing.T) {
+	ready := vm.TemplateInfo{Key: "k1", Label: "default:latest", State: vm.TemplateReady}
+	building := vm.TemplateInfo{Key: "k1", Label: "default:latest", State: vm.TemplateBuilding}
+	broken := vm.TemplateInfo{Key: "k1", Label: "default:latest", State: vm.TemplateBroken, Reason: "a clone did not restore:\nthe guest crashed"}
+	otherBroken := vm.TemplateInfo{Key: "k2", State: vm.TemplateBroken, Reason: "qemu exited"}
+	tests := []struct {
+		name string
+		list []vm.TemplateInfo
+		want string
+	}{
+		{"none", nil, ""},
+		{"ready", []vm.TemplateInfo{ready}, ""},
+		{"broken and not rebuilt", []vm.TemplateInfo{broken}, "template default:latest broke (new VMs boot cold until it is rebuilt): a clone did not restore: the guest crashed"},
+		{"broken, rebuilt since", []vm.TemplateInfo{ready, broken}, ""},
+		{"being rebuilt", []vm.TemplateInfo{building, broken}, "template default:latest: rebuilding"},
+		{"another broken one, without a label", []vm.TemplateInfo{ready, broken, otherBroken}, "template k2 broke (new VMs boot cold until it is rebuilt): qemu exited"},
+	}
+	for _, tt := range tests {
+		if got := templateNote(tt.list); got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestTemplateNoteFollowsEvents: the dashboard says when a template broke
+// and stops saying it once a template event brings a rebuilt one.
+func TestTemplateNoteFollowsEvents(t *testing.T) {
+	f := sampleBackend()
+	f.templates = []vm.TemplateInfo{{Key: "k1", Label: "default:latest", State: vm.TemplateBroken, Reason: "the guest crashed"}}
+	h := start(t, f, 100, 30)
+	h.waitUntil("the note", func(m *Model) bool { return strings.Contains(m.render(), "template default:latest broke") })
+	f.mu.Lock()
+	f.templates = append([]vm.TemplateInfo{{Key: "k1", Label: "default:latest", State: vm.TemplateReady}}, f.templates...)
+	f.mu.Unlock()
+	f.events <- sessions.Event{Type: sessions.EventTemplate}
+	h.waitUntil("the note gone", func(m *Model) bool { return !strings.Contains(m.render(), "template default:latest") })
 }

@@ -505,6 +505,9 @@ func (m *Model) statusLine(w int) string {
 		}
 		return ansi.Truncate(m.status, w, "…")
 	}
+	if m.templateNote != "" {
+		return m.st.errText.Render(ansi.Truncate(m.templateNote, w, "…"))
+	}
 	if s, ok := m.current(); ok && s.Label != "" {
 		return m.st.dim.Render(ansi.Truncate("label: "+s.Label, w, "…"))
 	}

@@ -57,12 +57,29 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 				return err
 			}
 			rt.Status = progress.NewStatus(os.Stderr)
+			// A template that broke is rebuilt by the supervisor (started
+			// if need be) while this command runs on a cold-booted VM.
+			var rebuild chan struct{}
+			rt.RebuildTemplate = func(spec sessions.Spec) {
+				rebuild = make(chan struct{})
+				go func() {
+					defer close(rebuild)
+					if client, err := dialSupervisor(true); err == nil {
+						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						defer cancel()
+						client.RebuildTemplate(ctx, spec)
+					}
+				}()
+			}
 			eio := sessions.ExecIO{
 				Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Timeout: timeout,
 				TTY: tty, Rows: term.rows, Cols: term.cols, Resizes: term.resizes,
 				Signals: forwardSignals(), Resume: resume,
 			}
 			code, err := rt.Exec(context.Background(), spec, args, eio)
+			if rebuild != nil {
+				<-rebuild
+			}
 			return exitWith(code, err)
 		},
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/vm"
 	"github.com/spf13/cobra"
 )
 
@@ -64,6 +65,9 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 			}
 			fmt.Printf("supervisor %d running since %s for %s: %d sessions (%d live), %s resident\n",
 				st.PID, st.Started.Local().Format(time.DateTime), st.Home, st.Sessions, st.Live, humanBytes(st.RSSBytes))
+			for _, t := range st.Templates {
+				fmt.Println(templateLine(t))
+			}
 			return nil
 		},
 	}
@@ -82,4 +86,33 @@ func dialSupervisor(start bool) (*sessions.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: start})
+}
+
+// templateLine describes one template for supervisor status.
+func templateLine(t vm.TemplateInfo) string {
+	what := t.Label
+	if what == "" {
+		what = t.Key
+	}
+	shape := fmt.Sprintf("%d CPU, %d MiB", t.CPUs, t.MemoryMiB)
+	if !t.Network {
+		shape += ", no network"
+	}
+	line := fmt.Sprintf("template %s (%s): %s", what, shape, t.State)
+	switch t.State {
+	case vm.TemplateReady:
+		line += fmt.Sprintf(", built %s (boot %s, save %s, check %s)", t.Built.Local().Format(time.DateTime),
+			msText(t.BootMS), msText(t.SaveMS), msText(t.VerifyMS))
+	case vm.TemplateBuilding:
+		line += fmt.Sprintf(" since %s", t.Built.Local().Format(time.TimeOnly))
+	case vm.TemplateBroken:
+		line += fmt.Sprintf(" at %s, moved aside to %s: %s", t.Broken.Local().Format(time.DateTime), t.Dir, t.Reason)
+	case vm.TemplateUnverified:
+		line += " (saved by an older gondolin; checked at its next use)"
+	}
+	return line
+}
+
+func msText(ms int64) string {
+	return (time.Duration(ms) * time.Millisecond).String()
 }
