@@ -202,7 +202,8 @@ func assertNothingLeft(t *testing.T, home layout.Home) {
 		t.Errorf("run directories left behind: %v", entries)
 	}
 	leftovers, _ := filepath.Glob(filepath.Join(string(home), "templates", "*.tmp*"))
-	if len(leftovers) > 0 {
+	checks, _ := filepath.Glob(filepath.Join(string(home), "templates", "*.v*"))
+	if leftovers = append(leftovers, checks...); len(leftovers) > 0 {
 		t.Errorf("template scratch left behind: %v", leftovers)
 	}
 }
