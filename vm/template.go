@@ -209,6 +209,10 @@ func (t *Templates) Clone(ctx context.Context, cfg Config, setup agentproto.Setu
 			return nil, nil, err
 		}
 	}
+	// Which template this clone came from: by the time a slow clone
+	// fails, another process may have moved that one aside and built a
+	// good one in its place, which must not be blamed.
+	saved, _ := os.Stat(filepath.Join(dir, templateState))
 	cctx, cancel := context.WithTimeout(ctx, cloneTimeout)
 	defer cancel()
 	m, a, err := t.restore(cctx, cfg, dir, setup)
@@ -216,7 +220,9 @@ func (t *Templates) Clone(ctx context.Context, cfg Config, setup agentproto.Setu
 		if ctx.Err() != nil {
 			return nil, nil, err // the caller gave up: the template is not to blame
 		}
-		t.quarantine(key, dir, err, cfg.path(layout.ConsoleLog))
+		if now, serr := os.Stat(filepath.Join(dir, templateState)); serr == nil && saved != nil && os.SameFile(saved, now) {
+			t.quarantine(key, dir, err, cfg.path(layout.ConsoleLog))
+		}
 		return nil, nil, fmt.Errorf("%w: a clone did not restore: %w", ErrTemplateBroken, err)
 	}
 	return m, a, nil
