@@ -7,7 +7,7 @@ GONDOLIN  := $(BIN)/gondolin
 AGENT     := $(BIN)/gondolin-agent
 GOSOURCES := $(shell find . -name '*.go' -not -path './.git/*') go.mod go.sum
 
-.PHONY: all deps gondolin agent image run test test-short bench fuzz lint clean
+.PHONY: all deps gondolin agent image run test test-short stress bench fuzz lint clean
 
 all: deps gondolin agent image
 
@@ -32,10 +32,18 @@ run: all
 	$(GONDOLIN)
 
 # Integration tests boot real VMs from the default image; they fail
-# (rather than skip) when it is missing.
+# (rather than skip) when it is missing. One package at a time (-p 1):
+# two test binaries booting VMs on two cores only slow each other down;
+# within a binary, tests share booted VMs and templates instead.
 test: all
 	@scripts/deps.sh --test
-	GONDOLIN_TEST_REQUIRE_VM=1 $(GO) test -count=1 -timeout 20m ./...
+	$(GO) build ./... && $(GO) vet ./...
+	GONDOLIN_TEST_REQUIRE_VM=1 $(GO) test -count=1 -p 1 -timeout 30m ./...
+
+# Builds templates in ten fresh homes beside a CPU hog and restores three
+# clones of each: every clone must answer. CI runs it after make test.
+stress: all
+	GONDOLIN_TEST_REQUIRE_VM=1 GONDOLIN_TEST_STRESS=1 $(GO) test -count=1 -run 'TestTemplateStress' -v -timeout 20m ./vm
 
 # Unit tests only: no VM, no image.
 test-short:

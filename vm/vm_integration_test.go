@@ -37,6 +37,7 @@ func TestMain(m *testing.M) {
 	if shared.cleanup != nil {
 		shared.cleanup()
 	}
+	testenv.Cleanup()
 	os.Exit(code)
 }
 

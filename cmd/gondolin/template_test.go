@@ -30,7 +30,7 @@ func supervisorStatus(t *testing.T, home layout.Home) sessions.SupervisorStatus 
 // moved aside, the supervisor rebuilds it in the background and says so,
 // and the next exec clones the new one.
 func TestExecSurvivesABrokenTemplate(t *testing.T) {
-	home := testenv.Home(t)
+	home := testenv.PrivateHome(t)
 	t.Cleanup(func() { stopSupervisor(t, home) })
 	if r := gondolin(t, home, "", "exec", "--", "true"); r.code != 0 {
 		t.Fatalf("first exec: %+v", r)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/gondolin/gondolin/imagestore"
@@ -18,11 +19,53 @@ import (
 // skipping them; `make test` sets it.
 const EnvRequireVM = "GONDOLIN_TEST_REQUIRE_VM"
 
+// Homes made by NewHome in one test binary share their templates and
+// their CA (which networked templates depend on), so that each template
+// is built once per binary instead of once per test: on two cores a
+// template build is seconds. A test that breaks or counts templates
+// asks for a PrivateHome.
+var shared struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// sharedDir returns the binary's shared templates-and-CA directory.
+func sharedDir() (string, error) {
+	shared.once.Do(func() {
+		shared.dir, shared.err = os.MkdirTemp("", "gdshared")
+		for _, sub := range []string{"templates", "ca"} {
+			if shared.err == nil {
+				shared.err = os.MkdirAll(filepath.Join(shared.dir, sub), 0o700)
+			}
+		}
+	})
+	return shared.dir, shared.err
+}
+
+// Cleanup removes what the binary's homes shared; TestMain calls it after
+// the tests.
+func Cleanup() {
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+}
+
 // NewHome creates a fresh home under a short temporary path (unix socket
 // paths are limited to 108 bytes) with the default image linked in from
-// the user's store. skip is non-empty when integration tests cannot run
-// here (-short, or no image built), with the reason.
+// the user's store, and the binary's shared templates and CA. skip is
+// non-empty when integration tests cannot run here (-short, or no image
+// built), with the reason.
 func NewHome() (home layout.Home, cleanup func(), skip string, err error) {
+	return newHome(true)
+}
+
+// NewPrivateHome is NewHome with templates and a CA of its own.
+func NewPrivateHome() (home layout.Home, cleanup func(), skip string, err error) {
+	return newHome(false)
+}
+
+func newHome(share bool) (home layout.Home, cleanup func(), skip string, err error) {
 	if testing.Testing() && testing.Short() {
 		return "", nil, "integration test: skipped with -short", nil
 	}
@@ -53,6 +96,19 @@ func NewHome() (home layout.Home, cleanup func(), skip string, err error) {
 		os.RemoveAll(dir)
 		return "", nil, "", fmt.Errorf("link images: %w", err)
 	}
+	if share {
+		sd, err := sharedDir()
+		if err == nil {
+			err = os.Symlink(filepath.Join(sd, "templates"), home.Templates())
+		}
+		if err == nil {
+			err = os.Symlink(filepath.Join(sd, "ca"), home.CA())
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return "", nil, "", fmt.Errorf("share templates: %w", err)
+		}
+	}
 	return home, func() { os.RemoveAll(dir) }, "", nil
 }
 
@@ -60,7 +116,19 @@ func NewHome() (home layout.Home, cleanup func(), skip string, err error) {
 // removes the home afterwards.
 func Home(t testing.TB) layout.Home {
 	t.Helper()
-	home, cleanup, skip, err := NewHome()
+	return testHome(t, NewHome)
+}
+
+// PrivateHome is Home with templates and a CA of its own, for a test that
+// breaks templates or counts them.
+func PrivateHome(t testing.TB) layout.Home {
+	t.Helper()
+	return testHome(t, NewPrivateHome)
+}
+
+func testHome(t testing.TB, newHome func() (layout.Home, func(), string, error)) layout.Home {
+	t.Helper()
+	home, cleanup, skip, err := newHome()
 	if err != nil {
 		t.Fatal(err)
 	}
