@@ -9,10 +9,36 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/snapshots"
 )
 
 func init() {
 	sections = append(sections, section{"snapshots: checkpoints and resume", benchSnapshots})
+}
+
+// longestRoundTrip runs `true` in the session over and over while f runs
+// and returns the longest round trip.
+func longestRoundTrip(ctx context.Context, client *sessions.Client, id string, f func()) time.Duration {
+	stop := make(chan struct{})
+	done := make(chan time.Duration)
+	go func() {
+		var longest time.Duration
+		for {
+			select {
+			case <-stop:
+				done <- longest
+				return
+			default:
+			}
+			start := time.Now()
+			_, err := client.Exec(ctx, id, sessions.ExecRequest{Argv: []string{"true"}}, sessions.ExecStreams{})
+			check("exec during a snapshot", err)
+			longest = max(longest, time.Since(start))
+		}
+	}()
+	f()
+	close(stop)
+	return <-done
 }
 
 // benchSnapshots times taking snapshots of a running session and getting
@@ -29,10 +55,21 @@ func benchSnapshots(e *env) []row {
 
 	var liveSnap, diskSnap durations
 	var live, disk string
+	// How long the guest stops answering during a live snapshot (it is
+	// paused for the save and the disk copy), seen from the host as the
+	// longest exec round trip into the session, next to the longest one
+	// while nothing else happens.
+	quiet := longestRoundTrip(ctx, client, src.ID, func() { time.Sleep(2 * time.Second) })
+	var pause time.Duration
 	for i := range *runs {
 		start := time.Now()
-		s, err := client.Snapshot(ctx, src.ID, sessions.SnapshotRequest{Live: true})
-		check("live snapshot", err)
+		var s *snapshots.Snapshot
+		rt := longestRoundTrip(ctx, client, src.ID, func() {
+			var err error
+			s, err = client.Snapshot(ctx, src.ID, sessions.SnapshotRequest{Live: true})
+			check("live snapshot", err)
+		})
+		pause = max(pause, rt)
 		liveSnap = append(liveSnap, time.Since(start))
 		start = time.Now()
 		d, err := client.Snapshot(ctx, src.ID, sessions.SnapshotRequest{})
@@ -63,6 +100,7 @@ func benchSnapshots(e *env) []row {
 	check("cold", err)
 	return []row{
 		{"snapshot --live of a running session", liveSnap.String(), "-", "-"},
+		{"  longest exec round trip during it (the pause)", ms(pause), "quiet " + ms(quiet), ratio(pause, quiet)},
 		{"snapshot (disk checkpoint)", diskSnap.String(), "-", "-"},
 		{"exec -- true resumed from a live snapshot", fromLive.String(), "cold " + ms(cold.pct(0.5)), ratio(fromLive.pct(0.5), cold.pct(0.5))},
 		{"exec -- true resumed from a disk checkpoint", fromDisk.String(), "cold " + ms(cold.pct(0.5)), ratio(fromDisk.pct(0.5), cold.pct(0.5))},
