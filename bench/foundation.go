@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -154,6 +155,12 @@ func rawBoot(e *env, cfg vm.Config, tmplDir string) (time.Duration, error) {
 		return 0, err
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if cfg.Restore != "" {
+		// A saved state loads stopped: start it as soon as it is loaded.
+		if err := rawCont(filepath.Join(dir, layout.QMPSocket)); err != nil {
+			return 0, err
+		}
+	}
 	sock := filepath.Join(dir, layout.AgentSocket)
 	var conn net.Conn
 	for deadline := time.Now().Add(30 * time.Second); ; {
@@ -179,6 +186,63 @@ func rawBoot(e *env, cfg vm.Config, tmplDir string) (time.Duration, error) {
 			return time.Since(start), nil
 		}
 	}
+}
+
+// rawCont speaks just enough QMP to start a restored VM once QEMU has
+// loaded its state.
+func rawCont(sock string) error {
+	var conn net.Conn
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if conn, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("qmp socket: %w", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	dec := json.NewDecoder(conn)
+	// Replies and events share the stream: read up to the next reply.
+	call := func(cmd string) (map[string]any, error) {
+		if _, err := fmt.Fprintf(conn, `{"execute":%q}`+"\n", cmd); err != nil {
+			return nil, err
+		}
+		for {
+			var msg map[string]any
+			if err := dec.Decode(&msg); err != nil {
+				return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+			}
+			if e, ok := msg["error"]; ok {
+				return nil, fmt.Errorf("qmp %s: %v", cmd, e)
+			}
+			if r, ok := msg["return"]; ok {
+				m, _ := r.(map[string]any)
+				return m, nil
+			}
+		}
+	}
+	var greeting map[string]any
+	if err := dec.Decode(&greeting); err != nil {
+		return fmt.Errorf("qmp greeting: %w", err)
+	}
+	if _, err := call("qmp_capabilities"); err != nil {
+		return err
+	}
+	for {
+		st, err := call("query-status")
+		if err != nil {
+			return err
+		}
+		if st["status"] != "inmigrate" {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_, err = call("cont")
+	return err
 }
 
 // agentFigures boots one VM and measures the exec round trip and the
