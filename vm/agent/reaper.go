@@ -10,7 +10,8 @@ import (
 )
 
 // reaper collects the exit status of every child, including orphans that
-// the kernel reparents to the agent when it runs as PID 1. Processes are
+// the kernel reparents to the agent when it runs as PID 1 (elsewhere, only
+// its own children). Processes are
 // started through it and never waited on with os.Process.Wait, so that
 // exactly one wait4 call sees each exit.
 type reaper struct {
@@ -57,6 +58,10 @@ func (r *reaper) start(spawn func() (*os.Process, error)) (*os.Process, <-chan u
 }
 
 func (r *reaper) reap() {
+	if os.Getpid() != 1 {
+		r.reapOwn()
+		return
+	}
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -71,6 +76,23 @@ func (r *reaper) reap() {
 		delete(r.waiting, pid)
 		r.mu.Unlock()
 		if ok {
+			ch <- ws
+		}
+	}
+}
+
+// reapOwn collects only the processes started through the reaper: an
+// agent that is not PID 1 (tests run it on the host) inherits no orphans,
+// and must not take the exit of a child some other code in its process
+// waits for.
+func (r *reaper) reapOwn() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for pid, ch := range r.waiting {
+		var ws unix.WaitStatus
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		if got == pid && err == nil {
+			delete(r.waiting, pid)
 			ch <- ws
 		}
 	}

@@ -51,6 +51,11 @@ type Server struct {
 	needSetup atomic.Bool
 }
 
+// CheckArg, as the agent binary's only argument, makes it print "ok" and
+// exit: a command every guest can run (as /proc/1/exe), whatever its
+// image holds, which the host runs to check a restored template.
+const CheckArg = "-gondolin-check"
+
 // afterRestore is what a parked guest must redo when it runs again as a
 // restored copy, all of it through the host's Setup, before it runs
 // anything for the host:
@@ -58,12 +63,12 @@ type Server struct {
 //   - reseed the kernel's CRNG (RNDADDENTROPY, then RNDRESEEDCRNG), or
 //     every clone would produce the same random bytes;
 //   - set CLOCK_REALTIME, which stood still while the state was stored;
-//   - set the hostname the host chose for this copy.
+//   - and, when the host names one, set this copy's hostname.
 //
 // The agent reopens its port for every host anyway, and nothing else
 // holds state tied to the host that saved it: a park refuses while a
 // process runs or a request is still being handled.
-var afterRestore = []string{"reseed the CRNG", "set the clock", "set the hostname"}
+var afterRestore = []string{"reseed the CRNG", "set the clock"}
 
 // parkBudget bounds how long a park waits for the previous session's
 // request handlers to end.
@@ -71,16 +76,21 @@ const parkBudget = 5 * time.Second
 
 // park readies the agent for its VM's state to be saved: nothing may be
 // running but the handshake loop that calls it.
+//
+// It is called from the handshake loop, so no session is open and no new
+// request can arrive; a request of the last session may still be ending
+// (and may still start a process), so the handlers are waited for first
+// and the processes counted after.
 func (s *Server) park() error {
-	if n := s.procs.running(); n > 0 {
-		return fmt.Errorf("park: %d processes are still running", n)
-	}
 	deadline := time.Now().Add(parkBudget)
 	for s.handlers.Load() > 0 {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("park: %d requests of the last session are still being handled", s.handlers.Load())
 		}
 		time.Sleep(time.Millisecond)
+	}
+	if n := s.procs.running(); n > 0 {
+		return fmt.Errorf("park: %d processes are still running", n)
 	}
 	s.needSetup.Store(true)
 	return nil

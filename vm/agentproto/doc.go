@@ -15,5 +15,7 @@ package agentproto
 // PortName is the virtio-serial port name the agent serves on.
 const PortName = "org.gondolin.agent"
 
-// Version is bumped on any incompatible protocol change.
-const Version = 1
+// Version is bumped on any protocol change; the agent reports its own in
+// Info. 2: the PARK handshake, ops refused after a park until setup, and
+// the agent's self check (see vm/agent.CheckArg).
+const Version = 2
