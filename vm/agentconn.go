@@ -58,7 +58,13 @@ func Handshake(ctx context.Context, conn net.Conn) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guest agent handshake: %w", err)
 	}
-	if _, err := conn.Write(agentproto.Line(agentproto.WordGo, nonce)); err != nil {
+	// A guest that stopped reading must not hold this write forever.
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetWriteDeadline(d)
+	}
+	_, err = conn.Write(agentproto.Line(agentproto.WordGo, nonce))
+	conn.SetWriteDeadline(time.Time{})
+	if err != nil {
 		return nil, fmt.Errorf("guest agent handshake: %w", err)
 	}
 	cfg := yamux.DefaultConfig()
@@ -124,6 +130,10 @@ func exchange(ctx context.Context, conn net.Conn, send, want, nonce string) (*bu
 		err = ctx.Err()
 	}
 	close(stop)
+	// The writer may be stuck in a write to a guest that stopped
+	// reading: cut it off (a half-written line is skipped by the
+	// guest's scanner).
+	conn.SetWriteDeadline(time.Now())
 	<-stopped
 	conn.SetDeadline(time.Time{})
 	if errors.Is(err, agentproto.ErrNoHandshake) {

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gondolin/gondolin/internal/layout"
 )
@@ -29,7 +32,6 @@ var crashMarks = [][]byte{
 	[]byte("SIGILL: "),                         //
 	[]byte("unexpected fault address"),         //
 	[]byte("Kernel panic - not syncing"),       // printed at loglevel >= 1
-	[]byte("BUG: "),                            // kernel oops, loglevel >= 2
 	[]byte("unexpected signal during runtime"), //
 }
 
@@ -101,19 +103,41 @@ func crashLine(line []byte) (string, bool) {
 }
 
 // printable keeps a guest-written line safe to print on the user's
-// terminal: no control characters, bounded length.
+// terminal: printable characters only (no C0 or C1 controls, no escape
+// sequences' introducers, no bidirectional overrides), invalid UTF-8
+// replaced, bounded length.
 func printable(b []byte) string {
-	out := make([]byte, 0, len(b))
-	for _, c := range b {
+	var out strings.Builder
+	for len(b) > 0 && out.Len() < consoleMaxLine {
+		r, size := utf8.DecodeRune(b)
+		b = b[size:]
 		switch {
-		case c == '\t':
-			out = append(out, ' ')
-		case c < 0x20 || c == 0x7f:
-		default:
-			out = append(out, c)
+		case r == '\t':
+			out.WriteByte(' ')
+		case r == utf8.RuneError && size == 1:
+			out.WriteByte('?')
+		case unicode.IsPrint(r):
+			out.WriteRune(r)
 		}
 	}
-	return string(bytes.TrimSpace(out))
+	return strings.TrimSpace(out.String())
+}
+
+// consoleTail reads at most the last n bytes of a console log.
+func consoleTail(path string, n int64) []byte {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	off := max(st.Size()-n, 0)
+	b := make([]byte, st.Size()-off)
+	k, _ := f.ReadAt(b, off)
+	return b[:k]
 }
 
 // guard returns a context that ends when ctx does, when QEMU exits, or
@@ -122,7 +146,7 @@ func printable(b []byte) string {
 // wait at once instead of at a deadline.
 func (m *Machine) guard(ctx context.Context) (context.Context, context.CancelFunc) {
 	gctx, cancel := context.WithCancelCause(ctx)
-	w := &consoleWatcher{path: m.cfg.path(layout.ConsoleLog), offset: m.consoleFrom}
+	w := &consoleWatcher{path: m.cfg.path(layout.ConsoleLog), offset: m.consoleStart()}
 	go func() {
 		t := time.NewTicker(consolePoll)
 		defer t.Stop()
@@ -142,6 +166,21 @@ func (m *Machine) guard(ctx context.Context) (context.Context, context.CancelFun
 		}
 	}()
 	return gctx, func() { cancel(context.Canceled) }
+}
+
+// consoleStart is where a new wait starts to read the console (see
+// Machine.consoleFrom).
+func (m *Machine) consoleStart() int64 {
+	m.consoleMu.Lock()
+	defer m.consoleMu.Unlock()
+	if !m.consoleUsed {
+		m.consoleUsed = true
+		return m.consoleFrom
+	}
+	if st, err := os.Stat(m.cfg.path(layout.ConsoleLog)); err == nil {
+		return st.Size()
+	}
+	return m.consoleFrom
 }
 
 // GuestError explains why a wait for the guest ended: the guest crashed

@@ -29,6 +29,8 @@ func TestCrashLine(t *testing.T) {
 		{"root@vm:~# echo hello", ""},
 		{strings.Repeat("x", 100) + "fatal error: late in a long line", ""},
 		{"fatal error: \x1b[2Jclears the screen", "fatal error: [2Jclears the screen"},
+		{"fatal error: \u009b31mC1 \u202ereversed\xff", "fatal error: 31mC1 reversed?"},
+		{"BUG: soft lockup - CPU#0 stuck for 22s!", ""},
 	}
 	for _, tt := range tests {
 		got, ok := crashLine([]byte(tt.line))
@@ -168,9 +170,36 @@ func TestConnectAgentEndsOnCrash(t *testing.T) {
 			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.text) {
 				t.Fatalf("err = %v; want %v mentioning %q", err, tt.want, tt.text)
 			}
-			if ctx.Err() != nil {
-				t.Fatal("the wait ended with the caller's deadline")
-			}
 		})
+	}
+}
+
+// TestLaterWaitsIgnoreOldOutput: only the first wait after a start reads
+// the console from its beginning; a later wait (a reconnect) is not ended
+// by a crash line printed before it began, only by a new one.
+func TestLaterWaitsIgnoreOldOutput(t *testing.T) {
+	dir := t.TempDir()
+	console := filepath.Join(dir, layout.ConsoleLog)
+	os.WriteFile(console, []byte("panic: printed long ago by a program\n"), 0o600)
+	m := &Machine{cfg: Config{Dir: dir}, exited: make(chan struct{})}
+	first, cancel := m.guard(context.Background())
+	<-first.Done()
+	cancel()
+	if !errors.Is(context.Cause(first), ErrGuestCrashed) {
+		t.Fatalf("the first wait after a start missed the crash line: %v", context.Cause(first))
+	}
+	later, cancel := m.guard(context.Background())
+	defer cancel()
+	select {
+	case <-later.Done():
+		t.Fatalf("a later wait ended on old output: %v", context.Cause(later))
+	case <-time.After(10 * consolePoll):
+	}
+	f, _ := os.OpenFile(console, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("fatal error: new\n")
+	f.Close()
+	<-later.Done()
+	if cause := context.Cause(later); !errors.Is(cause, ErrGuestCrashed) || !strings.Contains(cause.Error(), "fatal error: new") {
+		t.Fatalf("a later wait: %v", cause)
 	}
 }

@@ -25,15 +25,22 @@
 // # Templates
 //
 // A template is published only after a clone of it has been restored,
-// has answered the handshake and has run a command. A clone that fails
-// later anyway moves its template aside into broken/ (with the reason and
-// the clone's console) so that the next use rebuilds it. Clones back
-// their disks with a hard link to the template's disk, so moving a
-// template aside never breaks a VM cloned from it.
+// has answered the handshake and has run a command (the agent binary
+// itself, which every image has). A clone that fails later anyway moves
+// its template aside into broken/ (with the reason and the clone's
+// console) so that the next use rebuilds it; a failure on the host (a
+// full disk, a missing tool) blames no template. Clones back their disks
+// with a hard link to the template's disk in their own directory, so
+// moving a template aside does not break a VM cloned from it (where no
+// link can be made, another filesystem, the clone names the template's
+// disk itself).
 //
 // # Waiting for a guest
 //
-// Every wait for the guest watches QEMU's exit and the serial console:
-// a Go runtime fatal or a kernel panic on the console ends the wait at
-// once with that line, instead of at a deadline.
+// Every wait for a guest to come up or settle (a boot, a restore, a park,
+// a template's check) watches QEMU's exit and the serial console: a Go
+// runtime fatal or a kernel panic on the console ends the wait at once
+// with that line, instead of at a deadline. Only output printed after the
+// wait began counts, except for the first wait after QEMU starts. Calls
+// into a running guest have deadlines instead (see Agent).
 package vm

@@ -32,10 +32,14 @@ func RemoveRuntimeFiles(dir string) {
 type Machine struct {
 	cfg Config
 	pid int
-	// consoleFrom is where the console log starts to concern this
-	// process: everything for a VM it started, only what comes after
-	// adoption for one it took over.
+	// consoleMu guards consoleFrom: where the next wait for the guest
+	// starts to read its console. The first wait reads everything since
+	// QEMU started (or, for a VM taken over, since adoption); later ones
+	// read only what comes after they start, so that old output (a
+	// warning, something a program printed) never ends a new wait.
+	consoleMu   sync.Mutex
 	consoleFrom int64
+	consoleUsed bool
 
 	exited  chan struct{}
 	exitErr error
@@ -63,41 +67,14 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 }
 
 func start(ctx context.Context, cfg Config) (*Machine, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	qemu, err := LookTool("qemu-system-x86_64")
+	cmd, logFile, err := prepare(ctx, cfg)
 	if err != nil {
-		return nil, err
+		return nil, &HostError{Err: err}
 	}
-	if cfg.Restore != "" {
-		if _, err := LookTool("zstd"); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.Backing != "" {
-		if err := createOverlay(ctx, cfg.path(layout.Disk), cfg.Backing, cfg.BackingFormat); err != nil {
-			return nil, err
-		}
-	}
-	// A reused run directory may hold a previous QEMU's sockets: waiting
-	// for them to appear must not find the stale ones.
-	RemoveRuntimeFiles(cfg.Dir)
-	logFile, err := os.OpenFile(cfg.path(layout.QEMULog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	err = cmd.Start()
+	logFile.Close()
 	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
-	cmd := exec.Command(qemu, qemuArgs(cfg, hostTSCKHz())...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Its own session: a Ctrl-C meant for the user's command must not
-	// reach QEMU, and a detached VM has no controlling terminal to lose.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if !cfg.Detached {
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start qemu: %w", err)
+		return nil, &HostError{Err: fmt.Errorf("start qemu: %w", err)}
 	}
 	m := &Machine{cfg: cfg, pid: cmd.Process.Pid, exited: make(chan struct{})}
 	go func() {
@@ -116,6 +93,51 @@ func start(ctx context.Context, cfg Config) (*Machine, error) {
 		}
 	}
 	return m, nil
+}
+
+// HostError is a failure on the host before QEMU ran (a missing tool, a
+// full disk, no more processes): nothing the guest or a saved state did.
+type HostError struct{ Err error }
+
+func (e *HostError) Error() string { return e.Err.Error() }
+func (e *HostError) Unwrap() error { return e.Err }
+
+// prepare checks cfg, makes the disk overlay and the log, and returns
+// the QEMU command to start.
+func prepare(ctx context.Context, cfg Config) (*exec.Cmd, *os.File, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	qemu, err := LookTool("qemu-system-x86_64")
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.Restore != "" {
+		if _, err := LookTool("zstd"); err != nil {
+			return nil, nil, err
+		}
+	}
+	if cfg.Backing != "" {
+		if err := createOverlay(ctx, cfg.path(layout.Disk), cfg.Backing, cfg.BackingFormat); err != nil {
+			return nil, nil, err
+		}
+	}
+	// A reused run directory may hold a previous QEMU's sockets: waiting
+	// for them to appear must not find the stale ones.
+	RemoveRuntimeFiles(cfg.Dir)
+	logFile, err := os.OpenFile(cfg.path(layout.QEMULog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(qemu, qemuArgs(cfg, hostTSCKHz())...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Its own session: a Ctrl-C meant for the user's command must not
+	// reach QEMU, and a detached VM has no controlling terminal to lose.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if !cfg.Detached {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	return cmd, logFile, nil
 }
 
 func createOverlay(ctx context.Context, path, backing, format string) error {
@@ -204,13 +226,18 @@ func (m *Machine) ConnectAgent(ctx context.Context, setup agentproto.Setup) (*Ag
 }
 
 // consoleHint quotes the end of the serial console, where a kernel panic
-// or an agent's complaint would be.
+// or an agent's complaint would be: its last lines, made safe to print.
 func (m *Machine) consoleHint() string {
-	b, err := os.ReadFile(m.cfg.path(layout.ConsoleLog))
-	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+	tail := consoleTail(m.cfg.path(layout.ConsoleLog), 4<<10)
+	var lines []string
+	for _, l := range strings.Split(string(tail), "\n") {
+		if p := printable([]byte(l)); p != "" {
+			lines = append(lines, p)
+		}
+	}
+	if len(lines) == 0 {
 		return ""
 	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if len(lines) > 5 {
 		lines = lines[len(lines)-5:]
 	}
@@ -219,7 +246,11 @@ func (m *Machine) consoleHint() string {
 
 // Kill stops QEMU at once and waits for it to exit.
 func (m *Machine) Kill() error {
-	syscall.Kill(m.pid, syscall.SIGKILL)
+	select {
+	case <-m.exited: // reaped already: its pid may be another process's now
+	default:
+		syscall.Kill(m.pid, syscall.SIGKILL)
+	}
 	<-m.exited
 	m.closeQMP()
 	return nil
@@ -255,8 +286,12 @@ func (m *Machine) Stop(ctx context.Context, a *Agent, grace time.Duration) error
 func (m *Machine) monitor(ctx context.Context) (*monitor, error) {
 	m.qmpMu.Lock()
 	defer m.qmpMu.Unlock()
-	if m.qmp != nil {
+	if m.qmp != nil && !m.qmp.broken.Load() {
 		return m.qmp, nil
+	}
+	if m.qmp != nil {
+		m.qmp.close() // a call was cut off: start afresh
+		m.qmp = nil
 	}
 	mon, err := dialQMP(ctx, m.cfg.path(layout.QMPSocket))
 	if err != nil {

@@ -1,8 +1,11 @@
 package vm
 
 import (
+	"bufio"
 	"context"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -121,5 +124,51 @@ func TestCallsToAStuckGuestEnd(t *testing.T) {
 	// The connection survives its abandoned calls.
 	if _, err := a.Ping(context.Background()); err != nil {
 		t.Fatalf("ping after abandoned calls: %v", err)
+	}
+}
+
+// TestHandshakeWithAGuestThatStopsReading: a guest that answers the
+// handshake but never reads again (its side of the socket fills up) must
+// not hold the host past its deadline.
+func TestHandshakeWithAGuestThatStopsReading(t *testing.T) {
+	dir, err := os.MkdirTemp("", "gdh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "agent.sock")
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		word, nonce, err := agentproto.ScanLine(bufio.NewReader(c))
+		if err != nil || word != agentproto.WordHello {
+			return
+		}
+		time.Sleep(time.Second) // the host's padded HELLOs fill the socket
+		c.Write(agentproto.Line(agentproto.WordReady, nonce))
+		time.Sleep(time.Minute) // and never reads again
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		a, err := DialAgent(ctx, socket)
+		if err == nil {
+			a.Close()
+		}
+		done <- err
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handshake outlived its deadline by far")
 	}
 }

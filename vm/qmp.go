@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,9 +17,12 @@ import (
 
 // monitor is a QMP connection. go-qemu's SocketMonitor has no deadlines
 // of its own, so every call here runs under the caller's context and the
-// connection is dropped when the context ends first.
+// connection is dropped when the context ends first; a dropped (or
+// failed) connection is marked broken, and the Machine dials a new one
+// for its next call.
 type monitor struct {
-	mon *qmp.SocketMonitor
+	mon    *qmp.SocketMonitor
+	broken atomic.Bool
 }
 
 // qmpListenWait bounds how long a refused QMP connection is retried.
@@ -57,8 +63,13 @@ func (m *monitor) do(ctx context.Context, f func() error) error {
 	go func() { done <- f() }()
 	select {
 	case err := <-done:
+		var netErr net.Error
+		if errors.Is(err, io.EOF) || errors.As(err, &netErr) {
+			m.broken.Store(true)
+		}
 		return err
 	case <-ctx.Done():
+		m.broken.Store(true)
 		m.mon.Disconnect()
 		<-done
 		return ctx.Err()

@@ -37,7 +37,8 @@ const migrateBandwidth = 10_000_000_000
 // SaveState stops the guest's vCPUs and writes its RAM and device state
 // to path, compressed with zstd, from that one instant (see above for
 // why not while it runs). The VM is left stopped: call Resume to
-// continue it. Start resumes a VM restored from the file by itself.
+// continue it, also when SaveState fails. Start resumes a VM restored
+// from the file by itself.
 func (m *Machine) SaveState(ctx context.Context, path string) error {
 	zstd, err := LookTool("zstd")
 	if err != nil {
@@ -45,13 +46,13 @@ func (m *Machine) SaveState(ctx context.Context, path string) error {
 	}
 	mon, err := m.monitor(ctx)
 	if err != nil {
-		return err
+		return m.qmpError(err)
 	}
 	if err := mon.run(ctx, "stop", nil, nil); err != nil {
-		return err
+		return m.qmpError(err)
 	}
 	if err := mon.run(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(migrateBandwidth)}, nil); err != nil {
-		return err
+		return m.qmpError(err)
 	}
 	tmp := path + ".partial"
 	os.Remove(tmp)
@@ -79,15 +80,18 @@ func (m *Machine) SaveState(ctx context.Context, path string) error {
 		z.Process.Kill()
 		<-zdone
 		os.Remove(tmp)
+		if msg := bytes.TrimSpace(zerr.Bytes()); len(msg) > 0 {
+			return fmt.Errorf("%w (zstd: %s)", err, msg)
+		}
 		return err
 	}
 	if err := mon.runWithFile(ctx, "getfd", map[string]any{"fdname": saveFD}, w, nil); err != nil {
-		return fail(err)
+		return fail(m.qmpError(err))
 	}
 	w.Close() // QEMU holds its own copy; the compressor sees EOF when QEMU closes it
 	if err := mon.run(ctx, "migrate", map[string]any{"uri": "fd:" + saveFD}, nil); err != nil {
-		mon.run(context.Background(), "closefd", map[string]any{"fdname": saveFD}, nil)
-		return fail(err)
+		m.cleanupQMP(func(c context.Context, mon *monitor) { mon.run(c, "closefd", map[string]any{"fdname": saveFD}, nil) })
+		return fail(m.qmpError(err))
 	}
 	if err := m.waitMigration(ctx, mon); err != nil {
 		return fail(err)
@@ -110,14 +114,30 @@ func (m *Machine) SaveState(ctx context.Context, path string) error {
 	return os.Rename(tmp, path)
 }
 
-// waitMigration polls an outgoing migration until it ends.
+// cleanupTimeout bounds what is undone after a failure, when the
+// caller's own context may have ended already.
+const cleanupTimeout = 5 * time.Second
+
+// cleanupQMP runs f on a monitor (the machine's, redialled if a cut-off
+// call broke it) within cleanupTimeout.
+func (m *Machine) cleanupQMP(f func(context.Context, *monitor)) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if mon, err := m.monitor(ctx); err == nil {
+		f(ctx, mon)
+	}
+}
+
+// waitMigration polls an outgoing migration until it ends. A migration
+// the caller gives up on is cancelled, and waited for, so that the VM
+// can be resumed afterwards.
 func (m *Machine) waitMigration(ctx context.Context, mon *monitor) error {
 	for {
-		var st struct {
-			Status    string `json:"status"`
-			ErrorDesc string `json:"error-desc"`
-		}
-		if err := mon.run(ctx, "query-migrate", nil, &st); err != nil {
+		st, err := m.migrationStatus(ctx, mon)
+		if err != nil {
+			if ctx.Err() != nil {
+				m.cancelMigration()
+			}
 			return err
 		}
 		switch st.Status {
@@ -128,13 +148,45 @@ func (m *Machine) waitMigration(ctx context.Context, mon *monitor) error {
 		}
 		select {
 		case <-ctx.Done():
-			mon.run(context.Background(), "migrate_cancel", nil, nil)
+			m.cancelMigration()
 			return ctx.Err()
 		case <-m.exited:
 			return m.exitErr
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+type migrationState struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+func (m *Machine) migrationStatus(ctx context.Context, mon *monitor) (migrationState, error) {
+	var st migrationState
+	if err := mon.run(ctx, "query-migrate", nil, &st); err != nil {
+		return st, m.qmpError(err)
+	}
+	return st, nil
+}
+
+// cancelMigration cancels an outgoing migration and waits, within
+// cleanupTimeout, for it to stop.
+func (m *Machine) cancelMigration() {
+	m.cleanupQMP(func(ctx context.Context, mon *monitor) {
+		mon.run(ctx, "migrate_cancel", nil, nil)
+		for ctx.Err() == nil {
+			st, err := m.migrationStatus(ctx, mon)
+			if err != nil {
+				return
+			}
+			switch st.Status {
+			case "completed", "failed", "cancelled", "none":
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
 }
 
 // finishRestore waits for an incoming state to be loaded and starts the
@@ -170,7 +222,11 @@ func (m *Machine) finishRestore(ctx context.Context) error {
 
 // qmpError explains a failed QMP call: QEMU closing its monitor usually
 // means it is exiting (a state that does not load), and its exit says why.
+// A call the caller cut off is just that.
 func (m *Machine) qmpError(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
 	select {
 	case <-m.exited:
 		return m.exitErr
@@ -197,17 +253,23 @@ func (m *Machine) runState(ctx context.Context, mon *monitor) (string, error) {
 // files before it returns, so they can be copied.
 func (m *Machine) Pause(ctx context.Context) error {
 	mon, err := m.monitor(ctx)
-	if err != nil {
-		return err
+	if err == nil {
+		err = mon.run(ctx, "stop", nil, nil)
 	}
-	return mon.run(ctx, "stop", nil, nil)
+	if err != nil {
+		return m.qmpError(err)
+	}
+	return nil
 }
 
 // Resume continues a paused VM.
 func (m *Machine) Resume(ctx context.Context) error {
 	mon, err := m.monitor(ctx)
-	if err != nil {
-		return err
+	if err == nil {
+		err = mon.run(ctx, "cont", nil, nil)
 	}
-	return mon.run(ctx, "cont", nil, nil)
+	if err != nil {
+		return m.qmpError(err)
+	}
+	return nil
 }

@@ -13,12 +13,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/vm/agent"
 	"github.com/gondolin/gondolin/vm/agentproto"
+	"golang.org/x/sys/unix"
 )
 
 // Templates keeps, for each image and VM shape, a VM that was booted once
@@ -56,9 +57,10 @@ const (
 	templateLock    = ".lock"
 	brokenDir       = "broken"
 	brokenInfo      = "broken.json"
-	// cloneConsole is the console of the clone that failed, kept with a
-	// broken template.
+	// cloneConsole and cloneQEMULog are the console and QEMU log of the
+	// clone that failed, kept with a broken template.
 	cloneConsole = "clone-console.log"
+	cloneQEMULog = "clone-qemu.log"
 	// keepBroken is how many broken templates are kept for diagnosis.
 	keepBroken = 3
 	// A template that broke brokenLimit times within brokenBackoff is
@@ -83,13 +85,31 @@ const (
 	verifyTimeout = 30 * time.Second
 )
 
-// ErrTemplateBusy means another process is building the template; the
-// caller should boot cold instead of waiting.
-var ErrTemplateBusy = errors.New("template is being built by another process")
+// Why Clone or Build gave no VM; in every case the caller should boot
+// cold instead.
+var (
+	// ErrTemplateBusy: another process is building the template.
+	ErrTemplateBusy = errors.New("template is being built by another process")
+	// ErrTemplateBroken: a clone of the published template did not come
+	// up; the template was moved aside and should be rebuilt.
+	ErrTemplateBroken = errors.New("template is broken")
+	// ErrTemplateBuild: the template could not be made, or failed its
+	// check (it was moved aside with the reason).
+	ErrTemplateBuild = errors.New("template could not be made")
+	// ErrTemplateBackoff: builds of this template broke brokenLimit times
+	// lately; none is tried until the back-off has passed.
+	ErrTemplateBackoff = errors.New("template broke repeatedly; not building it again yet")
+)
 
-// ErrTemplateBroken means a clone of the template did not restore: the
-// template was moved aside and must be rebuilt.
-var ErrTemplateBroken = errors.New("template is broken")
+// TemplateError is a template failure (Kind, one of the errors above) and
+// what caused it.
+type TemplateError struct {
+	Kind  error
+	Cause error
+}
+
+func (e *TemplateError) Error() string   { return e.Kind.Error() + ": " + e.Cause.Error() }
+func (e *TemplateError) Unwrap() []error { return []error{e.Kind, e.Cause} }
 
 // TemplateState says where a template is in its life.
 type TemplateState string
@@ -97,9 +117,9 @@ type TemplateState string
 const (
 	TemplateReady    TemplateState = "ready"
 	TemplateBuilding TemplateState = "building"
-	// TemplateUnverified is a template saved by an older gondolin that
-	// never checked it: its next use checks it first.
-	TemplateUnverified TemplateState = "unverified"
+	// TemplateStale was saved by an older gondolin (another format) or
+	// never checked: it is not used; a new one is built and checked.
+	TemplateStale TemplateState = "stale"
 	// TemplateBroken was moved aside after a clone of it failed.
 	TemplateBroken TemplateState = "broken"
 )
@@ -123,7 +143,11 @@ type TemplateInfo struct {
 	VerifyMS int64 `json:"verify_ms,omitempty"`
 	// StateBytes is the size of the compressed saved state.
 	StateBytes int64 `json:"state_bytes,omitempty"`
-	Verified   bool  `json:"verified,omitempty"`
+	// Agent is the protocol version of the image's guest agent: one
+	// older than 2 cannot park, and its template is saved after its
+	// session has had a moment to end instead.
+	Agent    int  `json:"agent,omitempty"`
+	Verified bool `json:"verified,omitempty"`
 	// Reason and Broken say why and when a broken template was moved
 	// aside; Dir is where it now is.
 	Reason string    `json:"reason,omitempty"`
@@ -165,8 +189,10 @@ func (t *Templates) Ready(cfg Config) bool {
 	return err == nil && info.State == TemplateReady
 }
 
-// readTemplate reads a published template's record. A template from an
-// older gondolin has a saved state but no record (or an unchecked one).
+// readTemplate reads a published template's record. One without a
+// record of this format that says it was checked is stale: templates of
+// older gondolins have other keys (the format is part of the key), so
+// this is a damaged or foreign directory, never used.
 func readTemplate(dir string) (TemplateInfo, error) {
 	info := TemplateInfo{Key: filepath.Base(dir)}
 	if _, err := os.Stat(filepath.Join(dir, templateState)); err != nil {
@@ -177,7 +203,7 @@ func readTemplate(dir string) (TemplateInfo, error) {
 		err = json.Unmarshal(b, &info)
 	}
 	info.Key = filepath.Base(dir)
-	info.State = TemplateUnverified
+	info.State = TemplateStale
 	if err == nil && info.Verified && info.Format == templateFormat {
 		info.State = TemplateReady
 	}
@@ -186,26 +212,17 @@ func readTemplate(dir string) (TemplateInfo, error) {
 
 // Clone starts a VM from the template for cfg, building the template
 // first if there is none. cfg.Dir is the clone's run directory. A clone
-// that does not come up moves the template aside (ErrTemplateBroken):
-// the caller should boot cold, and the template is rebuilt by the next
-// Clone or Build.
+// that does not come up moves the template aside (ErrTemplateBroken): the
+// caller should boot cold, and the template is rebuilt by the next Clone
+// or Build.
 func (t *Templates) Clone(ctx context.Context, cfg Config, setup agentproto.Setup) (*Machine, *Agent, error) {
 	if cfg.Restore != "" {
 		return nil, nil, errors.New("vm: a clone cannot also restore another state")
 	}
 	key := t.Key(cfg)
 	dir := filepath.Join(t.Dir, key)
-	info, err := readTemplate(dir)
-	switch {
-	case err != nil:
-		if n := t.brokenSince(key, time.Now().Add(-brokenBackoff)); n >= brokenLimit {
-			return nil, nil, fmt.Errorf("%w: %d builds of it broke in the last %v; not building it again yet", ErrTemplateBroken, n, brokenBackoff)
-		}
+	if info, err := readTemplate(dir); err != nil || info.State != TemplateReady {
 		if err := t.Build(ctx, cfg); err != nil {
-			return nil, nil, err
-		}
-	case info.State == TemplateUnverified:
-		if err := t.checkOld(ctx, cfg, dir); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -216,16 +233,17 @@ func (t *Templates) Clone(ctx context.Context, cfg Config, setup agentproto.Setu
 	cctx, cancel := context.WithTimeout(ctx, cloneTimeout)
 	defer cancel()
 	m, a, err := t.restore(cctx, cfg, dir, setup)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil, err // the caller gave up: the template is not to blame
-		}
-		if now, serr := os.Stat(filepath.Join(dir, templateState)); serr == nil && saved != nil && os.SameFile(saved, now) {
-			t.quarantine(key, dir, err, cfg.path(layout.ConsoleLog))
-		}
-		return nil, nil, fmt.Errorf("%w: a clone did not restore: %w", ErrTemplateBroken, err)
+	if err == nil {
+		return m, a, nil
 	}
-	return m, a, nil
+	var host *HostError
+	if ctx.Err() != nil || errors.As(err, &host) {
+		return nil, nil, err // the caller gave up, or the host failed: the template is not to blame
+	}
+	if now, serr := os.Stat(filepath.Join(dir, templateState)); serr == nil && saved != nil && os.SameFile(saved, now) {
+		t.quarantine(key, dir, err, cfg.path(layout.ConsoleLog))
+	}
+	return nil, nil, &TemplateError{Kind: ErrTemplateBroken, Cause: fmt.Errorf("a clone did not restore: %w", err)}
 }
 
 // restore starts cfg from the template in dir and connects its agent.
@@ -275,6 +293,9 @@ func (t *Templates) Build(ctx context.Context, cfg Config) error {
 	if info, err := readTemplate(dir); err == nil && info.State == TemplateReady {
 		return nil // built by someone else while we looked
 	}
+	if n := t.brokenSince(key, time.Now().Add(-brokenBackoff)); n >= brokenLimit {
+		return &TemplateError{Kind: ErrTemplateBackoff, Cause: fmt.Errorf("%d broke in the last %v", n, brokenBackoff)}
+	}
 	t.sweep(key)
 	var rnd [4]byte
 	rand.Read(rnd[:])
@@ -290,22 +311,40 @@ func (t *Templates) Build(ctx context.Context, cfg Config) error {
 	}()
 	info, err := t.save(ctx, cfg, tmp)
 	if err != nil {
+		var host *HostError
+		if ctx.Err() != nil || errors.As(err, &host) {
+			return err
+		}
+		// Kept with the reason and its console, and counted for the
+		// back-off: an image whose template cannot be made is not booted
+		// twice on every run.
+		info.Key = key
+		atomicfile.WriteJSON(filepath.Join(tmp, templateInfo), info, 0o600)
+		t.quarantine(key, tmp, err, "") // with the boot's console
+		return &TemplateError{Kind: ErrTemplateBuild, Cause: err}
+	}
+	// Recorded before the check, so that a template that fails it is
+	// moved aside with what it is.
+	info.Key = key
+	if err := atomicfile.WriteJSON(filepath.Join(tmp, templateInfo), info, 0o600); err != nil {
 		return err
 	}
 	start := time.Now()
-	if err := t.verify(ctx, cfg, tmp); err != nil {
-		if ctx.Err() == nil {
-			t.quarantine(key, tmp, err, "")
+	if err := t.verify(ctx, cfg, tmp, info.Agent); err != nil {
+		var host *HostError
+		if ctx.Err() != nil || errors.As(err, &host) {
+			return err
 		}
-		return fmt.Errorf("%w: the new template failed its check: %w", ErrTemplateBroken, err)
+		t.quarantine(key, tmp, fmt.Errorf("its check failed: %w", err), "")
+		return &TemplateError{Kind: ErrTemplateBuild, Cause: fmt.Errorf("the new template failed its check: %w", err)}
 	}
 	info.VerifyMS = time.Since(start).Milliseconds()
 	info.Verified = true
 	if err := atomicfile.WriteJSON(filepath.Join(tmp, templateInfo), info, 0o600); err != nil {
 		return err
 	}
-	// A broken template that was moved aside leaves the name free; an
-	// unchecked one from an older gondolin is replaced.
+	// A broken template that was moved aside leaves the name free; a
+	// stale one is replaced (clones hold their own links to its disk).
 	if _, err := os.Stat(dir); err == nil {
 		if err := os.Rename(dir, tmp+".old"); err != nil {
 			return err
@@ -322,7 +361,7 @@ func (t *Templates) Build(ctx context.Context, cfg Config) error {
 // save boots the template VM in tmp and saves it there.
 func (t *Templates) save(ctx context.Context, cfg Config, tmp string) (TemplateInfo, error) {
 	cfg.fill()
-	info := TemplateInfo{Key: filepath.Base(tmp), Format: templateFormat, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB,
+	info := TemplateInfo{Format: templateFormat, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB,
 		Network: cfg.Network, Built: time.Now().UTC()}
 	if t.Label != nil {
 		info.Label = t.Label(cfg)
@@ -348,16 +387,29 @@ func (t *Templates) save(ctx context.Context, cfg Config, tmp string) (TemplateI
 			return info, fmt.Errorf("prepare template: %w", err)
 		}
 	}
+	pinfo, err := a.Ping(ctx)
+	if err != nil {
+		a.Close()
+		return info, fmt.Errorf("template: %w", err)
+	}
+	info.Agent = pinfo.Version
 	// The saved guest must expect a new host: it drops this session, and
 	// the park proves it has (see agentproto).
 	if err := a.Detach(ctx); err != nil {
 		return info, fmt.Errorf("template detach: %w", err)
 	}
-	parked, err := m.ParkAgent(ctx)
-	if err != nil {
-		return info, fmt.Errorf("template: %w", err)
+	if info.Agent >= 2 {
+		parked, err := m.ParkAgent(ctx)
+		if err != nil {
+			return info, fmt.Errorf("template: %w", err)
+		}
+		defer parked.Close()
+	} else {
+		// An agent from an older image cannot park: give its session a
+		// moment to end. The stopped save still holds a state the guest
+		// was really in, and the check below proves it restores.
+		time.Sleep(legacyDetachWait)
 	}
-	defer parked.Close()
 	info.BootMS = time.Since(start).Milliseconds()
 	start = time.Now()
 	if err := m.SaveState(ctx, filepath.Join(tmp, templateState)); err != nil {
@@ -379,9 +431,23 @@ func (t *Templates) save(ctx context.Context, cfg Config, tmp string) (TemplateI
 	return info, nil
 }
 
+// legacyDetachWait is how long an agent that cannot park is given to end
+// its session before its VM is saved.
+const legacyDetachWait = 200 * time.Millisecond
+
+// checkCommand is the command a template's check runs: the agent binary
+// itself (every image has it), or for an agent too old to have a self
+// check, true.
+func checkCommand(agentVersion int) []string {
+	if agentVersion >= 2 {
+		return []string{"/proc/1/exe", agent.CheckArg}
+	}
+	return []string{"true"}
+}
+
 // verify restores a clone of the template in dir, in a scratch directory
 // beside it, and has it run a command.
-func (t *Templates) verify(ctx context.Context, cfg Config, dir string) error {
+func (t *Templates) verify(ctx context.Context, cfg Config, dir string, agentVersion int) error {
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	scratch := filepath.Join(t.Dir, filepath.Base(dir)[:16]+".v"+hex.EncodeToString(rnd[:]))
@@ -397,75 +463,46 @@ func (t *Templates) verify(ctx context.Context, cfg Config, dir string) error {
 	clone.Detached = false
 	m, a, err := t.restore(vctx, clone, dir, agentproto.Setup{Hostname: "gondolin-check"})
 	if err != nil {
-		keepConsole(clone.path(layout.ConsoleLog), filepath.Join(dir, cloneConsole))
+		keepCloneLogs(scratch, dir)
 		return err
 	}
 	defer m.Kill()
 	defer a.Close()
 	gctx, gcancel := m.guard(vctx)
 	defer gcancel()
-	exit, err := a.Run(gctx, Command{Exec: agentproto.Exec{Argv: []string{"true"}}})
-	if err == nil && exit.Code != 0 {
+	exit, err := a.Run(gctx, Command{Exec: agentproto.Exec{Argv: checkCommand(agentVersion)}})
+	if _, ok := StartError(err); ok && agentVersion < 2 {
+		err = nil // an image without true: the agent still ran the exec and said so
+	} else if err == nil && exit.Code != 0 {
 		err = fmt.Errorf("the check command exited %d", exit.Code)
 	}
 	if err != nil {
-		keepConsole(clone.path(layout.ConsoleLog), filepath.Join(dir, cloneConsole))
+		keepCloneLogs(scratch, dir)
 		return m.guestError(gctx, err)
 	}
 	return nil
 }
 
-// checkOld checks a template saved by an older gondolin once, with one
-// clone, and records the result; a template that fails is moved aside.
-func (t *Templates) checkOld(ctx context.Context, cfg Config, dir string) error {
-	key := filepath.Base(dir)
-	unlock, err := t.lock(key, cfg)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	info, err := readTemplate(dir)
-	if err != nil {
-		return fmt.Errorf("%w: it disappeared during its check", ErrTemplateBroken)
-	}
-	if info.State == TemplateReady {
-		return nil
-	}
-	start := time.Now()
-	if err := t.verify(ctx, cfg, dir); err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		t.quarantine(key, dir, err, "")
-		return fmt.Errorf("%w: a template saved by an older gondolin failed its check: %w", ErrTemplateBroken, err)
-	}
-	cfg.fill()
-	info = TemplateInfo{Key: key, Format: templateFormat, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB, Network: cfg.Network,
-		VerifyMS: time.Since(start).Milliseconds(), Verified: true}
-	if t.Label != nil {
-		info.Label = t.Label(cfg)
-	}
-	if st, err := os.Stat(filepath.Join(dir, templateState)); err == nil {
-		info.Built = st.ModTime().UTC()
-		info.StateBytes = st.Size()
-	}
-	return atomicfile.WriteJSON(filepath.Join(dir, templateInfo), info, 0o600)
-}
-
 // lock takes the template's build lock without waiting, and records in
-// the lock file what is being built, for listings.
+// the lock file what is being built, for listings. The lock is an open
+// file description lock (fcntl OFD), so that List can see it without
+// taking it; the file itself stays, so that two processes can never lock
+// two different files of one name.
 func (t *Templates) lock(key string, cfg Config) (unlock func(), err error) {
 	if err := layout.MkdirPrivate(t.Dir); err != nil {
 		return nil, err
 	}
-	path := filepath.Join(t.Dir, key+templateLock)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(filepath.Join(t.Dir, key+templateLock), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
 		f.Close()
-		return nil, ErrTemplateBusy
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return nil, ErrTemplateBusy
+		}
+		return nil, err
 	}
 	cfg.fill()
 	what := TemplateInfo{Key: key, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB, Network: cfg.Network, Built: time.Now().UTC()}
@@ -476,10 +513,7 @@ func (t *Templates) lock(key string, cfg Config) (unlock func(), err error) {
 		f.Truncate(0)
 		f.WriteAt(b, 0)
 	}
-	return func() {
-		os.Remove(path)
-		f.Close()
-	}, nil
+	return func() { f.Close() }, nil // closing the description releases the lock
 }
 
 // sweep removes what crashed builds of key left (run with its lock held).
@@ -509,7 +543,7 @@ func (t *Templates) quarantine(key, dir string, reason error, console string) {
 		return // another clone moved it first
 	}
 	if console != "" {
-		keepConsole(console, filepath.Join(dst, cloneConsole))
+		keepCloneLogs(filepath.Dir(console), dst)
 	}
 	info, _ := readTemplateRecord(dst)
 	info.Key, info.State, info.Reason, info.Broken = key, TemplateBroken, reason.Error(), now
@@ -557,17 +591,17 @@ func readTemplateRecord(dir string) (TemplateInfo, error) {
 	return info, err
 }
 
-// keepConsole copies the end of a console log (at most 64 KiB) to dst.
+// keepCloneLogs keeps a failed clone's console and QEMU's own log (a
+// state that does not load says why there) in dst.
+func keepCloneLogs(cloneDir, dst string) {
+	keepConsole(filepath.Join(cloneDir, layout.ConsoleLog), filepath.Join(dst, cloneConsole))
+	keepConsole(filepath.Join(cloneDir, layout.QEMULog), filepath.Join(dst, cloneQEMULog))
+}
+
+// keepConsole copies the end of a log (at most 64 KiB) to dst; an empty
+// copy says the clone printed nothing.
 func keepConsole(src, dst string) {
-	const keep = 64 << 10
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return
-	}
-	if len(b) > keep {
-		b = b[len(b)-keep:]
-	}
-	os.WriteFile(dst, b, 0o600)
+	os.WriteFile(dst, consoleTail(src, 64<<10), 0o600)
 }
 
 // List describes every template: the published ones, those being built
@@ -612,16 +646,18 @@ func (t *Templates) List() ([]TemplateInfo, error) {
 	return list, nil
 }
 
-// building reports the build a lock file records, if the lock is held.
+// building reports the build a lock file records, if its lock is held.
+// It only asks (F_OFD_GETLK): a listing never takes the lock, so it never
+// makes a build find the template busy.
 func building(lockPath string) (TemplateInfo, bool) {
 	f, err := os.Open(lockPath)
 	if err != nil {
 		return TemplateInfo{}, false
 	}
 	defer f.Close()
-	if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) == nil {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		return TemplateInfo{}, false // a lock file a crashed build left
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil || lk.Type == unix.F_UNLCK {
+		return TemplateInfo{}, false
 	}
 	var info TemplateInfo
 	b := make([]byte, 4096)
@@ -641,5 +677,5 @@ func isKey(s string) bool {
 }
 
 // Remove deletes every template (they are rebuilt on demand). VMs cloned
-// from them keep running: their disks hold their own links.
+// from them keep running: their disks hold their own links (see doc.go).
 func (t *Templates) Remove() error { return os.RemoveAll(t.Dir) }
