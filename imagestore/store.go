@@ -50,11 +50,17 @@ type Image struct {
 	store *Store
 }
 
-// Open opens the store at root, creating its directories if needed.
+// Open opens the store at root, creating its directories if needed. A
+// root that is a symbolic link (several homes sharing one store) is
+// resolved: blob paths end up in disk overlays and template keys, which
+// must stay valid when the link goes and be the same for every home.
 func Open(root string) (*Store, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, fmt.Errorf("open image store: %w", err)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
 	}
 	s := &Store{root: abs}
 	for _, dir := range []string{abs, s.blobDir(), s.manifestDir(), s.refDir(), s.TempDir()} {

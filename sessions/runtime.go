@@ -219,15 +219,7 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		default:
 			// A template that cannot be built or restored never stops a
 			// run: fall back to a cold boot, in a clean directory.
-			if errors.Is(err, vm.ErrTemplateBroken) {
-				r.Status.Clear()
-				r.notice(fmt.Sprintf("gondolin: the saved template of %s is broken (%v); booting cold while it is rebuilt", what, err))
-				if r.RebuildTemplate != nil {
-					r.RebuildTemplate(*spec)
-				}
-			} else if !errors.Is(err, vm.ErrTemplateBusy) && r.Debug {
-				fmt.Fprintf(os.Stderr, "gondolin: template: %v; booting cold\n", err)
-			}
+			r.templateFailed(spec, cfg, what, err)
 			cleanRunDir(dir)
 		}
 	}
@@ -274,6 +266,54 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 	}
 	return in, nil
+}
+
+// templateFailed says why a run boots cold instead of cloning: a note
+// when a template broke or could not be made (and a rebuild request when
+// a published one broke); nothing for a build in progress elsewhere or a
+// back-off, whose note was given when the template broke.
+func (r *Runtime) templateFailed(spec *Spec, cfg vm.Config, what string, err error) {
+	cause := err
+	var te *vm.TemplateError
+	if errors.As(err, &te) {
+		cause = te.Cause
+	}
+	switch {
+	case errors.Is(err, vm.ErrTemplateBroken):
+		r.Status.Clear()
+		r.notice(fmt.Sprintf("gondolin: the saved template of %s broke (%v); booting cold while it is rebuilt", what, cause))
+		if r.RebuildTemplate != nil {
+			shape := spec.shape()
+			if img := r.imageOf(cfg); img != nil {
+				shape.Image = img.ID // what broke, whatever the supervisor's default image
+			}
+			r.RebuildTemplate(shape)
+		}
+	case errors.Is(err, vm.ErrTemplateBuild):
+		r.Status.Clear()
+		r.notice(fmt.Sprintf("gondolin: could not make a template of %s (%v); booting cold", what, cause))
+	case errors.Is(err, vm.ErrTemplateBusy), errors.Is(err, vm.ErrTemplateBackoff):
+		if r.Debug {
+			fmt.Fprintf(os.Stderr, "gondolin: template: %v; booting cold\n", err)
+		}
+	default:
+		r.Status.Clear()
+		r.notice(fmt.Sprintf("gondolin: template of %s: %v; booting cold", what, err))
+	}
+}
+
+// imageOf finds the image whose root disk cfg boots.
+func (r *Runtime) imageOf(cfg vm.Config) *imagestore.Image {
+	images, err := r.Images.List()
+	if err != nil {
+		return nil
+	}
+	for i := range images {
+		if images[i].RootfsPath() == cfg.Backing {
+			return &images[i]
+		}
+	}
+	return nil
 }
 
 // notice shows msg to the user without stopping the run.
@@ -358,19 +398,14 @@ func guestNetwork(n *netpolicy.Network) agentproto.Network {
 
 // templateLabel names a template by its image's references.
 func (r *Runtime) templateLabel(cfg vm.Config) string {
-	images, err := r.Images.List()
-	if err != nil {
+	img := r.imageOf(cfg)
+	switch {
+	case img == nil:
 		return ""
+	case len(img.Refs) == 0:
+		return img.ID
 	}
-	for i := range images {
-		if img := &images[i]; img.RootfsPath() == cfg.Backing {
-			if len(img.Refs) == 0 {
-				return img.ID
-			}
-			return strings.Join(img.Refs, ",")
-		}
-	}
-	return ""
+	return strings.Join(img.Refs, ",")
 }
 
 // templateKeyExtra ties networked templates to the home's CA, which they
@@ -442,7 +477,10 @@ func (r *Runtime) probeKVM(ctx context.Context, img *imagestore.Image) (vm.Accel
 	}
 	defer release()
 	cfg := vm.Config{Dir: dir, Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: img.RootfsPath(), Accel: vm.KVM}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// The probe's verdict is cached for the image: a caller that gives up
+	// (a client gone) must not make it, so the probe has its own deadline
+	// and ignores the caller's cancellation.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	cache = accelCache{Image: img.ID, Accel: vm.KVM}
 	m, err := vm.Start(pctx, cfg)

@@ -39,10 +39,16 @@ type snapshotSession struct {
 
 // Snapshot checkpoints a live session. Without Live it freezes the guest's
 // root filesystem, pauses the VM for as long as copying its disk overlay
-// takes, and thaws; with Live it saves RAM and devices while the guest
-// runs (QEMU pauses it only for the final pass) and copies the disk at
-// that same instant. Either way the session goes on running.
+// takes, and thaws; with Live it stops the guest's CPUs, saves RAM and
+// devices and copies the disk from that one instant (see vm.SaveState for
+// why not while it runs), then resumes it. Either way the session goes on
+// running. The snapshot ends when ctx does (its client went away), and
+// what it paused or froze is undone even then.
 func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequest) (*snapshots.Snapshot, error) {
+	if !sv.track() {
+		return nil, errClosing
+	}
+	defer sv.bg.Done()
 	s, err := sv.lookup(ref)
 	if err != nil {
 		return nil, err

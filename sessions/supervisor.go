@@ -34,14 +34,18 @@ type Supervisor struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	names    map[string]bool // names taken by sessions being created
-	// rebuilding holds the keys of templates being rebuilt here.
+	// rebuilding holds the keys of templates queued or being rebuilt
+	// here; buildMu lets one build run at a time.
 	rebuilding map[string]bool
+	buildMu    sync.Mutex
 
-	// Background work (template rebuilds) stops with bgCancel; Close
-	// waits for it.
+	// Work that must not be cut off by the process exiting (template
+	// rebuilds, creates and snapshots, which pause or freeze a VM) is
+	// counted in bg; Close sets closed, cancels bgCtx and waits for it.
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
+	closed   bool
 }
 
 // usageInterval is how often followers hear about live sessions' usage.
@@ -73,51 +77,81 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 	return sv
 }
 
-// templateBuildTimeout bounds one background template build.
-const templateBuildTimeout = 5 * time.Minute
+// templateBuildTimeout bounds one background template build, and
+// maxQueuedBuilds how many may wait: each boots a VM.
+const (
+	templateBuildTimeout = 5 * time.Minute
+	maxQueuedBuilds      = 4
+)
 
-// RebuildTemplate builds the template spec's VMs are cloned from, in the
-// background, unless one is being built already. A clone that failed
-// moved the broken one aside; meanwhile new VMs boot cold.
+// track counts work that Close must wait for; false once closing.
+func (sv *Supervisor) track() bool {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	if sv.closed {
+		return false
+	}
+	sv.bg.Add(1)
+	return true
+}
+
+// errClosing refuses new work while the supervisor stops.
+var errClosing = errorf(ErrUnavailable, "the supervisor is stopping; try again")
+
+// RebuildTemplate builds, in the background, the template spec's VMs are
+// cloned from (a clone of it failed, and it was moved aside). Builds run
+// one at a time; a template already queued is not queued twice, and a
+// template that keeps breaking waits out its back-off (see vm.Templates).
 func (sv *Supervisor) RebuildTemplate(spec Spec) error {
 	spec = spec.shape()
 	if err := spec.Validate(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(sv.bgCtx, templateBuildTimeout)
-	cfg, err := sv.rt.TemplateConfig(ctx, &spec)
+	cfg, err := sv.rt.TemplateConfig(sv.bgCtx, &spec)
 	if err != nil {
-		cancel()
 		return err
 	}
 	key := sv.rt.Templates.Key(cfg)
 	sv.mu.Lock()
-	if sv.rebuilding[key] {
+	switch {
+	case sv.closed:
 		sv.mu.Unlock()
-		cancel()
+		return errClosing
+	case sv.rebuilding[key]:
+		sv.mu.Unlock()
 		return nil
+	case len(sv.rebuilding) >= maxQueuedBuilds:
+		sv.mu.Unlock()
+		return errorf(ErrUnavailable, "%d template builds are queued already; try again later", len(sv.rebuilding))
 	}
 	sv.rebuilding[key] = true
-	sv.mu.Unlock()
 	sv.bg.Add(1)
+	sv.mu.Unlock()
 	go func() {
 		defer sv.bg.Done()
+		defer func() {
+			sv.mu.Lock()
+			delete(sv.rebuilding, key)
+			sv.mu.Unlock()
+			sv.emit(Event{Type: EventTemplate})
+		}()
+		sv.buildMu.Lock()
+		defer sv.buildMu.Unlock()
+		ctx, cancel := context.WithTimeout(sv.bgCtx, templateBuildTimeout)
 		defer cancel()
+		if ctx.Err() != nil {
+			return
+		}
 		sv.emit(Event{Type: EventTemplate})
 		start := time.Now()
-		err := sv.rt.Templates.Build(ctx, cfg)
-		switch {
+		switch err := sv.rt.Templates.Build(ctx, cfg); {
 		case err == nil:
-			sv.log.Printf("template %s rebuilt in %v", key, time.Since(start).Round(time.Millisecond))
+			sv.log.Printf("template %s ready (built in %v)", key, time.Since(start).Round(time.Millisecond))
 		case errors.Is(err, vm.ErrTemplateBusy):
 			sv.log.Printf("template %s: another process is building it", key)
 		default:
 			sv.log.Printf("template %s: rebuild failed: %v", key, err)
 		}
-		sv.mu.Lock()
-		delete(sv.rebuilding, key)
-		sv.mu.Unlock()
-		sv.emit(Event{Type: EventTemplate})
 	}()
 	return nil
 }
@@ -532,6 +566,10 @@ func (s *session) saveStateLocked() {
 
 // Create makes a new session: its VM and its first terminal.
 func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, error) {
+	if !sv.track() {
+		return Session{}, errClosing
+	}
+	defer sv.bg.Done()
 	spec := req.Spec
 	if err := spec.applySecretValues(req.SecretValues); err != nil {
 		return Session{}, err
@@ -1048,6 +1086,9 @@ func (sv *Supervisor) StopAll(ctx context.Context) {
 // Close stops background work and drops every agent connection; the
 // VMs keep running.
 func (sv *Supervisor) Close() {
+	sv.mu.Lock()
+	sv.closed = true
+	sv.mu.Unlock()
 	sv.bgCancel()
 	sv.bg.Wait()
 	sv.mu.Lock()

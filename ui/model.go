@@ -84,7 +84,10 @@ type Model struct {
 
 	// templateNote says what is wrong with a template (being rebuilt,
 	// broken), from the supervisor's status; empty when all is well.
-	templateNote string
+	// templatePolling: a read of the status is scheduled (while a
+	// template is being built).
+	templateNote    string
+	templatePolling bool
 
 	quitting bool
 }
@@ -132,8 +135,9 @@ func defaultImage() string {
 
 // Messages from commands back to Update.
 type (
-	templatesMsg struct{ note string }
-	listMsg      struct {
+	templatesMsg      struct{ note string }
+	templatesAgainMsg struct{}
+	listMsg           struct {
 		list []sessions.Session
 		err  error
 	}
@@ -248,33 +252,54 @@ func (m *Model) templatesCmd() tea.Cmd {
 }
 
 // templateNote is the one line the dashboard shows about templates: one
-// being rebuilt, or one that broke and has not been rebuilt (a broken one
-// whose key has a ready template again is history).
+// being built, or one that broke and has not been made again. A broken
+// template is history once its key, or its image and shape under another
+// key (a rebuilt image, a new QEMU), has a ready template newer than the
+// breakage.
 func templateNote(list []vm.TemplateInfo) string {
-	ok := map[string]bool{}
-	for _, t := range list {
-		if t.State == vm.TemplateReady || t.State == vm.TemplateBuilding {
-			ok[t.Key] = true
-		}
-	}
 	name := func(t vm.TemplateInfo) string {
 		if t.Label != "" {
 			return t.Label
 		}
 		return t.Key
 	}
+	same := func(a, b vm.TemplateInfo) bool {
+		return a.Key == b.Key || (a.Label != "" && a.Label == b.Label && a.CPUs == b.CPUs && a.MemoryMiB == b.MemoryMiB && a.Network == b.Network)
+	}
+	brokeBefore := map[string]bool{}
 	for _, t := range list {
-		if t.State == vm.TemplateBuilding {
-			return "template " + name(t) + ": rebuilding"
+		if t.State == vm.TemplateBroken {
+			brokeBefore[t.Key] = true
 		}
 	}
-	for _, t := range list { // newest broken first
-		if t.State == vm.TemplateBroken && !ok[t.Key] {
-			return "template " + name(t) + " broke (new VMs boot cold until it is rebuilt): " + oneLine(t.Reason)
+	for _, t := range list {
+		if t.State == vm.TemplateBuilding {
+			if brokeBefore[t.Key] {
+				return "template " + name(t) + ": rebuilding"
+			}
+			return "template " + name(t) + ": building"
+		}
+	}
+	for _, b := range list { // newest broken first
+		if b.State != vm.TemplateBroken {
+			continue
+		}
+		fixed := false
+		for _, t := range list {
+			if t.State == vm.TemplateReady && same(t, b) && (t.Key == b.Key || t.Built.After(b.Broken)) {
+				fixed = true
+			}
+		}
+		if !fixed {
+			return "template " + name(b) + " broke (new VMs boot cold until it is rebuilt): " + oneLine(b.Reason)
 		}
 	}
 	return ""
 }
+
+// templatePoll is how often the dashboard reads the templates again
+// while one is being built: a build in another process sends no event.
+const templatePoll = 2 * time.Second
 
 func (m *Model) openEvents() tea.Cmd {
 	return func() tea.Msg {
@@ -325,7 +350,14 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.onList(msg)
 	case templatesMsg:
 		m.templateNote = msg.note
+		if strings.HasSuffix(msg.note, "building") && !m.templatePolling {
+			m.templatePolling = true
+			return m, tea.Tick(templatePoll, func(time.Time) tea.Msg { return templatesAgainMsg{} })
+		}
 		return m, nil
+	case templatesAgainMsg:
+		m.templatePolling = false
+		return m, m.templatesCmd()
 	case screenMsg:
 		return m, m.onScreen(msg)
 	case eventsOpenMsg:

@@ -422,10 +422,14 @@ func TestLayoutFits(t *testing.T) {
 }
 
 func TestTemplateNote(t *testing.T) {
-	ready := vm.TemplateInfo{Key: "k1", Label: "default:latest", State: vm.TemplateReady}
-	building := vm.TemplateInfo{Key: "k1", Label: "default:latest", State: vm.TemplateBuilding}
-	broken := vm.TemplateInfo{Key: "k1", Label: "default:latest", State: vm.TemplateBroken, Reason: "a clone did not restore:\nthe guest crashed"}
-	otherBroken := vm.TemplateInfo{Key: "k2", State: vm.TemplateBroken, Reason: "qemu exited"}
+	at := func(min int) time.Time { return time.Date(2026, 12, 2, 12, min, 0, 0, time.UTC) }
+	ready := vm.TemplateInfo{Key: "k1", Label: "default:latest", CPUs: 1, State: vm.TemplateReady, Built: at(0)}
+	building := vm.TemplateInfo{Key: "k1", Label: "default:latest", CPUs: 1, State: vm.TemplateBuilding}
+	broken := vm.TemplateInfo{Key: "k1", Label: "default:latest", CPUs: 1, State: vm.TemplateBroken, Broken: at(10), Reason: "a clone did not restore:\nthe guest crashed"}
+	otherBroken := vm.TemplateInfo{Key: "k2", State: vm.TemplateBroken, Broken: at(20), Reason: "qemu exited"}
+	// The image was rebuilt since: a new key, same image and shape.
+	newImage := vm.TemplateInfo{Key: "k3", Label: "default:latest", CPUs: 1, State: vm.TemplateReady, Built: at(30)}
+	oldImage := vm.TemplateInfo{Key: "k3", Label: "default:latest", CPUs: 1, State: vm.TemplateReady, Built: at(5)}
 	tests := []struct {
 		name string
 		list []vm.TemplateInfo
@@ -436,7 +440,10 @@ func TestTemplateNote(t *testing.T) {
 		{"broken and not rebuilt", []vm.TemplateInfo{broken}, "template default:latest broke (new VMs boot cold until it is rebuilt): a clone did not restore: the guest crashed"},
 		{"broken, rebuilt since", []vm.TemplateInfo{ready, broken}, ""},
 		{"being rebuilt", []vm.TemplateInfo{building, broken}, "template default:latest: rebuilding"},
+		{"built the first time", []vm.TemplateInfo{building}, "template default:latest: building"},
 		{"another broken one, without a label", []vm.TemplateInfo{ready, broken, otherBroken}, "template k2 broke (new VMs boot cold until it is rebuilt): qemu exited"},
+		{"broken, its image replaced since", []vm.TemplateInfo{newImage, broken}, ""},
+		{"broken after another key's template was made", []vm.TemplateInfo{oldImage, broken}, "template default:latest broke (new VMs boot cold until it is rebuilt): a clone did not restore: the guest crashed"},
 	}
 	for _, tt := range tests {
 		if got := templateNote(tt.list); got != tt.want {

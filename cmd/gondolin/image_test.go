@@ -66,7 +66,7 @@ func storeFiles(t *testing.T, home layout.Home) []string {
 // TestImagePullAndExec pulls an image made here from an in-process
 // registry and runs a command in it that only it has.
 func TestImagePullAndExec(t *testing.T) {
-	home := testenv.Home(t)
+	home := testenv.PrivateHome(t) // it changes the image store
 	host := ocitest.Registry(t)
 	ref := host + "/test/img:1"
 	const content = "only in the pulled image\n"
@@ -116,7 +116,7 @@ func TestImagePullAndExec(t *testing.T) {
 // root, or a hard link to a host file, fails the pull with one line that
 // names the layer and the entry, and leaves the store as it was.
 func TestImagePullRejectsEscapes(t *testing.T) {
-	home := testenv.Home(t)
+	home := testenv.PrivateHome(t) // it changes the image store
 	host := ocitest.Registry(t)
 	base := ocitest.Layer(t, ocitest.Dir("etc/"), ocitest.File("etc/hostname", "guest\n"))
 	for _, tt := range []struct {
@@ -151,7 +151,7 @@ func TestImagePullRejectsEscapes(t *testing.T) {
 
 // TestImageRmInUse: an image a session uses is not removed without -f.
 func TestImageRmInUse(t *testing.T) {
-	home := testenv.Home(t)
+	home := testenv.PrivateHome(t) // it changes the image store
 	r := gondolin(t, home, "", "image", "inspect", "default")
 	var im struct {
 		ID string `json:"id"`
@@ -202,7 +202,7 @@ func TestImageRmInUse(t *testing.T) {
 // TestImageExportImport: an exported image comes back under a new ref;
 // a directory with a symlink out of it is refused.
 func TestImageExportImport(t *testing.T) {
-	home := testenv.Home(t)
+	home := testenv.PrivateHome(t) // it changes the image store
 	dir := filepath.Join(t.TempDir(), "export")
 	if r := gondolin(t, home, "", "image", "export", "default", dir); r.code != 0 {
 		t.Fatalf("export: code %d: %s", r.code, r.stderr)

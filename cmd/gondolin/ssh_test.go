@@ -130,7 +130,7 @@ func gitHome(t *testing.T) layout.Home {
 	t.Helper()
 	gitImage.once.Do(func() {
 		var skip string
-		gitImage.home, gitImage.cleanup, skip, gitImage.err = testenv.NewHome()
+		gitImage.home, gitImage.cleanup, skip, gitImage.err = testenv.NewPrivateHome()
 		if skip != "" {
 			gitImage.err = fmt.Errorf("skip: %s", skip)
 			return

@@ -49,8 +49,8 @@ func TestExecSurvivesABrokenTemplate(t *testing.T) {
 	if r.code != 0 || r.stdout != "still runs\n" {
 		t.Fatalf("exec with a broken template: %+v", r)
 	}
-	if strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "is broken") || !strings.Contains(r.stderr, "booting cold") {
-		t.Fatalf("stderr %q: want one line saying the template is broken", r.stderr)
+	if strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "template of default:latest broke") || !strings.Contains(r.stderr, "booting cold") {
+		t.Fatalf("stderr %q: want one line saying the template broke", r.stderr)
 	}
 	waitFor(t, 3*time.Minute, func() bool {
 		for _, tm := range supervisorStatus(t, home).Templates {

@@ -19,25 +19,30 @@ import (
 // skipping them; `make test` sets it.
 const EnvRequireVM = "GONDOLIN_TEST_REQUIRE_VM"
 
-// Homes made by NewHome in one test binary share their templates and
-// their CA (which networked templates depend on), so that each template
-// is built once per binary instead of once per test: on two cores a
-// template build is seconds. A test that breaks or counts templates
-// asks for a PrivateHome.
+// Homes made by NewHome in one test binary share their images, their
+// templates and their CA (the template keys depend on the images' paths
+// and on the CA), so that each template is built once per binary instead
+// of once per test: on two cores a template build is seconds. A test
+// that adds or removes images, or breaks templates, asks for a
+// PrivateHome.
 var shared struct {
 	once sync.Once
 	dir  string
 	err  error
 }
 
-// sharedDir returns the binary's shared templates-and-CA directory.
-func sharedDir() (string, error) {
+// sharedDir returns the binary's shared directory: images linked from
+// src, templates, CA.
+func sharedDir(src layout.Home) (string, error) {
 	shared.once.Do(func() {
 		shared.dir, shared.err = os.MkdirTemp("", "gdshared")
 		for _, sub := range []string{"templates", "ca"} {
 			if shared.err == nil {
 				shared.err = os.MkdirAll(filepath.Join(shared.dir, sub), 0o700)
 			}
+		}
+		if shared.err == nil {
+			shared.err = linkTree(src.Images(), filepath.Join(shared.dir, "images"))
 		}
 	})
 	return shared.dir, shared.err
@@ -92,22 +97,22 @@ func newHome(share bool) (home layout.Home, cleanup func(), skip string, err err
 		return "", nil, "", err
 	}
 	home = layout.Home(dir)
-	if err := LinkImages(src, home); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, "", fmt.Errorf("link images: %w", err)
-	}
-	if share {
-		sd, err := sharedDir()
-		if err == nil {
-			err = os.Symlink(filepath.Join(sd, "templates"), home.Templates())
-		}
-		if err == nil {
-			err = os.Symlink(filepath.Join(sd, "ca"), home.CA())
-		}
-		if err != nil {
+	if !share {
+		if err := LinkImages(src, home); err != nil {
 			os.RemoveAll(dir)
-			return "", nil, "", fmt.Errorf("share templates: %w", err)
+			return "", nil, "", fmt.Errorf("link images: %w", err)
 		}
+		return home, func() { os.RemoveAll(dir) }, "", nil
+	}
+	sd, err := sharedDir(src)
+	for _, link := range []struct{ sub, path string }{{"images", home.Images()}, {"templates", home.Templates()}, {"ca", home.CA()}} {
+		if err == nil {
+			err = os.Symlink(filepath.Join(sd, link.sub), link.path)
+		}
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, "", fmt.Errorf("share images and templates: %w", err)
 	}
 	return home, func() { os.RemoveAll(dir) }, "", nil
 }

@@ -78,7 +78,15 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			}
 			code, err := rt.Exec(context.Background(), spec, args, eio)
 			if rebuild != nil {
-				<-rebuild
+				// The request is answered at once; a supervisor that is
+				// slow to start is not waited for long (the next run
+				// would build the template itself), and Ctrl-C works
+				// again meanwhile.
+				signal.Reset(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+				select {
+				case <-rebuild:
+				case <-time.After(rebuildWait):
+				}
 			}
 			return exitWith(code, err)
 		},
@@ -92,6 +100,10 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 	c.Flags().StringVar(&session, "session", "", "run in this session (ID, prefix or name) instead of a fresh VM")
 	return c
 }
+
+// rebuildWait bounds how long exec waits, after its command, for its
+// request that the supervisor rebuild a broken template.
+const rebuildWait = 3 * time.Second
 
 // exitWith turns a guest command's outcome into gondolin's exit.
 func exitWith(code int, err error) error {

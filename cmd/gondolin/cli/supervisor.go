@@ -107,8 +107,8 @@ func templateLine(t vm.TemplateInfo) string {
 		line += fmt.Sprintf(" since %s", t.Built.Local().Format(time.TimeOnly))
 	case vm.TemplateBroken:
 		line += fmt.Sprintf(" at %s, moved aside to %s: %s", t.Broken.Local().Format(time.DateTime), t.Dir, t.Reason)
-	case vm.TemplateUnverified:
-		line += " (saved by an older gondolin; checked at its next use)"
+	case vm.TemplateStale:
+		line += " (saved by an older gondolin, or never checked: new VMs do not use it)"
 	}
 	return line
 }
