@@ -297,6 +297,7 @@ func TestAgentSignalAndPTY(t *testing.T) {
 		t.Run("window size and resize", func(t *testing.T) {
 			var out syncBuffer
 			pr, pw := io.Pipe()
+			defer pw.Close() // the stdin copier ends with its reader
 			p, err := a.Start(ctx, Command{
 				Exec:   agentproto.Exec{Argv: []string{"/bin/sh", "-c", "stty size; read x; stty size"}, TTY: true, Rows: 40, Cols: 100},
 				Stdin:  pr,

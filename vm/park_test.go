@@ -142,7 +142,11 @@ func TestHandshakeWithAGuestThatStopsReading(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	testDone := make(chan struct{})
+	guestDone := make(chan struct{})
+	t.Cleanup(func() { close(testDone); <-guestDone })
 	go func() {
+		defer close(guestDone)
 		c, err := ln.Accept()
 		if err != nil {
 			return
@@ -154,7 +158,7 @@ func TestHandshakeWithAGuestThatStopsReading(t *testing.T) {
 		}
 		time.Sleep(time.Second) // the host's padded HELLOs fill the socket
 		c.Write(agentproto.Line(agentproto.WordReady, nonce))
-		time.Sleep(time.Minute) // and never reads again
+		<-testDone // and never reads again
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()

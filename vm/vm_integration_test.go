@@ -15,6 +15,7 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/vm/agentproto"
+	"go.uber.org/goleak"
 )
 
 // One VM serves every test that isolation allows; it is booted on first
@@ -31,6 +32,9 @@ var shared struct {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if shared.a != nil {
+		shared.a.Close()
+	}
 	if shared.m != nil {
 		shared.m.Kill()
 	}
@@ -38,6 +42,13 @@ func TestMain(m *testing.M) {
 		shared.cleanup()
 	}
 	testenv.Cleanup()
+	// Every goroutine the package starts (watching QEMU, the console, a
+	// handshake, a call) must be gone once its VMs and connections are.
+	// The in-process agent's SIGCHLD loop lives as long as the process.
+	if err := goleak.Find(goleak.IgnoreTopFunction("os/signal.signal_recv"), goleak.IgnoreAnyFunction("github.com/gondolin/gondolin/vm/agent.newReaper.func1")); err != nil && code == 0 {
+		fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
+		code = 1
+	}
 	os.Exit(code)
 }
 
