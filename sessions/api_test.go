@@ -75,6 +75,10 @@ func TestAPIRejectsBadRequests(t *testing.T) {
 		{"exec without upgrade on unknown session", "POST", "/v1/sessions/abc/exec", `{"argv":["true"]}`, 404, "no session"},
 		{"exec without a command", "POST", "/v1/sessions/abc/exec", `{"argv":[]}`, 400, "needs a command"},
 		{"attach unknown", "POST", "/v1/sessions/abc/ptys/latest/attach", ``, 404, "no session"},
+		{"rebuild: malformed JSON", "POST", "/v1/templates/rebuild", `{"spec":`, 400, "malformed request"},
+		{"rebuild: unknown field", "POST", "/v1/templates/rebuild", `{"spec":{},"key":"x"}`, 400, "key"},
+		{"rebuild: bad shape", "POST", "/v1/templates/rebuild", `{"spec":{"cpus":100}}`, 400, "--cpus"},
+		{"rebuild: missing image", "POST", "/v1/templates/rebuild", `{"spec":{"image":"nope:1"}}`, 404, "not found"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
