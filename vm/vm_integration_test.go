@@ -203,12 +203,14 @@ func TestVMKilledGivesError(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		kill func(m *Machine, a *Agent)
+		// console lists what the guest must have printed as it died.
+		console []string
 	}{
-		{"qemu killed", func(m *Machine, a *Agent) { syscall.Kill(m.PID(), syscall.SIGKILL) }},
+		{"qemu killed", func(m *Machine, a *Agent) { syscall.Kill(m.PID(), syscall.SIGKILL) }, nil},
 		{"agent crashed", func(m *Machine, a *Agent) {
 			// PID 1 dying panics the kernel; QEMU runs with -no-reboot.
 			a.Start(context.Background(), Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "kill -SEGV 1"}}})
-		}},
+		}, []string{"SIGSEGV: segmentation violation", "goroutine 1 ", "Kernel panic - not syncing"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -235,6 +237,14 @@ func TestVMKilledGivesError(t *testing.T) {
 			case <-m.Exited():
 			case <-time.After(20 * time.Second):
 				t.Fatal("QEMU still running")
+			}
+			// A fatal error in the guest explains itself: the agent's
+			// whole traceback and the kernel's panic are on the console.
+			console, _ := os.ReadFile(filepath.Join(m.Config().Dir, layout.ConsoleLog))
+			for _, want := range tt.console {
+				if !strings.Contains(string(console), want) {
+					t.Errorf("the console lacks %q:\n%s", want, console)
+				}
 			}
 		})
 	}
