@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"syscall"
 	"time"
 
-	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -71,8 +69,7 @@ func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecI
 
 // dumpConsole copies a VM's serial console to stderr (GONDOLIN_DEBUG).
 func dumpConsole(dir string) {
-	b, err := os.ReadFile(filepath.Join(dir, layout.ConsoleLog))
-	if err == nil && len(b) > 0 {
+	if b := vm.ConsoleTail(dir, 64<<10); len(b) > 0 {
 		fmt.Fprintf(os.Stderr, "--- console %s ---\n%s--- end of console ---\n", dir, b)
 	}
 }

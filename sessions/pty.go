@@ -25,8 +25,15 @@ type pty struct {
 	created time.Time
 	main    bool
 
+	// emuMu serialises everything that touches the emulator (feeding
+	// it, repaints, resizes) and is taken before mu; mu guards the rest
+	// and is never held while the emulator works, so that listing a
+	// session never waits for its terminal.
+	emuMu sync.Mutex
+	emu   *vt.Emulator
+	clamp ctlClamp
+
 	mu      sync.Mutex
-	emu     *vt.Emulator
 	rows    uint16
 	cols    uint16
 	offset  uint64 // output bytes consumed so far (the agent's ring offset)
@@ -63,19 +70,28 @@ func newEmulator(rows, cols uint16) *vt.Emulator {
 
 // output feeds bytes that start at offset in the guest's output ring.
 // After a reattach the agent may replay bytes already seen: skip them.
+// Control sequences are clamped (see ctlClamp) for the emulator and for
+// every attached client's real terminal alike.
 func (p *pty) output(offset uint64, data []byte) {
+	p.emuMu.Lock()
+	defer p.emuMu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	end := offset + uint64(len(data))
 	if end <= p.offset {
+		p.mu.Unlock()
 		return
 	}
 	if offset < p.offset {
 		data = data[p.offset-offset:]
 	}
 	p.offset = end
+	rows, cols := int(p.rows), int(p.cols)
+	p.mu.Unlock()
+	data = p.clamp.filter(data, rows, cols)
 	p.emu.Write(data)
 	chunk := append([]byte(nil), data...)
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for c := range p.clients {
 		if c.lagged {
 			continue
@@ -112,6 +128,8 @@ func (p *pty) exited(code int) {
 // attach registers a client and returns the repaint that brings its
 // terminal to the current screen.
 func (p *pty) attach() (*ptyClient, []byte) {
+	p.emuMu.Lock()
+	defer p.emuMu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c := &ptyClient{out: make(chan []byte, clientBuffer), exited: make(chan struct{})}
@@ -131,6 +149,8 @@ func (p *pty) detach(c *ptyClient) {
 // catchUp is called by a client's writer when its queue is empty: a
 // client that lagged gets a repaint and rejoins the live stream.
 func (p *pty) catchUp(c *ptyClient) []byte {
+	p.emuMu.Lock()
+	defer p.emuMu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !c.lagged {
@@ -140,6 +160,7 @@ func (p *pty) catchUp(c *ptyClient) []byte {
 	return p.repaintLocked()
 }
 
+// repaintLocked needs emuMu and mu.
 func (p *pty) repaintLocked() []byte {
 	pos := p.emu.CursorPosition()
 	return []byte("\x1b[H\x1b[2J" + strings.ReplaceAll(p.emu.Render(), "\n", "\r\n") +
@@ -148,6 +169,8 @@ func (p *pty) repaintLocked() []byte {
 
 // resize changes the emulator's size (the caller resizes the guest's).
 func (p *pty) resize(rows, cols uint16) {
+	p.emuMu.Lock()
+	defer p.emuMu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rows, p.cols = rows, cols
@@ -156,6 +179,8 @@ func (p *pty) resize(rows, cols uint16) {
 
 // screen renders the current contents.
 func (p *pty) screen() Screen {
+	p.emuMu.Lock()
+	defer p.emuMu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pos := p.emu.CursorPosition()

@@ -44,31 +44,51 @@ type API struct {
 // NewAPI returns the HTTP handler for sv.
 func NewAPI(sv *Supervisor) *API {
 	a := &API{sv: sv, mux: http.NewServeMux()}
-	a.mux.HandleFunc("GET /v1/supervisor", a.status)
-	a.mux.HandleFunc("POST /v1/supervisor/stop", a.stopSupervisor)
-	a.mux.HandleFunc("POST /v1/templates/rebuild", a.rebuildTemplate)
-	a.mux.HandleFunc("GET /v1/sessions", a.list)
-	a.mux.HandleFunc("POST /v1/sessions", a.create)
-	a.mux.HandleFunc("GET /v1/sessions/{id}", a.get)
-	a.mux.HandleFunc("DELETE /v1/sessions/{id}", a.remove)
-	a.mux.HandleFunc("POST /v1/sessions/{id}/stop", a.stop)
-	a.mux.HandleFunc("POST /v1/sessions/{id}/ptys", a.openPTY)
-	a.mux.HandleFunc("GET /v1/sessions/{id}/ptys/{pty}/screen", a.screen)
+	// Every call that answers once has a deadline, so that one stuck
+	// session can never hold a client (or, through it, everyone's
+	// listing) forever; streams (attach, exec, logs, events) end with
+	// their client instead.
+	quick := func(pattern string, h http.HandlerFunc) { a.handle(pattern, h, quickTimeout) }
+	slow := func(pattern string, h http.HandlerFunc, d time.Duration) { a.handle(pattern, h, d) }
+	quick("GET /v1/supervisor", a.status)
+	slow("POST /v1/supervisor/stop", a.stopSupervisor, 2*time.Minute)
+	quick("POST /v1/templates/rebuild", a.rebuildTemplate)
+	quick("GET /v1/sessions", a.list)
+	slow("POST /v1/sessions", a.create, createTimeout+time.Minute)
+	quick("GET /v1/sessions/{id}", a.get)
+	slow("DELETE /v1/sessions/{id}", a.remove, 2*time.Minute)
+	slow("POST /v1/sessions/{id}/stop", a.stop, 2*time.Minute)
+	quick("POST /v1/sessions/{id}/ptys", a.openPTY)
+	quick("GET /v1/sessions/{id}/ptys/{pty}/screen", a.screen)
 	a.mux.HandleFunc("POST /v1/sessions/{id}/ptys/{pty}/attach", a.attach)
 	a.mux.HandleFunc("POST /v1/sessions/{id}/exec", a.exec)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/logs", a.logs)
 	a.mux.HandleFunc("GET /v1/events", a.eventStream)
-	a.mux.HandleFunc("POST /v1/sessions/{id}/snapshot", a.snapshot)
-	a.mux.HandleFunc("GET /v1/snapshots", a.listSnapshots)
-	a.mux.HandleFunc("GET /v1/snapshots/{ref}", a.getSnapshot)
-	a.mux.HandleFunc("DELETE /v1/snapshots/{ref}", a.removeSnapshot)
-	a.mux.HandleFunc("GET /v1/sessions/{id}/ingress", a.listRoutes)
-	a.mux.HandleFunc("POST /v1/sessions/{id}/ingress", a.addRoute)
-	a.mux.HandleFunc("DELETE /v1/sessions/{id}/ingress/{listen}", a.removeRoute)
-	a.mux.HandleFunc("GET /v1/sessions/{id}/policy", a.getPolicy)
-	a.mux.HandleFunc("POST /v1/sessions/{id}/policy", a.changePolicy)
+	slow("POST /v1/sessions/{id}/snapshot", a.snapshot, snapshotTimeout+time.Minute)
+	quick("GET /v1/snapshots", a.listSnapshots)
+	quick("GET /v1/snapshots/{ref}", a.getSnapshot)
+	quick("DELETE /v1/snapshots/{ref}", a.removeSnapshot)
+	quick("GET /v1/sessions/{id}/ingress", a.listRoutes)
+	quick("POST /v1/sessions/{id}/ingress", a.addRoute)
+	quick("DELETE /v1/sessions/{id}/ingress/{listen}", a.removeRoute)
+	quick("GET /v1/sessions/{id}/policy", a.getPolicy)
+	quick("POST /v1/sessions/{id}/policy", a.changePolicy)
 	a.mux.HandleFunc("GET /v1/sessions/{id}/network-events", a.netEvents)
 	return a
+}
+
+// Deadlines of the calls that answer once (see NewAPI).
+const (
+	quickTimeout    = 30 * time.Second
+	createTimeout   = 2 * time.Minute
+	snapshotTimeout = 5 * time.Minute
+)
+
+// handle routes pattern to h, answered within d: past it the client gets
+// a JSON error and the handler's context is cancelled.
+func (a *API) handle(pattern string, h http.HandlerFunc, d time.Duration) {
+	msg, _ := json.Marshal(apiError{Error: fmt.Sprintf("the supervisor did not answer within %v; try again", d)})
+	a.mux.Handle(pattern, http.TimeoutHandler(h, d, string(msg)))
 }
 
 // ServeHTTP routes a request; unknown paths and methods get JSON errors
@@ -179,7 +199,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 	}
 	// A client that gives up (a CLI interrupted, a dashboard that quit)
 	// cancels the create: its half-made VM is removed.
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(r.Context(), createTimeout)
 	defer cancel()
 	s, err := a.sv.Create(ctx, req)
 	if err != nil {
@@ -538,7 +558,8 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
-	f, err := os.Open(filepath.Join(a.sv.reg.dir(s.rec.ID), layout.ConsoleLog))
+	dir := a.sv.reg.dir(s.rec.ID)
+	f, err := os.Open(filepath.Join(dir, layout.ConsoleLog))
 	if err != nil {
 		fail(w, errorf(ErrNotFound, "session %s has no console log yet", s.rec.ID))
 		return
@@ -547,8 +568,19 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
+	// The log is capped (see vm): what was cut off its start is kept,
+	// in part, in the older file.
+	if old, err := os.ReadFile(filepath.Join(dir, layout.ConsoleLogOld)); err == nil {
+		w.Write(old)
+	}
+	var offset int64
 	for {
-		if _, err := io.Copy(w, f); err != nil {
+		if st, err := f.Stat(); err == nil && st.Size() < offset {
+			offset = 0 // cut short meanwhile
+		}
+		n, err := io.Copy(w, io.NewSectionReader(f, offset, 1<<62))
+		offset += n
+		if err != nil {
 			return
 		}
 		if flusher != nil {
@@ -669,7 +701,7 @@ func (a *API) snapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	// The snapshot is abandoned (and its files removed) when its client
 	// goes away.
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(r.Context(), snapshotTimeout)
 	defer cancel()
 	snap, err := a.sv.Snapshot(ctx, r.PathValue("id"), req)
 	if err != nil {

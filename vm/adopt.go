@@ -75,6 +75,7 @@ func Adopt(cfg Config) (*Machine, error) {
 		m.exitErr = m.describeExit(errors.New("exit status unknown"))
 		close(m.exited)
 	}()
+	go m.capConsole()
 	return m, nil
 }
 

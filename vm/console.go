@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode"
@@ -61,7 +62,14 @@ func (w *consoleWatcher) check() (string, bool) {
 	}
 	defer f.Close()
 	st, err := f.Stat()
-	if err != nil || st.Size() <= w.offset {
+	if err != nil {
+		return "", false
+	}
+	if st.Size() < w.offset { // cut short by capConsole: start over
+		w.offset = 0
+		w.line = w.line[:0]
+	}
+	if st.Size() == w.offset {
 		return "", false
 	}
 	if st.Size()-w.offset > consoleMaxRead {
@@ -121,6 +129,59 @@ func printable(b []byte) string {
 		}
 	}
 	return strings.TrimSpace(out.String())
+}
+
+// The console log is the guest's to fill: a guest that writes to its
+// serial port forever must not fill the host's disk. Once the log passes
+// consoleCap it is cut short: its last consoleKeep bytes go to
+// ConsoleLogOld, and QEMU (which appends) goes on writing from the start.
+const (
+	consoleCap   = 1 << 20
+	consoleKeep  = 256 << 10
+	consoleCheck = time.Second
+)
+
+// capConsole keeps the machine's console log under consoleCap for as
+// long as QEMU runs.
+func (m *Machine) capConsole() {
+	t := time.NewTicker(consoleCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.exited:
+			return
+		case <-t.C:
+			rotateConsole(m.cfg.Dir, consoleCap, consoleKeep)
+		}
+	}
+}
+
+// rotateConsole cuts dir's console log short once it is larger than
+// limit, keeping its last keep bytes in ConsoleLogOld. Bytes QEMU writes
+// between the copy and the cut are lost: it is a log.
+func rotateConsole(dir string, limit, keep int64) {
+	path := filepath.Join(dir, layout.ConsoleLog)
+	st, err := os.Stat(path)
+	if err != nil || st.Size() <= limit {
+		return
+	}
+	tail := consoleTail(path, keep)
+	tmp := filepath.Join(dir, layout.ConsoleLogOld+".tmp")
+	if os.WriteFile(tmp, tail, 0o600) != nil || os.Rename(tmp, filepath.Join(dir, layout.ConsoleLogOld)) != nil {
+		os.Remove(tmp)
+	}
+	os.Truncate(path, 0)
+}
+
+// ConsoleTail returns at most the last n bytes the guest printed on its
+// console in run directory dir, across a rotation.
+func ConsoleTail(dir string, n int64) []byte {
+	cur := consoleTail(filepath.Join(dir, layout.ConsoleLog), n)
+	if int64(len(cur)) >= n {
+		return cur
+	}
+	old := consoleTail(filepath.Join(dir, layout.ConsoleLogOld), n-int64(len(cur)))
+	return append(old, cur...)
 }
 
 // consoleTail reads at most the last n bytes of a console log.

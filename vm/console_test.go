@@ -203,3 +203,39 @@ func TestLaterWaitsIgnoreOldOutput(t *testing.T) {
 		t.Fatalf("a later wait: %v", cause)
 	}
 }
+
+// TestConsoleRotation: a console log past its cap is cut short, its end
+// kept in the older file, and readers follow across the cut.
+func TestConsoleRotation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, layout.ConsoleLog)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := &consoleWatcher{path: path}
+	f.Write([]byte(strings.Repeat("x", 1000) + "\nthe end of the old part\n"))
+	if _, ok := w.check(); ok {
+		t.Fatal("no crash yet")
+	}
+	rotateConsole(dir, 100, 30)
+	if st, _ := os.Stat(path); st.Size() != 0 {
+		t.Fatalf("the log was not cut short: %d bytes", st.Size())
+	}
+	if old, _ := os.ReadFile(filepath.Join(dir, layout.ConsoleLogOld)); string(old) != "xxxxx\nthe end of the old part\n" {
+		t.Fatalf("kept %q, want the last 30 bytes", old)
+	}
+	f.Write([]byte("fatal error: after the cut\n")) // QEMU appends: from the start
+	if reason, ok := w.check(); !ok || reason != "fatal error: after the cut" {
+		t.Fatalf("after a cut the watcher saw %q, %v", reason, ok)
+	}
+	tail := string(ConsoleTail(dir, 1<<20))
+	if !strings.HasSuffix(tail, "the end of the old part\nfatal error: after the cut\n") {
+		t.Fatalf("ConsoleTail across the cut: %q", tail)
+	}
+	rotateConsole(dir, 100, 30) // under the cap: nothing happens
+	if st, _ := os.Stat(path); st.Size() == 0 {
+		t.Fatal("a log under its cap was cut")
+	}
+}

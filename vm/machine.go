@@ -82,6 +82,7 @@ func start(ctx context.Context, cfg Config) (*Machine, error) {
 		m.exitErr = m.describeExit(err)
 		close(m.exited)
 	}()
+	go m.capConsole()
 	if err := m.waitSockets(ctx); err != nil {
 		m.Kill()
 		return nil, err
@@ -123,8 +124,11 @@ func prepare(ctx context.Context, cfg Config) (*exec.Cmd, *os.File, error) {
 		}
 	}
 	// A reused run directory may hold a previous QEMU's sockets: waiting
-	// for them to appear must not find the stale ones.
+	// for them to appear must not find the stale ones. Its console log
+	// is appended to: each QEMU starts a new one.
 	RemoveRuntimeFiles(cfg.Dir)
+	os.Remove(cfg.path(layout.ConsoleLog))
+	os.Remove(cfg.path(layout.ConsoleLogOld))
 	logFile, err := os.OpenFile(cfg.path(layout.QEMULog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, nil, err
@@ -228,7 +232,7 @@ func (m *Machine) ConnectAgent(ctx context.Context, setup agentproto.Setup) (*Ag
 // consoleHint quotes the end of the serial console, where a kernel panic
 // or an agent's complaint would be: its last lines, made safe to print.
 func (m *Machine) consoleHint() string {
-	tail := consoleTail(m.cfg.path(layout.ConsoleLog), 4<<10)
+	tail := ConsoleTail(m.cfg.Dir, 4<<10)
 	var lines []string
 	for _, l := range strings.Split(string(tail), "\n") {
 		if p := printable([]byte(l)); p != "" {

@@ -151,7 +151,9 @@ func qemuArgs(c Config, tscKHz int) []string {
 		"-kernel", c.Kernel,
 		"-initrd", c.Initramfs,
 		"-append", kernelCmdline(c, tscKHz),
-		"-chardev", "file,id=console,path=" + c.path(layout.ConsoleLog),
+		// Appending, so that the host can cut the log short while QEMU
+		// writes it (see capConsole).
+		"-chardev", "file,id=console,append=on,path=" + c.path(layout.ConsoleLog),
 		"-serial", "chardev:console",
 		// QEMU listens on every socket so that a new host (a restarted
 		// supervisor) can connect at any time.

@@ -594,7 +594,7 @@ func readTemplateRecord(dir string) (TemplateInfo, error) {
 // keepCloneLogs keeps a failed clone's console and QEMU's own log (a
 // state that does not load says why there) in dst.
 func keepCloneLogs(cloneDir, dst string) {
-	keepConsole(filepath.Join(cloneDir, layout.ConsoleLog), filepath.Join(dst, cloneConsole))
+	os.WriteFile(filepath.Join(dst, cloneConsole), ConsoleTail(cloneDir, 64<<10), 0o600)
 	keepConsole(filepath.Join(cloneDir, layout.QEMULog), filepath.Join(dst, cloneQEMULog))
 }
 

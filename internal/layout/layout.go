@@ -29,9 +29,12 @@ const (
 	NetSocket   = "net.sock"
 	FSSocket    = "fs.sock"
 	ConsoleLog  = "console.log"
-	QEMULog     = "qemu.log"
-	QEMUPid     = "qemu.pid"
-	Disk        = "disk.qcow2"
+	// ConsoleLogOld holds the end of the console log from before its last
+	// rotation (see vm: the log is capped).
+	ConsoleLogOld = "console.log.1"
+	QEMULog       = "qemu.log"
+	QEMUPid       = "qemu.pid"
+	Disk          = "disk.qcow2"
 	// TemplateDisk is a clone's hard link to its template's disk, which
 	// its overlay is backed by: the template can then be moved aside or
 	// rebuilt without breaking the clone.
