@@ -18,6 +18,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/atomicfile"
+	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/mounts"
@@ -48,6 +49,10 @@ type Runtime struct {
 	// spec in the background after a clone of it failed; without it the
 	// next run that needs the template builds it.
 	RebuildTemplate func(spec Spec)
+	// GuestPanic, when set, hears of a panic contained in code that
+	// served the VM in run directory dir (see internal/contain); without
+	// it the panic goes to stderr.
+	GuestPanic func(dir string, pe *contain.PanicError)
 
 	accelOnce sync.Once
 	accel     vm.Accel
@@ -241,7 +246,7 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		in.Agent = a
 	}
 	if in.FS != nil {
-		if err := serveMounts(ctx, in.FS, dir); err != nil {
+		if err := r.serveMounts(ctx, in.FS, dir); err != nil {
 			return fail(err)
 		}
 	}
@@ -361,15 +366,30 @@ func attachNetwork(ctx context.Context, n *netpolicy.Network, dir string) error 
 }
 
 // serveMounts connects a host mount server to the VM's fs port. It
-// serves in the background until the VM or the server goes.
-func serveMounts(ctx context.Context, srv *mounts.Server, dir string) error {
+// serves in the background until the VM or the server goes; a panic in
+// it (it answers the guest's requests) stops that server only and is
+// reported to the runtime's GuestPanic.
+func (r *Runtime) serveMounts(ctx context.Context, srv *mounts.Server, dir string) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", filepath.Join(dir, layout.FSSocket))
 	if err != nil {
 		return fmt.Errorf("connect to the VM's file port: %w", err)
 	}
-	go srv.Serve(conn)
+	contain.Go("the file server", func(pe *contain.PanicError) {
+		srv.Close()
+		r.guestPanic(dir, pe)
+	}, func() { srv.Serve(conn) })
 	return nil
+}
+
+// guestPanic reports a contained panic in code that served the VM in
+// dir.
+func (r *Runtime) guestPanic(dir string, pe *contain.PanicError) {
+	if r.GuestPanic != nil {
+		r.GuestPanic(dir, pe)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "gondolin: %v\n%s", pe, pe.Stack)
 }
 
 // prepareTemplate configures a template VM's network (address by DHCP,

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"log"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/netpolicy"
@@ -68,6 +70,13 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 	}
 	sv.bgCtx, sv.bgCancel = context.WithCancel(context.Background())
 	rt.Notice = func(msg string) { sv.log.Print(msg) }
+	rt.GuestPanic = func(dir string, pe *contain.PanicError) {
+		if s, err := sv.lookup(filepath.Base(dir)); err == nil {
+			s.markBroken(pe)
+			return
+		}
+		sv.log.Printf("%s: %v\n%s", dir, pe, pe.Stack)
+	}
 	rt.RebuildTemplate = func(spec Spec) {
 		if err := sv.RebuildTemplate(spec); err != nil {
 			sv.log.Printf("rebuild template: %v", err)
@@ -185,9 +194,13 @@ type session struct {
 	// accessErrs says why a route or the SSH endpoint could not be
 	// opened again after a restart (a port now taken).
 	accessErrs []string
-	ptys       map[uint64]*pty
-	stale      string // why it is stale; empty when live or stopped
-	stopping   bool
+	// broken says why the supervisor stopped serving this session: code
+	// handling its guest's bytes panicked. It stays stale (and is not
+	// reconnected) until removed; the other sessions go on.
+	broken   string
+	ptys     map[uint64]*pty
+	stale    string // why it is stale; empty when live or stopped
+	stopping bool
 	// snapshotting: the VM may be paused on purpose; not a hang.
 	snapshotting bool
 	cpu          cpuSample
@@ -246,7 +259,7 @@ func (sv *Supervisor) Adopt(ctx context.Context) {
 			// The guest keeps its mounts and resyncs with a new server.
 			if srv, err := mounts.NewServer(hm, nil); err != nil {
 				s.accessErrs = append(s.accessErrs, "mounts: "+err.Error())
-			} else if err := serveMounts(context.Background(), srv, sv.reg.dir(id)); err != nil {
+			} else if err := sv.rt.serveMounts(context.Background(), srv, sv.reg.dir(id)); err != nil {
 				srv.Close()
 				s.accessErrs = append(s.accessErrs, "mounts: "+err.Error())
 			} else {
@@ -362,6 +375,11 @@ func (s *session) follow(ctx context.Context, p *pty) error {
 
 func (s *session) waitPTY(p *pty, proc *vm.Process) {
 	exit, err := proc.Wait()
+	var pe *contain.PanicError
+	if errors.As(err, &pe) {
+		s.markBroken(pe)
+		return
+	}
 	if err != nil {
 		return // connection lost: watch() reconnects and follows again
 	}
@@ -382,6 +400,26 @@ const (
 	probeInterval = 10 * time.Second
 	probeTimeout  = 5 * time.Second
 )
+
+// markBroken contains a panic in code that served this session's guest:
+// the session turns stale with the reason (the stack goes to the log),
+// its agent connection is dropped and not made again, and every other
+// session goes on.
+func (s *session) markBroken(pe *contain.PanicError) {
+	s.sv.log.Printf("session %s: %v\n%s", s.rec.ID, pe, pe.Stack)
+	s.mu.Lock()
+	if s.broken != "" {
+		s.mu.Unlock()
+		return
+	}
+	s.broken = pe.Error() + "; remove it with: gondolin rm -f " + s.rec.ID
+	a := s.agent
+	s.mu.Unlock()
+	if a != nil {
+		a.Close()
+	}
+	s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: s.broken})
+}
 
 // watch follows the VM and the agent connection for the session's life:
 // a lost connection is retried, a dead VM makes the session stale.
@@ -412,10 +450,15 @@ func (s *session) watch() {
 			if s.agent == a {
 				s.agent = nil
 			}
-			stopping := s.stopping
+			stopping, broken := s.stopping, s.broken != ""
 			s.mu.Unlock()
 			if stopping {
 				continue
+			}
+			if broken {
+				<-m.Exited() // say so if it dies; never serve it again
+				s.vmExited(m)
+				return
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			err := s.connect(ctx)
@@ -502,6 +545,8 @@ func (s *session) derivedLocked() (State, string) {
 	switch {
 	case s.state.Stopped:
 		return Stopped, ""
+	case s.broken != "":
+		return Stale, s.broken
 	case s.stale != "":
 		return Stale, s.stale
 	case s.m == nil:

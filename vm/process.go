@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"github.com/hashicorp/yamux"
 )
@@ -86,6 +87,10 @@ func (a *Agent) OpenStdin(ctx context.Context, id uint64) (io.WriteCloser, error
 func (p *Process) read(cmd Command) {
 	defer close(p.done)
 	defer p.st.Close()
+	// What this goroutine does with the guest's bytes (frames, and the
+	// caller's OnOutput: a terminal emulator) must not take the host
+	// process down: a panic ends this process's stream with an error.
+	defer contain.Recover("the guest's output", func(e *contain.PanicError) { p.err = e })
 	stdout, stderr := cmd.Stdout, cmd.Stderr
 	if stdout == nil {
 		stdout = io.Discard
