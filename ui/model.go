@@ -15,6 +15,7 @@ import (
 
 	"charm.land/bubbles/v2/textinput"
 	tea "charm.land/bubbletea/v2"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/vm"
 )
@@ -251,6 +252,20 @@ func (m *Model) templatesCmd() tea.Cmd {
 	}
 }
 
+// safeSession escapes what a session's strings may carry that a guest or
+// a script chose (a label, a stale reason quoting the guest, terminal
+// commands), so that the dashboard never prints it raw (termsafe).
+func safeSession(s *sessions.Session) {
+	for _, f := range []*string{&s.Name, &s.Label, &s.Reason, &s.Image, &s.Policy} {
+		*f = termsafe.String(*f)
+	}
+	for i := range s.PTYs {
+		for j := range s.PTYs[i].Argv {
+			s.PTYs[i].Argv[j] = termsafe.String(s.PTYs[i].Argv[j])
+		}
+	}
+}
+
 // templateNote is the one line the dashboard shows about templates: one
 // being built, or one that broke and has not been made again. A broken
 // template is history once its key, or its image and shape under another
@@ -291,7 +306,7 @@ func templateNote(list []vm.TemplateInfo) string {
 			}
 		}
 		if !fixed {
-			return "template " + name(b) + " broke (new VMs boot cold until it is rebuilt): " + oneLine(b.Reason)
+			return termsafe.String("template " + name(b) + " broke (new VMs boot cold until it is rebuilt): " + oneLine(b.Reason))
 		}
 	}
 	return ""
@@ -511,6 +526,9 @@ func (m *Model) onList(msg listMsg) tea.Cmd {
 	m.listErr = nil
 	m.loaded = true
 	m.all = msg.list
+	for i := range m.all {
+		safeSession(&m.all[i])
+	}
 	slices.SortStableFunc(m.all, func(a, b sessions.Session) int {
 		// Live first, then stale, then stopped; newest first within.
 		if c := cmp.Compare(stateRank(a.State), stateRank(b.State)); c != 0 {

@@ -465,3 +465,28 @@ func TestTemplateNoteFollowsEvents(t *testing.T) {
 	f.events <- sessions.Event{Type: sessions.EventTemplate}
 	h.waitUntil("the note gone", func(m *Model) bool { return !strings.Contains(m.render(), "template default:latest") })
 }
+
+// TestGuestTextNeverReachesTheTerminalRaw: what a guest or a script chose
+// (a label, a stale reason quoting the guest, its screen's hyperlinks) is
+// escaped or dropped before the dashboard prints it.
+func TestGuestTextNeverReachesTheTerminalRaw(t *testing.T) {
+	const osc52 = "\x1b]52;c;aGkK\x07"
+	f := newFake(sessions.Session{ID: "a1b2c3d4e5f6", Name: "evil", State: sessions.Stale, Created: epoch,
+		Image: "default:latest", Label: "label" + osc52, Reason: "agent said " + osc52 + "\u202e",
+		PTYs: []sessions.PTY{{ID: 1, Running: true, Main: true, Argv: []string{"sh" + osc52}}}})
+	scr := screenOf(24, 80, "prompt")
+	scr.ANSI = "\x1b[1mbold\x1b[m \x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\ " + osc52 + "\n" + strings.Repeat("\n", 22)
+	f.screens["a1b2c3d4e5f6/1"] = scr
+	h := start(t, f, 120, 30)
+	h.waitUntil("previewed", func(m *Model) bool { return strings.Contains(m.render(), "link") })
+	var frame string
+	h.inspect(func(m *Model) { frame = m.render() })
+	for _, bad := range []string{"\x1b]52", "\x1b]8;", "\u202e", "\a"} {
+		if strings.Contains(frame, bad) {
+			t.Errorf("the frame holds %q raw", bad)
+		}
+	}
+	if !strings.Contains(frame, `\x1b]52`) {
+		t.Errorf("the escaped label is not shown:\n%s", frame)
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"charm.land/bubbles/v2/textinput"
 	tea "charm.land/bubbletea/v2"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 )
@@ -419,6 +420,7 @@ func marker(on bool) string {
 
 // requestLine is one network decision: time, action, protocol, target,
 // and why.
+// Host, method and path are the guest's: escaped (termsafe).
 func requestLine(e netpolicy.Event) string {
 	target := e.Host
 	if e.Port != 0 && e.Port != 80 && e.Port != 443 {
@@ -426,13 +428,13 @@ func requestLine(e netpolicy.Event) string {
 	}
 	line := fmt.Sprintf("%s %-5s %-5s ", e.Time.Local().Format(time.TimeOnly), e.Action, e.Proto)
 	if e.Method != "" {
-		line += e.Method + " "
+		line += termsafe.String(e.Method) + " "
 	}
-	line += target + e.Path
+	line += termsafe.String(target + e.Path)
 	if e.Reason != "" {
-		line += " (" + e.Reason + ")"
+		line += " (" + termsafe.String(e.Reason) + ")"
 	} else if e.Rule != "" {
-		line += " [" + e.Rule + "]"
+		line += " [" + termsafe.String(e.Rule) + "]"
 	}
 	return line
 }

@@ -9,6 +9,7 @@ import (
 	tea "charm.land/bubbletea/v2"
 	"charm.land/lipgloss/v2"
 	"github.com/charmbracelet/x/ansi"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -451,11 +452,14 @@ func (m *Model) previewBody(w, rows int) []string {
 func screenLines(s sessions.Screen) []string {
 	plain := strings.Split(strings.ReplaceAll(s.Text, "\r\n", "\n"), "\n")
 	// An emulator's screen has no tabs, but a stray one would break the
-	// width arithmetic of every line around it.
+	// width arithmetic of every line around it; and no control character
+	// of the guest's may reach the user's terminal.
 	for i, l := range plain {
-		plain[i] = strings.ReplaceAll(l, "\t", " ")
+		plain[i] = termsafe.String(strings.ReplaceAll(l, "\t", " "))
 	}
-	styled := strings.Split(strings.ReplaceAll(s.ANSI, "\r\n", "\n"), "\n")
+	// The styled rendering keeps colours only: a hyperlink (OSC 8) or any
+	// other sequence the guest's screen holds would act on the terminal.
+	styled := strings.Split(strings.ReplaceAll(termsafe.StyleOnly(s.ANSI), "\r\n", "\n"), "\n")
 	if s.ANSI == "" || len(styled) != len(plain) {
 		return plain
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore/debian"
 	"github.com/gondolin/gondolin/imagestore/oci"
 	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/spf13/cobra"
 )
 
@@ -182,10 +183,15 @@ func imageSource(m imagestore.Manifest) string {
 	return "import"
 }
 
+// printJSON prints v indented; what a guest or a registry chose cannot
+// act on the terminal (see termsafe.JSON).
 func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(append(termsafe.JSON(b), '\n'))
+	return err
 }
 
 func humanBytes(n int64) string {

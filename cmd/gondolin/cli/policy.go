@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
@@ -167,9 +168,11 @@ func formatNetEvent(e netpolicy.Event) string {
 	if e.Port != 0 {
 		target = fmt.Sprintf("%s:%d", e.Host, e.Port)
 	}
-	line := fmt.Sprintf("%s %-5s %-5s %s %s%s", e.Time.Local().Format(time.TimeOnly), e.Action, e.Proto, e.Method, target, e.Path)
+	// Host, path, method, user and command are the guest's: escaped.
+	line := fmt.Sprintf("%s %-5s %-5s %s %s%s", e.Time.Local().Format(time.TimeOnly), e.Action, e.Proto,
+		termsafe.String(e.Method), termsafe.String(target), termsafe.String(e.Path))
 	if e.User != "" {
-		line += " user=" + e.User
+		line += " user=" + termsafe.String(e.User)
 	}
 	if e.Command != "" {
 		line += fmt.Sprintf(" command=%q", e.Command)
@@ -181,12 +184,17 @@ func formatNetEvent(e netpolicy.Event) string {
 		line += " secrets=" + strings.Join(e.Secrets, ",")
 	}
 	if e.Reason != "" {
-		line += " (" + e.Reason + ")"
+		line += " (" + termsafe.String(e.Reason) + ")"
 	}
 	return line
 }
 
 // printJSONLine prints v as one line, for streams.
 func printJSONLine(v any) error {
-	return json.NewEncoder(os.Stdout).Encode(v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(append(termsafe.JSON(b), '\n'))
+	return err
 }

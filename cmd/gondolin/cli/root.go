@@ -11,6 +11,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termio"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/snapshots"
 	"github.com/spf13/cobra"
@@ -66,8 +67,10 @@ func Run(args []string) int {
 	return code
 }
 
+// oneLine is err's message on one line, safe to print on a terminal: it
+// may quote what a guest said (an agent's error, a console line).
 func oneLine(err error) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ")), " ")
+	return termsafe.String(strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ")), " "))
 }
 
 func newRoot() *cobra.Command {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -10,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/termio"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
@@ -41,10 +44,10 @@ func newListCmd() *cobra.Command {
 				if s.PID > 0 {
 					pid = strconv.Itoa(s.PID)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, dash(s.Name), s.State, pid,
-					humanAge(time.Since(s.Created)), s.Image, s.RunningPTYs(), s.Label)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, dash(termsafe.String(s.Name)), s.State, pid,
+					humanAge(time.Since(s.Created)), termsafe.String(s.Image), s.RunningPTYs(), termsafe.String(s.Label))
 				if s.State == sessions.Stale {
-					notes = append(notes, fmt.Sprintf("%s is stale: %s (remove it with: gondolin rm %s)", s.ID, s.Reason, s.ID))
+					notes = append(notes, fmt.Sprintf("%s is stale: %s (remove it with: gondolin rm %s)", s.ID, termsafe.String(s.Reason), s.ID))
 				}
 			}
 			w.Flush()
@@ -125,7 +128,13 @@ func newLogsCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return client.Logs(ctx, args[0], follow, os.Stdout)
+			// The console is what the guest wrote: on a terminal, its
+			// escape sequences are shown, not run (a file gets the bytes).
+			var out io.Writer = os.Stdout
+			if termio.IsTerminal(os.Stdout) {
+				out = &termsafe.Writer{W: os.Stdout}
+			}
+			return client.Logs(ctx, args[0], follow, out)
 		},
 	}
 	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")

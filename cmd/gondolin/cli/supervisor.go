@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/spf13/cobra"
@@ -90,7 +91,7 @@ func dialSupervisor(start bool) (*sessions.Client, error) {
 
 // templateLine describes one template for supervisor status.
 func templateLine(t vm.TemplateInfo) string {
-	what := t.Label
+	what := termsafe.String(t.Label)
 	if what == "" {
 		what = t.Key
 	}
@@ -106,7 +107,7 @@ func templateLine(t vm.TemplateInfo) string {
 	case vm.TemplateBuilding:
 		line += fmt.Sprintf(" since %s", t.Built.Local().Format(time.TimeOnly))
 	case vm.TemplateBroken:
-		line += fmt.Sprintf(" at %s, moved aside to %s: %s", t.Broken.Local().Format(time.DateTime), t.Dir, t.Reason)
+		line += fmt.Sprintf(" at %s, moved aside to %s: %s", t.Broken.Local().Format(time.DateTime), t.Dir, termsafe.String(t.Reason))
 	case vm.TemplateStale:
 		line += " (saved by an older gondolin, or never checked: new VMs do not use it)"
 	}
