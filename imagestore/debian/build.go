@@ -255,7 +255,7 @@ func buildFiles(ctx context.Context, store *imagestore.Store, pl plan, debPaths 
 	p := opts.Progress
 	p.Phase("unpacking kernel")
 	kernelDir := filepath.Join(work, "kernel")
-	kt, err := rootfs.New(kernelDir, rootfs.Options{})
+	kt, err := rootfs.New(kernelDir, rootfs.Options{MaxUsage: maxKernelUsage})
 	if err != nil {
 		return imagestore.Manifest{}, err
 	}
@@ -343,13 +343,27 @@ func storeKernel(store *imagestore.Store, vmlinuz, work string, p progress.Repor
 	return f, err
 }
 
+// maxKernelUsage bounds the kernel package's staging tree, which holds
+// only its vmlinuz and modules, a few hundred MiB: a package checked
+// against apt's index cannot fill the host's disk, however it is made.
+const maxKernelUsage = 4 << 30
+
 // buildRootfs unpacks the packages into a staging tree, finishes it and
 // turns it into a qcow2 disk.
 func buildRootfs(ctx context.Context, store *imagestore.Store, pl plan, debPaths map[string]string, work string, opts Options) (imagestore.File, error) {
 	p := opts.Progress
+	size, err := pl.config.DiskBytes()
+	if err != nil {
+		return imagestore.File{}, err
+	}
 	p.Phase(fmt.Sprintf("unpacking %d packages", len(pl.debs)))
 	staging := filepath.Join(work, "rootfs")
-	t, err := rootfs.New(staging, rootfs.Options{UsrMerged: true, Skip: skipDirs})
+	// What does not fit the disk fails mke2fs anyway; bounding the tree
+	// stops it first, before the staging directory outgrows the disk
+	// the user chose. Twice the disk, because Usage counts a block for
+	// every symlink and hard link, which ext4 does not need, so a build
+	// that fits is not refused.
+	t, err := rootfs.New(staging, rootfs.Options{UsrMerged: true, Skip: skipDirs, MaxUsage: 2 * size})
 	if err != nil {
 		return imagestore.File{}, err
 	}
@@ -357,23 +371,19 @@ func buildRootfs(ctx context.Context, store *imagestore.Store, pl plan, debPaths
 	for i, d := range pl.debs {
 		p.Step(i, len(pl.debs))
 		if err := unpackDeb(ctx, t, debPaths[d.Name], nil); err != nil {
-			return imagestore.File{}, fmt.Errorf("unpack %s: %w", d.Name, err)
+			return imagestore.File{}, fmt.Errorf("unpack %s: %w%s", d.Name, err, diskSizeHint(err, pl.config))
 		}
 	}
 	p.Step(len(pl.debs), len(pl.debs))
 	p.Phase("configuring root filesystem")
 	if err := finishRootfs(ctx, t, staging, opts.AgentPath, p); err != nil {
-		return imagestore.File{}, err
+		return imagestore.File{}, fmt.Errorf("%w%s", err, diskSizeHint(err, pl.config))
 	}
 	if err := t.Finish(); err != nil {
 		return imagestore.File{}, err
 	}
 
 	p.Phase("making root disk")
-	size, err := pl.config.DiskBytes()
-	if err != nil {
-		return imagestore.File{}, err
-	}
 	qcow2 := filepath.Join(work, "rootfs.qcow2")
 	if err := t.MakeDisk(ctx, qcow2, size); err != nil {
 		return imagestore.File{}, err
@@ -381,6 +391,16 @@ func buildRootfs(ctx context.Context, store *imagestore.Store, pl plan, debPaths
 	f, err := store.PutFile(qcow2)
 	f.Format = imagestore.FormatQcow2
 	return f, err
+}
+
+// diskSizeHint tells the user how to get past the unpack limit, which
+// the disk size sets.
+func diskSizeHint(err error, c imagestore.BuildConfig) string {
+	var le *rootfs.LimitError
+	if !errors.As(err, &le) {
+		return ""
+	}
+	return fmt.Sprintf(" (twice disk_size %s; choose a larger disk_size)", c.DiskSize)
 }
 
 // unpackDeb streams a .deb's data archive into t without running any of

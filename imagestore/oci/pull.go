@@ -38,11 +38,19 @@ import (
 // from the same image, so that FindBuild does not reuse old ones.
 const formatVersion = 1
 
-// Limits on what a registry may make us write: the root disk is bounded
-// like a build's, and a layer count beyond this is no real image.
+// Limits on what a registry may make us write; a layer count beyond
+// maxLayers is no real image.
+//
+// maxUnpackedBytes bounds both the layers' tar streams and the staging
+// tree's Usage, in which every file counts with its apparent size (a
+// sparse entry of a few bytes may claim exabytes) and every path with a
+// block. The root disk is sized from that Usage (diskSize), so it stays
+// under 1.5 times the limit plus 256 MiB, and a pull's peak on the host,
+// staging tree, raw image and qcow2 together, under about three times
+// the limit. The largest public images unpack to a few tens of GiB.
 const (
 	maxLayers        = 1000
-	maxUnpackedBytes = 512 << 30
+	maxUnpackedBytes = 64 << 30
 	// maxZstdWindow bounds the memory a zstd layer may ask for; zstd
 	// --long uses 128 MiB.
 	maxZstdWindow = 128 << 20
@@ -259,7 +267,7 @@ func makeDisk(ctx context.Context, img v1.Image, work string, p progress.Reporte
 	if len(layers) > maxLayers {
 		return "", fmt.Errorf("%w: %d layers (at most %d)", imagestore.ErrInvalid, len(layers), maxLayers)
 	}
-	t, err := rootfs.New(filepath.Join(work, "rootfs"), rootfs.Options{})
+	t, err := rootfs.New(filepath.Join(work, "rootfs"), rootfs.Options{MaxUsage: maxUnpackedBytes})
 	if err != nil {
 		return "", err
 	}
@@ -316,9 +324,11 @@ func applyLayer(ctx context.Context, t *rootfs.Tree, l v1.Layer, i, n int, budge
 	src := &limited{r: plain, l: budget}
 	tarStream := io.TeeReader(src, h)
 	if err := t.ApplyLayer(ctx, tarStream); err != nil {
+		if errors.Is(src.err, errTooBig) {
+			return &classError{fmt.Sprintf("%s is rejected: %v", what, errTooBig), imagestore.ErrInvalid}
+		}
 		if src.err != nil || ctx.Err() != nil {
-			// The download, the decompression or the size limit failed,
-			// not the archive.
+			// The download or the decompression failed, not the archive.
 			return fmt.Errorf("%s: %w", what, err)
 		}
 		return &classError{fmt.Sprintf("%s is rejected: %v", what, err), imagestore.ErrInvalid}
@@ -326,6 +336,9 @@ func applyLayer(ctx context.Context, t *rootfs.Tree, l v1.Layer, i, n int, budge
 	// Tar padding and anything after the archive's end count for the
 	// digests too.
 	if _, err := io.Copy(io.Discard, tarStream); err != nil {
+		if errors.Is(err, errTooBig) {
+			return &classError{fmt.Sprintf("%s is rejected: %v", what, err), imagestore.ErrInvalid}
+		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if _, err := io.Copy(io.Discard, counted); err != nil {
@@ -380,7 +393,9 @@ func (c *counter) Read(b []byte) (int, error) {
 	return n, err
 }
 
-var errTooBig = fmt.Errorf("the image unpacks to more than %d GiB", maxUnpackedBytes>>30)
+// errTooBig words the limit as the tree's rootfs.LimitError does, so
+// that both name the same limit.
+var errTooBig = fmt.Errorf("the layers' tar streams go past the image's unpack limit of %d GiB", maxUnpackedBytes>>30)
 
 // limit is the unpacked size left for all of an image's layers.
 type limit struct{ left int64 }

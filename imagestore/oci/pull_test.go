@@ -4,11 +4,13 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
+	"github.com/gondolin/gondolin/imagestore/internal/tartest"
 	"github.com/gondolin/gondolin/imagestore/oci/ocitest"
 	"github.com/gondolin/gondolin/internal/layout"
 )
@@ -239,6 +242,55 @@ func TestPullRejectsEscapes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPullRejectsSparseBomb pins the sparse-file bomb of the security
+// review: a layer of a few KiB whose sparse entry claims more than the
+// unpack limit is refused, in every sparse format archive/tar reads,
+// before any of it is written, and the store is left as it was.
+func TestPullRejectsSparseBomb(t *testing.T) {
+	needTools(t)
+	limitFileSize(t, 256<<20)
+	host := ocitest.Registry(t)
+	wantErr := `layer 1 of 1 (`
+	wantLimit := fmt.Sprintf("unpack limit of %d GiB", maxUnpackedBytes>>30)
+	for _, f := range tartest.SparseFormats {
+		t.Run(f.String(), func(t *testing.T) {
+			store, _ := storeWithDefault(t)
+			before := storeState(t, store)
+			ref := host + "/bomb/" + strings.ToLower(strings.ReplaceAll(f.String(), " ", "-")) + ":1"
+			ocitest.Push(t, ref, ocitest.Image(t, v1.Config{}, ocitest.TarLayer(t, tartest.Sparse(f, "var/big", 1<<60, "x"))))
+			_, _, err := Pull(context.Background(), store, ref, Options{Insecure: true})
+			if err == nil || !errors.Is(err, imagestore.ErrInvalid) || strings.Contains(err.Error(), "\n") ||
+				!strings.Contains(err.Error(), wantErr) || !strings.Contains(err.Error(), `entry "var/big"`) ||
+				!strings.Contains(err.Error(), wantLimit) {
+				t.Fatalf("Pull = %v; want one line, an ErrInvalid naming the layer, the entry and the %s", err, wantLimit)
+			}
+			if after := storeState(t, store); !reflect.DeepEqual(after, before) {
+				t.Fatalf("a rejected pull changed the store:\n%v\n%v", before, after)
+			}
+			if left, _ := os.ReadDir(store.TempDir()); len(left) != 0 {
+				t.Errorf("tmp holds %v", left)
+			}
+		})
+	}
+}
+
+// limitFileSize caps every file the test process writes at n bytes, so
+// that code which writes a sparse entry's holes out fails at once with
+// EFBIG (Go ignores SIGXFSZ) instead of filling the disk.
+func limitFileSize(t *testing.T, n uint64) {
+	t.Helper()
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		t.Fatal(err)
+	}
+	lim := old
+	lim.Cur = min(n, old.Max)
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old) })
 }
 
 func TestPullNeedsDefaultImage(t *testing.T) {

@@ -103,7 +103,11 @@ func (t *Tree) applyEntry(hdr *tar.Header, body io.Reader, added map[string]bool
 		if err := t.replaceDir(p); err != nil {
 			return err
 		}
-		err = t.WriteFile(p, body, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
+		// For a sparse entry (old GNU 'S', or TypeReg with GNU.sparse PAX
+		// records) Size is the apparent size and body reads zeros for
+		// the holes: the file costs its apparent size, however small
+		// the layer, so that is what counts against the limit.
+		err = t.writeFile(p, body, hdr.Size, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
 	case tar.TypeSymlink:
 		target := hdr.Linkname
 		if target == "" || strings.ContainsRune(target, 0) {

@@ -4,12 +4,18 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/imagestore/internal/tartest"
 )
 
 // applyLayers applies each entry list as one layer into a fresh tree in
@@ -230,15 +236,117 @@ func TestApplyLayerKeepsOwnersAndModes(t *testing.T) {
 	}
 }
 
+// TestApplyLayerLimit checks that Options.MaxUsage counts a sparse
+// entry's apparent size, in every sparse format, and every path, and
+// that a refused entry leaves nothing on disk.
+func TestApplyLayerLimit(t *testing.T) {
+	const limit = 1 << 20
+	type test struct {
+		name    string
+		layer   []byte
+		wantErr string // "" when the layer fits
+	}
+	var tests []test
+	for _, f := range tartest.SparseFormats {
+		// The report's case: a layer of 1.5 KiB, a file of 64 MiB.
+		tests = append(tests, test{"sparse " + f.String(), tartest.Sparse(f, "big", 64<<20, "x"),
+			`entry "big": a file of 64 MiB would take the image past its unpack limit of 1 MiB`})
+	}
+	var many []tarEntry
+	for i := range limit / pathUsage {
+		many = append(many, dir(strconv.Itoa(i)+"/"))
+	}
+	tests = append(tests,
+		test{"plain file", tarOf(t, reg("big", strings.Repeat("x", limit))), "a file of 1 MiB would take the image past"},
+		test{"many empty paths", tarOf(t, many...), `entry "255/": the files would take the image past its unpack limit of 1 MiB`},
+		test{"fits", tarOf(t, reg("a", strings.Repeat("x", limit/2)), sym("l", "a"), hard("h", "a"), dir("d/")), ""},
+	)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sandbox := t.TempDir()
+			root := filepath.Join(sandbox, "root")
+			tr, err := New(root, Options{MaxUsage: limit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			err = tr.ApplyLayer(context.Background(), bytes.NewReader(tt.layer))
+			var le *LimitError
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatal(err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.As(err, &le) || le.Limit != limit):
+				t.Fatalf("apply: %v; want a *LimitError about %q", err, tt.wantErr)
+			}
+			if u := tr.Usage(); u > limit {
+				t.Errorf("Usage %d over the limit", u)
+			}
+			if _, err := os.Lstat(filepath.Join(root, "big")); !os.IsNotExist(err) {
+				t.Errorf("the refused file is on disk: %v", err)
+			}
+			if n := diskBytes(t, sandbox); n > limit {
+				t.Errorf("%d bytes on disk", n)
+			}
+		})
+	}
+}
+
+// TestWriteFileLimit checks the bound on content whose size no header
+// states: the write is cut at the limit and leaves no file.
+func TestWriteFileLimit(t *testing.T) {
+	const limit = 1 << 20
+	root := filepath.Join(t.TempDir(), "root")
+	tr, err := New(root, Options{MaxUsage: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var le *LimitError
+	err = tr.WriteFile("f", strings.NewReader(strings.Repeat("x", 2*limit)), 0o644, 0, 0, time.Time{})
+	if !errors.As(err, &le) || err.Error() != "the files would take the image past its unpack limit of 1 MiB" {
+		t.Fatalf("WriteFile: %v", err)
+	}
+	if tr.Exists("f") || tr.Usage() > limit {
+		t.Errorf("after a refused write: exists %v, usage %d", tr.Exists("f"), tr.Usage())
+	}
+	if _, err := os.Lstat(filepath.Join(root, "f")); !os.IsNotExist(err) {
+		t.Errorf("the refused file is on disk: %v", err)
+	}
+}
+
+// diskBytes sums the sizes of the files under dir.
+func diskBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// fuzzLimit bounds the fuzzed tree, so that an entry of any size (a
+// sparse one costs a few bytes of input) is cheap to refuse.
+const fuzzLimit = 4 << 20
+
 // FuzzApplyLayer feeds arbitrary tar streams (after a fixed first layer
-// full of symlinks) and checks that nothing appears outside the tree.
+// full of symlinks) and checks that nothing appears outside the tree and
+// that the tree stays within its MaxUsage.
 func FuzzApplyLayer(f *testing.F) {
 	f.Add(tarOf(f, reg("evil/etc/x", "x"), sym("a", "/"), reg("a/b", "y")))
 	f.Add(tarOf(f, reg("../x", "x")))
 	f.Add(tarOf(f, hard("h", "up/etc/passwd"), reg("opq/.wh..wh..opq", ""), reg("rel/.wh.x", "")))
+	for _, sf := range tartest.SparseFormats {
+		f.Add(tartest.Sparse(sf, "evil/sparse", 1<<40, "data"))
+		f.Add(tartest.Sparse(sf, "small", 3<<10, "data"))
+	}
 	f.Fuzz(func(t *testing.T, layer []byte) {
 		sandbox := t.TempDir()
-		tr, err := New(filepath.Join(sandbox, "root"), Options{})
+		tr, err := New(filepath.Join(sandbox, "root"), Options{MaxUsage: fuzzLimit})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -251,6 +359,9 @@ func FuzzApplyLayer(f *testing.F) {
 		tr.Finish()
 		if entries, _ := os.ReadDir(sandbox); len(entries) != 1 {
 			t.Fatalf("sandbox holds %v", entries)
+		}
+		if u, n := tr.Usage(), diskBytes(t, sandbox); u > fuzzLimit || n > fuzzLimit {
+			t.Fatalf("usage %d, %d bytes on disk; limit %d", u, n, fuzzLimit)
 		}
 	})
 }

@@ -32,7 +32,7 @@ type Tree struct {
 	nodes map[string]*node // by clean relative path; "" is the root
 	chown bool             // running as root: give files their owners now
 	opts  Options
-	bytes int64 // regular file content written
+	bytes int64 // regular file content written, replaced files included
 }
 
 // Options shape a tree.
@@ -42,6 +42,44 @@ type Options struct {
 	UsrMerged bool
 	// Skip lists directories whose entries Extract drops.
 	Skip []string
+	// MaxUsage bounds Usage, and with it the disk the staging directory
+	// and the root disk made from it may take: a file or directory that
+	// would take the tree past it is refused with a *LimitError before
+	// any of it is written. An archive entry counts with the size its
+	// header states, which for a sparse entry is the apparent size: the
+	// holes read as zeros and are written out in full. Zero means no
+	// bound, for trusted input only.
+	MaxUsage int64
+}
+
+// LimitError is a write refused because it would take a tree past its
+// Options.MaxUsage.
+type LimitError struct {
+	Limit int64 // Options.MaxUsage
+	Size  int64 // the file's size when known (apparent size for sparse files), else 0
+}
+
+func (e *LimitError) Error() string {
+	if e.Size > 0 {
+		return fmt.Sprintf("a file of %s would take the image past its unpack limit of %s", formatBytes(e.Size), formatBytes(e.Limit))
+	}
+	return fmt.Sprintf("the files would take the image past its unpack limit of %s", formatBytes(e.Limit))
+}
+
+// formatBytes spells n in the largest binary unit it reaches.
+func formatBytes(n int64) string {
+	units := []string{"EiB", "PiB", "TiB", "GiB", "MiB", "KiB"}
+	for i, u := range units {
+		shift := uint(10 * (len(units) - i))
+		if n>>shift == 0 {
+			continue
+		}
+		if n&(1<<shift-1) == 0 {
+			return fmt.Sprintf("%d %s", n>>shift, u)
+		}
+		return fmt.Sprintf("%.1f %s", float64(n)/float64(int64(1)<<shift), u)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 type nodeKind uint8
@@ -98,9 +136,28 @@ func (t *Tree) Close() error { return t.root.Close() }
 // Dir is the staging directory.
 func (t *Tree) Dir() string { return t.dir }
 
-// Usage estimates the space the tree's files take on a filesystem: their
-// content plus a block for every inode.
-func (t *Tree) Usage() int64 { return t.bytes + int64(len(t.nodes))*4096 }
+// pathUsage is what Usage counts for every path besides its content: an
+// inode and, for most, a block. Charging it also bounds the tree's own
+// record, which grows with every path.
+const pathUsage = 4096
+
+// Usage estimates the space the tree's files take on a filesystem: the
+// content written (including files later replaced, so that removing
+// files never makes room for more) plus a block for every path.
+func (t *Tree) Usage() int64 { return t.bytes + int64(len(t.nodes))*pathUsage }
+
+// fit checks that a new path with size bytes of content keeps the tree
+// within Options.MaxUsage. size comes from an archive header and may be
+// anything up to MaxInt64, so it is compared, never added.
+func (t *Tree) fit(size int64) error {
+	if t.opts.MaxUsage <= 0 {
+		return nil
+	}
+	if size > t.opts.MaxUsage-t.Usage()-pathUsage {
+		return &LimitError{Limit: t.opts.MaxUsage, Size: size}
+	}
+	return nil
+}
 
 // cleanName turns a tar entry name into a clean relative path. It rejects
 // absolute names, ".." anywhere, and control characters (which no Debian
@@ -225,6 +282,9 @@ func (t *Tree) mkdirAll(p string, mode fs.FileMode) error {
 	if err := t.parent(p); err != nil {
 		return err
 	}
+	if err := t.fit(0); err != nil {
+		return err
+	}
 	// Owner write and search stay on until Finish, so that a read-only
 	// directory from an archive can still be filled when not root.
 	if err := t.root.Mkdir(p, 0o700); err != nil {
@@ -274,10 +334,20 @@ func (t *Tree) remove(p string) error {
 
 // WriteFile writes a regular file at p, replacing a file or symlink there.
 func (t *Tree) WriteFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, mtime time.Time) error {
+	return t.writeFile(p, r, -1, mode, uid, gid, mtime)
+}
+
+// writeFile is WriteFile for content whose size an archive header states
+// (-1 when unknown), so that a file over the limit is refused before it
+// exists. A write that fails leaves no file behind.
+func (t *Tree) writeFile(p string, r io.Reader, size int64, mode fs.FileMode, uid, gid int, mtime time.Time) error {
 	if err := t.parent(p); err != nil {
 		return err
 	}
 	if err := t.clear(p); err != nil {
+		return err
+	}
+	if err := t.fit(max(size, 0)); err != nil {
 		return err
 	}
 	f, err := t.root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -285,8 +355,18 @@ func (t *Tree) WriteFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, 
 		return err
 	}
 	t.nodes[p] = &node{kind: kindFile, uid: uid, gid: gid}
+	// The stated size is checked; the reader is capped too, for callers
+	// that state none and in case a reader gives more than it said.
+	left := int64(-1)
+	if t.opts.MaxUsage > 0 {
+		left = t.opts.MaxUsage - t.Usage()
+		r = io.LimitReader(r, left+1)
+	}
 	n, err := io.Copy(f, r)
 	t.bytes += n
+	if err == nil && left >= 0 && n > left {
+		err = &LimitError{Limit: t.opts.MaxUsage, Size: max(size, 0)}
+	}
 	if err == nil && t.chown && (uid != 0 || gid != 0) {
 		err = f.Chown(uid, gid)
 	}
@@ -299,6 +379,11 @@ func (t *Tree) WriteFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, 
 	}
 	if err == nil && !mtime.IsZero() {
 		err = t.root.Chtimes(p, mtime, mtime)
+	}
+	if err != nil {
+		delete(t.nodes, p)
+		t.bytes -= n
+		t.root.Remove(p)
 	}
 	return err
 }
@@ -315,6 +400,9 @@ func (t *Tree) symlink(target, p string, uid, gid int) error {
 		return err
 	}
 	if err := t.clear(p); err != nil {
+		return err
+	}
+	if err := t.fit(0); err != nil {
 		return err
 	}
 	if err := t.root.Symlink(target, p); err != nil {
@@ -340,6 +428,9 @@ func (t *Tree) link(old, p string) error {
 		return err
 	}
 	if err := t.clear(p); err != nil {
+		return err
+	}
+	if err := t.fit(0); err != nil {
 		return err
 	}
 	if err := t.root.Link(old, p); err != nil {
@@ -420,7 +511,8 @@ func (t *Tree) Extract(ctx context.Context, r io.Reader, keep func(p string) boo
 		case tar.TypeDir:
 			err = t.MkDir(p, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
 		case tar.TypeReg:
-			err = t.WriteFile(p, tr, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
+			// A PAX sparse entry is TypeReg too; its Size is the apparent size.
+			err = t.writeFile(p, tr, hdr.Size, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
 		case tar.TypeSymlink:
 			if hdr.Linkname == "" || strings.ContainsRune(hdr.Linkname, 0) {
 				return fmt.Errorf("%s: bad symlink target %q", hdr.Name, hdr.Linkname)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gondolin/gondolin/imagestore/internal/tartest"
 )
 
 func TestCleanName(t *testing.T) {
@@ -217,6 +219,34 @@ func TestExtractRejects(t *testing.T) {
 			}
 			if entries, _ := os.ReadDir(sandbox); len(entries) != 1 {
 				t.Fatalf("sandbox holds %v", entries)
+			}
+		})
+	}
+}
+
+// TestExtractLimit checks that a package's sparse entry counts with its
+// apparent size too. Extract takes PAX sparse entries, which are
+// TypeReg, as files, and skips old GNU ones (type 'S') as dpkg would
+// not unpack them.
+func TestExtractLimit(t *testing.T) {
+	for _, f := range tartest.SparseFormats {
+		t.Run(f.String(), func(t *testing.T) {
+			staging := filepath.Join(t.TempDir(), "root")
+			tr, err := New(staging, Options{MaxUsage: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			err = tr.Extract(context.Background(), bytes.NewReader(tartest.Sparse(f, "./big", 64<<20, "x")), nil)
+			want := "./big: a file of 64 MiB would take the image past its unpack limit of 1 MiB"
+			if f == tartest.GNU {
+				want = ""
+			}
+			if (err == nil) != (want == "") || err != nil && err.Error() != want {
+				t.Fatalf("Extract: %v; want %q", err, want)
+			}
+			if _, err := os.Lstat(filepath.Join(staging, "big")); !os.IsNotExist(err) {
+				t.Errorf("big is on disk: %v", err)
 			}
 		})
 	}

@@ -84,7 +84,13 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 // Layer makes a gzip-compressed layer of entries.
 func Layer(t testing.TB, entries ...Entry) v1.Layer {
 	t.Helper()
-	data := Tar(t, entries...)
+	return TarLayer(t, Tar(t, entries...))
+}
+
+// TarLayer makes a gzip-compressed layer of a tar archive made by hand,
+// for what archive/tar cannot write (sparse entries).
+func TarLayer(t testing.TB, data []byte) v1.Layer {
+	t.Helper()
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
 	if err != nil {
 		t.Fatal(err)
