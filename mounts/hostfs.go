@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,24 +34,108 @@ import (
 // the middle of a path the guest sends only appears when the tree changed
 // under it, or when the guest is hostile.
 type hostMount struct {
-	id   string
-	path string
-	ro   bool
-	root int // O_PATH descriptor of the mount's root directory
-	dev  uint64
+	id     string
+	path   string
+	ro     bool
+	root   int    // O_PATH descriptor of the mount's root directory
+	rootID RootID // what root is
 }
 
+// openMount opens spec's host directory by its path, following no
+// symlink anywhere in it, and refuses it if it is not the directory
+// spec.Root names. The path is trusted no further than that: a guest
+// with write access to a directory above it (through another session's
+// mount) could have moved anything there since the mount was made.
 func openMount(spec Spec) (*hostMount, error) {
-	fd, err := unix.Open(spec.HostPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	fd, id, err := openRoot(spec.HostPath)
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return nil, fmt.Errorf("%w: --mount-hostfs %s: a symlink is now in the host path; refusing to follow it (it was replaced since the mount was made)", ErrRootChanged, spec)
+	case err != nil:
 		return nil, fmt.Errorf("%w: host directory %s: %v", ErrInvalid, spec.HostPath, err)
+	case spec.Root != (RootID{}) && id != spec.Root:
+		unix.Close(fd)
+		return nil, fmt.Errorf("%w: --mount-hostfs %s: the host directory is not the one the mount was made with (%v, was %v): it was moved or replaced; refusing to serve it (put it back, or mount it in a new session)", ErrRootChanged, spec, id, spec.Root)
+	}
+	return &hostMount{id: spec.ID, path: spec.HostPath, ro: spec.ReadOnly, root: fd, rootID: id}, nil
+}
+
+// PinRoots resolves the host directory of every host mount in specs
+// (memory mounts are skipped) as NewServer does, and records its
+// identity in Root; a Root already set is checked instead (an error
+// wrapping ErrRootChanged if it differs). Call it when a session is made
+// or resumed, before its record is saved: every later server for the
+// session then serves these directories or refuses to start.
+func PinRoots(specs []Spec) error {
+	for i := range specs {
+		if specs[i].Memory {
+			continue
+		}
+		m, err := openMount(specs[i])
+		if err != nil {
+			return err
+		}
+		specs[i].Root = m.rootID
+		m.close()
+	}
+	return nil
+}
+
+// openRoot opens dir, a clean absolute path, as an O_PATH descriptor of
+// a directory, following no symlink on the way: openat2 with
+// RESOLVE_NO_SYMLINKS from /, else a walk from / one component at a time.
+func openRoot(dir string) (int, RootID, error) {
+	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
+		return -1, RootID{}, fmt.Errorf("%q is not a clean absolute path", dir)
+	}
+	fd, err := openRootFD(dir)
+	if err != nil {
+		return -1, RootID{}, err
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("host directory %s: %w", spec.HostPath, err)
+		return -1, RootID{}, err
 	}
-	return &hostMount{id: spec.ID, path: spec.HostPath, ro: spec.ReadOnly, root: fd, dev: st.Dev}, nil
+	return fd, RootID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+func openRootFD(dir string) (int, error) {
+	const flags = unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC
+	if !noOpenat2.Load() {
+		how := unix.OpenHow{Flags: flags, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+		for try := 0; ; try++ {
+			fd, err := unix.Openat2(unix.AT_FDCWD, dir, &how)
+			switch {
+			case err == unix.EAGAIN && try < 8:
+				continue // a concurrent rename; the kernel asks to retry
+			case err == unix.ENOSYS:
+				noOpenat2.Store(true)
+			default:
+				return fd, err
+			}
+			break
+		}
+	}
+	slash, err := unix.Open("/", flags, 0)
+	if err != nil || dir == "/" {
+		return slash, err
+	}
+	defer unix.Close(slash)
+	fd, errno := walk(slash, dir[1:])
+	if errno == syscall.ENOTDIR {
+		// Say ELOOP, as openat2 does, if a component is a symlink.
+		var st unix.Stat_t
+		for p := dir; p != "/"; p = filepath.Dir(p) {
+			if unix.Lstat(p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				return -1, unix.ELOOP
+			}
+		}
+	}
+	if errno != 0 {
+		return -1, errno
+	}
+	return fd, nil
 }
 
 func (m *hostMount) close() { unix.Close(m.root) }
@@ -170,13 +255,17 @@ func (m *hostMount) openDir(dir string) (int, syscall.Errno) {
 	return m.walkDir(dir)
 }
 
-// walkDir is openDir without openat2: one component at a time, each
-// opened with O_NOFOLLOW|O_DIRECTORY, so a symlink fails with ENOTDIR.
-func (m *hostMount) walkDir(dir string) (int, syscall.Errno) {
-	fd := m.root // dir is never empty, so fd ends up a new descriptor
+// walkDir is openDir without openat2.
+func (m *hostMount) walkDir(dir string) (int, syscall.Errno) { return walk(m.root, dir) }
+
+// walk opens dir beneath start one component at a time, each opened
+// with O_NOFOLLOW|O_DIRECTORY, so a symlink fails with ENOTDIR. dir is
+// relative and not empty, so the result is a new descriptor.
+func walk(start int, dir string) (int, syscall.Errno) {
+	fd := start
 	for _, name := range strings.Split(dir, "/") {
 		next, err := unix.Openat(fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if fd != m.root {
+		if fd != start {
 			unix.Close(fd)
 		}
 		if err != nil {
@@ -210,8 +299,8 @@ func (m *hostMount) statFD(fd int, a *fsproto.Attr) syscall.Errno {
 func (m *hostMount) attr(st *unix.Statx_t, a *fsproto.Attr) {
 	dev := unix.Mkdev(st.Dev_major, st.Dev_minor)
 	ino := st.Ino
-	if dev != m.dev {
-		ino ^= bits.RotateLeft64(dev, 32) ^ bits.RotateLeft64(m.dev, 32)
+	if dev != m.rootID.Dev {
+		ino ^= bits.RotateLeft64(dev, 32) ^ bits.RotateLeft64(m.rootID.Dev, 32)
 	}
 	gen := uint64(1)
 	if st.Mask&unix.STATX_BTIME != 0 && (st.Btime.Sec != 0 || st.Btime.Nsec != 0) {
@@ -298,9 +387,11 @@ func (m *hostMount) open(req *fsproto.Request, a *fsproto.Attr) (*os.File, sysca
 		mode = fileMode(req.Mode)
 	}
 	// Refuse anything but a regular file before opening it: opening a
-	// device node has effects of its own. (The check and the open are
-	// not atomic, but only the host user can put a device node here; the
-	// guest cannot make one.)
+	// device node has effects of its own, and a FIFO's open waits for
+	// the other end. (The check and the open are not atomic, but only the
+	// host user can put a device node or FIFO here, the guest cannot make
+	// one; and one swapped in meanwhile is opened with O_NONBLOCK, then
+	// refused by the check after the open.)
 	switch errno := m.statAt(t.dir, t.name, 0, a); {
 	case errno == syscall.ENOENT && flags&unix.O_CREAT != 0:
 	case errno != 0:
@@ -540,11 +631,17 @@ func (m *hostMount) mkdir(p string, mode uint32, a *fsproto.Attr) syscall.Errno 
 	return m.statAt(t.dir, t.name, 0, a)
 }
 
+// mknod makes regular files only. A FIFO, socket or device node the
+// guest leaves in the user's tree is a trap for host tools: a FIFO named
+// Makefile hangs make, a socket fails it oddly, a device gives access to
+// hardware. EPERM is what Linux answers for a node type a filesystem
+// does not support (vfat, for one), so tools treat it as such: mkfifo
+// reports "Operation not permitted", bind fails and programs fall back
+// to a socket elsewhere (the guest's /tmp and memory mounts have all
+// types). EACCES would send users looking for a permission to fix.
 func (m *hostMount) mknod(p string, mode uint32, a *fsproto.Attr) syscall.Errno {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFREG, unix.S_IFIFO, unix.S_IFSOCK:
-	default:
-		return syscall.EPERM // no device nodes on the host
+	if mode&unix.S_IFMT != unix.S_IFREG {
+		return syscall.EPERM
 	}
 	t, errno := m.resolveName(p)
 	if errno != 0 {

@@ -193,20 +193,6 @@ func testPOSIX(t *testing.T) {
 		wantErrno(t, "rename missing", m.Rename(ctx, "a", "b", 0), syscall.ENOENT)
 	})
 
-	t.Run("mknod", func(t *testing.T) {
-		a, errno := m.Mknod(ctx, "fifo", unix.S_IFIFO|0o600, 0)
-		mustOK(t, "mkfifo", errno)
-		if a.Mode&unix.S_IFMT != unix.S_IFIFO {
-			t.Errorf("mode %o", a.Mode)
-		}
-		_, _, errno = m.Open(ctx, "fifo", unix.O_RDONLY)
-		wantErrno(t, "open fifo on the host", errno, syscall.EPERM)
-		_, errno = m.Mknod(ctx, "null", unix.S_IFCHR|0o666, uint32(unix.Mkdev(1, 3)))
-		wantErrno(t, "mknod char device", errno, syscall.EPERM)
-		_, errno = m.Mknod(ctx, "blk", unix.S_IFBLK|0o666, uint32(unix.Mkdev(8, 0)))
-		wantErrno(t, "mknod block device", errno, syscall.EPERM)
-	})
-
 	t.Run("statfs", func(t *testing.T) {
 		st, errno := m.Statfs(ctx)
 		mustOK(t, "statfs", errno)

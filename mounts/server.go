@@ -390,8 +390,17 @@ func (h *handle) close() {
 	}
 }
 
-// maxHandles bounds the host file descriptors one VM can hold open.
-const maxHandles = 1 << 14
+// MaxHandles bounds the files and directories one VM can hold open on
+// the host; the next open gets EMFILE, in that VM only. Each handle is a
+// descriptor of the supervisor, which serves every VM in one process: the
+// bound keeps one guest from starving the others (and the supervisor's
+// own sockets) of descriptors. 1024 is what a Linux process gets by
+// default (the soft RLIMIT_NOFILE), plenty for a VM's builds and editors
+// on its host mounts, and small enough that a dozen VMs at the bound fit
+// in a limit of 20,000, hundreds in systemd's usual hard limit of 524,288
+// (see internal/rlimit). A VM's requests in flight hold a few more for a
+// moment (at most 3 each, maxInflight of them), and each mount its root.
+const MaxHandles = 1024
 
 // handleTable maps handle numbers to open files. A number carries the
 // server's instance in its high half, so that a handle of an earlier
@@ -412,7 +421,7 @@ func (t *handleTable) init(instance uint32) {
 func (t *handleTable) add(h *handle) (uint64, syscall.Errno) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.m) >= maxHandles {
+	if len(t.m) >= MaxHandles {
 		return 0, syscall.EMFILE
 	}
 	for {

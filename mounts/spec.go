@@ -24,8 +24,11 @@
 //   - Set-user-ID and set-group-ID bits are never set on host files: the
 //     guest must not be able to leave a privileged executable in the
 //     user's tree.
-//   - Device nodes are neither created nor opened on the host (EPERM);
-//     FIFOs and sockets may be created (the guest kernel opens those).
+//   - Only regular files, directories and symlinks are created on the
+//     host: mknod of a FIFO, socket or device node gets EPERM, since
+//     one left in the user's tree traps host tools (a FIFO named
+//     Makefile hangs make). Such files already on the host are listed
+//     but never opened (EPERM).
 //   - Symlinks are stored verbatim and resolved by the guest kernel, so
 //     an absolute symlink points into the guest's own filesystem, never
 //     the host's. (A symlink the guest leaves in a read-write tree may
@@ -35,6 +38,14 @@
 //     (1 s) and file data until the next open of a file whose size or
 //     modification time changed: a change made on the host shows in the
 //     guest within a second, and new contents at the next open.
+//   - Which directory: a host mount's path is resolved once, when the
+//     mount is made (ParseHostFS, PinRoots), and its device and inode
+//     numbers kept with the session. A server made later (a supervisor
+//     restart, a resumed snapshot) opens the path following no symlink
+//     and refuses a directory that is not that one (ErrRootChanged), so
+//     a guest that can write above another mount's directory cannot
+//     redirect it. Host directories of one VM may not overlap (Check).
+//   - Open files: at most MaxHandles per VM (EMFILE beyond).
 //   - Inode numbers are the host's (mixed with the device number for
 //     directories that cross a mount point), so hard links show as one
 //     inode.
@@ -52,6 +63,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/vm/agentproto"
+	"golang.org/x/sys/unix"
 )
 
 // ErrInvalid is wrapped by every error about a bad mount specification.
@@ -67,12 +79,37 @@ type Spec struct {
 	// path, so it is stable across supervisor restarts.
 	ID string `json:"id,omitempty"`
 	// HostPath is the absolute, symlink-free host directory (host mounts).
-	HostPath  string `json:"host_path,omitempty"`
+	HostPath string `json:"host_path,omitempty"`
+	// Root is the identity HostPath had when the mount was made (by
+	// ParseHostFS or PinRoots). It is kept with the session so that a
+	// server made later (a supervisor restart, a resumed snapshot) serves
+	// that directory or nothing: the guest may have moved another one to
+	// HostPath through a mount of another session. Zero (records made
+	// before it existed) checks nothing but that the path has no symlink.
+	Root      RootID `json:"root,omitzero"`
 	GuestPath string `json:"guest_path"`
 	ReadOnly  bool   `json:"read_only,omitempty"`
 	// Memory mounts are a tmpfs in the guest, gone with the VM.
 	Memory bool `json:"memory,omitempty"`
 }
+
+// RootID identifies a host directory: its device and inode numbers.
+// (Device numbers can change when a filesystem is mounted again, after a
+// reboot on btrfs or device-mapper volumes; the directory is then
+// refused as changed, and the error shows both identities.)
+type RootID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+func (r RootID) String() string {
+	return fmt.Sprintf("device %d:%d inode %d", unix.Major(r.Dev), unix.Minor(r.Dev), r.Ino)
+}
+
+// ErrRootChanged is wrapped by the error of a host mount whose directory
+// is no longer the one the mount was made with (moved, replaced, or with
+// a symlink now in its path).
+var ErrRootChanged = errors.New("host directory changed")
 
 func (s Spec) String() string {
 	switch {
@@ -91,8 +128,11 @@ func (s Spec) AgentMount() *agentproto.Mount {
 
 // ParseHostFS parses a --mount-hostfs value, HOST:GUEST[:ro] (":rw" is
 // accepted too). HOST may be relative and may contain colons; it must be
-// an existing directory, and is resolved to an absolute path without
-// symlinks, so that the mount cannot be redirected later.
+// an existing directory. Its symlinks are resolved here, once, as the
+// user meant them: the spec holds the absolute path without symlinks and
+// the directory's identity (Root), and from then on the mount is only
+// ever opened by that path with no symlink followed, and only if it is
+// still the same directory.
 func ParseHostFS(s string) (Spec, error) {
 	bad := func(format string, args ...any) (Spec, error) {
 		return Spec{}, fmt.Errorf("%w: --mount-hostfs %q: %s", ErrInvalid, s, fmt.Sprintf(format, args...))
@@ -125,14 +165,17 @@ func ParseHostFS(s string) (Spec, error) {
 		}
 		return bad("%v", err)
 	}
-	st, err := os.Stat(real)
-	if err != nil {
-		return bad("%v", err)
-	}
-	if !st.IsDir() {
+	fd, id, err := openRoot(real)
+	switch {
+	case errors.Is(err, unix.ENOTDIR):
 		return bad("%s is not a directory", abs)
+	case err != nil:
+		// A symlink here is one that appeared since EvalSymlinks.
+		return bad("%s: %v", real, err)
 	}
+	unix.Close(fd)
 	spec.HostPath = real
+	spec.Root = id
 	spec.ID = mountID(g)
 	return spec, nil
 }
@@ -178,16 +221,22 @@ func checkGuestPath(p string) (string, error) {
 // Check validates a VM's mounts as a set: each must be valid on its own,
 // no guest path may be used twice, and mount points may not nest (a mount
 // inside a host mount would create its mount point in the user's tree,
-// and the outcome would depend on mount order).
+// and the outcome would depend on mount order). Host directories may not
+// overlap either: see checkHostOverlap.
 func Check(specs []Spec) error {
 	for i, s := range specs {
 		if _, err := checkGuestPath(s.GuestPath); err != nil {
 			return fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
-		if !s.Memory && (s.ID == "" || len(s.ID) > 64 || !filepath.IsAbs(s.HostPath)) {
-			return fmt.Errorf("%w: host mount %s lacks an ID or an absolute host path", ErrInvalid, s.GuestPath)
+		if !s.Memory && (s.ID == "" || len(s.ID) > 64 || !filepath.IsAbs(s.HostPath) || filepath.Clean(s.HostPath) != s.HostPath) {
+			return fmt.Errorf("%w: host mount %s lacks an ID or a clean absolute host path", ErrInvalid, s.GuestPath)
 		}
 		for _, t := range specs[:i] {
+			if !s.Memory && !t.Memory {
+				if err := checkHostOverlap(t, s); err != nil {
+					return err
+				}
+			}
 			a, b := path.Clean(s.GuestPath), path.Clean(t.GuestPath)
 			switch {
 			case a == b:
@@ -200,6 +249,31 @@ func Check(specs []Spec) error {
 				return fmt.Errorf("%w: mounts %s and %s share ID %s", ErrInvalid, a, b, s.ID)
 			}
 		}
+	}
+	return nil
+}
+
+// checkHostOverlap refuses two host mounts of one directory, or of one
+// directory inside the other. Through the outer mount the guest can
+// rename the inner one's directory (or one above it) and put a symlink
+// or another directory in its place, which a later server would serve
+// with the inner mount's guest path and rights; Root catches that, as it
+// must for mounts of different sessions, but a VM should not be set up
+// to try. Pairs that are both read-only are refused too, to keep the
+// rule simple. The same directory twice would show the guest one file
+// under two paths with separate caches, and a read-only mount beside a
+// writable one of the same files protects nothing.
+func checkHostOverlap(a, b Spec) error {
+	inside := func(inner, outer string) bool {
+		return outer == "/" || strings.HasPrefix(inner, outer+"/")
+	}
+	switch {
+	case a.HostPath == b.HostPath || a.Root != (RootID{}) && a.Root == b.Root:
+		return fmt.Errorf("%w: --mount-hostfs %s and --mount-hostfs %s are the same host directory; mount it once", ErrInvalid, a, b)
+	case inside(b.HostPath, a.HostPath):
+		return fmt.Errorf("%w: --mount-hostfs %s is inside --mount-hostfs %s on the host; overlapping host mounts are refused (the guest could replace one through the other)", ErrInvalid, b, a)
+	case inside(a.HostPath, b.HostPath):
+		return fmt.Errorf("%w: --mount-hostfs %s is inside --mount-hostfs %s on the host; overlapping host mounts are refused (the guest could replace one through the other)", ErrInvalid, a, b)
 	}
 	return nil
 }

@@ -61,7 +61,7 @@ func TestParseHostFS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if spec.HostPath != tt.host || spec.GuestPath != tt.guest || spec.ReadOnly != tt.ro || spec.Memory || spec.ID == "" {
+			if spec.HostPath != tt.host || spec.GuestPath != tt.guest || spec.ReadOnly != tt.ro || spec.Memory || spec.ID == "" || spec.Root.Ino == 0 {
 				t.Fatalf("ParseHostFS(%q) = %+v", tt.in, spec)
 			}
 			b, _ := json.Marshal(spec)
@@ -86,9 +86,8 @@ func TestParseMemFS(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	dir := t.TempDir()
 	host := func(guest string) Spec {
-		s, err := ParseHostFS(dir + ":" + guest)
+		s, err := ParseHostFS(t.TempDir() + ":" + guest)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,12 +114,75 @@ func TestCheck(t *testing.T) {
 		"mounted twice": {host("/a"), mem("/a")},
 		"nested":        {host("/a"), mem("/a/b")},
 		"nested ":       {mem("/a/b/c"), host("/a")},
-		"lacks an ID":   {{HostPath: dir, GuestPath: "/x"}},
+		"lacks an ID":   {{HostPath: t.TempDir(), GuestPath: "/x"}},
+		"clean":         {{ID: "m1", HostPath: t.TempDir() + "/../x", GuestPath: "/x"}},
 	}
 	for want, specs := range bad {
 		err := Check(specs)
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), strings.TrimSpace(want)) {
 			t.Errorf("Check(%v) = %v, want %q", specs, err, want)
 		}
+	}
+}
+
+// TestCheckHostOverlap: a host directory mounted inside another (or twice)
+// would let the guest move or replace one mount through the other.
+func TestCheckHostOverlap(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"src/proj", "srcx", "other"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	host := func(h, guest string) Spec {
+		if !filepath.IsAbs(h) {
+			h = filepath.Join(dir, h)
+		}
+		s, err := ParseHostFS(h + ":" + guest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	mem := func(guest string) Spec {
+		s, _ := ParseMemFS(guest)
+		return s
+	}
+	tests := []struct {
+		name  string
+		specs []Spec
+		want  string // "" for no error
+	}{
+		{"inner read-only", []Spec{host("src", "/src"), host("src/proj", "/workspace:ro")}, "inside"},
+		{"inner first", []Spec{host("src/proj", "/workspace:ro"), host("src", "/src")}, "inside"},
+		{"both read-only", []Spec{host("src", "/src:ro"), host("src/proj", "/workspace:ro")}, "inside"},
+		{"same twice", []Spec{host("src", "/a"), host("src", "/b:ro")}, "same host directory"},
+		{"host root", []Spec{host("/", "/host:ro"), host("other", "/b")}, "inside"},
+		{"name prefix only", []Spec{host("src", "/a"), host("srcx", "/b")}, ""},
+		{"siblings", []Spec{host("src/proj", "/a"), host("other", "/b"), host("srcx", "/c")}, ""},
+		{"with memory mounts", []Spec{mem("/m"), host("src", "/a"), mem("/n"), host("other", "/b")}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Check(tt.specs)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Check: %v", err)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Check = %v, want an ErrInvalid containing %q", err, tt.want)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			for _, s := range tt.specs {
+				if !s.Memory && !strings.Contains(msg, "--mount-hostfs "+s.String()) {
+					t.Errorf("error %q does not name --mount-hostfs %s", msg, s)
+				}
+			}
+		})
 	}
 }

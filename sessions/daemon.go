@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/rlimit"
+	"github.com/gondolin/gondolin/mounts"
 )
 
 // ErrSupervisorRunning means another supervisor holds the home's lock.
@@ -57,6 +59,13 @@ func RunSupervisor(home layout.Home, logger *log.Logger) error {
 
 	sv := NewSupervisor(rt, logger)
 	logger.Printf("supervisor %d starting for %s", os.Getpid(), home)
+	// Every VM's mount server may hold up to mounts.MaxHandles files:
+	// take all the descriptors the system allows this process.
+	if limit, err := rlimit.RaiseNOFILE(); err != nil {
+		logger.Printf("raise the open-file limit: %v", err)
+	} else {
+		logger.Printf("open-file limit %d (%d VMs' worth of mount handles)", limit, limit/mounts.MaxHandles)
+	}
 	rt.Snapshots.SweepScratch() // a dead supervisor's unfinished snapshots
 	sv.Adopt(context.Background())
 	api := NewAPI(sv)
@@ -142,7 +151,9 @@ func startSupervisor(home layout.Home, executable string) error {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(executable, "supervisor")
-	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	// The supervisor outlives the command that starts it: it gets only
+	// what it needs of that command's environment (no tokens).
+	cmd.Env = layout.ServiceEnv(os.Environ(), layout.EnvHome+"="+string(home))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -647,6 +647,12 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 	if req.Resume != "" {
 		return sv.resume(ctx, req)
 	}
+	// Each host mount's directory is recorded by identity now, so that a
+	// restarted supervisor serves that directory or nothing (the guest
+	// may have replaced a path with a symlink meanwhile).
+	if err := mounts.PinRoots(spec.Mounts); err != nil {
+		return Session{}, invalidf("%v", err)
+	}
 	img, err := sv.rt.ResolveImage(&spec)
 	if err != nil {
 		return Session{}, err
@@ -751,6 +757,9 @@ func (sv *Supervisor) resume(ctx context.Context, req CreateRequest) (Session, e
 	spec, err := plan.resumeSpec(req.Spec, req.SecretValues)
 	if err != nil {
 		return Session{}, err
+	}
+	if err := mounts.PinRoots(spec.Mounts); err != nil {
+		return Session{}, invalidf("%v", err)
 	}
 	command := plan.session.Command
 	if len(req.Command) > 0 {

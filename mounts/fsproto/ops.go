@@ -138,7 +138,8 @@ func (m Mount) Mkdir(ctx context.Context, path string, mode uint32) (Attr, sysca
 	return m.attr(ctx, &Request{Op: OpMkdir, Path: path, Mode: mode})
 }
 
-// Mknod creates a regular file, FIFO or socket (never a device).
+// Mknod creates a regular file. The host refuses FIFOs, sockets and
+// devices (EPERM): see package mounts.
 func (m Mount) Mknod(ctx context.Context, path string, mode, dev uint32) (Attr, syscall.Errno) {
 	return m.attr(ctx, &Request{Op: OpMknod, Path: path, Mode: mode, Dev: dev})
 }
