@@ -134,6 +134,9 @@ func prepare(ctx context.Context, cfg Config) (*exec.Cmd, *os.File, error) {
 		return nil, nil, err
 	}
 	cmd := exec.Command(qemu, qemuArgs(cfg, hostTSCKHz())...)
+	// A session's QEMU outlives the command that made it: only PATH (its
+	// exec: migrations run zstd) and TMPDIR of that environment go along.
+	cmd.Env = qemuEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own session: a Ctrl-C meant for the user's command must not
 	// reach QEMU, and a detached VM has no controlling terminal to lose.
@@ -142,6 +145,18 @@ func prepare(ctx context.Context, cfg Config) (*exec.Cmd, *os.File, error) {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
 	return cmd, logFile, nil
+}
+
+// qemuEnv is QEMU's environment: PATH and TMPDIR of environ, nothing
+// else (a secret exported for the command that starts it included).
+func qemuEnv(environ []string) []string {
+	var env []string
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, "PATH=") || strings.HasPrefix(kv, "TMPDIR=") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 func createOverlay(ctx context.Context, path, backing, format string) error {

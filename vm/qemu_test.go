@@ -94,3 +94,10 @@ func TestQEMUArgsQ35(t *testing.T) {
 		t.Errorf("microvm devices or a bogus TSC on q35: %s", line)
 	}
 }
+
+func TestQEMUEnv(t *testing.T) {
+	got := qemuEnv([]string{"PATH=/bin", "GH_TOKEN=secret", "TMPDIR=/t", "HOME=/h", "PATHOLOGY=x"})
+	if strings.Join(got, " ") != "PATH=/bin TMPDIR=/t" {
+		t.Fatalf("qemuEnv = %q", got)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Environment variables users rely on.
@@ -16,6 +17,28 @@ const (
 	EnvAccel        = "GONDOLIN_ACCEL"
 	EnvDebug        = "GONDOLIN_DEBUG"
 )
+
+// serviceEnv are the only variables gondolin's long-lived processes (the
+// supervisor, QEMU) keep from the environment that starts them: a token
+// exported for one command must not sit in /proc/PID/environ of processes
+// that outlive it.
+var serviceEnv = map[string]bool{
+	"PATH": true, "HOME": true, "USER": true, "LOGNAME": true, "TMPDIR": true, "LANG": true, "LC_ALL": true,
+	"XDG_DATA_HOME": true, "XDG_CACHE_HOME": true, "XDG_RUNTIME_DIR": true,
+	EnvHome: true, EnvAccel: true, EnvDebug: true, EnvDefaultImage: true,
+}
+
+// ServiceEnv returns the part of environ (KEY=VALUE entries) that a
+// long-lived gondolin process may keep (see serviceEnv), plus extra.
+func ServiceEnv(environ []string, extra ...string) []string {
+	var out []string
+	for _, kv := range environ {
+		if k, _, ok := strings.Cut(kv, "="); ok && serviceEnv[k] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, extra...)
+}
 
 // DefaultImage is the image used when neither --image nor
 // GONDOLIN_DEFAULT_IMAGE names one.
