@@ -24,7 +24,9 @@ const (
 // that outlive it.
 var serviceEnv = map[string]bool{
 	"PATH": true, "HOME": true, "USER": true, "LOGNAME": true, "TMPDIR": true, "LANG": true, "LC_ALL": true,
-	"XDG_DATA_HOME": true, "XDG_CACHE_HOME": true, "XDG_RUNTIME_DIR": true,
+	"XDG_DATA_HOME": true, "XDG_CACHE_HOME": true, "XDG_RUNTIME_DIR": true, "TZ": true,
+	// The trust roots the supervisor's proxy verifies upstreams against.
+	"SSL_CERT_FILE": true, "SSL_CERT_DIR": true,
 	EnvHome: true, EnvAccel: true, EnvDebug: true, EnvDefaultImage: true,
 }
 
