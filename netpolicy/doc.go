@@ -65,22 +65,48 @@
 //     destination address, and must equal the TLS server name.
 //  2. The allowlist (most specific matching Allow/Deny pattern wins).
 //  3. Secrets: placeholders are replaced by real values in header values
-//     (Basic credentials decoded and re-encoded) and the URL, for the
-//     secret's hosts only. Any placeholder, or any real value (8 bytes or
-//     longer), bound for another host blocks the request with a 403
-//     before anything is sent; so does a placeholder whose value is not
-//     known (values are memory-only and lost with the supervisor).
-//     Bodies are neither substituted nor scanned: the guest never holds a
-//     real value, and the host never writes one into a body. Real values
-//     echoed in response headers are turned back into placeholders;
-//     response bodies are not scanned. Secrets are not substituted into
-//     plain HTTP unless the upstream is an --allow-internal address.
+//     (Basic credentials decoded and re-encoded), for the secret's hosts
+//     only; in the URL path and query only for a secret given the url
+//     option (--host-secret NAME:url@HOSTS, Secret.InURL), since servers
+//     repeat URLs in many more places than headers. A placeholder in the
+//     URL of any other secret, any placeholder or any real value (8
+//     bytes or longer) bound for another host, or a placeholder whose
+//     value is not known (values are memory-only and lost with the
+//     supervisor) blocks the request with a 403 before anything is
+//     sent. Bodies are never substituted: the guest never holds a real
+//     value, and the host never writes one into a body. A request body
+//     to a host is scanned as it streams for the placeholders and values
+//     that may not go there, whatever its length, holding back only the
+//     longest of them less one byte; one found cuts the upload before
+//     any of it leaves (the guest gets a 403 if it is still listening).
+//     Secrets are not substituted into plain HTTP unless the upstream is
+//     an --allow-internal address. Responses are scrubbed (below).
 //  4. The host resolves the name itself (--resolve pins first) and at
 //     least one address must be outside the internal ranges
 //     (InternalRange) or inside an --allow-internal range; the upstream
 //     connection is then made by resolving and checking again and
 //     dialling only an allowed address, so a name that rebinds to an
 //     internal address between the two is still refused.
+//
+// # Secrets in responses
+//
+// Responses from a host any secret may go to (whether or not the request
+// used one: a server may store a request and show it later) are
+// scrubbed: every value of those secrets, and every encoded string the
+// substitution wrote, is turned back into what the guest sent, in
+// headers, body and trailer, as sent and in the forms servers repeat
+// strings in (percent-encoded, JSON-escaped). The body is scrubbed as it
+// streams, holding back the longest such string less one byte between
+// reads, always that many whatever they are (holding back only a
+// possible start of a value would let the guest learn a value by timing,
+// a byte at a time); so a streamed response (server-sent events) reaches
+// the guest that many bytes late, and it loses its Content-Length. Those
+// requests ask for Accept-Encoding: identity; a gzip body sent anyway is
+// decoded and scrubbed, any other encoding is refused with a 502. Only
+// exact echoes are recognised: a value a server cuts short (an error
+// message quoting part of it, a Range request ending inside it) or
+// encodes otherwise gets through, and so do WebSocket frames after the
+// upgrade and the headers of 1xx informational responses.
 //
 // Every decision is an Event (never with a secret value), kept in a ring
 // and streamed to subscribers. SSH connections and each exec, refused

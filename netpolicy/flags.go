@@ -2,8 +2,10 @@ package netpolicy
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,7 +16,8 @@ import (
 // flags are slices in command-line order.
 type Flags struct {
 	AllowHost         []string // --allow-host PATTERN
-	HostSecret        []string // --host-secret NAME@HOST[,HOST...][=VALUE]
+	HostSecret        []string // --host-secret NAME[:url]@HOST[,HOST...][=VALUE]
+	HostSecretFile    []string // --host-secret-file NAME[:url]@HOST[,HOST...]=PATH ("-": stdin)
 	DNS               string   // --dns synthetic|trusted|open
 	DNSTrustedServer  []string // --dns-trusted-server IP
 	TCPMap            []string // --tcp-map GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT
@@ -48,6 +51,14 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	}
 	for _, s := range f.HostSecret {
 		sec, err := ParseHostSecret(s, getenv)
+		if err != nil {
+			return Policy{}, err
+		}
+		p.Secrets = append(p.Secrets, sec)
+	}
+	stdinUsed := false
+	for _, s := range f.HostSecretFile {
+		sec, err := parseHostSecretFile(s, &stdinUsed)
 		if err != nil {
 			return Policy{}, err
 		}
@@ -168,19 +179,30 @@ func ParseAllowHost(s string) (string, error) {
 	return pat, nil
 }
 
-// ParseHostSecret parses NAME@HOST[,HOST...][=VALUE]. Without =VALUE the
-// value is getenv(NAME); a missing or empty variable is an error naming it.
-// Errors never contain the value.
+// ParseHostSecret parses NAME[:url]@HOST[,HOST...][=VALUE]. Without
+// =VALUE the value is getenv(NAME); a missing or empty variable is an
+// error naming it. The url option lets the value be substituted into
+// the URL path and query too (Secret.InURL); without it the value goes
+// into headers only. Errors never contain the value.
 func ParseHostSecret(spec string, getenv func(string) string) (Secret, error) {
 	head, value, inline := strings.Cut(spec, "=")
-	name, hosts, ok := strings.Cut(head, "@")
+	nameOpts, hosts, ok := strings.Cut(head, "@")
+	name, opts, hasOpts := strings.Cut(nameOpts, ":")
 	if !ok || name == "" || hosts == "" {
-		return Secret{}, fmt.Errorf("%w: --host-secret %s: want NAME@HOST[,HOST...][=VALUE]", ErrInvalid, head)
+		return Secret{}, fmt.Errorf("%w: --host-secret %s: want NAME[:url]@HOST[,HOST...][=VALUE]", ErrInvalid, head)
 	}
 	if !envNameRE.MatchString(name) {
 		return Secret{}, fmt.Errorf("%w: --host-secret %s: %q is not a variable name", ErrInvalid, head, name)
 	}
 	s := Secret{Name: name}
+	if hasOpts {
+		for _, o := range strings.Split(opts, ":") {
+			if o != "url" {
+				return Secret{}, fmt.Errorf("%w: --host-secret %s: unknown option %q; the only one is url (substitute into the URL too), as in %s:url@%s", ErrInvalid, head, o, name, hosts)
+			}
+			s.InURL = true
+		}
+	}
 	for _, h := range strings.Split(hosts, ",") {
 		pat, err := ParseAllowHost(h)
 		if err != nil {
@@ -200,6 +222,56 @@ func ParseHostSecret(spec string, getenv func(string) string) (Secret, error) {
 	}
 	s.Value = NewSecretValue(value)
 	return s, nil
+}
+
+// maxSecretFile bounds a secret read from a file: a token, not a disk.
+const maxSecretFile = 64 << 10
+
+// secretStdin is where --host-secret-file NAME@HOST=- reads (a variable
+// for tests).
+var secretStdin io.Reader = os.Stdin
+
+// parseHostSecretFile parses NAME[:url]@HOST[,HOST...]=PATH and reads
+// the value from PATH, or from standard input for "-" (once per
+// command), so that it is in neither argv nor the shell's history. One
+// trailing newline (as echo and editors leave) is dropped.
+func parseHostSecretFile(spec string, stdinUsed *bool) (Secret, error) {
+	head, path, ok := strings.Cut(spec, "=")
+	if !ok || path == "" {
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: want NAME@HOST[,HOST...]=PATH (- for standard input)", ErrInvalid, spec)
+	}
+	var r io.Reader
+	if path == "-" {
+		if *stdinUsed {
+			return Secret{}, fmt.Errorf("%w: --host-secret-file %s: standard input can give one secret only", ErrInvalid, head)
+		}
+		*stdinUsed = true
+		r = secretStdin
+	} else {
+		f, err := os.Open(path)
+		if err != nil {
+			return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %v", ErrInvalid, head, err)
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxSecretFile+1))
+	switch {
+	case err != nil:
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: read %s: %v", ErrInvalid, head, path, err)
+	case len(b) > maxSecretFile:
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %s is longer than %d KiB; a secret value is expected", ErrInvalid, head, path, maxSecretFile>>10)
+	}
+	value := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if value == "" || strings.ContainsAny(value, "\r\n\x00") {
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %s must hold one non-empty line", ErrInvalid, head, path)
+	}
+	sec, err := ParseHostSecret(head+"=x", nil)
+	if err != nil {
+		return Secret{}, err
+	}
+	sec.Value = NewSecretValue(value)
+	return sec, nil
 }
 
 // ParseDNSMode parses --dns.

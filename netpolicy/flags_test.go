@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -17,16 +20,23 @@ func TestParseHostSecret(t *testing.T) {
 		wantName  string
 		wantHosts []string
 		wantValue string
+		wantSpec  string // as String shows it (the url option included)
 		wantErr   string
 	}{
-		{spec: "GITHUB_TOKEN@api.github.com", wantName: "GITHUB_TOKEN", wantHosts: []string{"api.github.com"}, wantValue: "ghp_fromenv123"},
+		{spec: "GITHUB_TOKEN@api.github.com", wantName: "GITHUB_TOKEN", wantHosts: []string{"api.github.com"}, wantValue: "ghp_fromenv123", wantSpec: "GITHUB_TOKEN@api.github.com=[redacted]"},
+		// The url option: the value may go into the URL too.
+		{spec: "GITHUB_TOKEN:url@api.github.com", wantName: "GITHUB_TOKEN", wantHosts: []string{"api.github.com"}, wantValue: "ghp_fromenv123", wantSpec: "GITHUB_TOKEN:url@api.github.com=[redacted]"},
+		{spec: "MAPS:url@maps.example.com=k:v@x", wantName: "MAPS", wantHosts: []string{"maps.example.com"}, wantValue: "k:v@x", wantSpec: "MAPS:url@maps.example.com=[redacted]"},
+		{spec: "X:URL@api.example.com=v", wantErr: `unknown option "URL"`},
+		{spec: "X:@api.example.com=v", wantErr: `unknown option ""`},
+		{spec: "X:header@api.example.com=v", wantErr: "the only one is url"},
 		{spec: "TOKEN@a.example.com,*.B.example.com=s3cr3t=with=equals", wantName: "TOKEN", wantHosts: []string{"a.example.com", "*.b.example.com"}, wantValue: "s3cr3t=with=equals"},
 		{spec: "MISSING@api.example.com", wantErr: "environment variable MISSING is not set"},
 		{spec: "EMPTY@api.example.com", wantErr: "environment variable EMPTY is not set"},
 		{spec: "X@api.example.com=", wantErr: "empty value"},
-		{spec: "api.example.com=v", wantErr: "want NAME@HOST"},
-		{spec: "@api.example.com=v", wantErr: "want NAME@HOST"},
-		{spec: "X@=value", wantErr: "want NAME@HOST"},
+		{spec: "api.example.com=v", wantErr: "want NAME[:url]@HOST"},
+		{spec: "@api.example.com=v", wantErr: "want NAME[:url]@HOST"},
+		{spec: "X@=value", wantErr: "want NAME[:url]@HOST"},
 		{spec: "1X@api.example.com=v", wantErr: "not a variable name"},
 		{spec: "X@bad host=v", wantErr: "host"},
 		{spec: "X@a.com,,b.com=v", wantErr: "host"},
@@ -48,6 +58,9 @@ func TestParseHostSecret(t *testing.T) {
 			}
 			if s.Name != tt.wantName || fmt.Sprint(s.Hosts) != fmt.Sprint(tt.wantHosts) || s.Value.Reveal() != tt.wantValue {
 				t.Errorf("got %s hosts %v", s.Name, s.Hosts)
+			}
+			if tt.wantSpec != "" && s.String() != tt.wantSpec {
+				t.Errorf("String() = %q, want %q", s.String(), tt.wantSpec)
 			}
 		})
 	}
@@ -241,5 +254,71 @@ func TestSetSecretKeepsPlaceholder(t *testing.T) {
 	}
 	if env := q.SecretEnv(); len(env) != 2 || env[0] != "A="+ph {
 		t.Errorf("SecretEnv = %v", env)
+	}
+}
+
+func TestHostSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	token := write("token", "ghp_fromfile\n")
+	crlf := write("crlf", "ghp_crlf\r\n")
+	twoLines := write("two", "a\nb\n")
+	empty := write("empty", "\n")
+	big := write("big", strings.Repeat("x", maxSecretFile+1))
+	tests := []struct {
+		name      string
+		specs     []string
+		stdin     string
+		wantValue []string
+		wantInURL bool
+		wantErr   string
+	}{
+		{name: "file", specs: []string{"T@api.example.com=" + token}, wantValue: []string{"ghp_fromfile"}},
+		{name: "url option", specs: []string{"T:url@api.example.com=" + token}, wantValue: []string{"ghp_fromfile"}, wantInURL: true},
+		{name: "crlf", specs: []string{"T@api.example.com=" + crlf}, wantValue: []string{"ghp_crlf"}},
+		{name: "stdin", specs: []string{"T@api.example.com=-"}, stdin: "from-stdin\n", wantValue: []string{"from-stdin"}},
+		{name: "stdin twice", specs: []string{"A@a.example.com=-", "B@b.example.com=-"}, stdin: "x", wantErr: "standard input can give one secret only"},
+		{name: "two lines", specs: []string{"T@api.example.com=" + twoLines}, wantErr: "one non-empty line"},
+		{name: "empty", specs: []string{"T@api.example.com=" + empty}, wantErr: "one non-empty line"},
+		{name: "too big", specs: []string{"T@api.example.com=" + big}, wantErr: "longer than 64 KiB"},
+		{name: "missing file", specs: []string{"T@api.example.com=" + filepath.Join(dir, "nope")}, wantErr: "no such file"},
+		{name: "no path", specs: []string{"T@api.example.com"}, wantErr: "want NAME@HOST"},
+		{name: "bad name", specs: []string{"1T@api.example.com=" + token}, wantErr: "not a variable name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			old := secretStdin
+			secretStdin = strings.NewReader(tt.stdin)
+			defer func() { secretStdin = old }()
+			p, err := Flags{HostSecretFile: tt.specs}.Policy(func(string) string { return "" })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("err = %v, want one line containing %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "ghp_") {
+					t.Fatalf("error shows the value: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, s := range p.Secrets {
+				got = append(got, s.Value.Reveal())
+				if s.InURL != tt.wantInURL {
+					t.Errorf("InURL = %v", s.InURL)
+				}
+			}
+			if !slices.Equal(got, tt.wantValue) {
+				t.Fatalf("values %q, want %q", got, tt.wantValue)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -123,8 +124,10 @@ func FuzzHTTPRequest(f *testing.F) {
 			p.ipAllowed(ip)
 		}
 		v := p.applySecrets(host, r)
-		if len(v.used) > 0 && !p.Secrets[0].secretHost(host) {
-			t.Fatalf("secret substituted for %q", host)
+		for _, s := range p.Secrets {
+			if slices.Contains(v.used, s.Name) && !s.secretHost(host) {
+				t.Fatalf("secret %s substituted for %q", s.Name, host)
+			}
 		}
 	})
 }
@@ -256,4 +259,68 @@ func FuzzSSHBanner(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzScrub feeds the response scrubber input holding a value (and
+// another string to replace) at positions and in pieces the fuzzer
+// picks. Whatever the chunking the output must equal the one-shot
+// replacement, and it must not hold the value: unless the value overlaps
+// a replacement (it contains one, or begins where one ends, ...), where
+// an echo of the value next to the rest of it can spell it again.
+func FuzzScrub(f *testing.F) {
+	f.Add(tokenValue, "", []byte("auth: Bearer \n"), []byte{5, 1, 200, 3})
+	f.Add("a/b&c<d>", "dTpyZWFs", []byte(`{"h":"Basic ","u":"/x?k="}`), []byte{0, 11, 12, 2, 1})
+	f.Add("aa", "a", []byte("aaaaaaa"), []byte{1, 2, 3})
+	const ph = "GONDOLIN_SECRET_00112233445566778899aabbccddeeff"
+	f.Fuzz(func(t *testing.T, value, other string, data, cuts []byte) {
+		if value == "" || len(value) > 512 || len(cuts) == 0 || len(cuts) > 64 || len(data) > 8<<10 {
+			return // (the input is built by copying: keep it small)
+		}
+		// The value (and the other string) inserted where cuts say.
+		in := string(data)
+		for i, c := range cuts {
+			at := int(c) % (len(in) + 1)
+			s := value
+			if i%3 == 2 && other != "" {
+				s = other
+			}
+			in = in[:at] + s + in[at:]
+		}
+		pairs := echoPairs(value, ph)
+		if other != "" {
+			pairs = append(pairs, scrubPair{other, "[other]"})
+		}
+		want := oneShot(pairs, in)
+		sizes, reads := make([]int, len(cuts)), make([]int, len(cuts))
+		for i, c := range cuts {
+			sizes[i] = int(c)%23 + 1
+			reads[i] = int(c>>3)%31 + 1
+		}
+		r := newReplacer(pairs)
+		got := scrubStream(t, r, in, sizes, reads, cuts[0]&1 == 1)
+		if got != want {
+			t.Fatalf("streamed %q\none-shot %q", got, want)
+		}
+		if strings.Contains(got, value) && !overlapsAny(value, pairs) {
+			t.Fatalf("output holds the value: %q", got)
+		}
+	})
+}
+
+// overlapsAny reports whether v could be spelled across or inside a
+// replacement: v and a replacement contain one another, or one ends
+// with the beginning of the other.
+func overlapsAny(v string, pairs []scrubPair) bool {
+	for _, p := range pairs {
+		n := p.new
+		if strings.Contains(n, v) || (n != "" && strings.Contains(v, n)) {
+			return true
+		}
+		for k := 1; k < min(len(v), len(n)); k++ {
+			if strings.HasSuffix(n, v[:k]) || strings.HasPrefix(n, v[len(v)-k:]) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -88,6 +88,22 @@ type Secret struct {
 	Placeholder string `json:"placeholder,omitempty"`
 	// Value is the real secret; it lives in memory only.
 	Value SecretValue `json:"-"`
+	// InURL lets the host substitute the value for the placeholder in
+	// the URL path and query as well as in headers (--host-secret
+	// NAME:url@HOSTS). Off by default: servers repeat URLs in far more
+	// places than headers (error pages, redirects, logs others can
+	// read), and responses are scrubbed of exact echoes only.
+	InURL bool `json:"in_url,omitempty"`
+}
+
+// Spec is the secret as --host-secret spells it, without the value:
+// NAME[:url]@HOST[,HOST...]. ParseHostSecret reads it back.
+func (s Secret) Spec() string {
+	name := s.Name
+	if s.InURL {
+		name += ":url"
+	}
+	return name + "@" + strings.Join(s.Hosts, ",")
 }
 
 // MarshalJSON writes the secret without its value, adding has_value so that
@@ -117,7 +133,7 @@ func (s *Secret) UnmarshalJSON(b []byte) error {
 
 // String shows the secret with its value masked.
 func (s Secret) String() string {
-	return fmt.Sprintf("%s@%s=%v", s.Name, strings.Join(s.Hosts, ","), s.Value)
+	return fmt.Sprintf("%s=%v", s.Spec(), s.Value)
 }
 
 // SecretValue holds a secret's real value. It prints as "[redacted]" with

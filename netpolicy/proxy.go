@@ -1,11 +1,13 @@
 package netpolicy
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -41,8 +43,10 @@ const (
 type upstream struct {
 	scheme, host string // host is HOST:PORT with the canonical host
 	policy       *Policy
-	secrets      []string
 	event        Event
+	// scrub, when set, turns real values back into placeholders in the
+	// response (set for every request to a host a secret may go to).
+	scrub *replacer
 }
 
 func newProxy(n *Network) (*proxy, error) {
@@ -72,7 +76,8 @@ func newProxy(n *Network) (*proxy, error) {
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 1 << 20,
 		// Pass the guest's Accept-Encoding through and the upstream's
-		// encoding back, untouched.
+		// encoding back, untouched (except where responses are
+		// scrubbed of secrets: see rewrite and modifyResponse).
 		DisableCompression: true,
 	}
 	px.rp = &httputil.ReverseProxy{
@@ -311,26 +316,82 @@ func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		scheme = "https"
 	}
 	up := &upstream{
-		scheme:  scheme,
-		host:    net.JoinHostPort(host, strconv.Itoa(int(fl.dst.Port()))),
-		policy:  p,
-		secrets: sv.used,
-		event:   ev,
+		scheme: scheme,
+		host:   net.JoinHostPort(host, strconv.Itoa(int(fl.dst.Port()))),
+		policy: p,
+		event:  ev,
+		scrub:  p.responseScrubber(host, &sv),
+	}
+	if sc := p.scanBody(host); sc != nil && r.Body != nil && r.Body != http.NoBody {
+		r.Body = newScanReader(r.Body, sc, func(name, reason string) error {
+			// Recorded here: the upstream may answer before the cut
+			// upload fails the round trip.
+			e := ev
+			e.Time, e.Action, e.Status, e.Reason, e.Secrets = time.Time{}, Blocked, http.StatusForbidden, reason, []string{name}
+			n.event(e)
+			return &bodyBlockedError{reason}
+		})
 	}
 	px.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), upstreamKey, up)))
 }
+
+// bodyBlockedError ends the upload of a request body that carries a
+// secret to a host it may not go to. Its event is recorded when found.
+type bodyBlockedError struct{ reason string }
+
+func (e *bodyBlockedError) Error() string { return "blocked: " + e.reason }
 
 func (px *proxy) rewrite(pr *httputil.ProxyRequest) {
 	up := pr.In.Context().Value(upstreamKey).(*upstream)
 	pr.Out.URL.Scheme = up.scheme
 	pr.Out.URL.Host = up.host
 	pr.Out.Host = pr.In.Host
+	if up.scrub != nil {
+		// The scrubber must see the body's bytes as they are.
+		pr.Out.Header.Set("Accept-Encoding", "identity")
+	}
 }
 
+// modifyResponse scrubs real values out of the response where the
+// request's host may receive secrets: headers now, body and trailer as
+// they stream. The body loses its Content-Length (a placeholder is not
+// as long as its value). A gzip body sent despite Accept-Encoding:
+// identity (stored pre-compressed objects are served that way) is
+// decoded and passed on decoded; any other encoding cannot be checked
+// and is refused with a 502 rather than passed on unchecked.
 func (px *proxy) modifyResponse(resp *http.Response) error {
-	if up, ok := resp.Request.Context().Value(upstreamKey).(*upstream); ok && len(up.secrets) > 0 {
-		up.policy.scrubResponse(resp.Header)
+	up, ok := resp.Request.Context().Value(upstreamKey).(*upstream)
+	if !ok || up.scrub == nil {
+		return nil
 	}
+	up.scrub.header(resp.Header)
+	// No body: HEAD (whose Content-Length describes the GET), 1xx
+	// (101 hands over the connection, whose WebSocket frames are
+	// not scrubbed), 204, 304, an empty one (even if labelled gzip).
+	if resp.Request.Method == http.MethodHead || resp.StatusCode < 200 ||
+		resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified ||
+		resp.ContentLength == 0 {
+		return nil
+	}
+	body := resp.Body
+	switch enc := strings.ToLower(strings.Join(resp.Header.Values("Content-Encoding"), ",")); strings.TrimSpace(enc) {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			return fmt.Errorf("upstream sent a gzip body that does not decode (%v); it must be decoded to be checked for secrets", err)
+		}
+		body = struct {
+			io.Reader
+			io.Closer
+		}{zr, resp.Body}
+		resp.Header.Del("Content-Encoding")
+	default:
+		return fmt.Errorf("upstream sent a %s-encoded body although asked for identity; it cannot be checked for secrets, so it is not passed on", enc)
+	}
+	resp.Header.Del("Content-Length")
+	resp.ContentLength = -1
+	resp.Body = newScrubReader(body, up.scrub, resp)
 	return nil
 }
 
@@ -345,8 +406,13 @@ func (px *proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error
 	ev := up.event
 	ev.Time = time.Time{}
 	var be *blockedError
+	var bbe *bodyBlockedError
 	status := http.StatusBadGateway
-	if errors.As(err, &be) {
+	recorded := false
+	if errors.As(err, &bbe) {
+		ev.Action, ev.Reason, status = Blocked, bbe.reason, http.StatusForbidden
+		recorded = true // when the body was cut
+	} else if errors.As(err, &be) {
 		ev.Action, ev.Reason, status = Blocked, be.reason, http.StatusForbidden
 	} else if errors.Is(err, context.Canceled) {
 		return // the guest went away
@@ -354,7 +420,9 @@ func (px *proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error
 		ev.Action, ev.Reason = Failed, up.policy.redact(err.Error())
 	}
 	ev.Status = status
-	px.n.event(ev)
+	if !recorded {
+		px.n.event(ev)
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if status == http.StatusForbidden {
 		w.Header().Set("X-Gondolin-Blocked", "1")

@@ -12,6 +12,8 @@ const (
 	tokenValue = "ghp_realtoken_0123456789"
 	tokenPH    = "GONDOLIN_SECRET_0123456789abcdef0123456789abcdef"
 	otherPH    = "GONDOLIN_SECRET_fedcba9876543210fedcba9876543210"
+	mapsValue  = "maps key/with+escapes"
+	mapsPH     = "GONDOLIN_SECRET_00000000000000001111111111111111"
 )
 
 func secretPolicy() *Policy {
@@ -20,6 +22,8 @@ func secretPolicy() *Policy {
 		Secrets: []Secret{
 			{Name: "TOKEN", Hosts: []string{"api.github.com", "*.githubusercontent.com"}, Placeholder: tokenPH, Value: NewSecretValue(tokenValue)},
 			{Name: "LOST", Hosts: []string{"lost.example.com"}, Placeholder: otherPH}, // no value: supervisor restarted
+			// An API that takes its key in the query only.
+			{Name: "MAPS", Hosts: []string{"maps.example.com"}, Placeholder: mapsPH, Value: NewSecretValue(mapsValue), InURL: true},
 		},
 	}
 }
@@ -72,10 +76,38 @@ func TestApplySecrets(t *testing.T) {
 			wantHeader: map[string]string{"Authorization": "basic " + base64.StdEncoding.EncodeToString([]byte(tokenValue+":x"))},
 		},
 		{
-			name:    "query to allowed host",
-			host:    "api.github.com",
-			url:     "/search?key=" + tokenPH + "&q=a+b",
-			wantURL: "/search?key=" + url.QueryEscape(tokenValue) + "&q=a+b",
+			// Without the url option a URL is never substituted:
+			// servers echo URLs in too many places.
+			name:        "query to allowed host without the url option",
+			host:        "api.github.com",
+			url:         "/search?key=" + tokenPH + "&q=a+b",
+			wantBlocked: "TOKEN",
+		},
+		{
+			name:        "path to allowed host without the url option",
+			host:        "api.github.com",
+			url:         "/keys/" + tokenPH,
+			wantBlocked: "TOKEN",
+		},
+		{
+			name:     "query with the url option",
+			host:     "maps.example.com",
+			url:      "/geocode?key=" + mapsPH + "&q=a+b",
+			wantUsed: "MAPS",
+			wantURL:  "/geocode?key=" + url.QueryEscape(mapsValue) + "&q=a+b",
+		},
+		{
+			name:     "path with the url option",
+			host:     "maps.example.com",
+			url:      "/k/" + mapsPH + "/tile",
+			wantUsed: "MAPS",
+			wantURL:  "/k/" + url.PathEscape(mapsValue) + "/tile",
+		},
+		{
+			name:        "url option: still only to its hosts",
+			host:        "evil.example.com",
+			url:         "/?key=" + mapsPH,
+			wantBlocked: "MAPS",
 		},
 		{
 			name:        "bearer to other host",
@@ -182,18 +214,49 @@ func TestApplySecrets(t *testing.T) {
 
 func TestRedactAndScrub(t *testing.T) {
 	p := secretPolicy()
-	if got := p.redact("dial https://x/?t=" + tokenValue); strings.Contains(got, tokenValue) || !strings.Contains(got, "[TOKEN]") {
-		t.Errorf("redact = %q", got)
+	// Error messages may quote a URL the host wrote a value into.
+	for in, want := range map[string]string{
+		"dial https://x/?t=" + tokenValue:                                            "dial https://x/?t=[TOKEN]",
+		"GET /k/" + url.PathEscape(mapsValue) + "?key=" + url.QueryEscape(mapsValue): "GET /k/%5BMAPS%5D?key=%5BMAPS%5D",
+	} {
+		if got := p.redact(in); got != want {
+			t.Errorf("redact(%q) = %q, want %q", in, got, want)
+		}
 	}
-	h := http.Header{"X-Echo": {"auth: Bearer " + tokenValue}}
-	p.scrubResponse(h)
-	if got := h.Get("X-Echo"); got != "auth: Bearer "+tokenPH {
-		t.Errorf("scrub = %q", got)
+	// The response scrubber covers every secret the host may receive
+	// (whether the request used it or not) and the encoded strings the
+	// request's substitution wrote.
+	r := &http.Request{URL: &url.URL{Path: "/"}, Header: http.Header{"Authorization": {basic("u", tokenPH)}}}
+	v := p.applySecrets("api.github.com", r)
+	guestCred := strings.TrimPrefix(basic("u", tokenPH), "Basic ")
+	hostCred := strings.TrimPrefix(r.Header.Get("Authorization"), "Basic ")
+	tests := []struct{ in, want string }{
+		{"auth: Bearer " + tokenValue, "auth: Bearer " + tokenPH},
+		{"Basic " + hostCred, "Basic " + guestCred},
+		{`{"auth":"Basic ` + hostCred + `"}`, `{"auth":"Basic ` + guestCred + `"}`},
+		{"/?t=" + url.QueryEscape(tokenValue+"/"), "/?t=" + tokenPH + "%2F"},
+		{mapsValue, mapsValue}, // not a secret of this host: never sent here
+	}
+	for _, tt := range tests {
+		h := http.Header{"X-Echo": {tt.in}, tt.in: {"in the name"}}
+		p.responseScrubber("api.github.com", &v).header(h)
+		if got := h.Get("X-Echo"); got != tt.want {
+			t.Errorf("scrub %q = %q, want %q", tt.in, got, tt.want)
+		}
+		if _, ok := h[tt.want]; !ok {
+			t.Errorf("header name %q not scrubbed: %v", tt.in, h)
+		}
+	}
+	if p.responseScrubber("evil.example.com", &secretVerdict{}) != nil {
+		t.Error("scrubbing responses from a host no secret may go to")
 	}
 	// Short values are not scanned for (they would match ordinary text).
 	short := &Policy{Secrets: []Secret{{Name: "PIN", Hosts: []string{"a.com"}, Placeholder: tokenPH, Value: NewSecretValue("1234")}}}
-	r := &http.Request{URL: &url.URL{Path: "/1234"}, Header: http.Header{}}
+	r = &http.Request{URL: &url.URL{Path: "/1234"}, Header: http.Header{}}
 	if v := short.applySecrets("b.com", r); len(v.blocked) != 0 {
 		t.Errorf("short value blocked: %v", v)
+	}
+	if sc := short.scanBody("b.com"); sc == nil || len(sc.pats) != 1 || string(sc.pats[0]) != tokenPH {
+		t.Errorf("body scan for a short value: %+v", sc)
 	}
 }

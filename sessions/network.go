@@ -106,7 +106,7 @@ type PolicyChange struct {
 	Allow        string  `json:"allow,omitempty"`         // add an allowed host pattern
 	Deny         string  `json:"deny,omitempty"`          // add a denied host pattern
 	Unallow      string  `json:"unallow,omitempty"`       // remove an allowed pattern
-	SetSecret    string  `json:"set_secret,omitempty"`    // NAME@HOST[,HOST...]
+	SetSecret    string  `json:"set_secret,omitempty"`    // NAME[:url]@HOST[,HOST...] (netpolicy.Secret.Spec)
 	SecretValue  *string `json:"secret_value,omitempty"`  // its value (never stored)
 	RemoveSecret string  `json:"remove_secret,omitempty"` // NAME
 }

@@ -189,8 +189,12 @@ func (f *fakeBackend) ChangePolicy(ctx context.Context, ref string, ch sessions.
 	case ch.Unallow != "":
 		p.Allow = removeString(p.Allow, ch.Unallow)
 	case ch.SetSecret != "":
-		name, hosts, _ := strings.Cut(ch.SetSecret, "@")
-		p.SetSecret(netpolicy.Secret{Name: name, Hosts: strings.Split(hosts, ","), Value: netpolicy.NewSecretValue(*ch.SecretValue)})
+		sec, err := netpolicy.ParseHostSecret(ch.SetSecret+"=x", nil)
+		if err != nil {
+			return sessions.PolicyView{}, err
+		}
+		sec.Value = netpolicy.NewSecretValue(*ch.SecretValue)
+		p.SetSecret(sec)
 	case ch.RemoveSecret != "":
 		p.RemoveSecret(ch.RemoveSecret)
 	}
@@ -293,7 +297,7 @@ func sampleBackend() *fakeBackend {
 	f.policies["a1b2c3d4e5f6"] = sessions.PolicyView{
 		Policy: netpolicy.Policy{
 			Allow:   []string{"api.github.com", "*.npmjs.org", "proxy.golang.org"},
-			Secrets: []netpolicy.Secret{{Name: "GH_TOKEN", Hosts: []string{"api.github.com"}}, {Name: "NPM_TOKEN", Hosts: []string{"registry.npmjs.org"}}},
+			Secrets: []netpolicy.Secret{{Name: "GH_TOKEN", Hosts: []string{"api.github.com"}}, {Name: "NPM_TOKEN", Hosts: []string{"registry.npmjs.org"}, InURL: true}},
 			DNS:     netpolicy.DNSSynthetic,
 		},
 		Missing: []string{"NPM_TOKEN"},

@@ -272,12 +272,12 @@ func TestKeys(t *testing.T) {
 				t.Errorf("change %+v", ch)
 			}
 		}}},
-		{"p rotates a secret with a masked value", []string{"p"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
+		{"p rotates a secret with a masked value, keeping its options", []string{"p"}, []check{func(t *testing.T, h *harness, f *fakeBackend) {
 			h.waitUntil("policy loaded", policyReady)
 			h.keys("tab", "j", "r", "s3cret", "enter")
 			h.waitUntil("secret set", func(*Model) bool { return f.count("ChangePolicy") == 1 })
 			ch := f.changes[0]
-			if ch.SetSecret != "NPM_TOKEN@registry.npmjs.org" || ch.SecretValue == nil || *ch.SecretValue != "s3cret" {
+			if ch.SetSecret != "NPM_TOKEN:url@registry.npmjs.org" || ch.SecretValue == nil || *ch.SecretValue != "s3cret" {
 				t.Errorf("change %+v", ch)
 			}
 			if strings.Contains(h.screen(), "s3cret") {

@@ -244,7 +244,7 @@ func (d *policyEditor) onKey(m *Model, k tea.KeyPressMsg) (bool, tea.Cmd) {
 		}
 	case "r":
 		if sec, ok := d.selectedSecret(); ok && d.pane == 1 {
-			d.pendingSet = sec.Name + "@" + strings.Join(sec.Hosts, ",")
+			d.pendingSet = sec.Spec()
 			return false, d.openPrompt(promptValue, "new value for "+sec.Name, true)
 		}
 	}
@@ -277,11 +277,12 @@ func (d *policyEditor) onPromptKey(m *Model, k tea.KeyPressMsg) (bool, tea.Cmd) 
 				d.prompt.Err = err
 				return false, nil
 			}
-			d.pendingSet = sec.Name + "@" + strings.Join(sec.Hosts, ",")
+			d.pendingSet = sec.Spec()
 			return false, d.openPrompt(promptValue, "value for "+sec.Name+" (empty: $"+sec.Name+" here)", true)
 		case promptValue:
 			value := d.prompt.Value()
 			name, _, _ := strings.Cut(d.pendingSet, "@")
+			name, _, _ = strings.Cut(name, ":")
 			if value == "" {
 				value = os.Getenv(name)
 			}

@@ -73,7 +73,7 @@ func newPolicyCmd() *cobra.Command {
 	deny := edit("deny ID PATTERN", "Deny a host pattern on the running VM (next request)", 2,
 		func(a []string) (sessions.PolicyChange, error) { return sessions.PolicyChange{Deny: a[0]}, nil })
 	secret := &cobra.Command{Use: "secret", Short: "Set, rotate or remove a secret", Args: noArgs}
-	set := edit("set ID NAME@HOST[,HOST...][=VALUE]", "Add or rotate a secret (value from the host env when omitted)", 2,
+	set := edit("set ID NAME[:url]@HOST[,HOST...][=VALUE]", "Add or rotate a secret (value from the host env when omitted; =VALUE lands in your shell history)", 2,
 		func(a []string) (sessions.PolicyChange, error) {
 			// Resolve the value here, from this shell's environment; it
 			// travels to the supervisor apart from the spec.
@@ -82,7 +82,7 @@ func newPolicyCmd() *cobra.Command {
 				return sessions.PolicyChange{}, usageError("%v", err)
 			}
 			v := sec.Value.Reveal()
-			return sessions.PolicyChange{SetSecret: sec.Name + "@" + strings.Join(sec.Hosts, ","), SecretValue: &v}, nil
+			return sessions.PolicyChange{SetSecret: sec.Spec(), SecretValue: &v}, nil
 		})
 	rm := edit("rm ID NAME", "Remove a secret", 2,
 		func(a []string) (sessions.PolicyChange, error) { return sessions.PolicyChange{RemoveSecret: a[0]}, nil })
@@ -105,9 +105,13 @@ func printPolicy(v sessions.PolicyView) {
 	for _, s := range p.Secrets {
 		state := "set"
 		if missing[s.Name] {
-			state = "NO VALUE: gondolin policy secret set ID " + s.Name + "@" + strings.Join(s.Hosts, ",")
+			state = "NO VALUE: gondolin policy secret set ID " + s.Spec()
 		}
-		fmt.Fprintf(w, "secret\t%s for %s (%s)\n", s.Name, strings.Join(s.Hosts, ","), state)
+		where := "headers"
+		if s.InURL {
+			where = "headers and URL"
+		}
+		fmt.Fprintf(w, "secret\t%s for %s, in %s (%s)\n", s.Name, strings.Join(s.Hosts, ","), where, state)
 	}
 	dns := string(p.DNS)
 	if len(p.DNSServers) > 0 {

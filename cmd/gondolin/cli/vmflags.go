@@ -34,7 +34,8 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.hostfs, "mount-hostfs", nil, "HOST:GUEST[:ro]: mount a host directory in the guest, read-write or read-only (repeatable)")
 	fs.StringArrayVar(&f.memfs, "mount-memfs", nil, "GUEST: a memory filesystem at this guest path, gone with the VM (repeatable)")
 	fs.StringArrayVar(&f.net.AllowHost, "allow-host", nil, "allow HTTP(S) to this host pattern, * wildcards (repeatable; default: any public host)")
-	fs.StringArrayVar(&f.net.HostSecret, "host-secret", nil, "NAME@HOST[,HOST...][=VALUE]: the guest sees a placeholder in $NAME, the host substitutes the value (from the host env when omitted) for those hosts only")
+	fs.StringArrayVar(&f.net.HostSecret, "host-secret", nil, "NAME[:url]@HOST[,HOST...][=VALUE]: the guest sees a placeholder in $NAME; the host puts the value (from the host env when omitted) into request headers to those hosts only (:url: the URL too). =VALUE lands in argv and your shell history: prefer the env or --host-secret-file")
+	fs.StringArrayVar(&f.net.HostSecretFile, "host-secret-file", nil, "NAME[:url]@HOST[,HOST...]=PATH: as --host-secret, the value read from a file (- for standard input)")
 	fs.StringVar(&f.net.DNS, "dns", "", "DNS mode: synthetic (default), trusted or open")
 	fs.StringArrayVar(&f.net.DNSTrustedServer, "dns-trusted-server", nil, "resolver for --dns trusted (default: the host's)")
 	fs.StringArrayVar(&f.net.TCPMap, "tcp-map", nil, "GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT: forward raw TCP to an explicit upstream")
@@ -52,7 +53,7 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 // networkFlagsSet reports whether any network policy flag was given.
 func (f *vmFlags) networkFlagsSet() bool {
 	n := f.net
-	return len(n.AllowHost)+len(n.HostSecret)+len(n.DNSTrustedServer)+len(n.TCPMap)+len(n.AllowInternal)+len(n.Resolve)+
+	return len(n.AllowHost)+len(n.HostSecret)+len(n.HostSecretFile)+len(n.DNSTrustedServer)+len(n.TCPMap)+len(n.AllowInternal)+len(n.Resolve)+
 		len(n.SSHAllowHost)+len(n.SSHKnownHosts)+len(n.SSHCredential) > 0 ||
 		n.DNS != "" || n.DisableWebSockets || n.SSHAgent != ""
 }
