@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/gondolin/gondolin/mounts/fsproto"
 )
 
 // rootTree makes base/src/proj (the mount) and base/evil/proj (a
@@ -164,5 +166,47 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestServerKeepingLeavesOutReplacedRoots: a supervisor adopting a VM
+// serves the mounts whose directories are still theirs, and answers the
+// guest at once (ENODEV) for one that was replaced, rather than failing
+// every mount or leaving the guest waiting.
+func TestServerKeepingLeavesOutReplacedRoots(t *testing.T) {
+	for _, tt := range rootSwaps {
+		t.Run(tt.name, func(t *testing.T) {
+			base := rootTree(t)
+			swapped, err := ParseHostFS(filepath.Join(base, "src/proj") + ":/workspace")
+			if err != nil {
+				t.Fatal(err)
+			}
+			other := t.TempDir()
+			must(t, os.WriteFile(filepath.Join(other, "f"), nil, 0o600))
+			kept, err := ParseHostFS(other + ":/other")
+			if err != nil {
+				t.Fatal(err)
+			}
+			specs := []Spec{swapped, kept}
+			must(t, PinRoots(specs))
+			tt.swap(t, base)
+			if _, err := NewServer(specs, testLogger(t)); !errors.Is(err, ErrRootChanged) {
+				t.Fatalf("NewServer: %v, want ErrRootChanged", err)
+			}
+			s, lost, err := NewServerKeeping(specs, testLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if len(lost) != 1 || !errors.Is(lost[0], ErrRootChanged) {
+				t.Fatalf("lost %v, want the replaced root only", lost)
+			}
+			if rep := s.handle(&fsproto.Request{Op: fsproto.OpStat, Mount: specs[0].ID, Path: "secret"}); rep.Errno != syscall.ENODEV {
+				t.Errorf("stat in the replaced mount: errno %v, want ENODEV", rep.Errno)
+			}
+			if rep := s.handle(&fsproto.Request{Op: fsproto.OpStat, Mount: specs[1].ID, Path: "f"}); rep.Errno != 0 {
+				t.Errorf("stat in the kept mount: errno %v", rep.Errno)
+			}
+		})
 	}
 }

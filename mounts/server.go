@@ -52,15 +52,30 @@ const maxInflight = 64
 // (memory mounts are the guest's business and are skipped). logger may
 // be nil.
 func NewServer(specs []Spec, logger *log.Logger) (*Server, error) {
+	s, _, err := newServer(specs, logger, false)
+	return s, err
+}
+
+// NewServerKeeping is NewServer for the mounts of a VM that is already
+// running them (a supervisor adopting a session): a mount whose host
+// directory is gone or is no longer the one it was made with is left
+// out, its error returned in lost, and the guest's requests for it fail
+// at once with ENODEV rather than wait for a server that never comes.
+// The other mounts are served.
+func NewServerKeeping(specs []Spec, logger *log.Logger) (s *Server, lost []error, err error) {
+	return newServer(specs, logger, true)
+}
+
+func newServer(specs []Spec, logger *log.Logger, keepGoing bool) (s *Server, lost []error, err error) {
 	if logger == nil {
 		logger = log.New(io.Discard, "", 0)
 	}
 	if err := Check(specs); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var b [4]byte
 	rand.Read(b[:])
-	s := &Server{
+	s = &Server{
 		log:      logger,
 		mounts:   map[string]*hostMount{},
 		instance: binary.BigEndian.Uint32(b[:]) | 1,
@@ -72,13 +87,17 @@ func NewServer(specs []Spec, logger *log.Logger) (*Server, error) {
 			continue
 		}
 		m, err := openMount(spec)
+		if err != nil && keepGoing {
+			lost = append(lost, err)
+			continue
+		}
 		if err != nil {
 			s.closeMounts()
-			return nil, err
+			return nil, nil, err
 		}
 		s.mounts[spec.ID] = m
 	}
-	return s, nil
+	return s, lost, nil
 }
 
 func (s *Server) closeMounts() {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -194,6 +195,9 @@ type session struct {
 	// accessErrs says why a route or the SSH endpoint could not be
 	// opened again after a restart (a port now taken).
 	accessErrs []string
+	// mountErr says why the host mounts are not served after a restart
+	// (a root replaced or moved since the session was made).
+	mountErr string
 	// broken says why the supervisor stopped serving this session: code
 	// handling its guest's bytes panicked. It stays stale (and is not
 	// reconnected) until removed; the other sessions go on.
@@ -257,13 +261,18 @@ func (sv *Supervisor) Adopt(ctx context.Context) {
 		}
 		if hm := rec.Spec.hostMounts(); len(hm) > 0 {
 			// The guest keeps its mounts and resyncs with a new server.
-			if srv, err := mounts.NewServer(hm, nil); err != nil {
-				s.accessErrs = append(s.accessErrs, "mounts: "+err.Error())
-			} else if err := sv.rt.serveMounts(context.Background(), srv, sv.reg.dir(id)); err != nil {
-				srv.Close()
-				s.accessErrs = append(s.accessErrs, "mounts: "+err.Error())
-			} else {
-				s.fs = srv
+			// A mount whose host directory was replaced meanwhile is left
+			// out: its guest requests fail at once, and list says why.
+			srv, lost, err := mounts.NewServerKeeping(hm, nil)
+			if err == nil {
+				if err = sv.rt.serveMounts(context.Background(), srv, sv.reg.dir(id)); err != nil {
+					srv.Close()
+				} else {
+					s.fs = srv
+				}
+			}
+			if err = errors.Join(append(lost, err)...); err != nil {
+				s.mountErr = "mounts not served: " + strings.ReplaceAll(err.Error(), "\n", "; ")
 			}
 		}
 		if len(st.Routes) > 0 || st.SSH != nil {
@@ -570,6 +579,9 @@ func (s *session) info() Session {
 		out.PTYs = append(out.PTYs, p.info())
 	}
 	out.Errors = append(s.networkErrorsLocked(), s.accessErrs...)
+	if s.mountErr != "" {
+		out.Errors = append(out.Errors, s.mountErr)
+	}
 	if s.gw != nil {
 		out.Ingress = s.gw.List()
 	}

@@ -49,6 +49,9 @@ func newListCmd() *cobra.Command {
 				if s.State == sessions.Stale {
 					notes = append(notes, fmt.Sprintf("%s is stale: %s (remove it with: gondolin rm %s)", s.ID, termsafe.String(s.Reason), s.ID))
 				}
+				for _, e := range s.Errors {
+					notes = append(notes, s.ID+": "+termsafe.String(e))
+				}
 			}
 			w.Flush()
 			for _, n := range notes {
