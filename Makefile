@@ -7,7 +7,7 @@ GONDOLIN  := $(BIN)/gondolin
 AGENT     := $(BIN)/gondolin-agent
 GOSOURCES := $(shell find . -name '*.go' -not -path './.git/*') go.mod go.sum
 
-.PHONY: all deps gondolin agent image run test test-short stress bench fuzz lint clean
+.PHONY: all deps gondolin agent image run test hostile test-short stress bench fuzz lint clean
 
 all: deps gondolin agent image
 
@@ -44,6 +44,12 @@ test: all
 # clones of each: every clone must answer. CI runs it after make test.
 stress: all
 	GONDOLIN_TEST_REQUIRE_VM=1 GONDOLIN_TEST_STRESS=1 $(GO) test -count=1 -run 'TestTemplateStress' -v -timeout 20m ./vm
+
+# The hostile-guest suite: attacks written from the guest's side (a
+# script run as root in a real VM where the attack needs one), one
+# TestHostile* test per hole. make test (and so CI) runs them too.
+hostile: all
+	GONDOLIN_TEST_REQUIRE_VM=1 $(GO) test -count=1 -p 1 -run 'Hostile' -timeout 20m ./...
 
 # Unit tests only: no VM, no image.
 test-short:
