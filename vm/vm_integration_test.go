@@ -171,6 +171,10 @@ func TestVMTemplateClones(t *testing.T) {
 			t.Fatal(err)
 		}
 		logConsole(t, m)
+		// A restored clone runs under QEMU's seccomp filter (mode 2).
+		if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.PID())); err != nil || !strings.Contains(string(status), "\nSeccomp:\t2\n") {
+			t.Errorf("clone %d: QEMU is not under a seccomp filter (%v)", i, err)
+		}
 		out, _, exit, err := run(t, a, sh("hostname; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; ls /tmp/marker 2>&1; touch /tmp/marker /root/marker"))
 		a.Close()
 		m.Kill()
