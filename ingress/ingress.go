@@ -23,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/contain"
 )
 
 // Error classes, checked with errors.Is.
@@ -188,6 +190,7 @@ func (g *Gateway) Add(r Route) (Route, error) {
 	rt := g.newRoute(r)
 	g.routes[r.Listen] = rt
 	go func() {
+		defer contain.Recover("an ingress route", g.logPanic)
 		if err := rt.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Warn("ingress route stopped", "route", r.String(), "err", err)
 		}
@@ -303,6 +306,14 @@ func (g *Gateway) newRoute(r Route) *route {
 const guestHost = "vm.gondolin.invalid"
 
 func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// net/http recovers a panic here too, but logs it only at debug
+	// level; http.ErrAbortHandler (a response cut short) is no bug.
+	defer contain.Recover("an ingress request", func(pe *contain.PanicError) {
+		if pe.Value != http.ErrAbortHandler {
+			rt.g.logPanic(pe)
+		}
+		panic(http.ErrAbortHandler) // net/http closes this connection
+	})
 	if rt.DisableWebSockets && r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade") {
 		http.Error(w, "gondolin ingress: WebSockets are disabled for this route", http.StatusForbidden)
 		return
@@ -320,7 +331,13 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetXForwarded()
 }
 
-func (rt *route) dialGuest(ctx context.Context, _, _ string) (net.Conn, error) {
+// dialGuest runs on a goroutine of http.Transport's, which net/http does
+// not recover: a panic becomes this request's error.
+func (rt *route) dialGuest(ctx context.Context, _, _ string) (_ net.Conn, err error) {
+	defer contain.Recover("an ingress dial", func(pe *contain.PanicError) {
+		rt.g.logPanic(pe)
+		err = pe
+	})
 	ctx, cancel := context.WithTimeout(ctx, rt.g.opts.DialTimeout)
 	defer cancel()
 	c, err := rt.g.dial(ctx, rt.GuestPort)
@@ -336,6 +353,14 @@ func (rt *route) dialGuest(ctx context.Context, _, _ string) (net.Conn, error) {
 	tc := &trackedConn{Conn: c, rt: rt}
 	rt.backends[tc] = struct{}{}
 	return tc, nil
+}
+
+// logPanic logs a contained panic with its stack. A panic serving one
+// request fails that request (and closes its connection, unless the
+// panic was in the dial); the gateway, its other routes and connections
+// go on.
+func (g *Gateway) logPanic(pe *contain.PanicError) {
+	g.log.Error("ingress: panic serving a client; its request failed", "err", pe.Error(), "stack", string(pe.Stack))
 }
 
 // upstreamError answers 502 with one short line a developer can act on.
@@ -381,6 +406,27 @@ type trackedConn struct {
 	net.Conn
 	rt   *route
 	once sync.Once
+}
+
+// Read and Write run on http.Transport's goroutines, which net/http does
+// not recover, on bytes from the guest's side: a panic fails this
+// connection only.
+func (c *trackedConn) Read(b []byte) (k int, err error) {
+	defer contain.Recover("an ingress connection", c.failed(&err))
+	return c.Conn.Read(b)
+}
+
+func (c *trackedConn) Write(b []byte) (k int, err error) {
+	defer contain.Recover("an ingress connection", c.failed(&err))
+	return c.Conn.Write(b)
+}
+
+func (c *trackedConn) failed(err *error) func(*contain.PanicError) {
+	return func(pe *contain.PanicError) {
+		c.rt.g.logPanic(pe)
+		c.Close()
+		*err = pe
+	}
 }
 
 func (c *trackedConn) Close() error {

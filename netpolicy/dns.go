@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/miekg/dns"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
@@ -127,6 +128,9 @@ func (n *Network) answerDNS(ctx context.Context, p *Policy, q []byte, overTCP bo
 	if err := req.Unpack(q); err != nil || req.Response {
 		return nil
 	}
+	if testHookDNSQuery != nil {
+		testHookDNSQuery(req)
+	}
 	resp := n.resolveDNS(ctx, p, req, overTCP)
 	if resp == nil {
 		return nil
@@ -171,6 +175,14 @@ func (n *Network) resolveDNS(ctx context.Context, p *Policy, req *dns.Msg, overT
 	} else if len(req.Question) == 0 {
 		return refuse(dns.RcodeFormatError, "no question")
 	}
+	if mode != DNSSynthetic {
+		// The name goes out: only names the policy allows (dnspolicy.go).
+		for _, q := range req.Question {
+			if rule, ok := p.dnsRule(q.Name); !ok {
+				return n.refuseName(req, q, mode, rule)
+			}
+		}
+	}
 	switch mode {
 	case DNSSynthetic:
 		return n.synthesize(req)
@@ -179,16 +191,22 @@ func (n *Network) resolveDNS(ctx context.Context, p *Policy, req *dns.Msg, overT
 			return refuse(dns.RcodeRefused, "query type "+dns.TypeToString[req.Question[0].Qtype]+" is not forwarded in trusted mode")
 		}
 	}
-	return n.forwardDNS(ctx, p, req, overTCP)
+	resp := n.forwardDNS(ctx, p, req, overTCP)
+	// So that the addresses of a name denied later are known (deniedAddr).
+	n.names.learnDNS(resp)
+	return resp
 }
 
 // synthesize answers without sending anything out. A gets the name's
 // synthetic address; AAAA and other types get an empty answer (NOERROR,
 // no records), since the guest network is IPv4-only and that makes
 // clients fall back to A at once; PTR of a synthetic address gives its
-// name back. Names are answered whatever the allowlist says, so that a
-// host allowed later works without the guest's negative cache in the way;
-// flows are where the policy bites.
+// name back. Names are answered whatever the allowlist says, unlike in
+// trusted and open DNS (dnspolicy.go): nothing leaves the host here, so a
+// name carries no data anywhere; a blocked host then fails with the
+// proxy's 403 saying how to allow it rather than a bare "could not
+// resolve"; and a host allowed later works at once, with no negative
+// answer cached in the guest. Flows are where the policy bites.
 func (n *Network) synthesize(req *dns.Msg) *dns.Msg {
 	q := req.Question[0]
 	m := new(dns.Msg)
@@ -295,6 +313,10 @@ func (n *Network) serveDNSUDP(c *gonet.UDPConn) {
 		go func() {
 			defer n.wg.Done()
 			defer func() { <-sem }()
+			// A panic drops this query only (see panics.go).
+			defer contain.Recover("a DNS query", func(pe *contain.PanicError) {
+				n.flowPanic(pe, Event{Proto: "dns"}, nil)
+			})
 			if out := n.answerDNS(n.ctx, n.policy.Load(), q, false); out != nil {
 				c.WriteTo(out, from)
 			}

@@ -19,10 +19,13 @@
 //     HTTP client (bodies streamed). CONNECT is refused (405). WebSocket
 //     upgrades are tunnelled after the check unless disabled.
 //   - A destination named by a TCP map (--tcp-map): forwarded raw to its
-//     upstream without peeking (so server-first protocols work).
+//     upstream without peeking (so server-first protocols work). The
+//     map authorizes its upstream's host:port itself when the user
+//     spelled the address (an IP, or a --resolve pin of the name), even
+//     an internal one; that opens nothing else to anything else.
 //   - SSH (an "SSH-2.0-" identification line) to a host:port allowed by
-//     --ssh-allow-host: terminated by an SSH server in this process,
-//     which logs in upstream itself (see below).
+//     --ssh-allow-host or --ssh-allow-exec: terminated by an SSH server
+//     in this process, which logs in upstream itself (see below).
 //   - Anything else (including a client silent for PeekTimeout): reset.
 //
 // # SSH egress
@@ -30,7 +33,7 @@
 // For git over SSH, without the key ever entering the VM. The guest's
 // SSH client meets a host certificate for the name it dialled, signed by
 // a key derived from the CA (the guest trusts it through SSHKnownHosts,
-// written to GuestSSHKnownHosts), and may log in with anything: the
+// written to GuestSSHKnownHosts), and may log in with any key: the
 // server is reachable from this VM only, and what the guest can do is
 // bounded on the host side. For an allowed destination (the synthetic
 // name and the port must match --ssh-allow-host, and no more specific
@@ -39,15 +42,25 @@
 // host dials the upstream with the same resolution and internal-range
 // checks as HTTP, verifies its host key against --ssh-known-hosts (an
 // unknown or changed key is refused; there is no trust on first use),
-// and logs in as the guest's user name with the matching
-// --ssh-credential keys, then the --ssh-agent's. Only session channels
-// with exec requests pass (plus env GIT_PROTOCOL, LANG, LC_* and
-// signals); shells, subsystems (sftp), terminals, X11 and agent
-// forwarding and all port forwarding are refused with a message to the
-// guest. Key files are read when a login needs them; passphrases and key
-// bytes never serialise, and neither they nor the agent socket appear
-// in events. At most MaxSSHConns SSH connections per VM, each handshake
-// (guest; upstream dial and login) within SSHHandshakeTimeout.
+// and logs in with the matching --ssh-credential keys, then the
+// --ssh-agent's. The login name is the host's choice: the rule's USER@,
+// else the most specific matching credential's, else "git"; a guest
+// that asks for another name is refused before anything is dialled, so
+// the host's keys never sign a login the user did not name. Only
+// session channels with exec requests pass (plus env GIT_PROTOCOL and
+// signals), and only git's commands: git-upload-pack, git-receive-pack
+// or git-upload-archive and one repository path, in the shell quoting
+// git uses, re-quoted by the proxy before it goes upstream; a second
+// argument, an option, shell syntax outside the quotes or a control
+// character is refused. --ssh-allow-exec names the hosts where any
+// command passes (a command line upstream, so a pivot from there).
+// Shells, subsystems (sftp), terminals, other environment variables,
+// X11 and agent forwarding and all port forwarding are refused with a
+// message to the guest. Key files are read when a login needs them;
+// passphrases and key bytes never serialise, and neither they nor the
+// agent socket appear in events. At most MaxSSHConns SSH connections
+// per VM, each handshake (guest; upstream dial and login) within
+// SSHHandshakeTimeout.
 //
 // # Ingress
 //
@@ -80,10 +93,15 @@
 //     longest of them less one byte; one found cuts the upload before
 //     any of it leaves (the guest gets a 403 if it is still listening).
 //     Secrets are not substituted into plain HTTP unless the upstream is
-//     an --allow-internal address. Responses are scrubbed (below).
-//  4. The host resolves the name itself (--resolve pins first) and at
+//     an --allow-internal address and port. Responses are scrubbed
+//     (below).
+//  4. An IP literal must not be an address the host knows for a denied
+//     name (see addrnames.go for where it learns them).
+//  5. The host resolves the name itself (--resolve pins first) and at
 //     least one address must be outside the internal ranges
-//     (InternalRange) or inside an --allow-internal range; the upstream
+//     (InternalRange: special-purpose ranges and the host's own
+//     interface addresses, read again as they change) or inside an
+//     --allow-internal range that covers the port; the upstream
 //     connection is then made by resolving and checking again and
 //     dialling only an allowed address, so a name that rebinds to an
 //     internal address between the two is still refused.
@@ -117,10 +135,17 @@
 // Synthetic (the default) answers A queries with an address from
 // 198.18.0.0/15 derived from a hash of the name, so a flow to that address
 // is attributed to the name even after a supervisor restart; AAAA and
-// other types get an empty answer and nothing leaves the host. Trusted
-// forwards single-question class-IN queries of ordinary types to the
-// trusted servers or the host's resolvers; open forwards any well-formed
-// query.
+// other types get an empty answer and nothing leaves the host; every
+// name is answered, allowed or not (the flow is what the policy checks).
+// Trusted forwards single-question class-IN queries of ordinary types to
+// the trusted servers or the host's resolvers; open forwards any
+// well-formed query. A query name is data that reaches whoever serves
+// the name's zone, so when the policy limits hosts (Allow without "*",
+// or any Deny) trusted and open DNS forward only names the guest
+// could use, under the policy in force at the query: an Allow pattern,
+// an SSH allow pattern, a TCP map's guest name or a --resolve name, with
+// no Deny pattern at least as specific matching it. Any other name gets
+// NXDOMAIN, whatever the query type, and a Blocked event.
 //
 // # Limits
 //
@@ -128,4 +153,12 @@
 // is dropped), MaxFlows concurrent flows (more are reset), request headers
 // up to MaxHeaderBytes, at most 32 DNS queries in progress. Bodies are
 // streamed, never buffered whole.
+//
+// # Panics
+//
+// A panic serving one connection, request, DNS query or DHCP frame is
+// recovered, logged with its stack and closes that connection only; one
+// in a loop serving the whole VM (frames, DNS over UDP, the HTTP server)
+// closes the Network and is reported to Options.OnPanic. Either way the
+// process and every other VM go on.
 package netpolicy

@@ -16,17 +16,21 @@ type Event struct {
 	// Proto is http, https, ws, wss, tcp (a raw or mapped flow), ssh
 	// or dns.
 	Proto string `json:"proto"`
-	// Method is the HTTP method, or for SSH what the guest asked for:
-	// connect, exec, shell, pty-req, subsystem, direct-tcpip, ...
+	// Method is the HTTP method, for SSH what the guest asked for
+	// (connect, exec, shell, pty-req, subsystem, direct-tcpip, ...), for
+	// a DNS name the policy refused the query type (A, TXT, ...).
 	Method string `json:"method,omitempty"`
 	Host   string `json:"host,omitempty"`
 	Port   uint16 `json:"port,omitempty"`
 	// Path is the request path without its query, cut to 256 bytes.
 	Path string `json:"path,omitempty"`
-	// User is the SSH login name (upstream, as the guest gave it).
+	// User is the SSH login name upstream, the host's choice (a guest
+	// that asked for another is refused, and its name, quoted, is in
+	// Reason).
 	User string `json:"user,omitempty"`
-	// Command is an SSH exec command as the guest sent it (or the
-	// subsystem name), cut to 256 bytes.
+	// Command is an SSH exec command (as sent upstream, or for a refused
+	// one as the guest sent it: guest bytes) or the subsystem name, cut
+	// to 256 bytes.
 	Command string `json:"command,omitempty"`
 	// Rule is the policy entry that decided ("allow *.github.com",
 	// "tcp-map db:5432=127.0.0.1:5432", ...).

@@ -21,11 +21,12 @@ type Flags struct {
 	DNS               string   // --dns synthetic|trusted|open
 	DNSTrustedServer  []string // --dns-trusted-server IP
 	TCPMap            []string // --tcp-map GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT
-	AllowInternal     []string // --allow-internal CIDR
+	AllowInternal     []string // --allow-internal CIDR[:PORT[-PORT]]
 	Resolve           []string // --resolve HOST=IP
 	DisableWebSockets bool     // --disable-websockets
 
-	SSHAllowHost  []string // --ssh-allow-host HOST[:PORT]
+	SSHAllowHost  []string // --ssh-allow-host [USER@]HOST[:PORT]
+	SSHAllowExec  []string // --ssh-allow-exec [USER@]HOST[:PORT]: any command, not only git's
 	SSHAgent      string   // --ssh-agent [SOCK]; SSHAgentFromEnv means $SSH_AUTH_SOCK
 	SSHKnownHosts []string // --ssh-known-hosts PATH
 	SSHCredential []string // --ssh-credential [USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]
@@ -89,11 +90,11 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 		p.TCPMaps = append(p.TCPMaps, m)
 	}
 	for _, s := range f.AllowInternal {
-		pfx, err := ParseCIDR(s)
+		g, err := ParseAllowInternal(s)
 		if err != nil {
 			return Policy{}, err
 		}
-		p.AllowInternal = append(p.AllowInternal, pfx)
+		p.AllowInternal = append(p.AllowInternal, g)
 	}
 	for _, s := range f.Resolve {
 		r, err := ParseResolve(s)
@@ -118,6 +119,13 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 func (f Flags) sshPolicy(p *Policy, getenv func(string) string) error {
 	for _, s := range f.SSHAllowHost {
 		h, err := ParseSSHHost(s)
+		if err != nil {
+			return err
+		}
+		p.SSHAllow = append(p.SSHAllow, h)
+	}
+	for _, s := range f.SSHAllowExec {
+		h, err := ParseSSHExecHost(s)
 		if err != nil {
 			return err
 		}
@@ -334,21 +342,68 @@ func ParseTCPMap(s string) (TCPMap, error) {
 	return m, nil
 }
 
-// ParseCIDR parses --allow-internal: a CIDR, or a single address (taken as
-// /32 or /128). A CIDR with host bits set is refused rather than silently
-// widened or narrowed.
-func ParseCIDR(s string) (netip.Prefix, error) {
-	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-		return netip.PrefixFrom(a, a.BitLen()), nil
+// ParseAllowInternal parses --allow-internal CIDR[:PORT[-PORT]]: a range
+// (or a single address, taken as /32 or /128) and optionally the one
+// port or the inclusive port range it is lifted for; without a port,
+// every port. An IPv6 range takes brackets around its address when a
+// port follows ([fd00::]/8:5432, [::1]:8080; [fd00::/8]:5432 is read the
+// same); without brackets an IPv6 range never has a port. A CIDR with
+// host bits set is refused rather than silently widened or narrowed.
+func ParseAllowInternal(s string) (InternalGrant, error) {
+	bad := func(format string, a ...any) (InternalGrant, error) {
+		return InternalGrant{}, fmt.Errorf("%w: --allow-internal %q: %s", ErrInvalid, s, fmt.Sprintf(format, a...))
 	}
-	pfx, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%w: --allow-internal %q: want a CIDR like 127.0.0.1/32", ErrInvalid, s)
+	cidr, ports, hasPorts := s, "", false
+	switch {
+	case strings.HasPrefix(s, "["):
+		inner, rest, ok := strings.Cut(s[1:], "]")
+		if !ok {
+			return bad("missing ]")
+		}
+		if bits, ok := strings.CutPrefix(rest, "/"); ok {
+			bits, ports, hasPorts = strings.Cut(bits, ":")
+			inner += "/" + bits
+		} else if rest != "" {
+			if ports, hasPorts = strings.CutPrefix(rest, ":"); !hasPorts {
+				return bad("want [IPV6]/BITS:PORT")
+			}
+		}
+		if a, _, _ := strings.Cut(inner, "/"); !strings.Contains(a, ":") {
+			return bad("brackets are for IPv6 only; write an IPv4 range like 10.1.2.3/32:5432")
+		}
+		cidr = inner
+	case strings.Count(s, ":") == 1:
+		cidr, ports, hasPorts = strings.Cut(s, ":")
+	}
+	var pfx netip.Prefix
+	if a, err := netip.ParseAddr(cidr); err == nil && a.Zone() == "" {
+		pfx = netip.PrefixFrom(a, a.BitLen())
+	} else if pfx, err = netip.ParsePrefix(cidr); err != nil {
+		if strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "[") {
+			return bad("want an IPv6 CIDR; with a port, put the address in brackets: [fd00::]/8:5432")
+		}
+		return bad("want CIDR[:PORT[-PORT]], like 10.1.2.3/32:5432 or [::1]/128:8080")
+	}
+	if pfx.Addr().Is4In6() {
+		return bad("write the IPv4 range itself (an IPv4-mapped address is checked as its IPv4 address)")
 	}
 	if pfx != pfx.Masked() {
-		return netip.Prefix{}, fmt.Errorf("%w: --allow-internal %s: host bits set; did you mean %s?", ErrInvalid, s, pfx.Masked())
+		return bad("host bits set; did you mean %s?", pfx.Masked())
 	}
-	return pfx, nil
+	g := InternalGrant{Prefix: pfx}
+	if hasPorts {
+		lo, hi, isRange := strings.Cut(ports, "-")
+		from, err1 := strconv.ParseUint(lo, 10, 16)
+		to, err2 := from, error(nil)
+		if isRange {
+			to, err2 = strconv.ParseUint(hi, 10, 16)
+		}
+		if err1 != nil || err2 != nil || from == 0 || to < from {
+			return bad("bad port %q: want PORT or LOW-HIGH, 1 to 65535", ports)
+		}
+		g.FromPort, g.ToPort = uint16(from), uint16(to)
+	}
+	return g, nil
 }
 
 // ParseResolve parses --resolve HOST=IP.

@@ -151,17 +151,6 @@ func TestParseSmallFlags(t *testing.T) {
 			t.Errorf("ParseResolve(%q) err = %v", bad, err)
 		}
 	}
-	if p, err := ParseCIDR("127.0.0.1"); err != nil || p.String() != "127.0.0.1/32" {
-		t.Errorf("ParseCIDR = %v, %v", p, err)
-	}
-	if p, err := ParseCIDR("10.0.0.0/8"); err != nil || p.String() != "10.0.0.0/8" {
-		t.Errorf("ParseCIDR = %v, %v", p, err)
-	}
-	for _, bad := range []string{"10.0.0.1/8", "10.0.0.0/33", "x", ""} {
-		if _, err := ParseCIDR(bad); !errors.Is(err, ErrInvalid) {
-			t.Errorf("ParseCIDR(%q) err = %v", bad, err)
-		}
-	}
 	for _, good := range []string{"synthetic", "trusted", "open", "OPEN"} {
 		if _, err := ParseDNSMode(good); err != nil {
 			t.Errorf("ParseDNSMode(%q): %v", good, err)
@@ -191,6 +180,97 @@ func TestParseSmallFlags(t *testing.T) {
 	}
 }
 
+func TestParseAllowInternal(t *testing.T) {
+	for _, tt := range []struct {
+		in, want string // want: the canonical spelling, or "" for an error
+		errWant  string // part of the error
+	}{
+		{in: "127.0.0.1", want: "127.0.0.1/32"},
+		{in: "10.0.0.0/8", want: "10.0.0.0/8"},
+		{in: "127.0.0.1:8080", want: "127.0.0.1/32:8080"},
+		{in: "10.1.2.3/32:5432", want: "10.1.2.3/32:5432"},
+		{in: "10.0.0.0/8:8000-8999", want: "10.0.0.0/8:8000-8999"},
+		{in: "10.0.0.0/8:80-80", want: "10.0.0.0/8:80"},
+		{in: "::1", want: "::1/128"},
+		{in: "fd00::/8", want: "fd00::/8"},
+		{in: "[::1]", want: "::1/128"},
+		{in: "[::1]:8080", want: "[::1]/128:8080"},
+		{in: "[::1]/128:8080", want: "[::1]/128:8080"},
+		{in: "[fd00::]/8:5432", want: "[fd00::]/8:5432"},
+		{in: "[fd00::/8]:5432", want: "[fd00::]/8:5432"},
+		{in: "[fd00::]/8", want: "fd00::/8"},
+		{in: "[fd00::]/8:1-65535", want: "[fd00::]/8:1-65535"},
+		{in: "", errWant: "want CIDR"},
+		{in: "x", errWant: "want CIDR"},
+		{in: "10.0.0.1/8", errWant: "did you mean 10.0.0.0/8?"},
+		{in: "10.0.0.0/33", errWant: "want CIDR"},
+		{in: "10.0.0.1:0", errWant: "bad port"},
+		{in: "10.0.0.1:", errWant: "bad port"},
+		{in: "10.0.0.1:65536", errWant: "bad port"},
+		{in: "10.0.0.1:90-80", errWant: "bad port"},
+		{in: "10.0.0.1:80-", errWant: "bad port"},
+		{in: "10.0.0.1:http", errWant: "bad port"},
+		{in: "10.0.0.1:-5", errWant: "bad port"},
+		{in: "fd00::/8:5432", errWant: "in brackets: [fd00::]/8:5432"},
+		{in: "[10.0.0.1]:80", errWant: "brackets are for IPv6 only"},
+		{in: "[::1", errWant: "missing ]"},
+		{in: "[::1]x", errWant: "want [IPV6]/BITS:PORT"},
+		{in: "[::1]/200:80", errWant: "want CIDR"},
+		{in: "[fe80::1%eth0]:80", errWant: "want CIDR"},
+		{in: "::ffff:127.0.0.1", errWant: "IPv4 range itself"},
+	} {
+		t.Run(tt.in, func(t *testing.T) {
+			g, err := ParseAllowInternal(tt.in)
+			if tt.want == "" {
+				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.errWant) || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("ParseAllowInternal(%q) = %v, %v; want an error with %q", tt.in, g, err, tt.errWant)
+				}
+				return
+			}
+			if err != nil || g.String() != tt.want {
+				t.Fatalf("ParseAllowInternal(%q) = %v, %v; want %s", tt.in, g, err, tt.want)
+			}
+			// The canonical spelling reads back as the same grant.
+			if g2, err := ParseAllowInternal(g.String()); err != nil || g2 != g {
+				t.Fatalf("%s reads back as %v, %v", g, g2, err)
+			}
+		})
+	}
+}
+
+// TestAllowInternalJSON: grants are stored in their flag spelling, and a
+// policy stored before grants had ports still means every port.
+func TestAllowInternalJSON(t *testing.T) {
+	var old Policy
+	if err := json.Unmarshal([]byte(`{"allow_internal":["127.0.0.1/32","fd00::/8"]}`), &old); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range old.AllowInternal {
+		if g.FromPort != 0 || g.ToPort != 0 || !g.coversPort(1) || !g.coversPort(65535) {
+			t.Errorf("old grant %v does not cover every port", g)
+		}
+	}
+	p := Policy{AllowInternal: []InternalGrant{
+		{Prefix: netip.MustParsePrefix("10.0.0.0/8")},
+		{Prefix: netip.MustParsePrefix("127.0.0.1/32"), FromPort: 8080, ToPort: 8080},
+		{Prefix: netip.MustParsePrefix("fd00::/8"), FromPort: 5000, ToPort: 5999},
+	}}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"allow_internal":["10.0.0.0/8","127.0.0.1/32:8080","[fd00::]/8:5000-5999"]}`; string(b) != want {
+		t.Fatalf("JSON %s, want %s", b, want)
+	}
+	var back Policy
+	if err := json.Unmarshal(b, &back); err != nil || !slices.Equal(back.AllowInternal, p.AllowInternal) {
+		t.Fatalf("round trip: %v, %v", back.AllowInternal, err)
+	}
+	if err := json.Unmarshal([]byte(`{"allow_internal":["10.0.0.0/8:0"]}`), &back); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad stored grant: %v", err)
+	}
+}
+
 func TestFlagsPolicy(t *testing.T) {
 	getenv := func(k string) string { return map[string]string{"TOKEN": "tok-from-env"}[k] }
 	p, err := Flags{}.Policy(getenv)
@@ -214,12 +294,16 @@ func TestFlagsPolicy(t *testing.T) {
 	if fmt.Sprint(p.Allow) != "[api.github.com]" || p.DNS != DNSTrusted || p.Secrets[0].Value.Reveal() != "tok-from-env" {
 		t.Errorf("policy = %+v", p)
 	}
+	// A TCP map authorizes its own upstream: no --allow-internal needed.
+	if _, err := (Flags{TCPMap: []string{"db=127.0.0.1:5432"}}).Policy(getenv); err != nil {
+		t.Errorf("TCP map to an internal upstream: %v", err)
+	}
 	bad := []struct {
 		f    Flags
 		want string
 	}{
 		{Flags{HostSecret: []string{"NOPE@x.com"}}, "NOPE is not set"},
-		{Flags{TCPMap: []string{"db=127.0.0.1:5432"}}, "--allow-internal 127.0.0.1/32"},
+		{Flags{AllowInternal: []string{"10.0.0.1/8"}}, "host bits set"},
 		{Flags{TCPMap: []string{"db=h:1", "db:1=h:2"}}, "mapped twice"},
 		{Flags{DNS: "synthetic", DNSTrustedServer: []string{"1.1.1.1"}}, "needs --dns trusted"},
 		{Flags{HostSecret: []string{"A@x.com=1", "A@y.com=2"}}, "given twice"},

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/contain"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -63,9 +64,14 @@ func (c *flowConn) CloseWrite() error {
 // handleFlow runs for each new guest TCP connection (in its own goroutine,
 // started by the forwarder; at most MaxHandshakes at once). It completes
 // the handshake unless the VM is at its flow limit, then classifies and
-// serves the flow.
+// serves the flow. A panic costs this flow only (see panics.go).
 func (n *Network) handleFlow(r *tcp.ForwarderRequest) {
-	id := r.ID()
+	id := r.ID() // (not once r is completed)
+	var (
+		fc *flowConn
+		ep tcpip.Endpoint
+	)
+	defer contain.Recover("a guest TCP flow", func(pe *contain.PanicError) { n.handleFlowPanic(pe, id, fc, ep) })
 	if id.RemoteAddress.Len() != 4 || id.LocalAddress.Len() != 4 ||
 		!GuestPrefix.Contains(netip.AddrFrom4(id.RemoteAddress.As4())) {
 		// A spoofed source: a reset could not even be routed back.
@@ -101,7 +107,7 @@ func (n *Network) handleFlow(r *tcp.ForwarderRequest) {
 	ep.SetSockOpt(&intvl)
 	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 4)
 
-	fc := &flowConn{Conn: gonet.NewTCPConn(&wq, ep), fl: &flow{dst: dst}, release: func() { n.flows.Add(-1) }}
+	fc = &flowConn{Conn: gonet.NewTCPConn(&wq, ep), fl: &flow{dst: dst}, release: func() { n.flows.Add(-1) }}
 	fc.fl.synthetic = SyntheticPrefix.Contains(dst.Addr())
 	n.serveFlow(fc, ep)
 }
@@ -212,12 +218,12 @@ func (n *Network) findTCPMap(p *Policy, dst netip.AddrPort) (TCPMap, bool) {
 	return p.tcpMap(name, dst.Addr(), dst.Port())
 }
 
-// forwardTCP connects a mapped flow to its upstream (checked against the
-// internal ranges like any other) and copies bytes both ways.
+// forwardTCP connects a mapped flow to its upstream (which the map
+// authorizes on its port; see Network.resolve) and copies bytes both ways.
 func (n *Network) forwardTCP(fc *flowConn, p *Policy, m TCPMap) {
 	defer fc.Close()
 	ev := Event{Proto: "tcp", Host: m.GuestHost, Port: m.GuestPort, Rule: "tcp-map " + m.String()}
-	up, err := n.proxy.dial(n.ctx, "tcp", m.Upstream)
+	up, err := n.proxy.dialMapped(n.ctx, m)
 	if err != nil {
 		var be *blockedError
 		if errors.As(err, &be) {
@@ -232,13 +238,13 @@ func (n *Network) forwardTCP(fc *flowConn, p *Policy, m TCPMap) {
 	ev.Action = Allowed
 	n.event(ev)
 	done := make(chan struct{})
-	go func() {
+	n.goFlow("a mapped flow", ev, closers{fc, up}, func() {
+		defer close(done)
 		io.Copy(up, fc)
 		if tc, ok := up.(*net.TCPConn); ok {
 			tc.CloseWrite()
 		}
-		close(done)
-	}()
+	})
 	io.Copy(fc, up)
 	fc.CloseWrite()
 	<-done

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -121,7 +122,7 @@ func FuzzHTTPRequest(f *testing.F) {
 		}
 		p.hostRule(host)
 		if ip.IsValid() {
-			p.ipAllowed(ip)
+			p.ipAllowed(ip, 80)
 		}
 		v := p.applySecrets(host, r)
 		for _, s := range p.Secrets {
@@ -323,4 +324,29 @@ func overlapsAny(v string, pairs []scrubPair) bool {
 		}
 	}
 	return false
+}
+
+// FuzzParseAllowInternal: whatever --allow-internal or a stored policy
+// holds, a grant that parses is valid and reads back from its own
+// spelling as the same grant.
+func FuzzParseAllowInternal(f *testing.F) {
+	for _, s := range []string{"10.0.0.0/8", "127.0.0.1:8080", "10.0.0.0/8:1-65535", "[::1]/128:80", "[fd00::/8]:5432", "fd00::/8", "[::1]", "::ffff:1.2.3.4", "1.2.3.4:80-", "\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		g, err := ParseAllowInternal(s)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q", err)
+			}
+			return
+		}
+		if err := (Policy{AllowInternal: []InternalGrant{g}}).Validate(); err != nil {
+			t.Fatalf("%q parsed to an invalid grant %v: %v", s, g, err)
+		}
+		g2, err := ParseAllowInternal(g.String())
+		if err != nil || g2 != g {
+			t.Fatalf("%q -> %v -> %v, %v", s, g, g2, err)
+		}
+	})
 }

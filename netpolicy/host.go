@@ -9,9 +9,13 @@ import (
 )
 
 // internalPrefixes are the ranges a guest may never reach unless the
-// policy lifts one of them with AllowInternal. They cover the host itself,
-// its LAN, cloud metadata services and every IPv6 spelling that embeds an
-// IPv4 address (so ::ffff:127.0.0.1 cannot sneak past a v4-only list).
+// policy lifts one of them with AllowInternal: the host itself, its LAN,
+// cloud metadata services, and every entry of the IANA IPv4 and IPv6
+// special-purpose address registries that is not globally reachable (or
+// that, like 192.0.0.0/24 and 2001::/23, is a protocol block whose few
+// anycast addresses no guest needs). IPv6 outside 2000::/3 is reserved
+// and blocked as a whole (internalRange); IPv4-mapped addresses and
+// NAT64's 64:ff9b::/96 are classified by the IPv4 address they embed.
 var internalPrefixes = []struct {
 	prefix netip.Prefix
 	what   string
@@ -23,29 +27,69 @@ var internalPrefixes = []struct {
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (cloud metadata)"},
 	{netip.MustParsePrefix("172.16.0.0/12"), "private (RFC 1918)"},
 	{netip.MustParsePrefix("192.0.0.0/24"), "IETF protocol assignments (192.0.0.0/24)"},
+	{netip.MustParsePrefix("192.0.2.0/24"), "documentation (TEST-NET-1)"},
+	// Deprecated (RFC 7526): relays that would carry 6to4 anywhere.
+	{netip.MustParsePrefix("192.88.99.0/24"), "6to4 relay anycast (deprecated)"},
 	{netip.MustParsePrefix("192.168.0.0/16"), "private (RFC 1918)"},
-	// The benchmarking range is where synthetic DNS answers live: a name
-	// the host resolves into it is never a real service.
+	// The benchmarking range is where synthetic DNS answers live. Those
+	// addresses exist only between the guest and this process (a flow
+	// to one is attributed to its name and dialled by name); as an
+	// upstream address, one is never a real service.
 	{netip.MustParsePrefix("198.18.0.0/15"), "benchmarking/synthetic (198.18.0.0/15)"},
+	{netip.MustParsePrefix("198.51.100.0/24"), "documentation (TEST-NET-2)"},
+	{netip.MustParsePrefix("203.0.113.0/24"), "documentation (TEST-NET-3)"},
 	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
 	// 240/4 is reserved and holds the limited broadcast address.
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved or broadcast"},
-	{netip.MustParsePrefix("::/96"), "IPv4-compatible IPv6, loopback or unspecified"},
-	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped IPv6"},
-	{netip.MustParsePrefix("64:ff9b::/96"), "NAT64"},
+
+	{netip.MustParsePrefix("::/128"), "unspecified IPv6"},
+	{netip.MustParsePrefix("::1/128"), "loopback IPv6"},
+	{netip.MustParsePrefix("::/96"), "IPv4-compatible IPv6 (deprecated)"},
+	{netip.MustParsePrefix("::ffff:0:0:0/96"), "IPv4-translated IPv6 (SIIT)"},
+	// Local-use NAT64 (RFC 8215) may embed the IPv4 address at any of
+	// RFC 6052's offsets, so it cannot be read back: blocked whole.
 	{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64"},
-	// 6to4 embeds an IPv4 address in the prefix; a host with a 6to4 relay
-	// could be steered to an internal v4 address through it.
+	{netip.MustParsePrefix("100::/64"), "discard-only IPv6"},
+	{netip.MustParsePrefix("100:0:0:1::/64"), "dummy IPv6 prefix"},
+	// Teredo (2001::/32) embeds a server's and a client's IPv4 address;
+	// the rest of the block is benchmarking (2001:2::/48), ORCHID and
+	// a few service anycasts.
+	{netip.MustParsePrefix("2001::/32"), "Teredo (embeds IPv4)"},
+	{netip.MustParsePrefix("2001::/23"), "IETF protocol assignments (2001::/23)"},
+	{netip.MustParsePrefix("2001:db8::/32"), "documentation IPv6"},
+	// 6to4 embeds an IPv4 address in the prefix; a host with a 6to4
+	// relay could be steered to an internal v4 address through it. 6to4
+	// is deprecated, so the whole range goes rather than the internal
+	// part of it.
 	{netip.MustParsePrefix("2002::/16"), "6to4 (embeds IPv4)"},
+	{netip.MustParsePrefix("3fff::/20"), "documentation IPv6"},
+	{netip.MustParsePrefix("5f00::/16"), "segment routing SIDs"},
 	{netip.MustParsePrefix("fc00::/7"), "unique local IPv6"},
 	{netip.MustParsePrefix("fe80::/10"), "link-local IPv6"},
 	{netip.MustParsePrefix("fec0::/10"), "site-local IPv6"},
 	{netip.MustParsePrefix("ff00::/8"), "multicast IPv6"},
 }
 
-// InternalRange reports whether ip is in a range a guest may not reach by
-// default, and which one. Zoned addresses are always internal: a zone only
-// means something on the host's own links.
+var (
+	// nat64Prefix is the well-known NAT64 prefix (RFC 6052), which an
+	// IPv6-only host's DNS64 hands out for IPv4-only names: usable, so
+	// its addresses are classified by the IPv4 address in their last 32
+	// bits.
+	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
+	// globalUnicast is all the IPv6 space allocated for global unicast
+	// (the rest is reserved by the IETF).
+	globalUnicast = netip.MustParsePrefix("2000::/3")
+)
+
+// InternalRange reports whether ip is an address a guest may not reach by
+// default, and which range it is in: an internal or special-purpose
+// range (internalPrefixes), or an address of one of this host's
+// interfaces as they are now (read again at most every hostAddrsTTL), so
+// that a service bound to 0.0.0.0 or :: on the host is not reachable
+// through its public address either. Zoned addresses are always
+// internal: a zone only means something on the host's own links. An
+// IPv4-mapped address is its IPv4 address; a NAT64 address (64:ff9b::/96)
+// is internal when the IPv4 address it embeds is.
 func InternalRange(ip netip.Addr) (what string, internal bool) {
 	if !ip.IsValid() {
 		return "invalid address", true
@@ -53,27 +97,58 @@ func InternalRange(ip netip.Addr) (what string, internal bool) {
 	if ip.Zone() != "" {
 		return "zoned (link-scoped) address", true
 	}
+	if ip.Is4In6() {
+		what, internal := InternalRange(ip.Unmap())
+		if internal {
+			what = "IPv4-mapped, " + what
+		}
+		return what, internal
+	}
+	if nat64Prefix.Contains(ip) {
+		b := ip.As16()
+		v4 := netip.AddrFrom4([4]byte(b[12:]))
+		if what, internal := InternalRange(v4); internal {
+			return "NAT64 of " + v4.String() + ", " + what, true
+		}
+		return "", false
+	}
 	for _, r := range internalPrefixes {
 		if r.prefix.Contains(ip) {
 			return r.what, true
 		}
 	}
+	if ip.Is6() && !globalUnicast.Contains(ip) {
+		return "reserved IPv6 (outside 2000::/3)", true
+	}
+	if ifname, ok := hostAddrs.lookup(ip); ok {
+		return "an address of this host (" + ifname + ")", true
+	}
 	return "", false
 }
 
-// ipAllowed reports whether the policy lets a flow reach ip; when it does
-// not, reason says why in a form fit for an event.
-func (p *Policy) ipAllowed(ip netip.Addr) (reason string, ok bool) {
+// ipAllowed reports whether the policy lets a flow reach ip on port; when
+// it does not, reason says why in a form fit for an event. An IPv4-mapped
+// address is checked, as it is dialled, as its IPv4 address.
+func (p *Policy) ipAllowed(ip netip.Addr, port uint16) (reason string, ok bool) {
+	ip = ip.Unmap()
 	what, internal := InternalRange(ip)
 	if !internal {
 		return "", true
 	}
-	for _, pfx := range p.AllowInternal {
-		if pfx.Contains(ip) {
-			return "", true
+	var near *InternalGrant
+	for i, g := range p.AllowInternal {
+		if g.Prefix.Contains(ip) {
+			if g.coversPort(port) {
+				return "", true
+			}
+			near = &p.AllowInternal[i]
 		}
 	}
-	return fmt.Sprintf("%s is internal (%s); lift it with --allow-internal %s", ip, what, netip.PrefixFrom(ip, ip.BitLen())), false
+	if near != nil {
+		return fmt.Sprintf("%s is internal (%s) and --allow-internal %s does not cover port %d", ip, what, near, port), false
+	}
+	lift := InternalGrant{Prefix: netip.PrefixFrom(ip, ip.BitLen()), FromPort: port, ToPort: port}
+	return fmt.Sprintf("%s is internal (%s); lift it with --allow-internal %s", ip, what, lift), false
 }
 
 // errBadHost is returned for Host headers and names that are neither a DNS

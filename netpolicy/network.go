@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/gondolin/gondolin/netpolicy/ca"
 )
 
@@ -83,6 +84,13 @@ type Options struct {
 	// SSHHandshakeTimeout bounds the guest's SSH handshake, and apart
 	// from it the upstream's dial, handshake and login (default 20 s).
 	SSHHandshakeTimeout time.Duration
+	// OnPanic, when set, hears of a panic contained in a loop that
+	// serves the whole VM (its frames, DNS over UDP, the HTTP server),
+	// after which the network is closed: the owner should take the VM
+	// out of service. A panic serving one connection closes that
+	// connection only and is logged (Logger) and recorded as an event.
+	// See panics.go.
+	OnPanic func(*contain.PanicError)
 }
 
 func (o *Options) setDefaults() {
@@ -133,6 +141,7 @@ type Network struct {
 	policyMu sync.Mutex
 	events   *eventLog
 	synth    *synthTable
+	names    *addrNames // which names addresses were given for
 	stack    *netStack
 	proxy    *proxy
 	ssh      *sshProxy
@@ -176,6 +185,7 @@ func NewNetwork(opts Options) (*Network, error) {
 		log:    opts.Logger,
 		events: newEventLog(opts.EventBuffer),
 		synth:  newSynthTable(),
+		names:  newAddrNames(),
 		ctx:    ctx,
 		cancel: cancel,
 	}
@@ -279,6 +289,7 @@ func (n *Network) Attach(conn io.ReadWriteCloser) error {
 	}
 	go func() {
 		defer n.wg.Done()
+		defer contain.Recover("the guest's frames", n.loopPanic)
 		err := n.stack.readFrames(conn)
 		n.connMu.Lock()
 		if n.conn == conn {
@@ -336,17 +347,33 @@ func (n *Network) event(e Event) {
 }
 
 // resolve returns the addresses the host would connect to for a canonical
-// host, and which of them the policy allows. Pins come first, then IP
-// literals, then the host's resolver.
-func (n *Network) resolve(ctx context.Context, p *Policy, name string, ip netip.Addr) (allowed []netip.Addr, reason string, err error) {
+// host on port, and which of them the policy allows. Pins come first,
+// then IP literals, then the host's resolver. An IP literal that is an
+// address of a denied name is refused (deniedAddr).
+//
+// mapped is set for a TCP map's upstream: the map authorizes exactly its
+// own host:port, so an address the user spelled in it (an IP literal, or
+// a --resolve pin of its name) is allowed on that port even when it is
+// internal, without --allow-internal. An address from the host's
+// resolver is checked like any other: the name's owner, not the user,
+// decides what it is.
+func (n *Network) resolve(ctx context.Context, p *Policy, name string, ip netip.Addr, port uint16, mapped bool) (allowed []netip.Addr, reason string, err error) {
 	var addrs []netip.Addr
+	spelled := true
 	switch {
 	case ip.IsValid():
-		addrs = []netip.Addr{ip}
+		// A mapped IPv4 address is dialled as IPv4: checked as such.
+		addrs = []netip.Addr{ip.Unmap()}
+		if !mapped {
+			if why, denied := n.deniedAddr(ctx, p, ip); denied {
+				return nil, why, nil
+			}
+		}
 	default:
 		if pin, ok := p.pinned(name); ok {
-			addrs = []netip.Addr{pin}
+			addrs = []netip.Addr{pin.Unmap()}
 		} else {
+			spelled = false
 			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			found, err := n.opts.LookupHost(ctx, name)
@@ -358,10 +385,13 @@ func (n *Network) resolve(ctx context.Context, p *Policy, name string, ip netip.
 				// form; they are IPv4 addresses, checked as such.
 				addrs = append(addrs, a.Unmap())
 			}
+			n.names.learn(name, addrs...)
 		}
 	}
 	for _, a := range addrs {
-		if r, ok := p.ipAllowed(a); ok {
+		if mapped && spelled {
+			allowed = append(allowed, a)
+		} else if r, ok := p.ipAllowed(a, port); ok {
 			allowed = append(allowed, a)
 		} else if reason == "" {
 			reason = r

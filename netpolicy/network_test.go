@@ -122,7 +122,7 @@ func localPolicy(allow ...string) Policy {
 	for _, h := range []string{"api.test", "other.test", "new.test", "ws.test", "plain.test"} {
 		p.Resolve = append(p.Resolve, ResolvePin{Host: h, IP: netip.MustParseAddr("127.0.0.1")})
 	}
-	p.AllowInternal = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	p.AllowInternal = []InternalGrant{{Prefix: netip.MustParsePrefix("127.0.0.1/32")}}
 	return p
 }
 
@@ -345,7 +345,7 @@ func TestInternalBlocked(t *testing.T) {
 	}
 	// Lifting exactly that address lets the same request through.
 	if err := n.UpdatePolicy(func(p *Policy) error {
-		p.AllowInternal = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+		p.AllowInternal = []InternalGrant{{Prefix: netip.MustParsePrefix("127.0.0.1/32")}}
 		return nil
 	}); err != nil {
 		t.Fatal(err)

@@ -40,8 +40,9 @@ type Policy struct {
 	DNSServers []string `json:"dns_servers,omitempty"`
 	// TCPMaps forward raw TCP to explicit upstreams.
 	TCPMaps []TCPMap `json:"tcp_maps,omitempty"`
-	// AllowInternal lifts the internal-range block for these ranges only.
-	AllowInternal []netip.Prefix `json:"allow_internal,omitempty"`
+	// AllowInternal lifts the internal-range block for these ranges
+	// (and ports) only.
+	AllowInternal []InternalGrant `json:"allow_internal,omitempty"`
 	// Resolve pins the host-side resolution of names, as curl --resolve.
 	Resolve []ResolvePin `json:"resolve,omitempty"`
 	// DisableWebSockets refuses WebSocket upgrades.
@@ -174,7 +175,10 @@ func (v SecretValue) Format(f fmt.State, _ rune) { io.WriteString(f, v.String())
 func (SecretValue) MarshalJSON() ([]byte, error) { return []byte("null"), nil }
 
 // TCPMap forwards raw TCP from GuestHost:GuestPort (a name the guest
-// resolves through synthetic DNS, or an IP) to Upstream (HOST:PORT).
+// resolves through synthetic DNS, or an IP) to Upstream (HOST:PORT). The
+// map authorizes its own upstream: when HOST is an IP or a name pinned
+// with --resolve, that address is reachable on PORT through this map
+// even if it is internal, and nothing else is opened (Network.resolve).
 type TCPMap struct {
 	GuestHost string `json:"guest_host"`
 	GuestPort uint16 `json:"guest_port"`
@@ -183,6 +187,52 @@ type TCPMap struct {
 
 func (m TCPMap) String() string {
 	return net.JoinHostPort(m.GuestHost, strconv.Itoa(int(m.GuestPort))) + "=" + m.Upstream
+}
+
+// InternalGrant lifts the internal-range block (see InternalRange) for the
+// addresses in Prefix, on the ports FromPort to ToPort (inclusive), or on
+// every port when both are zero. Its text and JSON form is what
+// --allow-internal takes (ParseAllowInternal): CIDR[:PORT[-PORT]], so a
+// policy stored before grants had ports ("10.0.0.0/8") still reads, as
+// every port.
+type InternalGrant struct {
+	Prefix           netip.Prefix
+	FromPort, ToPort uint16
+}
+
+// coversPort reports whether the grant applies to port.
+func (g InternalGrant) coversPort(port uint16) bool {
+	return g.FromPort == 0 && g.ToPort == 0 || g.FromPort <= port && port <= g.ToPort
+}
+
+// String spells the grant as --allow-internal does: 10.0.0.0/8,
+// 10.1.2.3/32:5432, [fd00::]/8:8000-8999.
+func (g InternalGrant) String() string {
+	if g.FromPort == 0 && g.ToPort == 0 {
+		return g.Prefix.String()
+	}
+	addr := g.Prefix.Addr().String()
+	if g.Prefix.Addr().Is6() {
+		addr = "[" + addr + "]"
+	}
+	s := addr + "/" + strconv.Itoa(g.Prefix.Bits()) + ":" + strconv.Itoa(int(g.FromPort))
+	if g.ToPort != g.FromPort {
+		s += "-" + strconv.Itoa(int(g.ToPort))
+	}
+	return s
+}
+
+// MarshalText writes the grant's flag spelling.
+func (g InternalGrant) MarshalText() ([]byte, error) { return []byte(g.String()), nil }
+
+// UnmarshalText reads what MarshalText writes, and a bare prefix.
+func (g *InternalGrant) UnmarshalText(b []byte) error {
+	v, err := ParseAllowInternal(string(b))
+	if err != nil {
+		return err
+	}
+	*g = v
+	return nil
 }
 
 // ResolvePin makes the host resolve Host to IP (as curl --resolve).
@@ -395,18 +445,13 @@ func (p Policy) Validate() error {
 			return fmt.Errorf("%w: --tcp-map %s: %s is mapped twice", ErrInvalid, m, key)
 		}
 		maps[key] = true
-		// An upstream spelled as an internal IP needs its range lifted:
-		// say so now rather than at the first connection.
-		host, _, _ := net.SplitHostPort(m.Upstream)
-		if _, ip, err := NormalizeHost(host); err == nil && ip.IsValid() {
-			if reason, ok := p.ipAllowed(ip); !ok {
-				return fmt.Errorf("%w: --tcp-map %s: %s", ErrInvalid, m, reason)
-			}
-		}
 	}
-	for _, pfx := range p.AllowInternal {
-		if !pfx.IsValid() || pfx != pfx.Masked() {
-			return fmt.Errorf("%w: --allow-internal %s: not a network address", ErrInvalid, pfx)
+	for _, g := range p.AllowInternal {
+		if !g.Prefix.IsValid() || g.Prefix != g.Prefix.Masked() {
+			return fmt.Errorf("%w: --allow-internal %s: not a network address", ErrInvalid, g.Prefix)
+		}
+		if (g.FromPort == 0) != (g.ToPort == 0) || g.ToPort < g.FromPort {
+			return fmt.Errorf("%w: --allow-internal %s: bad port range %d-%d", ErrInvalid, g.Prefix, g.FromPort, g.ToPort)
 		}
 	}
 	pins := map[string]bool{}

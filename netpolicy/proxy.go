@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/contain"
 )
 
 // proxy is the HTTP side of mediation: one http.Server per VM reads the
@@ -61,7 +63,7 @@ func newProxy(n *Network) (*proxy, error) {
 	px.transport = &http.Transport{
 		// Never the environment's proxy: egress is this process's own.
 		Proxy:       nil,
-		DialContext: px.dial,
+		DialContext: n.containDial(px.dial),
 		// Upstream TLS is verified against the host's real trust store
 		// for the name the guest asked for (the Transport sets
 		// ServerName from the request's host).
@@ -96,7 +98,7 @@ func newProxy(n *Network) (*proxy, error) {
 		MinVersion: tls.VersionTLS12,
 	}
 	px.srv = &http.Server{
-		Handler:           http.HandlerFunc(px.serveHTTP),
+		Handler:           n.containHTTP(http.HandlerFunc(px.serveHTTP)),
 		MaxHeaderBytes:    n.opts.MaxHeaderBytes,
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -116,6 +118,7 @@ func newProxy(n *Network) (*proxy, error) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		defer contain.Recover("the HTTP server", n.loopPanic)
 		px.srv.Serve(px.ln)
 	}()
 	return px, nil
@@ -185,13 +188,23 @@ type blockedError struct{ reason string }
 
 func (e *blockedError) Error() string { return "blocked: " + e.reason }
 
-// dial connects to HOST:PORT for an allowed request or a TCP map. It
-// resolves the host itself (pins, IP literals, the host's resolver),
+// dial connects to HOST:PORT for an allowed request (HTTP, HTTPS, SSH).
+// It resolves the host itself (pins, IP literals, the host's resolver),
 // checks every address against the internal ranges under the policy in
-// force now, and connects only to an allowed address: a name that
-// resolved to a public address when the request was checked but resolves
-// to an internal one now (DNS rebinding) is refused here.
+// force now, on this port, and connects only to an allowed address: a
+// name that resolved to a public address when the request was checked
+// but resolves to an internal one now (DNS rebinding) is refused here.
 func (px *proxy) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return px.dialUpstream(ctx, addr, false)
+}
+
+// dialMapped connects to a TCP map's upstream, which the map itself
+// authorizes (see Network.resolve).
+func (px *proxy) dialMapped(ctx context.Context, m TCPMap) (net.Conn, error) {
+	return px.dialUpstream(ctx, m.Upstream, true)
+}
+
+func (px *proxy) dialUpstream(ctx context.Context, addr string, mapped bool) (net.Conn, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
@@ -205,7 +218,7 @@ func (px *proxy) dial(ctx context.Context, network, addr string) (net.Conn, erro
 		return nil, &blockedError{err.Error()}
 	}
 	p := px.n.policy.Load()
-	allowed, reason, err := px.n.resolve(ctx, p, name, ip)
+	allowed, reason, err := px.n.resolve(ctx, p, name, ip, uint16(port), mapped)
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +307,7 @@ func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Secrets = sv.used
 	// First check of the host's own resolution (dial checks again).
-	allowed, reason, err := n.resolve(r.Context(), p, name, ip)
+	allowed, reason, err := n.resolve(r.Context(), p, name, ip, fl.dst.Port(), false)
 	if err != nil {
 		ev.Action, ev.Status, ev.Reason = Failed, http.StatusBadGateway, p.redact(err.Error())
 		n.event(ev)
@@ -305,7 +318,7 @@ func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusForbidden, reason)
 		return
 	}
-	if len(sv.used) > 0 && !fl.tls && !insideAny(allowed, p.AllowInternal) {
+	if len(sv.used) > 0 && !fl.tls && !grantedAll(allowed, fl.dst.Port(), p.AllowInternal) {
 		refuse(http.StatusForbidden, "secrets are only substituted over HTTPS (or to an --allow-internal address)")
 		return
 	}
@@ -331,6 +344,9 @@ func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			n.event(e)
 			return &bodyBlockedError{reason}
 		})
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = containedBody{r.Body, n} // read on the transport's goroutine
 	}
 	px.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), upstreamKey, up)))
 }
@@ -445,11 +461,13 @@ func isWebSocket(h http.Header) bool {
 	return false
 }
 
-func insideAny(addrs []netip.Addr, pfxs []netip.Prefix) bool {
+// grantedAll reports whether every address is reached on port through an
+// --allow-internal grant (a local service the user named).
+func grantedAll(addrs []netip.Addr, port uint16, grants []InternalGrant) bool {
 	for _, a := range addrs {
 		in := false
-		for _, p := range pfxs {
-			if p.Contains(a) {
+		for _, g := range grants {
+			if g.Prefix.Contains(a) && g.coversPort(port) {
 				in = true
 			}
 		}

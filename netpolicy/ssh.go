@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,21 +26,26 @@ import (
 // server in this process, which stands in for the upstream: it completes
 // the guest's handshake with a host certificate for the name the guest
 // dialled (signed by a CA the guest trusts, see SSHKnownHosts), lets the
-// guest log in with anything, and for an allowed host opens the real
+// guest log in with any key, and for an allowed host opens the real
 // upstream connection, verifies its host key against the known_hosts
 // files and logs in with the host's agent or key. Only session channels
-// carrying exec requests pass, which is what git needs (git-upload-pack,
-// git-receive-pack, git-lfs-authenticate).
+// carrying exec requests pass, and by default only git's commands
+// (git-upload-pack, git-receive-pack, git-upload-archive) with one
+// repository path, re-quoted as git quotes them (parseGitCommand).
 //
-// Why accepting any guest login is safe: this server is reachable only
+// Why accepting any guest key is safe: this server is reachable only
 // from the one VM whose stack it runs on, and the guest is the untrusted
 // party anyway, so a guest password or key would prove nothing. What the
 // guest can do is bounded by the host side: which hosts (SSHAllow), which
-// key logs in (the credential or the agent, chosen on the host), and
-// which requests pass (exec only: no shell, terminal, subsystem, agent or
-// X11 forwarding, or port forwarding). The key itself never reaches the
-// guest; only the signatures it makes travel, and only to an upstream
-// whose host key the user listed.
+// user logs in upstream (the rule's or credential's, else "git"; a guest
+// asking for another name is refused, so the host's keys never sign a
+// login the user did not name), which key (the credential or the agent,
+// chosen on the host), and which requests pass (exec of git's commands
+// only, unless the rule is --ssh-allow-exec: no shell, terminal,
+// subsystem, environment but GIT_PROTOCOL, agent or X11 forwarding, or
+// port forwarding). The key itself never reaches the guest; only the
+// signatures it makes travel, and only to an upstream whose host key the
+// user listed.
 
 // GuestSSHKnownHosts is where the guest's OpenSSH reads system-wide known
 // hosts; the agent writes Network.SSHKnownHosts there.
@@ -64,9 +70,12 @@ type sshProxy struct {
 const maxSSHCerts = 1024
 
 // sshEnvAllowed is what "env" requests may set upstream: git's protocol
-// version and the locale that Debian's ssh_config sends by default.
-func sshEnvAllowed(name string) bool {
-	return name == "GIT_PROTOCOL" || name == "LANG" || strings.HasPrefix(name, "LC_")
+// version, which git needs for protocol v2. Anything else (the locale
+// Debian's ssh_config sends, LD_PRELOAD, ...) is guest bytes in the
+// upstream's environment, refused without a word: clients do not wait
+// for an answer to env.
+func sshEnvAllowed(name, value string) bool {
+	return name == "GIT_PROTOCOL" && validGitProtocol(value)
 }
 
 func newSSHProxy(n *Network) (*sshProxy, error) {
@@ -211,21 +220,35 @@ func (sp *sshProxy) serve(fc *flowConn, ep tcpip.Endpoint) {
 	}
 	fc.SetDeadline(time.Time{})
 	defer gconn.Close()
-	ev.User = gconn.User()
-	go sp.guestGlobalRequests(greqs, ev)
+	gev := ev // as a go statement would: ev changes below
+	n.goFlow("an SSH connection's requests", gev, gconn, func() { sp.guestGlobalRequests(greqs, gev) })
 
-	rule, ok := p.sshRule(name, dst.Port())
+	hostport := joinPattern(name, dst.Port())
+	rule, ruleName, ok := p.sshRule(name, dst.Port())
 	if !ok {
-		ev.Action, ev.Rule = Blocked, rule
-		ev.Reason = fmt.Sprintf("SSH to %s is not allowed; allow it with --ssh-allow-host %s", joinPattern(name, dst.Port()), joinPattern(name, dst.Port()))
-		if rule != "" {
-			ev.Reason = fmt.Sprintf("SSH to %s is denied (%s)", joinPattern(name, dst.Port()), rule)
+		ev.Action, ev.Rule = Blocked, ruleName
+		ev.Reason = fmt.Sprintf("SSH to %s is not allowed; allow it with --ssh-allow-host %s", hostport, hostport)
+		if ruleName != "" {
+			ev.Reason = fmt.Sprintf("SSH to %s is denied (%s)", hostport, ruleName)
 		}
 		n.event(ev)
 		sp.refuse(gconn, gchans, ev.Reason)
 		return
 	}
-	ev.Rule = rule
+	ev.Rule = ruleName
+	// The login name upstream is the host's choice. A guest asking for
+	// another is refused rather than quietly given this one, so that it
+	// learns which name to use and never believes it logged in as
+	// someone else.
+	ev.User = p.sshLogin(rule, name, dst.Port())
+	if guest := gconn.User(); guest != ev.User {
+		ev.Action = Blocked
+		ev.Reason = fmt.Sprintf("the guest asked to log in as %s, but the SSH proxy logs in to %s as %s only: connect as %s@%s",
+			quoteGuest(guest), hostport, ev.User, ev.User, name)
+		n.event(ev)
+		sp.refuse(gconn, gchans, ev.Reason)
+		return
+	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.opts.SSHHandshakeTimeout)
 	up, err := sp.connectUpstream(ctx, p, name, dst.Port(), ev.User)
 	cancel()
@@ -251,7 +274,8 @@ func (sp *sshProxy) serve(fc *flowConn, ep tcpip.Endpoint) {
 	for nc := range gchans {
 		switch typ := nc.ChannelType(); typ {
 		case "session":
-			go sp.relaySession(nc, up, ev)
+			sev := ev
+			n.goFlow("an SSH session", sev, gconn, func() { sp.relaySession(nc, up, sev, rule) })
 		case "direct-tcpip", "direct-streamlocal@openssh.com":
 			e := ev
 			e.Method, e.Command = typ, forwardTarget(nc.ExtraData())
@@ -264,6 +288,15 @@ func (sp *sshProxy) serve(fc *flowConn, ep tcpip.Endpoint) {
 			nc.Reject(ssh.Prohibited, "gondolin: only session channels with commands (exec) pass the SSH proxy")
 		}
 	}
+}
+
+// quoteGuest shows a name the guest chose in an event or message: cut to
+// 64 bytes and Go-quoted, so control bytes show as escapes.
+func quoteGuest(s string) string {
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	return strconv.Quote(s)
 }
 
 func (sp *sshProxy) block(e Event, reason string) {
@@ -328,8 +361,9 @@ var sshRefusals = map[string]string{
 
 // relaySession pairs a guest session channel with an upstream one and
 // relays it, passing only exec (and the env and signal requests that go
-// with it).
-func (sp *sshProxy) relaySession(nc ssh.NewChannel, up *ssh.Client, base Event) {
+// with it); unless rule.AnyCommand, only git's commands, as git spells
+// them.
+func (sp *sshProxy) relaySession(nc ssh.NewChannel, up *ssh.Client, base Event, rule SSHHost) {
 	uch, ureqs, err := up.OpenChannel("session", nil)
 	if err != nil {
 		msg := err.Error()
@@ -397,6 +431,20 @@ func (sp *sshProxy) relaySession(nc ssh.NewChannel, up *ssh.Client, base Event) 
 	}()
 
 	started := false
+	// endWith takes a request that starts the session (shell,
+	// subsystem, exec) and ends the session with msg and status 1,
+	// nothing having run upstream: OpenSSH exits at once on a failed
+	// request of these, without printing what arrived on stderr.
+	endWith := func(r *ssh.Request, msg string) {
+		started = true
+		if r.WantReply {
+			r.Reply(true, nil)
+		}
+		r.WantReply = false
+		fmt.Fprintf(gch.Stderr(), "gondolin: %s\r\n", msg)
+		gch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{1}))
+		uch.Close()
+	}
 	for r := range greqs {
 		turn.Lock()
 		ok := false
@@ -406,11 +454,26 @@ func (sp *sshProxy) relaySession(nc ssh.NewChannel, up *ssh.Client, base Event) 
 			if ssh.Unmarshal(r.Payload, &m) != nil || started {
 				break
 			}
-			started = true
 			e := base
 			e.Method, e.Command, e.Time = "exec", m.Command, time.Time{}
+			payload := r.Payload
+			if !rule.AnyCommand {
+				gc, err := parseGitCommand(m.Command)
+				if err != nil {
+					msg := fmt.Sprintf("command refused (%v): only git's commands (%s) with one repository path pass the SSH proxy; the host allows others with --ssh-allow-exec %s",
+						err, strings.Join(gitSSHCommands, ", "), SSHHost{User: rule.User, Host: base.Host, Port: base.Port})
+					sp.block(e, msg)
+					endWith(r, msg)
+					break
+				}
+				// What goes upstream is the command as git
+				// spells it, never the guest's own bytes.
+				e.Command = gc.String()
+				payload = ssh.Marshal(struct{ Command string }{e.Command})
+			}
+			started = true
 			var err error
-			ok, err = uch.SendRequest("exec", true, r.Payload)
+			ok, err = uch.SendRequest("exec", true, payload)
 			switch {
 			case err != nil:
 				e.Action, e.Reason = Failed, err.Error()
@@ -422,7 +485,7 @@ func (sp *sshProxy) relaySession(nc ssh.NewChannel, up *ssh.Client, base Event) 
 			sp.n.event(e)
 		case "env":
 			var m struct{ Name, Value string }
-			if !started && ssh.Unmarshal(r.Payload, &m) == nil && sshEnvAllowed(m.Name) {
+			if !started && ssh.Unmarshal(r.Payload, &m) == nil && sshEnvAllowed(m.Name, m.Value) {
 				ok, _ = uch.SendRequest("env", true, r.Payload)
 			}
 		case "signal":
@@ -444,19 +507,7 @@ func (sp *sshProxy) relaySession(nc ssh.NewChannel, up *ssh.Client, base Event) 
 			}
 			sp.block(e, msg)
 			if (r.Type == "shell" || r.Type == "subsystem") && !started {
-				// OpenSSH exits at once on a failed shell or
-				// subsystem request, without printing what
-				// arrived on stderr. So the request is taken,
-				// and the session ends with the message and
-				// status 1: nothing ran upstream.
-				started = true
-				if r.WantReply {
-					r.Reply(true, nil)
-				}
-				r.WantReply = false
-				fmt.Fprintf(gch.Stderr(), "gondolin: %s\r\n", msg)
-				gch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{1}))
-				uch.Close()
+				endWith(r, msg)
 				break
 			}
 			fmt.Fprintf(gch.Stderr(), "gondolin: %s\r\n", msg)

@@ -175,6 +175,28 @@ func TestSSHEgressOpenSSHGit(t *testing.T) {
 			t.Fatalf("exit %d, stderr %q", code, stderr)
 		}
 	})
+	t.Run("commands other than git's refused", func(t *testing.T) {
+		for _, cmd := range []string{"sh -c id", "nc 10.0.0.5 5432", "git-upload-pack '/org/repo.git'; id", "git-upload-pack --upload-pack=id /org/repo.git"} {
+			_, _, before, _, _ := up.seen()
+			stderr, code := sshRun("-p", port, "git@github.test", cmd)
+			if code != 1 || !strings.Contains(stderr, "gondolin: command refused") {
+				t.Errorf("%q: exit %d, stderr %q", cmd, code, stderr)
+			}
+			if _, _, after, _, _ := up.seen(); len(after) != len(before) {
+				t.Errorf("%q: the upstream ran %q", cmd, after[len(before):])
+			}
+		}
+	})
+	t.Run("another login name refused", func(t *testing.T) {
+		before, _, _, _, _ := up.seen()
+		stderr, code := sshRun("-p", port, "root@github.test", "git-upload-pack", "'/org/repo.git'")
+		if code != 255 || !strings.Contains(stderr, "logs in to github.test:"+port+" as git only") {
+			t.Errorf("exit %d, stderr %q", code, stderr)
+		}
+		if after, _, _, _, _ := up.seen(); len(after) != len(before) {
+			t.Errorf("upstream logins %q", after[len(before):])
+		}
+	})
 	t.Run("a host not allowed is explained", func(t *testing.T) {
 		if err := n.UpdatePolicy(func(p *Policy) error { p.SSHAllow[0].Host = "gitlab.test"; return nil }); err != nil {
 			t.Fatal(err)

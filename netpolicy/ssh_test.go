@@ -364,7 +364,21 @@ func TestSSHEgress(t *testing.T) {
 			t.Errorf("connect event %+v", ev)
 		}
 	})
-	t.Run("stdin, exit status and env", func(t *testing.T) {
+	t.Run("stdin, exit status and env with --ssh-allow-exec", func(t *testing.T) {
+		// Commands other than git's pass only where the host says so;
+		// the policy of a connection is the one it started under.
+		setExec := func(on bool) {
+			t.Helper()
+			if err := n.UpdatePolicy(func(p *Policy) error { p.SSHAllow[0].AnyCommand = on; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setExec(true)
+		defer setExec(false)
+		cl, err := guestSSH(t, g, n, addr, "git")
+		if err != nil {
+			t.Fatal(err)
+		}
 		s, err := cl.NewSession()
 		if err != nil {
 			t.Fatal(err)
@@ -386,6 +400,10 @@ func TestSSHEgress(t *testing.T) {
 		_, _, _, env, _ := up.seen()
 		if strings.Join(env, " ") != "GIT_PROTOCOL=version=2" {
 			t.Errorf("upstream env %q", env)
+		}
+		ev, ok := findEvent(n, func(e Event) bool { return e.Proto == "ssh" && e.Method == "connect" })
+		if !ok || ev.Rule != "ssh-allow-exec "+addr {
+			t.Errorf("connect event %+v", ev)
 		}
 	})
 	t.Run("refused requests", func(t *testing.T) {
@@ -480,6 +498,12 @@ func TestSSHEgress(t *testing.T) {
 		}
 	})
 	t.Run("agent logs in when no credential matches", func(t *testing.T) {
+		// The rule names the login; the git@ credential does not
+		// apply to it.
+		if err := n.UpdatePolicy(func(p *Policy) error { p.SSHAllow[0].User = "deploy"; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		defer n.UpdatePolicy(func(p *Policy) error { p.SSHAllow[0].User = ""; return nil })
 		cl2, err := guestSSH(t, g, n, addr, "deploy")
 		if err != nil {
 			t.Fatal(err)

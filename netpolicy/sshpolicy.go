@@ -19,26 +19,57 @@ import (
 // that names none.
 const DefaultSSHPort = 22
 
+// DefaultSSHUser is the upstream login name when neither the
+// --ssh-allow-host rule nor a matching --ssh-credential names one: the
+// name git hosting services (GitHub, GitLab, Gitea, Bitbucket) use for
+// every account.
+const DefaultSSHUser = "git"
+
 // SSHAgentFromEnv is the value of Flags.SSHAgent that means "the socket in
 // $SSH_AUTH_SOCK": the CLI gives it as the flag's no-argument default, so
 // that `--ssh-agent` alone uses the caller's agent.
 const SSHAgentFromEnv = "$SSH_AUTH_SOCK"
 
 // SSHHost is a destination guest SSH may reach: a host pattern (see
-// MatchHost) and an exact port.
+// MatchHost) and an exact port, with the login name the host uses there
+// and what the guest may run.
 type SSHHost struct {
+	// User is the upstream login name (--ssh-allow-host USER@HOST); empty
+	// means the user of the most specific matching credential that names
+	// one, else DefaultSSHUser (see Policy.sshLogin). The guest must log
+	// in with that same name; it never chooses another.
+	User string `json:"user,omitempty"`
 	Host string `json:"host"`
 	Port uint16 `json:"port"`
+	// AnyCommand (--ssh-allow-exec) lets any exec command pass, not
+	// only git's (parseGitCommand): a command line on the upstream.
+	AnyCommand bool `json:"any_command,omitempty"`
 }
 
-func (h SSHHost) String() string { return joinPattern(h.Host, h.Port) }
+// String is the entry as the user wrote it: [USER@]HOST:PORT.
+func (h SSHHost) String() string {
+	s := joinPattern(h.Host, h.Port)
+	if h.User != "" {
+		s = h.User + "@" + s
+	}
+	return s
+}
+
+// flag names the flag the entry comes from.
+func (h SSHHost) flag() string {
+	if h.AnyCommand {
+		return "--ssh-allow-exec"
+	}
+	return "--ssh-allow-host"
+}
 
 // SSHCredential is a private key the host uses to log in to matching SSH
 // upstreams on the guest's behalf. Only its path is stored: the key is
 // read from disk each time it is needed and never leaves the host process.
 type SSHCredential struct {
-	// User restricts the credential to guest logins as this user
-	// (git@github.com); empty matches every user.
+	// User restricts the credential to upstream logins as this user
+	// (git@github.com), and names the login when the --ssh-allow-host
+	// rule does not (see Policy.sshLogin); empty matches every login.
 	User string `json:"user,omitempty"`
 	Host string `json:"host"` // pattern, see MatchHost
 	Port uint16 `json:"port"`
@@ -76,14 +107,36 @@ func joinPattern(host string, port uint16) string {
 	return net.JoinHostPort(host, strconv.Itoa(int(port)))
 }
 
-// ParseSSHHost parses --ssh-allow-host HOST[:PORT] (port 22 by default;
-// an IPv6 literal with a port goes in brackets).
+// ParseSSHHost parses --ssh-allow-host [USER@]HOST[:PORT] (port 22 by
+// default; an IPv6 literal with a port goes in brackets). USER is the
+// upstream login name (see SSHHost.User).
 func ParseSSHHost(s string) (SSHHost, error) {
-	host, port, err := splitHostPattern(s)
-	if err != nil {
-		return SSHHost{}, fmt.Errorf("%w: --ssh-allow-host %s: %v", ErrInvalid, s, err)
+	return parseSSHHost("--ssh-allow-host", s)
+}
+
+// ParseSSHExecHost parses --ssh-allow-exec [USER@]HOST[:PORT]: as
+// --ssh-allow-host, and any command passes (SSHHost.AnyCommand).
+func ParseSSHExecHost(s string) (SSHHost, error) {
+	h, err := parseSSHHost("--ssh-allow-exec", s)
+	h.AnyCommand = err == nil
+	return h, err
+}
+
+func parseSSHHost(flag, s string) (SSHHost, error) {
+	var h SSHHost
+	dest := s
+	if user, hp, ok := strings.Cut(s, "@"); ok {
+		if !validSSHUser(user) {
+			return SSHHost{}, fmt.Errorf("%w: %s %s: bad user name %q", ErrInvalid, flag, s, user)
+		}
+		h.User, dest = user, hp
 	}
-	return SSHHost{Host: host, Port: port}, nil
+	host, port, err := splitHostPattern(dest)
+	if err != nil {
+		return SSHHost{}, fmt.Errorf("%w: %s %s: %v", ErrInvalid, flag, s, err)
+	}
+	h.Host, h.Port = host, port
+	return h, nil
 }
 
 // splitHostPattern splits HOST[:PORT] where HOST is a pattern, checks
@@ -186,9 +239,16 @@ func validSSHUser(u string) bool {
 // validateSSH checks the SSH fields (Validate calls it). It does no I/O:
 // CheckSSHFiles reads the files.
 func (p Policy) validateSSH() error {
-	for _, h := range p.SSHAllow {
-		if _, err := ParseAllowHost(h.Host); err != nil || h.Port == 0 {
-			return fmt.Errorf("%w: --ssh-allow-host %s: want HOST[:PORT]", ErrInvalid, h)
+	for i, h := range p.SSHAllow {
+		if _, err := ParseAllowHost(h.Host); err != nil || h.Port == 0 || (h.User != "" && !validSSHUser(h.User)) {
+			return fmt.Errorf("%w: %s %s: want [USER@]HOST[:PORT]", ErrInvalid, h.flag(), h)
+		}
+		// One destination, one login and one command rule: two that
+		// differ would leave the choice to an accident of order.
+		for _, o := range p.SSHAllow[:i] {
+			if o.Host == h.Host && o.Port == h.Port && o != h {
+				return fmt.Errorf("%w: %s and %s %s name the same destination; give it once", ErrInvalid, o.flag()+" "+o.String(), h.flag(), h)
+			}
 		}
 	}
 	if p.SSHAgent != "" && !filepath.IsAbs(p.SSHAgent) {
@@ -333,26 +393,49 @@ func (p Policy) MissingSSHPassphrases() []string {
 	return out
 }
 
-// sshRule decides whether guest SSH may reach host:port and names the
-// rule. host is canonical (NormalizeHost). A Deny pattern (`gondolin
-// policy deny`) applies to SSH too, by hostRule's measure: the most
-// specific pattern wins, deny on a tie.
-func (p *Policy) sshRule(host string, port uint16) (string, bool) {
-	best, bestScore := "", -1
+// sshRule decides whether guest SSH may reach host:port: the entry that
+// allows it, and the rule's name for events. host is canonical
+// (NormalizeHost). A Deny pattern (`gondolin policy deny`) applies to
+// SSH too, by hostRule's measure: the most specific pattern wins, deny
+// on a tie.
+func (p *Policy) sshRule(host string, port uint16) (SSHHost, string, bool) {
+	var best SSHHost
+	bestScore := -1
 	for _, h := range p.SSHAllow {
 		if s := specificity(h.Host); s > bestScore && h.Port == port && MatchHost(h.Host, host) {
-			best, bestScore = "ssh-allow "+h.String(), s
+			best, bestScore = h, s
 		}
 	}
-	if best == "" {
-		return "", false
+	if bestScore < 0 {
+		return SSHHost{}, "", false
 	}
 	for _, pat := range p.Deny {
 		if specificity(pat) >= bestScore && MatchHost(pat, host) {
-			return "deny " + pat, false
+			return SSHHost{}, "deny " + pat, false
 		}
 	}
-	return best, true
+	name := "ssh-allow "
+	if best.AnyCommand {
+		name = "ssh-allow-exec "
+	}
+	return best, name + best.String(), true
+}
+
+// sshLogin is the upstream login name for host:port under rule: the
+// rule's user, else that of the most specific matching credential that
+// names one (the first on a tie), else DefaultSSHUser. It is the host's
+// choice: the guest's login name must equal it.
+func (p *Policy) sshLogin(rule SSHHost, host string, port uint16) string {
+	if rule.User != "" {
+		return rule.User
+	}
+	user, best := DefaultSSHUser, -1
+	for _, c := range p.SSHCredentials {
+		if c.User != "" && c.Port == port && specificity(c.Host) > best && MatchHost(c.Host, host) {
+			user, best = c.User, specificity(c.Host)
+		}
+	}
+	return user
 }
 
 // sshCredentials returns the credentials that apply to a login as user

@@ -14,24 +14,35 @@ import (
 
 func TestParseSSHHost(t *testing.T) {
 	for in, want := range map[string]SSHHost{
-		"github.com":            {"github.com", 22},
-		"GitHub.com.":           {"github.com", 22},
-		"*.example.com:2222":    {"*.example.com", 2222},
-		"ssh.github.com:443":    {"ssh.github.com", 443},
-		"10.1.2.3":              {"10.1.2.3", 22},
-		"[::1]:2200":            {"::1", 2200},
-		"2001:db8::1":           {"2001:db8::1", 22},
-		"gitlab.internal.corp":  {"gitlab.internal.corp", 22},
-		"git-server_1.lan:2022": {"git-server_1.lan", 2022},
+		"github.com":               {Host: "github.com", Port: 22},
+		"GitHub.com.":              {Host: "github.com", Port: 22},
+		"*.example.com:2222":       {Host: "*.example.com", Port: 2222},
+		"ssh.github.com:443":       {Host: "ssh.github.com", Port: 443},
+		"10.1.2.3":                 {Host: "10.1.2.3", Port: 22},
+		"[::1]:2200":               {Host: "::1", Port: 2200},
+		"2001:db8::1":              {Host: "2001:db8::1", Port: 22},
+		"gitlab.internal.corp":     {Host: "gitlab.internal.corp", Port: 22},
+		"git-server_1.lan:2022":    {Host: "git-server_1.lan", Port: 2022},
+		"deploy@git.corp":          {User: "deploy", Host: "git.corp", Port: 22},
+		"git@[::1]:2200":           {User: "git", Host: "::1", Port: 2200},
+		"svc.ci@*.corp.example:22": {User: "svc.ci", Host: "*.corp.example", Port: 22},
 	} {
 		got, err := ParseSSHHost(in)
 		if err != nil || got != want {
 			t.Errorf("ParseSSHHost(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
+		want.AnyCommand = true
+		if got, err := ParseSSHExecHost(in); err != nil || got != want {
+			t.Errorf("ParseSSHExecHost(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
 	}
-	for _, bad := range []string{"", "a b", "host:0", "host:x", "host:70000", "ssh://host", "host/path", ":22", "user@host"} {
-		if _, err := ParseSSHHost(bad); !errors.Is(err, ErrInvalid) {
+	for _, bad := range []string{"", "a b", "host:0", "host:x", "host:70000", "ssh://host", "host/path", ":22",
+		"@host", "a b@host", "a@b@host", "us:er@host", "user\x00@host", "user@", strings.Repeat("u", 65) + "@host"} {
+		if _, err := ParseSSHHost(bad); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--ssh-allow-host") {
 			t.Errorf("ParseSSHHost(%q) err = %v", bad, err)
+		}
+		if h, err := ParseSSHExecHost(bad); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--ssh-allow-exec") || h.AnyCommand {
+			t.Errorf("ParseSSHExecHost(%q) = %+v, %v", bad, h, err)
 		}
 	}
 }
@@ -93,7 +104,8 @@ func TestSSHFlagsPolicy(t *testing.T) {
 	getenv := func(k string) string { return env[k] }
 
 	f := Flags{
-		SSHAllowHost:  []string{"github.com", "*.corp.example:2222"},
+		SSHAllowHost:  []string{"github.com", "*.corp.example:2222", "github.com"},
+		SSHAllowExec:  []string{"ci@build.example"},
 		SSHAgent:      SSHAgentFromEnv,
 		SSHKnownHosts: []string{kh},
 		SSHCredential: []string{"git@github.com=" + plainKey, "*.corp.example:2222=" + encKey + ",passphrase-env=KP"},
@@ -102,7 +114,7 @@ func TestSSHFlagsPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(p.SSHAllow) != "[github.com:22 *.corp.example:2222]" || p.SSHAgent != sock || len(p.SSHCredentials) != 2 {
+	if fmt.Sprint(p.SSHAllow) != "[github.com:22 *.corp.example:2222 github.com:22 ci@build.example:22]" || !p.SSHAllow[3].AnyCommand || p.SSHAllow[0].AnyCommand || p.SSHAgent != sock || len(p.SSHCredentials) != 2 {
 		t.Fatalf("policy %+v", p)
 	}
 	if got := p.sshCredentials("git", "a.corp.example", 2222); len(got) != 1 || got[0].Key != encKey {
@@ -165,6 +177,9 @@ func TestSSHFlagsPolicy(t *testing.T) {
 		{with(func(f *Flags) { f.SSHCredential = []string{"h=" + plainKey, "h:22=" + encKey} }), "given twice"},
 		{with(func(f *Flags) { f.SSHAgent = kh }), "no agent socket there"},
 		{with(func(f *Flags) { f.SSHAllowHost = []string{"bad host"} }), "--ssh-allow-host"},
+		{with(func(f *Flags) { f.SSHAllowExec = []string{"bad@user@host"} }), "--ssh-allow-exec"},
+		{with(func(f *Flags) { f.SSHAllowExec = []string{"github.com"} }), "--ssh-allow-host github.com:22 and --ssh-allow-exec github.com:22 name the same destination"},
+		{with(func(f *Flags) { f.SSHAllowHost = []string{"github.com", "me@github.com:22"} }), "name the same destination"},
 	}
 	for _, tt := range bad {
 		_, err := tt.f.Policy(getenv)
@@ -183,8 +198,11 @@ func TestSSHFlagsPolicy(t *testing.T) {
 
 func TestSSHRule(t *testing.T) {
 	p := Policy{
-		SSHAllow: []SSHHost{{"github.com", 22}, {"*.corp.example", 2222}, {"*", 22}},
-		Deny:     []string{"evil.example", "*.corp.example"},
+		SSHAllow: []SSHHost{
+			{Host: "github.com", Port: 22}, {Host: "*.corp.example", Port: 2222}, {Host: "*", Port: 22},
+			{User: "ci", Host: "build.example", Port: 22, AnyCommand: true},
+		},
+		Deny: []string{"evil.example", "*.corp.example"},
 	}
 	for _, tt := range []struct {
 		host string
@@ -197,10 +215,39 @@ func TestSSHRule(t *testing.T) {
 		{"git.corp.example", 2222, "deny *.corp.example", false}, // a tie: deny wins
 		{"evil.example", 22, "deny evil.example", false},         // more specific than *
 		{"other.example", 22, "ssh-allow *:22", true},
+		{"build.example", 22, "ssh-allow-exec ci@build.example:22", true},
 	} {
-		rule, ok := p.sshRule(tt.host, tt.port)
-		if rule != tt.rule || ok != tt.ok {
-			t.Errorf("sshRule(%s, %d) = %q %v, want %q %v", tt.host, tt.port, rule, ok, tt.rule, tt.ok)
+		h, rule, ok := p.sshRule(tt.host, tt.port)
+		if rule != tt.rule || ok != tt.ok || (ok && !MatchHost(h.Host, tt.host)) {
+			t.Errorf("sshRule(%s, %d) = %+v %q %v, want %q %v", tt.host, tt.port, h, rule, ok, tt.rule, tt.ok)
+		}
+	}
+}
+
+// The upstream login name is the host's choice: the rule's user, else the
+// most specific matching credential's, else git.
+func TestSSHLogin(t *testing.T) {
+	p := Policy{SSHCredentials: []SSHCredential{
+		{Host: "*", Port: 22, Key: "/k0"},
+		{User: "alice", Host: "*.corp", Port: 22, Key: "/k1"},
+		{User: "bob", Host: "git.corp", Port: 22, Key: "/k2"},
+		{User: "carol", Host: "git.corp", Port: 22, Key: "/k3"},
+		{User: "dave", Host: "git.corp", Port: 2222, Key: "/k4"},
+	}}
+	for _, tt := range []struct {
+		rule SSHHost
+		host string
+		port uint16
+		want string
+	}{
+		{SSHHost{Host: "github.com", Port: 22}, "github.com", 22, "git"},
+		{SSHHost{Host: "*.corp", Port: 22}, "wiki.corp", 22, "alice"},
+		{SSHHost{Host: "*.corp", Port: 22}, "git.corp", 22, "bob"}, // most specific, first on a tie
+		{SSHHost{Host: "git.corp", Port: 2222}, "git.corp", 2222, "dave"},
+		{SSHHost{User: "deploy", Host: "*.corp", Port: 22}, "git.corp", 22, "deploy"},
+	} {
+		if got := p.sshLogin(tt.rule, tt.host, tt.port); got != tt.want {
+			t.Errorf("sshLogin(%+v, %s:%d) = %q, want %q", tt.rule, tt.host, tt.port, got, tt.want)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/contain"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -144,10 +145,12 @@ func newNetStack(n *Network) (*netStack, error) {
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
+		defer contain.Recover("the frames to the guest", n.loopPanic)
 		ns.writeFrames()
 	}()
 	go func() {
 		defer n.wg.Done()
+		defer contain.Recover("the DNS server", n.loopPanic)
 		n.serveDNSUDP(dns)
 	}()
 	return ns, nil
@@ -208,7 +211,7 @@ func (ns *netStack) readFrames(conn io.Reader) error {
 		if _, err := io.ReadFull(r, f); err != nil {
 			return err
 		}
-		if reply := dhcpReply(f, ns.n.opts.GuestMAC); reply != nil {
+		if reply := ns.n.answerDHCP(f); reply != nil {
 			ns.n.writeFrame(reply)
 			continue
 		}

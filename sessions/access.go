@@ -36,7 +36,7 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 		if n == nil {
 			return errorf(ErrInvalid, "--listen needs the VM's network (it was started with --no-network)")
 		}
-		gw := ingress.New(n.DialGuest, ingress.Options{})
+		gw := ingress.New(n.DialGuest, ingress.Options{Logger: s.sv.rt.Log})
 		var kept []ingress.Route
 		for _, r := range routes {
 			got, err := gw.Add(r)
@@ -54,7 +54,7 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 	if ssh != nil {
 		srv, err := sshaccess.New(sshaccess.Options{
 			Dir: filepath.Join(s.sv.reg.dir(s.rec.ID), sshDir), Listen: ssh.Listen, Port: ssh.Port, User: ssh.User,
-			Backend: agentBackend{s},
+			Backend: agentBackend{s}, Logger: s.sv.rt.Log,
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("ssh access: %w", err))
@@ -184,7 +184,7 @@ func (sv *Supervisor) AddRoute(ref string, r ingress.Route) (ingress.Route, erro
 		return ingress.Route{}, errorf(ErrInvalid, "session %s has no network", s.rec.ID)
 	}
 	if s.gw == nil {
-		s.gw = ingress.New(s.net.DialGuest, ingress.Options{})
+		s.gw = ingress.New(s.net.DialGuest, ingress.Options{Logger: sv.rt.Log})
 	}
 	got, err := s.gw.Add(r)
 	if err != nil {

@@ -58,7 +58,7 @@ func (s *session) restoreNetwork() error {
 	if s.state.Policy != nil {
 		p = s.state.Policy.Clone()
 	}
-	n, err := s.sv.rt.NewNetwork(p)
+	n, err := s.sv.rt.NewNetwork(p, s.sv.reg.dir(s.rec.ID))
 	if err != nil {
 		return err
 	}

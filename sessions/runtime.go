@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -53,6 +54,10 @@ type Runtime struct {
 	// served the VM in run directory dir (see internal/contain); without
 	// it the panic goes to stderr.
 	GuestPanic func(dir string, pe *contain.PanicError)
+	// Log, when set, receives what the VMs' networks, ingress routes and
+	// SSH endpoints log: a panic contained to one guest connection,
+	// with its stack, among others. Without it that is dropped.
+	Log *slog.Logger
 
 	accelOnce sync.Once
 	accel     vm.Accel
@@ -185,7 +190,7 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 	in := &Instance{}
 	setup := agentproto.Setup{Hostname: spec.hostname(dir)}
 	if cfg.Network {
-		n, err := r.NewNetwork(spec.policy())
+		n, err := r.NewNetwork(spec.policy(), dir)
 		if err != nil {
 			return nil, err
 		}
@@ -339,13 +344,21 @@ func (r *Runtime) TemplateConfig(ctx context.Context, spec *Spec) (vm.Config, er
 	return r.MachineConfig(ctx, spec, img, "")
 }
 
-// NewNetwork makes the mediated network for a policy, with the home's CA.
-func (r *Runtime) NewNetwork(p netpolicy.Policy) (*netpolicy.Network, error) {
+// NewNetwork makes the mediated network for a policy, with the home's CA,
+// for the VM in run directory dir. A panic that stops the whole network
+// (see netpolicy.Options.OnPanic) is reported to the runtime's
+// GuestPanic, as one in the VM's file server is.
+func (r *Runtime) NewNetwork(p netpolicy.Policy, dir string) (*netpolicy.Network, error) {
 	c, err := r.homeCA()
 	if err != nil {
 		return nil, err
 	}
-	return netpolicy.NewNetwork(netpolicy.Options{Policy: p, CA: c})
+	return netpolicy.NewNetwork(netpolicy.Options{
+		Policy:  p,
+		CA:      c,
+		Logger:  r.Log,
+		OnPanic: func(pe *contain.PanicError) { r.guestPanic(dir, pe) },
+	})
 }
 
 // homeCA loads (or creates) the home's CA once per process: every VM's
@@ -398,7 +411,7 @@ func (r *Runtime) prepareTemplate(ctx context.Context, cfg vm.Config, m *vm.Mach
 	if !cfg.Network {
 		return nil
 	}
-	n, err := r.NewNetwork(netpolicy.DefaultPolicy())
+	n, err := r.NewNetwork(netpolicy.DefaultPolicy(), cfg.Dir)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -71,6 +72,8 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 	}
 	sv.bgCtx, sv.bgCancel = context.WithCancel(context.Background())
 	rt.Notice = func(msg string) { sv.log.Print(msg) }
+	// Warnings and errors only: what needs a look (a contained panic).
+	rt.Log = slog.New(slog.NewTextHandler(logger.Writer(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	rt.GuestPanic = func(dir string, pe *contain.PanicError) {
 		if s, err := sv.lookup(filepath.Base(dir)); err == nil {
 			s.markBroken(pe)

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
+	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/gondolin/gondolin/internal/layout"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -330,6 +331,7 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 
 func (s *Server) serve() {
 	defer s.wg.Done()
+	defer contain.Recover("the SSH access listener", s.onPanic(s.ln))
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -357,11 +359,27 @@ func (s *Server) serve() {
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.slots }()
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+			}()
+			defer contain.Recover("an SSH access connection", s.onPanic(c))
 			s.handle(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
 		}()
+	}
+}
+
+// onPanic returns what to do about a panic contained in code serving a
+// client: log it with its stack and close cs, that connection or channel
+// only; the server and every other client go on. What the Backend
+// returns comes from the guest, which is hostile.
+func (s *Server) onPanic(cs ...io.Closer) func(*contain.PanicError) {
+	return func(pe *contain.PanicError) {
+		s.log.Error("ssh access: panic; the connection or channel was closed", "err", pe.Error(), "stack", string(pe.Stack))
+		for _, c := range cs {
+			c.Close()
+		}
 	}
 }
 
@@ -381,6 +399,8 @@ func (s *Server) handle(c net.Conn) {
 	go ssh.DiscardRequests(reqs)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Before waiting for the channels: close the connection that ends them.
+	defer contain.Recover("an SSH access connection", s.onPanic(sc))
 	for nc := range chans {
 		switch nc.ChannelType() {
 		case "session":
@@ -391,12 +411,15 @@ func (s *Server) handle(c net.Conn) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer contain.Recover("an SSH access session", s.onPanic(ch))
 				s.session(sc.User(), ch, creqs)
 			}()
 		case "direct-tcpip":
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				// The channel may not be accepted yet: the connection goes.
+				defer contain.Recover("an SSH access forwarding", s.onPanic(sc))
 				s.forward(nc)
 			}()
 		default:
@@ -438,13 +461,13 @@ func (s *Server) forward(nc ssh.NewChannel) {
 	defer ch.Close()
 	go ssh.DiscardRequests(reqs)
 	done := make(chan struct{})
-	go func() {
+	contain.Go("an SSH access forwarding", s.onPanic(ch, conn), func() {
+		defer close(done)
 		io.Copy(conn, ch)
 		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
-		close(done)
-	}()
+	})
 	io.Copy(ch, conn)
 	ch.CloseWrite()
 	<-done
@@ -490,6 +513,7 @@ func (s *Server) session(user string, ch ssh.Channel, reqs <-chan *ssh.Request) 
 		}
 		go func() {
 			defer close(execDone)
+			defer contain.Recover("an SSH access command", s.onPanic(ch))
 			exit, err := s.opts.Backend.Exec(ctx, p)
 			if err != nil {
 				fmt.Fprintf(ch.Stderr(), "gondolin: %v\r\n", err)

@@ -80,6 +80,8 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"exec", "--cpus", "0x", "--", "true"}, want: "--cpus"},
 		{args: []string{"exec", "--env", "1BAD=x", "--", "true"}, want: "--env"},
 		{args: []string{"exec", "--cwd", "relative", "--", "true"}, want: "--cwd"},
+		{args: []string{"exec", "--allow-internal", "10.0.0.1:99999", "--", "true"}, want: "--allow-internal"},
+		{args: []string{"exec", "--allow-internal", "fd00::/8:80", "--", "true"}, want: "[fd00::]/8:5432"},
 		{args: []string{"exec", "--", "true"}, env: layout.EnvAccel + "=warp", want: "GONDOLIN_ACCEL"},
 		{args: []string{"image", "inspect"}, want: "needs an image"},
 		{args: []string{"image", "build", "--tag", "Bad/Ref"}, want: "--tag"},

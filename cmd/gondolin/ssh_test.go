@@ -25,7 +25,7 @@ import (
 // gitServer is an SSH server on the host that plays a git hosting service:
 // it accepts one user key and serves git-upload-pack and git-receive-pack
 // by running the real commands on a bare repository. It records every
-// request it gets.
+// request it gets, and the login names and commands that reach it.
 type gitServer struct {
 	port     int
 	hostKey  ssh.PublicKey
@@ -33,6 +33,8 @@ type gitServer struct {
 	keyBytes []byte
 	mu       sync.Mutex
 	seen     []string
+	users    []string
+	commands []string
 }
 
 func newGitServer(t *testing.T, repoDir string) *gitServer {
@@ -75,10 +77,13 @@ func newGitServer(t *testing.T, repoDir string) *gitServer {
 }
 
 func (g *gitServer) serve(c net.Conn, cfg *ssh.ServerConfig, repoDir string) {
-	_, chans, reqs, err := ssh.NewServerConn(c, cfg)
+	sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
 	if err != nil {
 		return
 	}
+	g.mu.Lock()
+	g.users = append(g.users, sc.User())
+	g.mu.Unlock()
 	go ssh.DiscardRequests(reqs)
 	for nc := range chans {
 		ch, chReqs, err := nc.Accept()
@@ -97,6 +102,9 @@ func (g *gitServer) serve(c net.Conn, cfg *ssh.ServerConfig, repoDir string) {
 				}
 				var payload struct{ Command string }
 				ssh.Unmarshal(req.Payload, &payload)
+				g.mu.Lock()
+				g.commands = append(g.commands, payload.Command)
+				g.mu.Unlock()
 				fields := strings.Fields(payload.Command)
 				if len(fields) != 2 || (fields[0] != "git-upload-pack" && fields[0] != "git-receive-pack") {
 					req.Reply(false, nil)

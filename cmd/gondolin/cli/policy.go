@@ -121,8 +121,16 @@ func printPolicy(v sessions.PolicyView) {
 	for _, m := range p.TCPMaps {
 		fmt.Fprintf(w, "tcp-map\t%s:%d=%s\n", m.GuestHost, m.GuestPort, m.Upstream)
 	}
-	for _, pfx := range p.AllowInternal {
-		fmt.Fprintf(w, "allow-internal\t%s\n", pfx)
+	for _, g := range p.AllowInternal {
+		ports := "every port"
+		switch {
+		case g.FromPort == 0 && g.ToPort == 0:
+		case g.FromPort == g.ToPort:
+			ports = fmt.Sprintf("port %d only", g.FromPort)
+		default:
+			ports = fmt.Sprintf("ports %d to %d only", g.FromPort, g.ToPort)
+		}
+		fmt.Fprintf(w, "allow-internal\t%s (%s)\n", g, ports)
 	}
 	for _, r := range p.Resolve {
 		fmt.Fprintf(w, "resolve\t%s=%s\n", r.Host, r.IP)

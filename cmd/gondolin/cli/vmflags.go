@@ -38,23 +38,24 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.net.HostSecretFile, "host-secret-file", nil, "NAME[:url]@HOST[,HOST...]=PATH: as --host-secret, the value read from a file (- for standard input)")
 	fs.StringVar(&f.net.DNS, "dns", "", "DNS mode: synthetic (default), trusted or open")
 	fs.StringArrayVar(&f.net.DNSTrustedServer, "dns-trusted-server", nil, "resolver for --dns trusted (default: the host's)")
-	fs.StringArrayVar(&f.net.TCPMap, "tcp-map", nil, "GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT: forward raw TCP to an explicit upstream")
+	fs.StringArrayVar(&f.net.TCPMap, "tcp-map", nil, "GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT: forward raw TCP to an explicit upstream (an internal upstream given as an IP or a --resolve pin needs no --allow-internal: the map opens that host:port only)")
 	fs.BoolVar(&f.net.DisableWebSockets, "disable-websockets", false, "refuse WebSocket upgrades")
-	fs.StringArrayVar(&f.net.AllowInternal, "allow-internal", nil, "lift internal-range blocking for this CIDR only (local work and tests)")
+	fs.StringArrayVar(&f.net.AllowInternal, "allow-internal", nil, "CIDR[:PORT[-PORT]]: lift internal-range blocking for this range, on these ports only when given, e.g. 127.0.0.1/32:8080, 10.0.0.0/8:5432-5433, [::1]/128:8080 (local work and tests)")
 	fs.StringArrayVar(&f.net.Resolve, "resolve", nil, "HOST=IP: pin the host-side resolution of a name (as curl's --resolve)")
 	fs.BoolVar(&f.noNetwork, "no-network", false, "give the VM no network interface at all")
-	fs.StringArrayVar(&f.net.SSHAllowHost, "ssh-allow-host", nil, "allow SSH (git over ssh) to HOST[:PORT], * wildcards; the key stays on the host")
+	fs.StringArrayVar(&f.net.SSHAllowHost, "ssh-allow-host", nil, "[USER@]HOST[:PORT]: allow git over SSH to this host, * wildcards; the key stays on the host. Only git-upload-pack, git-receive-pack and git-upload-archive with one repository path pass; the host logs in as USER (default: a matching --ssh-credential's user, else git) and the guest must use that name")
+	fs.StringArrayVar(&f.net.SSHAllowExec, "ssh-allow-exec", nil, "[USER@]HOST[:PORT]: as --ssh-allow-host, and ANY command passes: the guest gets a command line on the upstream as that user (still no shell, terminal, sftp or forwarding)")
 	fs.StringVar(&f.net.SSHAgent, "ssh-agent", "", "authenticate upstream SSH with this ssh-agent socket (alone: $SSH_AUTH_SOCK)")
 	fs.Lookup("ssh-agent").NoOptDefVal = netpolicy.SSHAgentFromEnv
 	fs.StringArrayVar(&f.net.SSHKnownHosts, "ssh-known-hosts", nil, "OpenSSH known_hosts file that upstream host keys must match (default ~/.ssh/known_hosts when it exists)")
-	fs.StringArrayVar(&f.net.SSHCredential, "ssh-credential", nil, "[USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]: a host-side key for upstream SSH")
+	fs.StringArrayVar(&f.net.SSHCredential, "ssh-credential", nil, "[USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]: a host-side key for upstream SSH logins (as USER only, when given; USER is then the login name unless the --ssh-allow-host rule names one)")
 }
 
 // networkFlagsSet reports whether any network policy flag was given.
 func (f *vmFlags) networkFlagsSet() bool {
 	n := f.net
 	return len(n.AllowHost)+len(n.HostSecret)+len(n.HostSecretFile)+len(n.DNSTrustedServer)+len(n.TCPMap)+len(n.AllowInternal)+len(n.Resolve)+
-		len(n.SSHAllowHost)+len(n.SSHKnownHosts)+len(n.SSHCredential) > 0 ||
+		len(n.SSHAllowHost)+len(n.SSHAllowExec)+len(n.SSHKnownHosts)+len(n.SSHCredential) > 0 ||
 		n.DNS != "" || n.DisableWebSockets || n.SSHAgent != ""
 }
 
@@ -67,7 +68,7 @@ func (f *vmFlags) spec() (*sessions.Spec, error) {
 		if f.noNetwork {
 			return nil, usageError("--no-network cannot be combined with network policy flags")
 		}
-		if len(f.net.SSHAllowHost) > 0 && len(f.net.SSHKnownHosts) == 0 {
+		if len(f.net.SSHAllowHost)+len(f.net.SSHAllowExec) > 0 && len(f.net.SSHKnownHosts) == 0 {
 			// No trust on first use: the user's own known hosts, if any.
 			if home, err := os.UserHomeDir(); err == nil {
 				if kh := filepath.Join(home, ".ssh", "known_hosts"); fileExists(kh) {

