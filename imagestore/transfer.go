@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore/internal/format"
 	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
+	"github.com/gondolin/gondolin/internal/qcow2"
 )
 
 // File names of an exported image directory: the manifest and one file
@@ -455,7 +455,7 @@ func checkFormat(ctx context.Context, path, role, fileFormat string) error {
 	case FormatELF:
 		return format.StaticELF(f, size)
 	case FormatQcow2:
-		if err := format.Qcow2Header(f, size); err != nil {
+		if err := qcow2.SelfContained(f, size); err != nil {
 			return err
 		}
 		return qemuImgCheck(ctx, path)
@@ -472,31 +472,9 @@ func qemuImgCheck(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	var info struct {
-		Format          string `json:"format"`
-		VirtualSize     int64  `json:"virtual-size"`
-		BackingFilename string `json:"backing-filename"`
-		FormatSpecific  struct {
-			Data struct {
-				Corrupt  bool   `json:"corrupt"`
-				DataFile string `json:"data-file"`
-			} `json:"data"`
-		} `json:"format-specific"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil {
+	info, err := qcow2.ParseInfo(out)
+	if err != nil {
 		return fmt.Errorf("qemu-img info: %w", err)
 	}
-	switch {
-	case info.Format != FormatQcow2:
-		return fmt.Errorf("qemu-img says the disk is %q, not qcow2", info.Format)
-	case info.BackingFilename != "":
-		return errors.New("qcow2 image has a backing file")
-	case info.FormatSpecific.Data.DataFile != "":
-		return errors.New("qcow2 image keeps its data in an external file")
-	case info.FormatSpecific.Data.Corrupt:
-		return errors.New("qcow2 image is marked corrupt")
-	case info.VirtualSize <= 0 || info.VirtualSize > maxImportDisk:
-		return fmt.Errorf("qcow2 virtual size %d is out of range", info.VirtualSize)
-	}
-	return nil
+	return info.Check("", maxImportDisk)
 }

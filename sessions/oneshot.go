@@ -50,11 +50,19 @@ func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecI
 		if perr != nil {
 			return 0, perr
 		}
-		rs, perr := plan.resumeSpec(Spec{}, spec.SecretValues())
+		// A snapshot this home made keeps its recorded spec; a foreign
+		// one gets the command line's (mounts and policy included).
+		rs, perr := plan.resumeSpec(*spec, spec.SecretValues())
 		if perr != nil {
 			return 0, perr
 		}
-		rs.Env, rs.Cwd = append(rs.Env, spec.Env...), spec.Cwd
+		if plan.note != "" {
+			r.notice("gondolin: " + plan.note)
+		}
+		if !plan.foreign {
+			rs.Env = append(rs.Env, spec.Env...)
+		}
+		rs.Cwd = spec.Cwd
 		spec = &rs
 		in, err = r.BootConfig(ctx, spec, plan.cfg, "snapshot "+eio.Resume)
 	} else {

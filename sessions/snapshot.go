@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm"
@@ -196,18 +198,32 @@ type resumePlan struct {
 	img     *imagestore.Image
 	cfg     vm.Config
 	session snapshotSession
+	// foreign is set for a snapshot this home did not make: it resumes
+	// as a disk checkpoint with the requester's spec alone, and note
+	// tells the user so.
+	foreign bool
+	note    string
 }
 
 // planResume checks a snapshot (present, whole, its image available) and
 // prepares a VM configuration in dir that continues it. The snapshot
-// itself is never written to.
+// itself is never written to. Only a snapshot this home signed is
+// trusted whole (see snapshots.Store.Own); any other resumes through
+// planForeignResume.
 func (r *Runtime) planResume(ctx context.Context, ref, dir string) (*resumePlan, error) {
 	snap, err := r.Snapshots.Resolve(ref)
 	if errors.Is(err, snapshots.ErrNotFound) {
 		return nil, errorf(ErrNotFound, "%v", err)
 	}
 	if err != nil {
+		return nil, snapshotError(err)
+	}
+	own, err := r.Snapshots.Own(snap)
+	if err != nil {
 		return nil, err
+	}
+	if !own {
+		return r.planForeignResume(ctx, ref, snap.AsDiskCheckpoint(), dir)
 	}
 	if err := snapshots.Verify(snap); err != nil {
 		return nil, errorf(ErrInvalid, "snapshot %s cannot be resumed: %v", ref, err)
@@ -248,6 +264,44 @@ func (r *Runtime) planResume(ctx context.Context, ref, dir string) (*resumePlan,
 	return plan, nil
 }
 
+// planForeignResume prepares a foreign snapshot's resume: its disk,
+// checked and copied (snapshots.ForeignBacking), booted from the image it
+// names. Nothing else it records is used: not its live state (a
+// migration stream is no security boundary in QEMU), not its mounts,
+// policy, command or VM shape, which resumeSpec takes from the request.
+func (r *Runtime) planForeignResume(ctx context.Context, ref string, snap *snapshots.Snapshot, dir string) (*resumePlan, error) {
+	img, err := r.snapshotImage(snap)
+	if err != nil {
+		return nil, err
+	}
+	backing, err := snapshots.ForeignBacking(ctx, snap, img.RootfsPath(), dir)
+	if err != nil {
+		if errors.Is(err, snapshots.ErrInvalid) || errors.Is(err, snapshots.ErrCorrupt) {
+			return nil, errorf(ErrInvalid, "snapshot %s cannot be resumed: %v", ref, err)
+		}
+		return nil, err
+	}
+	accel, err := r.Accel(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	// The recorded reference is only a name from elsewhere: the session
+	// shows the image it really boots.
+	snap.ImageRef = img.ID
+	if len(img.Refs) > 0 {
+		snap.ImageRef = img.Refs[0]
+	}
+	plan := &resumePlan{snap: snap, img: img, foreign: true,
+		note: fmt.Sprintf("snapshot %s was not made by this home (or was changed since): it resumes as a disk checkpoint, without live state, "+
+			"and with only the mounts and network policy given on the command line", ref)}
+	plan.cfg = vm.Config{
+		Dir: dir, Name: "gondolin-" + filepath.Base(dir),
+		Kernel: img.KernelPath(), Initramfs: img.InitramfsPath(), Backing: backing,
+		Accel: accel, Network: true, Debug: r.Debug,
+	}
+	return plan, nil
+}
+
 // snapshotImage finds the image a snapshot was taken from, by ID or by its
 // root disk, or says what to build or pull.
 func (r *Runtime) snapshotImage(snap *snapshots.Snapshot) (*imagestore.Image, error) {
@@ -263,7 +317,7 @@ func (r *Runtime) snapshotImage(snap *snapshots.Snapshot) (*imagestore.Image, er
 			}
 		}
 	}
-	ref := snap.ImageRef
+	ref := termsafe.String(snap.ImageRef) // from elsewhere, for a foreign snapshot
 	if ref == "" {
 		ref = "its image"
 	}
@@ -271,12 +325,24 @@ func (r *Runtime) snapshotImage(snap *snapshots.Snapshot) (*imagestore.Image, er
 	if !strings.HasPrefix(ref, "default:") {
 		how = "gondolin image pull " + ref + " (or image build --tag " + ref + ")"
 	}
-	return nil, errorf(ErrNotFound, "snapshot %s needs %s (%s), which is not here: %s", snap.ID, ref, snap.ImageID, how)
+	return nil, errorf(ErrNotFound, "snapshot %s needs %s (%s), which is not here: %s", snap.ID, ref, termsafe.String(snap.ImageID), how)
 }
 
 // resumeSpec is the spec a resumed session runs with: the snapshot's,
-// with the requester's name and secret values.
+// with the requester's name and secret values. A foreign snapshot's is
+// the requester's alone: its mounts, policy and VM size, which the plan's
+// VM takes too.
 func (p *resumePlan) resumeSpec(req Spec, values map[string]string) (Spec, error) {
+	if p.foreign {
+		spec := Spec{Image: p.img.ID, Name: req.Name, Cold: true, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
+			Env: slices.Clone(req.Env), Cwd: req.Cwd, NoNetwork: req.NoNetwork, Mounts: slices.Clone(req.Mounts)}
+		if req.Policy != nil {
+			pol := req.Policy.Clone()
+			spec.Policy = &pol
+		}
+		p.cfg.CPUs, p.cfg.MemoryMiB, p.cfg.Network = spec.CPUs, spec.MemoryMiB, !spec.NoNetwork
+		return spec, spec.applySecretValues(values)
+	}
 	spec := p.session.Spec
 	spec.Name = req.Name
 	spec.Cold = true // nothing to clone: the snapshot is the VM

@@ -830,7 +830,13 @@ func (sv *Supervisor) resume(ctx context.Context, req CreateRequest) (Session, e
 	ok = true
 	go s.watch()
 	sv.emit(Event{Type: EventCreated, Session: id, State: Live})
-	return s.info(), nil
+	info := s.info()
+	if plan.note != "" {
+		// Told to whoever resumes it (bash prints it as a warning), once.
+		sv.log.Print(plan.note)
+		info.Errors = append(info.Errors, plan.note)
+	}
+	return info, nil
 }
 
 func (s *session) runningPTYs() []*pty {

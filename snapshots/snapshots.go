@@ -1,8 +1,9 @@
 // Package snapshots keeps checkpoints of sessions: a disk checkpoint (the
 // VM's copy-on-write disk, flattened onto its image) or a live snapshot
 // (the disk plus RAM and device state, so running processes come back).
-// It stores, lists, verifies and repairs them; the supervisor takes and
-// resumes them.
+// It stores, signs, lists, verifies and repairs them, and tells a
+// snapshot this home made from one that comes from elsewhere (sign.go);
+// the supervisor takes and resumes them.
 package snapshots
 
 import (
@@ -91,8 +92,12 @@ type Snapshot struct {
 	// Path is set for a snapshot written outside the store (--output):
 	// the disk file, with its sidecars beside it.
 	Path string `json:"path,omitempty"`
+	// MAC signs everything above with the home's key (see Own). It is
+	// last so that a reader sees what it covers first.
+	MAC string `json:"mac,omitempty"`
 
-	dir string // where the files are, for snapshots in the store
+	dir    string // where the files are, for snapshots in the store
+	signed []byte // what the MAC must cover, as read (see signedBytes)
 }
 
 // Size is the snapshot's total size on disk.
@@ -139,8 +144,9 @@ type Store struct {
 }
 
 var (
-	idRule   = regexp.MustCompile(`^[0-9a-f]{12}$`)
-	nameRule = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+	idRule     = regexp.MustCompile(`^[0-9a-f]{12}$`)
+	digestRule = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	nameRule   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 )
 
 // ValidName checks a snapshot name.
@@ -199,6 +205,13 @@ func (st *Store) Commit(s *Snapshot, dir string) error {
 			return err
 		}
 		s.Path = abs
+	}
+	// Signed once the metadata is final, before anything moves: the
+	// sidecar and the store's copy carry the same MAC.
+	if err := st.sign(s); err != nil {
+		return err
+	}
+	if s.Path != "" {
 		if err := moveFile(filepath.Join(dir, DiskFile), s.Path); err != nil {
 			return err
 		}
@@ -269,10 +282,23 @@ func (st *Store) List() ([]*Snapshot, error) {
 	return out, nil
 }
 
+// maxMeta bounds a metadata file: a sidecar can come from anywhere, and
+// the largest a supervisor writes (a session with a long policy) is a
+// few KiB.
+const maxMeta = 4 << 20
+
 func load(metaPath string) (*Snapshot, error) {
-	b, err := os.ReadFile(metaPath)
+	f, _, err := openRegular(metaPath, true)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxMeta+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxMeta {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrCorrupt, metaPath, maxMeta)
 	}
 	var s Snapshot
 	if err := json.Unmarshal(b, &s); err != nil {
@@ -280,6 +306,11 @@ func load(metaPath string) (*Snapshot, error) {
 	}
 	if !idRule.MatchString(s.ID) || (s.Kind != Disk && s.Kind != Live) {
 		return nil, fmt.Errorf("%w: %s: bad id or kind", ErrCorrupt, metaPath)
+	}
+	// What the MAC covers is taken now, before anything here changes s
+	// (OpenPath sets Path).
+	if s.signed, err = s.signedBytes(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, metaPath, err)
 	}
 	return &s, nil
 }
@@ -339,14 +370,18 @@ func OpenPath(path string) (*Snapshot, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	backing, err := backingFile(abs)
+	// Foreign by definition: its header is read here, not by qemu-img.
+	h, mtime, err := readHeader(abs)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s is not a snapshot disk: %v", ErrCorrupt, abs, err)
 	}
-	st, _ := os.Stat(abs)
+	digest := filepath.Base(h.BackingFile)
+	if h.BackingFile == "" || !digestRule.MatchString(digest) {
+		return nil, fmt.Errorf("%w: %s is not a snapshot disk: its backing file does not name an image's root disk", ErrCorrupt, abs)
+	}
 	return &Snapshot{
-		ID: "000000000000", Kind: Disk, Created: st.ModTime(), Path: abs,
-		BaseDigest: "sha256:" + filepath.Base(backing),
+		ID: "000000000000", Kind: Disk, Created: mtime, Path: abs,
+		BaseDigest: "sha256:" + digest,
 	}, nil
 }
 
@@ -376,6 +411,9 @@ func Verify(s *Snapshot) error {
 		}
 		return nil // a bare disk file: nothing recorded to check against
 	}
+	if _, ok := s.file(StateFile); s.Kind == Live && !ok {
+		return fmt.Errorf("%w: no checksum is recorded for its live state", ErrCorrupt)
+	}
 	for _, f := range s.Files {
 		p := s.path(f.Name)
 		got, err := hashFile(p)
@@ -392,8 +430,18 @@ func Verify(s *Snapshot) error {
 	return nil
 }
 
+// file finds the recorded checksum of one of s's files.
+func (s *Snapshot) file(name string) (File, bool) {
+	for _, f := range s.Files {
+		if f.Name == name {
+			return f, true
+		}
+	}
+	return File{}, false
+}
+
 func hashFile(path string) (File, error) {
-	f, err := os.Open(path)
+	f, _, err := openRegular(path, true)
 	if err != nil {
 		return File{}, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -79,6 +80,31 @@ func TestSnapshots(t *testing.T) {
 		got := mustRun(t, home, "exec", "--resume", "disk", "--", "sh", "-c", "ls /root; ls /tmp/in-tmpfs 2>&1 | grep -c 'No such'")
 		if got != "before-snap\n1" {
 			t.Fatalf("disk resume sees %q", got)
+		}
+	})
+	t.Run("an edited snapshot resumes as a disk checkpoint, without the mount added", func(t *testing.T) {
+		// A copy of the --output snapshot whose sidecar was edited to
+		// mount a host directory, as anyone without this home's key can.
+		edited := filepath.Join(t.TempDir(), "edited.qcow2")
+		for _, suffix := range []string{"", ".json", ".state.zst"} {
+			b, err := os.ReadFile(out + suffix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(edited+suffix, b, 0o600)
+		}
+		var meta map[string]any
+		b, _ := os.ReadFile(edited + ".json")
+		if err := json.Unmarshal(b, &meta); err != nil {
+			t.Fatal(err)
+		}
+		spec := meta["session"].(map[string]any)["spec"].(map[string]any)
+		spec["mounts"] = []any{map[string]any{"host_path": t.TempDir(), "guest_path": "/stolen"}}
+		b, _ = json.Marshal(meta)
+		os.WriteFile(edited+".json", b, 0o600)
+		r := gondolin(t, home, "", "exec", "--resume", edited, "--", "sh", "-c", "ls /root; ls -d /tmp/in-tmpfs /stolen 2>&1 | grep -c 'No such'")
+		if r.code != 0 || r.stdout != "before-snap\n2\n" || !strings.Contains(r.stderr, "not made by this home") {
+			t.Fatalf("edited snapshot: %+v; want its disk alone, without its live state or the mount, and a note", r)
 		}
 	})
 	t.Run("a moved --output snapshot resumes", func(t *testing.T) {

@@ -69,6 +69,13 @@ const (
 	StateFile    = "state.json"
 )
 
+// SnapshotKeyFile, in the snapshot store (Home.Snapshots), holds the
+// home's secret key: 32 random bytes, made on first use, that sign the
+// metadata of every snapshot this home takes. A resume trusts a
+// snapshot's recorded mounts, policy and live state only with a valid
+// signature (see package snapshots).
+const SnapshotKeyFile = "snapshot.key"
+
 // MaxSocketPath is the longest unix socket path the kernel accepts
 // (sun_path is 108 bytes including the terminating NUL).
 const MaxSocketPath = 107

@@ -100,7 +100,7 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 	c.Flags().StringVar(&sshAccess.User, "ssh-user", "", "user name the SSH endpoint accepts (default root)")
 	c.Flags().IntVar(&sshAccess.Port, "ssh-port", 0, "SSH endpoint port (default: a free one)")
 	c.Flags().StringVar(&sshAccess.Listen, "ssh-listen", "", "SSH endpoint address (default 127.0.0.1)")
-	c.Flags().StringVar(&resume, "resume", "", "make the session from a snapshot (ID, name, or .qcow2 path) instead of an image")
+	c.Flags().StringVar(&resume, "resume", "", "make the session from a snapshot (ID, name, or .qcow2 path) instead of an image; one this home did not make boots as a disk checkpoint with only this command's mounts and network policy")
 	c.Flags().StringVar(&detachKeys, "detach-keys", termio.DefaultDetachKeys, "key sequence that detaches")
 	return c
 }

@@ -96,7 +96,7 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 	c.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
 	c.Flags().BoolVarP(&tty, "tty", "t", false, "run the command on a pseudo-terminal")
 	c.Flags().DurationVar(&timeout, "timeout", 0, "send SIGTERM after this long, SIGKILL 2s later (e.g. 30s, 5m)")
-	c.Flags().StringVar(&resume, "resume", "", "run in a VM resumed from this snapshot (ID, name, or .qcow2 path)")
+	c.Flags().StringVar(&resume, "resume", "", "run in a VM resumed from this snapshot (ID, name, or .qcow2 path); one this home did not make boots as a disk checkpoint with only this command's mounts and network policy")
 	c.Flags().StringVar(&session, "session", "", "run in this session (ID, prefix or name) instead of a fresh VM")
 	return c
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/snapshots"
 	"github.com/spf13/cobra"
@@ -31,7 +32,13 @@ state come back on resume. Resume with: gondolin bash --resume SNAP
 
 --output PATH writes the snapshot's disk to PATH, with PATH.json (and
 PATH.state.zst for --live) beside it; move them together. A disk file
-moved alone still resumes, as a disk checkpoint.`,
+moved alone still resumes, as a disk checkpoint.
+
+Snapshots are signed with this home's key. One this home did not make
+(from elsewhere, edited, or taken before signing) is foreign: it resumes
+as a disk checkpoint only (its live state is never loaded), with only
+the mounts and network policy given on the command line, and only if
+its disk opens no other file than this home's image.`,
 		Args: func(c *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usageError("snapshot needs a session: gondolin snapshot ID [--live] (or: snapshot ls|inspect|rm)")
@@ -110,17 +117,31 @@ func newSnapshotLsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if list == nil {
-					list = []*snapshots.Snapshot{}
+			// Own: this home signed it, so a resume trusts it whole.
+			type listed struct {
+				*snapshots.Snapshot
+				Own bool `json:"own"`
+			}
+			out := []listed{}
+			for _, s := range list {
+				own, err := store.Own(s)
+				if err != nil {
+					return err
 				}
-				return printJSON(list)
+				out = append(out, listed{s, own})
+			}
+			if asJSON {
+				return printJSON(out)
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tNAME\tKIND\tSESSION\tIMAGE\tSIZE\tAGE\tPATH")
-			for _, s := range list {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(s.Name), s.Kind, s.Source, s.ImageRef,
-					humanBytes(s.Size()), humanAge(time.Since(s.Created)), dash(s.Path))
+			fmt.Fprintln(w, "ID\tNAME\tKIND\tORIGIN\tSESSION\tIMAGE\tSIZE\tAGE\tPATH")
+			for _, s := range out {
+				origin := "this home"
+				if !s.Own {
+					origin = "foreign"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(s.Name), s.Kind, origin, s.Source,
+					termsafe.String(s.ImageRef), humanBytes(s.Size()), humanAge(time.Since(s.Created)), dash(termsafe.String(s.Path)))
 			}
 			return w.Flush()
 		},

@@ -1,7 +1,8 @@
 // Package format recognises the guest files an image is made of (kernels,
-// initramfs archives, root disks, the agent) from their bytes, so that a
-// file from outside (an import, a download) is checked before the store
-// takes it. Every check reads through an io.ReaderAt with the file's size
+// initramfs archives, raw root disks, the agent) from their bytes, so that
+// a file from outside (an import, a download) is checked before the store
+// takes it. qcow2 disks are checked by internal/qcow2, which snapshots
+// share. Every check reads through an io.ReaderAt with the file's size
 // and never trusts a length field without a bounds check.
 package format
 
@@ -204,58 +205,6 @@ func Cpio(r io.ReaderAt, size int64) error {
 }
 
 func align4(n int64) int64 { return (n + 3) &^ 3 }
-
-// qcow2 header fields (docs/interop/qcow2.txt in QEMU).
-const (
-	qcow2Magic           = "QFI\xfb"
-	offBackingFileOffset = 8
-	offCryptMethod       = 32
-	offIncompatible      = 72
-	qcow2V3HeaderLen     = 104
-
-	incompatDirty        = 1 << 0
-	incompatCorrupt      = 1 << 1
-	incompatExternalData = 1 << 2
-)
-
-// Qcow2Header checks a qcow2 header for what would make QEMU open another
-// file or refuse to boot: a backing file, an external data file,
-// encryption, the dirty or corrupt bits. It is a first check before
-// qemu-img reads the file: qemu-img would open a backing file itself.
-func Qcow2Header(r io.ReaderAt, size int64) error {
-	if size < qcow2V3HeaderLen {
-		return errors.New("not a qcow2 image (too short)")
-	}
-	h, err := readAt(r, 0, qcow2V3HeaderLen)
-	if err != nil {
-		return err
-	}
-	if string(h[:4]) != qcow2Magic {
-		return errors.New("not a qcow2 image (no QFI magic)")
-	}
-	be := binary.BigEndian
-	version := be.Uint32(h[4:])
-	if version != 2 && version != 3 {
-		return fmt.Errorf("qcow2 version %d is not supported", version)
-	}
-	if be.Uint64(h[offBackingFileOffset:]) != 0 {
-		return errors.New("qcow2 image has a backing file")
-	}
-	if be.Uint32(h[offCryptMethod:]) != 0 {
-		return errors.New("qcow2 image is encrypted")
-	}
-	if version == 3 {
-		switch inc := be.Uint64(h[offIncompatible:]); {
-		case inc&incompatExternalData != 0:
-			return errors.New("qcow2 image keeps its data in an external file")
-		case inc&incompatCorrupt != 0:
-			return errors.New("qcow2 image is marked corrupt")
-		case inc&incompatDirty != 0:
-			return errors.New("qcow2 image is dirty (not closed cleanly); repair it with qemu-img check -r all")
-		}
-	}
-	return nil
-}
 
 // Ext checks for an ext2/3/4 superblock at the start of a raw disk image.
 func Ext(r io.ReaderAt, size int64) error {
