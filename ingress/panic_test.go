@@ -1,7 +1,6 @@
 package ingress
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -9,27 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/syncbuf"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // chokingConn is a connection to the guest on which reading or writing
 // panics, as a bug hit by the guest's bytes would.
@@ -60,7 +43,7 @@ func (c *chokingConn) Write(b []byte) (int, error) {
 func TestPanicContained(t *testing.T) {
 	guest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer guest.Close()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	gw := New(func(ctx context.Context, port uint16) (net.Conn, error) {
 		switch port {
 		case 1:

@@ -42,36 +42,20 @@ func (p *Policy) dnsRule(qname string) (rule string, ok bool) {
 	if err != nil || ip.IsValid() {
 		return "not a host name", false
 	}
-	best, bestScore := "", -1
-	allow := func(pattern, rule string) {
-		if s := specificity(pattern); s > bestScore && MatchHost(pattern, name) {
-			best, bestScore, ok = rule, s, true
-		}
-	}
+	var allows []allowRule
 	for _, pat := range p.Allow {
-		allow(pat, "allow "+pat)
+		allows = append(allows, allowRule{pat, "allow " + pat})
 	}
 	for _, h := range p.SSHAllow {
-		allow(h.Host, "ssh-allow "+h.String())
+		allows = append(allows, allowRule{h.Host, "ssh-allow " + h.String()})
 	}
 	for _, m := range p.TCPMaps {
-		allow(m.GuestHost, "tcp-map "+m.String())
+		allows = append(allows, allowRule{m.GuestHost, "tcp-map " + m.String()})
 	}
 	for _, r := range p.Resolve {
-		allow(r.Host, "resolve "+r.Host)
+		allows = append(allows, allowRule{r.Host, "resolve " + r.Host})
 	}
-	for _, pat := range p.Deny {
-		if s := specificity(pat); s >= bestScore && MatchHost(pat, name) {
-			best, bestScore, ok = "deny "+pat, s, false
-		}
-	}
-	switch {
-	case best != "":
-		return best, ok
-	case len(p.Allow) == 0:
-		return "allowlist is empty", false
-	}
-	return "not in allowlist", false
+	return p.decide(name, allows)
 }
 
 // refuseName answers a query for a name the policy does not let trusted

@@ -1,7 +1,6 @@
 package netpolicy
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -9,32 +8,14 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/contain"
+	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/miekg/dns"
 )
-
-// syncBuffer is a log destination goroutines may share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // panicEvent returns the Failed event of a contained panic, if any.
 func panicEvent(n *Network, proto string) (Event, bool) {
@@ -62,7 +43,7 @@ func TestFlowPanic(t *testing.T) {
 	t.Cleanup(func() { testHookDNSQuery = nil }) // after the network's Close
 	up := newUpstream(t, false, nil)
 	var dialLookups atomic.Int32
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	p := localPolicy("api.test", "boom-http.test", "boom-dial.test")
 	p.TCPMaps = []TCPMap{{GuestHost: "db.test", GuestPort: 5432, Upstream: "boom-map.test:5432"}}
 	n := newTestNetwork(t, p, func(o *Options) {

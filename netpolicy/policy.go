@@ -496,10 +496,24 @@ func (p *Policy) pinned(name string) (netip.Addr, bool) {
 // allowed, and `allow *.example.com` with `deny evil.example.com` blocks
 // just evil.example.com.
 func (p *Policy) hostRule(host string) (rule string, ok bool) {
+	allows := make([]allowRule, len(p.Allow))
+	for i, pat := range p.Allow {
+		allows[i] = allowRule{pat, "allow " + pat}
+	}
+	return p.decide(host, allows)
+}
+
+// allowRule is a pattern that allows a host, and the rule's name for
+// events.
+type allowRule struct{ pattern, rule string }
+
+// decide picks the most specific of allows and p.Deny matching host, deny
+// winning a tie, and names it; with no match the host is refused.
+func (p *Policy) decide(host string, allows []allowRule) (rule string, ok bool) {
 	best, bestScore := "", -1
-	for _, pat := range p.Allow {
-		if s := specificity(pat); s > bestScore && MatchHost(pat, host) {
-			best, bestScore, ok = "allow "+pat, s, true
+	for _, a := range allows {
+		if s := specificity(a.pattern); s > bestScore && MatchHost(a.pattern, host) {
+			best, bestScore, ok = a.rule, s, true
 		}
 	}
 	for _, pat := range p.Deny {

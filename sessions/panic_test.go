@@ -1,34 +1,16 @@
 package sessions
 
 import (
-	"bytes"
 	"log"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/netpolicy"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // chokingStream is a VM's network stream on which reading a frame
 // panics, as a bug hit by a hostile guest's frame would.
@@ -45,7 +27,7 @@ func TestNetworkPanicMarksSessionBroken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	sv := NewSupervisor(rt, log.New(logs, "", 0))
 	defer sv.Close()
 	const id = "0123456789ab"

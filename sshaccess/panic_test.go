@@ -1,32 +1,15 @@
 package sshaccess
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/syncbuf"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // chokingBackend panics where the guest's answers are handled, as a bug
 // hit by a hostile guest's bytes would: on the command "choke" and on
@@ -49,7 +32,7 @@ func (b *chokingBackend) Forward(context.Context, string, uint16) (net.Conn, err
 // and the server go on serving. Without containment each case crashes
 // the test binary.
 func TestPanicContained(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	s := newServer(t, Options{Backend: &chokingBackend{}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	for _, tc := range []struct {
 		name string

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/vm/agent"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -279,7 +280,7 @@ func TestAgentSignalAndPTY(t *testing.T) {
 		defer cancel()
 
 		t.Run("SIGINT reaches the process", func(t *testing.T) {
-			var out syncBuffer
+			var out syncbuf.Buffer
 			p, err := a.Start(ctx, Command{Exec: agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo ready; exec sleep 30"}}, Stdout: &out})
 			if err != nil {
 				t.Fatal(err)
@@ -295,7 +296,7 @@ func TestAgentSignalAndPTY(t *testing.T) {
 		})
 
 		t.Run("window size and resize", func(t *testing.T) {
-			var out syncBuffer
+			var out syncbuf.Buffer
 			pr, pw := io.Pipe()
 			defer pw.Close() // the stdin copier ends with its reader
 			p, err := a.Start(ctx, Command{
@@ -418,7 +419,7 @@ func TestAgentPersistentOutputSurvivesHost(t *testing.T) {
 	a := dial(t, socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var first syncBuffer
+	var first syncbuf.Buffer
 	p, err := a.Start(ctx, Command{
 		Exec:   agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo one; read x; echo two"}, TTY: true, Persistent: true},
 		Stdout: &first,
@@ -439,7 +440,7 @@ func TestAgentPersistentOutputSurvivesHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	in.Write([]byte("go\n"))
-	var all syncBuffer
+	var all syncbuf.Buffer
 	var offsets []uint64
 	q, err := b.Attach(ctx, p.ID, 0, Command{OnOutput: func(off uint64, data []byte) {
 		offsets = append(offsets, off)
@@ -458,23 +459,6 @@ func TestAgentPersistentOutputSurvivesHost(t *testing.T) {
 	if offsets[0] != 0 {
 		t.Fatalf("first offset %d, want 0", offsets[0])
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"go.uber.org/goleak"
@@ -128,7 +129,7 @@ func TestVMPersistentOutputSurvivesHost(t *testing.T) {
 	a := sharedVMAgent(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var first syncBuffer
+	var first syncbuf.Buffer
 	p, err := a.Start(ctx, Command{
 		Exec:   agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo one; read x; echo two"}, TTY: true, Persistent: true},
 		Stdout: &first,
@@ -143,7 +144,7 @@ func TestVMPersistentOutputSurvivesHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	in.Write([]byte("go\n"))
-	var all syncBuffer
+	var all syncbuf.Buffer
 	q, err := b.Attach(ctx, p.ID, 0, Command{Stdout: &all})
 	if err != nil {
 		t.Fatal(err)

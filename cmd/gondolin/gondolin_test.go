@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/internal/testenv"
 )
 
@@ -155,7 +156,7 @@ func TestExecForwardsCtrlC(t *testing.T) {
 	home := testenv.Home(t)
 	cmd := exec.Command(gondolinBin, "exec", "--", "sh", "-c", `trap 'echo got INT; exit 3' INT; echo ready; sleep 60 & wait`)
 	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -175,7 +176,7 @@ func TestExecKilledLeavesNothing(t *testing.T) {
 	home := testenv.Home(t)
 	cmd := exec.Command(gondolinBin, "exec", "--", "sh", "-c", "echo ready; sleep 60")
 	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/charmbracelet/x/vt"
 	"github.com/creack/pty"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/sessions"
 )
@@ -327,7 +328,7 @@ func TestSupervisorRestartAndGhosts(t *testing.T) {
 	// logs -f follows the console until interrupted.
 	follow := exec.Command(gondolinBin, "logs", "-f", "keeper")
 	follow.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
-	var followed syncBuffer
+	var followed syncbuf.Buffer
 	follow.Stdout = &followed
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
