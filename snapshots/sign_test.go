@@ -279,3 +279,40 @@ func FuzzMeta(f *testing.F) {
 		}
 	})
 }
+
+// TestForeignStorePathIgnored: metadata in the store that this home did
+// not sign (copied in, or edited) cannot point the store at a host file:
+// its path is ignored, so a resume does not open it and rm does not
+// delete it. This home's own --output snapshots keep theirs.
+func TestForeignStorePathIgnored(t *testing.T) {
+	st := &Store{Dir: t.TempDir()}
+	own, out := signedSnapshot(t, st)
+	victim := filepath.Join(t.TempDir(), "victim.txt")
+	os.WriteFile(victim, []byte("keep me"), 0o600)
+	foreign := fakeSnapshot(t, st, "foreign", Disk)
+	editMeta(t, filepath.Join(st.Dir, foreign.ID, MetaFile), "path", victim)
+
+	got, err := st.Resolve(own.ID)
+	if err != nil || got.DiskPath() != out {
+		t.Fatalf("own --output snapshot: %v, disk %q; want %q", err, got.DiskPath(), out)
+	}
+	got, err = st.Resolve("foreign")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.DiskPath() == victim || got.Path != "" {
+		t.Fatalf("a foreign entry's path is trusted: disk %q", got.DiskPath())
+	}
+	if err := st.Remove("foreign"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "keep me" {
+		t.Fatalf("rm of a foreign entry touched the file it names: %q %v", b, err)
+	}
+	if err := st.Remove(own.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("rm of an own --output snapshot left its disk: %v", err)
+	}
+}

@@ -276,6 +276,12 @@ func (st *Store) List() ([]*Snapshot, error) {
 			continue
 		}
 		s.dir = filepath.Join(st.Dir, e.Name())
+		// A path outside the store (--output) is trusted only from this
+		// home's own metadata: a foreign entry could name any host file,
+		// for a resume to open or for Remove to delete.
+		if own, err := st.Own(s); s.Path != "" && (err != nil || !own) {
+			s.Path = ""
+		}
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
