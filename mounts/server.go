@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/gondolin/gondolin/mounts/fsproto"
 	"golang.org/x/sys/unix"
 )
@@ -129,6 +130,12 @@ func (s *Server) Close() error {
 // fails or the Server is closed (then it returns ErrServerClosed). A
 // Serve already running on an older connection is cut off: one guest,
 // one connection. conn is closed on return.
+//
+// A panic while serving one of the guest's requests (each runs in its own
+// goroutine) is a bug the guest hit, and it leaves the server's state in
+// doubt: Serve stops, closes the Server and returns the panic as a
+// *contain.PanicError, which its caller should treat as a panic of Serve
+// itself (see sessions: the session is marked broken).
 func (s *Server) Serve(conn io.ReadWriteCloser) error {
 	s.mu.Lock()
 	if s.closed.Load() {
@@ -156,6 +163,12 @@ func (s *Server) Serve(conn io.ReadWriteCloser) error {
 			return s.serveErr(fmt.Errorf("fs port handshake: %w", err))
 		}
 		err := s.serveFrames(conn, br)
+		var pe *contain.PanicError
+		if errors.As(err, &pe) {
+			s.logf("fs: %v; closing the server", pe)
+			s.Close()
+			return pe
+		}
 		if errors.Is(err, fsproto.ErrDesync) {
 			// A new guest client (see fsproto.Breaker), or garbage: start
 			// over on the same connection.
@@ -168,13 +181,21 @@ func (s *Server) Serve(conn io.ReadWriteCloser) error {
 
 // serveFrames serves requests until reading fails. It returns once every
 // request it started has been answered, so that no reply of this session
-// can follow the next handshake.
-func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) error {
+// can follow the next handshake. If serving a request panicked, it
+// returns that panic, a *contain.PanicError, whatever reading returned.
+func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) (err error) {
 	var (
 		wmu      sync.Mutex
 		inflight sync.WaitGroup
 		sem      = make(chan struct{}, maxInflight)
+		panicked atomic.Pointer[contain.PanicError]
 	)
+	defer func() {
+		inflight.Wait()
+		if pe := panicked.Load(); pe != nil {
+			err = pe
+		}
+	}()
 	reply := func(rep *fsproto.Reply) {
 		frame, err := fsproto.AppendReply(nil, rep)
 		if err != nil {
@@ -188,9 +209,11 @@ func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) error {
 			conn.Close() // the reader notices and Serve returns
 		}
 	}
-	defer inflight.Wait()
 	fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
 	for {
+		if panicked.Load() != nil {
+			return nil // the panic, once the requests in flight are done
+		}
 		frame, err := fr.Next(nil)
 		if err != nil {
 			var tl *fsproto.TooLargeError
@@ -215,10 +238,29 @@ func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) error {
 		inflight.Add(1)
 		go func() {
 			defer func() { <-sem; inflight.Done() }()
+			// A panic here is a bug a guest's request hit, and it
+			// may have left the server half-way through changing its
+			// state (a handle added, a file left open). Rather than
+			// serve on: close the connection, so that the loop stops
+			// reading, and have serveFrames return the panic, for Serve
+			// to close the Server.
+			defer contain.Recover("a file request", func(pe *contain.PanicError) {
+				pe.Where += " (" + req.Op.String() + ")"
+				panicked.CompareAndSwap(nil, pe)
+				conn.Close()
+			})
+			if testHookRequest != nil {
+				testHookRequest(req)
+			}
 			reply(s.handle(req))
 		}()
 	}
 }
+
+// testHookRequest, when a test sets it (before serving), runs first in
+// every request's goroutine: a panic in it stands for a bug a guest's
+// request hits.
+var testHookRequest func(*fsproto.Request)
 
 func (s *Server) serveErr(err error) error {
 	if s.closed.Load() {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -161,26 +162,29 @@ func (n *Network) resolveDNS(ctx context.Context, p *Policy, req *dns.Msg, overT
 		m.SetRcode(req, rcode)
 		return m
 	}
-	if mode != DNSOpen {
-		switch {
-		case req.Opcode != dns.OpcodeQuery:
-			return refuse(dns.RcodeNotImplemented, "not a standard query")
-		case len(req.Question) != 1:
-			return refuse(dns.RcodeFormatError, "want exactly one question")
-		case req.Question[0].Qclass != dns.ClassINET:
-			return refuse(dns.RcodeRefused, "class is not IN")
-		case len(req.Answer) > 0 || len(req.Ns) > 0:
-			return refuse(dns.RcodeFormatError, "query carries records")
-		}
-	} else if len(req.Question) == 0 {
-		return refuse(dns.RcodeFormatError, "no question")
+	// Only standard queries, in every mode (open too: it opens the query
+	// types and classes, not the message kinds): one question, no records
+	// but EDNS's OPT. Anything else is for the resolver to act on rather
+	// than answer (an UPDATE changing a zone it serves or forwards to, a
+	// NOTIFY, records it might cache or check), which no lookup needs and
+	// the allowlist on the name alone does not bound; and with several
+	// questions, which a resolver reads is its own choice.
+	switch q := req.Question; {
+	case req.Opcode != dns.OpcodeQuery:
+		return refuse(dns.RcodeNotImplemented, "opcode "+opcodeName(req.Opcode)+": only standard queries are answered")
+	case len(q) != 1:
+		return refuse(dns.RcodeFormatError, "want exactly one question")
+	case len(req.Answer) > 0 || len(req.Ns) > 0:
+		return refuse(dns.RcodeFormatError, "query carries answer or authority records")
+	case !onlyEDNS(req.Extra):
+		return refuse(dns.RcodeFormatError, "query carries additional records other than one OPT (EDNS)")
+	case mode != DNSOpen && q[0].Qclass != dns.ClassINET:
+		return refuse(dns.RcodeRefused, "class is not IN")
 	}
 	if mode != DNSSynthetic {
 		// The name goes out: only names the policy allows (dnspolicy.go).
-		for _, q := range req.Question {
-			if rule, ok := p.dnsRule(q.Name); !ok {
-				return n.refuseName(req, q, mode, rule)
-			}
+		if rule, ok := p.dnsRule(req.Question[0].Name); !ok {
+			return n.refuseName(req, req.Question[0], mode, rule)
 		}
 	}
 	switch mode {
@@ -195,6 +199,24 @@ func (n *Network) resolveDNS(ctx context.Context, p *Policy, req *dns.Msg, overT
 	// So that the addresses of a name denied later are known (deniedAddr).
 	n.names.learnDNS(resp)
 	return resp
+}
+
+// onlyEDNS reports whether a query's additional section holds nothing
+// but, at most, one OPT record (RFC 6891 allows no more).
+func onlyEDNS(extra []dns.RR) bool {
+	if len(extra) == 0 {
+		return true
+	}
+	_, ok := extra[0].(*dns.OPT)
+	return len(extra) == 1 && ok
+}
+
+// opcodeName names a DNS opcode for events: UPDATE, NOTIFY, or its number.
+func opcodeName(op int) string {
+	if s, ok := dns.OpcodeToString[op]; ok {
+		return s
+	}
+	return strconv.Itoa(op)
 }
 
 // synthesize answers without sending anything out. A gets the name's

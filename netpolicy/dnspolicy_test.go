@@ -3,8 +3,10 @@ package netpolicy
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,12 +19,29 @@ import (
 )
 
 // fakeResolver stands in for the trusted resolver on loopback, over UDP
-// and TCP on one port: it answers every query and counts the names it
-// was asked.
+// and TCP on one port: it takes every message (not only what
+// dns.DefaultMsgAcceptFunc lets through, so that an UPDATE reaching it
+// shows), answers it, counts the names it was asked, and keeps the
+// headers of messages that are not plain queries.
 type fakeResolver struct {
 	addr string
 	mu   sync.Mutex
 	seen map[string]int // lower-case name with its dot -> queries
+	odd  []dns.Header   // received messages that are not standard queries
+}
+
+// plainQuery reports whether a message header is a standard query's:
+// one question, no answer or authority records, at most one additional
+// (EDNS's OPT).
+func plainQuery(h dns.Header) bool {
+	return (h.Bits>>11)&0xF == dns.OpcodeQuery && h.Qdcount == 1 && h.Ancount == 0 && h.Nscount == 0 && h.Arcount <= 1
+}
+
+// oddMessages returns the headers of the non-query messages received.
+func (r *fakeResolver) oddMessages() []dns.Header {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.odd)
 }
 
 func newFakeResolver(t testing.TB) *fakeResolver {
@@ -58,7 +77,15 @@ func newFakeResolver(t testing.TB) *fakeResolver {
 		}
 	}
 	r.addr = pc.LocalAddr().String()
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+	accept := func(dh dns.Header) dns.MsgAcceptAction {
+		if !plainQuery(dh) {
+			r.mu.Lock()
+			r.odd = append(r.odd, dh)
+			r.mu.Unlock()
+		}
+		return dns.MsgAccept
+	}
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h, MsgAcceptFunc: accept}, {Listener: ln, Handler: h, MsgAcceptFunc: accept}} {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
 		go srv.ActivateAndServe()
@@ -95,8 +122,12 @@ func (g *testGuest) exchangeTCP(m *dns.Msg) (*dns.Msg, error) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, err := m.Pack() // as is: WriteMsg would want to sign a TSIG
+	if err != nil {
+		return nil, err
+	}
 	dc := &dns.Conn{Conn: c}
-	if err := dc.WriteMsg(m); err != nil {
+	if _, err := dc.Write(b); err != nil {
 		return nil, err
 	}
 	return dc.ReadMsg()
@@ -159,7 +190,7 @@ func TestDNSAllowlist(t *testing.T) {
 		qname     string
 		qtype     uint16
 		tcp       bool
-		extra     string // a second question (open mode takes several)
+		extra     string // a second question (which makes it no query: see TestDNSOnlyQueries)
 		rcode     int
 		forwarded bool
 		rule      string // of the Blocked event; "" for none
@@ -181,7 +212,7 @@ func TestDNSAllowlist(t *testing.T) {
 		{"open: exfil TXT", "open", exfil(4), dns.TypeTXT, false, "", dns.RcodeNameError, false, "not in allowlist"},
 		{"open: exfil NULL over TCP", "open", exfil(5), dns.TypeNULL, true, "", dns.RcodeNameError, false, "not in allowlist"},
 		{"open: allowed name", "open", "y.allowed.test", dns.TypeSRV, false, "", dns.RcodeSuccess, true, ""},
-		{"open: an exfil second question", "open", "z.allowed.test", dns.TypeA, false, exfil(6), dns.RcodeNameError, false, "not in allowlist"},
+		{"open: an exfil second question", "open", "z.allowed.test", dns.TypeA, false, exfil(6), dns.RcodeFormatError, false, ""},
 		{"no allowlist: every name goes", "everything", "anything.example.net", dns.TypeTXT, false, "", dns.RcodeSuccess, true, ""},
 		{"synthetic: answered, nothing sent", "synthetic", exfil(7), dns.TypeA, false, "", dns.RcodeSuccess, false, ""},
 	} {
@@ -311,8 +342,9 @@ func TestDNSRule(t *testing.T) {
 
 // FuzzDNSAllowlist feeds guest bytes to trusted and open DNS under a
 // policy that limits hosts, with a loopback resolver behind: every answer
-// must parse, and a query with a name the policy refuses must get
-// NXDOMAIN without the resolver seeing anything.
+// must parse, a query with a name the policy refuses must get NXDOMAIN
+// without the resolver seeing anything, and nothing but standard queries
+// may reach the resolver.
 func FuzzDNSAllowlist(f *testing.F) {
 	for _, q := range []struct {
 		name string
@@ -328,6 +360,11 @@ func FuzzDNSAllowlist(f *testing.F) {
 		m.SetEdns0(4096, true)
 		m.Question = append(m.Question, dns.Question{Name: "z.attacker.test.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
 		b, _ = m.Pack()
+		f.Add(b)
+		u := new(dns.Msg)
+		u.SetUpdate(q.name)
+		u.Insert([]dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(203, 0, 113, 66)}})
+		b, _ = u.Pack()
 		f.Add(b)
 	}
 	res := newFakeResolver(f)
@@ -351,10 +388,13 @@ func FuzzDNSAllowlist(f *testing.F) {
 		}
 		for _, n := range nets {
 			for _, tcp := range []bool{false, true} {
-				before := res.total()
+				before, odd := res.total(), len(res.oddMessages())
 				out := n.answerDNS(context.Background(), n.policy.Load(), q, tcp)
 				if refused && res.total() != before {
 					t.Fatalf("a refused name reached the resolver: %v", req.Question)
+				}
+				if got := res.oddMessages()[odd:]; len(got) > 0 {
+					t.Fatalf("a message other than a standard query reached the resolver: %+v", got)
 				}
 				if out == nil {
 					continue
@@ -370,4 +410,163 @@ func FuzzDNSAllowlist(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDNSOnlyQueries: a guest sends the host's resolver, through trusted
+// and open DNS, messages that are not lookups, for names the policy
+// allows: a dynamic UPDATE of an allowed zone, a NOTIFY, queries
+// carrying records or several questions. None may reach the resolver;
+// each gets NOTIMP or FORMERR from the gateway, and an event.
+func TestDNSOnlyQueries(t *testing.T) {
+	res := newFakeResolver(t)
+	type guest struct {
+		n *Network
+		g *testGuest
+	}
+	var guests []guest
+	for _, mode := range []DNSMode{DNSTrusted, DNSOpen} {
+		for _, every := range []bool{false, true} {
+			p := DefaultPolicy()
+			p.DNS = mode
+			p.DNSServers = []string{res.addr}
+			if !every {
+				p.Allow = []string{"*.allowed.test"}
+			}
+			n := newTestNetwork(t, p)
+			g := newTestGuest(t, n)
+			g.configure()
+			guests = append(guests, guest{n, g})
+		}
+	}
+	const zone = "allowed.test."
+	const name = "y.allowed.test."
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	query := func() *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		return m
+	}
+	opt := func() *dns.OPT {
+		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+		o.SetUDPSize(1232)
+		return o
+	}
+	for _, tc := range []struct {
+		name  string
+		msg   func() *dns.Msg
+		rcode int
+		why   string
+	}{
+		{"UPDATE adding a record", func() *dns.Msg {
+			m := new(dns.Msg)
+			m.SetUpdate(name) // the zone section: a name the policy allows
+			m.Insert([]dns.RR{rr(name + " 60 IN A 203.0.113.66")})
+			return m
+		}, dns.RcodeNotImplemented, "opcode UPDATE"},
+		{"UPDATE deleting a zone's records", func() *dns.Msg {
+			m := new(dns.Msg)
+			m.SetUpdate("x" + zone)
+			m.RemoveName([]dns.RR{rr("www.x" + zone + " 60 IN A 0.0.0.0")})
+			return m
+		}, dns.RcodeNotImplemented, "opcode UPDATE"},
+		{"UPDATE, zone section only", func() *dns.Msg {
+			m := new(dns.Msg)
+			m.SetUpdate(name)
+			return m
+		}, dns.RcodeNotImplemented, "opcode UPDATE"},
+		{"NOTIFY", func() *dns.Msg {
+			m := new(dns.Msg)
+			m.SetNotify(name)
+			m.Answer = []dns.RR{rr(name + " 60 IN SOA ns." + name + " h." + name + " 99 1 1 1 1")}
+			return m
+		}, dns.RcodeNotImplemented, "opcode NOTIFY"},
+		{"STATUS", func() *dns.Msg { m := query(); m.Opcode = dns.OpcodeStatus; return m }, dns.RcodeNotImplemented, "opcode STATUS"},
+		{"opcode 15", func() *dns.Msg { m := query(); m.Opcode = 15; return m }, dns.RcodeNotImplemented, "opcode 15"},
+		{"query with an answer record", func() *dns.Msg {
+			m := query()
+			m.Answer = []dns.RR{rr(name + " 60 IN A 203.0.113.66")}
+			return m
+		}, dns.RcodeFormatError, "answer or authority"},
+		{"IXFR-style query with an authority SOA", func() *dns.Msg {
+			m := query()
+			m.Ns = []dns.RR{rr(name + " 60 IN SOA ns." + name + " h." + name + " 1 1 1 1 1")}
+			return m
+		}, dns.RcodeFormatError, "answer or authority"},
+		{"query with an additional A", func() *dns.Msg {
+			m := query()
+			m.Extra = []dns.RR{rr("ns." + name + " 60 IN A 203.0.113.66")}
+			return m
+		}, dns.RcodeFormatError, "additional"},
+		{"query with a TSIG", func() *dns.Msg {
+			m := query()
+			m.SetTsig("key.", dns.HmacSHA256, 300, time.Now().Unix())
+			return m
+		}, dns.RcodeFormatError, "additional"},
+		{"query with two OPTs", func() *dns.Msg {
+			m := query()
+			m.Extra = []dns.RR{opt(), opt()}
+			return m
+		}, dns.RcodeFormatError, "additional"},
+		{"OPT and another record", func() *dns.Msg {
+			m := query()
+			m.Extra = []dns.RR{opt(), rr("ns." + name + " 60 IN TXT x")}
+			return m
+		}, dns.RcodeFormatError, "additional"},
+		{"two allowed questions", func() *dns.Msg {
+			m := query()
+			m.Question = append(m.Question, dns.Question{Name: "z." + zone, Qtype: dns.TypeTXT, Qclass: dns.ClassINET})
+			return m
+		}, dns.RcodeFormatError, "one question"},
+		{"no question", func() *dns.Msg { m := query(); m.Question = nil; return m }, dns.RcodeFormatError, "one question"},
+	} {
+		for gi, gu := range guests {
+			for _, tcp := range []bool{false, true} {
+				mode := gu.n.policy.Load().dnsMode()
+				t.Run(fmt.Sprintf("%s/%s/guest%d/tcp=%v", tc.name, mode, gi, tcp), func(t *testing.T) {
+					before, odd, events := res.total(), len(res.oddMessages()), len(gu.n.Events())
+					exchange := gu.g.exchange
+					if tcp {
+						exchange = gu.g.exchangeTCP
+					}
+					r, err := exchange(tc.msg())
+					if err != nil {
+						t.Fatal(err)
+					}
+					if r.Rcode != tc.rcode {
+						t.Errorf("rcode %s, want %s", dns.RcodeToString[r.Rcode], dns.RcodeToString[tc.rcode])
+					}
+					if got := res.total() - before; got != 0 {
+						t.Errorf("the resolver was asked %d questions", got)
+					}
+					if got := res.oddMessages()[odd:]; len(got) > 0 {
+						t.Errorf("the resolver received %+v", got)
+					}
+					evs := gu.n.Events()[events:]
+					if len(evs) != 1 || evs[0].Action != Blocked || evs[0].Proto != "dns" || evs[0].Rule != "dns "+string(mode) || !strings.Contains(evs[0].Reason, tc.why) {
+						t.Errorf("events %+v, want one block saying %q", evs, tc.why)
+					}
+				})
+			}
+		}
+	}
+
+	// What resolvers send passes: a query, with EDNS.
+	for _, gu := range guests {
+		before := res.count(name)
+		m := query()
+		m.SetEdns0(1232, true)
+		r, err := gu.g.exchange(m)
+		if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || res.count(name) != before+1 {
+			t.Errorf("plain query with EDNS: %v, %v; resolver saw %d", r, err, res.count(name)-before)
+		}
+	}
+	if odd := res.oddMessages(); len(odd) > 0 {
+		t.Errorf("the resolver received non-queries: %+v", odd)
+	}
 }

@@ -73,7 +73,8 @@ const (
 	// DNSTrusted forwards well-formed ordinary queries to the trusted
 	// servers (or the host's resolvers).
 	DNSTrusted DNSMode = "trusted"
-	// DNSOpen forwards every well-formed query.
+	// DNSOpen forwards every standard query (one question, no records
+	// but OPT; see dns.go), of any type, for names the policy allows.
 	DNSOpen DNSMode = "open"
 )
 

@@ -23,25 +23,18 @@ type gitCommand struct {
 	Path    string // the repository, unquoted
 }
 
-// String is the command as git itself sends it (git's sq_quote: the path
-// in single quotes, ' and ! closed out and backslash-escaped), which is
-// what goes upstream: never the guest's own spelling, so the upstream's
-// shell or git-shell sees exactly what the proxy checked.
+// String is the command as it goes upstream: the program, one space,
+// and the path in single quotes, as git itself sends it (sq_quote);
+// never the guest's own spelling, so the upstream's shell or git-shell
+// sees exactly what the proxy checked. parseGitCommand admits only paths
+// of gitPathRune characters, so the quotes hold no ', \ or !, and no
+// shell reads this differently: not sh, bash, dash or ksh, not zsh
+// (even with RC_QUOTES: no two quotes in a row), not csh or tcsh (no !
+// for history substitution), not fish (no \' or \\, which it unescapes
+// inside single quotes), not rc, and not git-shell, whose sq_dequote
+// takes exactly this form.
 func (c gitCommand) String() string {
-	var b strings.Builder
-	b.WriteString(c.Program)
-	b.WriteString(" '")
-	for i := 0; i < len(c.Path); i++ {
-		if ch := c.Path[i]; ch == '\'' || ch == '!' {
-			b.WriteString("'\\")
-			b.WriteByte(ch)
-			b.WriteByte('\'')
-		} else {
-			b.WriteByte(ch)
-		}
-	}
-	b.WriteByte('\'')
-	return b.String()
+	return c.Program + " '" + c.Path + "'"
 }
 
 // parseGitCommand accepts an SSH exec command only in the forms git
@@ -51,12 +44,19 @@ func (c gitCommand) String() string {
 // characters no shell treats specially (JGit's ~user/'path'). Anything a
 // shell would read as more than that word (a second argument, ; | & $ `
 // redirections, globs, double quotes, newlines) is refused, and so is a
-// path that could be an option (a leading -) or holds control
-// characters.
+// path that could be an option (a leading -), holds control characters,
+// or holds any character but gitPathRune's.
 //
 // Why so strict: on a plain sshd the upstream runs the command with the
 // login shell of the host's user, so anything looser is a shell there,
-// and from there a pivot into the upstream's network.
+// and from there a pivot into the upstream's network. That shell may be
+// any of them, and they disagree even inside single quotes (fish
+// unescapes \' and \\ there, csh expands !, zsh with RC_QUOTES and rc
+// read two quotes in a row as one), so the path may hold none of ' \ !,
+// nor anything else a shell, or a forced-command wrapper splitting the
+// command itself, might give a meaning: what String sends is then one
+// plain quoted word to every shell. The \' and \! escapes are still
+// read, so that a path with ' or ! is refused as such.
 func parseGitCommand(cmd string) (gitCommand, error) {
 	prog, arg, ok := strings.Cut(cmd, " ")
 	if !slices.Contains(gitSSHCommands, prog) {
@@ -80,6 +80,10 @@ func parseGitCommand(cmd string) (gitCommand, error) {
 		return gitCommand{}, errors.New("repository path starts with - (an option)")
 	case strings.ContainsFunc(path, unicode.IsControl):
 		return gitCommand{}, errors.New("control character in the repository path")
+	}
+	if i := strings.IndexFunc(path, func(r rune) bool { return !gitPathRune(r) }); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(path[i:])
+		return gitCommand{}, fmt.Errorf("%q in the repository path (only letters, digits, spaces and %s)", r, gitPathPunct)
 	}
 	return gitCommand{Program: prog, Path: path}, nil
 }
@@ -125,6 +129,27 @@ func shellPlain(c byte) bool {
 		return true
 	}
 	return strings.IndexByte("/._-~+@:,%=", c) >= 0
+}
+
+// gitPathPunct is the ASCII punctuation a repository path may hold: the
+// characters of paths, URLs' user@host:port and the like, none of which
+// means anything to any shell inside single quotes.
+const gitPathPunct = "/._-~+@:,%="
+
+// gitPathRune reports whether r may be part of a repository path: an
+// ASCII letter, digit, space or gitPathPunct, or a non-ASCII letter,
+// mark or digit (dépôt/ünï). Not ' \ ! (see parseGitCommand), not $ `
+// " ; | & < > ( ) { } [ ] * ? # ^, which some wrapper might still read
+// as syntax, not other spaces (U+00A0, U+2028) or format characters
+// (bidirectional overrides).
+func gitPathRune(r rune) bool {
+	switch {
+	case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', r == ' ':
+		return true
+	case r < utf8.RuneSelf:
+		return strings.ContainsRune(gitPathPunct, r)
+	}
+	return unicode.In(r, unicode.L, unicode.M, unicode.N)
 }
 
 // validGitProtocol accepts what git puts in GIT_PROTOCOL

@@ -380,18 +380,25 @@ func attachNetwork(ctx context.Context, n *netpolicy.Network, dir string) error 
 
 // serveMounts connects a host mount server to the VM's fs port. It
 // serves in the background until the VM or the server goes; a panic in
-// it (it answers the guest's requests) stops that server only and is
-// reported to the runtime's GuestPanic.
+// it (it answers the guest's requests), in its loop or in a request,
+// which Serve returns, stops that server only and is reported to the
+// runtime's GuestPanic.
 func (r *Runtime) serveMounts(ctx context.Context, srv *mounts.Server, dir string) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", filepath.Join(dir, layout.FSSocket))
 	if err != nil {
 		return fmt.Errorf("connect to the VM's file port: %w", err)
 	}
-	contain.Go("the file server", func(pe *contain.PanicError) {
+	onPanic := func(pe *contain.PanicError) {
 		srv.Close()
 		r.guestPanic(dir, pe)
-	}, func() { srv.Serve(conn) })
+	}
+	contain.Go("the file server", onPanic, func() {
+		var pe *contain.PanicError
+		if err := srv.Serve(conn); errors.As(err, &pe) {
+			onPanic(pe)
+		}
+	})
 	return nil
 }
 
