@@ -17,7 +17,8 @@
 //     store.
 //   - HTTP/1.x: each request is checked, then replayed by the host's own
 //     HTTP client (bodies streamed). CONNECT is refused (405). WebSocket
-//     upgrades are tunnelled after the check unless disabled.
+//     upgrades are tunnelled after the check unless disabled, or bound
+//     for a host a secret may go to (see below).
 //   - A destination named by a TCP map (--tcp-map): forwarded raw to its
 //     upstream without peeking (so server-first protocols work). The
 //     map authorizes its upstream's host:port itself when the user
@@ -108,23 +109,43 @@
 //
 // # Secrets in responses
 //
-// Responses from a host any secret may go to (whether or not the request
-// used one: a server may store a request and show it later) are
-// scrubbed: every value of those secrets, and every encoded string the
-// substitution wrote, is turned back into what the guest sent, in
-// headers, body and trailer, as sent and in the forms servers repeat
-// strings in (percent-encoded, JSON-escaped). The body is scrubbed as it
-// streams, holding back the longest such string less one byte between
-// reads, always that many whatever they are (holding back only a
+// From the first request served under a policy with a secret value, every
+// response from every host is scrubbed, whether or not its request used a
+// secret: a server may store a request and show it later, under another
+// of its names or an IP literal, or after the secret was removed or its
+// value rotated. Scrubbed are every value of a secret in a policy a
+// request was served under (so every value that can have been sent), the
+// current ones and the last 64 that left the policy, each turned back
+// into its secret's placeholder; and every Basic credential the
+// substitution wrote, turned back into the guest's (the guest picks the
+// user name, so rather than forget one, a request that would write a 65th
+// different one is refused with a 403). A value shorter than 8 bytes
+// would turn up in ordinary data: it is scrubbed only from its own hosts'
+// responses, while set. Each is replaced in headers (those of 1xx
+// informational responses too, which the ReverseProxy forwards before
+// ModifyResponse), body and trailer, as sent and in the forms servers
+// repeat strings in (percent-encoded, JSON-escaped). The body is scrubbed
+// as it streams, holding back the longest such string less one byte
+// between reads, always that many whatever they are (holding back only a
 // possible start of a value would let the guest learn a value by timing,
 // a byte at a time); so a streamed response (server-sent events) reaches
-// the guest that many bytes late, and it loses its Content-Length. Those
-// requests ask for Accept-Encoding: identity; a gzip body sent anyway is
-// decoded and scrubbed, any other encoding is refused with a 502. Only
-// exact echoes are recognised: a value a server cuts short (an error
-// message quoting part of it, a Range request ending inside it) or
-// encodes otherwise gets through, and so do WebSocket frames after the
-// upgrade and the headers of 1xx informational responses.
+// the guest that many bytes late, and it loses its Content-Length. A
+// value of 8 bytes or more set while a response streams is scrubbed from
+// what comes after; a response to a request sent before the first value
+// was set is cut off (502, or the connection closed) when one is set
+// before it ends. The requests ask for Accept-Encoding: identity; a gzip
+// body sent anyway is decoded and scrubbed, any other encoding is refused
+// with a 502. They go without Range, If-Range and Request-Range, so every
+// body is whole (a value split across partial responses is in none of
+// them, and the guest would put the pieces together): in a VM with
+// secrets, downloads are not resumable. WebSocket frames cannot be
+// scrubbed, so an upgrade is refused with a 403 to a host any secret may
+// go to, and to every host once the VM has a secret (a server that stored
+// a value could write it into the stream under another of its names).
+// TCP map streams are not scrubbed. Only exact echoes are recognised: a value a
+// server cuts short (an error message quoting part of it) or encodes
+// otherwise gets through. A Network that never had a secret value leaves
+// responses as the upstream sent them.
 //
 // Every decision is an Event (never with a secret value), kept in a ring
 // and streamed to subscribers. SSH connections and each exec, refused

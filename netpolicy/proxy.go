@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +33,8 @@ type proxy struct {
 	tlsConfig *tls.Config
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
+	// scrub is what responses are scrubbed of, for the Network's life.
+	scrub scrubHistory
 }
 
 type ctxKey int
@@ -46,9 +50,22 @@ type upstream struct {
 	scheme, host string // host is HOST:PORT with the canonical host
 	policy       *Policy
 	event        Event
-	// scrub, when set, turns real values back into placeholders in the
-	// response (set for every request to a host a secret may go to).
-	scrub *replacer
+	// scrub, when set, gives what turns real values back into
+	// placeholders in the response (see scrubHistory.scrubber): set for
+	// every request once the Network has had a secret value, even while
+	// it gives nil (nothing to replace yet).
+	scrub func() *replacer
+}
+
+// replacer returns what the response's headers are scrubbed with now, or
+// nil: for a request sent unscrubbed (no secret value yet), whatever h
+// holds now, so a 1xx response that comes after a value was set is
+// scrubbed.
+func (up *upstream) replacer(h *scrubHistory) *replacer {
+	if up.scrub != nil {
+		return up.scrub()
+	}
+	return h.load()
 }
 
 func newProxy(n *Network) (*proxy, error) {
@@ -78,13 +95,13 @@ func newProxy(n *Network) (*proxy, error) {
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 1 << 20,
 		// Pass the guest's Accept-Encoding through and the upstream's
-		// encoding back, untouched (except where responses are
+		// encoding back, untouched (except once responses are
 		// scrubbed of secrets: see rewrite and modifyResponse).
 		DisableCompression: true,
 	}
 	px.rp = &httputil.ReverseProxy{
 		Rewrite:        px.rewrite,
-		Transport:      px.transport,
+		Transport:      scrub1xx{px},
 		ErrorHandler:   px.upstreamError,
 		ModifyResponse: px.modifyResponse,
 		BufferPool:     newBufferPool(),
@@ -293,6 +310,21 @@ func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		ev.Proto = map[string]string{"http": "ws", "https": "wss"}[ev.Proto]
+		// After the upgrade the connection is a stream of frames
+		// that is not scrubbed: a server that writes a request's
+		// headers (or a stored one) into it would hand over a value.
+		if names := p.secretsFor(host); len(names) > 0 {
+			ev.Secrets = names
+			refuse(http.StatusForbidden, fmt.Sprintf("WebSockets are refused to a host secret %s may be sent to: the stream cannot be scrubbed of its value", strings.Join(names, ",")))
+			return
+		}
+		// Nor to any other host once a value exists: a server that
+		// stored one (under another of its names) could write it into
+		// the stream.
+		if px.scrub.isActive() || len(p.Secrets) > 0 {
+			refuse(http.StatusForbidden, "WebSockets are refused in a VM with secrets: the stream cannot be scrubbed of a value a server stored")
+			return
+		}
 	} else if r.Header.Get("Upgrade") != "" {
 		// Only WebSocket upgrades are tunnelled; any other (h2c, ...)
 		// is dropped and the request proceeds as plain HTTP/1.1.
@@ -322,6 +354,14 @@ func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusForbidden, "secrets are only substituted over HTTPS (or to an --allow-internal address)")
 		return
 	}
+	// Every value in p (a request may carry it from now on) and every
+	// Basic credential written is scrubbed from every later response.
+	px.scrub.observe(p)
+	if err := px.scrub.remember(sv.encoded); err != nil {
+		ev.Secrets = sv.used
+		refuse(http.StatusForbidden, err.Error())
+		return
+	}
 	ev.Action = Allowed
 	n.event(ev)
 	scheme := "http"
@@ -333,7 +373,7 @@ func (px *proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		host:   net.JoinHostPort(host, strconv.Itoa(int(fl.dst.Port()))),
 		policy: p,
 		event:  ev,
-		scrub:  p.responseScrubber(host, &sv),
+		scrub:  px.scrub.scrubber(p, host),
 	}
 	if sc := p.scanBody(host); sc != nil && r.Body != nil && r.Body != http.NoBody {
 		r.Body = newScanReader(r.Body, sc, func(name, reason string) error {
@@ -365,28 +405,69 @@ func (px *proxy) rewrite(pr *httputil.ProxyRequest) {
 	if up.scrub != nil {
 		// The scrubber must see the body's bytes as they are.
 		pr.Out.Header.Set("Accept-Encoding", "identity")
+		// And whole: a value split across partial responses is in
+		// none of them for the scrubber to find, and the guest puts
+		// the pieces together. (Request-Range is the old spelling
+		// some servers still honour; multipart/byteranges answers
+		// follow from these.)
+		pr.Out.Header.Del("Range")
+		pr.Out.Header.Del("If-Range")
+		pr.Out.Header.Del("Request-Range")
 	}
 }
 
-// modifyResponse scrubs real values out of the response where the
-// request's host may receive secrets: headers now, body and trailer as
-// they stream. The body loses its Content-Length (a placeholder is not
-// as long as its value). A gzip body sent despite Accept-Encoding:
-// identity (stored pre-compressed objects are served that way) is
-// decoded and passed on decoded; any other encoding cannot be checked
-// and is refused with a 502 rather than passed on unchecked.
+// scrub1xx is the upstream transport with the headers of 1xx responses
+// (103 Early Hints, ...) scrubbed. The ReverseProxy forwards those to
+// the guest itself, from a ClientTrace hook, before ModifyResponse sees
+// anything; the hook added here is the newest in the request's context,
+// which httptrace runs first, and it scrubs the header map in place
+// before the ReverseProxy's copies it.
+type scrub1xx struct{ px *proxy }
+
+func (t scrub1xx) RoundTrip(r *http.Request) (*http.Response, error) {
+	if up, ok := r.Context().Value(upstreamKey).(*upstream); ok {
+		r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+			Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
+				up.replacer(&t.px.scrub).header(http.Header(h))
+				return nil
+			},
+		}))
+	}
+	return t.px.transport.RoundTrip(r)
+}
+
+// modifyResponse scrubs real values out of the response once the
+// Network has had a secret value (see scrubHistory): headers now, body
+// and trailer as they stream. The body loses its Content-Length (a
+// placeholder is not as long as its value). A gzip body sent despite
+// Accept-Encoding: identity (stored pre-compressed objects are served
+// that way) is decoded and passed on decoded; any other encoding cannot
+// be checked and is refused with a 502 rather than passed on unchecked.
+// A response to a request sent before the first value was set is cut
+// off when a value turns up while it is on its way (it was not asked for
+// whole and uncompressed).
 func (px *proxy) modifyResponse(resp *http.Response) error {
 	up, ok := resp.Request.Context().Value(upstreamKey).(*upstream)
-	if !ok || up.scrub == nil {
+	if !ok {
 		return nil
 	}
-	up.scrub.header(resp.Header)
 	// No body: HEAD (whose Content-Length describes the GET), 1xx
 	// (101 hands over the connection, whose WebSocket frames are
 	// not scrubbed), 204, 304, an empty one (even if labelled gzip).
-	if resp.Request.Method == http.MethodHead || resp.StatusCode < 200 ||
-		resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified ||
-		resp.ContentLength == 0 {
+	hasBody := resp.Request.Method != http.MethodHead && resp.StatusCode >= 200 &&
+		resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified &&
+		resp.ContentLength != 0
+	if up.scrub == nil {
+		if px.scrub.isActive() {
+			return errSecretInFlight
+		}
+		if hasBody {
+			resp.Body = &unscrubbedBody{resp.Body, &px.scrub}
+		}
+		return nil
+	}
+	up.scrub().header(resp.Header)
+	if !hasBody {
 		return nil
 	}
 	body := resp.Body
@@ -411,6 +492,25 @@ func (px *proxy) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
+var errSecretInFlight = errors.New("a secret value was set while this request was on its way, so its response cannot be checked for it; send the request again")
+
+// unscrubbedBody is a response body passed on unscrubbed because the
+// Network had no secret value when the request went out. It ends with an
+// error as soon as one is set: a server streaming a long response (a log
+// tail) could write into it what a later request carried.
+type unscrubbedBody struct {
+	io.ReadCloser
+	h *scrubHistory
+}
+
+func (b *unscrubbedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if b.h.isActive() {
+		return 0, errSecretInFlight
+	}
+	return n, err
+}
+
 // upstreamError answers the guest when the upstream could not be reached:
 // 403 when the connect-time check refused it, else 502.
 func (px *proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
@@ -433,7 +533,8 @@ func (px *proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error
 	} else if errors.Is(err, context.Canceled) {
 		return // the guest went away
 	} else {
-		ev.Action, ev.Reason = Failed, up.policy.redact(err.Error())
+		// An error may quote what the upstream sent.
+		ev.Action, ev.Reason = Failed, up.replacer(&px.scrub).Replace(up.policy.redact(err.Error()))
 	}
 	ev.Status = status
 	if !recorded {

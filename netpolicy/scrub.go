@@ -151,16 +151,22 @@ func (r *replacer) header(h http.Header) {
 	}
 }
 
+// noReplacer replaces nothing, for a scrubReader whose replacer is nil
+// (while only values too short to scrub everywhere were seen).
+var noReplacer = &replacer{maxLen: 1}
+
 // readChunk is how much a scrubbing reader asks of its source at once
 // (the size of the ReverseProxy's copy buffer).
 const readChunk = 32 << 10
 
 // scrubReader is a response body with a replacer applied as it streams.
 // It holds at most maxLen-1 input bytes between reads (and the output of
-// one read not yet taken).
+// one read not yet taken). The replacer is asked for after each read of
+// the source, so strings added to it while the body streams (a secret
+// set meanwhile) are replaced in every byte read after.
 type scrubReader struct {
 	src  io.ReadCloser
-	r    *replacer
+	rep  func() *replacer
 	resp *http.Response // whose Trailer is scrubbed too, once known
 	in   []byte         // undecided input: the tail of the last read
 	out  []byte         // scrubbed output not yet returned
@@ -169,8 +175,8 @@ type scrubReader struct {
 	next []int
 }
 
-func newScrubReader(src io.ReadCloser, r *replacer, resp *http.Response) *scrubReader {
-	return &scrubReader{src: src, r: r, resp: resp, in: make([]byte, 0, readChunk+r.maxLen), next: make([]int, len(r.old))}
+func newScrubReader(src io.ReadCloser, rep func() *replacer, resp *http.Response) *scrubReader {
+	return &scrubReader{src: src, rep: rep, resp: resp, in: make([]byte, 0, readChunk)}
 }
 
 func (s *scrubReader) Read(p []byte) (int, error) {
@@ -197,8 +203,15 @@ func (s *scrubReader) fill() {
 		s.in, s.out, s.off, s.err = s.in[:0], s.out[:0], 0, err
 		return
 	}
+	r := s.rep()
+	if r == nil {
+		r = noReplacer
+	}
+	if len(s.next) != len(r.old) {
+		s.next = make([]int, len(r.old))
+	}
 	var used int
-	s.out, used = s.r.replace(s.out[:0], s.in, err == io.EOF, s.next)
+	s.out, used = r.replace(s.out[:0], s.in, err == io.EOF, s.next)
 	s.off = 0
 	s.in = s.in[:copy(s.in, s.in[used:])]
 	if err == io.EOF {
@@ -218,7 +231,7 @@ func (s *scrubReader) Close() error {
 
 func (s *scrubReader) scrubTrailer() {
 	if s.resp != nil {
-		s.r.header(s.resp.Trailer)
+		s.rep().header(s.resp.Trailer)
 	}
 }
 

@@ -61,7 +61,7 @@ func oneShot(pairs []scrubPair, s string) string {
 // read with buffers of readSizes, checking the held tail after every
 // read from the source.
 func scrubStream(t testing.TB, r *replacer, src string, sizes, readSizes []int, eofWithData bool) string {
-	s := newScrubReader(&chunkReader{src: []byte(src), sizes: sizes, eofWithData: eofWithData}, r, nil)
+	s := newScrubReader(&chunkReader{src: []byte(src), sizes: sizes, eofWithData: eofWithData}, func() *replacer { return r }, nil)
 	var out []byte
 	for i := 0; ; i++ {
 		p := make([]byte, readSizes[i%len(readSizes)])
@@ -130,7 +130,7 @@ func TestReplacer(t *testing.T) {
 func TestScrubReaderCutOff(t *testing.T) {
 	r := newReplacer([]scrubPair{{tokenValue, tokenPH}})
 	broken := errors.New("connection reset")
-	s := newScrubReader(&chunkReader{src: []byte("hello " + tokenValue[:12]), sizes: []int{4}, err: broken}, r, nil)
+	s := newScrubReader(&chunkReader{src: []byte("hello " + tokenValue[:12]), sizes: []int{4}, err: broken}, func() *replacer { return r }, nil)
 	out, err := io.ReadAll(s)
 	if !errors.Is(err, broken) {
 		t.Fatalf("err = %v, want the source's", err)

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // minValueScan is the shortest secret value looked for in requests to
@@ -49,6 +51,17 @@ func (s *Secret) secretHost(host string) bool {
 		}
 	}
 	return false
+}
+
+// secretsFor names the secrets that may be sent to host.
+func (p *Policy) secretsFor(host string) []string {
+	var out []string
+	for _, sec := range p.Secrets {
+		if sec.secretHost(host) {
+			out = append(out, sec.Name)
+		}
+	}
+	return out
 }
 
 // part is where in a request scan looks, which decides what it may do
@@ -177,24 +190,176 @@ func (p *Policy) redact(s string) string {
 	return newReplacer(pairs).Replace(s)
 }
 
-// responseScrubber returns what turns real values back into placeholders
-// in the response to a request to host (headers, body and trailer), or
-// nil when no secret may be sent to host. It covers every secret that may
-// go to host, whether or not this request used it: a server that stores
-// requests (a request bin, a log viewer) can return a value in the
-// answer to a later request that carries no placeholder. v adds the
-// encoded strings this request's substitution wrote.
-func (p *Policy) responseScrubber(host string, v *secretVerdict) *replacer {
-	var pairs []scrubPair
+// maxRetired is how many values a Network goes on scrubbing from
+// responses after they left its policy (a secret removed, or given a
+// new value): the most recently seen.
+const maxRetired = 64
+
+// maxEncoded is how many Basic credentials a Network scrubs from
+// responses for its life. The guest chooses the user name, so if a new
+// one pushed an old one out, the guest could flush a stored echo of the
+// old one out of the scrubber: a request that would write one more is
+// refused instead.
+const maxEncoded = 64
+
+// scrubHistory is what a Network scrubs from every response from every
+// host: the values (of minValueScan bytes or more; a shorter one would
+// match ordinary data) of the secrets in every policy it served a request
+// under, the current ones and the last maxRetired that left the policy,
+// each turned back into its placeholder; and the Basic credentials it
+// wrote, turned back into the guest's. A server may store what the host
+// sent and give it back later, under another of its names (or an IP
+// literal), or after the value was rotated or the secret removed. Until a
+// request is served under a policy with a secret value (of any length) it
+// is inactive, and responses are not touched.
+type scrubHistory struct {
+	mu      sync.Mutex
+	seen    *Policy     // the policy last folded in
+	active  bool        // a policy with a secret value was seen
+	current []scrubPair // value -> placeholder, for seen's secrets
+	retired []scrubPair // values no longer in seen, oldest first
+	encoded []scrubPair // Basic credentials written -> the guest's
+	state   atomic.Pointer[scrubState]
+}
+
+// scrubState is one version of an active scrubHistory's strings, every
+// echo form of each, and their replacer (nil while there are none: only
+// short values were seen).
+type scrubState struct {
+	pairs []scrubPair
+	rep   *replacer
+}
+
+// isActive reports whether responses are scrubbed.
+func (h *scrubHistory) isActive() bool { return h.state.Load() != nil }
+
+// load returns the replacer of everything scrubbed now, or nil.
+func (h *scrubHistory) load() *replacer {
+	if st := h.state.Load(); st != nil {
+		return st.rep
+	}
+	return nil
+}
+
+// observe folds in the values of p, under which a request is about to
+// be served: values that were current and are not in p are retired.
+func (h *scrubHistory) observe(p *Policy) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p == h.seen {
+		return
+	}
+	h.seen = p
+	var cur []scrubPair
 	for _, sec := range p.Secrets {
-		if sec.Value.IsSet() && sec.Placeholder != "" && sec.secretHost(host) {
-			pairs = append(pairs, echoPairs(sec.Value.Reveal(), sec.Placeholder)...)
+		v := sec.Value.Reveal()
+		h.active = h.active || v != ""
+		if sec.Placeholder != "" && len(v) >= minValueScan && !hasOld(cur, v) {
+			cur = append(cur, scrubPair{v, sec.Placeholder})
 		}
 	}
-	for _, e := range v.encoded {
-		pairs = append(pairs, echoPairs(e.old, e.new)...)
+	for _, c := range h.current {
+		if !hasOld(cur, c.old) {
+			h.retired = append(dropOld(h.retired, c.old), c)
+		}
 	}
-	return newReplacer(pairs)
+	for _, c := range cur {
+		h.retired = dropOld(h.retired, c.old)
+	}
+	if over := len(h.retired) - maxRetired; over > 0 {
+		h.retired = slices.Delete(h.retired, 0, over)
+	}
+	h.current = cur
+	h.rebuild()
+}
+
+// remember adds the Basic credentials a request's substitution wrote;
+// it fails, adding none, when that would make more than maxEncoded.
+func (h *scrubHistory) remember(enc []scrubPair) error {
+	if len(enc) == 0 {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var add []scrubPair
+	for _, e := range enc {
+		if !hasOld(h.encoded, e.old) && !hasOld(add, e.old) {
+			add = append(add, e)
+		}
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	if len(h.encoded)+len(add) > maxEncoded {
+		return fmt.Errorf("this VM has had %d different Basic credentials substituted, the most it scrubs responses of; reuse one of them (the same user name)", len(h.encoded))
+	}
+	h.encoded = append(h.encoded, add...)
+	h.active = true // so it was already: a value was substituted
+	h.rebuild()
+	return nil
+}
+
+// rebuild publishes a new state if the strings changed.
+func (h *scrubHistory) rebuild() {
+	var pairs []scrubPair
+	for _, list := range [][]scrubPair{h.current, h.encoded, h.retired} {
+		for _, p := range list {
+			pairs = append(pairs, echoPairs(p.old, p.new)...)
+		}
+	}
+	if st := h.state.Load(); !h.active || (st != nil && slices.Equal(st.pairs, pairs)) {
+		return
+	}
+	h.state.Store(&scrubState{pairs: pairs, rep: newReplacer(pairs)})
+}
+
+// scrubber returns what gives the replacer for the response to a request
+// to host under p (which may be nil: nothing to replace yet), or nil
+// while h is inactive and p has no short value for host: the response is
+// not scrubbed. The replacer is asked for again as the response streams,
+// so a value set while it streams is scrubbed from what comes after.
+// Besides the history it covers the values shorter than minValueScan of
+// p's secrets for host, which are scrubbed from their own hosts'
+// responses only.
+func (h *scrubHistory) scrubber(p *Policy, host string) func() *replacer {
+	var local []scrubPair
+	for _, sec := range p.Secrets {
+		if v := sec.Value.Reveal(); v != "" && len(v) < minValueScan && sec.Placeholder != "" && sec.secretHost(host) {
+			local = append(local, echoPairs(v, sec.Placeholder)...)
+		}
+	}
+	if len(local) == 0 {
+		if !h.isActive() {
+			return nil
+		}
+		return h.load
+	}
+	var (
+		mu   sync.Mutex
+		base *scrubState
+		rep  *replacer
+	)
+	return func() *replacer {
+		st := h.state.Load()
+		mu.Lock()
+		defer mu.Unlock()
+		if rep == nil || st != base {
+			pairs := local
+			if st != nil {
+				pairs = append(slices.Clone(local), st.pairs...)
+			}
+			base, rep = st, newReplacer(pairs)
+		}
+		return rep
+	}
+}
+
+func hasOld(pairs []scrubPair, old string) bool {
+	return slices.ContainsFunc(pairs, func(p scrubPair) bool { return p.old == old })
+}
+
+func dropOld(pairs []scrubPair, old string) []scrubPair {
+	return slices.DeleteFunc(pairs, func(p scrubPair) bool { return p.old == old })
 }
 
 // scanBody returns what a request body to host must not contain (see

@@ -2,6 +2,7 @@ package netpolicy
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -223,11 +224,19 @@ func TestRedactAndScrub(t *testing.T) {
 			t.Errorf("redact(%q) = %q, want %q", in, got, want)
 		}
 	}
-	// The response scrubber covers every secret the host may receive
-	// (whether the request used it or not) and the encoded strings the
-	// request's substitution wrote.
+	// Responses, from every host, are scrubbed of every value in a
+	// policy a request was served under and of the encoded strings
+	// substitution wrote, once there is any.
+	var h scrubHistory
+	if h.scrubber(p, "evil.example.com") != nil || h.scrubber(p, "api.github.com") != nil {
+		t.Error("scrubbing before a request was served under a secret value")
+	}
 	r := &http.Request{URL: &url.URL{Path: "/"}, Header: http.Header{"Authorization": {basic("u", tokenPH)}}}
 	v := p.applySecrets("api.github.com", r)
+	h.observe(p)
+	if err := h.remember(v.encoded); err != nil {
+		t.Fatal(err)
+	}
 	guestCred := strings.TrimPrefix(basic("u", tokenPH), "Basic ")
 	hostCred := strings.TrimPrefix(r.Header.Get("Authorization"), "Basic ")
 	tests := []struct{ in, want string }{
@@ -235,20 +244,74 @@ func TestRedactAndScrub(t *testing.T) {
 		{"Basic " + hostCred, "Basic " + guestCred},
 		{`{"auth":"Basic ` + hostCred + `"}`, `{"auth":"Basic ` + guestCred + `"}`},
 		{"/?t=" + url.QueryEscape(tokenValue+"/"), "/?t=" + tokenPH + "%2F"},
-		{mapsValue, mapsValue}, // not a secret of this host: never sent here
+		{mapsValue, mapsPH}, // another host's secret: scrubbed too
 	}
-	for _, tt := range tests {
-		h := http.Header{"X-Echo": {tt.in}, tt.in: {"in the name"}}
-		p.responseScrubber("api.github.com", &v).header(h)
-		if got := h.Get("X-Echo"); got != tt.want {
-			t.Errorf("scrub %q = %q, want %q", tt.in, got, tt.want)
-		}
-		if _, ok := h[tt.want]; !ok {
-			t.Errorf("header name %q not scrubbed: %v", tt.in, h)
+	for _, host := range []string{"api.github.com", "evil.example.com"} {
+		for _, tt := range tests {
+			hd := http.Header{"X-Echo": {tt.in}, tt.in: {"in the name"}}
+			h.scrubber(p, host)().header(hd)
+			if got := hd.Get("X-Echo"); got != tt.want {
+				t.Errorf("%s: scrub %q = %q, want %q", host, tt.in, got, tt.want)
+			}
+			if _, ok := hd[tt.want]; !ok {
+				t.Errorf("%s: header name %q not scrubbed: %v", host, tt.in, hd)
+			}
 		}
 	}
-	if p.responseScrubber("evil.example.com", &secretVerdict{}) != nil {
-		t.Error("scrubbing responses from a host no secret may go to")
+	// Removed and rotated values stay scrubbed, the last maxRetired of
+	// them: TOKEN's old value and MAPS's, then maxRetired-2 rotations
+	// of TOKEN fill the list; one more pushes out the oldest.
+	q := p.Clone()
+	q.RemoveSecret("MAPS")
+	rotated := func(i int) string { return fmt.Sprintf("rotated-%03d-value", i) }
+	for i := range maxRetired {
+		q.SetSecret(Secret{Name: "TOKEN", Hosts: []string{"api.github.com"}, Value: NewSecretValue(rotated(i))})
+		qq := q.Clone()
+		h.observe(&qq)
+		if i < maxRetired-2 {
+			continue
+		}
+		wants := map[string]string{
+			mapsValue:           mapsPH,
+			tokenValue:          tokenPH,
+			rotated(0):          tokenPH,
+			rotated(i):          tokenPH, // current
+			"Basic " + hostCred: "Basic " + guestCred,
+		}
+		if i == maxRetired-1 {
+			wants[tokenValue] = tokenValue // the oldest: pushed out
+		}
+		rep := h.scrubber(&qq, "evil.example.com")()
+		for in, want := range wants {
+			if got := rep.Replace(in); got != want {
+				t.Errorf("after %d rotations: scrub %q = %q, want %q", i+1, in, got, want)
+			}
+		}
+	}
+	// Basic credentials: a request that would write one too many is
+	// refused rather than one forgotten.
+	for i := len(h.encoded); i < maxEncoded; i++ {
+		if err := h.remember([]scrubPair{{fmt.Sprint("host", i), fmt.Sprint("guest", i)}}); err != nil {
+			t.Fatalf("credential %d: %v", i, err)
+		}
+	}
+	if err := h.remember([]scrubPair{{"one", "more"}}); err == nil {
+		t.Error("a credential past maxEncoded was accepted")
+	}
+	if err := h.remember([]scrubPair{{"host1", "guest1"}}); err != nil {
+		t.Errorf("a credential already remembered was refused: %v", err)
+	}
+	// A short value is scrubbed from its own hosts' responses only.
+	pin := &Policy{Secrets: []Secret{{Name: "PIN", Hosts: []string{"a.com"}, Placeholder: tokenPH, Value: NewSecretValue("1234")}}}
+	var hp scrubHistory
+	hp.observe(pin)
+	if sc := hp.scrubber(pin, "b.com"); sc == nil {
+		t.Error("responses not scrubbed once a value was seen")
+	} else if got := sc().Replace("pin=1234"); got != "pin=1234" {
+		t.Errorf("a short value scrubbed from another host's response: %q", got)
+	}
+	if got := hp.scrubber(pin, "a.com")().Replace("pin=1234"); got != "pin="+tokenPH {
+		t.Errorf("short value on its own host: %q", got)
 	}
 	// Short values are not scanned for (they would match ordinary text).
 	short := &Policy{Secrets: []Secret{{Name: "PIN", Hosts: []string{"a.com"}, Placeholder: tokenPH, Value: NewSecretValue("1234")}}}
