@@ -63,7 +63,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-const envDaemon = "GUESTFS_TEST_DAEMON_SPEC"
+const (
+	envDaemon = "GUESTFS_TEST_DAEMON_SPEC"
+	// envRestarted names a file the daemon appends a line to after each
+	// restart, so that the test can wait for one to be done.
+	envRestarted = "GUESTFS_TEST_RESTARTED"
+)
 
 // daemon serves spec with a Server and mounts it as told on fd 3.
 // SIGUSR1 replaces the Server with a new one (a supervisor restart).
@@ -99,6 +104,12 @@ func daemon(specJSON string) error {
 			}
 			mu.Unlock()
 			old.Close()
+			// Tell the test the old connection is gone: a request it
+			// sends from now on reaches the new Server.
+			if f, err := os.OpenFile(os.Getenv(envRestarted), os.O_WRONLY|os.O_APPEND, 0); err == nil {
+				f.WriteString("restarted\n")
+				f.Close()
+			}
 		}
 	}()
 	open := func() (io.ReadWriteCloser, error) {
@@ -138,13 +149,30 @@ type env struct {
 	guest  string // where the FUSE filesystem is mounted
 	spec   mounts.Spec
 	daemon *os.Process
+	// restarted is the daemon's file of restarts (see envRestarted).
+	restarted string
 }
 
 // restart replaces the host's Server with a new one and drops the
 // connection, as a supervisor restart does.
+// It returns once the old connection is closed: a request on the wire
+// at that moment would fail with EIO if it is not idempotent (as it
+// would in a VM), which is not what the tests look at.
 func (e *env) restart(t testing.TB) {
+	before, _ := os.ReadFile(e.restarted)
 	if err := e.daemon.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		after, _ := os.ReadFile(e.restarted)
+		if len(after) > len(before) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fs daemon did not restart")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -173,7 +201,11 @@ func mountSpec(t testing.TB, spec mounts.Spec) *env {
 	parent, child := os.NewFile(uintptr(fds[0]), "ctrl"), os.NewFile(uintptr(fds[1]), "ctrl")
 	specJSON, _ := json.Marshal(spec)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envDaemon+"="+string(specJSON))
+	restarted := filepath.Join(t.TempDir(), "restarted")
+	if err := os.WriteFile(restarted, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), envDaemon+"="+string(specJSON), envRestarted+"="+restarted)
 	if testing.Verbose() {
 		cmd.Env = append(cmd.Env, "GUESTFS_TEST_VERBOSE=1")
 	}
@@ -203,7 +235,7 @@ func mountSpec(t testing.TB, spec mounts.Spec) *env {
 	if err := guestfs.NewDaemonConn(parent).Mount(spec.ID, guest, spec.ReadOnly); err != nil {
 		t.Fatal(err)
 	}
-	return &env{host: spec.HostPath, guest: guest, spec: spec, daemon: cmd.Process}
+	return &env{host: spec.HostPath, guest: guest, spec: spec, daemon: cmd.Process, restarted: restarted}
 }
 
 func (e *env) g(p string) string { return filepath.Join(e.guest, p) }
