@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/gondolin/gondolin/internal/layout"
-	"github.com/gondolin/gondolin/vm/agent"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
@@ -220,10 +219,10 @@ func kernelCmdline(c Config, tscKHz int) string {
 		params = append(params, fmt.Sprintf("tsc_early_khz=%d", tscKHz), fmt.Sprintf("lpj=%d", tscKHz*4))
 	}
 	if c.Backing != "" {
-		params = append(params, agent.ParamRoot+"=/dev/vda")
+		params = append(params, agentproto.ParamRoot+"=/dev/vda")
 	}
 	if c.Debug {
-		params = append(params, agent.ParamDebug+"=1")
+		params = append(params, agentproto.ParamDebug+"=1")
 	}
 	return strings.Join(params, " ")
 }

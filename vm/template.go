@@ -17,7 +17,6 @@ import (
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
-	"github.com/gondolin/gondolin/vm/agent"
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"golang.org/x/sys/unix"
 )
@@ -440,7 +439,7 @@ const legacyDetachWait = 200 * time.Millisecond
 // check, true.
 func checkCommand(agentVersion int) []string {
 	if agentVersion >= 2 {
-		return []string{"/proc/1/exe", agent.CheckArg}
+		return []string{"/proc/1/exe", agentproto.CheckArg}
 	}
 	return []string{"true"}
 }

@@ -17,7 +17,7 @@ func main() {
 	// nobody can rerun: print every goroutine, runtime frames included,
 	// on the console (stderr), where the host looks for it.
 	debug.SetTraceback("system")
-	if len(os.Args) == 2 && os.Args[1] == agent.CheckArg {
+	if len(os.Args) == 2 && os.Args[1] == agentproto.CheckArg {
 		os.Stdout.WriteString("ok\n")
 		return
 	}

@@ -14,14 +14,8 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/kmod"
+	"github.com/gondolin/gondolin/vm/agentproto"
 	"golang.org/x/sys/unix"
-)
-
-// Kernel command line parameters the host passes to the agent.
-const (
-	ParamRoot       = "gondolin.root"       // block device holding the root filesystem
-	ParamRootFSType = "gondolin.rootfstype" // its filesystem type (default ext4)
-	ParamDebug      = "gondolin.debug"      // log boot timings to the console
 )
 
 const modulesDir = "/lib/modules"
@@ -39,7 +33,7 @@ func Init(logger *log.Logger) error {
 		return err
 	}
 	params := kernelParams() // needs /proc
-	debug := params[ParamDebug] != ""
+	debug := params[agentproto.ParamDebug] != ""
 	step := func(what string) {
 		if debug {
 			logger.Printf("%-12s %v", what, time.Since(start).Round(time.Millisecond))
@@ -51,8 +45,8 @@ func Init(logger *log.Logger) error {
 	}
 	step("modules")
 	holdFUSEModules()
-	if root := params[ParamRoot]; root != "" {
-		fstype := params[ParamRootFSType]
+	if root := params[agentproto.ParamRoot]; root != "" {
+		fstype := params[agentproto.ParamRootFSType]
 		if fstype == "" {
 			fstype = "ext4"
 		}

@@ -51,11 +51,6 @@ type Server struct {
 	needSetup atomic.Bool
 }
 
-// CheckArg, as the agent binary's only argument, makes it print "ok" and
-// exit: a command every guest can run (as /proc/1/exe), whatever its
-// image holds, which the host runs to check a restored template.
-const CheckArg = "-gondolin-check"
-
 // afterRestore is what a parked guest must redo when it runs again as a
 // restored copy, all of it through the host's Setup, before it runs
 // anything for the host:

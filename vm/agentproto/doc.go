@@ -17,5 +17,5 @@ const PortName = "org.gondolin.agent"
 
 // Version is bumped on any protocol change; the agent reports its own in
 // Info. 2: the PARK handshake, ops refused after a park until setup, and
-// the agent's self check (see vm/agent.CheckArg).
+// the agent's self check (see CheckArg).
 const Version = 2
