@@ -101,6 +101,26 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 	return c
 }
 
+// execInSession is exec --session: the same stdio and exit codes as a
+// one-shot exec, in an existing session.
+func execInSession(ref string, spec *sessions.Spec, args []string, term *terminal) error {
+	client, err := dialSupervisor(true)
+	if err != nil {
+		return err
+	}
+	req := sessions.ExecRequest{Argv: args, Env: spec.Env, Cwd: spec.Cwd, TTY: term.rows > 0, Rows: term.rows, Cols: term.cols}
+	sigs := make(chan int, 4)
+	go func() {
+		for s := range forwardSignals() {
+			sigs <- int(s)
+		}
+	}()
+	code, err := client.Exec(context.Background(), ref, req, sessions.ExecStreams{
+		Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Signals: sigs, Resizes: term.resizes,
+	})
+	return exitWith(code, err)
+}
+
 // rebuildWait bounds how long exec waits, after its command, for its
 // request that the supervisor rebuild a broken template.
 const rebuildWait = 3 * time.Second

@@ -2,19 +2,16 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/imagestore/debian"
 	"github.com/gondolin/gondolin/imagestore/oci"
 	"github.com/gondolin/gondolin/internal/progress"
-	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/spf13/cobra"
 )
 
@@ -134,7 +131,7 @@ func newImageLsCmd() *cobra.Command {
 			if asJSON {
 				return printJSON(images)
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			w := newTable()
 			fmt.Fprintln(w, "REF\tID\tKERNEL\tSOURCE\tSIZE\tCREATED")
 			for _, img := range images {
 				refs := strings.Join(img.Refs, ",")
@@ -181,42 +178,6 @@ func imageSource(m imagestore.Manifest) string {
 		return fmt.Sprintf("debian, %d packages", len(m.Packages))
 	}
 	return "import"
-}
-
-// printJSON prints v indented; what a guest or a registry chose cannot
-// act on the terminal (see termsafe.JSON).
-func printJSON(v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = os.Stdout.Write(append(termsafe.JSON(b), '\n'))
-	return err
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-func humanAge(d time.Duration) string {
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
 func newImagePullCmd() *cobra.Command {

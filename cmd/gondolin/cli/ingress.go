@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os"
-	"text/tabwriter"
 
 	"github.com/gondolin/gondolin/ingress"
 	"github.com/spf13/cobra"
@@ -52,7 +50,7 @@ func newIngressCmd() *cobra.Command {
 				if asJSON {
 					return printJSON(routes)
 				}
-				w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+				w := newTable()
 				fmt.Fprintln(w, "LISTEN\tGUEST PORT\tWEBSOCKETS")
 				for _, r := range routes {
 					fmt.Fprintf(w, "%s\t%d\t%v\n", r.Listen, r.GuestPort, !r.DisableWebSockets)

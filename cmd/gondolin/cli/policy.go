@@ -2,16 +2,10 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
-	"text/tabwriter"
-	"time"
 
-	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
@@ -93,7 +87,7 @@ func newPolicyCmd() *cobra.Command {
 
 func printPolicy(v sessions.PolicyView) {
 	p := v.Policy
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	w := newTable()
 	fmt.Fprintf(w, "allow\t%s\n", strings.Join(p.Allow, " "))
 	if len(p.Deny) > 0 {
 		fmt.Fprintf(w, "deny\t%s\n", strings.Join(p.Deny, " "))
@@ -139,74 +133,4 @@ func printPolicy(v sessions.PolicyView) {
 		fmt.Fprintf(w, "websockets\tdisabled\n")
 	}
 	w.Flush()
-}
-
-func newEventsCmd() *cobra.Command {
-	var follow, asJSON bool
-	c := &cobra.Command{
-		Use:   "events ID [-f] [--json]",
-		Short: "Show a session's network decisions (allowed and blocked requests)",
-		Args:  exactArgs(1, "a session"),
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			ch, err := client.NetworkEvents(ctx, args[0], follow)
-			if err != nil {
-				return err
-			}
-			for e := range ch {
-				if asJSON {
-					if err := printJSONLine(e); err != nil {
-						return err
-					}
-					continue
-				}
-				fmt.Println(formatNetEvent(e))
-			}
-			return nil
-		},
-	}
-	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new decisions")
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")
-	return c
-}
-
-func formatNetEvent(e netpolicy.Event) string {
-	target := e.Host
-	if e.Port != 0 {
-		target = fmt.Sprintf("%s:%d", e.Host, e.Port)
-	}
-	// Host, path, method, user and command are the guest's: escaped.
-	line := fmt.Sprintf("%s %-5s %-5s %s %s%s", e.Time.Local().Format(time.TimeOnly), e.Action, e.Proto,
-		termsafe.String(e.Method), termsafe.String(target), termsafe.String(e.Path))
-	if e.User != "" {
-		line += " user=" + termsafe.String(e.User)
-	}
-	if e.Command != "" {
-		line += fmt.Sprintf(" command=%q", e.Command)
-	}
-	if e.Rule != "" {
-		line += " rule=" + e.Rule
-	}
-	if len(e.Secrets) > 0 {
-		line += " secrets=" + strings.Join(e.Secrets, ",")
-	}
-	if e.Reason != "" {
-		line += " (" + termsafe.String(e.Reason) + ")"
-	}
-	return line
-}
-
-// printJSONLine prints v as one line, for streams.
-func printJSONLine(v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = os.Stdout.Write(append(termsafe.JSON(b), '\n'))
-	return err
 }

@@ -1,17 +1,22 @@
-// Package cli builds gondolin's command line: flag parsing and wiring
-// only; the work is done by the sessions, vm and imagestore packages.
+// Package cli is gondolin's command line: it parses flags, hands the work
+// to the supervisor through its API client (sessions.Client, starting the
+// supervisor on demand), prints the answer, and maps errors to exit codes.
+// A few commands work in this process instead: a one-shot exec (a
+// sessions.Runtime), the image commands (imagestore and its builders),
+// snapshot ls and inspect (the snapshot store), and the supervisor itself.
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termio"
-	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/snapshots"
 	"github.com/spf13/cobra"
@@ -67,12 +72,6 @@ func Run(args []string) int {
 	return code
 }
 
-// oneLine is err's message on one line, safe to print on a terminal: it
-// may quote what a guest said (an agent's error, a console line).
-func oneLine(err error) string {
-	return termsafe.String(strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ")), " "))
-}
-
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "gondolin",
@@ -119,6 +118,18 @@ func runtime() (*sessions.Runtime, error) {
 		return nil, err
 	}
 	return sessions.NewRuntime(home)
+}
+
+// dialSupervisor connects to the home's supervisor, starting it when
+// start is set.
+func dialSupervisor(start bool) (*sessions.Client, error) {
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: start})
 }
 
 // noArgs rejects positional arguments with a usage error.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
@@ -133,7 +132,7 @@ func newSnapshotLsCmd() *cobra.Command {
 			if asJSON {
 				return printJSON(out)
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			w := newTable()
 			fmt.Fprintln(w, "ID\tNAME\tKIND\tORIGIN\tSESSION\tIMAGE\tSIZE\tAGE\tPATH")
 			for _, s := range out {
 				origin := "this home"
@@ -175,12 +174,21 @@ func newSnapshotRmCmd() *cobra.Command {
 		Short: "Delete snapshots",
 		Args:  atLeastOne("a snapshot"),
 		RunE: func(c *cobra.Command, args []string) error {
-			store, err := snapshotStore()
-			if err != nil {
-				return err
-			}
+			var client *sessions.Client // dialled for the first ref that needs it
 			for _, ref := range args {
-				if err := store.Remove(ref); err != nil {
+				var err error
+				switch {
+				case !apiCarries(ref):
+					err = removeSnapshotHere(ref)
+				case client == nil:
+					if client, err = dialSupervisor(true); err != nil {
+						return err
+					}
+					fallthrough
+				default:
+					err = client.RemoveSnapshot(context.Background(), ref)
+				}
+				if err != nil {
 					return err
 				}
 				fmt.Println(ref)
@@ -188,4 +196,24 @@ func newSnapshotRmCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// apiCarries reports whether the supervisor can be asked about a
+// snapshot ref. A disk path cannot: the supervisor would read a relative
+// one from its own directory. Nor can "", "." and "..", which a URL path
+// cannot hold as a segment.
+func apiCarries(ref string) bool {
+	return !snapshots.IsPath(ref) && ref != "" && ref != "." && ref != ".."
+}
+
+// removeSnapshotHere answers rm for a ref the API cannot carry, in the
+// words and error class it always had. It deletes nothing: a disk path
+// names a file outside the store, which rm leaves to the user, and "",
+// "." and ".." are no snapshot's ID or name.
+func removeSnapshotHere(ref string) error {
+	store, err := snapshotStore()
+	if err != nil {
+		return err
+	}
+	return store.Remove(ref)
 }

@@ -77,18 +77,6 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 	return c
 }
 
-// dialSupervisor connects to the home's supervisor, starting it when
-// start is set.
-func dialSupervisor(start bool) (*sessions.Client, error) {
-	home, err := layout.DefaultHome()
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: start})
-}
-
 // templateLine describes one template for supervisor status.
 func templateLine(t vm.TemplateInfo) string {
 	what := termsafe.String(t.Label)

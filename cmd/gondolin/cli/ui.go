@@ -2,10 +2,7 @@ package cli
 
 import (
 	"context"
-	"time"
 
-	"github.com/gondolin/gondolin/internal/layout"
-	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/ui"
 	"github.com/spf13/cobra"
 )
@@ -24,13 +21,7 @@ func newUICmd() *cobra.Command {
 // runDashboard connects to the supervisor (starting it if none runs) and
 // opens the dashboard; quitting it leaves every VM running.
 func runDashboard() error {
-	home, err := layout.DefaultHome()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	client, err := sessions.Connect(ctx, home, sessions.ConnectOptions{Start: true})
-	cancel()
+	client, err := dialSupervisor(true)
 	if err != nil {
 		return err
 	}

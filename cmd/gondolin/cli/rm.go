@@ -1,0 +1,32 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+func newRmCmd() *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:   "rm [-f] ID...",
+		Short: "Remove stale or stopped sessions (-f stops live ones first)",
+		Args:  atLeastOne("a session: gondolin rm [-f] ID..."),
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				if err := client.Remove(context.Background(), ref, force); err != nil {
+					return err
+				}
+				fmt.Println(ref)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&force, "force", "f", false, "stop a live session first")
+	return c
+}

@@ -1,0 +1,30 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+func newStopCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop ID...",
+		Short: "Stop sessions' VMs (gracefully, then by force)",
+		Args:  atLeastOne("a session: gondolin stop ID..."),
+		RunE: func(c *cobra.Command, args []string) error {
+			client, err := dialSupervisor(true)
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				s, err := client.Stop(context.Background(), ref)
+				if err != nil {
+					return err
+				}
+				fmt.Println(s.ID)
+			}
+			return nil
+		},
+	}
+}
