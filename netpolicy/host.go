@@ -14,7 +14,7 @@ import (
 // special-purpose address registries that is not globally reachable (or
 // that, like 192.0.0.0/24 and 2001::/23, is a protocol block whose few
 // anycast addresses no guest needs). IPv6 outside 2000::/3 is reserved
-// and blocked as a whole (internalRange); IPv4-mapped addresses and
+// and blocked as a whole (InternalRange); IPv4-mapped addresses and
 // NAT64's 64:ff9b::/96 are classified by the IPv4 address they embed.
 var internalPrefixes = []struct {
 	prefix netip.Prefix

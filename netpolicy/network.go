@@ -211,21 +211,13 @@ func NewNetwork(opts Options) (*Network, error) {
 // secret values included (they never serialise).
 func (n *Network) Policy() Policy { return n.policy.Load().Clone() }
 
-// SetPolicy replaces the policy. It applies to the next DNS query, flow
-// and HTTP request (requests already sent upstream finish under the old
-// one). Secrets keep the placeholder their name had, so running guest
-// processes keep working; a new secret gets a fresh placeholder, which
-// reaches new guest processes once GuestEnv is sent to the agent again.
-func (n *Network) SetPolicy(p Policy) error {
-	return n.UpdatePolicy(func(cur *Policy) error {
-		*cur = p.Clone()
-		return nil
-	})
-}
-
 // UpdatePolicy edits the policy in place under a lock (so two concurrent
-// edits do not lose one another) and applies it as SetPolicy does. When
-// edit or validation fails nothing changes.
+// edits do not lose one another). The result applies to the next DNS
+// query, flow and HTTP request (requests already sent upstream finish
+// under the old one). Secrets keep the placeholder their name had, so
+// running guest processes keep working; a new secret gets a fresh
+// placeholder, which reaches new guest processes once GuestEnv is sent to
+// the agent again. When edit or validation fails nothing changes.
 func (n *Network) UpdatePolicy(edit func(*Policy) error) error {
 	n.policyMu.Lock()
 	defer n.policyMu.Unlock()

@@ -22,7 +22,8 @@ var ErrInvalid = errors.New("invalid")
 
 // Policy is what one VM's network may do. It is a plain value: the CLI
 // builds it from flags, the supervisor stores it (secret values are never
-// serialised) and hands it to a running Network with SetPolicy.
+// serialised) and hands it to a Network (Options.Policy, then
+// Network.UpdatePolicy).
 type Policy struct {
 	// Allow lists host patterns (see MatchHost) that HTTP and HTTPS
 	// requests may reach. Empty allows nothing; ["*"] allows every

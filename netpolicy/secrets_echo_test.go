@@ -35,8 +35,8 @@ const (
 type echoHandler struct {
 	mu   sync.Mutex
 	last []byte
-	seen []*http.Request // with the body read into seenBody
-	body [][]byte
+	seen []*http.Request
+	body [][]byte // seen's bodies, read
 }
 
 func (e *echoHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -62,7 +62,7 @@ func sniff(b []byte) flowKind {
 	return kindNeedMore
 }
 
-// tlsRecordComplete reports how many bytes the first TLS record needs in
+// tlsRecordLen reports how many bytes the first TLS record needs in
 // all, so the caller can wait for the whole ClientHello before parsing.
 func tlsRecordLen(b []byte) (int, bool) {
 	if len(b) < 5 {

@@ -128,7 +128,7 @@ func newNetStack(n *Network) (*netStack, error) {
 	}
 
 	// Every new guest TCP connection goes to the forwarder, which runs
-	// handleFlow once per SYN. maxInFlight bounds handshakes in progress
+	// handleFlow once per SYN. MaxHandshakes bounds handshakes in progress
 	// (a SYN flood beyond it is dropped); MaxFlows bounds the rest.
 	fwd := tcp.NewForwarder(s, 0, n.opts.MaxHandshakes, n.handleFlow)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)

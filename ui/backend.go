@@ -53,9 +53,3 @@ type StatusBackend interface {
 }
 
 var _ StatusBackend = (*sessions.Client)(nil)
-
-// MountSpecs puts the new-session form's mounts, in the CLI's
-// --mount-hostfs syntax (HOST:GUEST[:ro]), into a Spec. sessions.Spec has
-// no mounts yet, so the dashboard has none by default and the form says
-// so; wiring mounts later is setting Options.Mounts.
-type MountSpecs func(spec *sessions.Spec, mounts []string) error

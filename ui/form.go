@@ -49,13 +49,12 @@ type fieldError struct {
 func (e *fieldError) Error() string { return e.err.Error() }
 func (e *fieldError) Unwrap() error { return e.err }
 
-// errMountsUnsupported: sessions.Spec has no mounts yet.
-var errMountsUnsupported = errors.New("mounts: not supported by this version yet; leave it empty (gondolin bash --mount-hostfs when it lands)")
-
 // buildRequest validates the form and turns it into a create request. A
 // failure is a *fieldError naming the field to fix; nothing is sent.
-// getenv supplies secret values (the dashboard's environment).
-func buildRequest(v formValues, mounts MountSpecs, getenv func(string) string) (sessions.CreateRequest, error) {
+// getenv supplies secret values (the dashboard's environment). Mounts
+// take the CLI's --mount-hostfs syntax; their host directories are
+// resolved here, on the dashboard's host, as the CLI does.
+func buildRequest(v formValues, getenv func(string) string) (sessions.CreateRequest, error) {
 	fail := func(f int, err error) (sessions.CreateRequest, error) {
 		return sessions.CreateRequest{}, &fieldError{field: f, err: err}
 	}
@@ -114,10 +113,7 @@ func buildRequest(v formValues, mounts MountSpecs, getenv func(string) string) (
 				return fail(fieldMounts, fmt.Errorf("mount %q: %v", mt, err))
 			}
 		}
-		if mounts == nil {
-			return fail(fieldMounts, errMountsUnsupported)
-		}
-		if err := mounts(&spec, list); err != nil {
+		if err := spec.ParseMounts(list, nil); err != nil {
 			return fail(fieldMounts, err)
 		}
 	}
@@ -135,12 +131,16 @@ func buildRequest(v formValues, mounts MountSpecs, getenv func(string) string) (
 			field = fieldSecrets
 		case strings.Contains(msg, "allow"):
 			field = fieldHosts
+		case strings.Contains(msg, "mount"):
+			field = fieldMounts
 		}
 		return fail(field, err)
 	}
 	return sessions.CreateRequest{Spec: spec, SecretValues: spec.SecretValues()}, nil
 }
 
+// checkMount catches a mistyped mount before ParseMounts looks at the
+// host, with a message in the form's terms rather than the CLI flag's.
 func checkMount(s string) error {
 	parts := strings.Split(s, ":")
 	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
@@ -209,7 +209,7 @@ func (f *sessionForm) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 		f.focus = (f.focus + numFields - 1) % numFields
 		return false, f.focusCmd()
 	case "enter":
-		req, err := buildRequest(f.values(), m.opts.Mounts, os.Getenv)
+		req, err := buildRequest(f.values(), os.Getenv)
 		if err != nil {
 			var fe *fieldError
 			if errors.As(err, &fe) {
@@ -294,9 +294,6 @@ func (f *sessionForm) view(m *Model, w, h int) string {
 		f.inputs[i].SetWidth(max(inner-labelW-5, 8))
 		body = append(body, marker+label+" "+f.inputs[i].View())
 		hint := fieldHints[i]
-		if m.opts.Mounts == nil && i == fieldMounts {
-			hint = "not supported by this version yet"
-		}
 		if f.err != nil && f.err.field == i {
 			for _, l := range wrap(f.err.Error(), inner-labelW-3) {
 				body = append(body, strings.Repeat(" ", labelW+3)+m.st.errText.Render(l))

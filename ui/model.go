@@ -29,9 +29,6 @@ type Options struct {
 	// Attach runs the full-screen attach behind Enter; nil: Enter says
 	// attaching is not available.
 	Attach AttachFunc
-	// Mounts lets the new-session form pass mounts; nil: the form says
-	// this version does not take them yet.
-	Mounts MountSpecs
 	// UsageRefresh re-lists sessions at this interval while any is live,
 	// only to update the CPU and memory columns: the supervisor measures
 	// them when asked and sends no event for them. 0: never.

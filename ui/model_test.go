@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -43,6 +44,14 @@ func TestFilter(t *testing.T) {
 func TestBuildRequest(t *testing.T) {
 	env := map[string]string{"GH_TOKEN": "ghp_secret"}
 	getenv := func(k string) string { return env[k] }
+	src, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	form := func(kv ...any) formValues {
 		var v formValues
 		v[fieldImage] = "default:latest"
@@ -54,7 +63,6 @@ func TestBuildRequest(t *testing.T) {
 	tests := []struct {
 		name      string
 		v         formValues
-		mounts    MountSpecs
 		wantField int // -1: valid
 		wantErr   string
 		check     func(t *testing.T, req sessions.CreateRequest)
@@ -91,21 +99,18 @@ func TestBuildRequest(t *testing.T) {
 		{name: "mount syntax", v: form(fieldMounts, "/src"), wantField: fieldMounts, wantErr: "HOST:GUEST"},
 		{name: "mount relative guest", v: form(fieldMounts, "/src:work"), wantField: fieldMounts, wantErr: "absolute"},
 		{name: "mount bad mode", v: form(fieldMounts, "/src:/work:rx"), wantField: fieldMounts, wantErr: "ro or rw"},
-		{name: "mounts unsupported", v: form(fieldMounts, "/src:/work:ro"), wantField: fieldMounts, wantErr: "not supported"},
-		{name: "mounts once supported", v: form(fieldMounts, "/src:/work:ro"), wantField: -1,
-			mounts: func(s *sessions.Spec, m []string) error {
-				s.Env = append(s.Env, "MOUNTS="+strings.Join(m, ","))
-				return nil
-			},
+		{name: "mount host missing", v: form(fieldMounts, src+"/nope:/work:ro"), wantField: fieldMounts, wantErr: "does not exist"},
+		{name: "mounts", v: form(fieldMounts, src+":/work:ro "+data+":/data"), wantField: -1,
 			check: func(t *testing.T, r sessions.CreateRequest) {
-				if len(r.Spec.Env) != 1 || r.Spec.Env[0] != "MOUNTS=/src:/work:ro" {
-					t.Errorf("mounts not passed: %+v", r.Spec)
+				m := r.Spec.Mounts
+				if len(m) != 2 || m[0].HostPath != src || m[0].GuestPath != "/work" || !m[0].ReadOnly || m[1].HostPath != data || m[1].GuestPath != "/data" || m[1].ReadOnly {
+					t.Errorf("mounts %+v", m)
 				}
 			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, err := buildRequest(tt.v, tt.mounts, getenv)
+			req, err := buildRequest(tt.v, getenv)
 			if tt.wantField < 0 {
 				if err != nil {
 					t.Fatal(err)

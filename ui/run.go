@@ -29,9 +29,6 @@ func Run(ctx context.Context, client *sessions.Client) error {
 			return sessions.AttachTerminal(ctx, client, ref, pty, keys, in, out)
 		},
 		UsageRefresh: usageRefresh,
-		Mounts: func(spec *sessions.Spec, list []string) error {
-			return spec.ParseMounts(list, nil)
-		},
 	})
 	_, err = tea.NewProgram(m, tea.WithContext(ctx)).Run()
 	return err

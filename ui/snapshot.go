@@ -61,7 +61,7 @@ func (m *Model) openSnapshot() tea.Cmd {
 	return d.name.Focus()
 }
 
-// snapTick animates the dialog while the supervisor works: its API
+// tick animates the dialog while the supervisor works: its API
 // answers once, at the end, so the dialog shows time spent, not a
 // fraction done.
 func (d *snapshotDialog) tick() tea.Cmd {

@@ -37,7 +37,7 @@ func TestViews(t *testing.T) {
 		{name: "filter_no_match", w: 80, h: 24, keys: []string{"/", "nothing-like-this", "enter"}},
 		{name: "new_session_form", w: 80, h: 24, keys: []string{"n"}},
 		{name: "new_session_invalid_memory", w: 80, h: 24, keys: []string{"n", "tab", "web", "tab", "2", "tab", "12", "enter"}},
-		{name: "new_session_mounts_unsupported", w: 80, h: 24, keys: []string{"n", "tab", "tab", "tab", "tab", "/src:/work:ro", "enter"}},
+		{name: "new_session_mount_missing", w: 80, h: 24, keys: []string{"n", "tab", "tab", "tab", "tab", "/nonexistent/src:/work:ro", "enter"}},
 		{name: "confirm_stop", w: 80, h: 24, keys: []string{"x"}},
 		{name: "confirm_remove", w: 80, h: 24, keys: []string{"j", "j", "d"}},
 		{name: "remove_live_refused", w: 80, h: 24, keys: []string{"d"}},

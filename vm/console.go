@@ -244,7 +244,7 @@ func (m *Machine) consoleStart() int64 {
 	return m.consoleFrom
 }
 
-// GuestError explains why a wait for the guest ended: the guest crashed
+// guestError explains why a wait for the guest ended: the guest crashed
 // or QEMU exited (with the end of the console), or err itself.
 func (m *Machine) guestError(gctx context.Context, err error) error {
 	cause := context.Cause(gctx)

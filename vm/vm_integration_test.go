@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testImage returns a VM config for the default image in a test home.
+// testConfig returns a VM config for the default image in a test home.
 func testConfig(t *testing.T, home layout.Home, name string) Config {
 	t.Helper()
 	store, err := imagestore.Open(home.Images())

@@ -141,7 +141,6 @@ const (
 	SetMtime    = 1 << 3
 	SetAtimeNow = 1 << 4 // with SetAtime: use the host's current time
 	SetMtimeNow = 1 << 5
-	setAll      = 1<<6 - 1
 )
 
 // Time is a timestamp: seconds and nanoseconds since the epoch.

@@ -57,9 +57,6 @@ func (m *Mounted) Unmount() error {
 	return err
 }
 
-// Wait returns when the filesystem is unmounted.
-func (m *Mounted) Wait() { m.server.Wait() }
-
 // Mount mounts the host mount id, served through c, at dir, served from
 // this process: one that never starts child processes (see RunDaemon for
 // why). It needs /dev/fuse and root privileges (no fusermount). It waits

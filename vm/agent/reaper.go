@@ -98,7 +98,7 @@ func (r *reaper) reapOwn() {
 	}
 }
 
-// exitStatus converts a wait status into the shell's convention.
+// exitStatusOf converts a wait status into the shell's convention.
 func exitStatusOf(ws unix.WaitStatus) (code, signal int) {
 	if ws.Signaled() {
 		return 128 + int(ws.Signal()), int(ws.Signal())

@@ -133,9 +133,6 @@ func New(dir string, opts Options) (*Tree, error) {
 // Close releases the tree's directory handle; the files stay.
 func (t *Tree) Close() error { return t.root.Close() }
 
-// Dir is the staging directory.
-func (t *Tree) Dir() string { return t.dir }
-
 // pathUsage is what Usage counts for every path besides its content: an
 // inode and, for most, a block. Charging it also bounds the tree's own
 // record, which grows with every path.
