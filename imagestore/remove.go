@@ -16,7 +16,7 @@ import (
 type RemoveOptions struct {
 	// InUse, when set, names what still uses the image with the given ID
 	// (sessions, snapshots: things this package does not know about).
-	// UsersIn(home) reads them from a gondolin home.
+	// sessions.ImageUsers(home) names them in a gondolin home.
 	InUse func(imageID string) ([]string, error)
 	// Force removes an image even while InUse names users.
 	Force bool

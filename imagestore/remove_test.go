@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gondolin/gondolin/internal/layout"
 )
 
 // putParts stores an image made of the given kernel and initramfs
@@ -256,31 +254,5 @@ func TestRemoveWaitsForWriters(t *testing.T) {
 	}
 	if _, err := s.Resolve("built"); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestUsersIn(t *testing.T) {
-	home := layout.Home(t.TempDir())
-	users := UsersIn(home)
-	if got, err := users("sha256:" + strings.Repeat("a", 64)); err != nil || len(got) != 0 {
-		t.Fatalf("empty home: %v, %v", got, err)
-	}
-	id := "sha256:" + strings.Repeat("a", 64)
-	other := "sha256:" + strings.Repeat("b", 64)
-	write := func(p, data string) {
-		os.MkdirAll(filepath.Dir(p), 0o700)
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(filepath.Join(home.Session("0123456789ab"), layout.SpecFile), `{"id":"0123456789ab","image_id":"`+id+`","spec":{"name":"work"}}`)
-	write(filepath.Join(home.Session("ba9876543210"), layout.SpecFile), `{"id":"ba9876543210","image_id":"`+id+`","spec":{}}`)
-	write(filepath.Join(home.Session("cccccccccccc"), layout.SpecFile), `{"image_id":"`+other+`"}`)
-	write(filepath.Join(home.Session("dddddddddddd"), layout.SpecFile), `{corrupt`)
-	write(filepath.Join(home.Snapshots(), "s1", "meta.json"), `{"id":"s1","name":"before-upgrade","image_id":"`+id+`"}`)
-	got, err := users(id)
-	want := []string{"session 0123456789ab (work)", "session ba9876543210", "snapshot s1 (before-upgrade)"}
-	if err != nil || !reflect.DeepEqual(got, want) {
-		t.Fatalf("users = %q, %v; want %q", got, err, want)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore/debian"
 	"github.com/gondolin/gondolin/imagestore/oci"
 	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
 
@@ -264,7 +265,7 @@ all its refs. An image that a session or snapshot uses stays unless -f.`,
 				return err
 			}
 			opts := imagestore.RemoveOptions{
-				InUse: imagestore.UsersIn(rt.Home),
+				InUse: sessions.ImageUsers(rt.Home),
 				Force: force,
 				Waiting: func() {
 					fmt.Fprintln(os.Stderr, "waiting for a build, pull or import to finish...")
