@@ -141,8 +141,8 @@ func rawBoot(e *env, cfg vm.Config, tmplDir string) (time.Duration, error) {
 	cfg.Dir = dir
 	backing, format := cfg.Backing, "qcow2"
 	if tmplDir != "" {
-		backing = filepath.Join(tmplDir, "disk.qcow2")
-		cfg.Restore = filepath.Join(tmplDir, "state.zst")
+		backing = filepath.Join(tmplDir, layout.Disk)
+		cfg.Restore = filepath.Join(tmplDir, layout.SavedState)
 	}
 	overlay := filepath.Join(dir, layout.Disk)
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", format, "-b", backing, overlay).CombinedOutput(); err != nil {

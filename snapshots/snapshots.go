@@ -34,18 +34,19 @@ const (
 	Live Kind = "live" // disk, RAM and devices: a resume continues it
 )
 
-// File names in a snapshot directory (or beside an --output disk file).
+// File names in a snapshot directory (or beside an --output disk file),
+// as internal/layout names them.
 const (
-	MetaFile  = "meta.json"
-	DiskFile  = "disk.qcow2"
-	StateFile = "state.zst"
+	MetaFile  = layout.SnapshotMeta
+	DiskFile  = layout.Disk
+	StateFile = layout.SavedState
 )
 
 // Sidecar suffixes of a snapshot written to a path of the user's choice
 // (PATH is the disk; PATH.json and PATH.state.zst go beside it).
 const (
-	SidecarMeta  = ".json"
-	SidecarState = ".state.zst"
+	SidecarMeta  = layout.SnapshotSidecarMeta
+	SidecarState = layout.SnapshotSidecarState
 )
 
 // Errors, checked with errors.Is.

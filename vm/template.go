@@ -47,7 +47,7 @@ type Templates struct {
 
 // Template file names.
 const (
-	templateState = "state.zst"
+	templateState = layout.SavedState
 	// templateDisk is the template VM's own overlay, kept where it was
 	// made (layout.Disk) and frozen.
 	templateDisk    = layout.Disk

@@ -69,6 +69,28 @@ const (
 	StateFile    = "state.json"
 )
 
+// A saved machine (a template, a snapshot) keeps its RAM and device
+// state in SavedState, zstd-compressed, beside its frozen Disk.
+const SavedState = "state.zst"
+
+// Files of the snapshot store (Home.Snapshots): each snapshot directory
+// holds SnapshotMeta beside its Disk and SavedState. A snapshot written to
+// a path of the user's choice (PATH is the disk) keeps its metadata and
+// state beside it, in PATH+SnapshotSidecarMeta and
+// PATH+SnapshotSidecarState.
+const (
+	SnapshotMeta         = "meta.json"
+	SnapshotSidecarMeta  = ".json"
+	SnapshotSidecarState = ".state.zst"
+)
+
+// AccelCache, in the home, remembers whether KVM worked here (a probe
+// boot costs seconds).
+const AccelCache = "accel.json"
+
+// SessionSSHDir, in a session's directory, holds its --ssh access keys.
+const SessionSSHDir = "ssh"
+
 // SnapshotKeyFile, in the snapshot store (Home.Snapshots), holds the
 // home's secret key: 32 random bytes, made on first use, that sign the
 // metadata of every snapshot this home takes. A resume trusts a
