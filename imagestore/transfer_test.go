@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/imagestore/internal/format/elftest"
+	"github.com/gondolin/gondolin/internal/testreq"
 )
 
 // Guest files that pass the import checks.
@@ -51,13 +52,7 @@ func testCpio(files ...string) []byte {
 
 func needTool(t *testing.T, name string) string {
 	t.Helper()
-	for _, dir := range []string{"", "/usr/sbin/", "/sbin/"} {
-		if p, err := exec.LookPath(dir + name); err == nil {
-			return p
-		}
-	}
-	t.Skipf("%s not installed", name)
-	return ""
+	return testreq.Tool(t, name)
 }
 
 // testQcow2 makes a small empty qcow2 disk (with args, e.g. a backing

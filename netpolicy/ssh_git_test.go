@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gondolin/gondolin/internal/testreq"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -27,9 +28,7 @@ func TestSSHEgressOpenSSHGit(t *testing.T) {
 		t.Skip("runs ssh and git")
 	}
 	for _, tool := range []string{"ssh", "git", "git-upload-pack", "busybox"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("no %s on this host", tool)
-		}
+		testreq.Tool(t, tool)
 	}
 	keyPath, _, pub := sshKeyFile(t, "")
 	up := newSSHUpstream(t, pub)

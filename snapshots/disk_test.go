@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/gondolin/gondolin/internal/qcow2"
+	"github.com/gondolin/gondolin/internal/testreq"
 )
 
 // qcow2At creates a 16M qcow2 at path with qemu-img.
@@ -48,9 +49,7 @@ func header(t *testing.T, path string) qcow2.Header {
 // opened, and becomes this home's image root disk when it is named after
 // it; anything that would make QEMU open another file is refused.
 func TestForeignBacking(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	testreq.Tool(t, "qemu-img")
 	const digest = "0cc494d8e36cc79605e34d3e846a360ad6781742818154d00c7305b32e7300a5"
 	base := qcow2At(t, filepath.Join(t.TempDir(), digest))
 	// Another home's copy of the same image: a foreign snapshot's disk

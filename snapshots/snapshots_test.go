@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/testreq"
 )
 
 // fakeSnapshot commits a snapshot whose disk and state are plain files.
@@ -140,9 +142,7 @@ func TestIsPathAndNames(t *testing.T) {
 // TestBareDiskOpensAsDiskCheckpoint needs qemu-img: a disk file without
 // its metadata resumes as a disk checkpoint of the image its backing names.
 func TestBareDiskOpensAsDiskCheckpoint(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	testreq.Tool(t, "qemu-img")
 	dir := t.TempDir()
 	base := filepath.Join(dir, "0cc494d8e36cc79605e34d3e846a360ad6781742818154d00c7305b32e7300a5")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "16M").CombinedOutput(); err != nil {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/testreq"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -399,9 +400,7 @@ func TestListenAddress(t *testing.T) {
 // The printed command works with the host's real OpenSSH client, host
 // key verified, in an ordinary directory and in an awkward one.
 func TestOpenSSHCommand(t *testing.T) {
-	if _, err := exec.LookPath("ssh"); err != nil {
-		t.Skip("no ssh on this host")
-	}
+	testreq.Tool(t, "ssh")
 	for _, dir := range []string{"ssh", "a dir with spaces, 100% odd"} {
 		t.Run(dir, func(t *testing.T) {
 			s := newServer(t, Options{Dir: filepath.Join(t.TempDir(), dir)})

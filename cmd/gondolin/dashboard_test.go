@@ -15,6 +15,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testreq"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -27,12 +28,7 @@ type tmuxServer struct {
 
 func newTmux(t *testing.T) *tmuxServer {
 	t.Helper()
-	if _, err := exec.LookPath("tmux"); err != nil {
-		if os.Getenv(testenv.EnvRequireVM) != "" {
-			t.Fatal("the dashboard test needs tmux (apt-get install tmux)")
-		}
-		t.Skip("tmux is not installed")
-	}
+	testreq.Tool(t, "tmux")
 	s := &tmuxServer{t: t, socket: fmt.Sprintf("gd-dash-%d-%d", os.Getpid(), time.Now().UnixNano())}
 	t.Cleanup(func() { exec.Command("tmux", "-L", s.socket, "kill-server").Run() })
 	return s

@@ -11,6 +11,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
 	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/internal/testreq"
 )
 
 func TestCheckAgent(t *testing.T) {
@@ -116,7 +117,7 @@ func TestBuildRejectsBadInputEarly(t *testing.T) {
 func TestFinishRootfs(t *testing.T) {
 	busybox, err := lookTool("busybox")
 	if err != nil || checkAgent(busybox) != nil {
-		t.Skip("no static busybox on this machine")
+		testreq.Skipf(t, "no static busybox on this machine (apt-get install busybox-static)")
 	}
 	bb, _ := os.ReadFile(busybox)
 	staging := filepath.Join(t.TempDir(), "root")

@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/testreq"
 )
 
 func TestParse(t *testing.T) {
@@ -38,10 +40,7 @@ func TestScript(t *testing.T) {
 		t.Fatalf("result %+v", r)
 	}
 	t.Log(r)
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("no busybox")
-	}
+	bb := testreq.Tool(t, "busybox")
 	dir := t.TempDir()
 	cmd := exec.Command(bb, "sh", "-c", Script, "fsbench", dir)
 	cmd.Env = append([]string{"PATH=/nonexistent"}, o.Env()...)

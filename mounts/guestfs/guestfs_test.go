@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/testreq"
 	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/mounts/guestfs"
 	"golang.org/x/sys/unix"
@@ -36,11 +37,11 @@ import (
 func needFUSE(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount FUSE without fusermount")
+		testreq.Skipf(t, "needs root to mount FUSE without fusermount")
 	}
 	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
 	if err != nil {
-		t.Skipf("no usable /dev/fuse: %v", err)
+		testreq.Skipf(t, "no usable /dev/fuse: %v", err)
 	}
 	f.Close()
 }
@@ -552,9 +553,9 @@ func TestReadOnlyMount(t *testing.T) {
 func TestExecFromMount(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	e := mount(t, false)
-	b, err := os.ReadFile("/usr/bin/busybox")
+	b, err := os.ReadFile(testreq.Tool(t, "busybox"))
 	if err != nil {
-		t.Skip("no busybox to copy")
+		t.Fatal(err)
 	}
 	os.WriteFile(e.g("busybox"), b, 0o755)
 	done := make(chan string)

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/gondolin/gondolin/internal/testreq"
 )
 
 func TestMissingToolNamesPackage(t *testing.T) {
@@ -21,7 +23,7 @@ func TestMissingToolNamesPackage(t *testing.T) {
 
 func TestSbinToolsFoundWithoutSbinInPath(t *testing.T) {
 	if _, err := os.Stat("/usr/sbin/mke2fs"); err != nil {
-		t.Skip("no /usr/sbin/mke2fs")
+		testreq.Skipf(t, "no /usr/sbin/mke2fs")
 	}
 	t.Setenv("PATH", "/usr/bin:/bin")
 	if p, err := LookTool("mke2fs"); err != nil || !strings.HasSuffix(p, "sbin/mke2fs") {
