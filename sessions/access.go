@@ -72,8 +72,9 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 	for _, e := range errs {
 		s.accessErrs = append(s.accessErrs, e.Error())
 	}
-	s.saveStateLocked()
+	save := s.copyStateLocked()
 	s.mu.Unlock()
+	save.write()
 	return errors.Join(errs...)
 }
 
@@ -175,25 +176,35 @@ func (sv *Supervisor) AddRoute(ref string, r ingress.Route) (ingress.Route, erro
 	if err != nil {
 		return ingress.Route{}, err
 	}
+	got, save, err := s.addRoute(r)
+	if err != nil {
+		return ingress.Route{}, err
+	}
+	save.write()
+	sv.emit(Event{Type: EventIngress, Session: s.rec.ID})
+	return got, nil
+}
+
+// addRoute opens r under the session's lock and returns the state for
+// the caller to write once the lock is released.
+func (s *session) addRoute(r ingress.Route) (ingress.Route, stateWrite, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, _ := s.derivedLocked(); st != Live {
-		return ingress.Route{}, errorf(ErrUnavailable, "session %s is %s", s.rec.ID, st)
+		return ingress.Route{}, stateWrite{}, errorf(ErrUnavailable, "session %s is %s", s.rec.ID, st)
 	}
 	if s.net == nil {
-		return ingress.Route{}, errorf(ErrInvalid, "session %s has no network", s.rec.ID)
+		return ingress.Route{}, stateWrite{}, errorf(ErrInvalid, "session %s has no network", s.rec.ID)
 	}
 	if s.gw == nil {
-		s.gw = ingress.New(s.net.DialGuest, ingress.Options{Logger: sv.rt.Log})
+		s.gw = ingress.New(s.net.DialGuest, ingress.Options{Logger: s.sv.rt.Log})
 	}
 	got, err := s.gw.Add(r)
 	if err != nil {
-		return ingress.Route{}, ingressError(err)
+		return ingress.Route{}, stateWrite{}, ingressError(err)
 	}
 	s.state.Routes = s.gw.List()
-	s.saveStateLocked()
-	sv.emit(Event{Type: EventIngress, Session: s.rec.ID})
-	return got, nil
+	return got, s.copyStateLocked(), nil
 }
 
 // RemoveRoute closes an ingress route.
@@ -202,18 +213,28 @@ func (sv *Supervisor) RemoveRoute(ref, listen string) error {
 	if err != nil {
 		return err
 	}
+	save, err := s.removeRoute(listen)
+	if err != nil {
+		return err
+	}
+	save.write()
+	sv.emit(Event{Type: EventIngress, Session: s.rec.ID})
+	return nil
+}
+
+// removeRoute closes a route under the session's lock and returns the
+// state for the caller to write once the lock is released.
+func (s *session) removeRoute(listen string) (stateWrite, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gw == nil {
-		return errorf(ErrNotFound, "session %s has no ingress route %s", s.rec.ID, listen)
+		return stateWrite{}, errorf(ErrNotFound, "session %s has no ingress route %s", s.rec.ID, listen)
 	}
 	if err := s.gw.Remove(listen); err != nil {
-		return ingressError(err)
+		return stateWrite{}, ingressError(err)
 	}
 	s.state.Routes = s.gw.List()
-	s.saveStateLocked()
-	sv.emit(Event{Type: EventIngress, Session: s.rec.ID})
-	return nil
+	return s.copyStateLocked(), nil
 }
 
 func ingressError(err error) error {

@@ -33,6 +33,7 @@ func testAPI(t *testing.T) (*Client, layout.Home) {
 		t.Fatal(err)
 	}
 	sv := NewSupervisor(rt, log.New(io.Discard, "", 0))
+	t.Cleanup(sv.Close) // after the server's, registered below
 	ln, err := net.Listen("unix", home.SupervisorSocket())
 	if err != nil {
 		t.Fatal(err)

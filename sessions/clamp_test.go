@@ -61,6 +61,7 @@ func TestTerminalOutputCannotHangTheSupervisor(t *testing.T) {
 	}()
 	select {
 	case <-done:
+		defer p.close()
 	case <-time.After(30 * time.Second):
 		t.Fatal("the emulator is still busy with one line of output")
 	}
@@ -94,6 +95,7 @@ func FuzzTerminalOutput(f *testing.F) {
 		}()
 		select {
 		case <-done:
+			p.close()
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%d bytes of output kept the emulator busy for 5 s: %q", len(data), data)
 		}

@@ -185,8 +185,9 @@ func (s *session) changePolicy(ctx context.Context, ch PolicyChange) (PolicyView
 	p := n.Policy()
 	s.mu.Lock()
 	s.state.Policy = &p
-	s.saveStateLocked()
+	save := s.copyStateLocked()
 	s.mu.Unlock()
+	save.write()
 	if secretsChanged && a != nil {
 		a.Setup(ctx, agentproto.Setup{Env: n.GuestEnv()})
 	}

@@ -32,6 +32,10 @@ type pty struct {
 	emuMu sync.Mutex
 	emu   *vt.Emulator
 	clamp ctlClamp
+	// drained is closed when the goroutine that drains the emulator's
+	// answers returns; closed is set (under emuMu) once close has run.
+	drained chan struct{}
+	closed  bool
 
 	mu      sync.Mutex
 	rows    uint16
@@ -56,16 +60,48 @@ func newPTY(id uint64, argv []string, created time.Time, main bool, rows, cols u
 	}
 	p := &pty{id: id, argv: argv, created: created, main: main, rows: rows, cols: cols, running: true,
 		clients: map[*ptyClient]struct{}{}}
-	p.emu = newEmulator(rows, cols)
+	p.emu, p.drained = newEmulator(rows, cols)
 	return p
 }
 
-func newEmulator(rows, cols uint16) *vt.Emulator {
+// newEmulator returns an emulator and a channel closed when the goroutine
+// draining it has returned (see closeEmulator).
+func newEmulator(rows, cols uint16) (*vt.Emulator, chan struct{}) {
 	emu := vt.NewEmulator(int(cols), int(rows))
+	drained := make(chan struct{})
 	// The emulator answers terminal queries on its input pipe; the real
-	// terminals of attached clients answer the guest, so drop these.
-	go io.Copy(io.Discard, emu)
-	return emu
+	// terminals of attached clients answer the guest, so drop these. The
+	// pipe is synchronous: without a reader, a query would block output.
+	go func() {
+		defer close(drained)
+		io.Copy(io.Discard, emu)
+	}()
+	return emu, drained
+}
+
+// closeEmulator ends the draining goroutine and closes emu. The pipe is
+// closed first and the goroutine waited for, because emu.Close sets a
+// flag that emu.Read reads without a lock (x/vt v0.1.0): closing it
+// while the goroutine may be in Read is a data race.
+func closeEmulator(emu *vt.Emulator, drained <-chan struct{}) {
+	if c, ok := emu.InputPipe().(io.Closer); ok {
+		c.Close()
+		<-drained
+	}
+	emu.Close()
+}
+
+// close releases the emulator and its goroutine when the terminal's
+// session goes (removed, or the supervisor closing): the screen is not
+// needed any more. Output that arrives later is dropped.
+func (p *pty) close() {
+	p.emuMu.Lock()
+	defer p.emuMu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	closeEmulator(p.emu, p.drained)
 }
 
 // output feeds bytes that start at offset in the guest's output ring.
@@ -75,6 +111,9 @@ func newEmulator(rows, cols uint16) *vt.Emulator {
 func (p *pty) output(offset uint64, data []byte) {
 	p.emuMu.Lock()
 	defer p.emuMu.Unlock()
+	if p.closed {
+		return
+	}
 	p.mu.Lock()
 	end := offset + uint64(len(data))
 	if end <= p.offset {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -43,13 +44,16 @@ type Supervisor struct {
 	rebuilding map[string]bool
 	buildMu    sync.Mutex
 
-	// Work that must not be cut off by the process exiting (template
-	// rebuilds, creates and snapshots, which pause or freeze a VM) is
-	// counted in bg; Close sets closed, cancels bgCtx and waits for it.
-	bgCtx    context.Context
-	bgCancel context.CancelFunc
-	bg       sync.WaitGroup
-	closed   bool
+	// ctx is the supervisor's root context: every session's and every
+	// background loop's derives from it, and Close cancels it. Work that
+	// must not be cut off by the process exiting (template rebuilds,
+	// creates and snapshots, which pause or freeze a VM) and the loops
+	// that run until Close (usage reports, session watchers) are counted
+	// in bg; Close sets closed, cancels ctx and waits for bg.
+	ctx    context.Context
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
+	closed bool
 }
 
 // usageInterval is how often followers hear about live sessions' usage.
@@ -70,7 +74,7 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 
 		rebuilding: map[string]bool{},
 	}
-	sv.bgCtx, sv.bgCancel = context.WithCancel(context.Background())
+	sv.ctx, sv.cancel = context.WithCancel(context.Background())
 	rt.Notice = func(msg string) { sv.log.Print(msg) }
 	// Warnings and errors only: what needs a look (a contained panic).
 	rt.Log = slog.New(slog.NewTextHandler(logger.Writer(), &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -86,6 +90,7 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 			sv.log.Printf("rebuild template: %v", err)
 		}
 	}
+	sv.bg.Add(1)
 	go sv.reportUsage()
 	return sv
 }
@@ -120,7 +125,7 @@ func (sv *Supervisor) RebuildTemplate(spec Spec) error {
 	if err := spec.Validate(); err != nil {
 		return err
 	}
-	cfg, err := sv.rt.TemplateConfig(sv.bgCtx, &spec)
+	cfg, err := sv.rt.TemplateConfig(sv.ctx, &spec)
 	if err != nil {
 		return err
 	}
@@ -150,7 +155,7 @@ func (sv *Supervisor) RebuildTemplate(spec Spec) error {
 		}()
 		sv.buildMu.Lock()
 		defer sv.buildMu.Unlock()
-		ctx, cancel := context.WithTimeout(sv.bgCtx, templateBuildTimeout)
+		ctx, cancel := context.WithTimeout(sv.ctx, templateBuildTimeout)
 		defer cancel()
 		if ctx.Err() != nil {
 			return
@@ -172,7 +177,15 @@ func (sv *Supervisor) RebuildTemplate(spec Spec) error {
 // reportUsage tells followers, now and then, that live sessions' CPU and
 // memory figures have moved.
 func (sv *Supervisor) reportUsage() {
-	for range time.Tick(usageInterval) {
+	defer sv.bg.Done()
+	tick := time.NewTicker(usageInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-sv.ctx.Done():
+			return
+		case <-tick.C:
+		}
 		if sv.events.followers() == 0 {
 			continue
 		}
@@ -186,9 +199,25 @@ func (sv *Supervisor) reportUsage() {
 type session struct {
 	sv  *Supervisor
 	rec Record
+	// ctx ends when the session goes (removed, or the supervisor
+	// closing): its watcher stops with it. Set by newSession.
+	ctx    context.Context
+	cancel context.CancelFunc
 
-	mu    sync.Mutex
-	state StateRecord
+	// state.json is written outside mu (an fsync must not hold up List):
+	// version counts the states copied under mu for writing, writeMu
+	// orders the writes, written is the version state.json holds and
+	// removed says the directory is gone, so that an older state never
+	// overwrites a newer one and nothing is written after removal.
+	writeMu sync.Mutex
+	written uint64 // under writeMu
+	removed bool   // under writeMu
+
+	mu      sync.Mutex
+	state   StateRecord
+	version uint64 // of state, counted by copyStateLocked
+	closed  bool   // close has run: no terminal may be added
+
 	m     *vm.Machine        // nil when no VM is known to run
 	agent *vm.Agent          // nil while not connected
 	net   *netpolicy.Network // nil without a network
@@ -213,6 +242,41 @@ type session struct {
 	cpu          cpuSample
 }
 
+// newSession makes the supervisor's record of one session; close
+// releases what it holds.
+func (sv *Supervisor) newSession(rec Record, st StateRecord) *session {
+	s := &session{sv: sv, rec: rec, state: st, ptys: map[uint64]*pty{}}
+	s.ctx, s.cancel = context.WithCancel(sv.ctx)
+	return s
+}
+
+// close releases what the session holds in this process when it goes
+// (removed, or the supervisor closing): its watcher stops and its
+// terminals' emulators are freed. The VM is not touched.
+func (s *session) close() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.mu.Lock()
+	s.closed = true
+	ptys := s.ptyList()
+	s.mu.Unlock()
+	for _, p := range ptys {
+		p.close()
+	}
+}
+
+// goWatch starts s's watcher, unless the supervisor is closing.
+func (sv *Supervisor) goWatch(s *session) {
+	if !sv.track() {
+		return
+	}
+	go func() {
+		defer sv.bg.Done()
+		s.watch()
+	}()
+}
+
 type cpuSample struct {
 	ticks uint64
 	at    time.Time
@@ -235,7 +299,7 @@ func (sv *Supervisor) Adopt(ctx context.Context) {
 			sv.log.Printf("skip %s: %v", id, err)
 			continue
 		}
-		s := &session{sv: sv, rec: rec, state: st, ptys: map[uint64]*pty{}}
+		s := sv.newSession(rec, st)
 		for _, pr := range st.PTYs {
 			p := newPTY(pr.ID, pr.Argv, pr.Created, pr.Main, 0, 0)
 			p.running = false
@@ -296,7 +360,7 @@ func (sv *Supervisor) Adopt(ctx context.Context) {
 			} else {
 				sv.log.Printf("adopted %s (qemu %d)", id, m.PID())
 			}
-			go s.watch()
+			sv.goWatch(s)
 		}()
 	}
 	wg.Wait()
@@ -434,8 +498,11 @@ func (s *session) markBroken(pe *contain.PanicError) {
 }
 
 // watch follows the VM and the agent connection for the session's life:
-// a lost connection is retried, a dead VM makes the session stale.
+// a lost connection is retried, a dead VM makes the session stale. It
+// returns when the session goes or the supervisor closes (s.ctx ends):
+// a connection that Close dropped is not made again.
 func (s *session) watch() {
+	gone := s.ctx.Done()
 	for {
 		s.mu.Lock()
 		m, a := s.m, s.agent
@@ -448,11 +515,15 @@ func (s *session) watch() {
 			agentDone = a.Done()
 		}
 		select {
+		case <-gone:
+			return
 		case <-m.Exited():
 			s.vmExited(m)
 			return
 		case <-agentDone:
 			select {
+			case <-gone:
+				return
 			case <-m.Exited():
 				s.vmExited(m)
 				return
@@ -468,21 +539,21 @@ func (s *session) watch() {
 				continue
 			}
 			if broken {
-				<-m.Exited() // say so if it dies; never serve it again
-				s.vmExited(m)
+				s.awaitExit(m) // say so if it dies; never serve it again
 				return
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 			err := s.connect(ctx)
 			cancel()
+			if err != nil && s.ctx.Err() != nil {
+				return // the session went meanwhile: not the guest's fault
+			}
 			if err != nil {
 				s.mu.Lock()
 				s.stale = "agent not answering: " + err.Error()
 				s.mu.Unlock()
 				s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: s.stale})
-				// Keep watching the VM: if it dies, say so.
-				<-m.Exited()
-				s.vmExited(m)
+				s.awaitExit(m) // keep watching the VM: if it dies, say so
 				return
 			}
 		case <-time.After(probeInterval):
@@ -492,10 +563,10 @@ func (s *session) watch() {
 			snapshotting := s.snapshotting
 			s.mu.Unlock()
 			if a != nil && !snapshotting {
-				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+				ctx, cancel := context.WithTimeout(s.ctx, probeTimeout)
 				_, err := a.Ping(ctx)
 				cancel()
-				if err != nil {
+				if err != nil && s.ctx.Err() == nil {
 					s.mu.Lock()
 					if !s.stopping {
 						s.stale = "agent not answering: " + err.Error()
@@ -505,6 +576,15 @@ func (s *session) watch() {
 				}
 			}
 		}
+	}
+}
+
+// awaitExit waits for m to exit (and says so) or for the session to go.
+func (s *session) awaitExit(m *vm.Machine) {
+	select {
+	case <-m.Exited():
+		s.vmExited(m)
+	case <-s.ctx.Done():
 	}
 }
 
@@ -613,15 +693,48 @@ func (s *session) info() Session {
 	return out
 }
 
-// saveStateLocked writes state.json; the caller holds s.mu.
-func (s *session) saveStateLocked() {
-	s.state.PTYs = s.state.PTYs[:0]
+// stateWrite is a copy of a session's state, taken under its lock and
+// written to state.json after the lock is released.
+type stateWrite struct {
+	s       *session
+	version uint64
+	state   StateRecord
+}
+
+// copyStateLocked records the terminals in the state and copies it for
+// writing; the caller holds s.mu, and calls write once it has let go.
+func (s *session) copyStateLocked() stateWrite {
+	ptys := make([]PTYRecord, 0, len(s.ptys))
 	for _, p := range s.ptyList() {
-		s.state.PTYs = append(s.state.PTYs, p.record())
+		ptys = append(ptys, p.record())
 	}
-	if err := s.sv.reg.saveState(s.rec.ID, s.state); err != nil {
+	s.state.PTYs = ptys
+	s.version++
+	st := s.state
+	// Policy is never changed in place (a new one replaces it) and a
+	// record's argv never changes: the rest is copied.
+	st.Routes = slices.Clone(st.Routes)
+	if st.SSH != nil {
+		ssh := *st.SSH
+		st.SSH = &ssh
+	}
+	return stateWrite{s: s, version: s.version, state: st}
+}
+
+// write saves the state unless a newer one was saved already (or the
+// session was removed).
+func (w stateWrite) write() {
+	s := w.s
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.removed || w.version <= s.written {
+		return
+	}
+	if err := s.sv.reg.saveState(s.rec.ID, w.state); err != nil {
 		s.sv.log.Printf("session %s: save state: %v", s.rec.ID, err)
+		return
 	}
+	s.written = w.version
 }
 
 // Create makes a new session: its VM and its first terminal.
@@ -696,7 +809,8 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 		return Session{}, err
 	}
 	t1 := time.Now()
-	s := &session{sv: sv, rec: rec, m: in.Machine, agent: in.Agent, net: in.Net, fs: in.FS, ptys: map[uint64]*pty{}}
+	s := sv.newSession(rec, StateRecord{})
+	s.m, s.agent, s.net, s.fs = in.Machine, in.Agent, in.Net, in.FS
 	if in.Net != nil {
 		p := in.Net.Policy()
 		s.state.Policy = &p
@@ -707,12 +821,14 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 	}
 	if err != nil {
 		in.Kill()
+		s.close()
 		sv.reg.remove(id)
 		return Session{}, err
 	}
 	if len(req.Listen) > 0 || req.SSH != nil {
 		if err := s.startAccess(req.Listen, req.SSH); err != nil {
 			s.stop(context.Background())
+			s.close()
 			sv.reg.remove(id)
 			return Session{}, err
 		}
@@ -720,7 +836,7 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 	sv.mu.Lock()
 	sv.sessions[id] = s
 	sv.mu.Unlock()
-	go s.watch()
+	sv.goWatch(s)
 	sv.emit(Event{Type: EventCreated, Session: id, State: Live})
 	return s.info(), nil
 }
@@ -798,7 +914,13 @@ func (sv *Supervisor) resume(ctx context.Context, req CreateRequest) (Session, e
 	if err != nil {
 		return Session{}, err
 	}
-	s := &session{sv: sv, rec: rec, m: in.Machine, net: in.Net, fs: in.FS, ptys: map[uint64]*pty{}}
+	s := sv.newSession(rec, StateRecord{})
+	s.m, s.net, s.fs = in.Machine, in.Net, in.FS
+	defer func() {
+		if !ok {
+			s.close()
+		}
+	}()
 	if in.Net != nil {
 		p := in.Net.Policy()
 		s.state.Policy = &p
@@ -822,13 +944,14 @@ func (sv *Supervisor) resume(ctx context.Context, req CreateRequest) (Session, e
 		}
 	}
 	s.mu.Lock()
-	s.saveStateLocked()
+	save := s.copyStateLocked()
 	s.mu.Unlock()
+	save.write()
 	sv.mu.Lock()
 	sv.sessions[id] = s
 	sv.mu.Unlock()
 	ok = true
-	go s.watch()
+	sv.goWatch(s)
 	sv.emit(Event{Type: EventCreated, Session: id, State: Live})
 	info := s.info()
 	if plan.note != "" {
@@ -887,6 +1010,7 @@ func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16,
 		OnOutput: p.output,
 	})
 	if err != nil {
+		p.close()
 		if code, ok := vm.StartError(err); ok {
 			return nil, invalidf("%v (exit code %d)", err, code)
 		}
@@ -894,9 +1018,16 @@ func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16,
 	}
 	p.id = proc.ID
 	s.mu.Lock()
+	if s.closed {
+		// Removed meanwhile: nobody will see this terminal's screen.
+		s.mu.Unlock()
+		p.close()
+		return nil, errorf(ErrNotFound, "session %s was removed", s.rec.ID)
+	}
 	s.ptys[p.id] = p
-	s.saveStateLocked()
+	save := s.copyStateLocked()
 	s.mu.Unlock()
+	save.write()
 	go s.waitPTY(p, proc)
 	s.sv.emit(Event{Type: EventPTYOpen, Session: s.rec.ID, PTY: p.id})
 	return p, nil
@@ -930,8 +1061,9 @@ func (s *session) stop(ctx context.Context) error {
 	n := s.net
 	s.net = nil
 	ptys := s.ptyList()
-	s.saveStateLocked()
+	save := s.copyStateLocked()
 	s.mu.Unlock()
+	save.write()
 	if a != nil {
 		a.Close()
 	}
@@ -1020,12 +1152,18 @@ func (sv *Supervisor) Remove(ctx context.Context, ref string, force bool) error 
 			return err
 		}
 	}
-	if err := sv.reg.remove(s.rec.ID); err != nil {
+	// A state write in flight finishes first; none is made after.
+	s.writeMu.Lock()
+	err = sv.reg.remove(s.rec.ID)
+	s.removed = err == nil
+	s.writeMu.Unlock()
+	if err != nil {
 		return err
 	}
 	sv.mu.Lock()
 	delete(sv.sessions, s.rec.ID)
 	sv.mu.Unlock()
+	s.close()
 	sv.emit(Event{Type: EventRemoved, Session: s.rec.ID})
 	return nil
 }
@@ -1158,22 +1296,28 @@ func (sv *Supervisor) StopAll(ctx context.Context) {
 	wg.Wait()
 }
 
-// Close stops background work and drops every agent connection; the
-// VMs keep running.
+// Close stops background work (watchers included, so no connection is
+// made again), drops every agent connection and frees the sessions'
+// terminals; the VMs keep running.
 func (sv *Supervisor) Close() {
 	sv.mu.Lock()
 	sv.closed = true
 	sv.mu.Unlock()
-	sv.bgCancel()
+	sv.cancel()
 	sv.bg.Wait()
 	sv.mu.Lock()
-	defer sv.mu.Unlock()
+	list := make([]*session, 0, len(sv.sessions))
 	for _, s := range sv.sessions {
+		list = append(list, s)
+	}
+	sv.mu.Unlock()
+	for _, s := range list {
 		s.mu.Lock()
 		if s.agent != nil {
 			s.agent.Close()
 		}
 		s.mu.Unlock()
+		s.close()
 	}
 }
 

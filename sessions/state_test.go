@@ -1,0 +1,73 @@
+package sessions
+
+import (
+	"context"
+	"io"
+	"log"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/layout"
+)
+
+// state.json is written outside the session's lock, in the order the
+// states were taken: a slow write holds up no listing, an older state
+// never overwrites a newer one, and nothing is written after removal.
+func TestStateWrites(t *testing.T) {
+	rt, err := NewRuntime(layout.Home(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := NewSupervisor(rt, log.New(io.Discard, "", 0))
+	defer sv.Close()
+	const id = "0123456789ab"
+	if err := sv.reg.create(Record{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	s := sv.newSession(Record{ID: id}, StateRecord{})
+	sv.mu.Lock()
+	sv.sessions[id] = s
+	sv.mu.Unlock()
+
+	s.mu.Lock()
+	s.state.StoppedAt = time.Now().UTC()
+	older := s.copyStateLocked()
+	s.state.Stopped = true
+	newer := s.copyStateLocked()
+	s.mu.Unlock()
+
+	s.writeMu.Lock() // a write that takes its time (an fsync)
+	written := make(chan struct{})
+	go func() {
+		newer.write()
+		close(written)
+	}()
+	listed := make(chan []Session, 1)
+	go func() { listed <- sv.List(true) }()
+	select {
+	case l := <-listed:
+		if len(l) != 1 || l[0].State != Stopped {
+			t.Errorf("List: %+v", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("List waited for a state write")
+	}
+	s.writeMu.Unlock()
+	<-written
+	older.write()
+	if _, st, err := sv.reg.load(id); err != nil || !st.Stopped {
+		t.Fatalf("state.json after an older write: %+v %v", st, err)
+	}
+
+	if err := sv.Remove(context.Background(), id, false); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	late := s.copyStateLocked()
+	s.mu.Unlock()
+	late.write()
+	if _, err := os.Stat(sv.reg.dir(id)); !os.IsNotExist(err) {
+		t.Fatalf("a write after removal: %v", err)
+	}
+}
