@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/sshaccess"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
@@ -19,9 +20,6 @@ type SSHAccess struct {
 	Port   int    `json:"port,omitempty"`   // 0: a free one
 	Listen string `json:"listen,omitempty"` // default 127.0.0.1
 }
-
-// sshDir holds a session's SSH access keys (never in the guest).
-const sshDir = "ssh"
 
 // startAccess opens a session's ingress routes and SSH endpoint. It runs
 // at creation and again after a supervisor restart, with the recorded
@@ -53,7 +51,7 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 	}
 	if ssh != nil {
 		srv, err := sshaccess.New(sshaccess.Options{
-			Dir: filepath.Join(s.sv.reg.dir(s.rec.ID), sshDir), Listen: ssh.Listen, Port: ssh.Port, User: ssh.User,
+			Dir: filepath.Join(s.sv.reg.dir(s.rec.ID), layout.SessionSSHDir), Listen: ssh.Listen, Port: ssh.Port, User: ssh.User,
 			Backend: agentBackend{s}, Logger: s.sv.rt.Log,
 		})
 		if err != nil {

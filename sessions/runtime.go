@@ -506,7 +506,7 @@ func (r *Runtime) Accel(ctx context.Context, img *imagestore.Image) (vm.Accel, e
 }
 
 func (r *Runtime) probeKVM(ctx context.Context, img *imagestore.Image) (vm.Accel, error) {
-	cachePath := filepath.Join(string(r.Home), "accel.json")
+	cachePath := filepath.Join(string(r.Home), layout.AccelCache)
 	var cache accelCache
 	if b, err := os.ReadFile(cachePath); err == nil && json.Unmarshal(b, &cache) == nil && cache.Image == img.ID {
 		return cache.Accel, nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testreq"
 	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/snapshots"
@@ -36,10 +37,7 @@ type resumeEnv struct {
 
 func newResumeEnv(t *testing.T) *resumeEnv {
 	t.Helper()
-	real, err := exec.LookPath("qemu-img")
-	if err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	real := testreq.Tool(t, "qemu-img")
 	t.Setenv(layout.EnvAccel, "tcg") // no KVM probe boot
 	e := &resumeEnv{qemuImg: real}
 	home := layout.Home(t.TempDir())
