@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm"
 )
 
@@ -111,6 +112,14 @@ type OpenPTYRequest struct {
 	Command []string `json:"command,omitempty"`
 	Rows    uint16   `json:"rows,omitempty"`
 	Cols    uint16   `json:"cols,omitempty"`
+}
+
+// SnapshotInfo is a snapshot as the API lists it, with whether this home
+// signed it (Own): a snapshot that is not is foreign, and a resume trusts
+// nothing of its record (see snapshots.Store.Own).
+type SnapshotInfo struct {
+	*snapshots.Snapshot
+	Own bool `json:"own"`
 }
 
 // ExecRequest is the first frame of an exec stream.

@@ -457,11 +457,18 @@ func (c *Client) Snapshot(ctx context.Context, ref string, req SnapshotRequest) 
 	return &snap, err
 }
 
-// Snapshots lists the snapshots in the store.
-func (c *Client) Snapshots(ctx context.Context) ([]*snapshots.Snapshot, error) {
-	var list []*snapshots.Snapshot
+// Snapshots lists the snapshots in the store, newest first.
+func (c *Client) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
+	var list []SnapshotInfo
 	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &list)
 	return list, err
+}
+
+// GetSnapshot returns one snapshot's metadata (ref: ID, prefix or name).
+func (c *Client) GetSnapshot(ctx context.Context, ref string) (*snapshots.Snapshot, error) {
+	var snap snapshots.Snapshot
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots/"+url.PathEscape(ref), nil, &snap)
+	return &snap, err
 }
 
 // RemoveSnapshot deletes a snapshot.

@@ -20,7 +20,6 @@ import (
 
 	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/layout"
-	"github.com/gondolin/gondolin/snapshots"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -712,43 +711,29 @@ func (a *API) snapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) listSnapshots(w http.ResponseWriter, r *http.Request) {
-	list, err := a.sv.rt.Snapshots.List()
+	list, err := a.sv.Snapshots()
 	if err != nil {
 		fail(w, err)
 		return
-	}
-	if list == nil {
-		list = []*snapshots.Snapshot{}
 	}
 	writeJSON(w, http.StatusOK, list)
 }
 
 func (a *API) getSnapshot(w http.ResponseWriter, r *http.Request) {
-	snap, err := a.sv.rt.Snapshots.Resolve(r.PathValue("ref"))
+	snap, err := a.sv.GetSnapshot(r.PathValue("ref"))
 	if err != nil {
-		fail(w, snapshotError(err))
+		fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, snap)
 }
 
 func (a *API) removeSnapshot(w http.ResponseWriter, r *http.Request) {
-	if err := a.sv.rt.Snapshots.Remove(r.PathValue("ref")); err != nil {
-		fail(w, snapshotError(err))
+	if err := a.sv.RemoveSnapshot(r.PathValue("ref")); err != nil {
+		fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// snapshotError gives the snapshot package's errors their API class.
-func snapshotError(err error) error {
-	switch {
-	case errors.Is(err, snapshots.ErrNotFound):
-		return errorf(ErrNotFound, "%v", err)
-	case errors.Is(err, snapshots.ErrInvalid), errors.Is(err, snapshots.ErrCorrupt):
-		return errorf(ErrInvalid, "%v", err)
-	}
-	return err
 }
 
 func (a *API) listRoutes(w http.ResponseWriter, r *http.Request) {

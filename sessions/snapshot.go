@@ -358,3 +358,44 @@ func (p *resumePlan) resumeSpec(req Spec, values map[string]string) (Spec, error
 	}
 	return spec, nil
 }
+
+// Snapshots lists the store's snapshots, newest first, each with whether
+// this home signed it.
+func (sv *Supervisor) Snapshots() ([]SnapshotInfo, error) {
+	st := sv.rt.Snapshots
+	list, err := st.List()
+	if err != nil {
+		return nil, err
+	}
+	out := []SnapshotInfo{}
+	for _, s := range list {
+		own, err := st.Own(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, SnapshotInfo{s, own})
+	}
+	return out, nil
+}
+
+// GetSnapshot finds a snapshot by ID, prefix, name or disk path.
+func (sv *Supervisor) GetSnapshot(ref string) (*snapshots.Snapshot, error) {
+	snap, err := sv.rt.Snapshots.Resolve(ref)
+	return snap, snapshotError(err)
+}
+
+// RemoveSnapshot deletes a snapshot of the store.
+func (sv *Supervisor) RemoveSnapshot(ref string) error {
+	return snapshotError(sv.rt.Snapshots.Remove(ref))
+}
+
+// snapshotError gives the snapshot package's errors their API class.
+func snapshotError(err error) error {
+	switch {
+	case errors.Is(err, snapshots.ErrNotFound):
+		return errorf(ErrNotFound, "%v", err)
+	case errors.Is(err, snapshots.ErrInvalid), errors.Is(err, snapshots.ErrCorrupt):
+		return errorf(ErrInvalid, "%v", err)
+	}
+	return err
+}

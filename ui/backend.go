@@ -40,7 +40,7 @@ var _ PolicyBackend = (*sessions.Client)(nil)
 // has it. A snapshot resumes through Backend.Create (CreateRequest.Resume).
 type SnapshotBackend interface {
 	Snapshot(ctx context.Context, ref string, req sessions.SnapshotRequest) (*snapshots.Snapshot, error)
-	Snapshots(ctx context.Context) ([]*snapshots.Snapshot, error)
+	Snapshots(ctx context.Context) ([]sessions.SnapshotInfo, error)
 }
 
 var _ SnapshotBackend = (*sessions.Client)(nil)

@@ -249,11 +249,15 @@ func (f *fakeBackend) Snapshot(ctx context.Context, ref string, req sessions.Sna
 	return s, nil
 }
 
-func (f *fakeBackend) Snapshots(ctx context.Context) ([]*snapshots.Snapshot, error) {
+func (f *fakeBackend) Snapshots(ctx context.Context) ([]sessions.SnapshotInfo, error) {
 	f.called("Snapshots")
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]*snapshots.Snapshot(nil), f.snaps...), nil
+	var out []sessions.SnapshotInfo
+	for _, s := range f.snaps {
+		out = append(out, sessions.SnapshotInfo{Snapshot: s, Own: true})
+	}
+	return out, nil
 }
 
 var (

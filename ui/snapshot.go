@@ -192,14 +192,14 @@ func busyBar(elapsed time.Duration, w int) string {
 // resumeDialog lists snapshots and resumes one into a new session.
 type resumeDialog struct {
 	sb     SnapshotBackend
-	list   []*snapshots.Snapshot
+	list   []sessions.SnapshotInfo
 	loaded bool
 	err    error
 	cursor int
 }
 
 type snapListMsg struct {
-	list []*snapshots.Snapshot
+	list []sessions.SnapshotInfo
 	err  error
 }
 
@@ -238,7 +238,7 @@ func (d *resumeDialog) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 			}
 			snap := d.list[d.cursor]
 			req := sessions.CreateRequest{Resume: snap.ID, Rows: uint16(max(m.height, 24)), Cols: uint16(max(m.width, 80))}
-			return true, tea.Batch(m.setStatus("resuming "+snapName(snap)+"…"), m.create(req, nil))
+			return true, tea.Batch(m.setStatus("resuming "+snapName(snap.Snapshot)+"…"), m.create(req, nil))
 		}
 	}
 	return false, nil
@@ -259,7 +259,7 @@ func (d *resumeDialog) view(m *Model, w, h int) string {
 		start := max(0, d.cursor-rows+1)
 		for i := start; i < len(d.list) && i < start+rows; i++ {
 			s := d.list[i]
-			line := marker(i == d.cursor) + fit(snapName(s), 16, false) + " " + fit(dash(s.Source), 12, false) + " " +
+			line := marker(i == d.cursor) + fit(snapName(s.Snapshot), 16, false) + " " + fit(dash(s.Source), 12, false) + " " +
 				fit(string(s.Kind), 4, false) + " " + fit(humanDuration(m.opts.Now().Sub(s.Created)), 5, true) + " " + fit(humanBytes(s.Size()), 6, true)
 			if i == d.cursor {
 				line = m.st.selected.Render(line)

@@ -108,26 +108,14 @@ func newSnapshotLsCmd() *cobra.Command {
 		Short:   "List snapshots",
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			store, err := snapshotStore()
-			if err != nil {
-				return err
-			}
-			list, err := store.List()
+			client, err := dialSupervisor(true)
 			if err != nil {
 				return err
 			}
 			// Own: this home signed it, so a resume trusts it whole.
-			type listed struct {
-				*snapshots.Snapshot
-				Own bool `json:"own"`
-			}
-			out := []listed{}
-			for _, s := range list {
-				own, err := store.Own(s)
-				if err != nil {
-					return err
-				}
-				out = append(out, listed{s, own})
+			out, err := client.Snapshots(context.Background())
+			if err != nil {
+				return err
 			}
 			if asJSON {
 				return printJSON(out)
@@ -155,13 +143,25 @@ func newSnapshotInspectCmd() *cobra.Command {
 		Short: "Show a snapshot's metadata (SNAP: ID, prefix, name or disk path)",
 		Args:  exactArgs(1, "a snapshot"),
 		RunE: func(c *cobra.Command, args []string) error {
-			store, err := snapshotStore()
-			if err != nil {
-				return err
-			}
-			snap, err := store.Resolve(args[0])
-			if err != nil {
-				return err
+			var snap *snapshots.Snapshot
+			if apiCarries(args[0]) {
+				client, err := dialSupervisor(true)
+				if err != nil {
+					return err
+				}
+				if snap, err = client.GetSnapshot(context.Background(), args[0]); err != nil {
+					return err
+				}
+			} else {
+				// A disk path is read here: the supervisor would read a
+				// relative one from its own directory.
+				store, err := snapshotStore()
+				if err != nil {
+					return err
+				}
+				if snap, err = store.Resolve(args[0]); err != nil {
+					return err
+				}
 			}
 			return printJSON(snap)
 		},
