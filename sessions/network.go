@@ -78,7 +78,7 @@ func (s *session) restoreNetwork() error {
 	return nil
 }
 
-// networkErrors reports what the user must fix about the network.
+// networkErrorsLocked reports what the user must fix about the network.
 func (s *session) networkErrorsLocked() []string {
 	if s.net == nil {
 		return nil

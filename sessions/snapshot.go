@@ -42,7 +42,7 @@ type snapshotSession struct {
 // Snapshot checkpoints a live session. Without Live it freezes the guest's
 // root filesystem, pauses the VM for as long as copying its disk overlay
 // takes, and thaws; with Live it stops the guest's CPUs, saves RAM and
-// devices and copies the disk from that one instant (see vm.SaveState for
+// devices and copies the disk from that one instant (see vm.Machine.SaveState for
 // why not while it runs), then resumes it. Either way the session goes on
 // running. The snapshot ends when ctx does (its client went away), and
 // what it paused or froze is undone even then.
