@@ -3,7 +3,8 @@
 // supervisor on demand), prints the answer, and maps errors to exit codes.
 // A few commands work in this process instead: a one-shot exec (a
 // sessions.Runtime), the image commands (imagestore and its builders),
-// snapshot ls and inspect (the snapshot store), and the supervisor itself.
+// snapshot inspect and rm of a disk path (which the supervisor would read
+// from its own directory), and the supervisor itself.
 package cli
 
 import (
