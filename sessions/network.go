@@ -182,9 +182,13 @@ func (s *session) changePolicy(ctx context.Context, ch PolicyChange) (PolicyView
 		}
 		return PolicyView{}, err
 	}
-	p := n.Policy()
+	// Read under s.mu, so that of two edits the one recorded last holds
+	// both (the write order is the order of taking s.mu).
 	s.mu.Lock()
-	s.state.Policy = &p
+	p := n.Policy()
+	if s.net == n {
+		s.state.Policy = &p
+	}
 	save := s.copyStateLocked()
 	s.mu.Unlock()
 	save.write()

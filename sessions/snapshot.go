@@ -362,16 +362,22 @@ func (p *resumePlan) resumeSpec(req Spec, values map[string]string) (Spec, error
 // Snapshots lists the store's snapshots, newest first, each with whether
 // this home signed it.
 func (sv *Supervisor) Snapshots() ([]SnapshotInfo, error) {
-	st := sv.rt.Snapshots
+	return ListSnapshots(sv.rt.Snapshots)
+}
+
+// ListSnapshots lists st's snapshots, newest first, each with whether
+// this home signed it. It is the supervisor's answer, and the CLI's when
+// no supervisor runs (a listing never starts one).
+func ListSnapshots(st *snapshots.Store) ([]SnapshotInfo, error) {
 	list, err := st.List()
 	if err != nil {
-		return nil, err
+		return nil, snapshotError(err)
 	}
 	out := []SnapshotInfo{}
 	for _, s := range list {
 		own, err := st.Own(s)
 		if err != nil {
-			return nil, err
+			return nil, snapshotError(err)
 		}
 		out = append(out, SnapshotInfo{s, own})
 	}
@@ -389,7 +395,8 @@ func (sv *Supervisor) RemoveSnapshot(ref string) error {
 	return snapshotError(sv.rt.Snapshots.Remove(ref))
 }
 
-// snapshotError gives the snapshot package's errors their API class.
+// snapshotError gives the snapshot package's errors their API class: a
+// damaged snapshot file is bad input, as a bad flag is.
 func snapshotError(err error) error {
 	switch {
 	case errors.Is(err, snapshots.ErrNotFound):

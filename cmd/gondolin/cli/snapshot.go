@@ -108,14 +108,23 @@ func newSnapshotLsCmd() *cobra.Command {
 		Short:   "List snapshots",
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
 			// Own: this home signed it, so a resume trusts it whole.
-			out, err := client.Snapshots(context.Background())
-			if err != nil {
-				return err
+			// Through the supervisor when one runs; a listing never
+			// starts one (it would sweep and adopt: no read's business).
+			var out []sessions.SnapshotInfo
+			if client, err := dialSupervisor(false); err == nil {
+				out, err = client.Snapshots(context.Background())
+				if err != nil {
+					return err
+				}
+			} else {
+				store, err := snapshotStore()
+				if err != nil {
+					return err
+				}
+				if out, err = sessions.ListSnapshots(store); err != nil {
+					return err
+				}
 			}
 			if asJSON {
 				return printJSON(out)
@@ -144,17 +153,15 @@ func newSnapshotInspectCmd() *cobra.Command {
 		Args:  exactArgs(1, "a snapshot"),
 		RunE: func(c *cobra.Command, args []string) error {
 			var snap *snapshots.Snapshot
-			if apiCarries(args[0]) {
-				client, err := dialSupervisor(true)
-				if err != nil {
-					return err
-				}
+			client, err := dialSupervisor(false)
+			if err == nil && apiCarries(args[0]) {
 				if snap, err = client.GetSnapshot(context.Background(), args[0]); err != nil {
 					return err
 				}
 			} else {
-				// A disk path is read here: the supervisor would read a
-				// relative one from its own directory.
+				// With no supervisor, or for a disk path (which the
+				// supervisor would read from its own directory), the
+				// store is read here.
 				store, err := snapshotStore()
 				if err != nil {
 					return err
