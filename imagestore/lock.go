@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/gondolin/gondolin/internal/layout"
 )
 
 // The store has two flock(2) locks, always taken in this order:
@@ -16,7 +18,7 @@ import (
 //
 // Readers take neither: every file they read is replaced by rename or
 // link, never rewritten in place.
-func (s *Store) blobLock() string { return filepath.Join(s.root, "blobs.lock") }
+func (s *Store) blobLock() string { return filepath.Join(s.root, layout.ImagesBlobLock) }
 
 // flock opens path and locks it; the lock lasts until the file is closed.
 func flock(path string, how int) (*os.File, error) {

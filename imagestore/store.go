@@ -74,7 +74,7 @@ func Open(root string) (*Store, error) {
 func (s *Store) blobDir() string     { return filepath.Join(s.root, "blobs", "sha256") }
 func (s *Store) manifestDir() string { return filepath.Join(s.root, "manifests") }
 func (s *Store) refDir() string      { return filepath.Join(s.root, "refs") }
-func (s *Store) refLock() string     { return filepath.Join(s.root, "refs.lock") }
+func (s *Store) refLock() string     { return filepath.Join(s.root, layout.ImagesRefLock) }
 
 // TempDir is scratch space on the store's filesystem: files made there can
 // be moved into the store by PutFile without copying. Callers remove what

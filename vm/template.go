@@ -51,15 +51,15 @@ const (
 	// templateDisk is the template VM's own overlay, kept where it was
 	// made (layout.Disk) and frozen.
 	templateDisk    = layout.Disk
-	templateInfo    = "template.json"
-	templateConsole = "console.log"
-	templateLock    = ".lock"
-	brokenDir       = "broken"
-	brokenInfo      = "broken.json"
+	templateInfo    = layout.TemplateInfo
+	templateConsole = layout.TemplateConsole
+	templateLock    = layout.TemplateLock
+	brokenDir       = layout.TemplatesBroken
+	brokenInfo      = layout.BrokenInfo
 	// cloneConsole and cloneQEMULog are the console and QEMU log of the
 	// clone that failed, kept with a broken template.
-	cloneConsole = "clone-console.log"
-	cloneQEMULog = "clone-qemu.log"
+	cloneConsole = layout.BrokenCloneConsole
+	cloneQEMULog = layout.BrokenCloneQEMULog
 	// keepBroken is how many broken templates are kept for diagnosis.
 	keepBroken = 3
 	// A template that broke brokenLimit times within brokenBackoff is

@@ -91,6 +91,34 @@ const AccelCache = "accel.json"
 // SessionSSHDir, in a session's directory, holds its --ssh access keys.
 const SessionSSHDir = "ssh"
 
+// Files of a template directory (Home.Templates()/KEY): beside its Disk
+// and SavedState, TemplateInfo says it was checked, TemplateConsole is the
+// template VM's console and TemplateLock serialises its build. A template
+// that broke is moved under TemplatesBroken with BrokenInfo (why) and the
+// failed clone's console and QEMU log.
+const (
+	TemplateInfo       = "template.json"
+	TemplateConsole    = ConsoleLog
+	TemplateLock       = ".lock"
+	TemplatesBroken    = "broken"
+	BrokenInfo         = "broken.json"
+	BrokenCloneConsole = "clone-console.log"
+	BrokenCloneQEMULog = "clone-qemu.log"
+)
+
+// Files of the home's CA directory (Home.CA()).
+const (
+	CACert = "ca.pem"
+	CAKey  = "ca.key"
+	CALock = ".lock"
+)
+
+// Locks of the image store (Home.Images()).
+const (
+	ImagesBlobLock = "blobs.lock"
+	ImagesRefLock  = "refs.lock"
+)
+
 // SnapshotKeyFile, in the snapshot store (Home.Snapshots), holds the
 // home's secret key: 32 random bytes, made on first use, that sign the
 // metadata of every snapshot this home takes. A resume trusts a

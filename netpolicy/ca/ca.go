@@ -31,9 +31,9 @@ import (
 
 // File names inside the CA directory.
 const (
-	CertFile = "ca.pem"
-	KeyFile  = "ca.key"
-	lockFile = ".lock"
+	CertFile = layout.CACert
+	KeyFile  = layout.CAKey
+	lockFile = layout.CALock
 )
 
 const (
