@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 // Build config defaults.
@@ -57,16 +59,16 @@ func ParseConfig(r io.Reader) (BuildConfig, error) {
 		return BuildConfig{}, fmt.Errorf("read build config: %w", err)
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
-		return BuildConfig{}, fmt.Errorf("%w: build config is empty (write {} for the defaults)", ErrInvalid)
+		return BuildConfig{}, fmt.Errorf("%w: build config is empty (write {} for the defaults)", errdefs.ErrInvalid)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var c BuildConfig
 	if err := dec.Decode(&c); err != nil {
-		return BuildConfig{}, fmt.Errorf("%w: build config: %v", ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
+		return BuildConfig{}, fmt.Errorf("%w: build config: %v", errdefs.ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return BuildConfig{}, fmt.Errorf("%w: build config: data after the JSON object", ErrInvalid)
+		return BuildConfig{}, fmt.Errorf("%w: build config: data after the JSON object", errdefs.ErrInvalid)
 	}
 	return c.Resolve()
 }
@@ -77,7 +79,7 @@ func (c BuildConfig) Resolve() (BuildConfig, error) {
 	out := BuildConfig{KernelPackage: c.KernelPackage, DiskSize: c.DiskSize}
 	for _, p := range c.Packages {
 		if !ValidPackageName(p) {
-			return BuildConfig{}, fmt.Errorf("%w: build config: package %q is not a Debian package name", ErrInvalid, p)
+			return BuildConfig{}, fmt.Errorf("%w: build config: package %q is not a Debian package name", errdefs.ErrInvalid, p)
 		}
 		out.Packages = append(out.Packages, p)
 	}
@@ -87,14 +89,14 @@ func (c BuildConfig) Resolve() (BuildConfig, error) {
 		out.KernelPackage = DefaultKernelPackage
 	}
 	if !ValidPackageName(out.KernelPackage) {
-		return BuildConfig{}, fmt.Errorf("%w: build config: kernel_package %q is not a Debian package name", ErrInvalid, out.KernelPackage)
+		return BuildConfig{}, fmt.Errorf("%w: build config: kernel_package %q is not a Debian package name", errdefs.ErrInvalid, out.KernelPackage)
 	}
 	if out.DiskSize == "" {
 		out.DiskSize = DefaultDiskSize
 	}
 	n, err := parseSize(out.DiskSize)
 	if err != nil {
-		return BuildConfig{}, fmt.Errorf("%w: build config: disk_size: %v", ErrInvalid, err)
+		return BuildConfig{}, fmt.Errorf("%w: build config: disk_size: %v", errdefs.ErrInvalid, err)
 	}
 	out.DiskSize = formatSize(n)
 	return out, nil

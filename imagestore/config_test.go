@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -47,7 +49,7 @@ func TestParseConfig(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseConfig(strings.NewReader(tt.in))
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errdefs.ErrInvalid) {
 					t.Fatalf("ParseConfig = %+v, %v; want error about %q", got, err, tt.wantErr)
 				}
 				return

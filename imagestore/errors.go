@@ -1,23 +1,10 @@
 package imagestore
 
-import "errors"
+import "github.com/gondolin/gondolin/internal/errdefs"
 
-// Error classes, checked with errors.Is.
-var (
-	// ErrNotFound: no image, ref or blob by that name.
-	ErrNotFound = errors.New("not found")
-	// ErrInvalid: a malformed reference, config, manifest or import.
-	ErrInvalid = errors.New("invalid")
-	// ErrInUse: a session or snapshot still uses the image.
-	ErrInUse = errors.New("in use")
-)
+// The store's errors are of the errdefs classes: ErrNotFound (no image,
+// ref or blob by that name), ErrInvalid (a malformed reference, config,
+// manifest or import) and this one, checked with errors.Is.
 
-// hintError carries a complete message for the user while still matching
-// an error class.
-type hintError struct {
-	msg   string
-	class error
-}
-
-func (e *hintError) Error() string { return e.msg }
-func (e *hintError) Unwrap() error { return e.class }
+// ErrInUse: a session or snapshot still uses the image.
+var ErrInUse = errdefs.Kind(errdefs.ErrConflict, "in use")

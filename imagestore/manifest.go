@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 // SchemaVersion is the manifest format this package writes and reads.
@@ -82,12 +84,12 @@ func (c *OCIConfig) validate() error {
 	strs := append(append(append([]string{c.Source, c.Digest, c.WorkingDir, c.User}, c.Env...), c.Entrypoint...), c.Cmd...)
 	for _, s := range strs {
 		if strings.ContainsRune(s, 0) {
-			return fmt.Errorf("%w: manifest oci config has a NUL byte", ErrInvalid)
+			return fmt.Errorf("%w: manifest oci config has a NUL byte", errdefs.ErrInvalid)
 		}
 	}
 	for _, e := range c.Env {
 		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
-			return fmt.Errorf("%w: manifest oci env entry %q is not KEY=VALUE", ErrInvalid, e)
+			return fmt.Errorf("%w: manifest oci env entry %q is not KEY=VALUE", errdefs.ErrInvalid, e)
 		}
 	}
 	return nil
@@ -110,13 +112,13 @@ func (m *Manifest) files() []struct {
 // turn into a path outside the store.
 func (m *Manifest) validate() error {
 	if m.SchemaVersion != SchemaVersion {
-		return fmt.Errorf("%w: manifest schema version %d (this gondolin reads %d)", ErrInvalid, m.SchemaVersion, SchemaVersion)
+		return fmt.Errorf("%w: manifest schema version %d (this gondolin reads %d)", errdefs.ErrInvalid, m.SchemaVersion, SchemaVersion)
 	}
 	if m.BuildID != "" && !isHex(m.BuildID, 64) {
-		return fmt.Errorf("%w: manifest build_id %q is not sha256 hex", ErrInvalid, m.BuildID)
+		return fmt.Errorf("%w: manifest build_id %q is not sha256 hex", errdefs.ErrInvalid, m.BuildID)
 	}
 	if m.Kernel.IsZero() {
-		return fmt.Errorf("%w: manifest has no kernel", ErrInvalid)
+		return fmt.Errorf("%w: manifest has no kernel", errdefs.ErrInvalid)
 	}
 	allowed := map[string][]string{
 		"kernel":    {FormatPVH, FormatBzImage},
@@ -129,17 +131,17 @@ func (m *Manifest) validate() error {
 			continue
 		}
 		if _, ok := digestHex(f.file.Digest); !ok {
-			return fmt.Errorf("%w: manifest %s digest %q is not sha256:<hex>", ErrInvalid, f.role, f.file.Digest)
+			return fmt.Errorf("%w: manifest %s digest %q is not sha256:<hex>", errdefs.ErrInvalid, f.role, f.file.Digest)
 		}
 		if f.file.Size < 0 {
-			return fmt.Errorf("%w: manifest %s size %d", ErrInvalid, f.role, f.file.Size)
+			return fmt.Errorf("%w: manifest %s size %d", errdefs.ErrInvalid, f.role, f.file.Size)
 		}
 		ok := false
 		for _, format := range allowed[f.role] {
 			ok = ok || f.file.Format == format
 		}
 		if !ok {
-			return fmt.Errorf("%w: manifest %s format %q (want one of %v)", ErrInvalid, f.role, f.file.Format, allowed[f.role])
+			return fmt.Errorf("%w: manifest %s format %q (want one of %v)", errdefs.ErrInvalid, f.role, f.file.Format, allowed[f.role])
 		}
 	}
 	if m.OCI != nil {
@@ -153,10 +155,10 @@ func decodeManifest(data []byte) (Manifest, error) {
 	var m Manifest
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&m); err != nil {
-		return Manifest{}, fmt.Errorf("%w: manifest: %v", ErrInvalid, err)
+		return Manifest{}, fmt.Errorf("%w: manifest: %v", errdefs.ErrInvalid, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return Manifest{}, fmt.Errorf("%w: manifest: data after the JSON object", ErrInvalid)
+		return Manifest{}, fmt.Errorf("%w: manifest: data after the JSON object", errdefs.ErrInvalid)
 	}
 	if err := m.validate(); err != nil {
 		return Manifest{}, err

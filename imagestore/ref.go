@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 // DefaultTag is the tag a bare image name means.
@@ -33,15 +35,15 @@ func ParseRef(s string) (Ref, error) {
 	}
 	switch {
 	case s == "":
-		return Ref{}, fmt.Errorf("%w: empty image reference", ErrInvalid)
+		return Ref{}, fmt.Errorf("%w: empty image reference", errdefs.ErrInvalid)
 	case !nameRE.MatchString(name):
-		return Ref{}, fmt.Errorf("%w: image reference %q: name must be 1-64 of a-z 0-9 . _ - starting with a letter or digit", ErrInvalid, s)
+		return Ref{}, fmt.Errorf("%w: image reference %q: name must be 1-64 of a-z 0-9 . _ - starting with a letter or digit", errdefs.ErrInvalid, s)
 	case name+":" == idPrefix:
 		// "sha256:..." is how image IDs are spelled; a ref with that
 		// name could never be resolved.
-		return Ref{}, fmt.Errorf("%w: image reference %q: the name sha256 is reserved for image IDs", ErrInvalid, s)
+		return Ref{}, fmt.Errorf("%w: image reference %q: the name sha256 is reserved for image IDs", errdefs.ErrInvalid, s)
 	case !tagRE.MatchString(tag):
-		return Ref{}, fmt.Errorf("%w: image reference %q: tag must be 1-128 of A-Z a-z 0-9 . _ - not starting with . or -", ErrInvalid, s)
+		return Ref{}, fmt.Errorf("%w: image reference %q: tag must be 1-128 of A-Z a-z 0-9 . _ - not starting with . or -", errdefs.ErrInvalid, s)
 	}
 	return Ref{Name: name, Tag: tag}, nil
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 func TestParseRef(t *testing.T) {
@@ -42,7 +44,7 @@ func TestParseRef(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			got, err := ParseRef(tt.in)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errdefs.ErrInvalid) {
 					t.Fatalf("ParseRef(%q) = %v, %v; want error about %q", tt.in, got, err, tt.wantErr)
 				}
 				return

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 // RemoveOptions tune Remove.
@@ -80,8 +81,8 @@ func (s *Store) Remove(spec string, opts RemoveOptions) (Removal, error) {
 			return out, fmt.Errorf("find what uses image %s: %w (pass -f to remove it anyway)", spec, err)
 		}
 		if len(users) > 0 && !opts.Force {
-			return out, &hintError{fmt.Sprintf("image %s is in use by %s; remove them first, or remove the image anyway with: gondolin image rm -f %s",
-				spec, strings.Join(users, ", "), spec), ErrInUse}
+			return out, errdefs.Errorf(ErrInUse, "image %s is in use by %s; remove them first, or remove the image anyway with: gondolin image rm -f %s",
+				spec, strings.Join(users, ", "), spec)
 		}
 		out.Users = users
 	}
@@ -149,7 +150,7 @@ func (s *Store) collect() (n int, size int64, err error) {
 	for _, h := range ids {
 		keep[h] = true
 		m, err := s.readManifest(h)
-		if errors.Is(err, ErrInvalid) {
+		if errors.Is(err, errdefs.ErrInvalid) {
 			continue // a corrupt image cannot be used; its blobs are garbage
 		}
 		if err != nil {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 // putParts stores an image made of the given kernel and initramfs
@@ -79,7 +81,7 @@ func TestRemoveRefThenImage(t *testing.T) {
 	if len(blobs(t, s)) != before {
 		t.Fatal("blobs went while b:1 still points at the image")
 	}
-	if _, err := s.Resolve("a:1"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Resolve("a:1"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("a:1 after rm: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(s.refDir(), "a")); !os.IsNotExist(err) {
@@ -87,7 +89,7 @@ func TestRemoveRefThenImage(t *testing.T) {
 	}
 
 	got, err = s.Remove("b", RemoveOptions{}) // b means b:latest: not a ref here
-	if !errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Remove(b) = %+v, %v", got, err)
 	}
 	got, err = s.Remove("b:1", RemoveOptions{})

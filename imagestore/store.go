@@ -29,6 +29,7 @@ import (
 	"syscall"
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 )
 
@@ -337,7 +338,7 @@ func (s *Store) readRef(r Ref) (string, bool) {
 func (s *Store) Resolve(spec string) (*Image, error) {
 	if rest, ok := strings.CutPrefix(spec, idPrefix); ok {
 		if len(rest) < minPrefix || len(rest) > 64 || !isHex(rest, 0) {
-			return nil, fmt.Errorf("%w: image ID %q: want sha256: and at least %d hex digits", ErrInvalid, spec, minPrefix)
+			return nil, fmt.Errorf("%w: image ID %q: want sha256: and at least %d hex digits", errdefs.ErrInvalid, spec, minPrefix)
 		}
 		return s.resolvePrefix(spec, rest)
 	}
@@ -347,8 +348,8 @@ func (s *Store) Resolve(spec string) (*Image, error) {
 	}
 	if id, ok := s.readRef(r); ok {
 		im, err := s.load(id)
-		if errors.Is(err, ErrNotFound) {
-			return nil, &hintError{fmt.Sprintf("image %s points at %s, which is not in the store; build or pull it again", r, id), ErrNotFound}
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil, errdefs.Errorf(errdefs.ErrNotFound, "image %s points at %s, which is not in the store; build or pull it again", r, id)
 		}
 		return im, err
 	}
@@ -360,9 +361,9 @@ func (s *Store) Resolve(spec string) (*Image, error) {
 
 func notFound(what string) error {
 	if what == layout.DefaultImage {
-		return &hintError{fmt.Sprintf("image %s not found; build it with: gondolin image build", what), ErrNotFound}
+		return errdefs.Errorf(errdefs.ErrNotFound, "image %s not found; build it with: gondolin image build", what)
 	}
-	return &hintError{fmt.Sprintf("image %s not found; pull or build it (gondolin image build --tag %s)", what, what), ErrNotFound}
+	return errdefs.Errorf(errdefs.ErrNotFound, "image %s not found; pull or build it (gondolin image build --tag %s)", what, what)
 }
 
 func (s *Store) resolvePrefix(spec, prefix string) (*Image, error) {
@@ -378,7 +379,7 @@ func (s *Store) resolvePrefix(spec, prefix string) (*Image, error) {
 	}
 	switch len(matches) {
 	case 0:
-		return nil, &hintError{fmt.Sprintf("image %s not found; list images with: gondolin image ls", spec), ErrNotFound}
+		return nil, errdefs.Errorf(errdefs.ErrNotFound, "image %s not found; list images with: gondolin image ls", spec)
 	case 1:
 		return s.load(idPrefix + matches[0])
 	}
@@ -391,7 +392,7 @@ func (s *Store) resolvePrefix(spec, prefix string) (*Image, error) {
 		}
 		desc = append(desc, d)
 	}
-	return nil, fmt.Errorf("%w: image ID prefix %s is ambiguous; it matches %s", ErrInvalid, spec, strings.Join(desc, ", "))
+	return nil, fmt.Errorf("%w: image ID prefix %s is ambiguous; it matches %s", errdefs.ErrInvalid, spec, strings.Join(desc, ", "))
 }
 
 // manifestIDs lists the hex digests of stored manifests.
@@ -414,10 +415,10 @@ func (s *Store) manifestIDs() ([]string, error) {
 func (s *Store) load(id string) (*Image, error) {
 	h, ok := digestHex(id)
 	if !ok {
-		return nil, fmt.Errorf("%w: image ID %q", ErrInvalid, id)
+		return nil, fmt.Errorf("%w: image ID %q", errdefs.ErrInvalid, id)
 	}
 	if _, err := os.Stat(filepath.Join(s.manifestDir(), h)); err != nil {
-		return nil, &hintError{fmt.Sprintf("image %s not found; list images with: gondolin image ls", id), ErrNotFound}
+		return nil, errdefs.Errorf(errdefs.ErrNotFound, "image %s not found; list images with: gondolin image ls", id)
 	}
 	m, err := s.readManifest(h)
 	if err != nil {
@@ -443,10 +444,10 @@ func (s *Store) readManifest(h string) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("read manifest: %w", err)
 	}
 	if len(data) > maxManifestSize {
-		return Manifest{}, fmt.Errorf("%w: manifest larger than %d bytes", ErrInvalid, maxManifestSize)
+		return Manifest{}, fmt.Errorf("%w: manifest larger than %d bytes", errdefs.ErrInvalid, maxManifestSize)
 	}
 	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != h {
-		return Manifest{}, fmt.Errorf("%w: manifest blob is corrupt (digest mismatch)", ErrInvalid)
+		return Manifest{}, fmt.Errorf("%w: manifest blob is corrupt (digest mismatch)", errdefs.ErrInvalid)
 	}
 	return decodeManifest(data)
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 func openTemp(t *testing.T) *Store {
@@ -163,12 +165,12 @@ func TestRefOverwriteIsAtomic(t *testing.T) {
 	}
 	// A ref to a manifest that is gone says so.
 	os.WriteFile(filepath.Join(s.root, "refs", "dev", "gone"), []byte("sha256:"+strings.Repeat("0", 64)+"\n"), 0o644)
-	if _, err := s.Resolve("dev:gone"); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "dev:gone points at sha256:000") {
+	if _, err := s.Resolve("dev:gone"); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "dev:gone points at sha256:000") {
 		t.Fatalf("dangling ref: %v", err)
 	}
 	// A torn or garbage ref reads as missing, never as a bad path.
 	os.WriteFile(filepath.Join(s.root, "refs", "dev", "v2"), []byte("sha256:../../etc"), 0o644)
-	if _, err := s.Resolve("dev:v2"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Resolve("dev:v2"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("garbage ref: %v", err)
 	}
 }
@@ -202,14 +204,14 @@ func TestResolve(t *testing.T) {
 		{spec: hex1[:12], want: one},
 		{spec: "sha256:" + hex1[:6], want: one},
 		{spec: hex1[:8], want: other}, // the ref, not the prefix
-		{spec: hex1[:1], wantErr: "image " + hex1[:1] + ":latest not found", class: ErrNotFound},
-		{spec: "sha256:" + hex1[:1], wantErr: "at least 6 hex", class: ErrInvalid},
-		{spec: "dev", wantErr: "image dev:latest not found; pull or build it", class: ErrNotFound},
-		{spec: "dev:v2", wantErr: "image dev:v2 not found", class: ErrNotFound},
-		{spec: "ffffff", wantErr: "not found", class: ErrNotFound},
-		{spec: "sha256:" + strings.Repeat("0", 64), wantErr: "not found", class: ErrNotFound},
-		{spec: "Dev", wantErr: "name", class: ErrInvalid},
-		{spec: "../x", wantErr: "name", class: ErrInvalid},
+		{spec: hex1[:1], wantErr: "image " + hex1[:1] + ":latest not found", class: errdefs.ErrNotFound},
+		{spec: "sha256:" + hex1[:1], wantErr: "at least 6 hex", class: errdefs.ErrInvalid},
+		{spec: "dev", wantErr: "image dev:latest not found; pull or build it", class: errdefs.ErrNotFound},
+		{spec: "dev:v2", wantErr: "image dev:v2 not found", class: errdefs.ErrNotFound},
+		{spec: "ffffff", wantErr: "not found", class: errdefs.ErrNotFound},
+		{spec: "sha256:" + strings.Repeat("0", 64), wantErr: "not found", class: errdefs.ErrNotFound},
+		{spec: "Dev", wantErr: "name", class: errdefs.ErrInvalid},
+		{spec: "../x", wantErr: "name", class: errdefs.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
@@ -241,7 +243,7 @@ func TestResolve(t *testing.T) {
 	t.Run("default hint", func(t *testing.T) {
 		empty := openTemp(t)
 		_, err := empty.Resolve("default")
-		if err == nil || err.Error() != "image default:latest not found; build it with: gondolin image build" || !errors.Is(err, ErrNotFound) {
+		if err == nil || err.Error() != "image default:latest not found; build it with: gondolin image build" || !errors.Is(err, errdefs.ErrNotFound) {
 			t.Fatalf("Resolve(default) on empty store = %v", err)
 		}
 	})
@@ -259,10 +261,10 @@ func TestListAndTag(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.Tag("missing", Ref{"x", "latest"}); !errors.Is(err, ErrNotFound) {
+	if err := s.Tag("missing", Ref{"x", "latest"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Tag(missing) = %v", err)
 	}
-	if err := s.Tag(old, Ref{"../x", "latest"}); !errors.Is(err, ErrInvalid) {
+	if err := s.Tag(old, Ref{"../x", "latest"}); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("Tag to a bad ref = %v", err)
 	}
 	images, err := s.List()

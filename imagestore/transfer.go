@@ -17,6 +17,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore/internal/format"
 	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/qcow2"
 )
 
@@ -92,7 +93,7 @@ func (s *Store) Export(spec, dir string) (*Image, error) {
 		return fail(err)
 	}
 	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != h {
-		return fail(fmt.Errorf("%w: manifest blob is corrupt (digest mismatch)", ErrInvalid))
+		return fail(fmt.Errorf("%w: manifest blob is corrupt (digest mismatch)", errdefs.ErrInvalid))
 	}
 	dst := filepath.Join(dir, ExportManifest)
 	written = append(written, dst)
@@ -116,7 +117,7 @@ func makeEmptyDir(dir string) (created bool, err error) {
 		return false, err
 	}
 	if len(entries) > 0 {
-		return false, fmt.Errorf("%w: %s is not empty", ErrInvalid, dir)
+		return false, fmt.Errorf("%w: %s is not empty", errdefs.ErrInvalid, dir)
 	}
 	return false, nil
 }
@@ -141,7 +142,7 @@ func copyBlob(src, dst string, want File) error {
 		return err
 	}
 	if got := idPrefix + hex.EncodeToString(h.Sum(nil)); got != want.Digest || n != want.Size {
-		return fmt.Errorf("%w: blob %s is corrupt (digest or size mismatch)", ErrInvalid, want.Digest)
+		return fmt.Errorf("%w: blob %s is corrupt (digest or size mismatch)", errdefs.ErrInvalid, want.Digest)
 	}
 	return nil
 }
@@ -196,7 +197,7 @@ func (s *Store) importDir(ctx context.Context, dir string) (*Image, error) {
 			}
 			if got.Digest != f.file.Digest || got.Size != f.file.Size {
 				return nil, fmt.Errorf("%w: %s is %s (%d bytes) but manifest.json says %s (%d bytes)",
-					ErrInvalid, exportNames[f.role], got.Digest, got.Size, f.file.Digest, f.file.Size)
+					errdefs.ErrInvalid, exportNames[f.role], got.Digest, got.Size, f.file.Digest, f.file.Size)
 			}
 			staged[f.role] = p
 		}
@@ -209,7 +210,7 @@ func (s *Store) importDir(ctx context.Context, dir string) (*Image, error) {
 	for _, f := range m.files() {
 		if !f.file.IsZero() {
 			if err := checkFormat(ctx, staged[f.role], f.role, f.file.Format); err != nil {
-				return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, f.role, err)
+				return nil, fmt.Errorf("%w: %s: %v", errdefs.ErrInvalid, f.role, err)
 			}
 		}
 	}
@@ -273,17 +274,17 @@ func (in *importer) open(name string) (*os.File, int64, error) {
 	if err != nil {
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			return nil, 0, fmt.Errorf("%w: %s is missing", ErrInvalid, name)
+			return nil, 0, fmt.Errorf("%w: %s is missing", errdefs.ErrInvalid, name)
 		case strings.Contains(err.Error(), "escapes"):
 			// os.Root's error for a path that resolves outside it has
 			// no exported value to match.
-			return nil, 0, fmt.Errorf("%w: %s is a symlink that leaves the directory", ErrInvalid, name)
+			return nil, 0, fmt.Errorf("%w: %s is a symlink that leaves the directory", errdefs.ErrInvalid, name)
 		}
 		return nil, 0, err
 	}
 	st, err := f.Stat()
 	if err == nil && !st.Mode().IsRegular() {
-		err = fmt.Errorf("%w: %s is not a regular file", ErrInvalid, name)
+		err = fmt.Errorf("%w: %s is not a regular file", errdefs.ErrInvalid, name)
 	}
 	if err != nil {
 		f.Close()
@@ -306,7 +307,7 @@ func (in *importer) copy(name string, max int64) (string, File, error) {
 	}
 	defer src.Close()
 	if size > max {
-		return "", File{}, fmt.Errorf("%w: %s is %d bytes, more than the %d allowed", ErrInvalid, name, size, max)
+		return "", File{}, fmt.Errorf("%w: %s is %d bytes, more than the %d allowed", errdefs.ErrInvalid, name, size, max)
 	}
 	dst := filepath.Join(in.work, name)
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -322,7 +323,7 @@ func (in *importer) copy(name string, max int64) (string, File, error) {
 		return "", File{}, fmt.Errorf("copy %s: %w", name, err)
 	}
 	if n > max {
-		return "", File{}, fmt.Errorf("%w: %s grew past the %d bytes allowed", ErrInvalid, name, max)
+		return "", File{}, fmt.Errorf("%w: %s grew past the %d bytes allowed", errdefs.ErrInvalid, name, max)
 	}
 	return dst, File{Digest: digestOf(h), Size: n}, nil
 }
@@ -337,7 +338,7 @@ func (in *importer) manifest() (Manifest, error) {
 	}
 	defer f.Close()
 	if size > maxManifestSize {
-		return Manifest{}, fmt.Errorf("%w: %s is larger than %d bytes", ErrInvalid, ExportManifest, maxManifestSize)
+		return Manifest{}, fmt.Errorf("%w: %s is larger than %d bytes", errdefs.ErrInvalid, ExportManifest, maxManifestSize)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize))
 	if err != nil {
@@ -358,7 +359,7 @@ func (in *importer) bare(ctx context.Context) (Manifest, map[string]string, erro
 	var err error
 	switch hasVM, hasBz := in.exists(bareVmlinux), in.exists(bareBzImage); {
 	case hasVM && hasBz:
-		return m, nil, fmt.Errorf("%w: both %s and %s are there; keep one", ErrInvalid, bareVmlinux, bareBzImage)
+		return m, nil, fmt.Errorf("%w: both %s and %s are there; keep one", errdefs.ErrInvalid, bareVmlinux, bareBzImage)
 	case hasVM:
 		staged["kernel"], m.Kernel, err = in.copy(bareVmlinux, maxKernelSize)
 		m.Kernel.Format = FormatPVH
@@ -366,13 +367,13 @@ func (in *importer) bare(ctx context.Context) (Manifest, map[string]string, erro
 		staged["kernel"], m.Kernel, err = in.copy(bareBzImage, maxKernelSize)
 		m.Kernel.Format = FormatBzImage
 	default:
-		return m, nil, fmt.Errorf("%w: no %s, no %s and no %s: not an image directory", ErrInvalid, ExportManifest, bareVmlinux, bareBzImage)
+		return m, nil, fmt.Errorf("%w: no %s, no %s and no %s: not an image directory", errdefs.ErrInvalid, ExportManifest, bareVmlinux, bareBzImage)
 	}
 	if err != nil {
 		return m, nil, err
 	}
 	if !in.exists(bareInitramfs) {
-		return m, nil, fmt.Errorf("%w: no %s (the initramfs whose /init is the gondolin agent)", ErrInvalid, bareInitramfs)
+		return m, nil, fmt.Errorf("%w: no %s (the initramfs whose /init is the gondolin agent)", errdefs.ErrInvalid, bareInitramfs)
 	}
 	if staged["initramfs"], m.Initramfs, err = in.copy(bareInitramfs, maxInitramfsSize); err != nil {
 		return m, nil, err
@@ -380,7 +381,7 @@ func (in *importer) bare(ctx context.Context) (Manifest, map[string]string, erro
 	m.Initramfs.Format = FormatCpio
 	switch hasQ, hasRaw := in.exists(bareQcow2), in.exists(bareRaw); {
 	case hasQ && hasRaw:
-		return m, nil, fmt.Errorf("%w: both %s and %s are there; keep one", ErrInvalid, bareQcow2, bareRaw)
+		return m, nil, fmt.Errorf("%w: both %s and %s are there; keep one", errdefs.ErrInvalid, bareQcow2, bareRaw)
 	case hasQ:
 		staged["rootfs"], m.Rootfs, err = in.copy(bareQcow2, maxImportDisk)
 	case hasRaw:
@@ -406,10 +407,10 @@ func (in *importer) convertRaw(ctx context.Context) (string, File, error) {
 	}
 	defer src.Close()
 	if size > maxImportDisk {
-		return "", File{}, fmt.Errorf("%w: %s is %d bytes, more than the %d allowed", ErrInvalid, bareRaw, size, int64(maxImportDisk))
+		return "", File{}, fmt.Errorf("%w: %s is %d bytes, more than the %d allowed", errdefs.ErrInvalid, bareRaw, size, int64(maxImportDisk))
 	}
 	if err := format.Ext(src, size); err != nil {
-		return "", File{}, fmt.Errorf("%w: %s: %v", ErrInvalid, bareRaw, err)
+		return "", File{}, fmt.Errorf("%w: %s: %v", errdefs.ErrInvalid, bareRaw, err)
 	}
 	dst := filepath.Join(in.work, bareQcow2)
 	cmd, err := rootfs.Command(ctx, "", "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "/dev/fd/3", dst)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/imagestore/internal/format/elftest"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/testreq"
 )
 
@@ -307,8 +308,8 @@ func TestImportRejects(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Import = %v; want error about %q", err, tt.wantErr)
 			}
-			if !errors.Is(err, ErrInvalid) {
-				t.Errorf("error is not ErrInvalid: %v", err)
+			if !errors.Is(err, errdefs.ErrInvalid) {
+				t.Errorf("error is not errdefs.ErrInvalid: %v", err)
 			}
 			if after := storeState(t, s); after != before {
 				t.Fatalf("a rejected import changed the store:\n%s\n%s", before, after)

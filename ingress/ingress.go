@@ -25,14 +25,15 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/contain"
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 // Error classes, checked with errors.Is.
 var (
-	ErrInvalid  = errors.New("invalid")
-	ErrNotFound = errors.New("not found")
-	ErrExists   = errors.New("already exists")
-	ErrClosed   = errors.New("ingress is closed")
+	// (Bad input and unknown routes are errdefs.ErrInvalid and
+	// errdefs.ErrNotFound.)
+	ErrExists = errdefs.Kind(errdefs.ErrConflict, "already exists")
+	ErrClosed = errdefs.Kind(errdefs.ErrUnavailable, "ingress is closed")
 )
 
 // DialFunc opens a TCP connection to port inside the VM.
@@ -117,7 +118,7 @@ func New(dial DialFunc, opts Options) *Gateway {
 // an address. HOST is an IP address or localhost.
 func ParseListen(s string) (string, error) {
 	bad := func(why string) (string, error) {
-		return "", fmt.Errorf("%w: listen address %q: %s", ErrInvalid, s, why)
+		return "", fmt.Errorf("%w: listen address %q: %s", errdefs.ErrInvalid, s, why)
 	}
 	host, port := "", s
 	if h, p, err := net.SplitHostPort(s); err == nil {
@@ -157,7 +158,7 @@ func ParseRoute(s string) (Route, error) {
 	}
 	n, err := strconv.ParseUint(guest, 10, 16)
 	if err != nil || n == 0 {
-		return Route{}, fmt.Errorf("%w: --listen %s: want [HOST:]PORT[=GUEST_PORT] with a guest port from 1 to 65535", ErrInvalid, s)
+		return Route{}, fmt.Errorf("%w: --listen %s: want [HOST:]PORT[=GUEST_PORT] with a guest port from 1 to 65535", errdefs.ErrInvalid, s)
 	}
 	return Route{Listen: addr, GuestPort: uint16(n)}, nil
 }
@@ -165,7 +166,7 @@ func ParseRoute(s string) (Route, error) {
 // Add starts serving a route and returns it with its bound address.
 func (g *Gateway) Add(r Route) (Route, error) {
 	if r.GuestPort == 0 {
-		return Route{}, fmt.Errorf("%w: guest port 0", ErrInvalid)
+		return Route{}, fmt.Errorf("%w: guest port 0", errdefs.ErrInvalid)
 	}
 	addr, err := ParseListen(r.Listen)
 	if err != nil {
@@ -224,7 +225,7 @@ func (g *Gateway) Remove(listen string) error {
 	}
 	g.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: no route listens on %s", ErrNotFound, listen)
+		return fmt.Errorf("%w: no route listens on %s", errdefs.ErrNotFound, listen)
 	}
 	rt.close()
 	return nil

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/netpolicy"
 )
 
@@ -39,7 +40,7 @@ func TestParseListen(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "x", "70000", "-1", "example.com:80", "1.2.3.4", "::1", "[fe80::1%eth0]:80", "1.2.3.4:"} {
-		if _, err := ParseListen(bad); !errors.Is(err, ErrInvalid) {
+		if _, err := ParseListen(bad); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("ParseListen(%q) err = %v", bad, err)
 		}
 	}
@@ -60,7 +61,7 @@ func TestParseRoute(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"0", "8080=", "8080=0", "8080=x", "=3000", "host:80=3000"} {
-		if _, err := ParseRoute(bad); !errors.Is(err, ErrInvalid) {
+		if _, err := ParseRoute(bad); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("ParseRoute(%q) err = %v", bad, err)
 		}
 	}
@@ -346,10 +347,10 @@ func TestIngress(t *testing.T) {
 		if _, err := gw.Add(Route{Listen: r.Listen, GuestPort: 3000}); !errors.Is(err, ErrExists) {
 			t.Errorf("same address twice: %v", err)
 		}
-		if _, err := gw.Add(Route{Listen: "127.0.0.1:0"}); !errors.Is(err, ErrInvalid) {
+		if _, err := gw.Add(Route{Listen: "127.0.0.1:0"}); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("guest port 0: %v", err)
 		}
-		if err := gw.Remove("127.0.0.1:1"); !errors.Is(err, ErrNotFound) {
+		if err := gw.Remove("127.0.0.1:1"); !errors.Is(err, errdefs.ErrNotFound) {
 			t.Errorf("remove unknown: %v", err)
 		}
 	})

@@ -15,8 +15,9 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/gondolin/gondolin/mounts/fsproto"
 	"golang.org/x/sys/unix"
+
+	"github.com/gondolin/gondolin/mounts/fsproto"
 )
 
 // hostMount is one host directory, held open for the Server's life.
@@ -52,7 +53,7 @@ func openMount(spec Spec) (*hostMount, error) {
 	case errors.Is(err, unix.ELOOP):
 		return nil, fmt.Errorf("%w: --mount-hostfs %s: a symlink is now in the host path; refusing to follow it (it was replaced since the mount was made)", ErrRootChanged, spec)
 	case err != nil:
-		return nil, fmt.Errorf("%w: host directory %s: %v", ErrInvalid, spec.HostPath, err)
+		return nil, fmt.Errorf("%w: host directory %s: %v", errBadMount, spec.HostPath, err)
 	case spec.Root != (RootID{}) && id != spec.Root:
 		unix.Close(fd)
 		return nil, fmt.Errorf("%w: --mount-hostfs %s: the host directory is not the one the mount was made with (%v, was %v): it was moved or replaced; refusing to serve it (put it back, or mount it in a new session)", ErrRootChanged, spec, id, spec.Root)

@@ -62,12 +62,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gondolin/gondolin/vm/agentproto"
 	"golang.org/x/sys/unix"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
-// ErrInvalid is wrapped by every error about a bad mount specification.
-var ErrInvalid = errors.New("invalid mount")
+// errBadMount is wrapped by every error about a bad mount specification.
+var errBadMount = errdefs.Kind(errdefs.ErrInvalid, "invalid mount")
 
 // CacheTimeout is how long the guest trusts attributes and directory
 // entries it got from the host (see the package comment).
@@ -135,7 +137,7 @@ func (s Spec) AgentMount() *agentproto.Mount {
 // still the same directory.
 func ParseHostFS(s string) (Spec, error) {
 	bad := func(format string, args ...any) (Spec, error) {
-		return Spec{}, fmt.Errorf("%w: --mount-hostfs %q: %s", ErrInvalid, s, fmt.Sprintf(format, args...))
+		return Spec{}, fmt.Errorf("%w: --mount-hostfs %q: %s", errBadMount, s, fmt.Sprintf(format, args...))
 	}
 	spec := Spec{}
 	rest := s
@@ -184,7 +186,7 @@ func ParseHostFS(s string) (Spec, error) {
 func ParseMemFS(s string) (Spec, error) {
 	g, err := checkGuestPath(s)
 	if err != nil {
-		return Spec{}, fmt.Errorf("%w: --mount-memfs %q: %v", ErrInvalid, s, err)
+		return Spec{}, fmt.Errorf("%w: --mount-memfs %q: %v", errBadMount, s, err)
 	}
 	return Spec{GuestPath: g, Memory: true}, nil
 }
@@ -226,10 +228,10 @@ func checkGuestPath(p string) (string, error) {
 func Check(specs []Spec) error {
 	for i, s := range specs {
 		if _, err := checkGuestPath(s.GuestPath); err != nil {
-			return fmt.Errorf("%w: %v", ErrInvalid, err)
+			return fmt.Errorf("%w: %v", errBadMount, err)
 		}
 		if !s.Memory && (s.ID == "" || len(s.ID) > 64 || !filepath.IsAbs(s.HostPath) || filepath.Clean(s.HostPath) != s.HostPath) {
-			return fmt.Errorf("%w: host mount %s lacks an ID or a clean absolute host path", ErrInvalid, s.GuestPath)
+			return fmt.Errorf("%w: host mount %s lacks an ID or a clean absolute host path", errBadMount, s.GuestPath)
 		}
 		for _, t := range specs[:i] {
 			if !s.Memory && !t.Memory {
@@ -240,13 +242,13 @@ func Check(specs []Spec) error {
 			a, b := path.Clean(s.GuestPath), path.Clean(t.GuestPath)
 			switch {
 			case a == b:
-				return fmt.Errorf("%w: %s is mounted twice", ErrInvalid, a)
+				return fmt.Errorf("%w: %s is mounted twice", errBadMount, a)
 			case strings.HasPrefix(a, b+"/"):
-				return fmt.Errorf("%w: %s is inside mount %s; nested mounts are not supported", ErrInvalid, a, b)
+				return fmt.Errorf("%w: %s is inside mount %s; nested mounts are not supported", errBadMount, a, b)
 			case strings.HasPrefix(b, a+"/"):
-				return fmt.Errorf("%w: %s is inside mount %s; nested mounts are not supported", ErrInvalid, b, a)
+				return fmt.Errorf("%w: %s is inside mount %s; nested mounts are not supported", errBadMount, b, a)
 			case !s.Memory && !t.Memory && s.ID == t.ID:
-				return fmt.Errorf("%w: mounts %s and %s share ID %s", ErrInvalid, a, b, s.ID)
+				return fmt.Errorf("%w: mounts %s and %s share ID %s", errBadMount, a, b, s.ID)
 			}
 		}
 	}
@@ -269,11 +271,11 @@ func checkHostOverlap(a, b Spec) error {
 	}
 	switch {
 	case a.HostPath == b.HostPath || a.Root != (RootID{}) && a.Root == b.Root:
-		return fmt.Errorf("%w: --mount-hostfs %s and --mount-hostfs %s are the same host directory; mount it once", ErrInvalid, a, b)
+		return fmt.Errorf("%w: --mount-hostfs %s and --mount-hostfs %s are the same host directory; mount it once", errBadMount, a, b)
 	case inside(b.HostPath, a.HostPath):
-		return fmt.Errorf("%w: --mount-hostfs %s is inside --mount-hostfs %s on the host; overlapping host mounts are refused (the guest could replace one through the other)", ErrInvalid, b, a)
+		return fmt.Errorf("%w: --mount-hostfs %s is inside --mount-hostfs %s on the host; overlapping host mounts are refused (the guest could replace one through the other)", errBadMount, b, a)
 	case inside(a.HostPath, b.HostPath):
-		return fmt.Errorf("%w: --mount-hostfs %s is inside --mount-hostfs %s on the host; overlapping host mounts are refused (the guest could replace one through the other)", ErrInvalid, a, b)
+		return fmt.Errorf("%w: --mount-hostfs %s is inside --mount-hostfs %s on the host; overlapping host mounts are refused (the guest could replace one through the other)", errBadMount, a, b)
 	}
 	return nil
 }

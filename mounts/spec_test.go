@@ -50,8 +50,8 @@ func TestParseHostFS(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			spec, err := ParseHostFS(tt.in)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
-					t.Fatalf("ParseHostFS(%q) = %+v, %v; want an ErrInvalid containing %q", tt.in, spec, err, tt.wantErr)
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errBadMount) {
+					t.Fatalf("ParseHostFS(%q) = %+v, %v; want an errBadMount containing %q", tt.in, spec, err, tt.wantErr)
 				}
 				if strings.Contains(err.Error(), "\n") {
 					t.Errorf("error is not one line: %q", err)
@@ -79,8 +79,8 @@ func TestParseMemFS(t *testing.T) {
 		t.Fatalf("ParseMemFS = %+v, %v", spec, err)
 	}
 	for _, bad := range []string{"", "scratch", "/", "/proc/x", "/a:b"} {
-		if _, err := ParseMemFS(bad); !errors.Is(err, ErrInvalid) {
-			t.Errorf("ParseMemFS(%q): %v, want ErrInvalid", bad, err)
+		if _, err := ParseMemFS(bad); !errors.Is(err, errBadMount) {
+			t.Errorf("ParseMemFS(%q): %v, want errBadMount", bad, err)
 		}
 	}
 }
@@ -119,7 +119,7 @@ func TestCheck(t *testing.T) {
 	}
 	for want, specs := range bad {
 		err := Check(specs)
-		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), strings.TrimSpace(want)) {
+		if !errors.Is(err, errBadMount) || !strings.Contains(err.Error(), strings.TrimSpace(want)) {
 			t.Errorf("Check(%v) = %v, want %q", specs, err, want)
 		}
 	}
@@ -171,8 +171,8 @@ func TestCheckHostOverlap(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Check = %v, want an ErrInvalid containing %q", err, tt.want)
+			if err == nil || !errors.Is(err, errBadMount) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Check = %v, want an errBadMount containing %q", err, tt.want)
 			}
 			msg := err.Error()
 			if strings.Contains(msg, "\n") {

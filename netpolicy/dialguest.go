@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -25,7 +26,7 @@ func (n *Network) DialGuest(ctx context.Context, port uint16) (net.Conn, error) 
 		return nil, errors.New("netpolicy: network is closed")
 	}
 	if port == 0 {
-		return nil, fmt.Errorf("%w: guest port 0", ErrInvalid)
+		return nil, fmt.Errorf("%w: guest port 0", errdefs.ErrInvalid)
 	}
 	return gonet.DialContextTCP(ctx, n.stack.s, tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(GuestIP.As4()), Port: port}, ipv4.ProtocolNumber)
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -47,7 +48,7 @@ func TestDialGuest(t *testing.T) {
 	if _, err := n.DialGuest(ctx, 8001); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("closed port: %v", err)
 	}
-	if _, err := n.DialGuest(ctx, 0); !errors.Is(err, ErrInvalid) {
+	if _, err := n.DialGuest(ctx, 0); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("port 0: %v", err)
 	}
 	n.Close()

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 // Flags holds the network flags of `gondolin exec` and `bash` as the user
@@ -32,6 +34,14 @@ type Flags struct {
 	SSHCredential []string // --ssh-credential [USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]
 }
 
+// Set reports whether any flag was given: with none, a VM gets the
+// default policy.
+func (f Flags) Set() bool {
+	return len(f.AllowHost)+len(f.HostSecret)+len(f.HostSecretFile)+len(f.DNSTrustedServer)+len(f.TCPMap)+len(f.AllowInternal)+len(f.Resolve)+
+		len(f.SSHAllowHost)+len(f.SSHAllowExec)+len(f.SSHKnownHosts)+len(f.SSHCredential) > 0 ||
+		f.DNS != "" || f.DisableWebSockets || f.SSHAgent != ""
+}
+
 // Policy builds the policy the flags describe. With no --allow-host every
 // public host is allowed; --dns-trusted-server without --dns implies
 // trusted. getenv supplies secret values not given inline, SSH key
@@ -43,7 +53,7 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	for _, s := range f.AllowHost {
 		pat, err := ParseAllowHost(s)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--allow-host", err)
 		}
 		p.Allow = append(p.Allow, pat)
 	}
@@ -53,7 +63,7 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	for _, s := range f.HostSecret {
 		sec, err := ParseHostSecret(s, getenv)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--host-secret", err)
 		}
 		p.Secrets = append(p.Secrets, sec)
 	}
@@ -61,7 +71,7 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	for _, s := range f.HostSecretFile {
 		sec, err := parseHostSecretFile(s, &stdinUsed)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--host-secret-file", err)
 		}
 		p.Secrets = append(p.Secrets, sec)
 	}
@@ -69,7 +79,7 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	if f.DNS != "" {
 		m, err := ParseDNSMode(f.DNS)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--dns", err)
 		}
 		p.DNS = m
 	} else if len(f.DNSTrustedServer) > 0 {
@@ -78,28 +88,28 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	for _, s := range f.DNSTrustedServer {
 		srv, err := ParseDNSServer(s)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--dns-trusted-server", err)
 		}
 		p.DNSServers = append(p.DNSServers, srv)
 	}
 	for _, s := range f.TCPMap {
 		m, err := ParseTCPMap(s)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--tcp-map", err)
 		}
 		p.TCPMaps = append(p.TCPMaps, m)
 	}
 	for _, s := range f.AllowInternal {
 		g, err := ParseAllowInternal(s)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--allow-internal", err)
 		}
 		p.AllowInternal = append(p.AllowInternal, g)
 	}
 	for _, s := range f.Resolve {
 		r, err := ParseResolve(s)
 		if err != nil {
-			return Policy{}, err
+			return Policy{}, errdefs.Field("--resolve", err)
 		}
 		p.Resolve = append(p.Resolve, r)
 	}
@@ -137,19 +147,19 @@ func (f Flags) sshPolicy(p *Policy, getenv func(string) string) error {
 				sock = getenv("SSH_AUTH_SOCK")
 			}
 			if sock == "" || sock == SSHAgentFromEnv {
-				return fmt.Errorf("%w: --ssh-agent: SSH_AUTH_SOCK is not set; start ssh-agent or give the socket path", ErrInvalid)
+				return fmt.Errorf("%w: --ssh-agent: SSH_AUTH_SOCK is not set; start ssh-agent or give the socket path", errdefs.ErrInvalid)
 			}
 		}
 		abs, err := filepath.Abs(expandHome(sock))
 		if err != nil {
-			return fmt.Errorf("%w: --ssh-agent %s: %v", ErrInvalid, sock, err)
+			return fmt.Errorf("%w: --ssh-agent %s: %v", errdefs.ErrInvalid, sock, err)
 		}
 		p.SSHAgent = abs
 	}
 	for _, s := range f.SSHKnownHosts {
 		abs, err := filepath.Abs(expandHome(s))
 		if err != nil || s == "" {
-			return fmt.Errorf("%w: --ssh-known-hosts %q: want a file", ErrInvalid, s)
+			return fmt.Errorf("%w: --ssh-known-hosts %q: want a file", errdefs.ErrInvalid, s)
 		}
 		p.SSHKnownHosts = append(p.SSHKnownHosts, abs)
 	}
@@ -168,20 +178,20 @@ func (f Flags) sshPolicy(p *Policy, getenv func(string) string) error {
 func ParseAllowHost(s string) (string, error) {
 	pat := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
 	if pat == "" {
-		return "", fmt.Errorf("%w: --allow-host: empty pattern", ErrInvalid)
+		return "", fmt.Errorf("%w: --allow-host: empty pattern", errdefs.ErrInvalid)
 	}
 	if a, err := netip.ParseAddr(strings.Trim(pat, "[]")); err == nil {
 		if a.Zone() != "" {
-			return "", fmt.Errorf("%w: --allow-host %s: zoned addresses are not allowed", ErrInvalid, s)
+			return "", fmt.Errorf("%w: --allow-host %s: zoned addresses are not allowed", errdefs.ErrInvalid, s)
 		}
 		return a.String(), nil
 	}
 	if len(pat) > 253 {
-		return "", fmt.Errorf("%w: --allow-host %.40s...: too long", ErrInvalid, s)
+		return "", fmt.Errorf("%w: --allow-host %.40s...: too long", errdefs.ErrInvalid, s)
 	}
 	for _, l := range strings.Split(pat, ".") {
 		if !validLabel(strings.ReplaceAll(l, "*", "a")) {
-			return "", fmt.Errorf("%w: --allow-host %q: want a host name with optional * wildcards, like *.example.com", ErrInvalid, s)
+			return "", fmt.Errorf("%w: --allow-host %q: want a host name with optional * wildcards, like *.example.com", errdefs.ErrInvalid, s)
 		}
 	}
 	return pat, nil
@@ -197,16 +207,16 @@ func ParseHostSecret(spec string, getenv func(string) string) (Secret, error) {
 	nameOpts, hosts, ok := strings.Cut(head, "@")
 	name, opts, hasOpts := strings.Cut(nameOpts, ":")
 	if !ok || name == "" || hosts == "" {
-		return Secret{}, fmt.Errorf("%w: --host-secret %s: want NAME[:url]@HOST[,HOST...][=VALUE]", ErrInvalid, head)
+		return Secret{}, fmt.Errorf("%w: --host-secret %s: want NAME[:url]@HOST[,HOST...][=VALUE]", errdefs.ErrInvalid, head)
 	}
 	if !envNameRE.MatchString(name) {
-		return Secret{}, fmt.Errorf("%w: --host-secret %s: %q is not a variable name", ErrInvalid, head, name)
+		return Secret{}, fmt.Errorf("%w: --host-secret %s: %q is not a variable name", errdefs.ErrInvalid, head, name)
 	}
 	s := Secret{Name: name}
 	if hasOpts {
 		for _, o := range strings.Split(opts, ":") {
 			if o != "url" {
-				return Secret{}, fmt.Errorf("%w: --host-secret %s: unknown option %q; the only one is url (substitute into the URL too), as in %s:url@%s", ErrInvalid, head, o, name, hosts)
+				return Secret{}, fmt.Errorf("%w: --host-secret %s: unknown option %q; the only one is url (substitute into the URL too), as in %s:url@%s", errdefs.ErrInvalid, head, o, name, hosts)
 			}
 			s.InURL = true
 		}
@@ -214,7 +224,7 @@ func ParseHostSecret(spec string, getenv func(string) string) (Secret, error) {
 	for _, h := range strings.Split(hosts, ",") {
 		pat, err := ParseAllowHost(h)
 		if err != nil {
-			return Secret{}, fmt.Errorf("%w: --host-secret %s: host %q: want a host name with optional * wildcards", ErrInvalid, head, h)
+			return Secret{}, fmt.Errorf("%w: --host-secret %s: host %q: want a host name with optional * wildcards", errdefs.ErrInvalid, head, h)
 		}
 		s.Hosts = append(s.Hosts, pat)
 	}
@@ -223,10 +233,10 @@ func ParseHostSecret(spec string, getenv func(string) string) (Secret, error) {
 			value = getenv(name)
 		}
 		if value == "" {
-			return Secret{}, fmt.Errorf("%w: --host-secret %s: environment variable %s is not set; export it or write %s=VALUE", ErrInvalid, head, name, head)
+			return Secret{}, fmt.Errorf("%w: --host-secret %s: environment variable %s is not set; export it or write %s=VALUE", errdefs.ErrInvalid, head, name, head)
 		}
 	} else if value == "" {
-		return Secret{}, fmt.Errorf("%w: --host-secret %s: empty value", ErrInvalid, head)
+		return Secret{}, fmt.Errorf("%w: --host-secret %s: empty value", errdefs.ErrInvalid, head)
 	}
 	s.Value = NewSecretValue(value)
 	return s, nil
@@ -246,19 +256,19 @@ var secretStdin io.Reader = os.Stdin
 func parseHostSecretFile(spec string, stdinUsed *bool) (Secret, error) {
 	head, path, ok := strings.Cut(spec, "=")
 	if !ok || path == "" {
-		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: want NAME@HOST[,HOST...]=PATH (- for standard input)", ErrInvalid, spec)
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: want NAME@HOST[,HOST...]=PATH (- for standard input)", errdefs.ErrInvalid, spec)
 	}
 	var r io.Reader
 	if path == "-" {
 		if *stdinUsed {
-			return Secret{}, fmt.Errorf("%w: --host-secret-file %s: standard input can give one secret only", ErrInvalid, head)
+			return Secret{}, fmt.Errorf("%w: --host-secret-file %s: standard input can give one secret only", errdefs.ErrInvalid, head)
 		}
 		*stdinUsed = true
 		r = secretStdin
 	} else {
 		f, err := os.Open(path)
 		if err != nil {
-			return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %v", ErrInvalid, head, err)
+			return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %v", errdefs.ErrInvalid, head, err)
 		}
 		defer f.Close()
 		r = f
@@ -266,13 +276,13 @@ func parseHostSecretFile(spec string, stdinUsed *bool) (Secret, error) {
 	b, err := io.ReadAll(io.LimitReader(r, maxSecretFile+1))
 	switch {
 	case err != nil:
-		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: read %s: %v", ErrInvalid, head, path, err)
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: read %s: %v", errdefs.ErrInvalid, head, path, err)
 	case len(b) > maxSecretFile:
-		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %s is longer than %d KiB; a secret value is expected", ErrInvalid, head, path, maxSecretFile>>10)
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %s is longer than %d KiB; a secret value is expected", errdefs.ErrInvalid, head, path, maxSecretFile>>10)
 	}
 	value := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	if value == "" || strings.ContainsAny(value, "\r\n\x00") {
-		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %s must hold one non-empty line", ErrInvalid, head, path)
+		return Secret{}, fmt.Errorf("%w: --host-secret-file %s: %s must hold one non-empty line", errdefs.ErrInvalid, head, path)
 	}
 	sec, err := ParseHostSecret(head+"=x", nil)
 	if err != nil {
@@ -288,7 +298,7 @@ func ParseDNSMode(s string) (DNSMode, error) {
 	case DNSSynthetic, DNSTrusted, DNSOpen:
 		return m, nil
 	}
-	return "", fmt.Errorf("%w: --dns %q: want synthetic, trusted or open", ErrInvalid, s)
+	return "", fmt.Errorf("%w: --dns %q: want synthetic, trusted or open", errdefs.ErrInvalid, s)
 }
 
 // ParseDNSServer parses --dns-trusted-server: an IP, or IP:PORT (a port is
@@ -300,14 +310,14 @@ func ParseDNSServer(s string) (string, error) {
 	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 && ap.Addr().Zone() == "" {
 		return ap.String(), nil
 	}
-	return "", fmt.Errorf("%w: --dns-trusted-server %q: want an IP address", ErrInvalid, s)
+	return "", fmt.Errorf("%w: --dns-trusted-server %q: want an IP address", errdefs.ErrInvalid, s)
 }
 
 // ParseTCPMap parses GUEST_HOST[:PORT]=UPSTREAM_HOST:PORT. Without a guest
 // port the guest uses the upstream's port.
 func ParseTCPMap(s string) (TCPMap, error) {
 	bad := func(why string) (TCPMap, error) {
-		return TCPMap{}, fmt.Errorf("%w: --tcp-map %s: %s", ErrInvalid, s, why)
+		return TCPMap{}, fmt.Errorf("%w: --tcp-map %s: %s", errdefs.ErrInvalid, s, why)
 	}
 	guest, up, ok := strings.Cut(s, "=")
 	if !ok {
@@ -351,7 +361,7 @@ func ParseTCPMap(s string) (TCPMap, error) {
 // host bits set is refused rather than silently widened or narrowed.
 func ParseAllowInternal(s string) (InternalGrant, error) {
 	bad := func(format string, a ...any) (InternalGrant, error) {
-		return InternalGrant{}, fmt.Errorf("%w: --allow-internal %q: %s", ErrInvalid, s, fmt.Sprintf(format, a...))
+		return InternalGrant{}, fmt.Errorf("%w: --allow-internal %q: %s", errdefs.ErrInvalid, s, fmt.Sprintf(format, a...))
 	}
 	cidr, ports, hasPorts := s, "", false
 	switch {
@@ -410,15 +420,15 @@ func ParseAllowInternal(s string) (InternalGrant, error) {
 func ParseResolve(s string) (ResolvePin, error) {
 	host, ipStr, ok := strings.Cut(s, "=")
 	if !ok {
-		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: want HOST=IP", ErrInvalid, s)
+		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: want HOST=IP", errdefs.ErrInvalid, s)
 	}
 	name, hip, err := NormalizeHost(host)
 	if err != nil || hip.IsValid() || strings.Contains(host, ":") {
-		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: %q is not a host name", ErrInvalid, s, host)
+		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: %q is not a host name", errdefs.ErrInvalid, s, host)
 	}
 	ip, err := netip.ParseAddr(strings.Trim(ipStr, "[]"))
 	if err != nil || ip.Zone() != "" {
-		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: %q is not an IP address", ErrInvalid, s, ipStr)
+		return ResolvePin{}, fmt.Errorf("%w: --resolve %s: %q is not an IP address", errdefs.ErrInvalid, s, ipStr)
 	}
 	return ResolvePin{Host: name, IP: ip}, nil
 }

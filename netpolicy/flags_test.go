@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 func TestParseHostSecret(t *testing.T) {
@@ -45,8 +47,8 @@ func TestParseHostSecret(t *testing.T) {
 		t.Run(tt.spec, func(t *testing.T) {
 			s, err := ParseHostSecret(tt.spec, getenv)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
-					t.Fatalf("err = %v, want one containing %q and wrapping ErrInvalid", err, tt.wantErr)
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errdefs.ErrInvalid) {
+					t.Fatalf("err = %v, want one containing %q and wrapping errdefs.ErrInvalid", err, tt.wantErr)
 				}
 				if strings.Contains(err.Error(), "\n") {
 					t.Errorf("error is not one line: %q", err)
@@ -127,8 +129,8 @@ func TestParseTCPMap(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			m, err := ParseTCPMap(tt.in)
 			if tt.wantErr {
-				if !errors.Is(err, ErrInvalid) {
-					t.Fatalf("err = %v, want ErrInvalid", err)
+				if !errors.Is(err, errdefs.ErrInvalid) {
+					t.Fatalf("err = %v, want errdefs.ErrInvalid", err)
 				}
 				return
 			}
@@ -147,7 +149,7 @@ func TestParseSmallFlags(t *testing.T) {
 		t.Errorf("ParseResolve v6 = %+v, %v", r, err)
 	}
 	for _, bad := range []string{"h", "h=", "h=1.2.3", "1.2.3.4=1.2.3.4", "h:80=1.2.3.4", "=1.2.3.4"} {
-		if _, err := ParseResolve(bad); !errors.Is(err, ErrInvalid) {
+		if _, err := ParseResolve(bad); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("ParseResolve(%q) err = %v", bad, err)
 		}
 	}
@@ -156,7 +158,7 @@ func TestParseSmallFlags(t *testing.T) {
 			t.Errorf("ParseDNSMode(%q): %v", good, err)
 		}
 	}
-	if _, err := ParseDNSMode("none"); !errors.Is(err, ErrInvalid) {
+	if _, err := ParseDNSMode("none"); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("ParseDNSMode(none) err = %v", err)
 	}
 	for _, good := range []string{"api.github.com", "*.github.com", "*", "1.2.3.4", "[::1]", "Host.Example."} {
@@ -165,7 +167,7 @@ func TestParseSmallFlags(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "a b", "http://x.com", "x.com/path", "x..com", "x.com:443"} {
-		if _, err := ParseAllowHost(bad); !errors.Is(err, ErrInvalid) {
+		if _, err := ParseAllowHost(bad); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("ParseAllowHost(%q) err = %v", bad, err)
 		}
 	}
@@ -175,7 +177,7 @@ func TestParseSmallFlags(t *testing.T) {
 	if s, err := ParseDNSServer("127.0.0.1:5353"); err != nil || s != "127.0.0.1:5353" {
 		t.Errorf("ParseDNSServer = %q, %v", s, err)
 	}
-	if _, err := ParseDNSServer("dns.google"); !errors.Is(err, ErrInvalid) {
+	if _, err := ParseDNSServer("dns.google"); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("ParseDNSServer(name) err = %v", err)
 	}
 }
@@ -222,7 +224,7 @@ func TestParseAllowInternal(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			g, err := ParseAllowInternal(tt.in)
 			if tt.want == "" {
-				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.errWant) || strings.Contains(err.Error(), "\n") {
+				if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), tt.errWant) || strings.Contains(err.Error(), "\n") {
 					t.Fatalf("ParseAllowInternal(%q) = %v, %v; want an error with %q", tt.in, g, err, tt.errWant)
 				}
 				return
@@ -266,7 +268,7 @@ func TestAllowInternalJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil || !slices.Equal(back.AllowInternal, p.AllowInternal) {
 		t.Fatalf("round trip: %v, %v", back.AllowInternal, err)
 	}
-	if err := json.Unmarshal([]byte(`{"allow_internal":["10.0.0.0/8:0"]}`), &back); !errors.Is(err, ErrInvalid) {
+	if err := json.Unmarshal([]byte(`{"allow_internal":["10.0.0.0/8:0"]}`), &back); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("bad stored grant: %v", err)
 	}
 }
@@ -311,7 +313,7 @@ func TestFlagsPolicy(t *testing.T) {
 	}
 	for _, tt := range bad {
 		_, err := tt.f.Policy(getenv)
-		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+		if err == nil || !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%+v: err = %v, want %q", tt.f, err, tt.want)
 		}
 	}
@@ -382,7 +384,7 @@ func TestHostSecretFile(t *testing.T) {
 			defer func() { secretStdin = old }()
 			p, err := Flags{HostSecretFile: tt.specs}.Policy(func(string) string { return "" })
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) || strings.Contains(err.Error(), "\n") {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errdefs.ErrInvalid) || strings.Contains(err.Error(), "\n") {
 					t.Fatalf("err = %v, want one line containing %q", err, tt.wantErr)
 				}
 				if strings.Contains(err.Error(), "ghp_") {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/miekg/dns"
 )
@@ -336,7 +337,7 @@ func FuzzParseAllowInternal(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		g, err := ParseAllowInternal(s)
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) || strings.Contains(err.Error(), "\n") {
+			if !errors.Is(err, errdefs.ErrInvalid) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error %q", err)
 			}
 			return

@@ -20,12 +20,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gondolin/gondolin/netpolicy/ca"
 	"github.com/miekg/dns"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/netpolicy/ca"
 )
 
 // upstreamServer is a local HTTPS (or HTTP) server standing in for a
@@ -517,7 +519,7 @@ func TestLivePolicyChange(t *testing.T) {
 		t.Fatalf("%q", body)
 	}
 	// A bad update changes nothing.
-	if err := n.UpdatePolicy(func(p *Policy) error { p.DNS = "bogus"; return nil }); !errors.Is(err, ErrInvalid) {
+	if err := n.UpdatePolicy(func(p *Policy) error { p.DNS = "bogus"; return nil }); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("bad update: %v", err)
 	}
 	if n.Policy().DNS != DNSSynthetic {

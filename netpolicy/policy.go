@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,12 +12,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
-// ErrInvalid marks a policy, flag or pattern that cannot be used as given.
-// Every parse and validation error wraps it, so the CLI can map it to its
-// bad-input exit code and the supervisor API to a 400.
-var ErrInvalid = errors.New("invalid")
+// Every parse and validation error wraps errdefs.ErrInvalid, so the CLI
+// maps it to its bad-input exit code and the supervisor API to a 400.
 
 // Policy is what one VM's network may do. It is a plain value: the CLI
 // builds it from flags, the supervisor stores it (secret values are never
@@ -388,42 +387,42 @@ func (p *Policy) fillPlaceholders(prev *Policy) {
 }
 
 // Validate checks every field and returns the first problem as a one-line
-// error wrapping ErrInvalid.
+// error wrapping errdefs.ErrInvalid.
 func (p Policy) Validate() error {
 	for _, pat := range append(slices.Clone(p.Allow), p.Deny...) {
 		if _, err := ParseAllowHost(pat); err != nil {
-			return err
+			return errdefs.Field("--allow-host", err)
 		}
 	}
 	seen := map[string]bool{}
 	placeholders := map[string]bool{}
 	for _, s := range p.Secrets {
 		if !envNameRE.MatchString(s.Name) {
-			return fmt.Errorf("%w: secret name %q: want a variable name (letters, digits, _)", ErrInvalid, s.Name)
+			return errdefs.Field("--host-secret", fmt.Errorf("%w: secret name %q: want a variable name (letters, digits, _)", errdefs.ErrInvalid, s.Name))
 		}
 		if seen[s.Name] {
-			return fmt.Errorf("%w: secret %s is given twice", ErrInvalid, s.Name)
+			return errdefs.Field("--host-secret", fmt.Errorf("%w: secret %s is given twice", errdefs.ErrInvalid, s.Name))
 		}
 		seen[s.Name] = true
 		if len(s.Hosts) == 0 {
-			return fmt.Errorf("%w: secret %s has no hosts; write NAME@HOST[,HOST...]", ErrInvalid, s.Name)
+			return errdefs.Field("--host-secret", fmt.Errorf("%w: secret %s has no hosts; write NAME@HOST[,HOST...]", errdefs.ErrInvalid, s.Name))
 		}
 		for _, h := range s.Hosts {
 			if _, err := ParseAllowHost(h); err != nil {
-				return fmt.Errorf("secret %s: %w", s.Name, err)
+				return errdefs.Field("--host-secret", fmt.Errorf("secret %s: %w", s.Name, err))
 			}
 		}
 		if s.Placeholder != "" {
 			if !placeholderRE.MatchString(s.Placeholder) {
-				return fmt.Errorf("%w: secret %s: malformed placeholder", ErrInvalid, s.Name)
+				return errdefs.Field("--host-secret", fmt.Errorf("%w: secret %s: malformed placeholder", errdefs.ErrInvalid, s.Name))
 			}
 			if placeholders[s.Placeholder] {
-				return fmt.Errorf("%w: secret %s: placeholder shared with another secret", ErrInvalid, s.Name)
+				return errdefs.Field("--host-secret", fmt.Errorf("%w: secret %s: placeholder shared with another secret", errdefs.ErrInvalid, s.Name))
 			}
 			placeholders[s.Placeholder] = true
 		}
 		if s.Value.IsSet() && s.Value.Reveal() == "" {
-			return fmt.Errorf("%w: secret %s has an empty value", ErrInvalid, s.Name)
+			return errdefs.Field("--host-secret", fmt.Errorf("%w: secret %s has an empty value", errdefs.ErrInvalid, s.Name))
 		}
 	}
 	if _, err := ParseDNSMode(string(p.DNS)); err != nil && p.DNS != "" {
@@ -435,7 +434,7 @@ func (p Policy) Validate() error {
 		}
 	}
 	if len(p.DNSServers) > 0 && (p.DNS == "" || p.DNS == DNSSynthetic) {
-		return fmt.Errorf("%w: --dns-trusted-server needs --dns trusted or --dns open", ErrInvalid)
+		return fmt.Errorf("%w: --dns-trusted-server needs --dns trusted or --dns open", errdefs.ErrInvalid)
 	}
 	maps := map[string]bool{}
 	for _, m := range p.TCPMaps {
@@ -444,29 +443,29 @@ func (p Policy) Validate() error {
 		}
 		key := strings.ToLower(m.GuestHost) + ":" + strconv.Itoa(int(m.GuestPort))
 		if maps[key] {
-			return fmt.Errorf("%w: --tcp-map %s: %s is mapped twice", ErrInvalid, m, key)
+			return fmt.Errorf("%w: --tcp-map %s: %s is mapped twice", errdefs.ErrInvalid, m, key)
 		}
 		maps[key] = true
 	}
 	for _, g := range p.AllowInternal {
 		if !g.Prefix.IsValid() || g.Prefix != g.Prefix.Masked() {
-			return fmt.Errorf("%w: --allow-internal %s: not a network address", ErrInvalid, g.Prefix)
+			return fmt.Errorf("%w: --allow-internal %s: not a network address", errdefs.ErrInvalid, g.Prefix)
 		}
 		if (g.FromPort == 0) != (g.ToPort == 0) || g.ToPort < g.FromPort {
-			return fmt.Errorf("%w: --allow-internal %s: bad port range %d-%d", ErrInvalid, g.Prefix, g.FromPort, g.ToPort)
+			return fmt.Errorf("%w: --allow-internal %s: bad port range %d-%d", errdefs.ErrInvalid, g.Prefix, g.FromPort, g.ToPort)
 		}
 	}
 	pins := map[string]bool{}
 	for _, r := range p.Resolve {
 		name, ip, err := NormalizeHost(r.Host)
 		if err != nil || ip.IsValid() {
-			return fmt.Errorf("%w: --resolve %s: want a host name", ErrInvalid, r.Host)
+			return fmt.Errorf("%w: --resolve %s: want a host name", errdefs.ErrInvalid, r.Host)
 		}
 		if !r.IP.IsValid() {
-			return fmt.Errorf("%w: --resolve %s: missing address", ErrInvalid, r.Host)
+			return fmt.Errorf("%w: --resolve %s: missing address", errdefs.ErrInvalid, r.Host)
 		}
 		if pins[name] {
-			return fmt.Errorf("%w: --resolve %s is given twice", ErrInvalid, name)
+			return fmt.Errorf("%w: --resolve %s is given twice", errdefs.ErrInvalid, name)
 		}
 		pins[name] = true
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -127,13 +128,13 @@ func parseSSHHost(flag, s string) (SSHHost, error) {
 	dest := s
 	if user, hp, ok := strings.Cut(s, "@"); ok {
 		if !validSSHUser(user) {
-			return SSHHost{}, fmt.Errorf("%w: %s %s: bad user name %q", ErrInvalid, flag, s, user)
+			return SSHHost{}, fmt.Errorf("%w: %s %s: bad user name %q", errdefs.ErrInvalid, flag, s, user)
 		}
 		h.User, dest = user, hp
 	}
 	host, port, err := splitHostPattern(dest)
 	if err != nil {
-		return SSHHost{}, fmt.Errorf("%w: %s %s: %v", ErrInvalid, flag, s, err)
+		return SSHHost{}, fmt.Errorf("%w: %s %s: %v", errdefs.ErrInvalid, flag, s, err)
 	}
 	h.Host, h.Port = host, port
 	return h, nil
@@ -166,7 +167,7 @@ func splitHostPattern(s string) (string, uint16, error) {
 // contain the passphrase.
 func ParseSSHCredential(s string, getenv func(string) string) (SSHCredential, error) {
 	bad := func(why string) (SSHCredential, error) {
-		return SSHCredential{}, fmt.Errorf("%w: --ssh-credential %s: %s", ErrInvalid, s, why)
+		return SSHCredential{}, fmt.Errorf("%w: --ssh-credential %s: %s", errdefs.ErrInvalid, s, why)
 	}
 	dest, rest, ok := strings.Cut(s, "=")
 	if !ok || rest == "" {
@@ -241,43 +242,43 @@ func validSSHUser(u string) bool {
 func (p Policy) validateSSH() error {
 	for i, h := range p.SSHAllow {
 		if _, err := ParseAllowHost(h.Host); err != nil || h.Port == 0 || (h.User != "" && !validSSHUser(h.User)) {
-			return fmt.Errorf("%w: %s %s: want [USER@]HOST[:PORT]", ErrInvalid, h.flag(), h)
+			return fmt.Errorf("%w: %s %s: want [USER@]HOST[:PORT]", errdefs.ErrInvalid, h.flag(), h)
 		}
 		// One destination, one login and one command rule: two that
 		// differ would leave the choice to an accident of order.
 		for _, o := range p.SSHAllow[:i] {
 			if o.Host == h.Host && o.Port == h.Port && o != h {
-				return fmt.Errorf("%w: %s and %s %s name the same destination; give it once", ErrInvalid, o.flag()+" "+o.String(), h.flag(), h)
+				return fmt.Errorf("%w: %s and %s %s name the same destination; give it once", errdefs.ErrInvalid, o.flag()+" "+o.String(), h.flag(), h)
 			}
 		}
 	}
 	if p.SSHAgent != "" && !filepath.IsAbs(p.SSHAgent) {
-		return fmt.Errorf("%w: --ssh-agent %s: want an absolute socket path", ErrInvalid, p.SSHAgent)
+		return fmt.Errorf("%w: --ssh-agent %s: want an absolute socket path", errdefs.ErrInvalid, p.SSHAgent)
 	}
 	for _, f := range p.SSHKnownHosts {
 		if !filepath.IsAbs(f) {
-			return fmt.Errorf("%w: --ssh-known-hosts %s: want an absolute path", ErrInvalid, f)
+			return fmt.Errorf("%w: --ssh-known-hosts %s: want an absolute path", errdefs.ErrInvalid, f)
 		}
 	}
 	ids := map[string]bool{}
 	for _, c := range p.SSHCredentials {
 		switch {
 		case c.User != "" && !validSSHUser(c.User):
-			return fmt.Errorf("%w: --ssh-credential %s: bad user name", ErrInvalid, c.ID())
+			return fmt.Errorf("%w: --ssh-credential %s: bad user name", errdefs.ErrInvalid, c.ID())
 		case c.Port == 0:
-			return fmt.Errorf("%w: --ssh-credential %s: no port", ErrInvalid, c.ID())
+			return fmt.Errorf("%w: --ssh-credential %s: no port", errdefs.ErrInvalid, c.ID())
 		case !filepath.IsAbs(c.Key):
-			return fmt.Errorf("%w: --ssh-credential %s: want an absolute key path", ErrInvalid, c.ID())
+			return fmt.Errorf("%w: --ssh-credential %s: want an absolute key path", errdefs.ErrInvalid, c.ID())
 		case c.PassphraseEnv != "" && !envNameRE.MatchString(c.PassphraseEnv):
-			return fmt.Errorf("%w: --ssh-credential %s: bad passphrase-env", ErrInvalid, c.ID())
+			return fmt.Errorf("%w: --ssh-credential %s: bad passphrase-env", errdefs.ErrInvalid, c.ID())
 		case c.Passphrase.IsSet() && c.Passphrase.Reveal() == "":
-			return fmt.Errorf("%w: --ssh-credential %s: empty passphrase", ErrInvalid, c.ID())
+			return fmt.Errorf("%w: --ssh-credential %s: empty passphrase", errdefs.ErrInvalid, c.ID())
 		}
 		if _, err := ParseAllowHost(c.Host); err != nil {
-			return fmt.Errorf("%w: --ssh-credential %s: bad host", ErrInvalid, c.ID())
+			return fmt.Errorf("%w: --ssh-credential %s: bad host", errdefs.ErrInvalid, c.ID())
 		}
 		if ids[c.ID()] {
-			return fmt.Errorf("%w: --ssh-credential %s is given twice", ErrInvalid, c.ID())
+			return fmt.Errorf("%w: --ssh-credential %s is given twice", errdefs.ErrInvalid, c.ID())
 		}
 		ids[c.ID()] = true
 	}
@@ -286,10 +287,10 @@ func (p Policy) validateSSH() error {
 		// clone: without known hosts every connection would be
 		// refused, and gondolin never trusts a key on first use.
 		if len(p.SSHKnownHosts) == 0 {
-			return fmt.Errorf("%w: --ssh-allow-host needs --ssh-known-hosts FILE to verify upstream host keys (gondolin never trusts a key on first use; ~/.ssh/known_hosts is the usual file)", ErrInvalid)
+			return fmt.Errorf("%w: --ssh-allow-host needs --ssh-known-hosts FILE to verify upstream host keys (gondolin never trusts a key on first use; ~/.ssh/known_hosts is the usual file)", errdefs.ErrInvalid)
 		}
 		if p.SSHAgent == "" && len(p.SSHCredentials) == 0 {
-			return fmt.Errorf("%w: --ssh-allow-host needs --ssh-agent or --ssh-credential to log in upstream", ErrInvalid)
+			return fmt.Errorf("%w: --ssh-allow-host needs --ssh-agent or --ssh-credential to log in upstream", errdefs.ErrInvalid)
 		}
 	}
 	return nil
@@ -303,17 +304,17 @@ func (p Policy) validateSSH() error {
 func (p Policy) CheckSSHFiles() error {
 	if len(p.SSHKnownHosts) > 0 {
 		if _, err := knownhosts.New(p.SSHKnownHosts...); err != nil {
-			return fmt.Errorf("%w: --ssh-known-hosts: %v", ErrInvalid, err)
+			return fmt.Errorf("%w: --ssh-known-hosts: %v", errdefs.ErrInvalid, err)
 		}
 	}
 	for _, c := range p.SSHCredentials {
 		if _, err := c.signer(); err != nil {
-			return fmt.Errorf("%w: %v", ErrInvalid, err)
+			return fmt.Errorf("%w: %v", errdefs.ErrInvalid, err)
 		}
 	}
 	if p.SSHAgent != "" {
 		if fi, err := os.Stat(p.SSHAgent); err != nil || fi.Mode().Type() != os.ModeSocket {
-			return fmt.Errorf("%w: --ssh-agent: no agent socket there (is ssh-agent running? is SSH_AUTH_SOCK set?)", ErrInvalid)
+			return fmt.Errorf("%w: --ssh-agent: no agent socket there (is ssh-agent running? is SSH_AUTH_SOCK set?)", errdefs.ErrInvalid)
 		}
 	}
 	return nil
@@ -374,7 +375,7 @@ func (p *Policy) SetSSHPassphrases(m map[string]string) error {
 			}
 		}
 		if !found {
-			return fmt.Errorf("%w: a passphrase for --ssh-credential %s, which the policy does not have", ErrInvalid, id)
+			return fmt.Errorf("%w: a passphrase for --ssh-credential %s, which the policy does not have", errdefs.ErrInvalid, id)
 		}
 	}
 	return nil

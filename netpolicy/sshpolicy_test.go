@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 )
 
 func TestParseSSHHost(t *testing.T) {
@@ -38,10 +40,10 @@ func TestParseSSHHost(t *testing.T) {
 	}
 	for _, bad := range []string{"", "a b", "host:0", "host:x", "host:70000", "ssh://host", "host/path", ":22",
 		"@host", "a b@host", "a@b@host", "us:er@host", "user\x00@host", "user@", strings.Repeat("u", 65) + "@host"} {
-		if _, err := ParseSSHHost(bad); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--ssh-allow-host") {
+		if _, err := ParseSSHHost(bad); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "--ssh-allow-host") {
 			t.Errorf("ParseSSHHost(%q) err = %v", bad, err)
 		}
-		if h, err := ParseSSHExecHost(bad); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--ssh-allow-exec") || h.AnyCommand {
+		if h, err := ParseSSHExecHost(bad); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "--ssh-allow-exec") || h.AnyCommand {
 			t.Errorf("ParseSSHExecHost(%q) = %+v, %v", bad, h, err)
 		}
 	}
@@ -73,7 +75,7 @@ func TestParseSSHCredential(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			c, err := ParseSSHCredential(tt.in, getenv)
 			if tt.wantErr != "" {
-				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
+				if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
 				}
 				if strings.Contains(err.Error(), "correct horse") {
@@ -148,7 +150,7 @@ func TestSSHFlagsPolicy(t *testing.T) {
 	if len(q.MissingSSHPassphrases()) != 0 || q.CheckSSHFiles() != nil {
 		t.Errorf("after SetSSHPassphrases: %v %v", q.MissingSSHPassphrases(), q.CheckSSHFiles())
 	}
-	if err := q.SetSSHPassphrases(map[string]string{"nope:22": "x"}); !errors.Is(err, ErrInvalid) {
+	if err := q.SetSSHPassphrases(map[string]string{"nope:22": "x"}); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("passphrase for an unknown credential: %v", err)
 	}
 	for _, s := range []string{fmt.Sprint(p), fmt.Sprintf("%+v", p), fmt.Sprintf("%#v", p), p.SSHCredentials[1].String()} {
@@ -183,7 +185,7 @@ func TestSSHFlagsPolicy(t *testing.T) {
 	}
 	for _, tt := range bad {
 		_, err := tt.f.Policy(getenv)
-		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+		if err == nil || !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%+v: err = %v, want %q", tt.f, err, tt.want)
 		}
 		if err != nil && strings.Contains(err.Error(), "\n") {

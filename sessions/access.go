@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/sshaccess"
 	"github.com/gondolin/gondolin/vm"
@@ -32,7 +33,7 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 	var errs []error
 	if len(routes) > 0 {
 		if n == nil {
-			return errorf(ErrInvalid, "--listen needs the VM's network (it was started with --no-network)")
+			return errorf(errdefs.ErrInvalid, "--listen needs the VM's network (it was started with --no-network)")
 		}
 		gw := ingress.New(n.DialGuest, ingress.Options{Logger: s.sv.rt.Log})
 		var kept []ingress.Route
@@ -97,7 +98,7 @@ func (b agentBackend) Exec(ctx context.Context, p *sshaccess.Process) (sshaccess
 	a := b.s.agent
 	b.s.mu.Unlock()
 	if a == nil {
-		return sshaccess.Exit{}, errorf(ErrUnavailable, "session %s is not connected", b.s.rec.ID)
+		return sshaccess.Exit{}, errorf(errdefs.ErrUnavailable, "session %s is not connected", b.s.rec.ID)
 	}
 	argv := p.Argv
 	if argv == nil {
@@ -189,17 +190,17 @@ func (s *session) addRoute(r ingress.Route) (ingress.Route, stateWrite, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, _ := s.derivedLocked(); st != Live {
-		return ingress.Route{}, stateWrite{}, errorf(ErrUnavailable, "session %s is %s", s.rec.ID, st)
+		return ingress.Route{}, stateWrite{}, errorf(errdefs.ErrUnavailable, "session %s is %s", s.rec.ID, st)
 	}
 	if s.net == nil {
-		return ingress.Route{}, stateWrite{}, errorf(ErrInvalid, "session %s has no network", s.rec.ID)
+		return ingress.Route{}, stateWrite{}, errorf(errdefs.ErrInvalid, "session %s has no network", s.rec.ID)
 	}
 	if s.gw == nil {
 		s.gw = ingress.New(s.net.DialGuest, ingress.Options{Logger: s.sv.rt.Log})
 	}
 	got, err := s.gw.Add(r)
 	if err != nil {
-		return ingress.Route{}, stateWrite{}, ingressError(err)
+		return ingress.Route{}, stateWrite{}, err
 	}
 	s.state.Routes = s.gw.List()
 	return got, s.copyStateLocked(), nil
@@ -226,23 +227,11 @@ func (s *session) removeRoute(listen string) (stateWrite, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gw == nil {
-		return stateWrite{}, errorf(ErrNotFound, "session %s has no ingress route %s", s.rec.ID, listen)
+		return stateWrite{}, errorf(errdefs.ErrNotFound, "session %s has no ingress route %s", s.rec.ID, listen)
 	}
 	if err := s.gw.Remove(listen); err != nil {
-		return stateWrite{}, ingressError(err)
+		return stateWrite{}, err
 	}
 	s.state.Routes = s.gw.List()
 	return s.copyStateLocked(), nil
-}
-
-func ingressError(err error) error {
-	switch {
-	case errors.Is(err, ingress.ErrInvalid):
-		return errorf(ErrInvalid, "%v", err)
-	case errors.Is(err, ingress.ErrNotFound):
-		return errorf(ErrNotFound, "%v", err)
-	case errors.Is(err, ingress.ErrExists):
-		return errorf(ErrConflict, "%v", err)
-	}
-	return err
 }

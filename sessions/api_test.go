@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 )
 
@@ -107,14 +108,14 @@ func TestAPIRejectsBadRequests(t *testing.T) {
 func TestClientErrorClasses(t *testing.T) {
 	client, _ := testAPI(t)
 	ctx := context.Background()
-	if _, err := client.Get(ctx, "abc"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("Get unknown: %v, want ErrNotFound", err)
+	if _, err := client.Get(ctx, "abc"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Get unknown: %v, want errdefs.ErrNotFound", err)
 	}
-	if _, err := client.Get(ctx, "../x"); !errors.Is(err, ErrInvalid) {
-		t.Errorf("Get ../x: %v, want ErrInvalid", err)
+	if _, err := client.Get(ctx, "../x"); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("Get ../x: %v, want errdefs.ErrInvalid", err)
 	}
-	if _, err := client.Create(ctx, CreateRequest{Spec: Spec{CPUs: 100}}); !errors.Is(err, ErrInvalid) {
-		t.Errorf("Create bad spec: %v, want ErrInvalid", err)
+	if _, err := client.Create(ctx, CreateRequest{Spec: Spec{CPUs: 100}}); !errors.Is(err, errdefs.ErrInvalid) || errdefs.FieldOf(err) != "--cpus" {
+		t.Errorf("Create bad spec: %v (field %q), want errdefs.ErrInvalid naming --cpus", err, errdefs.FieldOf(err))
 	}
 	list, err := client.List(ctx, true)
 	if err != nil || len(list) != 0 {
@@ -142,13 +143,13 @@ func TestResolveID(t *testing.T) {
 		{"db", "bbbb55556666", nil},
 		{"b", "bbbb55556666", nil},
 		{"aaaa3", "aaaa33334444", nil},
-		{"aaaa", "", ErrInvalid}, // ambiguous
-		{"c", "", ErrNotFound},
-		{"nope", "", ErrNotFound},
-		{"", "", ErrInvalid},
-		{"../etc", "", ErrInvalid},
-		{"a/b", "", ErrInvalid},
-		{"AAAA", "", ErrNotFound}, // a valid name that nothing has
+		{"aaaa", "", errdefs.ErrInvalid}, // ambiguous
+		{"c", "", errdefs.ErrNotFound},
+		{"nope", "", errdefs.ErrNotFound},
+		{"", "", errdefs.ErrInvalid},
+		{"../etc", "", errdefs.ErrInvalid},
+		{"a/b", "", errdefs.ErrInvalid},
+		{"AAAA", "", errdefs.ErrNotFound}, // a valid name that nothing has
 	}
 	for _, tt := range tests {
 		got, err := resolveID(tt.ref, recs)
@@ -186,7 +187,7 @@ func TestRegistryRoundTrip(t *testing.T) {
 	if _, _, err := reg.load(rec.ID); err == nil {
 		t.Fatal("corrupt state accepted")
 	}
-	if err := reg.remove("../x"); !errors.Is(err, ErrInvalid) {
+	if err := reg.remove("../x"); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("remove ../x: %v", err)
 	}
 }
@@ -197,7 +198,7 @@ func FuzzDecodeCreateRequest(f *testing.F) {
 		r := httptest.NewRequest("POST", "/v1/sessions", bytes.NewReader(data))
 		var req CreateRequest
 		if err := decode(httptest.NewRecorder(), r, &req); err != nil {
-			if !errors.Is(err, ErrInvalid) {
+			if !errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("decode error without a class: %v", err)
 			}
 			return

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/snapshots"
@@ -45,7 +46,7 @@ func NewClient(home layout.Home) *Client {
 const baseURL = "http://gondolin"
 
 // do sends a request and decodes a JSON answer into out; API errors come
-// back with their class (ErrNotFound, ErrInvalid, ...).
+// back with their class (errdefs.ErrNotFound, errdefs.ErrInvalid, ...).
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -64,7 +65,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return errorf(ErrUnavailable, "supervisor: %v", err)
+		return errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
@@ -82,7 +83,11 @@ func responseError(resp *http.Response) error {
 	if json.Unmarshal(b, &e) != nil || e.Error == "" {
 		e.Error = fmt.Sprintf("supervisor answered %s", resp.Status)
 	}
-	if class := classOf(resp.StatusCode); class != nil {
+	class := errdefs.FromHTTPStatus(resp.StatusCode)
+	if e.Field != "" && class == errdefs.ErrInvalid {
+		return errdefs.Fieldf(e.Field, "%s", e.Error)
+	}
+	if class != nil {
 		return errorf(class, "%s", e.Error)
 	}
 	return errors.New(e.Error)
@@ -178,7 +183,7 @@ func (c *Client) upgrade(ctx context.Context, path string, body any) (io.ReadWri
 	req.Header.Set("Upgrade", upgradeProtocol)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, errorf(ErrUnavailable, "supervisor: %v", err)
+		return nil, errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer resp.Body.Close()
@@ -356,7 +361,7 @@ func (c *Client) Logs(ctx context.Context, ref string, follow bool, w io.Writer)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return errorf(ErrUnavailable, "supervisor: %v", err)
+		return errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -384,7 +389,7 @@ func getStream[T any](ctx context.Context, c *Client, path string) (<-chan T, er
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, errorf(ErrUnavailable, "supervisor: %v", err)
+		return nil, errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/rlimit"
 	"github.com/gondolin/gondolin/mounts"
@@ -113,7 +114,7 @@ func Connect(ctx context.Context, home layout.Home, opts ConnectOptions) (*Clien
 	if _, err := c.Status(ctx); err == nil {
 		return c, nil
 	} else if !opts.Start {
-		return nil, errorf(ErrUnavailable, "no supervisor is running for %s (%v)", home, err)
+		return nil, errorf(errdefs.ErrUnavailable, "no supervisor is running for %s (%v)", home, err)
 	}
 	if err := startSupervisor(home, opts.Executable); err != nil {
 		return nil, err
@@ -124,7 +125,7 @@ func Connect(ctx context.Context, home layout.Home, opts ConnectOptions) (*Clien
 			return c, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, errorf(ErrUnavailable, "the supervisor did not start: see %s", home.SupervisorLog())
+			return nil, errorf(errdefs.ErrUnavailable, "the supervisor did not start: see %s", home.SupervisorLog())
 		}
 		select {
 		case <-ctx.Done():

@@ -2,13 +2,13 @@ package sessions
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/vm/agentproto"
@@ -117,7 +117,7 @@ func (s *session) policyView() (PolicyView, error) {
 	n := s.net
 	s.mu.Unlock()
 	if n == nil {
-		return PolicyView{}, errorf(ErrUnavailable, "session %s has no running network", s.rec.ID)
+		return PolicyView{}, errorf(errdefs.ErrUnavailable, "session %s has no running network", s.rec.ID)
 	}
 	p := n.Policy()
 	return PolicyView{Policy: p, Missing: p.MissingSecrets()}, nil
@@ -131,7 +131,7 @@ func (s *session) changePolicy(ctx context.Context, ch PolicyChange) (PolicyView
 	n, a := s.net, s.agent
 	s.mu.Unlock()
 	if n == nil {
-		return PolicyView{}, errorf(ErrUnavailable, "session %s has no running network", s.rec.ID)
+		return PolicyView{}, errorf(errdefs.ErrUnavailable, "session %s has no running network", s.rec.ID)
 	}
 	secretsChanged := ch.SetSecret != "" || ch.RemoveSecret != ""
 	err := n.UpdatePolicy(func(p *netpolicy.Policy) error {
@@ -151,7 +151,7 @@ func (s *session) changePolicy(ctx context.Context, ch PolicyChange) (PolicyView
 				kept = append(kept, pat)
 			}
 			if !found {
-				return errorf(ErrNotFound, "%q is not an allowed pattern", ch.Unallow)
+				return errorf(errdefs.ErrNotFound, "%q is not an allowed pattern", ch.Unallow)
 			}
 			p.Allow = kept
 		}
@@ -172,14 +172,11 @@ func (s *session) changePolicy(ctx context.Context, ch PolicyChange) (PolicyView
 			p.SetSecret(sec)
 		}
 		if ch.RemoveSecret != "" && !p.RemoveSecret(ch.RemoveSecret) {
-			return errorf(ErrNotFound, "no secret %s", ch.RemoveSecret)
+			return errorf(errdefs.ErrNotFound, "no secret %s", ch.RemoveSecret)
 		}
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, netpolicy.ErrInvalid) {
-			return PolicyView{}, invalidf("%v", err)
-		}
 		return PolicyView{}, err
 	}
 	// Read under s.mu, so that of two edits the one recorded last holds
@@ -206,7 +203,7 @@ func (s *session) netEvents(ctx context.Context, follow bool) ([]netpolicy.Event
 	n := s.net
 	s.mu.Unlock()
 	if n == nil {
-		return nil, nil, errorf(ErrUnavailable, "session %s has no running network", s.rec.ID)
+		return nil, nil, errorf(errdefs.ErrUnavailable, "session %s has no running network", s.rec.ID)
 	}
 	if !follow {
 		return n.Events(), nil, nil

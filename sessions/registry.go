@@ -16,6 +16,7 @@ import (
 
 	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/atomicfile"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/vm"
@@ -142,7 +143,7 @@ func (r registry) ids() ([]string, error) {
 
 func (r registry) remove(id string) error {
 	if !idRule.MatchString(id) || len(id) != idLen {
-		return errorf(ErrInvalid, "bad session id %q", id)
+		return errorf(errdefs.ErrInvalid, "bad session id %q", id)
 	}
 	return os.RemoveAll(r.dir(id))
 }
@@ -151,10 +152,10 @@ func (r registry) remove(id string) error {
 // an unambiguous ID prefix.
 func resolveID(ref string, records []Record) (string, error) {
 	if ref == "" {
-		return "", errorf(ErrInvalid, "empty session id")
+		return "", errorf(errdefs.ErrInvalid, "empty session id")
 	}
 	if !idRule.MatchString(ref) && !nameRule.MatchString(ref) {
-		return "", errorf(ErrInvalid, "bad session id or name %q", ref)
+		return "", errorf(errdefs.ErrInvalid, "bad session id or name %q", ref)
 	}
 	var byPrefix []string
 	for _, rec := range records {
@@ -167,12 +168,12 @@ func resolveID(ref string, records []Record) (string, error) {
 	}
 	switch len(byPrefix) {
 	case 0:
-		return "", errorf(ErrNotFound, "no session %q (see: gondolin list --all)", ref)
+		return "", errorf(errdefs.ErrNotFound, "no session %q (see: gondolin list --all)", ref)
 	case 1:
 		return byPrefix[0], nil
 	}
 	sort.Strings(byPrefix)
-	return "", errorf(ErrInvalid, "session id %q is ambiguous: it matches %s", ref, strings.Join(byPrefix, ", "))
+	return "", errorf(errdefs.ErrInvalid, "session id %q is ambiguous: it matches %s", ref, strings.Join(byPrefix, ", "))
 }
 
 // hostBootID identifies this boot of the host.

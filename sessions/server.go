@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
@@ -114,6 +115,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 type apiError struct {
 	Error string `json:"error"`
+	// Field names the flag a bad-input error is about (errdefs.FieldOf).
+	Field string `json:"field,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
@@ -121,7 +124,7 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 }
 
 func fail(w http.ResponseWriter, err error) {
-	writeError(w, httpStatus(err), err.Error())
+	writeJSON(w, errdefs.HTTPStatus(err), apiError{Error: err.Error(), Field: errdefs.FieldOf(err)})
 }
 
 // decode reads a strict, bounded JSON body into v.
@@ -132,15 +135,15 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return errorf(ErrInvalid, "request body is larger than %d bytes", maxBody)
+			return errorf(errdefs.ErrInvalid, "request body is larger than %d bytes", maxBody)
 		}
 		if errors.Is(err, io.EOF) {
-			return errorf(ErrInvalid, "empty request body")
+			return errorf(errdefs.ErrInvalid, "empty request body")
 		}
-		return errorf(ErrInvalid, "malformed request: %v", err)
+		return errorf(errdefs.ErrInvalid, "malformed request: %v", err)
 	}
 	if dec.More() {
-		return errorf(ErrInvalid, "malformed request: data after the JSON value")
+		return errorf(errdefs.ErrInvalid, "malformed request: data after the JSON value")
 	}
 	return nil
 }
@@ -259,7 +262,7 @@ func (a *API) sessionPTY(r *http.Request) (*session, *pty, error) {
 	var id uint64
 	if ref := r.PathValue("pty"); ref != "latest" {
 		if id, err = strconv.ParseUint(ref, 10, 64); err != nil {
-			return nil, nil, errorf(ErrInvalid, "bad terminal id %q", ref)
+			return nil, nil, errorf(errdefs.ErrInvalid, "bad terminal id %q", ref)
 		}
 	}
 	p, err := s.findPTY(id)
@@ -279,7 +282,7 @@ func (a *API) screen(w http.ResponseWriter, r *http.Request) {
 // the returned reader: it may hold bytes the client sent early.
 func hijack(w http.ResponseWriter, r *http.Request) (net.Conn, *bufio.Reader, error) {
 	if !strings.EqualFold(r.Header.Get("Upgrade"), upgradeProtocol) {
-		return nil, nil, errorf(ErrInvalid, "this endpoint needs Connection: Upgrade and Upgrade: %s", upgradeProtocol)
+		return nil, nil, errorf(errdefs.ErrInvalid, "this endpoint needs Connection: Upgrade and Upgrade: %s", upgradeProtocol)
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
@@ -335,7 +338,7 @@ func (s streamWriter) Write(p []byte) (int, error) {
 func parseSize(b []byte) (uint16, uint16, error) {
 	var size [2]uint16
 	if err := json.Unmarshal(b, &size); err != nil || size[0] == 0 || size[1] == 0 {
-		return 0, 0, errorf(ErrInvalid, "bad terminal size %q", b)
+		return 0, 0, errorf(errdefs.ErrInvalid, "bad terminal size %q", b)
 	}
 	return size[0], size[1], nil
 }
@@ -454,7 +457,7 @@ func (a *API) exec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		fail(w, errorf(ErrInvalid, "exec needs a command"))
+		fail(w, errorf(errdefs.ErrInvalid, "exec needs a command"))
 		return
 	}
 	s, err := a.sv.lookup(r.PathValue("id"))
@@ -467,7 +470,7 @@ func (a *API) exec(w http.ResponseWriter, r *http.Request) {
 	st, _ := s.derivedLocked()
 	s.mu.Unlock()
 	if agent == nil || st != Live {
-		fail(w, errorf(ErrUnavailable, "session %s is %s", s.rec.ID, st))
+		fail(w, errorf(errdefs.ErrUnavailable, "session %s is %s", s.rec.ID, st))
 		return
 	}
 	conn, br, err := hijack(w, r)
@@ -560,7 +563,7 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 	dir := a.sv.reg.dir(s.rec.ID)
 	f, err := os.Open(filepath.Join(dir, layout.ConsoleLog))
 	if err != nil {
-		fail(w, errorf(ErrNotFound, "session %s has no console log yet", s.rec.ID))
+		fail(w, errorf(errdefs.ErrNotFound, "session %s has no console log yet", s.rec.ID))
 		return
 	}
 	defer f.Close()
@@ -704,7 +707,7 @@ func (a *API) snapshot(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	snap, err := a.sv.Snapshot(ctx, r.PathValue("id"), req)
 	if err != nil {
-		fail(w, snapshotError(err))
+		fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, snap)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/netpolicy"
@@ -60,7 +61,7 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 			return nil, invalidf("--name: %v", err)
 		}
 		if _, err := sv.rt.Snapshots.Resolve(req.Name); err == nil {
-			return nil, errorf(ErrConflict, "a snapshot named %q exists", req.Name)
+			return nil, errorf(errdefs.ErrConflict, "a snapshot named %q exists", req.Name)
 		}
 	}
 	if req.Output != "" {
@@ -68,7 +69,7 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 			return nil, invalidf("--output %q: use an absolute path", req.Output)
 		}
 		if _, err := os.Stat(req.Output); err == nil {
-			return nil, errorf(ErrConflict, "--output %s exists; choose another path", req.Output)
+			return nil, errorf(errdefs.ErrConflict, "--output %s exists; choose another path", req.Output)
 		}
 		if st, err := os.Stat(filepath.Dir(req.Output)); err != nil || !st.IsDir() {
 			return nil, invalidf("--output %s: its directory does not exist", req.Output)
@@ -83,10 +84,10 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 	}
 	s.mu.Unlock()
 	if state != Live {
-		return nil, errorf(ErrUnavailable, "session %s is %s; only a live session can be snapshotted", s.rec.ID, state)
+		return nil, errorf(errdefs.ErrUnavailable, "session %s is %s; only a live session can be snapshotted", s.rec.ID, state)
 	}
 	if busy {
-		return nil, errorf(ErrConflict, "a snapshot of session %s is being taken; try again when it is done", s.rec.ID)
+		return nil, errorf(errdefs.ErrConflict, "a snapshot of session %s is being taken; try again when it is done", s.rec.ID)
 	}
 	defer func() {
 		s.mu.Lock()
@@ -212,11 +213,8 @@ type resumePlan struct {
 // planForeignResume.
 func (r *Runtime) planResume(ctx context.Context, ref, dir string) (*resumePlan, error) {
 	snap, err := r.Snapshots.Resolve(ref)
-	if errors.Is(err, snapshots.ErrNotFound) {
-		return nil, errorf(ErrNotFound, "%v", err)
-	}
 	if err != nil {
-		return nil, snapshotError(err)
+		return nil, err
 	}
 	own, err := r.Snapshots.Own(snap)
 	if err != nil {
@@ -226,7 +224,7 @@ func (r *Runtime) planResume(ctx context.Context, ref, dir string) (*resumePlan,
 		return r.planForeignResume(ctx, ref, snap.AsDiskCheckpoint(), dir)
 	}
 	if err := snapshots.Verify(snap); err != nil {
-		return nil, errorf(ErrInvalid, "snapshot %s cannot be resumed: %v", ref, err)
+		return nil, errorf(errdefs.ErrInvalid, "snapshot %s cannot be resumed: %v", ref, err)
 	}
 	img, err := r.snapshotImage(snap)
 	if err != nil {
@@ -235,7 +233,7 @@ func (r *Runtime) planResume(ctx context.Context, ref, dir string) (*resumePlan,
 	plan := &resumePlan{snap: snap, img: img}
 	if len(snap.Session) > 0 {
 		if err := json.Unmarshal(snap.Session, &plan.session); err != nil {
-			return nil, errorf(ErrInvalid, "snapshot %s: corrupt session record: %v", ref, err)
+			return nil, errorf(errdefs.ErrInvalid, "snapshot %s: corrupt session record: %v", ref, err)
 		}
 	}
 	accel, err := r.Accel(ctx, img)
@@ -243,7 +241,7 @@ func (r *Runtime) planResume(ctx context.Context, ref, dir string) (*resumePlan,
 		return nil, err
 	}
 	if snap.Kind == snapshots.Live && snap.Shape.Accel != "" && snap.Shape.Accel != string(accel) {
-		return nil, errorf(ErrInvalid, "snapshot %s was taken under %s and cannot continue under %s (set GONDOLIN_ACCEL=%s)",
+		return nil, errorf(errdefs.ErrInvalid, "snapshot %s was taken under %s and cannot continue under %s (set GONDOLIN_ACCEL=%s)",
 			ref, snap.Shape.Accel, accel, snap.Shape.Accel)
 	}
 	backing, err := snapshots.ResumeBacking(ctx, snap, img.RootfsPath(), dir)
@@ -276,8 +274,8 @@ func (r *Runtime) planForeignResume(ctx context.Context, ref string, snap *snaps
 	}
 	backing, err := snapshots.ForeignBacking(ctx, snap, img.RootfsPath(), dir)
 	if err != nil {
-		if errors.Is(err, snapshots.ErrInvalid) || errors.Is(err, snapshots.ErrCorrupt) {
-			return nil, errorf(ErrInvalid, "snapshot %s cannot be resumed: %v", ref, err)
+		if errors.Is(err, errdefs.ErrInvalid) {
+			return nil, errorf(errdefs.ErrInvalid, "snapshot %s cannot be resumed: %v", ref, err)
 		}
 		return nil, err
 	}
@@ -325,7 +323,7 @@ func (r *Runtime) snapshotImage(snap *snapshots.Snapshot) (*imagestore.Image, er
 	if !strings.HasPrefix(ref, "default:") {
 		how = "gondolin image pull " + ref + " (or image build --tag " + ref + ")"
 	}
-	return nil, errorf(ErrNotFound, "snapshot %s needs %s (%s), which is not here: %s", snap.ID, ref, termsafe.String(snap.ImageID), how)
+	return nil, errorf(errdefs.ErrNotFound, "snapshot %s needs %s (%s), which is not here: %s", snap.ID, ref, termsafe.String(snap.ImageID), how)
 }
 
 // resumeSpec is the spec a resumed session runs with: the snapshot's,
@@ -371,13 +369,13 @@ func (sv *Supervisor) Snapshots() ([]SnapshotInfo, error) {
 func ListSnapshots(st *snapshots.Store) ([]SnapshotInfo, error) {
 	list, err := st.List()
 	if err != nil {
-		return nil, snapshotError(err)
+		return nil, err
 	}
 	out := []SnapshotInfo{}
 	for _, s := range list {
 		own, err := st.Own(s)
 		if err != nil {
-			return nil, snapshotError(err)
+			return nil, err
 		}
 		out = append(out, SnapshotInfo{s, own})
 	}
@@ -387,22 +385,10 @@ func ListSnapshots(st *snapshots.Store) ([]SnapshotInfo, error) {
 // GetSnapshot finds a snapshot by ID, prefix, name or disk path.
 func (sv *Supervisor) GetSnapshot(ref string) (*snapshots.Snapshot, error) {
 	snap, err := sv.rt.Snapshots.Resolve(ref)
-	return snap, snapshotError(err)
+	return snap, err
 }
 
 // RemoveSnapshot deletes a snapshot of the store.
 func (sv *Supervisor) RemoveSnapshot(ref string) error {
-	return snapshotError(sv.rt.Snapshots.Remove(ref))
-}
-
-// snapshotError gives the snapshot package's errors their API class: a
-// damaged snapshot file is bad input, as a bad flag is.
-func snapshotError(err error) error {
-	switch {
-	case errors.Is(err, snapshots.ErrNotFound):
-		return errorf(ErrNotFound, "%v", err)
-	case errors.Is(err, snapshots.ErrInvalid), errors.Is(err, snapshots.ErrCorrupt):
-		return errorf(ErrInvalid, "%v", err)
-	}
-	return err
+	return sv.rt.Snapshots.Remove(ref)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testreq"
 	"github.com/gondolin/gondolin/mounts"
@@ -366,7 +367,7 @@ func TestResumeForeignDisk(t *testing.T) {
 				t.Errorf("qemu-img was run on the foreign disk or what it names:\n%s", b)
 			}
 			if tt.want != "" {
-				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
 					t.Errorf("err = %v; want a one-line refusal about %q", err, tt.want)
 				}
 				return

@@ -4,22 +4,16 @@
 package sessions
 
 import (
-	"errors"
 	"os"
 
-	"github.com/gondolin/gondolin/mounts"
-	"github.com/gondolin/gondolin/netpolicy"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/mounts"
+	"github.com/gondolin/gondolin/netpolicy"
 )
-
-// ErrInvalid marks bad input from the user (exit code 2).
-var ErrInvalid = errors.New("invalid input")
-
-func invalidf(format string, args ...any) error {
-	return errorf(ErrInvalid, format, args...)
-}
 
 // Spec is everything that describes a VM to create.
 type Spec struct {
@@ -55,19 +49,19 @@ func (s *Spec) ParseMounts(hostfs, memfs []string) error {
 	for _, v := range hostfs {
 		m, err := mounts.ParseHostFS(v)
 		if err != nil {
-			return invalidf("%v", err)
+			return errdefs.Field("--mount-hostfs", err)
 		}
 		s.Mounts = append(s.Mounts, m)
 	}
 	for _, v := range memfs {
 		m, err := mounts.ParseMemFS(v)
 		if err != nil {
-			return invalidf("%v", err)
+			return errdefs.Field("--mount-memfs", err)
 		}
 		s.Mounts = append(s.Mounts, m)
 	}
 	if err := mounts.Check(s.Mounts); err != nil {
-		return invalidf("%v", err)
+		return errdefs.Field("--mount-hostfs", err)
 	}
 	return nil
 }
@@ -96,49 +90,49 @@ var (
 	nameRule = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 )
 
-// Validate checks a Spec; errors wrap ErrInvalid and name the flag.
+// Validate checks a Spec; errors wrap errdefs.ErrInvalid and name the flag.
 func (s *Spec) Validate() error {
 	if s.CPUs < 0 || s.CPUs > 64 {
-		return invalidf("--cpus %d: use 1 to 64", s.CPUs)
+		return fieldf("--cpus", "--cpus %d: use 1 to 64", s.CPUs)
 	}
 	if s.MemoryMiB != 0 && (s.MemoryMiB < 64 || s.MemoryMiB > 1<<20) {
-		return invalidf("--memory %dM: use 64M to 1T", s.MemoryMiB)
+		return fieldf("--memory", "--memory %dM: use 64M to 1T", s.MemoryMiB)
 	}
 	for _, kv := range s.Env {
 		k, _, ok := strings.Cut(kv, "=")
 		if !ok || !envKey.MatchString(k) {
-			return invalidf("--env %q: use KEY=VALUE with KEY made of letters, digits and _", kv)
+			return fieldf("--env", "--env %q: use KEY=VALUE with KEY made of letters, digits and _", kv)
 		}
 		if strings.ContainsRune(kv, 0) {
-			return invalidf("--env %q: NUL byte in value", k)
+			return fieldf("--env", "--env %q: NUL byte in value", k)
 		}
 	}
 	if s.Cwd != "" && !strings.HasPrefix(s.Cwd, "/") {
-		return invalidf("--cwd %q: use an absolute guest path", s.Cwd)
+		return fieldf("--cwd", "--cwd %q: use an absolute guest path", s.Cwd)
 	}
 	if s.Policy != nil {
 		if s.NoNetwork {
-			return invalidf("--no-network cannot be combined with network policy flags")
+			return fieldf("--no-network", "--no-network cannot be combined with network policy flags")
 		}
 		if err := s.Policy.Validate(); err != nil {
-			return invalidf("%v", err)
+			return err // of class invalid, naming its flag
 		}
 	}
 	if len(s.Mounts) > 0 {
 		if err := mounts.Check(s.Mounts); err != nil {
-			return invalidf("%v", err)
+			return errdefs.Field("--mount-hostfs", err)
 		}
 		for _, m := range s.Mounts {
 			if m.Memory {
 				continue
 			}
 			if st, err := os.Stat(m.HostPath); err != nil || !st.IsDir() {
-				return invalidf("--mount-hostfs %s: the host directory %s is not there", m.GuestPath, m.HostPath)
+				return fieldf("--mount-hostfs", "--mount-hostfs %s: the host directory %s is not there", m.GuestPath, m.HostPath)
 			}
 		}
 	}
 	if s.Name != "" && !nameRule.MatchString(s.Name) {
-		return invalidf("--name %q: use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)", s.Name)
+		return fieldf("--name", "--name %q: use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)", s.Name)
 	}
 	return nil
 }
@@ -165,11 +159,11 @@ func ParseMemory(s string) (int, error) {
 	}
 	n, err := strconv.ParseFloat(strings.TrimSuffix(s, unit), 64)
 	if err != nil || n <= 0 || n != n {
-		return 0, invalidf("--memory %q: use a size such as 512M or 2G", orig)
+		return 0, fieldf("--memory", "--memory %q: use a size such as 512M or 2G", orig)
 	}
 	mib := n * mult
 	if mib < 64 || mib > 1<<20 {
-		return 0, invalidf("--memory %q: use 64M to 1T", orig)
+		return 0, fieldf("--memory", "--memory %q: use 64M to 1T", orig)
 	}
 	return int(mib), nil
 }

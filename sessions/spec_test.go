@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/gondolin/gondolin/imagestore"
+	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/netpolicy"
 )
 
 func TestParseMemory(t *testing.T) {
@@ -40,39 +42,86 @@ func TestParseMemory(t *testing.T) {
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("ParseMemory(%q) = %d, %v; want %d ok=%v", tt.in, got, err, tt.want, tt.ok)
 		}
-		if err != nil && !errors.Is(err, ErrInvalid) {
-			t.Errorf("ParseMemory(%q) error %v does not wrap ErrInvalid", tt.in, err)
+		if err != nil && !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("ParseMemory(%q) error %v does not wrap errdefs.ErrInvalid", tt.in, err)
 		}
 	}
 }
 
 func TestSpecValidate(t *testing.T) {
 	tests := []struct {
-		name string
-		spec Spec
-		ok   bool
+		name  string
+		spec  Spec
+		field string // the flag the error names; "" when valid
 	}{
-		{"empty", Spec{}, true},
-		{"full", Spec{CPUs: 2, MemoryMiB: 512, Env: []string{"A=1", "_B=x=y"}, Cwd: "/work", Name: "dev-1"}, true},
-		{"too many cpus", Spec{CPUs: 65}, false},
-		{"negative cpus", Spec{CPUs: -1}, false},
-		{"little memory", Spec{MemoryMiB: 10}, false},
-		{"env without =", Spec{Env: []string{"A"}}, false},
-		{"env bad key", Spec{Env: []string{"1A=x"}}, false},
-		{"env key with space", Spec{Env: []string{"A B=x"}}, false},
-		{"env NUL", Spec{Env: []string{"A=x\x00y"}}, false},
-		{"relative cwd", Spec{Cwd: "tmp"}, false},
-		{"name with slash", Spec{Name: "a/b"}, false},
-		{"name dotdot", Spec{Name: ".."}, false},
-		{"name too long", Spec{Name: string(make([]byte, 64))}, false},
+		{"empty", Spec{}, ""},
+		{"full", Spec{CPUs: 2, MemoryMiB: 512, Env: []string{"A=1", "_B=x=y"}, Cwd: "/work", Name: "dev-1"}, ""},
+		{"too many cpus", Spec{CPUs: 65}, "--cpus"},
+		{"negative cpus", Spec{CPUs: -1}, "--cpus"},
+		{"little memory", Spec{MemoryMiB: 10}, "--memory"},
+		{"env without =", Spec{Env: []string{"A"}}, "--env"},
+		{"env bad key", Spec{Env: []string{"1A=x"}}, "--env"},
+		{"env key with space", Spec{Env: []string{"A B=x"}}, "--env"},
+		{"env NUL", Spec{Env: []string{"A=x\x00y"}}, "--env"},
+		{"relative cwd", Spec{Cwd: "tmp"}, "--cwd"},
+		{"name with slash", Spec{Name: "a/b"}, "--name"},
+		{"name dotdot", Spec{Name: ".."}, "--name"},
+		{"name too long", Spec{Name: string(make([]byte, 64))}, "--name"},
+		{"bad allow pattern", Spec{Policy: &netpolicy.Policy{Allow: []string{"a b"}}}, "--allow-host"},
+		{"secret without hosts", Spec{Policy: &netpolicy.Policy{Allow: []string{"*"}, Secrets: []netpolicy.Secret{{Name: "K"}}}}, "--host-secret"},
+		{"policy without network", Spec{NoNetwork: true, Policy: &netpolicy.Policy{Allow: []string{"*"}}}, "--no-network"},
 	}
 	for _, tt := range tests {
 		err := tt.spec.Validate()
-		if (err == nil) != tt.ok {
-			t.Errorf("%s: err = %v, want ok=%v", tt.name, err, tt.ok)
+		if (err == nil) != (tt.field == "") {
+			t.Errorf("%s: err = %v, want an error naming %q", tt.name, err, tt.field)
 		}
-		if err != nil && !errors.Is(err, ErrInvalid) {
-			t.Errorf("%s: %v does not wrap ErrInvalid", tt.name, err)
+		if err != nil && !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("%s: %v does not wrap errdefs.ErrInvalid", tt.name, err)
+		}
+		if got := errdefs.FieldOf(err); got != tt.field {
+			t.Errorf("%s: %v names %q, want %q", tt.name, err, got, tt.field)
+		}
+	}
+}
+
+// TestSpecFlagsBuild: the builder the CLI and the form share names the
+// flag of every bad input, and builds what the flags say.
+func TestSpecFlagsBuild(t *testing.T) {
+	dir := t.TempDir()
+	getenv := func(k string) string { return map[string]string{"TOKEN": "s3cret"}[k] }
+	tests := []struct {
+		name  string
+		in    SpecFlags
+		field string
+		check func(*Spec) bool
+	}{
+		{"defaults", SpecFlags{}, "", func(s *Spec) bool { return s.Policy == nil && s.MemoryMiB == 0 }},
+		{"memory", SpecFlags{Memory: "1G"}, "", func(s *Spec) bool { return s.MemoryMiB == 1024 }},
+		{"bad memory", SpecFlags{Memory: "lots"}, "--memory", nil},
+		{"hosts and secret", SpecFlags{Net: netpolicy.Flags{AllowHost: []string{"api.example.com"}, HostSecret: []string{"TOKEN@api.example.com"}}}, "",
+			func(s *Spec) bool {
+				return s.Policy != nil && len(s.Policy.Secrets) == 1 && s.SecretValues()["TOKEN"] == "s3cret"
+			}},
+		{"bad host", SpecFlags{Net: netpolicy.Flags{AllowHost: []string{"a b"}}}, "--allow-host", nil},
+		{"secret not set", SpecFlags{Net: netpolicy.Flags{HostSecret: []string{"NOPE@api.example.com"}}}, "--host-secret", nil},
+		{"network flag with --no-network", SpecFlags{NoNetwork: true, Net: netpolicy.Flags{AllowHost: []string{"x.com"}}}, "--no-network", nil},
+		{"mount", SpecFlags{HostFS: []string{dir + ":/work:ro"}}, "", func(s *Spec) bool { return len(s.Mounts) == 1 && s.Mounts[0].ReadOnly }},
+		{"mount missing", SpecFlags{HostFS: []string{dir + "/nope:/work"}}, "--mount-hostfs", nil},
+		{"memfs relative", SpecFlags{MemFS: []string{"tmp"}}, "--mount-memfs", nil},
+		{"bad name", SpecFlags{Name: "a/b"}, "--name", nil},
+	}
+	for _, tt := range tests {
+		spec, err := tt.in.Build(getenv)
+		if got := errdefs.FieldOf(err); got != tt.field || (err == nil) != (tt.field == "") {
+			t.Errorf("%s: %v names %q, want %q", tt.name, err, got, tt.field)
+			continue
+		}
+		if err != nil && !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("%s: %v is not of class invalid", tt.name, err)
+		}
+		if tt.check != nil && !tt.check(spec) {
+			t.Errorf("%s: built %+v", tt.name, spec)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/contain"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/netpolicy"
@@ -114,7 +115,7 @@ func (sv *Supervisor) track() bool {
 }
 
 // errClosing refuses new work while the supervisor stops.
-var errClosing = errorf(ErrUnavailable, "the supervisor is stopping; try again")
+var errClosing = errorf(errdefs.ErrUnavailable, "the supervisor is stopping; try again")
 
 // RebuildTemplate builds, in the background, the template spec's VMs are
 // cloned from (a clone of it failed, and it was moved aside). Builds run
@@ -140,7 +141,7 @@ func (sv *Supervisor) RebuildTemplate(spec Spec) error {
 		return nil
 	case len(sv.rebuilding) >= maxQueuedBuilds:
 		sv.mu.Unlock()
-		return errorf(ErrUnavailable, "%d template builds are queued already; try again later", len(sv.rebuilding))
+		return errorf(errdefs.ErrUnavailable, "%d template builds are queued already; try again later", len(sv.rebuilding))
 	}
 	sv.rebuilding[key] = true
 	sv.bg.Add(1)
@@ -856,7 +857,7 @@ func (sv *Supervisor) reserveName(name string) (release func(), err error) {
 		}
 	}
 	if taken {
-		return nil, errorf(ErrConflict, "a session named %q exists (see: gondolin list --all)", name)
+		return nil, errorf(errdefs.ErrConflict, "a session named %q exists (see: gondolin list --all)", name)
 	}
 	sv.names[name] = true
 	return func() {
@@ -1001,7 +1002,7 @@ func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16,
 	a := s.agent
 	s.mu.Unlock()
 	if a == nil {
-		return nil, errorf(ErrUnavailable, "session %s is not live", s.rec.ID)
+		return nil, errorf(errdefs.ErrUnavailable, "session %s is not live", s.rec.ID)
 	}
 	p := newPTY(0, argv, time.Now().UTC(), main, rows, cols)
 	p.changed = s.sv.paintNotifier(s.rec.ID, p)
@@ -1022,7 +1023,7 @@ func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16,
 		// Removed meanwhile: nobody will see this terminal's screen.
 		s.mu.Unlock()
 		p.close()
-		return nil, errorf(ErrNotFound, "session %s was removed", s.rec.ID)
+		return nil, errorf(errdefs.ErrNotFound, "session %s was removed", s.rec.ID)
 	}
 	s.ptys[p.id] = p
 	save := s.copyStateLocked()
@@ -1145,7 +1146,7 @@ func (sv *Supervisor) Remove(ctx context.Context, ref string, force bool) error 
 	m := s.m
 	s.mu.Unlock()
 	if st == Live && !force {
-		return errorf(ErrConflict, "session %s is live: stop it first (gondolin stop %s) or use: gondolin rm -f %s", s.rec.ID, s.rec.ID, s.rec.ID)
+		return errorf(errdefs.ErrConflict, "session %s is live: stop it first (gondolin stop %s) or use: gondolin rm -f %s", s.rec.ID, s.rec.ID, s.rec.ID)
 	}
 	if st == Live || m != nil {
 		if err := s.stop(ctx); err != nil {
@@ -1192,7 +1193,7 @@ func (s *session) findPTY(id uint64) (*pty, error) {
 	if id != 0 {
 		p, ok := s.ptys[id]
 		if !ok {
-			return nil, errorf(ErrNotFound, "session %s has no terminal %d", s.rec.ID, id)
+			return nil, errorf(errdefs.ErrNotFound, "session %s has no terminal %d", s.rec.ID, id)
 		}
 		return p, nil
 	}
@@ -1206,7 +1207,7 @@ func (s *session) findPTY(id uint64) (*pty, error) {
 		}
 	}
 	if best == nil {
-		return nil, errorf(ErrNotFound, "session %s has no running terminal; open one with: gondolin attach %s -- bash", s.rec.ID, s.rec.ID)
+		return nil, errorf(errdefs.ErrNotFound, "session %s has no running terminal; open one with: gondolin attach %s -- bash", s.rec.ID, s.rec.ID)
 	}
 	return best, nil
 }
@@ -1221,7 +1222,7 @@ func (s *session) input(p *pty, data []byte) error {
 		a := s.agent
 		s.mu.Unlock()
 		if a == nil {
-			return errorf(ErrUnavailable, "session %s is not connected", s.rec.ID)
+			return errorf(errdefs.ErrUnavailable, "session %s is not connected", s.rec.ID)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		st, err := a.OpenStdin(ctx, p.id)

@@ -170,13 +170,13 @@ func ForeignBacking(ctx context.Context, s *Snapshot, base, dir string) (string,
 	src := s.DiskPath()
 	in, st, err := openRegular(src, false)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalid, err)
+		return "", fmt.Errorf("%w: %v", errBadRequest, err)
 	}
 	defer in.Close()
 	// A first look before copying what may be a large file that is no
 	// snapshot at all.
 	if _, err := checkForeignHeader(in, st.Size(), base); err != nil {
-		return "", fmt.Errorf("%w: %s: %v", ErrInvalid, src, err)
+		return "", fmt.Errorf("%w: %s: %v", errBadRequest, src, err)
 	}
 	dst := filepath.Join(dir, ResumeDisk)
 	h := sha256.New()
@@ -192,7 +192,7 @@ func ForeignBacking(ctx context.Context, s *Snapshot, base, dir string) (string,
 	}
 	hdr, err := checkCopy(dst, base)
 	if err != nil {
-		return "", fmt.Errorf("%w: %s: %v", ErrInvalid, src, err)
+		return "", fmt.Errorf("%w: %s: %v", errBadRequest, src, err)
 	}
 	backing := ""
 	if hdr.BackingFile != "" {
@@ -210,7 +210,7 @@ func ForeignBacking(ctx context.Context, s *Snapshot, base, dir string) (string,
 		return "", fmt.Errorf("qemu-img info: %w", err)
 	}
 	if err := info.Check(backing, maxDiskSize); err != nil {
-		return "", fmt.Errorf("%w: %s: %v", ErrInvalid, src, err)
+		return "", fmt.Errorf("%w: %s: %v", errBadRequest, src, err)
 	}
 	return dst, nil
 }
@@ -221,7 +221,7 @@ func foreignDiskError(ctx context.Context, src string, err error) error {
 	if ctx.Err() != nil {
 		return err // not the disk: the caller gave up
 	}
-	return fmt.Errorf("%w: %s: %s", ErrInvalid, src, strings.Join(strings.Fields(err.Error()), " "))
+	return fmt.Errorf("%w: %s: %s", errBadRequest, src, strings.Join(strings.Fields(err.Error()), " "))
 }
 
 func checkCopy(path, base string) (qcow2.Header, error) {

@@ -106,7 +106,7 @@ func TestForeignBacking(t *testing.T) {
 			dir := t.TempDir()
 			got, err := ForeignBacking(t.Context(), s, base, dir)
 			if tt.want != "" {
-				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				if !errors.Is(err, errBadRequest) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
 					t.Fatalf("err = %v; want a one-line refusal about %q", err, tt.want)
 				}
 				return

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 )
 
@@ -51,9 +52,11 @@ const (
 
 // Errors, checked with errors.Is.
 var (
-	ErrNotFound = errors.New("snapshot not found")
-	ErrCorrupt  = errors.New("snapshot is corrupt")
-	ErrInvalid  = errors.New("invalid snapshot request")
+	errNoSnapshot = errdefs.Kind(errdefs.ErrNotFound, "snapshot not found")
+	errBadRequest = errdefs.Kind(errdefs.ErrInvalid, "invalid snapshot request")
+	// ErrCorrupt: a damaged or tampered snapshot file, bad input as a
+	// bad flag is.
+	ErrCorrupt = errdefs.Kind(errdefs.ErrInvalid, "snapshot is corrupt")
 )
 
 // File is one file of a snapshot with what it must hash to.
@@ -153,7 +156,7 @@ var (
 // ValidName checks a snapshot name.
 func ValidName(name string) error {
 	if !nameRule.MatchString(name) {
-		return fmt.Errorf("%w: name %q: use letters, digits, '.', '_' and '-'", ErrInvalid, name)
+		return fmt.Errorf("%w: name %q: use letters, digits, '.', '_' and '-'", errBadRequest, name)
 	}
 	return nil
 }
@@ -349,7 +352,7 @@ func (st *Store) Resolve(ref string) (*Snapshot, error) {
 	}
 	switch len(matches) {
 	case 0:
-		return nil, fmt.Errorf("%w: %q (see: gondolin snapshot ls)", ErrNotFound, ref)
+		return nil, fmt.Errorf("%w: %q (see: gondolin snapshot ls)", errNoSnapshot, ref)
 	case 1:
 		return matches[0], nil
 	}
@@ -357,7 +360,7 @@ func (st *Store) Resolve(ref string) (*Snapshot, error) {
 	for _, m := range matches {
 		ids = append(ids, m.ID)
 	}
-	return nil, fmt.Errorf("%w: snapshot id %q is ambiguous: it matches %s", ErrInvalid, ref, strings.Join(ids, ", "))
+	return nil, fmt.Errorf("%w: snapshot id %q is ambiguous: it matches %s", errBadRequest, ref, strings.Join(ids, ", "))
 }
 
 // OpenPath opens a snapshot by its disk file. Its metadata is the
@@ -369,7 +372,7 @@ func OpenPath(path string) (*Snapshot, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(abs); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+		return nil, fmt.Errorf("%w: %v", errNoSnapshot, err)
 	}
 	if s, err := load(abs + SidecarMeta); err == nil {
 		s.Path = abs // it may have moved since
@@ -399,7 +402,7 @@ func (st *Store) Remove(ref string) error {
 		return err
 	}
 	if s.dir == "" {
-		return fmt.Errorf("%w: %s is not in the store; delete the file yourself", ErrInvalid, ref)
+		return fmt.Errorf("%w: %s is not in the store; delete the file yourself", errBadRequest, ref)
 	}
 	if s.Path != "" {
 		os.Remove(s.Path)

@@ -46,8 +46,8 @@ func TestStoreResolveVerifyRemove(t *testing.T) {
 		{"alpha", a.ID, nil},
 		{"beta", b.ID, nil},
 		{b.ID[:6], b.ID, nil},
-		{"nope", "", ErrNotFound},
-		{"", "", ErrNotFound},
+		{"nope", "", errNoSnapshot},
+		{"", "", errNoSnapshot},
 	}
 	for _, tt := range tests {
 		got, err := st.Resolve(tt.ref)
@@ -84,7 +84,7 @@ func TestStoreResolveVerifyRemove(t *testing.T) {
 	if err := st.Remove("alpha"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Resolve("alpha"); !errors.Is(err, ErrNotFound) {
+	if _, err := st.Resolve("alpha"); !errors.Is(err, errNoSnapshot) {
 		t.Fatalf("removed snapshot still resolves: %v", err)
 	}
 	// A corrupt metadata file hides that snapshot and no other.
@@ -121,7 +121,7 @@ func TestOutputSnapshotAndOpenPath(t *testing.T) {
 	if err := Verify(got); err != nil {
 		t.Fatalf("moved snapshot fails Verify: %v", err)
 	}
-	if _, err := OpenPath(filepath.Join(t.TempDir(), "missing.qcow2")); !errors.Is(err, ErrNotFound) {
+	if _, err := OpenPath(filepath.Join(t.TempDir(), "missing.qcow2")); !errors.Is(err, errNoSnapshot) {
 		t.Fatalf("missing file: %v", err)
 	}
 }

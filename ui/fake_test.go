@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/snapshots"
@@ -84,7 +85,7 @@ func (f *fakeBackend) find(ref string) (int, error) {
 			return i, nil
 		}
 	}
-	return -1, fmt.Errorf("session %s: %w", ref, sessions.ErrNotFound)
+	return -1, fmt.Errorf("session %s: %w", ref, errdefs.ErrNotFound)
 }
 
 func (f *fakeBackend) List(ctx context.Context, all bool) ([]sessions.Session, error) {
@@ -154,7 +155,7 @@ func (f *fakeBackend) Screen(ctx context.Context, ref string, pty uint64) (sessi
 	defer f.mu.Unlock()
 	scr, ok := f.screens[fmt.Sprintf("%s/%d", ref, pty)]
 	if !ok {
-		return sessions.Screen{}, fmt.Errorf("terminal %d: %w", pty, sessions.ErrNotFound)
+		return sessions.Screen{}, fmt.Errorf("terminal %d: %w", pty, errdefs.ErrNotFound)
 	}
 	return scr, nil
 }

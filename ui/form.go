@@ -9,7 +9,8 @@ import (
 
 	"charm.land/bubbles/v2/textinput"
 	tea "charm.land/bubbletea/v2"
-	"github.com/gondolin/gondolin/netpolicy"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -37,6 +38,17 @@ var fieldHints = [numFields]string{
 	"NAME@HOST[,HOST...]; the value is $NAME here",
 }
 
+// flagFields points the builder's field errors (named by flag) at the
+// form's fields; any other error belongs to the image.
+var flagFields = map[string]int{
+	"--name":         fieldName,
+	"--cpus":         fieldCPUs,
+	"--memory":       fieldMemory,
+	"--mount-hostfs": fieldMounts,
+	"--allow-host":   fieldHosts,
+	"--host-secret":  fieldSecrets,
+}
+
 // formValues is what the user typed, one string per field.
 type formValues [numFields]string
 
@@ -58,85 +70,46 @@ func buildRequest(v formValues, getenv func(string) string) (sessions.CreateRequ
 	fail := func(f int, err error) (sessions.CreateRequest, error) {
 		return sessions.CreateRequest{}, &fieldError{field: f, err: err}
 	}
-	spec := sessions.Spec{
-		Image: strings.TrimSpace(v[fieldImage]),
-		Name:  strings.TrimSpace(v[fieldName]),
+	in := sessions.SpecFlags{
+		Image:  strings.TrimSpace(v[fieldImage]),
+		Name:   strings.TrimSpace(v[fieldName]),
+		Memory: strings.TrimSpace(v[fieldMemory]),
 	}
-	if strings.ContainsAny(spec.Image, " \t") {
-		return fail(fieldImage, fmt.Errorf("image %q: no spaces in an image reference", spec.Image))
+	if strings.ContainsAny(in.Image, " \t") {
+		return fail(fieldImage, fmt.Errorf("image %q: no spaces in an image reference", in.Image))
 	}
 	if c := strings.TrimSpace(v[fieldCPUs]); c != "" {
 		n, err := strconv.Atoi(c)
 		if err != nil || n < 1 {
 			return fail(fieldCPUs, fmt.Errorf("CPUs %q: use a whole number from 1 to 64", c))
 		}
-		spec.CPUs = n
-	}
-	if mem := strings.TrimSpace(v[fieldMemory]); mem != "" {
-		mib, err := sessions.ParseMemory(mem)
-		if err != nil {
-			return fail(fieldMemory, err)
-		}
-		spec.MemoryMiB = mib
-	}
-
-	var flags netpolicy.Flags
-	flags.AllowHost = strings.Fields(strings.ReplaceAll(v[fieldHosts], ",", " "))
-	for _, h := range flags.AllowHost {
-		if _, err := netpolicy.ParseAllowHost(h); err != nil {
-			return fail(fieldHosts, err)
-		}
+		in.CPUs = n
 	}
 	// Secrets are NAME@HOST[,HOST...] with the value taken from the
 	// dashboard's environment: a value typed here would sit in plain
 	// sight on the screen (the policy editor takes values masked).
-	flags.HostSecret = strings.Fields(v[fieldSecrets])
-	for _, sec := range flags.HostSecret {
+	in.Net.HostSecret = strings.Fields(v[fieldSecrets])
+	for _, sec := range in.Net.HostSecret {
 		if strings.Contains(sec, "=") {
 			return fail(fieldSecrets, fmt.Errorf("%s: no =VALUE here; export the variable before starting gondolin, or set the value masked in the policy editor (p)", strings.SplitN(sec, "=", 2)[0]))
 		}
-		if _, err := netpolicy.ParseHostSecret(sec, getenv); err != nil {
-			return fail(fieldSecrets, err)
+	}
+	in.Net.AllowHost = strings.Fields(strings.ReplaceAll(v[fieldHosts], ",", " "))
+	in.HostFS = strings.Fields(v[fieldMounts])
+	for _, mt := range in.HostFS {
+		if err := checkMount(mt); err != nil {
+			return fail(fieldMounts, fmt.Errorf("mount %q: %v", mt, err))
 		}
 	}
-	if len(flags.AllowHost)+len(flags.HostSecret) > 0 {
-		p, err := flags.Policy(getenv)
-		if err != nil {
-			return fail(fieldHosts, err)
-		}
-		spec.Policy = &p
-	}
-
-	if list := strings.Fields(v[fieldMounts]); len(list) > 0 {
-		for _, mt := range list {
-			if err := checkMount(mt); err != nil {
-				return fail(fieldMounts, fmt.Errorf("mount %q: %v", mt, err))
-			}
-		}
-		if err := spec.ParseMounts(list, nil); err != nil {
-			return fail(fieldMounts, err)
-		}
-	}
-
-	if err := spec.Validate(); err != nil {
-		field := fieldImage
-		switch msg := err.Error(); {
-		case strings.HasPrefix(msg, "--cpus"):
-			field = fieldCPUs
-		case strings.HasPrefix(msg, "--memory"):
-			field = fieldMemory
-		case strings.HasPrefix(msg, "--name"):
-			field = fieldName
-		case strings.Contains(msg, "secret"):
-			field = fieldSecrets
-		case strings.Contains(msg, "allow"):
-			field = fieldHosts
-		case strings.Contains(msg, "mount"):
-			field = fieldMounts
+	spec, err := in.Build(getenv)
+	if err != nil {
+		field, ok := flagFields[errdefs.FieldOf(err)]
+		if !ok {
+			field = fieldImage
 		}
 		return fail(field, err)
 	}
-	return sessions.CreateRequest{Spec: spec, SecretValues: spec.SecretValues()}, nil
+	return sessions.CreateRequest{Spec: *spec, SecretValues: spec.SecretValues()}, nil
 }
 
 // checkMount catches a mistyped mount before ParseMounts looks at the
@@ -257,10 +230,16 @@ func (m *Model) create(req sessions.CreateRequest, form *sessionForm) tea.Cmd {
 func (m *Model) onCreateDone(msg createDoneMsg) tea.Cmd {
 	if msg.err != nil {
 		if m.dialog == nil && msg.form != nil {
-			msg.form.err = &fieldError{field: fieldImage, err: msg.err}
-			if errors.Is(msg.err, sessions.ErrConflict) || strings.Contains(msg.err.Error(), "name") {
-				msg.form.err.field = fieldName
+			// A taken name is a conflict; other bad input names its flag
+			// (errdefs.FieldOf works across the API).
+			field, ok := flagFields[errdefs.FieldOf(msg.err)]
+			switch {
+			case errors.Is(msg.err, errdefs.ErrConflict):
+				field = fieldName
+			case !ok:
+				field = fieldImage
 			}
+			msg.form.err = &fieldError{field: field, err: msg.err}
 			msg.form.focus = msg.form.err.field
 			m.dialog = msg.form
 			return tea.Batch(m.setError(fmt.Errorf("create: %w", msg.err)), msg.form.focusCmd())

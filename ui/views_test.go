@@ -8,7 +8,8 @@ import (
 
 	"github.com/charmbracelet/colorprofile"
 	"github.com/charmbracelet/x/exp/golden"
-	"github.com/gondolin/gondolin/sessions"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/snapshots"
 )
 
@@ -141,7 +142,7 @@ func TestColourGolden(t *testing.T) {
 // the dashboard subscribes again by itself.
 func TestEventsReconnect(t *testing.T) {
 	f := sampleBackend()
-	f.eventsErr = sessions.ErrUnavailable
+	f.eventsErr = errdefs.ErrUnavailable
 	h := start(t, f, 80, 24)
 	h.waitUntil("reconnecting shown", func(m *Model) bool { return !m.eventsUp && m.eventsNote != "" })
 	if !strings.Contains(h.screen(), "events: reconnecting") {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/internal/testreq"
 )
@@ -92,10 +93,10 @@ func TestBuildRejectsBadInputEarly(t *testing.T) {
 		wantErr string
 		class   error
 	}{
-		{"bad tag", Options{AgentPath: agent, Tag: "Bad/Tag"}, "name", imagestore.ErrInvalid},
+		{"bad tag", Options{AgentPath: agent, Tag: "Bad/Tag"}, "name", errdefs.ErrInvalid},
 		{"no agent", Options{}, "no guest agent", nil},
-		{"bad package", Options{AgentPath: agent, Config: imagestore.BuildConfig{Packages: []string{"-oAPT::x=1"}}}, "not a Debian package name", imagestore.ErrInvalid},
-		{"bad disk size", Options{AgentPath: agent, Config: imagestore.BuildConfig{DiskSize: "4X"}}, "disk_size", imagestore.ErrInvalid},
+		{"bad package", Options{AgentPath: agent, Config: imagestore.BuildConfig{Packages: []string{"-oAPT::x=1"}}}, "not a Debian package name", errdefs.ErrInvalid},
+		{"bad disk size", Options{AgentPath: agent, Config: imagestore.BuildConfig{DiskSize: "4X"}}, "disk_size", errdefs.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
 )
@@ -88,8 +89,8 @@ func Pull(ctx context.Context, store *imagestore.Store, ref string, opts Options
 		return nil, false, err
 	}
 	base, err := store.Resolve(layout.DefaultImage)
-	if errors.Is(err, imagestore.ErrNotFound) {
-		return nil, false, &classError{"pull needs the default image for its kernel and agent: run gondolin image build first", imagestore.ErrNotFound}
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, false, errdefs.Errorf(errdefs.ErrNotFound, "pull needs the default image for its kernel and agent: run gondolin image build first")
 	}
 	if err != nil {
 		return nil, false, err
@@ -113,7 +114,7 @@ func Pull(ctx context.Context, store *imagestore.Store, ref string, opts Options
 		return nil, false, fmt.Errorf("pull %s: config: %w", r, err)
 	}
 	if err := checkPlatform(cfg); err != nil {
-		return nil, false, fmt.Errorf("%w: pull %s: %v", imagestore.ErrInvalid, r, err)
+		return nil, false, fmt.Errorf("%w: pull %s: %v", errdefs.ErrInvalid, r, err)
 	}
 	id := buildID(digest.String(), base.Manifest)
 	if old, ok := store.FindBuild(id); ok {
@@ -179,16 +180,6 @@ func Pull(ctx context.Context, store *imagestore.Store, ref string, opts Options
 	return im, false, err
 }
 
-// classError is a complete message for the user that still matches an
-// error class of imagestore.
-type classError struct {
-	msg   string
-	class error
-}
-
-func (e *classError) Error() string { return e.msg }
-func (e *classError) Unwrap() error { return e.class }
-
 func parseReference(ref string, insecure bool) (name.Reference, error) {
 	var nopts []name.Option
 	if insecure {
@@ -196,7 +187,7 @@ func parseReference(ref string, insecure bool) (name.Reference, error) {
 	}
 	r, err := name.ParseReference(ref, nopts...)
 	if err != nil {
-		return nil, fmt.Errorf("%w: image reference %q: %v", imagestore.ErrInvalid, ref, err)
+		return nil, fmt.Errorf("%w: image reference %q: %v", errdefs.ErrInvalid, ref, err)
 	}
 	return r, nil
 }
@@ -265,7 +256,7 @@ func makeDisk(ctx context.Context, img v1.Image, work string, p progress.Reporte
 		return "", err
 	}
 	if len(layers) > maxLayers {
-		return "", fmt.Errorf("%w: %d layers (at most %d)", imagestore.ErrInvalid, len(layers), maxLayers)
+		return "", fmt.Errorf("%w: %d layers (at most %d)", errdefs.ErrInvalid, len(layers), maxLayers)
 	}
 	t, err := rootfs.New(filepath.Join(work, "rootfs"), rootfs.Options{MaxUsage: maxUnpackedBytes})
 	if err != nil {
@@ -325,19 +316,19 @@ func applyLayer(ctx context.Context, t *rootfs.Tree, l v1.Layer, i, n int, budge
 	tarStream := io.TeeReader(src, h)
 	if err := t.ApplyLayer(ctx, tarStream); err != nil {
 		if errors.Is(src.err, errTooBig) {
-			return &classError{fmt.Sprintf("%s is rejected: %v", what, errTooBig), imagestore.ErrInvalid}
+			return errdefs.Errorf(errdefs.ErrInvalid, "%s is rejected: %v", what, errTooBig)
 		}
 		if src.err != nil || ctx.Err() != nil {
 			// The download or the decompression failed, not the archive.
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		return &classError{fmt.Sprintf("%s is rejected: %v", what, err), imagestore.ErrInvalid}
+		return errdefs.Errorf(errdefs.ErrInvalid, "%s is rejected: %v", what, err)
 	}
 	// Tar padding and anything after the archive's end count for the
 	// digests too.
 	if _, err := io.Copy(io.Discard, tarStream); err != nil {
 		if errors.Is(err, errTooBig) {
-			return &classError{fmt.Sprintf("%s is rejected: %v", what, err), imagestore.ErrInvalid}
+			return errdefs.Errorf(errdefs.ErrInvalid, "%s is rejected: %v", what, err)
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -345,7 +336,7 @@ func applyLayer(ctx context.Context, t *rootfs.Tree, l v1.Layer, i, n int, budge
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if diffID, err := l.DiffID(); err == nil && diffID.Algorithm == "sha256" && diffID.Hex != hex.EncodeToString(h.Sum(nil)) {
-		return &classError{fmt.Sprintf("%s is rejected: its content does not match the image config's diff_id %s", what, diffID), imagestore.ErrInvalid}
+		return errdefs.Errorf(errdefs.ErrInvalid, "%s is rejected: its content does not match the image config's diff_id %s", what, diffID)
 	}
 	return nil
 }
@@ -462,7 +453,7 @@ func diskSize(usage int64) (int64, error) {
 		size = (need + 1<<20 - 1) &^ (1<<20 - 1)
 	}
 	if _, err := (imagestore.BuildConfig{DiskSize: fmt.Sprint(size)}).Resolve(); err != nil {
-		return 0, fmt.Errorf("%w: root disk: %v", imagestore.ErrInvalid, err)
+		return 0, fmt.Errorf("%w: root disk: %v", errdefs.ErrInvalid, err)
 	}
 	return size, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore/internal/rootfs"
 	"github.com/gondolin/gondolin/imagestore/internal/tartest"
 	"github.com/gondolin/gondolin/imagestore/oci/ocitest"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 )
 
@@ -234,7 +235,7 @@ func TestPullRejectsEscapes(t *testing.T) {
 			ocitest.Push(t, ref, ocitest.Image(t, v1.Config{}, base, ocitest.Layer(t, tt.layer...)))
 			_, _, err := Pull(context.Background(), store, ref, Options{Insecure: true})
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "layer 2 of 2 (") ||
-				!errors.Is(err, imagestore.ErrInvalid) {
+				!errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("Pull = %v; want an ErrInvalid naming layer 2 of 2 and %q", err, tt.wantErr)
 			}
 			if after := storeState(t, store); !reflect.DeepEqual(after, before) {
@@ -261,7 +262,7 @@ func TestPullRejectsSparseBomb(t *testing.T) {
 			ref := host + "/bomb/" + strings.ToLower(strings.ReplaceAll(f.String(), " ", "-")) + ":1"
 			ocitest.Push(t, ref, ocitest.Image(t, v1.Config{}, ocitest.TarLayer(t, tartest.Sparse(f, "var/big", 1<<60, "x"))))
 			_, _, err := Pull(context.Background(), store, ref, Options{Insecure: true})
-			if err == nil || !errors.Is(err, imagestore.ErrInvalid) || strings.Contains(err.Error(), "\n") ||
+			if err == nil || !errors.Is(err, errdefs.ErrInvalid) || strings.Contains(err.Error(), "\n") ||
 				!strings.Contains(err.Error(), wantErr) || !strings.Contains(err.Error(), `entry "var/big"`) ||
 				!strings.Contains(err.Error(), wantLimit) {
 				t.Fatalf("Pull = %v; want one line, an ErrInvalid naming the layer, the entry and the %s", err, wantLimit)
@@ -300,7 +301,7 @@ func TestPullNeedsDefaultImage(t *testing.T) {
 	}
 	_, _, err = Pull(context.Background(), s, "127.0.0.1:1/x:1", Options{Insecure: true})
 	if err == nil || err.Error() != "pull needs the default image for its kernel and agent: run gondolin image build first" ||
-		!errors.Is(err, imagestore.ErrNotFound) {
+		!errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Pull = %v", err)
 	}
 }

@@ -49,7 +49,7 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 				if err != nil {
 					return usageError("--listen: %v", err)
 				}
-				r.DisableWebSockets = vf.net.DisableWebSockets
+				r.DisableWebSockets = vf.Net.DisableWebSockets
 				req.Listen = append(req.Listen, r)
 			}
 			if ssh {
@@ -91,7 +91,7 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 	}
 	c.Flags().SetInterspersed(false)
 	vf.register(c.Flags())
-	c.Flags().StringVar(&vf.name, "name", "", "session name (usable wherever an ID is)")
+	c.Flags().StringVar(&vf.Name, "name", "", "session name (usable wherever an ID is)")
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "create the session and print its ID without attaching")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the session running after CMD exits")
 	c.Flags().StringVar(&label, "label", "", "free text shown in gondolin list")

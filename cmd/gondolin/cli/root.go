@@ -15,12 +15,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gondolin/gondolin/imagestore"
+	"github.com/spf13/cobra"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termio"
 	"github.com/gondolin/gondolin/sessions"
-	"github.com/gondolin/gondolin/snapshots"
-	"github.com/spf13/cobra"
 )
 
 // Exit codes gondolin itself uses (a guest command's own code passes
@@ -65,8 +65,7 @@ func Run(args []string) int {
 		if ee.err == nil {
 			return code
 		}
-	case errors.Is(err, sessions.ErrInvalid), errors.Is(err, imagestore.ErrInvalid), errors.Is(err, snapshots.ErrInvalid),
-		strings.HasPrefix(err.Error(), "unknown command"): // cobra's own usage error
+	case errors.Is(err, errdefs.ErrInvalid), strings.HasPrefix(err.Error(), "unknown command"): // cobra's own usage error
 		code = exitUsage
 	}
 	fmt.Fprintf(os.Stderr, "gondolin: %s\n", oneLine(err))

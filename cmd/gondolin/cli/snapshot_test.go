@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/snapshots"
 )
@@ -23,11 +24,11 @@ func TestRemoveSnapshotHere(t *testing.T) {
 		ref  string
 		want error
 	}{
-		{"", snapshots.ErrNotFound},
-		{".", snapshots.ErrNotFound},
-		{"..", snapshots.ErrNotFound},
-		{filepath.Join(dir, "missing.qcow2"), snapshots.ErrNotFound},
-		{"relative/missing.qcow2", snapshots.ErrNotFound},
+		{"", errdefs.ErrNotFound},
+		{".", errdefs.ErrNotFound},
+		{"..", errdefs.ErrNotFound},
+		{filepath.Join(dir, "missing.qcow2"), errdefs.ErrNotFound},
+		{"relative/missing.qcow2", errdefs.ErrNotFound},
 		{notDisk, snapshots.ErrCorrupt},
 	} {
 		t.Run(tc.ref, func(t *testing.T) {
