@@ -77,18 +77,6 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 	return errors.Join(errs...)
 }
 
-// stopAccessLocked closes the session's listeners; the caller holds s.mu.
-func (s *session) stopAccessLocked() {
-	if s.gw != nil {
-		s.gw.Close()
-		s.gw = nil
-	}
-	if s.sshd != nil {
-		s.sshd.Close()
-		s.sshd = nil
-	}
-}
-
 // agentBackend runs the SSH endpoint's commands and shells through the
 // session's guest agent.
 type agentBackend struct{ s *session }

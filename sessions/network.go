@@ -238,3 +238,31 @@ func plural(n int) string {
 	}
 	return "s"
 }
+
+// Policy is a session's network policy, secrets masked.
+func (sv *Supervisor) Policy(ref string) (PolicyView, error) {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return PolicyView{}, err
+	}
+	return s.policyView()
+}
+
+// ChangePolicy edits a live session's network policy.
+func (sv *Supervisor) ChangePolicy(ctx context.Context, ref string, ch PolicyChange) (PolicyView, error) {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return PolicyView{}, err
+	}
+	return s.changePolicy(ctx, ch)
+}
+
+// NetEvents is a session's recent network decisions and, with follow,
+// the ones to come (until ctx ends).
+func (sv *Supervisor) NetEvents(ctx context.Context, ref string, follow bool) ([]netpolicy.Event, <-chan netpolicy.Event, error) {
+	s, err := sv.lookup(ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.netEvents(ctx, follow)
+}

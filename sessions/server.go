@@ -1,37 +1,24 @@
 package sessions
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/errdefs"
-	"github.com/gondolin/gondolin/internal/layout"
-	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
 // maxBody bounds every request body: a bigger one is refused with 413
 // before anything is done.
 const maxBody = 1 << 20
-
-// upgradeProtocol names the raw stream an attach or exec request turns
-// into, in the manner of Docker's engine API.
-const upgradeProtocol = "gondolin-stream"
 
 // API serves the supervisor over HTTP.
 type API struct {
@@ -252,21 +239,9 @@ func (a *API) openPTY(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, p)
 }
 
-// sessionPTY resolves {id} and {pty} ("latest" or 0 for the most recent
-// running terminal).
+// sessionPTY resolves {id} and {pty}.
 func (a *API) sessionPTY(r *http.Request) (*session, *pty, error) {
-	s, err := a.sv.lookup(r.PathValue("id"))
-	if err != nil {
-		return nil, nil, err
-	}
-	var id uint64
-	if ref := r.PathValue("pty"); ref != "latest" {
-		if id, err = strconv.ParseUint(ref, 10, 64); err != nil {
-			return nil, nil, errorf(errdefs.ErrInvalid, "bad terminal id %q", ref)
-		}
-	}
-	p, err := s.findPTY(id)
-	return s, p, err
+	return a.sv.terminal(r.PathValue("id"), r.PathValue("pty"))
 }
 
 func (a *API) screen(w http.ResponseWriter, r *http.Request) {
@@ -276,35 +251,6 @@ func (a *API) screen(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, p.screen())
-}
-
-// hijack answers 101 and takes the connection over. Reads must go through
-// the returned reader: it may hold bytes the client sent early.
-func hijack(w http.ResponseWriter, r *http.Request) (net.Conn, *bufio.Reader, error) {
-	if !strings.EqualFold(r.Header.Get("Upgrade"), upgradeProtocol) {
-		return nil, nil, errorf(errdefs.ErrInvalid, "this endpoint needs Connection: Upgrade and Upgrade: %s", upgradeProtocol)
-	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("connection cannot be upgraded")
-	}
-	conn, brw, err := hj.Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProtocol + "\r\n\r\n")
-	if err := brw.Flush(); err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	conn.SetDeadline(time.Time{})
-	return conn, brw.Reader, nil
-}
-
-// frameWriter serialises frames from several goroutines onto one stream.
-type frameWriter struct {
-	mu sync.Mutex
-	w  io.Writer
 }
 
 func (f *frameWriter) frame(t agentproto.FrameType, payload []byte) error {
@@ -318,12 +264,6 @@ func (f *frameWriter) json(t agentproto.FrameType, v any) error {
 	return f.frame(t, b)
 }
 
-// streamWriter writes everything as frames of type t, split to size.
-type streamWriter struct {
-	fw *frameWriter
-	t  agentproto.FrameType
-}
-
 func (s streamWriter) Write(p []byte) (int, error) {
 	for chunk := p; len(chunk) > 0; {
 		n := min(len(chunk), agentproto.MaxData)
@@ -335,322 +275,8 @@ func (s streamWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func parseSize(b []byte) (uint16, uint16, error) {
-	var size [2]uint16
-	if err := json.Unmarshal(b, &size); err != nil || size[0] == 0 || size[1] == 0 {
-		return 0, 0, errorf(errdefs.ErrInvalid, "bad terminal size %q", b)
-	}
-	return size[0], size[1], nil
-}
-
-// attach joins a client to a terminal: the current screen first, then
-// live output; keystrokes and size changes the other way. Any number of
-// clients may attach to one terminal.
-func (a *API) attach(w http.ResponseWriter, r *http.Request) {
-	s, p, err := a.sessionPTY(r)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	q := r.URL.Query()
-	rows, _ := strconv.ParseUint(q.Get("rows"), 10, 16)
-	cols, _ := strconv.ParseUint(q.Get("cols"), 10, 16)
-	conn, br, err := hijack(w, r)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	defer conn.Close()
-	if rows > 0 && cols > 0 {
-		s.resize(p, uint16(rows), uint16(cols))
-	}
-	c, repaint := p.attach()
-	defer p.detach(c)
-	fw := &frameWriter{w: conn}
-	gone := make(chan struct{}) // the client went away
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer conn.Close()
-		streamPTY(fw, p, c, repaint, gone)
-	}()
-	for {
-		f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
-		if err != nil {
-			break
-		}
-		switch f.Type {
-		case frameInput:
-			if err := s.input(p, f.Payload); err != nil {
-				fw.json(agentproto.FrameError, agentproto.Response{Error: err.Error()})
-			}
-		case frameResize:
-			if rows, cols, err := parseSize(f.Payload); err == nil {
-				s.resize(p, rows, cols)
-			}
-		default:
-			fw.json(agentproto.FrameError, agentproto.Response{Error: fmt.Sprintf("unexpected %s frame", f.Type)})
-		}
-	}
-	close(gone)
-	conn.Close()
-	<-done
-}
-
-// streamPTY sends one attached client a terminal's current screen, then
-// its live output, until the client goes or the process exits (then the
-// last output and the exit status). A client that fell behind gets a
-// fresh repaint once its queue is empty, so it never sees a torn screen.
-func streamPTY(fw *frameWriter, p *pty, c *ptyClient, repaint []byte, gone <-chan struct{}) {
-	send := func(b []byte) bool { return fw.frame(agentproto.FrameStdout, b) == nil }
-	if !send(repaint) {
-		return
-	}
-	for {
-		select {
-		case chunk := <-c.out:
-			if !send(chunk) {
-				return
-			}
-			continue
-		default:
-		}
-		if rp := p.catchUp(c); rp != nil {
-			if !send(rp) {
-				return
-			}
-			continue
-		}
-		select {
-		case chunk := <-c.out:
-			if !send(chunk) {
-				return
-			}
-		case <-gone:
-			return
-		case <-c.exited:
-			for {
-				select {
-				case chunk := <-c.out:
-					send(chunk)
-					continue
-				default:
-				}
-				break
-			}
-			code := -1
-			if info := p.info(); info.ExitCode != nil {
-				code = *info.ExitCode
-			}
-			fw.json(agentproto.FrameExit, agentproto.ExitStatus{Code: code})
-			return
-		}
-	}
-}
-
-// exec runs a command in a live session with separate stdout and stderr
-// and its exit code, over an upgraded stream.
-func (a *API) exec(w http.ResponseWriter, r *http.Request) {
-	var req ExecRequest
-	if err := decode(w, r, &req); err != nil {
-		fail(w, err)
-		return
-	}
-	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		fail(w, errorf(errdefs.ErrInvalid, "exec needs a command"))
-		return
-	}
-	s, err := a.sv.lookup(r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	s.mu.Lock()
-	agent := s.agent
-	st, _ := s.derivedLocked()
-	s.mu.Unlock()
-	if agent == nil || st != Live {
-		fail(w, errorf(errdefs.ErrUnavailable, "session %s is %s", s.rec.ID, st))
-		return
-	}
-	conn, br, err := hijack(w, r)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	defer conn.Close()
-	fw := &frameWriter{w: conn}
-	cmd := vm.Command{
-		Exec: agentproto.Exec{Argv: req.Argv, Env: append(append([]string{}, s.rec.Spec.Env...), req.Env...),
-			Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols},
-		Stdout: streamWriter{fw, agentproto.FrameStdout},
-		Stderr: streamWriter{fw, agentproto.FrameStderr},
-	}
-	if cmd.Cwd == "" {
-		cmd.Cwd = s.rec.Spec.Cwd
-	}
-	var stdinW *io.PipeWriter
-	if req.Stdin {
-		var stdinR *io.PipeReader
-		stdinR, stdinW = io.Pipe()
-		cmd.Stdin = stdinR
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	proc, err := agent.Start(ctx, cmd)
-	if err != nil {
-		resp := agentproto.Response{Error: err.Error()}
-		if code, ok := vm.StartError(err); ok {
-			resp.Code = code
-		}
-		fw.json(agentproto.FrameError, resp)
-		return
-	}
-	go func() {
-		defer func() {
-			if stdinW != nil {
-				stdinW.Close()
-			}
-		}()
-		for {
-			f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
-			if err != nil {
-				// The client went away: nobody will read the output.
-				select {
-				case <-proc.Done():
-				default:
-					proc.Signal(context.Background(), int(syscall.SIGKILL))
-				}
-				return
-			}
-			switch f.Type {
-			case frameInput:
-				if stdinW != nil {
-					stdinW.Write(f.Payload)
-				}
-			case frameInputEOF:
-				if stdinW != nil {
-					stdinW.Close()
-				}
-			case frameSignal:
-				var sig int
-				if json.Unmarshal(f.Payload, &sig) == nil && sig > 0 && sig < 65 {
-					proc.Signal(context.Background(), sig)
-				}
-			case frameResize:
-				if rows, cols, err := parseSize(f.Payload); err == nil {
-					proc.Resize(context.Background(), rows, cols)
-				}
-			}
-		}
-	}()
-	exit, err := proc.Wait()
-	if err != nil {
-		fw.json(agentproto.FrameError, agentproto.Response{Error: err.Error()})
-		return
-	}
-	fw.json(agentproto.FrameExit, exit)
-}
-
-// logs streams a session's serial console, following it on request.
-func (a *API) logs(w http.ResponseWriter, r *http.Request) {
-	s, err := a.sv.lookup(r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
-	dir := a.sv.reg.dir(s.rec.ID)
-	f, err := os.Open(filepath.Join(dir, layout.ConsoleLog))
-	if err != nil {
-		fail(w, errorf(errdefs.ErrNotFound, "session %s has no console log yet", s.rec.ID))
-		return
-	}
-	defer f.Close()
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	// The log is capped (see vm): what was cut off its start is kept,
-	// in part, in the older file.
-	if old, err := os.ReadFile(filepath.Join(dir, layout.ConsoleLogOld)); err == nil {
-		w.Write(old)
-	}
-	var offset int64
-	for {
-		if st, err := f.Stat(); err == nil && st.Size() < offset {
-			offset = 0 // cut short meanwhile
-		}
-		n, err := io.Copy(w, io.NewSectionReader(f, offset, 1<<62))
-		offset += n
-		if err != nil {
-			return
-		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-		if !follow {
-			return
-		}
-		select {
-		case <-r.Context().Done():
-			return
-		case <-time.After(200 * time.Millisecond):
-		}
-		if _, err := a.sv.lookup(s.rec.ID); err != nil {
-			return // removed
-		}
-	}
-}
-
-// eventStream sends every event as one JSON line until the client goes.
-func (a *API) eventStream(w http.ResponseWriter, r *http.Request) {
-	ch := a.sv.events.subscribe()
-	defer a.sv.events.unsubscribe(ch)
-	streamJSON(w, r, nil, ch) // a closed channel: fell too far behind; the client reconnects
-}
-
-// streamJSON answers with backlog and then everything ch delivers, one
-// JSON value a line, flushed as it comes, until ch closes or the client
-// goes. A nil ch ends after the backlog.
-func streamJSON[T any](w http.ResponseWriter, r *http.Request, backlog []T, ch <-chan T) {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	flush := func() {
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
-	enc := json.NewEncoder(w)
-	for _, v := range backlog {
-		if enc.Encode(v) != nil {
-			return
-		}
-	}
-	flush()
-	if ch == nil {
-		return
-	}
-	for {
-		select {
-		case v, ok := <-ch:
-			if !ok || enc.Encode(v) != nil {
-				return
-			}
-			flush()
-		case <-r.Context().Done():
-			return
-		}
-	}
-}
-
 func (a *API) getPolicy(w http.ResponseWriter, r *http.Request) {
-	s, err := a.sv.lookup(r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	v, err := s.policyView()
+	v, err := a.sv.Policy(r.PathValue("id"))
 	if err != nil {
 		fail(w, err)
 		return
@@ -664,12 +290,7 @@ func (a *API) changePolicy(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	s, err := a.sv.lookup(r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	v, err := s.changePolicy(r.Context(), ch)
+	v, err := a.sv.ChangePolicy(r.Context(), r.PathValue("id"), ch)
 	if err != nil {
 		fail(w, err)
 		return
@@ -679,13 +300,8 @@ func (a *API) changePolicy(w http.ResponseWriter, r *http.Request) {
 
 // netEvents streams a session's network decisions as JSON lines.
 func (a *API) netEvents(w http.ResponseWriter, r *http.Request) {
-	s, err := a.sv.lookup(r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
-	}
 	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
-	backlog, ch, err := s.netEvents(r.Context(), follow)
+	backlog, ch, err := a.sv.NetEvents(r.Context(), r.PathValue("id"), follow)
 	if err != nil {
 		fail(w, err)
 		return

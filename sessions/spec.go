@@ -1,6 +1,3 @@
-// Package sessions runs gondolin's VMs: one-shot execs, and (through the
-// supervisor) long-lived sessions. It turns a Spec, the flags that exec
-// and bash share, into a running VM.
 package sessions
 
 import (

@@ -1,0 +1,272 @@
+package sessions
+
+import (
+	"context"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/mounts"
+	"github.com/gondolin/gondolin/snapshots"
+	"github.com/gondolin/gondolin/vm/agentproto"
+)
+
+// Create makes a new session, booted fresh or resumed from a snapshot:
+// its VM, its first terminal and the access the request asks for.
+func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, error) {
+	if !sv.track() {
+		return Session{}, errClosing
+	}
+	defer sv.bg.Done()
+	spec := req.Spec
+	if err := spec.applySecretValues(req.SecretValues); err != nil {
+		return Session{}, err
+	}
+	if spec.Policy != nil && len(req.SSHPassphrases) > 0 {
+		if err := spec.Policy.SetSSHPassphrases(req.SSHPassphrases); err != nil {
+			return Session{}, invalidf("%v", err)
+		}
+	}
+	for _, r := range req.Listen {
+		if r.GuestPort == 0 {
+			return Session{}, invalidf("--listen %s: no guest port", r.Listen)
+		}
+	}
+	if err := spec.Validate(); err != nil {
+		return Session{}, err
+	}
+	if len(req.Label) > 200 {
+		return Session{}, invalidf("label is longer than 200 bytes")
+	}
+	if err := validateCommand(req.Command); err != nil {
+		return Session{}, err
+	}
+	release, err := sv.reserveName(spec.Name)
+	if err != nil {
+		return Session{}, err
+	}
+	defer release()
+	var b booted
+	if req.Resume != "" {
+		b, err = sv.bootResumed(ctx, req)
+	} else {
+		b, err = sv.bootNew(ctx, req, spec)
+	}
+	if err != nil {
+		return Session{}, err
+	}
+	return sv.register(ctx, b, req)
+}
+
+// booted is a session whose VM runs, not yet registered: until it is, a
+// failure undoes it (abandon).
+type booted struct {
+	s    *session
+	in   *Instance
+	note string // told once to whoever made it
+}
+
+// bootNew records a new session and boots its VM.
+func (sv *Supervisor) bootNew(ctx context.Context, req CreateRequest, spec Spec) (booted, error) {
+	// Each host mount's directory is recorded by identity now, so that a
+	// restarted supervisor serves that directory or nothing (the guest
+	// may have replaced a path with a symlink meanwhile).
+	if err := mounts.PinRoots(spec.Mounts); err != nil {
+		return booted{}, invalidf("%v", err)
+	}
+	img, err := sv.rt.ResolveImage(&spec)
+	if err != nil {
+		return booted{}, err
+	}
+	id := newID()
+	cfg, err := sv.rt.MachineConfig(ctx, &spec, img, sv.reg.dir(id))
+	if err != nil {
+		return booted{}, err
+	}
+	cfg.Detached = true
+	applyImageConfig(&spec, img)
+	ref := spec.Image
+	if ref == "" && len(img.Refs) > 0 {
+		ref = img.Refs[0]
+	}
+	rec := Record{ID: id, Spec: spec, Created: time.Now().UTC(), ImageRef: ref, ImageID: img.ID,
+		Command: req.Command, Keep: req.Keep, Label: req.Label, VM: cfg, HostBootID: sv.bootID}
+	if err := sv.reg.create(rec); err != nil {
+		return booted{}, err
+	}
+	t0 := time.Now()
+	in, err := sv.rt.BootConfig(ctx, &spec, cfg, ref)
+	if err != nil {
+		sv.reg.remove(id)
+		return booted{}, err
+	}
+	if sv.rt.Debug {
+		sv.log.Printf("create %s: boot %v", id, time.Since(t0).Round(time.Millisecond))
+	}
+	s := sv.newBootedSession(rec, in)
+	s.agent = in.Agent
+	return booted{s: s, in: in}, nil
+}
+
+// newBootedSession is the supervisor's record of a session whose VM in
+// runs (its agent connection is the caller's to attach).
+func (sv *Supervisor) newBootedSession(rec Record, in *Instance) *session {
+	s := sv.newSession(rec, StateRecord{})
+	s.m, s.net, s.fs = in.Machine, in.Net, in.FS
+	if in.Net != nil {
+		p := in.Net.Policy()
+		s.state.Policy = &p
+	}
+	return s
+}
+
+// register finishes a booted session the same way whether new or
+// resumed: its first terminal (unless the snapshot brought its terminals
+// back), its ingress and SSH endpoint, its state on disk; then it is
+// listed, watched and announced. A failure undoes everything made.
+func (sv *Supervisor) register(ctx context.Context, b booted, req CreateRequest) (Session, error) {
+	s := b.s
+	if len(s.runningPTYs()) == 0 {
+		if _, err := s.openPTY(ctx, s.rec.Command, req.Rows, req.Cols, true); err != nil {
+			sv.abandon(b)
+			return Session{}, err
+		}
+	}
+	if len(req.Listen) > 0 || req.SSH != nil {
+		if err := s.startAccess(req.Listen, req.SSH); err != nil {
+			sv.abandon(b)
+			return Session{}, err
+		}
+	}
+	s.mu.Lock()
+	save := s.copyStateLocked()
+	s.mu.Unlock()
+	save.write()
+	sv.mu.Lock()
+	sv.sessions[s.rec.ID] = s
+	sv.mu.Unlock()
+	sv.goWatch(s)
+	sv.emit(Event{Type: EventCreated, Session: s.rec.ID, State: Live})
+	info := s.info()
+	if b.note != "" {
+		// Told to whoever made it (bash prints it as a warning), once.
+		sv.log.Print(b.note)
+		info.Errors = append(info.Errors, b.note)
+	}
+	return info, nil
+}
+
+// abandon undoes a session that failed before it was registered: its VM
+// killed with all that serves it, its terminals freed, its directory
+// removed.
+func (sv *Supervisor) abandon(b booted) {
+	b.s.mu.Lock()
+	held := b.s.detachLocked()
+	b.s.mu.Unlock()
+	b.in.Kill()
+	held.close()
+	b.s.close()
+	sv.reg.remove(b.s.rec.ID)
+}
+
+// reserveName keeps a name for a session being made; release frees it
+// (the session, once registered, holds it).
+func (sv *Supervisor) reserveName(name string) (release func(), err error) {
+	if name == "" {
+		return func() {}, nil
+	}
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	taken := sv.names[name]
+	for _, s := range sv.sessions {
+		if s.rec.Spec.Name == name || s.rec.ID == name {
+			taken = true
+		}
+	}
+	if taken {
+		return nil, errorf(errdefs.ErrConflict, "a session named %q exists (see: gondolin list --all)", name)
+	}
+	sv.names[name] = true
+	return func() {
+		sv.mu.Lock()
+		delete(sv.names, name)
+		sv.mu.Unlock()
+	}, nil
+}
+
+// bootResumed makes a session from a snapshot: a live snapshot continues
+// where it was (processes, terminals and their screens); a disk
+// checkpoint boots with its disk.
+func (sv *Supervisor) bootResumed(ctx context.Context, req CreateRequest) (booted, error) {
+	id := newID()
+	dir := sv.reg.dir(id)
+	if err := layout.MkdirPrivate(dir); err != nil {
+		return booted{}, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			sv.reg.remove(id)
+		}
+	}()
+	plan, err := sv.rt.planResume(ctx, req.Resume, dir)
+	if err != nil {
+		return booted{}, err
+	}
+	spec, err := plan.resumeSpec(req.Spec, req.SecretValues)
+	if err != nil {
+		return booted{}, err
+	}
+	if err := mounts.PinRoots(spec.Mounts); err != nil {
+		return booted{}, invalidf("%v", err)
+	}
+	command := plan.session.Command
+	if len(req.Command) > 0 {
+		command = req.Command
+	}
+	label := req.Label
+	if label == "" {
+		label = plan.session.Label
+	}
+	cfg := plan.cfg
+	cfg.Detached = true
+	recCfg := cfg
+	recCfg.Restore = ""
+	rec := Record{ID: id, Spec: spec, Created: time.Now().UTC(), ImageRef: plan.snap.ImageRef, ImageID: plan.img.ID,
+		Command: command, Keep: req.Keep || plan.session.Keep, Label: label, VM: recCfg, HostBootID: sv.bootID,
+		ResumedFrom: plan.snap.ID}
+	if err := sv.reg.create(rec); err != nil {
+		return booted{}, err
+	}
+	in, err := sv.rt.BootConfig(ctx, &spec, cfg, "snapshot "+req.Resume)
+	if err != nil {
+		return booted{}, err
+	}
+	ok = true // from here abandon undoes it
+	b := booted{s: sv.newBootedSession(rec, in), in: in, note: plan.note}
+	if plan.snap.Kind != snapshots.Live {
+		b.s.agent = in.Agent
+		return b, nil
+	}
+	for _, pr := range plan.session.PTYs {
+		p := newPTY(pr.ID, pr.Argv, pr.Created, pr.Main, req.Rows, req.Cols)
+		p.changed = sv.paintNotifier(id, p)
+		b.s.ptys[pr.ID] = p
+	}
+	if err := b.s.adoptProcesses(ctx, in.Agent); err != nil {
+		sv.abandon(b)
+		return booted{}, err
+	}
+	return b, nil
+}
+
+func validateCommand(argv []string) error {
+	if len(argv) > 0 && argv[0] == "" {
+		return invalidf("empty command")
+	}
+	e := agentproto.Exec{Argv: append([]string{"x"}, argv...)}
+	if err := e.Validate(); err != nil {
+		return invalidf("%v", err)
+	}
+	return nil
+}
