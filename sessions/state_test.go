@@ -5,6 +5,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -69,5 +70,43 @@ func TestStateWrites(t *testing.T) {
 	late.write()
 	if _, err := os.Stat(sv.reg.dir(id)); !os.IsNotExist(err) {
 		t.Fatalf("a write after removal: %v", err)
+	}
+}
+
+// TestStateWriteAfterFailure: when the newest state fails to save, an
+// older copy written later saves the newest instead of itself.
+func TestStateWriteAfterFailure(t *testing.T) {
+	rt, err := NewRuntime(layout.Home(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := NewSupervisor(rt, log.New(io.Discard, "", 0))
+	defer sv.Close()
+	const id = "0123456789ab"
+	if err := sv.reg.create(Record{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	s := sv.newSession(Record{ID: id}, StateRecord{})
+	s.mu.Lock()
+	older := s.copyStateLocked()
+	s.state.Stopped = true
+	newer := s.copyStateLocked()
+	s.mu.Unlock()
+
+	// state.json as a directory: the atomic rename onto it fails.
+	stateFile := filepath.Join(sv.reg.dir(id), layout.StateFile)
+	if err := os.Remove(stateFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(stateFile, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	newer.write()
+	if err := os.Remove(stateFile); err != nil {
+		t.Fatal(err)
+	}
+	older.write()
+	if _, st, err := sv.reg.load(id); err != nil || !st.Stopped {
+		t.Fatalf("state.json after a failed newer write and an older one: %+v %v", st, err)
 	}
 }
