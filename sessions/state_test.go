@@ -16,17 +16,8 @@ import (
 // states were taken: a slow write holds up no listing, an older state
 // never overwrites a newer one, and nothing is written after removal.
 func TestStateWrites(t *testing.T) {
-	rt, err := NewRuntime(layout.Home(t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv := NewSupervisor(rt, log.New(io.Discard, "", 0))
-	defer sv.Close()
-	const id = "0123456789ab"
-	if err := sv.reg.create(Record{ID: id}); err != nil {
-		t.Fatal(err)
-	}
-	s := sv.newSession(Record{ID: id}, StateRecord{})
+	sv, s := newStoredSession(t)
+	id := s.rec.ID
 	sv.mu.Lock()
 	sv.sessions[id] = s
 	sv.mu.Unlock()
@@ -76,17 +67,8 @@ func TestStateWrites(t *testing.T) {
 // TestStateWriteAfterFailure: when the newest state fails to save, an
 // older copy written later saves the newest instead of itself.
 func TestStateWriteAfterFailure(t *testing.T) {
-	rt, err := NewRuntime(layout.Home(t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv := NewSupervisor(rt, log.New(io.Discard, "", 0))
-	defer sv.Close()
-	const id = "0123456789ab"
-	if err := sv.reg.create(Record{ID: id}); err != nil {
-		t.Fatal(err)
-	}
-	s := sv.newSession(Record{ID: id}, StateRecord{})
+	sv, s := newStoredSession(t)
+	id := s.rec.ID
 	s.mu.Lock()
 	older := s.copyStateLocked()
 	s.state.Stopped = true
@@ -110,3 +92,21 @@ func TestStateWriteAfterFailure(t *testing.T) {
 		t.Fatalf("state.json after a failed newer write and an older one: %+v %v", st, err)
 	}
 }
+
+// newStoredSession is a supervisor (closed with the test) and a session of
+// its home with a record on disk and no VM.
+func newStoredSession(t *testing.T) (*Supervisor, *session) {
+	t.Helper()
+	rt, err := NewRuntime(layout.Home(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := NewSupervisor(rt, log.New(io.Discard, "", 0))
+	t.Cleanup(sv.Close)
+	const id = "0123456789ab"
+	if err := sv.reg.create(Record{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	return sv, sv.newSession(Record{ID: id}, StateRecord{})
+}
+
