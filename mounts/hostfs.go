@@ -673,16 +673,27 @@ func (m *hostMount) symlink(targetPath, p string, a *fsproto.Attr) syscall.Errno
 	return m.statAt(t.dir, t.name, 0, a)
 }
 
+// resolveNames resolves the two names of a link or rename as resolveName
+// does; on success the caller closes both.
+func (m *hostMount) resolveNames(oldPath, newPath string) (o, n target, errno syscall.Errno) {
+	o, errno = m.resolveName(oldPath)
+	if errno != 0 {
+		return target{}, target{}, errno
+	}
+	n, errno = m.resolveName(newPath)
+	if errno != 0 {
+		o.close()
+		return target{}, target{}, errno
+	}
+	return o, n, 0
+}
+
 func (m *hostMount) link(oldPath, newPath string, a *fsproto.Attr) syscall.Errno {
-	o, errno := m.resolveName(oldPath)
+	o, n, errno := m.resolveNames(oldPath, newPath)
 	if errno != 0 {
 		return errno
 	}
 	defer o.close()
-	n, errno := m.resolveName(newPath)
-	if errno != 0 {
-		return errno
-	}
 	defer n.close()
 	// Flags 0: linkat does not follow a symlink at oldPath either.
 	if err := unix.Linkat(o.dir, o.name, n.dir, n.name, 0); err != nil {
@@ -704,15 +715,11 @@ func (m *hostMount) rename(oldPath, newPath string, flags uint32) syscall.Errno 
 	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
 		return syscall.EINVAL // RENAME_WHITEOUT makes a device node
 	}
-	o, errno := m.resolveName(oldPath)
+	o, n, errno := m.resolveNames(oldPath, newPath)
 	if errno != 0 {
 		return errno
 	}
 	defer o.close()
-	n, errno := m.resolveName(newPath)
-	if errno != 0 {
-		return errno
-	}
 	defer n.close()
 	return errnoOf(unix.Renameat2(o.dir, o.name, n.dir, n.name, uint(flags)))
 }

@@ -317,20 +317,14 @@ func (s *Server) do(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) sysc
 		if errno != 0 {
 			return errno
 		}
-		rep.Handle, errno = s.handles.add(&handle{m: m, f: f})
-		if errno != 0 {
-			f.Close()
-		}
+		rep.Handle, errno = s.handles.addOrClose(&handle{m: m, f: f})
 		return errno
 	case fsproto.OpOpendir:
 		d, errno := m.opendir(req.Path)
 		if errno != 0 {
 			return errno
 		}
-		rep.Handle, errno = s.handles.add(&handle{m: m, dir: d})
-		if errno != 0 {
-			d.close()
-		}
+		rep.Handle, errno = s.handles.addOrClose(&handle{m: m, dir: d})
 		return errno
 	case fsproto.OpSetattr:
 		if req.Handle != 0 {
@@ -477,6 +471,16 @@ type handleTable struct {
 func (t *handleTable) init(instance uint32) {
 	t.instance = instance
 	t.m = map[uint64]*handle{}
+}
+
+// addOrClose adds h as add does; when the table is full, it closes h's
+// file or directory, which nothing else holds yet.
+func (t *handleTable) addOrClose(h *handle) (uint64, syscall.Errno) {
+	id, errno := t.add(h)
+	if errno != 0 {
+		h.close()
+	}
+	return id, errno
 }
 
 func (t *handleTable) add(h *handle) (uint64, syscall.Errno) {

@@ -283,7 +283,6 @@ func AppendRequest(buf []byte, r *Request) ([]byte, error) {
 	if !r.Op.Valid() {
 		return nil, ErrUnknownOp
 	}
-	f := requestFields[r.Op]
 	switch {
 	case len(r.Mount) > MaxMountID, len(r.Path) > MaxPath, len(r.Path2) > MaxPath:
 		return nil, fmt.Errorf("%s: %w: name too long", r.Op, ErrMalformed)
@@ -291,43 +290,7 @@ func AppendRequest(buf []byte, r *Request) ([]byte, error) {
 		return nil, &TooLargeError{Tag: r.Tag, Op: r.Op, Size: uint32(min(len(r.Data), math.MaxUint32))}
 	}
 	e := beginFrame(buf, r.Tag, byte(r.Op))
-	if f&fMount != 0 {
-		e.str(r.Mount)
-	}
-	if f&fPath != 0 {
-		e.str(r.Path)
-	}
-	if f&fPath2 != 0 {
-		e.str(r.Path2)
-	}
-	if f&fHandle != 0 {
-		e.u64(r.Handle)
-	}
-	if f&fFlags != 0 {
-		e.u32(r.Flags)
-	}
-	if f&fMode != 0 {
-		e.u32(r.Mode)
-	}
-	if f&fDev != 0 {
-		e.u32(r.Dev)
-	}
-	if f&fOffset != 0 {
-		e.u64(r.Offset)
-	}
-	if f&fSize != 0 {
-		e.u64(r.Size)
-	}
-	if f&fData != 0 {
-		e.bytes(r.Data)
-	}
-	if f&fTimes != 0 {
-		e.time(r.Atime)
-		e.time(r.Mtime)
-	}
-	if f&fVersion != 0 {
-		e.u32(r.Version)
-	}
+	r.fields(codec{enc: &e})
 	return e.finish()
 }
 
@@ -343,49 +306,8 @@ func DecodeRequest(frame []byte) (*Request, error) {
 	if !r.Op.Valid() {
 		return r, fmt.Errorf("%w %d", ErrUnknownOp, frame[8])
 	}
-	f := requestFields[r.Op]
 	d := decoder{b: frame[frameHeader:]}
-	if f&fMount != 0 {
-		r.Mount = d.str("mount", MaxMountID)
-	}
-	if f&fPath != 0 {
-		r.Path = d.str("path", MaxPath)
-	}
-	if f&fPath2 != 0 {
-		r.Path2 = d.str("path2", MaxPath)
-	}
-	if f&fHandle != 0 {
-		r.Handle = d.u64("handle")
-	}
-	if f&fFlags != 0 {
-		r.Flags = d.u32("flags")
-	}
-	if f&fMode != 0 {
-		r.Mode = d.u32("mode")
-	}
-	if f&fDev != 0 {
-		r.Dev = d.u32("dev")
-	}
-	if f&fOffset != 0 {
-		r.Offset = d.u64("offset")
-	}
-	if f&fSize != 0 {
-		r.Size = d.u64("size")
-	}
-	if f&fData != 0 {
-		max := MaxData
-		if r.Op == OpSymlink {
-			max = MaxPath
-		}
-		r.Data = d.bytes("data", max)
-	}
-	if f&fTimes != 0 {
-		r.Atime = d.time("atime")
-		r.Mtime = d.time("mtime")
-	}
-	if f&fVersion != 0 {
-		r.Version = d.u32("version")
-	}
+	r.fields(codec{dec: &d})
 	if err := d.end(); err != nil {
 		return r, fmt.Errorf("%s: %w", r.Op, err)
 	}
@@ -401,59 +323,20 @@ func AppendReply(buf []byte, rep *Reply) ([]byte, error) {
 		return e.finish()
 	}
 	f := replyFields[rep.Op]
-	if f&fVersion != 0 {
-		e.u32(rep.Version)
-	}
-	if f&fInstance != 0 {
-		e.u64(rep.Instance)
-	}
-	if f&fHandle != 0 {
-		e.u64(rep.Handle)
-	}
-	if f&fAttr != 0 {
-		e.attr(&rep.Attr)
-	}
-	if f&fData != 0 {
-		if len(rep.Data) > MaxData {
-			return nil, &TooLargeError{Tag: rep.Tag, Op: rep.Op}
-		}
-		e.bytes(rep.Data)
-	}
-	if f&fSize != 0 {
-		e.u64(rep.Size)
-	}
-	if f&fOffset != 0 {
-		e.u64(rep.Offset)
+	if f&fData != 0 && len(rep.Data) > MaxData {
+		return nil, &TooLargeError{Tag: rep.Tag, Op: rep.Op}
 	}
 	if f&fEntries != 0 {
 		if len(rep.Entries) > MaxEntries {
 			return nil, &TooLargeError{Tag: rep.Tag, Op: rep.Op}
 		}
-		e.u32(uint32(len(rep.Entries)))
 		for i := range rep.Entries {
-			de := &rep.Entries[i]
-			if len(de.Name) > MaxName {
-				return nil, fmt.Errorf("%w: entry name of %d bytes", ErrMalformed, len(de.Name))
+			if n := len(rep.Entries[i].Name); n > MaxName {
+				return nil, fmt.Errorf("%w: entry name of %d bytes", ErrMalformed, n)
 			}
-			e.str(de.Name)
-			e.u64(de.Next)
-			e.attr(&de.Attr)
-		}
-		eof := uint8(0)
-		if rep.EOF {
-			eof = 1
-		}
-		e.u8(eof)
-	}
-	if f&fStatfs != 0 {
-		s := &rep.Statfs
-		for _, v := range []uint64{s.Blocks, s.Bfree, s.Bavail, s.Files, s.Ffree} {
-			e.u64(v)
-		}
-		for _, v := range []uint32{s.Bsize, s.Namelen, s.Frsize} {
-			e.u32(v)
 		}
 	}
+	rep.fields(codec{enc: &e})
 	return e.finish()
 }
 
@@ -476,56 +359,191 @@ func DecodeReply(frame []byte) (*Reply, error) {
 	if rep.Errno != 0 || !rep.Op.Valid() {
 		return rep, d.end()
 	}
-	f := replyFields[rep.Op]
-	if f&fVersion != 0 {
-		rep.Version = d.u32("version")
-	}
-	if f&fInstance != 0 {
-		rep.Instance = d.u64("instance")
-	}
-	if f&fHandle != 0 {
-		rep.Handle = d.u64("handle")
-	}
-	if f&fAttr != 0 {
-		rep.Attr = d.attr()
-	}
-	if f&fData != 0 {
-		rep.Data = d.bytes("data", MaxData)
-	}
-	if f&fSize != 0 {
-		rep.Size = d.u64("size")
-	}
-	if f&fOffset != 0 {
-		rep.Offset = d.u64("offset")
-	}
-	if f&fEntries != 0 {
-		n := d.u32("entries")
-		if n > MaxEntries {
-			d.fail("%d entries, limit %d", n, MaxEntries)
-		}
-		if d.err == nil {
-			rep.Entries = make([]DirEntry, 0, min(int(n), len(d.b)/EntrySize(1)+1))
-		}
-		for i := uint32(0); i < n && d.err == nil; i++ {
-			de := DirEntry{Name: d.str("name", MaxName), Next: d.u64("next"), Attr: d.attr()}
-			if d.err == nil && (de.Name == "" || de.Name == "." || de.Name == ".." || strings.IndexByte(de.Name, '/') >= 0) {
-				d.fail("bad entry name %q", de.Name)
-			}
-			rep.Entries = append(rep.Entries, de)
-		}
-		rep.EOF = d.u8("eof") != 0
-	}
-	if f&fStatfs != 0 {
-		s := &rep.Statfs
-		for _, p := range []*uint64{&s.Blocks, &s.Bfree, &s.Bavail, &s.Files, &s.Ffree} {
-			*p = d.u64("statfs")
-		}
-		for _, p := range []*uint32{&s.Bsize, &s.Namelen, &s.Frsize} {
-			*p = d.u32("statfs")
-		}
-	}
+	rep.fields(codec{dec: &d})
 	if err := d.end(); err != nil {
 		return rep, fmt.Errorf("%s reply: %w", rep.Op, err)
 	}
 	return rep, nil
+}
+
+// codec is an encoder or a decoder, whichever is not nil. A message's
+// fields method walks its fields through one, so that encoding and
+// decoding go through the same fields in the same order. Encoding writes
+// what each pointer holds and ignores the names and limits, which the
+// Append functions check first; decoding stores what it reads there.
+type codec struct {
+	enc *encoder
+	dec *decoder
+}
+
+func (c codec) u32(p *uint32, what string) {
+	if c.enc != nil {
+		c.enc.u32(*p)
+	} else {
+		*p = c.dec.u32(what)
+	}
+}
+
+func (c codec) u64(p *uint64, what string) {
+	if c.enc != nil {
+		c.enc.u64(*p)
+	} else {
+		*p = c.dec.u64(what)
+	}
+}
+
+func (c codec) str(p *string, what string, max int) {
+	if c.enc != nil {
+		c.enc.str(*p)
+	} else {
+		*p = c.dec.str(what, max)
+	}
+}
+
+func (c codec) bytes(p *[]byte, what string, max int) {
+	if c.enc != nil {
+		c.enc.bytes(*p)
+	} else {
+		*p = c.dec.bytes(what, max)
+	}
+}
+
+func (c codec) time(p *Time, what string) {
+	if c.enc != nil {
+		c.enc.time(*p)
+	} else {
+		*p = c.dec.time(what)
+	}
+}
+
+func (c codec) attr(p *Attr) {
+	if c.enc != nil {
+		c.enc.attr(p)
+	} else {
+		*p = c.dec.attr()
+	}
+}
+
+// fields walks the body of a request, after its tag and op.
+func (r *Request) fields(c codec) {
+	f := requestFields[r.Op]
+	if f&fMount != 0 {
+		c.str(&r.Mount, "mount", MaxMountID)
+	}
+	if f&fPath != 0 {
+		c.str(&r.Path, "path", MaxPath)
+	}
+	if f&fPath2 != 0 {
+		c.str(&r.Path2, "path2", MaxPath)
+	}
+	if f&fHandle != 0 {
+		c.u64(&r.Handle, "handle")
+	}
+	if f&fFlags != 0 {
+		c.u32(&r.Flags, "flags")
+	}
+	if f&fMode != 0 {
+		c.u32(&r.Mode, "mode")
+	}
+	if f&fDev != 0 {
+		c.u32(&r.Dev, "dev")
+	}
+	if f&fOffset != 0 {
+		c.u64(&r.Offset, "offset")
+	}
+	if f&fSize != 0 {
+		c.u64(&r.Size, "size")
+	}
+	if f&fData != 0 {
+		max := MaxData
+		if r.Op == OpSymlink {
+			max = MaxPath
+		}
+		c.bytes(&r.Data, "data", max)
+	}
+	if f&fTimes != 0 {
+		c.time(&r.Atime, "atime")
+		c.time(&r.Mtime, "mtime")
+	}
+	if f&fVersion != 0 {
+		c.u32(&r.Version, "version")
+	}
+}
+
+// fields walks the result fields of a reply whose errno is 0.
+func (rep *Reply) fields(c codec) {
+	f := replyFields[rep.Op]
+	if f&fVersion != 0 {
+		c.u32(&rep.Version, "version")
+	}
+	if f&fInstance != 0 {
+		c.u64(&rep.Instance, "instance")
+	}
+	if f&fHandle != 0 {
+		c.u64(&rep.Handle, "handle")
+	}
+	if f&fAttr != 0 {
+		c.attr(&rep.Attr)
+	}
+	if f&fData != 0 {
+		c.bytes(&rep.Data, "data", MaxData)
+	}
+	if f&fSize != 0 {
+		c.u64(&rep.Size, "size")
+	}
+	if f&fOffset != 0 {
+		c.u64(&rep.Offset, "offset")
+	}
+	if f&fEntries != 0 {
+		if c.enc != nil {
+			c.enc.entries(rep.Entries, rep.EOF)
+		} else {
+			rep.Entries, rep.EOF = c.dec.entries()
+		}
+	}
+	if f&fStatfs != 0 {
+		s := &rep.Statfs
+		for _, p := range []*uint64{&s.Blocks, &s.Bfree, &s.Bavail, &s.Files, &s.Ffree} {
+			c.u64(p, "statfs")
+		}
+		for _, p := range []*uint32{&s.Bsize, &s.Namelen, &s.Frsize} {
+			c.u32(p, "statfs")
+		}
+	}
+}
+
+// entries writes a readdir page: the count, the entries and the EOF flag.
+func (e *encoder) entries(des []DirEntry, eof bool) {
+	e.u32(uint32(len(des)))
+	for i := range des {
+		de := &des[i]
+		e.str(de.Name)
+		e.u64(de.Next)
+		e.attr(&de.Attr)
+	}
+	flag := uint8(0)
+	if eof {
+		flag = 1
+	}
+	e.u8(flag)
+}
+
+// entries reads a readdir page, refusing names a directory cannot hold.
+func (d *decoder) entries() ([]DirEntry, bool) {
+	var des []DirEntry
+	n := d.u32("entries")
+	if n > MaxEntries {
+		d.fail("%d entries, limit %d", n, MaxEntries)
+	}
+	if d.err == nil {
+		des = make([]DirEntry, 0, min(int(n), len(d.b)/EntrySize(1)+1))
+	}
+	for i := uint32(0); i < n && d.err == nil; i++ {
+		de := DirEntry{Name: d.str("name", MaxName), Next: d.u64("next"), Attr: d.attr()}
+		if d.err == nil && (de.Name == "" || de.Name == "." || de.Name == ".." || strings.IndexByte(de.Name, '/') >= 0) {
+			d.fail("bad entry name %q", de.Name)
+		}
+		des = append(des, de)
+	}
+	return des, d.u8("eof") != 0
 }
