@@ -253,6 +253,19 @@ func (s *Store) PutManifest(m Manifest) (string, error) {
 	return f.Digest, nil
 }
 
+// PutTagged stores m as PutManifest does, points ref at it and returns
+// the stored image: the last step of a build or pull.
+func (s *Store) PutTagged(m Manifest, ref Ref) (*Image, error) {
+	id, err := s.PutManifest(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Tag(id, ref); err != nil {
+		return nil, err
+	}
+	return s.Resolve(id)
+}
+
 // Tag points dst at the image src resolves to.
 func (s *Store) Tag(src string, dst Ref) error {
 	if _, err := ParseRef(dst.String()); err != nil {

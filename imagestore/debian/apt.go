@@ -2,7 +2,6 @@ package debian
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -183,16 +182,10 @@ func aptDownload(ctx context.Context, dir string, debs []deb, p progress.Reporte
 	for _, d := range debs {
 		args = append(args, d.Name+"="+d.Version)
 	}
-	cmd, err := command(ctx, dir, "apt-get", args...)
+	cmd, stdout, stderr, err := pipedCommand(ctx, dir, "apt-get", args...)
 	if err != nil {
 		return err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("apt-get download: %w", err)
 	}

@@ -144,14 +144,7 @@ func Build(ctx context.Context, store *imagestore.Store, opts Options) (im *imag
 		return nil, false, err
 	}
 	opts.Progress.Phase("storing image")
-	id, err := store.PutManifest(m)
-	if err != nil {
-		return nil, false, err
-	}
-	if err := store.Tag(id, ref); err != nil {
-		return nil, false, err
-	}
-	im, err = store.Resolve(id)
+	im, err = store.PutTagged(m, ref)
 	return im, false, err
 }
 
@@ -406,16 +399,10 @@ func diskSizeHint(err error, c imagestore.BuildConfig) string {
 // unpackDeb streams a .deb's data archive into t without running any of
 // its maintainer scripts.
 func unpackDeb(ctx context.Context, t *rootfs.Tree, debPath string, keep func(string) bool) error {
-	cmd, err := command(ctx, "", "dpkg-deb", "--fsys-tarfile", debPath)
+	cmd, out, stderr, err := pipedCommand(ctx, "", "dpkg-deb", "--fsys-tarfile", debPath)
 	if err != nil {
 		return err
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		return err
 	}

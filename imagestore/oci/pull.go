@@ -169,14 +169,7 @@ func Pull(ctx context.Context, store *imagestore.Store, ref string, opts Options
 			Env: c.Env, WorkingDir: c.WorkingDir, User: c.User, Entrypoint: c.Entrypoint, Cmd: c.Cmd,
 		},
 	}
-	newID, err := store.PutManifest(m)
-	if err != nil {
-		return nil, false, err
-	}
-	if err := store.Tag(newID, local); err != nil {
-		return nil, false, err
-	}
-	im, err = store.Resolve(newID)
+	im, err = store.PutTagged(m, local)
 	return im, false, err
 }
 

@@ -37,23 +37,14 @@ const (
 //
 // Errors name the offending entry; the caller adds which layer it was.
 func (t *Tree) ApplyLayer(ctx context.Context, r io.Reader) error {
-	tr := tar.NewReader(r)
 	added := map[string]bool{} // resolved paths this layer wrote
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read layer: %w", err)
-		}
-		if err := t.applyEntry(hdr, tr, added); err != nil {
+	readErr := func(err error) error { return fmt.Errorf("read layer: %w", err) }
+	return forEachEntry(ctx, r, readErr, func(hdr *tar.Header, body io.Reader) error {
+		if err := t.applyEntry(hdr, body, added); err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
-	}
+		return nil
+	})
 }
 
 func (t *Tree) applyEntry(hdr *tar.Header, body io.Reader, added map[string]bool) error {

@@ -334,17 +334,23 @@ func (t *Tree) WriteFile(p string, r io.Reader, mode fs.FileMode, uid, gid int, 
 	return t.writeFile(p, r, -1, mode, uid, gid, mtime)
 }
 
-// writeFile is WriteFile for content whose size an archive header states
-// (-1 when unknown), so that a file over the limit is refused before it
-// exists. A write that fails leaves no file behind.
-func (t *Tree) writeFile(p string, r io.Reader, size int64, mode fs.FileMode, uid, gid int, mtime time.Time) error {
+// makeRoom readies p for a new entry of size bytes: its parent directory
+// exists, whatever stood at p is gone, and the tree has room for it.
+func (t *Tree) makeRoom(p string, size int64) error {
 	if err := t.parent(p); err != nil {
 		return err
 	}
 	if err := t.clear(p); err != nil {
 		return err
 	}
-	if err := t.fit(max(size, 0)); err != nil {
+	return t.fit(size)
+}
+
+// writeFile is WriteFile for content whose size an archive header states
+// (-1 when unknown), so that a file over the limit is refused before it
+// exists. A write that fails leaves no file behind.
+func (t *Tree) writeFile(p string, r io.Reader, size int64, mode fs.FileMode, uid, gid int, mtime time.Time) error {
+	if err := t.makeRoom(p, max(size, 0)); err != nil {
 		return err
 	}
 	f, err := t.root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -393,13 +399,7 @@ func (t *Tree) Symlink(target, p string) error {
 }
 
 func (t *Tree) symlink(target, p string, uid, gid int) error {
-	if err := t.parent(p); err != nil {
-		return err
-	}
-	if err := t.clear(p); err != nil {
-		return err
-	}
-	if err := t.fit(0); err != nil {
+	if err := t.makeRoom(p, 0); err != nil {
 		return err
 	}
 	if err := t.root.Symlink(target, p); err != nil {
@@ -421,13 +421,7 @@ func (t *Tree) link(old, p string) error {
 	if old == p {
 		return fmt.Errorf("hard link %s: links to itself", p)
 	}
-	if err := t.parent(p); err != nil {
-		return err
-	}
-	if err := t.clear(p); err != nil {
-		return err
-	}
-	if err := t.fit(0); err != nil {
+	if err := t.makeRoom(p, 0); err != nil {
 		return err
 	}
 	if err := t.root.Link(old, p); err != nil {
@@ -484,24 +478,13 @@ func (t *Tree) Remove(p string) error { return t.remove(p) }
 // error. keep, when not nil, selects the entries to write by their
 // resolved path.
 func (t *Tree) Extract(ctx context.Context, r io.Reader, keep func(p string) bool) error {
-	tr := tar.NewReader(r)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+	return forEachEntry(ctx, r, nil, func(hdr *tar.Header, body io.Reader) error {
 		p, err := t.place(hdr.Name)
 		if err != nil {
 			return err
 		}
 		if p == "" || (keep != nil && !keep(p)) {
-			continue
+			return nil
 		}
 		mode := tarMode(hdr.Mode)
 		switch hdr.Typeflag {
@@ -509,7 +492,7 @@ func (t *Tree) Extract(ctx context.Context, r io.Reader, keep func(p string) boo
 			err = t.MkDir(p, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
 		case tar.TypeReg:
 			// A PAX sparse entry is TypeReg too; its Size is the apparent size.
-			err = t.writeFile(p, tr, hdr.Size, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
+			err = t.writeFile(p, body, hdr.Size, mode, hdr.Uid, hdr.Gid, hdr.ModTime)
 		case tar.TypeSymlink:
 			if hdr.Linkname == "" || strings.ContainsRune(hdr.Linkname, 0) {
 				return fmt.Errorf("%s: bad symlink target %q", hdr.Name, hdr.Linkname)
@@ -527,10 +510,37 @@ func (t *Tree) Extract(ctx context.Context, r io.Reader, keep func(p string) boo
 		default:
 			// Device nodes, fifos: a build without root cannot make them,
 			// and the guest's devtmpfs provides devices.
-			continue
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", hdr.Name, err)
+		}
+		return nil
+	})
+}
+
+// forEachEntry calls fn with each entry of the tar stream r in turn,
+// checking before each that ctx is not done. It returns nil at the end of
+// the stream, or else ctx's error, fn's first error, or a read error,
+// passed through readErr unless that is nil.
+func forEachEntry(ctx context.Context, r io.Reader, readErr func(error) error, fn func(hdr *tar.Header, body io.Reader) error) error {
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if readErr != nil {
+				err = readErr(err)
+			}
+			return err
+		}
+		if err := fn(hdr, tr); err != nil {
+			return err
 		}
 	}
 }
