@@ -252,21 +252,20 @@ func (m *Machine) runState(ctx context.Context, mon *monitor) (string, error) {
 // Pause stops the guest's CPUs; QEMU flushes its disk caches to the image
 // files before it returns, so they can be copied.
 func (m *Machine) Pause(ctx context.Context) error {
-	mon, err := m.monitor(ctx)
-	if err == nil {
-		err = mon.run(ctx, "stop", nil, nil)
-	}
-	if err != nil {
-		return m.qmpError(err)
-	}
-	return nil
+	return m.runCommand(ctx, "stop")
 }
 
 // Resume continues a paused VM.
 func (m *Machine) Resume(ctx context.Context) error {
+	return m.runCommand(ctx, "cont")
+}
+
+// runCommand runs a QMP command that takes no arguments and returns
+// nothing, reporting a failure as qmpError does.
+func (m *Machine) runCommand(ctx context.Context, command string) error {
 	mon, err := m.monitor(ctx)
 	if err == nil {
-		err = mon.run(ctx, "cont", nil, nil)
+		err = mon.run(ctx, command, nil, nil)
 	}
 	if err != nil {
 		return m.qmpError(err)
