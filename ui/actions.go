@@ -148,6 +148,27 @@ func (m *Model) needLive(action string) (sessions.Session, tea.Cmd, bool) {
 	return s, nil, true
 }
 
+// optionalFeature returns m's backend as B, one of the optional feature
+// interfaces (see PolicyBackend). When the backend lacks it, ok is false
+// and cmd says the feature is not available in this version.
+func optionalFeature[B any](m *Model, feature string) (b B, cmd tea.Cmd, ok bool) {
+	if b, ok = m.backend.(B); !ok {
+		return b, m.setStatus(feature + ": not available in this version"), false
+	}
+	return b, nil, true
+}
+
+// liveFeature is optionalFeature followed by needLive: the start of an
+// action on the selected live session that needs the optional feature B.
+func liveFeature[B any](m *Model, feature, action string) (B, sessions.Session, tea.Cmd, bool) {
+	b, cmd, ok := optionalFeature[B](m, feature)
+	if !ok {
+		return b, sessions.Session{}, cmd, false
+	}
+	s, cmd, ok := m.needLive(action)
+	return b, s, cmd, ok
+}
+
 func (m *Model) openShell() tea.Cmd {
 	s, cmd, ok := m.needLive("open a terminal in")
 	if !ok {

@@ -15,11 +15,6 @@ import (
 	"github.com/gondolin/gondolin/sessions"
 )
 
-func (m *Model) policyBackend() PolicyBackend {
-	pb, _ := m.backend.(PolicyBackend)
-	return pb
-}
-
 // maxRequests is how many recent network decisions the editor keeps.
 const maxRequests = 200
 
@@ -72,11 +67,7 @@ type (
 )
 
 func (m *Model) openPolicy() tea.Cmd {
-	pb := m.policyBackend()
-	if pb == nil {
-		return m.setStatus("network policy: not available in this version")
-	}
-	s, cmd, ok := m.needLive("edit the policy of")
+	pb, s, cmd, ok := liveFeature[PolicyBackend](m, "network policy", "edit the policy of")
 	if !ok {
 		return cmd
 	}

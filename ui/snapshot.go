@@ -11,11 +11,6 @@ import (
 	"github.com/gondolin/gondolin/snapshots"
 )
 
-func (m *Model) snapshotBackend() SnapshotBackend {
-	sb, _ := m.backend.(SnapshotBackend)
-	return sb
-}
-
 // snapshotDialog takes a disk or live snapshot of a session and shows it
 // under way.
 type snapshotDialog struct {
@@ -41,11 +36,7 @@ type (
 )
 
 func (m *Model) openSnapshot() tea.Cmd {
-	sb := m.snapshotBackend()
-	if sb == nil {
-		return m.setStatus("snapshots: not available in this version")
-	}
-	s, cmd, ok := m.needLive("snapshot")
+	sb, s, cmd, ok := liveFeature[SnapshotBackend](m, "snapshots", "snapshot")
 	if !ok {
 		return cmd
 	}
@@ -204,9 +195,9 @@ type snapListMsg struct {
 }
 
 func (m *Model) openResume() tea.Cmd {
-	sb := m.snapshotBackend()
-	if sb == nil {
-		return m.setStatus("snapshots: not available in this version")
+	sb, cmd, ok := optionalFeature[SnapshotBackend](m, "snapshots")
+	if !ok {
+		return cmd
 	}
 	m.dialog = &resumeDialog{sb: sb}
 	return func() tea.Msg {
