@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"io"
 	"time"
 
@@ -23,11 +22,8 @@ const flood = `while :; do printf 'A\033[999999999b\033[999999999@\033[999999999
 // session floods its terminal and console, against the same with the
 // flooding session idle.
 func benchContainment(e *env) []row {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	client, err := sessions.Connect(ctx, e.home, sessions.ConnectOptions{Start: true, Executable: e.bin})
-	check("start supervisor", err)
-	defer client.StopSupervisor(context.Background(), true)
+	ctx, client, stop := startSupervisor(e, 10*time.Minute)
+	defer stop()
 
 	bystander, err := client.Create(ctx, sessions.CreateRequest{Keep: true})
 	check("create", err)

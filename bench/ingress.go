@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -21,11 +20,8 @@ func init() {
 // benchIngress serves a file from busybox httpd in a VM through an
 // ingress route, next to the same file served on the host directly.
 func benchIngress(e *env) []row {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	client, err := sessions.Connect(ctx, e.home, sessions.ConnectOptions{Start: true, Executable: e.bin})
-	check("start supervisor", err)
-	defer client.StopSupervisor(context.Background(), true)
+	ctx, client, stop := startSupervisor(e, 10*time.Minute)
+	defer stop()
 	const size = 16 << 20
 	s, err := client.Create(ctx, sessions.CreateRequest{Keep: true,
 		Listen:  []ingress.Route{{Listen: "127.0.0.1:0", GuestPort: 8000}},

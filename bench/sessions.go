@@ -18,15 +18,25 @@ func init() {
 	sections = append(sections, section{"sessions: supervisor, terminals", benchSessions})
 }
 
+// startSupervisor starts a supervisor for e's home, as the user's first
+// command would, and returns a client of it, a context that ends after
+// timeout, and stop, which stops the supervisor and ends the context.
+func startSupervisor(e *env, timeout time.Duration) (context.Context, *sessions.Client, func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	client, err := sessions.Connect(ctx, e.home, sessions.ConnectOptions{Start: true, Executable: e.bin})
+	check("start supervisor", err)
+	return ctx, client, func() {
+		client.StopSupervisor(context.Background(), true)
+		cancel()
+	}
+}
+
 // benchSessions measures what a user of sessions feels: keystroke echo
 // through the supervisor (against the bare agent channel), the time from
 // create to a prompt, and the supervisor's memory with idle sessions.
 func benchSessions(e *env) []row {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	client, err := sessions.Connect(ctx, e.home, sessions.ConnectOptions{Start: true, Executable: e.bin})
-	check("start supervisor", err)
-	defer client.StopSupervisor(context.Background(), true)
+	ctx, client, stop := startSupervisor(e, 10*time.Minute)
+	defer stop()
 
 	// Keystroke echo through the supervisor (one byte in, the terminal's
 	// echo of it out), then the same through the bare agent channel of a

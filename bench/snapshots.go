@@ -45,11 +45,8 @@ func longestRoundTrip(ctx context.Context, client *sessions.Client, id string, f
 // a first command's answer from a VM resumed from each, next to a cold
 // boot of the same image.
 func benchSnapshots(e *env) []row {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	client, err := sessions.Connect(ctx, e.home, sessions.ConnectOptions{Start: true, Executable: e.bin})
-	check("start supervisor", err)
-	defer client.StopSupervisor(context.Background(), true)
+	ctx, client, stop := startSupervisor(e, 15*time.Minute)
+	defer stop()
 	src, err := client.Create(ctx, sessions.CreateRequest{Keep: true, Command: []string{"sleep", "100000"}})
 	check("create", err)
 
