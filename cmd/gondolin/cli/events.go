@@ -11,6 +11,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
 
@@ -20,11 +21,7 @@ func newEventsCmd() *cobra.Command {
 		Use:   "events ID [-f] [--json]",
 		Short: "Show a session's network decisions (allowed and blocked requests)",
 		Args:  exactArgs(1, "a session"),
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			ch, err := client.NetworkEvents(ctx, args[0], follow)
@@ -41,7 +38,7 @@ func newEventsCmd() *cobra.Command {
 				fmt.Println(formatNetEvent(e))
 			}
 			return nil
-		},
+		}),
 	}
 	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new decisions")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")

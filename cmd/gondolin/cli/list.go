@@ -19,11 +19,7 @@ func newListCmd() *cobra.Command {
 		Aliases: []string{"ls", "ps"},
 		Short:   "List sessions (live ones; --all adds stale and stopped)",
 		Args:    noArgs,
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			list, err := client.List(context.Background(), all)
 			if err != nil {
 				return err
@@ -53,7 +49,7 @@ func newListCmd() *cobra.Command {
 				fmt.Fprintln(os.Stderr, n)
 			}
 			return nil
-		},
+		}),
 	}
 	c.Flags().BoolVarP(&all, "all", "a", false, "include stale and stopped sessions")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/termio"
 	"github.com/gondolin/gondolin/internal/termsafe"
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
 
@@ -18,11 +19,7 @@ func newLogsCmd() *cobra.Command {
 		Use:   "logs [-f] ID",
 		Short: "Print a session's serial console",
 		Args:  exactArgs(1, "a session"),
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			// The console is what the guest wrote: on a terminal, its
@@ -32,7 +29,7 @@ func newLogsCmd() *cobra.Command {
 				out = &termsafe.Writer{W: os.Stdout}
 			}
 			return client.Logs(ctx, args[0], follow, out)
-		},
+		}),
 	}
 	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	return c

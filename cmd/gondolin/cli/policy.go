@@ -22,11 +22,7 @@ func newPolicyCmd() *cobra.Command {
 		Use:   "show ID [--json]",
 		Short: "Show allowed hosts, secrets (names and hosts, never values), DNS and maps",
 		Args:  exactArgs(1, "a session"),
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			v, err := client.Policy(context.Background(), args[0])
 			if err != nil {
 				return err
@@ -36,7 +32,7 @@ func newPolicyCmd() *cobra.Command {
 			}
 			printPolicy(v)
 			return nil
-		},
+		}),
 	}
 	show.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	edit := func(use, short string, n int, build func(args []string) (sessions.PolicyChange, error)) *cobra.Command {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
 
@@ -13,11 +14,7 @@ func newRmCmd() *cobra.Command {
 		Use:   "rm [-f] ID...",
 		Short: "Remove stale or stopped sessions (-f stops live ones first)",
 		Args:  atLeastOne("a session: gondolin rm [-f] ID..."),
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			for _, ref := range args {
 				if err := client.Remove(context.Background(), ref, force); err != nil {
 					return err
@@ -25,7 +22,7 @@ func newRmCmd() *cobra.Command {
 				fmt.Println(ref)
 			}
 			return nil
-		},
+		}),
 	}
 	c.Flags().BoolVarP(&force, "force", "f", false, "stop a live session first")
 	return c

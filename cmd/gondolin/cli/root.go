@@ -132,6 +132,18 @@ func dialSupervisor(start bool) (*sessions.Client, error) {
 	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: start})
 }
 
+// withSupervisor is a command's RunE that runs run with a client of the
+// home's supervisor (started on demand when start is set).
+func withSupervisor(start bool, run func(c *cobra.Command, client *sessions.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, args []string) error {
+		client, err := dialSupervisor(start)
+		if err != nil {
+			return err
+		}
+		return run(c, client, args)
+	}
+}
+
 // noArgs rejects positional arguments with a usage error.
 func noArgs(c *cobra.Command, args []string) error {
 	if len(args) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
 
@@ -12,11 +13,7 @@ func newStopCmd() *cobra.Command {
 		Use:   "stop ID...",
 		Short: "Stop sessions' VMs (gracefully, then by force)",
 		Args:  atLeastOne("a session: gondolin stop ID..."),
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(true)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			for _, ref := range args {
 				s, err := client.Stop(context.Background(), ref)
 				if err != nil {
@@ -25,6 +22,6 @@ func newStopCmd() *cobra.Command {
 				fmt.Println(s.ID)
 			}
 			return nil
-		},
+		}),
 	}
 }

@@ -36,15 +36,11 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 		Use:   "stop [--all]",
 		Short: "Stop the supervisor (VMs keep running; --all stops them too)",
 		Args:  noArgs,
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(false)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(false, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			return client.StopSupervisor(ctx, all)
-		},
+		}),
 	}
 	stop.Flags().BoolVar(&all, "all", false, "stop every VM too")
 	var asJSON bool
@@ -52,11 +48,7 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 		Use:   "status [--json]",
 		Short: "Show whether the supervisor runs, and what it holds",
 		Args:  noArgs,
-		RunE: func(c *cobra.Command, args []string) error {
-			client, err := dialSupervisor(false)
-			if err != nil {
-				return err
-			}
+		RunE: withSupervisor(false, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			st, err := client.Status(context.Background())
 			if err != nil {
 				return err
@@ -70,7 +62,7 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 				fmt.Println(templateLine(t))
 			}
 			return nil
-		},
+		}),
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	c.AddCommand(stop, status)
