@@ -2,6 +2,7 @@ package imagestore
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 func openTemp(t *testing.T) *Store {
@@ -66,56 +68,61 @@ func TestBlobDedup(t *testing.T) {
 	if !os.SameFile(st1, st2) {
 		t.Fatal("blob was rewritten")
 	}
-	// A file outside the store is copied and left alone.
-	outside := filepath.Join(t.TempDir(), "tool")
-	os.WriteFile(outside, []byte("a host binary"), 0o755)
-	e, err := s.PutFile(outside)
-	if err != nil {
-		t.Fatal(err)
+	// PutFile links a file into the store only when it may: a new file in
+	// the store's tmp, on its filesystem, with no other name.
+	for _, tt := range []struct {
+		name   string
+		path   string // where the file is made
+		mode   os.FileMode
+		links  int // how many more names it gets
+		linked bool
+	}{
+		// Outside the store: copied, and left alone.
+		{"outside", filepath.Join(t.TempDir(), "tool"), 0o755, 0, false},
+		// A new file on the store's filesystem: linked, not copied.
+		{"tmp", filepath.Join(s.TempDir(), "new"), 0o644, 0, true},
+		// In tmp with another name: copied, since linking would make that
+		// other name read-only too.
+		{"tmp-shared", filepath.Join(s.TempDir(), "shared"), 0o644, 1, false},
+	} {
+		if err := os.WriteFile(tt.path, []byte(tt.name), tt.mode); err != nil {
+			t.Fatal(err)
+		}
+		for i := range tt.links {
+			if err := os.Link(tt.path, fmt.Sprintf("%s.%d", tt.path, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		blob, err := s.PutFile(tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, _ := os.Stat(tt.path)
+		stored, _ := os.Stat(s.Path(blob))
+		wantPerm := tt.mode
+		if tt.linked {
+			wantPerm = 0o444 // the store's blobs are read-only
+		}
+		if os.SameFile(src, stored) != tt.linked || src.Mode().Perm() != wantPerm {
+			t.Errorf("%s: PutFile linked=%v, mode %v; want linked=%v, mode %v", tt.name, os.SameFile(src, stored), src.Mode().Perm(), tt.linked, wantPerm)
+		}
+		os.Remove(tt.path)
+		for i := range tt.links {
+			os.Remove(fmt.Sprintf("%s.%d", tt.path, i))
+		}
 	}
-	st5, _ := os.Stat(outside)
-	st6, _ := os.Stat(s.Path(e))
-	if os.SameFile(st5, st6) || st5.Mode().Perm() != 0o755 {
-		t.Fatalf("PutFile linked or changed a file outside the store: mode %v", st5.Mode())
-	}
-	// A new file on the store's filesystem is linked, not copied.
-	tmp := filepath.Join(s.TempDir(), "new")
-	os.WriteFile(tmp, []byte("linked"), 0o644)
-	d, err := s.PutFile(tmp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st3, _ := os.Stat(s.Path(d))
-	st4, _ := os.Stat(tmp)
-	if !os.SameFile(st3, st4) || st3.Mode().Perm() != 0o444 {
-		t.Fatalf("PutFile did not link: mode %v", st3.Mode())
-	}
-	os.Remove(tmp)
-	// A file in tmp that has another name is copied: linking would make
-	// that other name read-only too.
-	shared := filepath.Join(s.TempDir(), "shared")
-	os.WriteFile(shared, []byte("shared"), 0o644)
-	os.Link(shared, shared+".2")
-	g, err := s.PutFile(shared)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st7, _ := os.Stat(shared)
-	st8, _ := os.Stat(s.Path(g))
-	if os.SameFile(st7, st8) || st7.Mode().Perm() != 0o644 {
-		t.Fatal("PutFile linked a file with two names")
-	}
-	os.Remove(shared)
-	os.Remove(shared + ".2")
-	if left, _ := os.ReadDir(s.TempDir()); len(left) != 0 {
-		t.Fatalf("tmp not empty: %v", left)
-	}
+	testutil.EmptyDir(t, s.TempDir())
+}
+
+// twoImages opens a new store that holds two images.
+func twoImages(t *testing.T) (s *Store, id1, id2 string) {
+	t.Helper()
+	s = openTemp(t)
+	return s, putImage(t, s, "k1", time.Unix(1, 0)), putImage(t, s, "k2", time.Unix(2, 0))
 }
 
 func TestConcurrentWriters(t *testing.T) {
-	s := openTemp(t)
-	id1 := putImage(t, s, "k1", time.Unix(1, 0))
-	id2 := putImage(t, s, "k2", time.Unix(2, 0))
+	s, id1, id2 := twoImages(t)
 	ref := Ref{"default", "latest"}
 	var wg sync.WaitGroup
 	for i := range 16 {
@@ -139,15 +146,11 @@ func TestConcurrentWriters(t *testing.T) {
 	if err != nil || (im.ID != id1 && im.ID != id2) {
 		t.Fatalf("Resolve = %v, %v", im, err)
 	}
-	if left, _ := os.ReadDir(s.TempDir()); len(left) != 0 {
-		t.Fatalf("tmp not empty: %v", left)
-	}
+	testutil.EmptyDir(t, s.TempDir())
 }
 
 func TestRefOverwriteIsAtomic(t *testing.T) {
-	s := openTemp(t)
-	id1 := putImage(t, s, "k1", time.Unix(1, 0))
-	id2 := putImage(t, s, "k2", time.Unix(2, 0))
+	s, id1, id2 := twoImages(t)
 	ref := Ref{"dev", "v1"}
 	if err := s.Tag(id1, ref); err != nil {
 		t.Fatal(err)

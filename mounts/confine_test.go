@@ -39,15 +39,7 @@ func outside(t *testing.T) (string, func()) {
 // outside (absolute and relative), and ops on symlinks that must act on
 // the link, not its target.
 func TestConfinement(t *testing.T) {
-	for _, fallback := range []bool{false, true} {
-		t.Run(fmt.Sprintf("walk=%v", fallback), func(t *testing.T) {
-			if fallback {
-				noOpenat2.Store(true)
-				t.Cleanup(func() { noOpenat2.Store(false) })
-			}
-			testConfinement(t)
-		})
-	}
+	bothWalks(t, testConfinement)
 }
 
 func testConfinement(t *testing.T) {
@@ -155,15 +147,7 @@ func testConfinement(t *testing.T) {
 // opening, reading, listing, creating and changing through those names.
 // No operation may ever reach the outside.
 func TestSwapRace(t *testing.T) {
-	for _, fallback := range []bool{false, true} {
-		t.Run(fmt.Sprintf("walk=%v", fallback), func(t *testing.T) {
-			if fallback {
-				noOpenat2.Store(true)
-				t.Cleanup(func() { noOpenat2.Store(false) })
-			}
-			testSwapRace(t, time.Second)
-		})
-	}
+	bothWalks(t, func(t *testing.T) { testSwapRace(t, time.Second) })
 }
 
 func testSwapRace(t *testing.T, d time.Duration) {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/gondolin/gondolin/mounts/fsproto"
 	"github.com/gondolin/gondolin/vm/agentproto"
@@ -59,20 +58,11 @@ func FuzzServe(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 3})
 
 	f.Fuzz(func(t *testing.T, stream []byte) {
-		g, h := socketPair(t)
-		defer g.Close()
-		served := make(chan error, 1)
-		go func() { served <- s.Serve(h) }()
-		g.SetDeadline(time.Now().Add(10 * time.Second))
-		br, err := fsproto.GuestHandshake(g)
-		if err != nil {
-			t.Fatal(err)
-		}
+		g, fr, served := connectGuest(t, s)
 		go func() {
 			g.Write(stream)
 			g.(*net.UnixConn).CloseWrite()
 		}()
-		fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
 		for {
 			frame, err := fr.Next(nil)
 			if errors.Is(err, fsproto.ErrDesync) {

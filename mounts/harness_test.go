@@ -113,6 +113,61 @@ func serve(t testing.TB, specs ...Spec) (*link, *fsproto.Client) {
 	return l, c
 }
 
+// startServer starts a Server for specs; it is closed when the test ends.
+func startServer(t testing.TB, specs ...Spec) *Server {
+	t.Helper()
+	s, err := NewServer(specs, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// oneFileDir makes a temporary directory that holds one file, f, of one
+// byte, and a read-write mount spec for it at /w.
+func oneFileDir(t testing.TB) (string, Spec) {
+	t.Helper()
+	dir, spec := hostDir(t, "/w", false)
+	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, spec
+}
+
+// connectGuest gives s a new connection to serve and does the guest's
+// side of the handshake on it: it returns the guest's end (closed when
+// the test ends), a reader of the frames the host sends on it, and what
+// Serve returns.
+func connectGuest(t testing.TB, s *Server) (net.Conn, *fsproto.FrameReader, <-chan error) {
+	t.Helper()
+	g, h := socketPair(t)
+	t.Cleanup(func() { g.Close() })
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(h) }()
+	g.SetDeadline(time.Now().Add(20 * time.Second))
+	br, err := fsproto.GuestHandshake(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, fsproto.NewFrameReader(br, fsproto.MaxFrame), served
+}
+
+// bothWalks runs test twice: once with openat2 confining paths to the
+// root, and once with the walk the server falls back to on a kernel
+// without it.
+func bothWalks(t *testing.T, test func(t *testing.T)) {
+	for _, fallback := range []bool{false, true} {
+		t.Run(fmt.Sprintf("walk=%v", fallback), func(t *testing.T) {
+			if fallback {
+				noOpenat2.Store(true)
+				t.Cleanup(func() { noOpenat2.Store(false) })
+			}
+			test(t)
+		})
+	}
+}
+
 // hostDir makes a temporary directory and a mount spec for it.
 func hostDir(t testing.TB, guest string, ro bool) (string, Spec) {
 	t.Helper()

@@ -17,15 +17,7 @@ import (
 // TestPOSIX drives every operation through the protocol client against a
 // real Server, over a socket pair.
 func TestPOSIX(t *testing.T) {
-	for _, fallback := range []bool{false, true} {
-		t.Run(fmt.Sprintf("walk=%v", fallback), func(t *testing.T) {
-			if fallback {
-				noOpenat2.Store(true)
-				t.Cleanup(func() { noOpenat2.Store(false) })
-			}
-			testPOSIX(t)
-		})
-	}
+	bothWalks(t, testPOSIX)
 }
 
 func testPOSIX(t *testing.T) {

@@ -2,8 +2,6 @@ package mounts
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,28 +26,12 @@ func chokeOnRequest(req *fsproto.Request) {
 // the stack where it happened, for its owner to report (sessions marks
 // the session broken). Without the recover the test binary dies.
 func TestRequestPanic(t *testing.T) {
-	dir, spec := hostDir(t, "/w", false)
-	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewServer([]Spec{spec}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, spec := oneFileDir(t)
+	s := startServer(t, spec)
 	testHookRequest = chokeOnRequest
 	defer func() { testHookRequest = nil }()
 
-	g, h := socketPair(t)
-	defer g.Close()
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(h) }()
-	g.SetDeadline(time.Now().Add(20 * time.Second))
-	br, err := fsproto.GuestHandshake(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
+	g, fr, served := connectGuest(t, s)
 	send := func(req *fsproto.Request) {
 		t.Helper()
 		b, err := fsproto.AppendRequest(nil, req)

@@ -3,7 +3,6 @@ package mounts
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,15 +13,20 @@ import (
 )
 
 // rootTree makes base/src/proj (the mount) and base/evil/proj (a
-// directory the guest would rather have served, with a secret).
-func rootTree(t *testing.T) string {
+// directory the guest would rather have served, with a secret), and the
+// spec of a mount of base/src/proj at guest ("/workspace", with options).
+func rootTree(t *testing.T, guest string) (string, Spec) {
 	t.Helper()
 	base := t.TempDir()
 	for _, d := range []string{"src/proj", "evil/proj"} {
 		must(t, os.MkdirAll(filepath.Join(base, d), 0o755))
 	}
 	must(t, os.WriteFile(filepath.Join(base, "evil/proj/secret"), []byte("OUTSIDE"), 0o600))
-	return base
+	spec, err := ParseHostFS(filepath.Join(base, "src/proj") + ":" + guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base, spec
 }
 
 // rootSwaps replace base/src/proj in the ways a guest with write access
@@ -58,38 +62,28 @@ var rootSwaps = []struct {
 // making (ParseHostFS) and a server made later (a supervisor restart, or
 // a resumed snapshot): no new server may serve what is there now.
 func TestRootMoved(t *testing.T) {
-	for _, fallback := range []bool{false, true} {
-		t.Run(fmt.Sprintf("walk=%v", fallback), func(t *testing.T) {
-			if fallback {
-				noOpenat2.Store(true)
-				t.Cleanup(func() { noOpenat2.Store(false) })
-			}
-			for _, tt := range rootSwaps {
-				t.Run(tt.name, func(t *testing.T) {
-					base := rootTree(t)
-					spec, err := ParseHostFS(filepath.Join(base, "src/proj") + ":/workspace:ro")
-					if err != nil {
-						t.Fatal(err)
-					}
-					tt.swap(t, base)
-					s, err := NewServer([]Spec{spec}, testLogger(t))
-					if err == nil {
-						s.Close()
-						t.Fatalf("NewServer served %s after it was replaced", spec.HostPath)
-					}
-					if !errors.Is(err, ErrRootChanged) {
-						t.Errorf("error %v is not ErrRootChanged", err)
-					}
-					if msg := err.Error(); !strings.Contains(msg, "--mount-hostfs "+spec.String()) || strings.Contains(msg, "\n") {
-						t.Errorf("error does not name the mount on one line: %q", msg)
-					}
-					if err := PinRoots([]Spec{spec}); !errors.Is(err, ErrRootChanged) {
-						t.Errorf("PinRoots of a recorded Root: %v, want ErrRootChanged", err)
-					}
-				})
-			}
-		})
-	}
+	bothWalks(t, func(t *testing.T) {
+		for _, tt := range rootSwaps {
+			t.Run(tt.name, func(t *testing.T) {
+				base, spec := rootTree(t, "/workspace:ro")
+				tt.swap(t, base)
+				s, err := NewServer([]Spec{spec}, testLogger(t))
+				if err == nil {
+					s.Close()
+					t.Fatalf("NewServer served %s after it was replaced", spec.HostPath)
+				}
+				if !errors.Is(err, ErrRootChanged) {
+					t.Errorf("error %v is not ErrRootChanged", err)
+				}
+				if msg := err.Error(); !strings.Contains(msg, "--mount-hostfs "+spec.String()) || strings.Contains(msg, "\n") {
+					t.Errorf("error does not name the mount on one line: %q", msg)
+				}
+				if err := PinRoots([]Spec{spec}); !errors.Is(err, ErrRootChanged) {
+					t.Errorf("PinRoots of a recorded Root: %v, want ErrRootChanged", err)
+				}
+			})
+		}
+	})
 }
 
 // TestRootUnrecorded: a spec recorded before roots had identities (or
@@ -98,11 +92,7 @@ func TestRootMoved(t *testing.T) {
 func TestRootUnrecorded(t *testing.T) {
 	for _, tt := range rootSwaps {
 		t.Run(tt.name, func(t *testing.T) {
-			base := rootTree(t)
-			spec, err := ParseHostFS(filepath.Join(base, "src/proj") + ":/workspace")
-			if err != nil {
-				t.Fatal(err)
-			}
+			base, spec := rootTree(t, "/workspace")
 			spec.Root = RootID{}
 			tt.swap(t, base)
 			s, err := NewServer([]Spec{spec}, testLogger(t))
@@ -136,11 +126,7 @@ func TestRootUnrecorded(t *testing.T) {
 // TestRootRecord: the identity survives the session's JSON record, and
 // a server made from the record serves the directory it names.
 func TestRootRecord(t *testing.T) {
-	base := rootTree(t)
-	spec, err := ParseHostFS(filepath.Join(base, "src/proj") + ":/workspace")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, spec := rootTree(t, "/workspace")
 	b, err := json.Marshal(spec)
 	if err != nil {
 		t.Fatal(err)
@@ -176,11 +162,7 @@ func must(t *testing.T, err error) {
 func TestServerKeepingLeavesOutReplacedRoots(t *testing.T) {
 	for _, tt := range rootSwaps {
 		t.Run(tt.name, func(t *testing.T) {
-			base := rootTree(t)
-			swapped, err := ParseHostFS(filepath.Join(base, "src/proj") + ":/workspace")
-			if err != nil {
-				t.Fatal(err)
-			}
+			base, swapped := rootTree(t, "/workspace")
 			other := t.TempDir()
 			must(t, os.WriteFile(filepath.Join(other, "f"), nil, 0o600))
 			kept, err := ParseHostFS(other + ":/other")

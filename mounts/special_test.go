@@ -19,11 +19,7 @@ import (
 // already has are never opened in a way that blocks or acts on them.
 func TestSpecialFiles(t *testing.T) {
 	dir, spec := hostDir(t, "/w", false)
-	s, err := NewServer([]Spec{spec}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startServer(t, spec)
 	// do calls the server directly, with a deadline: a blocking open
 	// would never answer.
 	do := func(t *testing.T, req fsproto.Request) *fsproto.Reply {

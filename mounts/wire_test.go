@@ -26,16 +26,9 @@ type rawGuest struct {
 }
 
 func newRawGuest(t *testing.T, s *Server) *rawGuest {
-	g, h := socketPair(t)
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(h) }()
-	t.Cleanup(func() { g.Close(); <-done })
-	g.SetDeadline(time.Now().Add(20 * time.Second))
-	br, err := fsproto.GuestHandshake(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &rawGuest{t: t, conn: g, fr: fsproto.NewFrameReader(br, fsproto.MaxFrame)}
+	g, fr, served := connectGuest(t, s)
+	t.Cleanup(func() { g.Close(); <-served })
+	return &rawGuest{t: t, conn: g, fr: fr}
 }
 
 func (g *rawGuest) send(b []byte) {
@@ -69,13 +62,8 @@ func rawFrame(size uint32, tag uint64, op byte, body []byte) []byte {
 // an error reply (when it has a tag to answer) and the connection keeps
 // serving.
 func TestMalformedFrames(t *testing.T) {
-	dir, spec := hostDir(t, "/w", false)
-	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
-	s, err := NewServer([]Spec{spec}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, spec := oneFileDir(t)
+	s := startServer(t, spec)
 	g := newRawGuest(t, s)
 
 	stat := func(tag uint64) []byte {
@@ -245,8 +233,7 @@ func (f *portFD) Close() error {
 // the guest back to the handshake, and the request the dead host never
 // answered must be answered by the new one.
 func TestStaleBytes(t *testing.T) {
-	dir, spec := hostDir(t, "/w", false)
-	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	_, spec := oneFileDir(t)
 	guestEnd, hostEnd := socketPair(t)
 	defer guestEnd.Close()
 	p := &port{c: guestEnd}
@@ -285,11 +272,7 @@ func TestStaleBytes(t *testing.T) {
 	hostEnd.Write(rawFrame(64<<10, req.Tag, byte(fsproto.OpStat)|fsproto.ReplyBit, make([]byte, 10)))
 
 	// The new host takes over the same stream.
-	s, err := NewServer([]Spec{spec}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startServer(t, spec)
 	go s.Serve(hostEnd)
 	select {
 	case r := <-done:
@@ -309,13 +292,8 @@ func TestStaleBytes(t *testing.T) {
 // client's Breaker must bring the host back to the handshake on the same
 // connection.
 func TestGuestResync(t *testing.T) {
-	dir, spec := hostDir(t, "/w", false)
-	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
-	s, err := NewServer([]Spec{spec}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, spec := oneFileDir(t)
+	s := startServer(t, spec)
 	guestEnd, hostEnd := socketPair(t)
 	defer guestEnd.Close()
 	served := make(chan error, 1)

@@ -2,17 +2,14 @@ package sessions
 
 import (
 	"context"
-	"log"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 	_ "unsafe" // go:linkname, to reach the mounts package's test hook
 
 	"github.com/gondolin/gondolin/internal/layout"
-	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/mounts/fsproto"
 )
@@ -28,19 +25,7 @@ var mountsTestHookRequest func(*fsproto.Request)
 // session broken, with the stack in the log; the supervisor goes on.
 // Without containment the test binary crashes.
 func TestFileRequestPanicMarksSessionBroken(t *testing.T) {
-	home := layout.Home(t.TempDir())
-	rt, err := NewRuntime(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncbuf.Buffer{}
-	sv := NewSupervisor(rt, log.New(logs, "", 0))
-	defer sv.Close()
-	const id = "0123456789ab"
-	s := &session{sv: sv, rec: Record{ID: id}}
-	sv.mu.Lock()
-	sv.sessions[id] = s
-	sv.mu.Unlock()
+	rt, _, s, logs := panicSupervisor(t)
 
 	host := t.TempDir()
 	spec, err := mounts.ParseHostFS(host + ":/w")
@@ -66,7 +51,7 @@ func TestFileRequestPanicMarksSessionBroken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(tmp)
-	dir := filepath.Join(tmp, id)
+	dir := filepath.Join(tmp, panicID)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -95,25 +80,7 @@ func TestFileRequestPanicMarksSessionBroken(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s.mu.Lock()
-		broken := s.broken
-		s.mu.Unlock()
-		if broken != "" {
-			if !strings.Contains(broken, "internal error in a file request (stat)") || !strings.Contains(broken, "gondolin rm -f "+id) {
-				t.Errorf("broken: %q", broken)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the session was not marked broken")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if l := logs.String(); !strings.Contains(l, "mountspanic_test.go") {
-		t.Errorf("no stack of the panic in the log:\n%s", l)
-	}
+	checkBroken(t, s, logs, "internal error in a file request (stat)", "mountspanic_test.go")
 	// The file server is stopped.
 	a, c := net.Pipe()
 	defer c.Close()

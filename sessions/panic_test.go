@@ -9,6 +9,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/syncbuf"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/netpolicy"
 )
 
@@ -22,21 +23,9 @@ func (chokingStream) Read([]byte) (int, error) { panic("test: a frame the stack 
 // network and marks its session broken, as one in its file server does;
 // the supervisor goes on. Without containment the test binary crashes.
 func TestNetworkPanicMarksSessionBroken(t *testing.T) {
-	home := layout.Home(t.TempDir())
-	rt, err := NewRuntime(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncbuf.Buffer{}
-	sv := NewSupervisor(rt, log.New(logs, "", 0))
-	defer sv.Close()
-	const id = "0123456789ab"
-	s := &session{sv: sv, rec: Record{ID: id}}
-	sv.mu.Lock()
-	sv.sessions[id] = s
-	sv.mu.Unlock()
+	rt, sv, s, logs := panicSupervisor(t)
 
-	n, err := rt.NewNetwork(netpolicy.DefaultPolicy(), sv.reg.dir(id))
+	n, err := rt.NewNetwork(netpolicy.DefaultPolicy(), sv.reg.dir(panicID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,37 +35,54 @@ func TestNetworkPanicMarksSessionBroken(t *testing.T) {
 	if err := n.Attach(chokingStream{c1}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s.mu.Lock()
-		broken := s.broken
-		s.mu.Unlock()
-		if broken != "" {
-			if !strings.Contains(broken, "internal error in the guest's frames") || !strings.Contains(broken, "gondolin rm -f "+id) {
-				t.Errorf("broken: %q", broken)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the session was not marked broken")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if l := logs.String(); !strings.Contains(l, "panic_test.go") {
-		t.Errorf("no stack in the log:\n%s", l)
-	}
+	checkBroken(t, s, logs, "internal error in the guest's frames", "panic_test.go")
 	// The network is stopped: the next stream is refused.
-	for {
+	testutil.WaitFor(t, 10*time.Second, "the network closed", func() bool {
 		a, b := net.Pipe()
 		err := n.Attach(a)
 		a.Close()
 		b.Close()
-		if err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the network was not closed")
-		}
-		time.Sleep(10 * time.Millisecond)
+		return err != nil
+	})
+}
+
+// panicID is the session of panicSupervisor.
+const panicID = "0123456789ab"
+
+// panicSupervisor makes a supervisor that logs into logs, with one
+// session, s, that has no VM: enough for a part of a session to panic in.
+func panicSupervisor(t *testing.T) (rt *Runtime, sv *Supervisor, s *session, logs *syncbuf.Buffer) {
+	t.Helper()
+	rt, err := NewRuntime(layout.Home(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs = &syncbuf.Buffer{}
+	sv = NewSupervisor(rt, log.New(logs, "", 0))
+	t.Cleanup(sv.Close)
+	s = &session{sv: sv, rec: Record{ID: panicID}}
+	sv.mu.Lock()
+	sv.sessions[panicID] = s
+	sv.mu.Unlock()
+	return rt, sv, s, logs
+}
+
+// checkBroken waits for s to be marked broken for the reason why (with
+// the way out, removing it, in the mark) and for the panic's stack, in
+// file, to be in logs.
+func checkBroken(t *testing.T, s *session, logs *syncbuf.Buffer, why, file string) {
+	t.Helper()
+	var broken string
+	testutil.WaitFor(t, 10*time.Second, "the session marked broken", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		broken = s.broken
+		return broken != ""
+	})
+	if !strings.Contains(broken, why) || !strings.Contains(broken, "gondolin rm -f "+panicID) {
+		t.Errorf("broken: %q", broken)
+	}
+	if l := logs.String(); !strings.Contains(l, file) {
+		t.Errorf("no stack of the panic in the log:\n%s", l)
 	}
 }

@@ -109,4 +109,3 @@ func newStoredSession(t *testing.T) (*Supervisor, *session) {
 	}
 	return sv, sv.newSession(Record{ID: id}, StateRecord{})
 }
-

@@ -11,6 +11,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 	"github.com/charmbracelet/x/exp/golden"
 	"github.com/charmbracelet/x/exp/teatest/v2"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 // harness runs the real model in a Bubble Tea program (teatest) against
@@ -57,17 +58,12 @@ func (h *harness) inspect(f func(*Model)) {
 // waitUntil polls cond on the model until it holds.
 func (h *harness) waitUntil(what string, cond func(*Model) bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	if !testutil.Poll(5*time.Second, func() bool {
 		ok := false
 		h.inspect(func(m *Model) { ok = cond(m) })
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("never: %s; screen:\n%s", what, h.screen())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return ok
+	}) {
+		h.t.Fatalf("never: %s; screen:\n%s", what, h.screen())
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/syncbuf"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/vm/agent"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -58,30 +59,18 @@ func hostAgent(t *testing.T) (socket string, sys *fakeSystem) {
 func hostAgentWith(t *testing.T, sys agent.System) (socket string) {
 	t.Helper()
 	socket = filepath.Join(t.TempDir(), "agent.sock")
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := testutil.Listen(t, "unix", socket)
 	srv := agent.NewServer(log.New(io.Discard, "", 0), sys)
-	go func() {
+	testutil.Serve(t, ln, func(c net.Conn) {
+		defer c.Close()
+		// The channel outlives each session, as a virtio port does:
+		// serve it again until the host hangs up.
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if err := srv.ServeConn(keepOpen{c}); errors.Is(err, agentproto.ErrNoHandshake) || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// The channel outlives each session, as a virtio port does:
-			// serve it again until the host hangs up.
-			go func() {
-				defer c.Close()
-				for {
-					if err := srv.ServeConn(keepOpen{c}); errors.Is(err, agentproto.ErrNoHandshake) || errors.Is(err, net.ErrClosed) {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	return socket
 }
 
@@ -285,7 +274,7 @@ func TestAgentSignalAndPTY(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, func() bool { return strings.Contains(out.String(), "ready") })
+			testutil.WaitFor(t, 10*time.Second, "ready from the process", func() bool { return strings.Contains(out.String(), "ready") })
 			if err := p.Signal(ctx, int(syscall.SIGINT)); err != nil {
 				t.Fatal(err)
 			}
@@ -307,7 +296,7 @@ func TestAgentSignalAndPTY(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, func() bool { return strings.Contains(out.String(), "40 100") })
+			testutil.WaitFor(t, 10*time.Second, "the first window size", func() bool { return strings.Contains(out.String(), "40 100") })
 			if err := p.Resize(ctx, 50, 132); err != nil {
 				t.Fatal(err)
 			}
@@ -419,6 +408,23 @@ func TestAgentPersistentOutputSurvivesHost(t *testing.T) {
 	a := dial(t, socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	persistentOutputSurvivesHost(t, ctx, a, func() *Agent {
+		a.Close() // the host goes away; the process must not
+		b := dial(t, socket)
+		procs, err := b.Processes(ctx)
+		if err != nil || len(procs) != 1 || !procs[0].Running {
+			t.Fatalf("processes after reconnect: %+v, %v", procs, err)
+		}
+		return b
+	})
+}
+
+// persistentOutputSurvivesHost starts a persistent process on a that
+// prints, waits for input and prints again; then takeOver gives the agent
+// a new host, which must find the process, feed it, and replay all its
+// output from the start.
+func persistentOutputSurvivesHost(t *testing.T, ctx context.Context, a *Agent, takeOver func() *Agent) {
+	t.Helper()
 	var first syncbuf.Buffer
 	p, err := a.Start(ctx, Command{
 		Exec:   agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo one; read x; echo two"}, TTY: true, Persistent: true},
@@ -427,14 +433,8 @@ func TestAgentPersistentOutputSurvivesHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return strings.Contains(first.String(), "one") })
-	a.Close() // the host goes away; the process must not
-
-	b := dial(t, socket)
-	procs, err := b.Processes(ctx)
-	if err != nil || len(procs) != 1 || !procs[0].Running {
-		t.Fatalf("processes after reconnect: %+v, %v", procs, err)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the first line", func() bool { return strings.Contains(first.String(), "one") })
+	b := takeOver()
 	in, err := b.OpenStdin(ctx, p.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -458,17 +458,6 @@ func TestAgentPersistentOutputSurvivesHost(t *testing.T) {
 	}
 	if offsets[0] != 0 {
 		t.Fatalf("first offset %d, want 0", offsets[0])
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
@@ -120,20 +121,8 @@ func FuzzConsoleWatcher(f *testing.F) {
 // answers: a guest that hangs.
 func silentAgent(t *testing.T, dir string) {
 	t.Helper()
-	ln, err := net.Listen("unix", filepath.Join(dir, layout.AgentSocket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
+	ln := testutil.Listen(t, "unix", filepath.Join(dir, layout.AgentSocket))
+	testutil.Serve(t, ln, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() })
 }
 
 // TestConnectAgentEndsOnCrash checks that waiting for a guest ends as

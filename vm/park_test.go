@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
 
@@ -39,7 +40,7 @@ func TestParkWaitsForQuiet(t *testing.T) {
 		_, err := a.Run(ctx, Command{Exec: agentproto.Exec{Argv: []string{"sleep", "30"}}})
 		running <- err
 	}()
-	waitFor(t, func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the command running", func() bool {
 		procs, err := a.Processes(context.Background())
 		return err == nil && len(procs) == 1
 	})

@@ -13,7 +13,6 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
-	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/vm/agentproto"
 	"go.uber.org/goleak"
@@ -129,32 +128,9 @@ func TestVMPersistentOutputSurvivesHost(t *testing.T) {
 	a := sharedVMAgent(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var first syncbuf.Buffer
-	p, err := a.Start(ctx, Command{
-		Exec:   agentproto.Exec{Argv: []string{"/bin/sh", "-c", "echo one; read x; echo two"}, TTY: true, Persistent: true},
-		Stdout: &first,
+	persistentOutputSurvivesHost(t, ctx, a, func() *Agent {
+		return sharedVMAgent(t, true) // a new host takes over the channel
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return strings.Contains(first.String(), "one") })
-	b := sharedVMAgent(t, true) // a new host takes over the channel
-	in, err := b.OpenStdin(ctx, p.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.Write([]byte("go\n"))
-	var all syncbuf.Buffer
-	q, err := b.Attach(ctx, p.ID, 0, Command{Stdout: &all})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if exit, err := q.Wait(); err != nil || exit.Code != 0 {
-		t.Fatalf("exit %+v, %v", exit, err)
-	}
-	if s := all.String(); !strings.Contains(s, "one") || !strings.Contains(s, "two") {
-		t.Fatalf("replayed output %q", s)
-	}
 }
 
 // TestVMTemplateClones checks that clones of one saved template boot,

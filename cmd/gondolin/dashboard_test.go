@@ -16,6 +16,7 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/internal/testreq"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -64,17 +65,11 @@ func (s *tmuxServer) keys(name string, keys ...string) {
 // waitScreen polls the pane until cond holds.
 func (s *tmuxServer) waitScreen(name, what string, d time.Duration, cond func(string) bool) string {
 	s.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		scr := s.screen(name)
-		if cond(scr) {
-			return scr
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("the screen never showed %s; it shows:\n%s", what, scr)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var scr string
+	if !testutil.Poll(d, func() bool { scr = s.screen(name); return cond(scr) }) {
+		s.t.Fatalf("the screen never showed %s; it shows:\n%s", what, scr)
 	}
+	return scr
 }
 
 func (s *tmuxServer) waitText(name, text string, d time.Duration) string {

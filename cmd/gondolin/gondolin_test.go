@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 var gondolinBin string
@@ -49,7 +51,21 @@ type result struct {
 
 func gondolin(t *testing.T, home layout.Home, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(gondolinBin, args...)
+	return gondolinWithin(t, 0, home, stdin, args...)
+}
+
+// gondolinWithin runs gondolin with args in home, with stdin as its
+// input; it fails the test, rather than hanging it, when the command
+// does not finish within limit (when limit is not 0).
+func gondolinWithin(t *testing.T, limit time.Duration, home layout.Home, stdin string, args ...string) result {
+	t.Helper()
+	ctx := context.Background()
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, gondolinBin, args...)
 	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
@@ -58,6 +74,9 @@ func gondolin(t *testing.T, home layout.Home, stdin string, args ...string) resu
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("gondolin %v hung (no answer in %v)", args, limit)
+	}
 	r := result{stdout: out.String(), stderr: errb.String(), elapsed: time.Since(start)}
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
@@ -150,18 +169,26 @@ func TestExec(t *testing.T) {
 	assertNothingLeft(t, home)
 }
 
+// startReady starts `gondolin exec` of the shell script in home, and
+// returns once the script has printed "ready": the VM is up.
+func startReady(t *testing.T, home layout.Home, script string) (*exec.Cmd, *syncbuf.Buffer) {
+	t.Helper()
+	cmd := exec.Command(gondolinBin, "exec", "--", "sh", "-c", script)
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	out := &syncbuf.Buffer{}
+	cmd.Stdout = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 60*time.Second, "ready from the guest", func() bool { return strings.Contains(out.String(), "ready") })
+	return cmd, out
+}
+
 // TestExecForwardsCtrlC checks that SIGINT to gondolin reaches the guest
 // command (which decides what to do with it) instead of killing the VM.
 func TestExecForwardsCtrlC(t *testing.T) {
 	home := testenv.Home(t)
-	cmd := exec.Command(gondolinBin, "exec", "--", "sh", "-c", `trap 'echo got INT; exit 3' INT; echo ready; sleep 60 & wait`)
-	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
-	var out syncbuf.Buffer
-	cmd.Stdout = &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "ready") })
+	cmd, out := startReady(t, home, `trap 'echo got INT; exit 3' INT; echo ready; sleep 60 & wait`)
 	cmd.Process.Signal(syscall.SIGINT)
 	err := cmd.Wait()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(out.String(), "got INT") {
@@ -174,20 +201,13 @@ func TestExecForwardsCtrlC(t *testing.T) {
 // it, and the next run sweeps its directory.
 func TestExecKilledLeavesNothing(t *testing.T) {
 	home := testenv.Home(t)
-	cmd := exec.Command(gondolinBin, "exec", "--", "sh", "-c", "echo ready; sleep 60")
-	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
-	var out syncbuf.Buffer
-	cmd.Stdout = &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "ready") })
+	cmd, _ := startReady(t, home, "echo ready; sleep 60")
 	if len(qemuProcesses(home)) != 1 {
 		t.Fatalf("expected one QEMU for this home, found %v", qemuProcesses(home))
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	waitFor(t, 10*time.Second, func() bool { return len(qemuProcesses(home)) == 0 })
+	testutil.WaitFor(t, 10*time.Second, "no QEMU left for this home", func() bool { return len(qemuProcesses(home)) == 0 })
 	if r := gondolin(t, home, "", "exec", "--", "true"); r.code != 0 {
 		t.Fatalf("next exec: %+v", r)
 	}

@@ -6,12 +6,9 @@ package main
 // `make hostile` runs every TestHostile* test; `make test` runs them too.
 
 import (
-	"bytes"
-	"context"
 	"encoding/base64"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,6 +16,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 // hangLimit is how long a command may take before the test calls it hung.
@@ -30,23 +28,7 @@ const hangLimit = 90 * time.Second
 // than hanging it, when the command does not finish within hangLimit.
 func gondolinBounded(t *testing.T, home layout.Home, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, gondolinBin, args...)
-	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("gondolin %v hung (no answer in %v)", args, hangLimit)
-	}
-	r := result{stdout: out.String(), stderr: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return gondolinWithin(t, hangLimit, home, "", args...)
 }
 
 // TestHostileSecretEcho (issue 12, item 1): an upstream that echoes the
@@ -131,7 +113,7 @@ func TestHostileTerminal(t *testing.T) {
 			}
 			return st.Size()
 		}
-		waitFor(t, 60*time.Second, func() bool {
+		testutil.WaitFor(t, 60*time.Second, "the console log rotated, both parts under 1 MiB", func() bool {
 			return size(layout.ConsoleLog) <= 1<<20 && size(layout.ConsoleLogOld) > 0 && size(layout.ConsoleLogOld) <= 1<<20
 		})
 		if _, err := os.Stat(filepath.Join(dir, layout.ConsoleLogOld)); err != nil {
@@ -161,14 +143,14 @@ func TestHostileTerminal(t *testing.T) {
 			t.Fatalf("events printed raw control characters: %q", ev.stdout)
 		}
 		// logs on a terminal escapes; piped it is the raw log.
-		waitFor(t, 60*time.Second, func() bool {
+		testutil.WaitFor(t, 60*time.Second, "the console line in the logs", func() bool {
 			return strings.Contains(gondolinBounded(t, home, "logs", "hostile").stdout, osc52+" console")
 		})
 		tm := startTerm(t, home, "logs", "hostile")
 		tm.exit()
 		var raw string
 		// The terminal's reader may still be catching up.
-		waitFor(t, 30*time.Second, func() bool {
+		testutil.WaitFor(t, 30*time.Second, "the console line on the terminal", func() bool {
 			tm.mu.Lock()
 			defer tm.mu.Unlock()
 			raw = tm.raw.String()

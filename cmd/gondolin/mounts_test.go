@@ -12,6 +12,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 // treeHash hashes every path, mode, link target and file content under
@@ -133,7 +136,7 @@ done; echo refused=$n`
 		dir := t.TempDir()
 		mustRun(t, home, "bash", "--detach", "--keep", "--name", "mnt", "--mount-hostfs", dir+":/w", "--", "sleep", "100000")
 		os.WriteFile(filepath.Join(dir, "late"), []byte("written on the host\n"), 0o644)
-		waitFor(t, 10e9, func() bool {
+		testutil.WaitFor(t, 10*time.Second, "the host's file in the guest", func() bool {
 			r := gondolin(t, home, "", "exec", "--session", "mnt", "--", "cat", "/w/late")
 			return r.stdout == "written on the host\n"
 		})

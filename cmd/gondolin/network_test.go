@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -89,7 +89,7 @@ const realToken = "real-secret-value-0123456789"
 func TestNetworkPolicy(t *testing.T) {
 	home := testenv.Home(t)
 	up := newUpstream(t)
-	echoPort := tcpEcho(t)
+	echoPort := testutil.TCPEcho(t)
 	withEnv(t, "SSL_CERT_FILE", up.caFile, "TOKEN", realToken)
 	base := []string{"exec",
 		"--allow-host", "api.test", "--allow-host", "other.test",
@@ -261,28 +261,4 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// tcpEcho is a raw TCP server that answers each line with "echo: " and
-// the line.
-func tcpEcho(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				fmt.Fprintf(c, "echo: %s", line)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -90,12 +91,8 @@ func (tm *term) screen() string {
 
 func (tm *term) waitScreen(want string) {
 	tm.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(tm.screen(), want) {
-		if time.Now().After(deadline) {
-			tm.t.Fatalf("screen never showed %q; it shows:\n%s", want, tm.screen())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testutil.Poll(60*time.Second, func() bool { return strings.Contains(tm.screen(), want) }) {
+		tm.t.Fatalf("screen never showed %q; it shows:\n%s", want, tm.screen())
 	}
 }
 
@@ -175,7 +172,7 @@ func TestSessionLifecycle(t *testing.T) {
 		t.Fatalf("after detach: %+v", s)
 	}
 	// A detached client is gone from the supervisor too.
-	waitFor(t, 10*time.Second, func() bool { return listSessions(t, home)["life"].PTYs[0].Clients == 0 })
+	testutil.WaitFor(t, 10*time.Second, "no clients on the PTY", func() bool { return listSessions(t, home)["life"].PTYs[0].Clients == 0 })
 
 	// Reattach: the screen comes back before anything is typed.
 	second := startTerm(t, home, "attach", "--detach-keys", "ctrl-p,ctrl-q", "life")
@@ -214,7 +211,7 @@ func TestSessionLifecycle(t *testing.T) {
 	if code := third.exit(); code != 3 {
 		t.Fatalf("attach exited %d, want the shell's 3", code)
 	}
-	waitFor(t, 20*time.Second, func() bool { return listSessions(t, home)["life"].State == sessions.Stopped })
+	testutil.WaitFor(t, 20*time.Second, "the session stopped", func() bool { return listSessions(t, home)["life"].State == sessions.Stopped })
 	if r := gondolin(t, home, "", "rm", "life"); r.code != 0 {
 		t.Fatalf("rm: %+v", r)
 	}
@@ -290,12 +287,8 @@ func TestSessionExecAndStale(t *testing.T) {
 
 	s := listSessions(t, home)["ex"]
 	syscall.Kill(s.PID, syscall.SIGKILL)
-	start := time.Now()
-	for listSessions(t, home)["ex"].State != sessions.Stale {
-		if time.Since(start) > 2*time.Second {
-			t.Fatalf("not stale 2 s after QEMU died: %+v", listSessions(t, home)["ex"])
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testutil.Poll(2*time.Second, func() bool { return listSessions(t, home)["ex"].State == sessions.Stale }) {
+		t.Fatalf("not stale 2 s after QEMU died: %+v", listSessions(t, home)["ex"])
 	}
 	if reason := listSessions(t, home)["ex"].Reason; !strings.Contains(reason, "exited") {
 		t.Fatalf("stale reason %q", reason)
@@ -334,7 +327,7 @@ func TestSupervisorRestartAndGhosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRun(t, home, "exec", "--session", "keeper", "--", "sh", "-c", "echo followed-line > /dev/console")
-	waitFor(t, 10*time.Second, func() bool { return strings.Contains(followed.String(), "followed-line") })
+	testutil.WaitFor(t, 10*time.Second, "the followed line", func() bool { return strings.Contains(followed.String(), "followed-line") })
 	follow.Process.Signal(syscall.SIGINT)
 	if err := follow.Wait(); err != nil {
 		t.Fatalf("logs -f after Ctrl-C: %v", err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 func mustRun(t *testing.T, home layout.Home, args ...string) string {
@@ -40,7 +41,7 @@ func TestSnapshots(t *testing.T) {
 	t.Cleanup(func() { stopSupervisor(t, home) })
 	loop := `i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done`
 	mustRun(t, home, "bash", "--detach", "--keep", "--name", "src", "--", "sh", "-c", loop)
-	waitFor(t, 30*time.Second, func() bool {
+	testutil.WaitFor(t, 30*time.Second, "the counter in the guest", func() bool {
 		r := gondolin(t, home, "", "exec", "--session", "src", "--", "cat", "/tmp/counter")
 		return r.code == 0
 	})
@@ -210,7 +211,7 @@ func TestLiveSnapshotIsConsistent(t *testing.T) {
 	passes := func(session string, n int) int {
 		t.Helper()
 		start, gen := -1, 0
-		waitFor(t, 60*time.Second, func() bool {
+		testutil.WaitFor(t, 60*time.Second, "memwriter passes in "+session, func() bool {
 			g, ok := memwriterGen(t, home, session)
 			if !ok {
 				return false

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/net/websocket"
 )
@@ -58,21 +59,9 @@ func newGitServer(t *testing.T, repoDir string) *gitServer {
 		return nil, fmt.Errorf("unknown key")
 	}}
 	cfg.AddHostKey(hostSigner)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := testutil.Listen(t, "tcp", "127.0.0.1:0")
 	g.port = ln.Addr().(*net.TCPAddr).Port
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go g.serve(c, cfg, repoDir)
-		}
-	}()
+	testutil.Serve(t, ln, func(c net.Conn) { g.serve(c, cfg, repoDir) })
 	return g
 }
 
@@ -271,7 +260,7 @@ func TestSSHAndIngress(t *testing.T) {
 		}
 		base := strings.TrimSuffix(s.Ingress[0].URL(), "/")
 		var body string
-		waitFor(t, 30*time.Second, func() bool {
+		testutil.WaitFor(t, 30*time.Second, "an answer through the ingress route", func() bool {
 			resp, err := http.Get(base + "/hello")
 			if err != nil {
 				return false

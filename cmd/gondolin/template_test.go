@@ -10,6 +10,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/vm"
 )
@@ -52,7 +53,7 @@ func TestExecSurvivesABrokenTemplate(t *testing.T) {
 	if strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "template of default:latest broke") || !strings.Contains(r.stderr, "booting cold") {
 		t.Fatalf("stderr %q: want one line saying the template broke", r.stderr)
 	}
-	waitFor(t, 3*time.Minute, func() bool {
+	testutil.WaitFor(t, 3*time.Minute, "a ready template", func() bool {
 		for _, tm := range supervisorStatus(t, home).Templates {
 			if tm.State == vm.TemplateReady {
 				return true

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/kmod"
 	"github.com/gondolin/gondolin/internal/progress"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 // TestBuildDefaultImage really builds the default image from the apt
@@ -84,9 +84,7 @@ func TestBuildDefaultImage(t *testing.T) {
 
 	checkInitramfs(t, im.InitramfsPath(), m.KernelRelease)
 	checkRootfs(t, im.RootfsPath())
-	if left, _ := os.ReadDir(store.TempDir()); len(left) != 0 {
-		t.Errorf("store tmp not empty after build: %v", left)
-	}
+	testutil.EmptyDir(t, store.TempDir())
 
 	before := downloads
 	start = time.Now()
@@ -115,23 +113,12 @@ func checkInitramfs(t *testing.T, path, release string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	r := cpio.NewReader(f)
 	files := map[string]*cpio.Header{}
 	var index []byte
-	for {
-		hdr, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[hdr.Name] = hdr
-		if hdr.Uid != 0 || hdr.Guid != 0 {
-			t.Errorf("%s owned by %d:%d", hdr.Name, hdr.Uid, hdr.Guid)
-		}
-		if hdr.Name == "lib/modules/"+kmod.IndexFile {
-			index, _ = io.ReadAll(r)
+	for _, e := range readCpio(t, f) {
+		files[e.Name] = e.Header
+		if e.Name == "lib/modules/"+kmod.IndexFile {
+			index = []byte(e.data)
 		}
 	}
 	if h := files["init"]; h == nil || h.Mode.Perm() != 0o755 || !h.Mode.IsRegular() {

@@ -13,6 +13,7 @@ import (
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/internal/testreq"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 func TestCheckAgent(t *testing.T) {
@@ -108,9 +109,7 @@ func TestBuildRejectsBadInputEarly(t *testing.T) {
 			}
 		})
 	}
-	if left, _ := os.ReadDir(store.TempDir()); len(left) != 0 {
-		t.Errorf("tmp holds %v", left)
-	}
+	testutil.EmptyDir(t, store.TempDir())
 }
 
 // TestFinishRootfs runs the post-unpack steps on a tiny tree holding only

@@ -14,6 +14,37 @@ import (
 	"github.com/gondolin/gondolin/internal/kmod"
 )
 
+// cpioFile is an entry of a cpio archive, with its content.
+type cpioFile struct {
+	*cpio.Header
+	data string
+}
+
+// readCpio reads a whole cpio archive, in order, and checks that root
+// owns every entry.
+func readCpio(t *testing.T, r io.Reader) []cpioFile {
+	t.Helper()
+	cr := cpio.NewReader(r)
+	var files []cpioFile
+	for {
+		hdr, err := cr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Uid != 0 || hdr.Guid != 0 {
+			t.Errorf("%s owned by %d:%d", hdr.Name, hdr.Uid, hdr.Guid)
+		}
+		b, err := io.ReadAll(cr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, cpioFile{hdr, string(b)})
+	}
+}
+
 func TestInitramfs(t *testing.T) {
 	dir := t.TempDir()
 	agent := filepath.Join(dir, "agent")
@@ -39,25 +70,16 @@ func TestInitramfs(t *testing.T) {
 		t.Fatal("the same inputs gave different archives")
 	}
 
-	r := cpio.NewReader(bytes.NewReader(data))
 	var names []string
 	contents := map[string]string{}
 	modes := map[string]cpio.FileMode{}
-	for {
-		hdr, err := r.Next()
-		if err == io.EOF {
-			break
+	for _, f := range readCpio(t, bytes.NewReader(data)) {
+		if f.ModTime.Unix() != 0 {
+			t.Errorf("%s: mtime %v", f.Name, f.ModTime)
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Uid != 0 || hdr.Guid != 0 || hdr.ModTime.Unix() != 0 {
-			t.Errorf("%s: owner %d:%d mtime %v", hdr.Name, hdr.Uid, hdr.Guid, hdr.ModTime)
-		}
-		names = append(names, hdr.Name)
-		modes[hdr.Name] = hdr.Mode
-		b, _ := io.ReadAll(r)
-		contents[hdr.Name] = string(b)
+		names = append(names, f.Name)
+		modes[f.Name] = f.Mode
+		contents[f.Name] = f.data
 	}
 	want := []string{"dev", "dev/console", "init", "lib", "lib/modules", "lib/modules/6.1.0-test", "lib/modules/6.1.0-test/kernel",
 		"lib/modules/6.1.0-test/kernel/drivers", "lib/modules/6.1.0-test/kernel/drivers/block",

@@ -23,6 +23,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore/oci/ocitest"
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 func TestLocalRef(t *testing.T) {
@@ -189,9 +190,7 @@ func TestPull(t *testing.T) {
 	if err != nil || !reused || again.ID != im.ID || !reflect.DeepEqual(again.Refs, []string{"copy:2", "img:1"}) {
 		t.Fatalf("second pull: %v reused=%v id=%s refs=%v", err, reused, again.ID, again.Refs)
 	}
-	if left, _ := os.ReadDir(store.TempDir()); len(left) != 0 {
-		t.Errorf("tmp holds %v", left)
-	}
+	testutil.EmptyDir(t, store.TempDir())
 }
 
 // storeState lists the store's files, to show a failed pull left none.
@@ -270,9 +269,7 @@ func TestPullRejectsSparseBomb(t *testing.T) {
 			if after := storeState(t, store); !reflect.DeepEqual(after, before) {
 				t.Fatalf("a rejected pull changed the store:\n%v\n%v", before, after)
 			}
-			if left, _ := os.ReadDir(store.TempDir()); len(left) != 0 {
-				t.Errorf("tmp holds %v", left)
-			}
+			testutil.EmptyDir(t, store.TempDir())
 		})
 	}
 }

@@ -23,47 +23,57 @@ func sampleRequests() []*Request {
 	return reqs
 }
 
+// requestCopies copies each field of a request that a flag names.
+var requestCopies = []struct {
+	f    fields
+	copy func(dst, src *Request)
+}{
+	{fMount, func(d, s *Request) { d.Mount = s.Mount }},
+	{fPath, func(d, s *Request) { d.Path = s.Path }},
+	{fPath2, func(d, s *Request) { d.Path2 = s.Path2 }},
+	{fHandle, func(d, s *Request) { d.Handle = s.Handle }},
+	{fFlags, func(d, s *Request) { d.Flags = s.Flags }},
+	{fMode, func(d, s *Request) { d.Mode = s.Mode }},
+	{fDev, func(d, s *Request) { d.Dev = s.Dev }},
+	{fOffset, func(d, s *Request) { d.Offset = s.Offset }},
+	{fSize, func(d, s *Request) { d.Size = s.Size }},
+	{fData, func(d, s *Request) { d.Data = s.Data }},
+	{fTimes, func(d, s *Request) { d.Atime, d.Mtime = s.Atime, s.Mtime }},
+	{fVersion, func(d, s *Request) { d.Version = s.Version }},
+}
+
 // only keeps the fields op carries, as a decoder returns them.
 func only(r *Request) *Request {
-	f := requestFields[r.Op]
 	out := &Request{Tag: r.Tag, Op: r.Op}
-	if f&fMount != 0 {
-		out.Mount = r.Mount
-	}
-	if f&fPath != 0 {
-		out.Path = r.Path
-	}
-	if f&fPath2 != 0 {
-		out.Path2 = r.Path2
-	}
-	if f&fHandle != 0 {
-		out.Handle = r.Handle
-	}
-	if f&fFlags != 0 {
-		out.Flags = r.Flags
-	}
-	if f&fMode != 0 {
-		out.Mode = r.Mode
-	}
-	if f&fDev != 0 {
-		out.Dev = r.Dev
-	}
-	if f&fOffset != 0 {
-		out.Offset = r.Offset
-	}
-	if f&fSize != 0 {
-		out.Size = r.Size
-	}
-	if f&fData != 0 {
-		out.Data = r.Data
-	}
-	if f&fTimes != 0 {
-		out.Atime, out.Mtime = r.Atime, r.Mtime
-	}
-	if f&fVersion != 0 {
-		out.Version = r.Version
+	for _, c := range requestCopies {
+		if requestFields[r.Op]&c.f != 0 {
+			c.copy(out, r)
+		}
 	}
 	return out
+}
+
+// TestFieldTablesCover checks that requestCopies and replySets know
+// every field an op carries: a field they missed would round-trip as its
+// zero value, untested.
+func TestFieldTablesCover(t *testing.T) {
+	var reqKnown, repKnown, reqUsed, repUsed fields
+	for _, c := range requestCopies {
+		reqKnown |= c.f
+	}
+	for _, s := range replySets {
+		repKnown |= s.f
+	}
+	for op := OpInit; op < opEnd; op++ {
+		reqUsed |= requestFields[op]
+		repUsed |= replyFields[op]
+	}
+	if missing := reqUsed &^ reqKnown; missing != 0 {
+		t.Errorf("request fields %#x not in requestCopies", missing)
+	}
+	if missing := repUsed &^ repKnown; missing != 0 {
+		t.Errorf("reply fields %#x not in replySets", missing)
+	}
 }
 
 func TestRequestRoundTrip(t *testing.T) {
@@ -87,35 +97,34 @@ func TestRequestRoundTrip(t *testing.T) {
 	}
 }
 
+// replySets sets each field of a reply that a flag names, to a value
+// that is not its zero.
+var replySets = []struct {
+	f   fields
+	set func(rep *Reply, attr Attr)
+}{
+	{fAttr, func(rep *Reply, attr Attr) { rep.Attr = attr }},
+	{fHandle, func(rep *Reply, _ Attr) { rep.Handle = 77 }},
+	{fData, func(rep *Reply, _ Attr) { rep.Data = []byte("payload") }},
+	{fEntries, func(rep *Reply, attr Attr) {
+		rep.Entries = []DirEntry{{Name: "a", Next: 1, Attr: attr}, {Name: "b", Next: 2, Attr: attr}}
+		rep.EOF = true
+	}},
+	{fSize, func(rep *Reply, _ Attr) { rep.Size = 12 }},
+	{fOffset, func(rep *Reply, _ Attr) { rep.Offset = 1 << 40 }},
+	{fStatfs, func(rep *Reply, _ Attr) { rep.Statfs = Statfs{1, 2, 3, 4, 5, 6, 7, 8} }},
+	{fVersion, func(rep *Reply, _ Attr) { rep.Version = Version }},
+	{fInstance, func(rep *Reply, _ Attr) { rep.Instance = 42 }},
+}
+
 func TestReplyRoundTrip(t *testing.T) {
 	attr := Attr{Ino: 1, Gen: 2, Size: 3, Blocks: 4, Atime: Time{5, 6}, Mtime: Time{7, 8}, Ctime: Time{9, 10}, Mode: 0o100644, Nlink: 1, Blksize: 4096, Rdev: 0x0103}
 	for op := OpInit; op < opEnd; op++ {
 		rep := &Reply{Tag: 9, Op: op}
-		f := replyFields[op]
-		if f&fAttr != 0 {
-			rep.Attr = attr
-		}
-		if f&fHandle != 0 {
-			rep.Handle = 77
-		}
-		if f&fData != 0 {
-			rep.Data = []byte("payload")
-		}
-		if f&fEntries != 0 {
-			rep.Entries = []DirEntry{{Name: "a", Next: 1, Attr: attr}, {Name: "b", Next: 2, Attr: attr}}
-			rep.EOF = true
-		}
-		if f&fSize != 0 {
-			rep.Size = 12
-		}
-		if f&fOffset != 0 {
-			rep.Offset = 1 << 40
-		}
-		if f&fStatfs != 0 {
-			rep.Statfs = Statfs{1, 2, 3, 4, 5, 6, 7, 8}
-		}
-		if f&fVersion != 0 {
-			rep.Version, rep.Instance = Version, 42
+		for _, set := range replySets {
+			if replyFields[op]&set.f != 0 {
+				set.set(rep, attr)
+			}
 		}
 		b, err := AppendReply(nil, rep)
 		if err != nil {

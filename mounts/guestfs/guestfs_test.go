@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/testreq"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/mounts/guestfs"
 	"golang.org/x/sys/unix"
@@ -164,17 +165,10 @@ func (e *env) restart(t testing.TB) {
 	if err := e.daemon.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testutil.WaitFor(t, 20*time.Second, "the fs daemon restarted", func() bool {
 		after, _ := os.ReadFile(e.restarted)
-		if len(after) > len(before) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the fs daemon did not restart")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return len(after) > len(before)
+	})
 }
 
 // mount serves a new host directory and mounts it at a new directory.
@@ -433,18 +427,15 @@ func TestMmapAndHostChanges(t *testing.T) {
 	os.WriteFile(e.h("m"), []byte("changed on the host"), 0o644)
 	os.WriteFile(e.h("new"), []byte("new"), 0o644)
 	os.WriteFile(e.h("d/listed"), nil, 0o644)
-	deadline := time.Now().Add(mounts.CacheTimeout + 2*time.Second)
-	for {
-		b, _ := os.ReadFile(e.g("m"))
-		_, err := os.Stat(e.g("new"))
+	var b []byte
+	var statErr error
+	if !testutil.Poll(mounts.CacheTimeout+2*time.Second, func() bool {
+		b, _ = os.ReadFile(e.g("m"))
+		_, statErr = os.Stat(e.g("new"))
 		names, _ := os.ReadDir(e.g("d"))
-		if string(b) == "changed on the host" && err == nil && len(names) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("host change not visible after %v: %q, %v", mounts.CacheTimeout+2*time.Second, b[:min(len(b), 20)], err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return string(b) == "changed on the host" && statErr == nil && len(names) == 1
+	}) {
+		t.Fatalf("host change not visible after %v: %q, %v", mounts.CacheTimeout+2*time.Second, b[:min(len(b), 20)], statErr)
 	}
 }
 

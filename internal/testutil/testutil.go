@@ -1,0 +1,110 @@
+// Package testutil holds the helpers that tests across gondolin's packages
+// would otherwise each keep a copy of: polling for a condition, and
+// servers on a listener that live as long as the test. (A buffer that
+// goroutines share is internal/syncbuf.)
+package testutil
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Poll calls cond until it returns true or d has passed, and reports
+// whether it did. It polls often at first and backs off to every 50ms, so
+// that a quick condition costs little time and a slow one (a VM booting, a
+// tmux capture) little CPU. It is for callers that fail with their own
+// message; WaitFor is the usual form.
+func Poll(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	sleep := 5 * time.Millisecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(sleep)
+		sleep = min(2*sleep, 50*time.Millisecond)
+	}
+	return true
+}
+
+// WaitFor fails t unless cond returns true within d; what names the
+// condition in the failure.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !Poll(d, cond) {
+		t.Fatalf("%s: not within %v", what, d)
+	}
+}
+
+// EmptyDir fails t if dir holds anything: a store's temporary
+// directory, say, after an operation that must clean up after itself. A
+// dir that does not exist is empty.
+func EmptyDir(t testing.TB, dir string) {
+	t.Helper()
+	left, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Error(err)
+	}
+	if len(left) != 0 {
+		names := make([]string, len(left))
+		for i, e := range left {
+			names[i] = e.Name()
+		}
+		t.Errorf("%s not empty: it holds %v", dir, names)
+	}
+}
+
+// Listen listens on network and address, failing t if it cannot; the
+// listener is closed when the test ends.
+func Listen(t testing.TB, network, address string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// Serve accepts connections on ln until it is closed, and gives each to
+// handle in a goroutine of its own. When the test ends it closes ln and
+// waits for the accepting goroutine to return (handle's goroutines end
+// when their connections do).
+func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+	t.Helper()
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	})
+}
+
+// TCPEcho serves raw TCP on a port of 127.0.0.1, which it returns, for
+// the length of the test: it answers the first line of each connection
+// with "echo: " and the line, and closes it.
+func TCPEcho(t testing.TB) int {
+	t.Helper()
+	ln := Listen(t, "tcp", "127.0.0.1:0")
+	Serve(t, ln, func(c net.Conn) {
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		fmt.Fprintf(c, "echo: %s", line)
+	})
+	return ln.Addr().(*net.TCPAddr).Port
+}
