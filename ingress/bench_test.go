@@ -6,9 +6,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 )
 
 // BenchmarkIngress measures HTTP through ingress (host client -> route
@@ -30,10 +31,7 @@ func BenchmarkIngress(b *testing.B) {
 	guestServer(b, g, 3000)
 	gw := New(n.DialGuest, Options{})
 	b.Cleanup(func() { gw.Close() })
-	r, err := gw.Add(Route{Listen: "0", GuestPort: 3000})
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := mustAdd(b, gw, Route{Listen: "0", GuestPort: 3000})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/blob", blob)
 	mux.HandleFunc("/small", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -55,8 +53,8 @@ func BenchmarkIngress(b *testing.B) {
 	}
 	results := make([]result, len(clients))
 	for i, cl := range clients {
-		fetch(b, cl.c, cl.base+"blob") // warm up the connection
-		p50 := latencyP50(b, cl.c, cl.base+"small")
+		netpolicytest.Fetch(b, cl.c, cl.base+"blob") // warm up the connection
+		p50 := netpolicytest.LatencyP50(b, cl.c, cl.base+"small", 300)
 		rps := parallelRate(b, cl.c, cl.base+"small", 8, 2000)
 		if i == 0 {
 			b.SetBytes(int64(len(blobData)))
@@ -64,7 +62,7 @@ func BenchmarkIngress(b *testing.B) {
 		}
 		start := time.Now()
 		for range b.N {
-			fetch(b, cl.c, cl.base+"blob")
+			netpolicytest.Fetch(b, cl.c, cl.base+"blob")
 		}
 		elapsed := time.Since(start)
 		if i == 0 {
@@ -81,30 +79,6 @@ func BenchmarkIngress(b *testing.B) {
 		b.ReportMetric(results[i].p50, cl.name+"p50-ms")
 		b.ReportMetric(results[i].rps, cl.name+"req/s")
 	}
-}
-
-func fetch(b *testing.B, c *http.Client, url string) {
-	resp, err := c.Get(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	k, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != 200 || k == 0 {
-		b.Fatalf("%s: %d, %d bytes, %v", url, resp.StatusCode, k, err)
-	}
-}
-
-// latencyP50 is the median time of a small keep-alive request.
-func latencyP50(b *testing.B, c *http.Client, url string) time.Duration {
-	var ds []time.Duration
-	for range 300 {
-		t0 := time.Now()
-		fetch(b, c, url)
-		ds = append(ds, time.Since(t0))
-	}
-	slices.Sort(ds)
-	return ds[len(ds)/2]
 }
 
 // parallelRate is small requests per second from conc clients sharing c.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/netpolicy"
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 )
 
 func TestParseListen(t *testing.T) {
@@ -69,7 +70,7 @@ func TestParseRoute(t *testing.T) {
 
 // guestServer runs an HTTP server on the guest: /echo reports what the
 // guest saw, /ws echoes WebSocket frames, /blob sends size bytes.
-func guestServer(t testing.TB, g *testGuest, port uint16) {
+func guestServer(t testing.TB, g *netpolicytest.Guest, port uint16) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -83,7 +84,7 @@ func guestServer(t testing.TB, g *testGuest, port uint16) {
 	mux.HandleFunc("/blob", blob)
 	mux.HandleFunc("/small", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	srv := &http.Server{Handler: mux}
-	go srv.Serve(g.listen(t, port))
+	go srv.Serve(g.Listen(port))
 	t.Cleanup(func() { srv.Close() })
 }
 
@@ -262,6 +263,31 @@ func getJSON(t testing.TB, c *http.Client, req *http.Request) map[string]string 
 	return m
 }
 
+// mustAdd adds route to gw, failing t if it cannot.
+func mustAdd(t testing.TB, gw *Gateway, route Route) Route {
+	t.Helper()
+	r, err := gw.Add(route)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// getBody GETs url with c and returns the status and the body.
+func getBody(t testing.TB, c *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s: reading the body: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
 func TestIngress(t *testing.T) {
 	n := newTestNetwork(t)
 	g := newTestGuest(t, n)
@@ -270,10 +296,7 @@ func TestIngress(t *testing.T) {
 	t.Cleanup(func() { gw.Close() })
 	client := &http.Client{Timeout: 20 * time.Second}
 
-	r, err := gw.Add(Route{Listen: ":0", GuestPort: 3000})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustAdd(t, gw, Route{Listen: ":0", GuestPort: 3000})
 	if !strings.HasPrefix(r.Listen, "127.0.0.1:") || strings.HasSuffix(r.Listen, ":0") {
 		t.Fatalf("bound %q, want a loopback port", r.Listen)
 	}
@@ -311,10 +334,7 @@ func TestIngress(t *testing.T) {
 		wsEchoRoundTrip(t, c, br, bytes.Repeat([]byte("x"), 70000))
 	})
 	t.Run("WebSockets disabled", func(t *testing.T) {
-		r2, err := gw.Add(Route{Listen: "127.0.0.1:0", GuestPort: 3000, DisableWebSockets: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r2 := mustAdd(t, gw, Route{Listen: "127.0.0.1:0", GuestPort: 3000, DisableWebSockets: true})
 		defer gw.Remove(r2.Listen)
 		if _, _, code := wsDial(t, r2.Listen); code != http.StatusForbidden {
 			t.Errorf("upgrade on a route without websockets: %d", code)
@@ -325,19 +345,10 @@ func TestIngress(t *testing.T) {
 		}
 	})
 	t.Run("errors", func(t *testing.T) {
-		r3, err := gw.Add(Route{Listen: "0", GuestPort: 3999})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r3 := mustAdd(t, gw, Route{Listen: "0", GuestPort: 3999})
 		defer gw.Remove(r3.Listen)
-		resp, err := client.Get(r3.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 502 || !strings.Contains(string(b), "nothing listens on port 3999 in the VM") {
-			t.Errorf("closed guest port: %d %q", resp.StatusCode, b)
+		if code, body := getBody(t, client, r3.URL()); code != 502 || !strings.Contains(body, "nothing listens on port 3999 in the VM") {
+			t.Errorf("closed guest port: %d %q", code, body)
 		}
 		req, _ := http.NewRequest("GET", r.URL()+"echo", nil)
 		req.Header.Set("X-Big", strings.Repeat("a", 128<<10))
@@ -410,19 +421,11 @@ func TestIngressDialTimeout(t *testing.T) {
 	n := newTestNetwork(t) // no guest attached
 	gw := New(n.DialGuest, Options{DialTimeout: 300 * time.Millisecond})
 	defer gw.Close()
-	r, err := gw.Add(Route{Listen: "0", GuestPort: 80})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustAdd(t, gw, Route{Listen: "0", GuestPort: 80})
 	start := time.Now()
-	resp, err := http.Get(r.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 502 || !strings.Contains(string(b), "did not answer within 300ms") || time.Since(start) > 5*time.Second {
-		t.Errorf("%d %q after %v", resp.StatusCode, b, time.Since(start))
+	code, body := getBody(t, http.DefaultClient, r.URL())
+	if code != 502 || !strings.Contains(body, "did not answer within 300ms") || time.Since(start) > 5*time.Second {
+		t.Errorf("%d %q after %v", code, body, time.Since(start))
 	}
 }
 

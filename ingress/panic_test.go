@@ -63,10 +63,7 @@ func TestPanicContained(t *testing.T) {
 		port uint16
 	}{{"dial", 1}, {"reading the guest's answer", 2}, {"writing the request", 3}} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := gw.Add(Route{Listen: "0", GuestPort: tc.port})
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := mustAdd(t, gw, Route{Listen: "0", GuestPort: tc.port})
 			resp, err := client.Get(r.URL())
 			if err != nil {
 				t.Fatal(err)
@@ -80,17 +77,8 @@ func TestPanicContained(t *testing.T) {
 	if s := logs.String(); strings.Count(s, "level=ERROR") < 3 || !strings.Contains(s, "panic_test.go") {
 		t.Errorf("panics not logged with their stacks:\n%s", s)
 	}
-	r, err := gw.Add(Route{Listen: "0", GuestPort: 80})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := client.Get(r.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(b) != "ok" {
-		t.Fatalf("after the panics: %d %q", resp.StatusCode, b)
+	r := mustAdd(t, gw, Route{Listen: "0", GuestPort: 80})
+	if code, body := getBody(t, client, r.URL()); code != 200 || body != "ok" {
+		t.Fatalf("after the panics: %d %q", code, body)
 	}
 }

@@ -7,10 +7,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 )
 
 const benchBlob = 16 << 20
@@ -37,7 +38,6 @@ func BenchmarkDownload(b *testing.B) {
 			})
 			n := newTestNetwork(b, localPolicy("api.test"))
 			g := newTestGuest(b, n)
-			g.configure()
 			base := scheme + "://api.test:" + up.port()
 
 			upCA, _ := testCAs(b)
@@ -50,22 +50,22 @@ func BenchmarkDownload(b *testing.B) {
 				},
 				TLSClientConfig: &tls.Config{RootCAs: roots},
 			}}
-			mediated := g.client()
+			mediated := g.Client()
 
-			p50 := latencyP50(b, mediated, base+"/small")
-			dp50 := latencyP50(b, direct, base+"/small")
-			fetch(b, mediated, base+"/blob") // warm up the connection
+			p50 := netpolicytest.LatencyP50(b, mediated, base+"/small", 200)
+			dp50 := netpolicytest.LatencyP50(b, direct, base+"/small", 200)
+			netpolicytest.Fetch(b, mediated, base+"/blob") // warm up the connection
 			b.SetBytes(benchBlob)
 			b.ResetTimer()
 			start := time.Now()
 			for i := 0; i < b.N; i++ {
-				fetch(b, mediated, base+"/blob")
+				netpolicytest.Fetch(b, mediated, base+"/blob")
 			}
 			elapsed := time.Since(start)
 			b.StopTimer()
 			dstart := time.Now()
 			for i := 0; i < b.N; i++ {
-				fetch(b, direct, base+"/blob")
+				netpolicytest.Fetch(b, direct, base+"/blob")
 			}
 			delapsed := time.Since(dstart)
 			mb := float64(b.N) * benchBlob / 1e6
@@ -75,29 +75,4 @@ func BenchmarkDownload(b *testing.B) {
 			b.ReportMetric(float64(dp50.Microseconds())/1000, "direct-p50-ms")
 		})
 	}
-}
-
-func fetch(b *testing.B, c *http.Client, url string) {
-	resp, err := c.Get(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != 200 || n == 0 {
-		b.Fatalf("%s: %d, %d bytes, %v", url, resp.StatusCode, n, err)
-	}
-}
-
-// latencyP50 is the median time of a small keep-alive request.
-func latencyP50(b *testing.B, c *http.Client, url string) time.Duration {
-	fetch(b, c, url)
-	var ds []time.Duration
-	for i := 0; i < 200; i++ {
-		t0 := time.Now()
-		fetch(b, c, url)
-		ds = append(ds, time.Since(t0))
-	}
-	slices.Sort(ds)
-	return ds[len(ds)/2]
 }

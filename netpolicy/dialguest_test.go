@@ -4,35 +4,22 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/errdefs"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 func TestDialGuest(t *testing.T) {
 	n := newTestNetwork(t, DefaultPolicy())
 	g := newTestGuest(t, n)
-	g.configure()
-	ln, err := gonet.ListenTCP(g.s, tcpip.FullAddress{NIC: 1, Port: 8000}, ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, c.RemoteAddr().String())
-			c.Close()
-		}
-	}()
+	testutil.Serve(t, g.Listen(8000), func(c net.Conn) {
+		io.WriteString(c, c.RemoteAddr().String())
+		c.Close()
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := n.DialGuest(ctx, 8000)

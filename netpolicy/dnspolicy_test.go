@@ -12,10 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 	"github.com/miekg/dns"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
 // fakeResolver stands in for the trusted resolver on loopback, over UDP
@@ -112,27 +110,6 @@ func (r *fakeResolver) count(name string) int {
 	return r.seen[strings.ToLower(dns.Fqdn(name))]
 }
 
-// exchangeTCP sends one DNS query to the gateway over TCP.
-func (g *testGuest) exchangeTCP(m *dns.Msg) (*dns.Msg, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := gonet.DialContextTCP(ctx, g.s, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(GatewayIP.As4()), Port: 53}, ipv4.ProtocolNumber)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	b, err := m.Pack() // as is: WriteMsg would want to sign a TSIG
-	if err != nil {
-		return nil, err
-	}
-	dc := &dns.Conn{Conn: c}
-	if _, err := dc.Write(b); err != nil {
-		return nil, err
-	}
-	return dc.ReadMsg()
-}
-
 // dnsBlocks returns the Blocked DNS events for host (as events name it).
 func dnsBlocks(n *Network, host string) []Event {
 	var out []Event
@@ -169,7 +146,7 @@ func TestDNSAllowlist(t *testing.T) {
 
 	type guest struct {
 		n *Network
-		g *testGuest
+		g *netpolicytest.Guest
 	}
 	guests := map[string]guest{}
 	for name, p := range map[string]Policy{
@@ -177,7 +154,6 @@ func TestDNSAllowlist(t *testing.T) {
 	} {
 		n := newTestNetwork(t, p)
 		g := newTestGuest(t, n)
-		g.configure()
 		guests[name] = guest{n, g}
 	}
 	exfil := func(i int) string {
@@ -223,9 +199,9 @@ func TestDNSAllowlist(t *testing.T) {
 			if tc.extra != "" {
 				m.Question = append(m.Question, dns.Question{Name: dns.Fqdn(tc.extra), Qtype: dns.TypeA, Qclass: dns.ClassINET})
 			}
-			exchange := gu.g.exchange
+			exchange := gu.g.Exchange
 			if tc.tcp {
-				exchange = gu.g.exchangeTCP
+				exchange = gu.g.ExchangeTCP
 			}
 			r, err := exchange(m)
 			if err != nil {
@@ -268,7 +244,7 @@ func TestDNSAllowlist(t *testing.T) {
 		gu := guests["trusted"]
 		ask := func(name string) int {
 			t.Helper()
-			r, err := gu.g.query(name, dns.TypeA)
+			r, err := gu.g.Query(name, dns.TypeA)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -421,7 +397,7 @@ func TestDNSOnlyQueries(t *testing.T) {
 	res := newFakeResolver(t)
 	type guest struct {
 		n *Network
-		g *testGuest
+		g *netpolicytest.Guest
 	}
 	var guests []guest
 	for _, mode := range []DNSMode{DNSTrusted, DNSOpen} {
@@ -434,7 +410,6 @@ func TestDNSOnlyQueries(t *testing.T) {
 			}
 			n := newTestNetwork(t, p)
 			g := newTestGuest(t, n)
-			g.configure()
 			guests = append(guests, guest{n, g})
 		}
 	}
@@ -530,9 +505,9 @@ func TestDNSOnlyQueries(t *testing.T) {
 				mode := gu.n.policy.Load().dnsMode()
 				t.Run(fmt.Sprintf("%s/%s/guest%d/tcp=%v", tc.name, mode, gi, tcp), func(t *testing.T) {
 					before, odd, events := res.total(), len(res.oddMessages()), len(gu.n.Events())
-					exchange := gu.g.exchange
+					exchange := gu.g.Exchange
 					if tcp {
-						exchange = gu.g.exchangeTCP
+						exchange = gu.g.ExchangeTCP
 					}
 					r, err := exchange(tc.msg())
 					if err != nil {
@@ -561,7 +536,7 @@ func TestDNSOnlyQueries(t *testing.T) {
 		before := res.count(name)
 		m := query()
 		m.SetEdns0(1232, true)
-		r, err := gu.g.exchange(m)
+		r, err := gu.g.Exchange(m)
 		if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || res.count(name) != before+1 {
 			t.Errorf("plain query with EDNS: %v, %v; resolver saw %d", r, err, res.count(name)-before)
 		}

@@ -50,30 +50,18 @@ func (f Flags) Set() bool {
 // (CheckSSHFiles) so that a bad one fails here.
 func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	var p Policy
-	for _, s := range f.AllowHost {
-		pat, err := ParseAllowHost(s)
-		if err != nil {
-			return Policy{}, errdefs.Field("--allow-host", err)
-		}
-		p.Allow = append(p.Allow, pat)
+	if err := appendParsed(&p.Allow, f.AllowHost, ParseAllowHost); err != nil {
+		return Policy{}, errdefs.Field("--allow-host", err)
 	}
 	if len(p.Allow) == 0 {
 		p.Allow = []string{"*"}
 	}
-	for _, s := range f.HostSecret {
-		sec, err := ParseHostSecret(s, getenv)
-		if err != nil {
-			return Policy{}, errdefs.Field("--host-secret", err)
-		}
-		p.Secrets = append(p.Secrets, sec)
+	if err := appendParsed(&p.Secrets, f.HostSecret, func(s string) (Secret, error) { return ParseHostSecret(s, getenv) }); err != nil {
+		return Policy{}, errdefs.Field("--host-secret", err)
 	}
 	stdinUsed := false
-	for _, s := range f.HostSecretFile {
-		sec, err := parseHostSecretFile(s, &stdinUsed)
-		if err != nil {
-			return Policy{}, errdefs.Field("--host-secret-file", err)
-		}
-		p.Secrets = append(p.Secrets, sec)
+	if err := appendParsed(&p.Secrets, f.HostSecretFile, func(s string) (Secret, error) { return parseHostSecretFile(s, &stdinUsed) }); err != nil {
+		return Policy{}, errdefs.Field("--host-secret-file", err)
 	}
 	p.DNS = DNSSynthetic
 	if f.DNS != "" {
@@ -85,33 +73,17 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	} else if len(f.DNSTrustedServer) > 0 {
 		p.DNS = DNSTrusted
 	}
-	for _, s := range f.DNSTrustedServer {
-		srv, err := ParseDNSServer(s)
-		if err != nil {
-			return Policy{}, errdefs.Field("--dns-trusted-server", err)
-		}
-		p.DNSServers = append(p.DNSServers, srv)
+	if err := appendParsed(&p.DNSServers, f.DNSTrustedServer, ParseDNSServer); err != nil {
+		return Policy{}, errdefs.Field("--dns-trusted-server", err)
 	}
-	for _, s := range f.TCPMap {
-		m, err := ParseTCPMap(s)
-		if err != nil {
-			return Policy{}, errdefs.Field("--tcp-map", err)
-		}
-		p.TCPMaps = append(p.TCPMaps, m)
+	if err := appendParsed(&p.TCPMaps, f.TCPMap, ParseTCPMap); err != nil {
+		return Policy{}, errdefs.Field("--tcp-map", err)
 	}
-	for _, s := range f.AllowInternal {
-		g, err := ParseAllowInternal(s)
-		if err != nil {
-			return Policy{}, errdefs.Field("--allow-internal", err)
-		}
-		p.AllowInternal = append(p.AllowInternal, g)
+	if err := appendParsed(&p.AllowInternal, f.AllowInternal, ParseAllowInternal); err != nil {
+		return Policy{}, errdefs.Field("--allow-internal", err)
 	}
-	for _, s := range f.Resolve {
-		r, err := ParseResolve(s)
-		if err != nil {
-			return Policy{}, errdefs.Field("--resolve", err)
-		}
-		p.Resolve = append(p.Resolve, r)
+	if err := appendParsed(&p.Resolve, f.Resolve, ParseResolve); err != nil {
+		return Policy{}, errdefs.Field("--resolve", err)
 	}
 	p.DisableWebSockets = f.DisableWebSockets
 	if err := f.sshPolicy(&p, getenv); err != nil {
@@ -126,20 +98,25 @@ func (f Flags) Policy(getenv func(string) string) (Policy, error) {
 	return p, nil
 }
 
-func (f Flags) sshPolicy(p *Policy, getenv func(string) string) error {
-	for _, s := range f.SSHAllowHost {
-		h, err := ParseSSHHost(s)
+// appendParsed appends each value, parsed, to list, in order; it stops
+// at the first that does not parse.
+func appendParsed[T any](list *[]T, values []string, parse func(string) (T, error)) error {
+	for _, s := range values {
+		v, err := parse(s)
 		if err != nil {
 			return err
 		}
-		p.SSHAllow = append(p.SSHAllow, h)
+		*list = append(*list, v)
 	}
-	for _, s := range f.SSHAllowExec {
-		h, err := ParseSSHExecHost(s)
-		if err != nil {
-			return err
-		}
-		p.SSHAllow = append(p.SSHAllow, h)
+	return nil
+}
+
+func (f Flags) sshPolicy(p *Policy, getenv func(string) string) error {
+	if err := appendParsed(&p.SSHAllow, f.SSHAllowHost, ParseSSHHost); err != nil {
+		return err
+	}
+	if err := appendParsed(&p.SSHAllow, f.SSHAllowExec, ParseSSHExecHost); err != nil {
+		return err
 	}
 	if sock := f.SSHAgent; sock != "" {
 		if sock == SSHAgentFromEnv {
@@ -163,14 +140,7 @@ func (f Flags) sshPolicy(p *Policy, getenv func(string) string) error {
 		}
 		p.SSHKnownHosts = append(p.SSHKnownHosts, abs)
 	}
-	for _, s := range f.SSHCredential {
-		c, err := ParseSSHCredential(s, getenv)
-		if err != nil {
-			return err
-		}
-		p.SSHCredentials = append(p.SSHCredentials, c)
-	}
-	return nil
+	return appendParsed(&p.SSHCredentials, f.SSHCredential, func(s string) (SSHCredential, error) { return ParseSSHCredential(s, getenv) })
 }
 
 // ParseAllowHost checks an --allow-host pattern (a host name with optional

@@ -225,12 +225,7 @@ func (n *Network) forwardTCP(fc *flowConn, p *Policy, m TCPMap) {
 	ev := Event{Proto: "tcp", Host: m.GuestHost, Port: m.GuestPort, Rule: "tcp-map " + m.String()}
 	up, err := n.proxy.dialMapped(n.ctx, m)
 	if err != nil {
-		var be *blockedError
-		if errors.As(err, &be) {
-			ev.Action, ev.Reason = Blocked, be.reason
-		} else {
-			ev.Action, ev.Reason = Failed, p.redact(err.Error())
-		}
+		ev.dialFailed(p, err)
 		n.event(ev)
 		return
 	}

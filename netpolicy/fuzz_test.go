@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/miekg/dns"
 )
@@ -201,15 +202,15 @@ func FuzzDNSQuery(f *testing.F) {
 // FuzzDHCP feeds guest frames to the DHCP server.
 func FuzzDHCP(f *testing.F) {
 	disc, _ := dhcpv4.NewDiscovery(DefaultGuestMAC)
-	f.Add(dhcpRequestFrame(disc))
+	f.Add(netpolicytest.DHCPRequestFrame(disc))
 	req, _ := dhcpv4.NewDiscovery(DefaultGuestMAC, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest))
-	f.Add(dhcpRequestFrame(req))
+	f.Add(netpolicytest.DHCPRequestFrame(req))
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		out := dhcpReply(frame, DefaultGuestMAC)
 		if out == nil {
 			return
 		}
-		if m := dhcpFromFrame(out[4:]); m == nil {
+		if m := netpolicytest.DHCPFromFrame(out[4:]); m == nil {
 			t.Fatal("reply is not a DHCP frame")
 		} else if y := m.YourIPAddr; !y.IsUnspecified() && y.String() != GuestIP.String() {
 			t.Fatalf("offered %v", y)

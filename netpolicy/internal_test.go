@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/testutil"
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 	"github.com/miekg/dns"
 )
 
@@ -33,8 +35,7 @@ func TestInternalGrantPorts(t *testing.T) {
 	}
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
-	c := g.client()
+	c := g.Client()
 	for _, tt := range []struct {
 		url, host string
 		want      int
@@ -93,9 +94,8 @@ func TestTCPMapAuthorizesItsUpstream(t *testing.T) {
 		}
 	})
 	g := newTestGuest(t, n)
-	g.configure()
 	roundTrip := func(addr string) (string, error) {
-		c, err := g.dial(context.Background(), addr)
+		c, err := g.Dial(context.Background(), addr)
 		if err != nil {
 			return "", err
 		}
@@ -116,11 +116,11 @@ func TestTCPMapAuthorizesItsUpstream(t *testing.T) {
 	}
 	// The map to the web server's port does not open it to HTTP, nor
 	// the echo port.
-	code, body := get(t, g.client(), "http://10.0.2.2:"+echo+"/", map[string]string{"Host": "127.0.0.1:" + echo})
+	code, body := get(t, g.Client(), "http://10.0.2.2:"+echo+"/", map[string]string{"Host": "127.0.0.1:" + echo})
 	if code != 403 {
 		t.Fatalf("HTTP to a mapped upstream's port: %d %q", code, body)
 	}
-	if code, body := get(t, g.client(), "http://10.0.2.2:"+web.port()+"/", map[string]string{"Host": "127.0.0.1:" + web.port()}); code != 403 {
+	if code, body := get(t, g.Client(), "http://10.0.2.2:"+web.port()+"/", map[string]string{"Host": "127.0.0.1:" + web.port()}); code != 403 {
 		t.Fatalf("HTTP to another map's upstream: %d %q", code, body)
 	}
 	if len(web.requests()) != 0 {
@@ -137,21 +137,11 @@ func TestTCPMapAuthorizesItsUpstream(t *testing.T) {
 	}
 }
 
+// tcpEchoServer serves raw TCP on a loopback port, which it returns,
+// sending back what it gets.
 func tcpEchoServer(t *testing.T) (port string) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	ln := testutil.Listen(t, "tcp", "127.0.0.1:0")
+	testutil.Serve(t, ln, func(c net.Conn) { io.Copy(c, c); c.Close() })
 	_, port, _ = net.SplitHostPort(ln.Addr().String())
 	return port
 }
@@ -170,10 +160,10 @@ func TestDeniedNameByAddress(t *testing.T) {
 	lift := func(p *Policy) {
 		p.AllowInternal = []InternalGrant{{Prefix: netip.MustParsePrefix("127.0.0.0/8")}}
 	}
-	mustGet := func(t *testing.T, g *testGuest, host, ip string, want int, wantReason string) {
+	mustGet := func(t *testing.T, g *netpolicytest.Guest, host, ip string, want int, wantReason string) {
 		t.Helper()
 		port := servers[ip]
-		code, body := get(t, g.client(), "http://10.0.2.2:"+port+"/", map[string]string{"Host": host + ":" + port})
+		code, body := get(t, g.Client(), "http://10.0.2.2:"+port+"/", map[string]string{"Host": host + ":" + port})
 		if code != want || !strings.Contains(body, wantReason) {
 			t.Fatalf("Host %s: %d %q; want %d with %q", host, code, body, want, wantReason)
 		}
@@ -184,16 +174,8 @@ func TestDeniedNameByAddress(t *testing.T) {
 		lift(&p)
 		p.Resolve = []ResolvePin{{Host: "pinned.test", IP: netip.MustParseAddr("127.0.0.2")}}
 		p.Deny = []string{"pinned.test", "resolved.test"}
-		n := newTestNetwork(t, p, func(o *Options) {
-			o.LookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
-				if host == "resolved.test" {
-					return []netip.Addr{netip.MustParseAddr("::ffff:127.0.0.3")}, nil
-				}
-				return nil, fmt.Errorf("no such host %s", host)
-			}
-		})
+		n := newTestNetwork(t, p, resolveOnly("resolved.test", "::ffff:127.0.0.3"))
 		g := newTestGuest(t, n)
-		g.configure()
 		mustGet(t, g, "127.0.0.2", "127.0.0.2", 403, "127.0.0.2 is an address of pinned.test, which is denied (deny pinned.test)")
 		mustGet(t, g, "[::ffff:127.0.0.2]", "127.0.0.2", 403, "address of pinned.test")
 		mustGet(t, g, "2130706435", "127.0.0.3", 403, "127.0.0.3 is an address of resolved.test")
@@ -229,10 +211,9 @@ func TestDeniedNameByAddress(t *testing.T) {
 		p.DNSServers = []string{pc.LocalAddr().String()}
 		n := newTestNetwork(t, p)
 		g := newTestGuest(t, n)
-		g.configure()
 		// Not known yet: the guest has not asked.
 		mustGet(t, g, "127.0.0.5", "127.0.0.5", 200, "hello")
-		if a, err := g.lookup("www.evil.test"); err != nil || a.String() != "127.0.0.5" {
+		if a, err := g.Lookup("www.evil.test"); err != nil || a.String() != "127.0.0.5" {
 			t.Fatalf("lookup: %v %v", a, err)
 		}
 		// Denied after the guest learnt the address (a name denied
@@ -251,17 +232,9 @@ func TestDeniedNameByAddress(t *testing.T) {
 	t.Run("a name the host resolved, denied later", func(t *testing.T) {
 		p := DefaultPolicy()
 		lift(&p)
-		n := newTestNetwork(t, p, func(o *Options) {
-			o.LookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
-				if host == "once.test" {
-					return []netip.Addr{netip.MustParseAddr("127.0.0.6")}, nil
-				}
-				return nil, fmt.Errorf("no such host %s", host)
-			}
-		})
+		n := newTestNetwork(t, p, resolveOnly("once.test", "127.0.0.6"))
 		g := newTestGuest(t, n)
-		g.configure()
-		if code, body := get(t, g.client(), "http://once.test:"+servers["127.0.0.6"]+"/", nil); code != 200 {
+		if code, body := get(t, g.Client(), "http://once.test:"+servers["127.0.0.6"]+"/", nil); code != 200 {
 			t.Fatalf("by name: %d %q", code, body)
 		}
 		mustGet(t, g, "127.0.0.6", "127.0.0.6", 200, "hello")
@@ -286,12 +259,7 @@ func TestDeniedNameByAddress(t *testing.T) {
 		p.TCPMaps = []TCPMap{m}
 		n := newTestNetwork(t, p)
 		g := newTestGuest(t, n)
-		g.configure()
-		c, err := g.dial(context.Background(), "db.internal:5432")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := g.MustDial(t, "db.internal:5432")
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		fmt.Fprintf(c, "ping\n")
 		if line, err := bufio.NewReader(c).ReadString('\n'); line != "ping\n" {

@@ -22,12 +22,11 @@ import (
 
 	"github.com/miekg/dns"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/netpolicy/ca"
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 )
 
 // upstreamServer is a local HTTPS (or HTTP) server standing in for a
@@ -116,6 +115,18 @@ func newTestNetwork(t testing.TB, p Policy, tweak ...func(*Options)) *Network {
 	return n
 }
 
+// resolveOnly has the host's resolver know one name, as addr.
+func resolveOnly(name, addr string) func(*Options) {
+	return func(o *Options) {
+		o.LookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			if host == name {
+				return []netip.Addr{netip.MustParseAddr(addr)}, nil
+			}
+			return nil, fmt.Errorf("no such host %s", host)
+		}
+	}
+}
+
 func localPolicy(allow ...string) Policy {
 	p := DefaultPolicy()
 	if len(allow) > 0 {
@@ -152,8 +163,11 @@ func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (int, 
 
 func TestDHCPAndDNS(t *testing.T) {
 	n := newTestNetwork(t, DefaultPolicy())
-	g := newTestGuest(t, n)
-	ack := g.configure()
+	g := netpolicytest.NewGuest(t, n, n.opts.GuestMAC)
+	if a, err := g.Lookup("api.example.com"); err == nil {
+		t.Fatalf("resolved %v before the guest had a lease", a)
+	}
+	ack := g.Configure()
 	if got := ack.YourIPAddr.String(); got != GuestIP.String() {
 		t.Errorf("lease %s, want %s", got, GuestIP)
 	}
@@ -163,31 +177,31 @@ func TestDHCPAndDNS(t *testing.T) {
 	if ones, _ := ack.SubnetMask().Size(); ones != 24 {
 		t.Errorf("mask /%d", ones)
 	}
-	a1, err := g.lookup("api.example.com")
+	a1, err := g.Lookup("api.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !SyntheticPrefix.Contains(a1) {
 		t.Errorf("synthetic answer %v outside %v", a1, SyntheticPrefix)
 	}
-	a2, _ := g.lookup("API.Example.com")
-	a3, _ := g.lookup("other.example.com")
+	a2, _ := g.Lookup("API.Example.com")
+	a3, _ := g.Lookup("other.example.com")
 	if a1 != a2 || a1 == a3 {
 		t.Errorf("addresses %v %v %v: want same per name, distinct across names", a1, a2, a3)
 	}
-	r, err := g.query("api.example.com", dns.TypeAAAA)
+	r, err := g.Query("api.example.com", dns.TypeAAAA)
 	if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 {
 		t.Errorf("AAAA: %v %v", r, err)
 	}
 	arpa, _ := dns.ReverseAddr(a1.String())
-	r, err = g.query(arpa, dns.TypePTR)
+	r, err = g.Query(arpa, dns.TypePTR)
 	if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.PTR).Ptr != "api.example.com." {
 		t.Errorf("PTR: %v %v", r, err)
 	}
 	m := new(dns.Msg)
 	m.SetQuestion("a.example.com.", dns.TypeA)
 	m.Question = append(m.Question, m.Question[0])
-	if r, err := g.exchange(m); err != nil || r.Rcode != dns.RcodeFormatError {
+	if r, err := g.Exchange(m); err != nil || r.Rcode != dns.RcodeFormatError {
 		t.Errorf("two questions: %v %v", r, err)
 	}
 }
@@ -199,8 +213,7 @@ func TestMediation(t *testing.T) {
 	p.Secrets = []Secret{{Name: "TOKEN", Hosts: []string{"api.test"}, Value: NewSecretValue("real-token-value-123")}}
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
-	c := g.client()
+	c := g.Client()
 	env := n.GuestEnv()
 	ph := ""
 	for _, e := range env {
@@ -282,7 +295,7 @@ func TestMediation(t *testing.T) {
 			}
 		}
 		// To a real (non-synthetic) address, SNI and Host must agree.
-		sc := g.client()
+		sc := g.Client()
 		sc.Transport.(*http.Transport).TLSClientConfig.ServerName = "api.test"
 		code, body := get(t, sc, "https://10.0.2.2:"+api.port()+"/", map[string]string{"Host": "other.test:" + api.port()})
 		if code != 403 || !strings.Contains(body, "does not match the TLS server name") {
@@ -293,11 +306,7 @@ func TestMediation(t *testing.T) {
 		}
 	})
 	t.Run("CONNECT is refused", func(t *testing.T) {
-		conn, err := g.dial(context.Background(), "api.test:80")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := g.MustDial(t, "api.test:80")
 		fmt.Fprintf(conn, "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil || resp.StatusCode != 405 {
@@ -331,8 +340,7 @@ func TestInternalBlocked(t *testing.T) {
 	p.Resolve = []ResolvePin{{Host: "sneaky.test", IP: netip.MustParseAddr("127.0.0.1")}}
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
-	c := g.client()
+	c := g.Client()
 	// Every spelling of 127.0.0.1 in the Host header, sent to the gateway.
 	for _, host := range []string{"127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.1", "127.1", "[::ffff:127.0.0.1]", "sneaky.test", "SNEAKY.test."} {
 		t.Run(host, func(t *testing.T) {
@@ -374,8 +382,7 @@ func TestRebinding(t *testing.T) {
 		}
 	})
 	g := newTestGuest(t, n)
-	g.configure()
-	code, body := get(t, g.client(), "http://rebind.test:"+up.port()+"/", nil)
+	code, body := get(t, g.Client(), "http://rebind.test:"+up.port()+"/", nil)
 	if code != 403 || !strings.Contains(body, "127.0.0.1 is internal") {
 		t.Fatalf("%d %q", code, body)
 	}
@@ -385,37 +392,17 @@ func TestRebinding(t *testing.T) {
 }
 
 func TestRawTCP(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	_, port, _ := net.SplitHostPort(echo.Addr().String())
 	p := localPolicy()
-	m, err := ParseTCPMap("db.internal:5432=127.0.0.1:" + port)
+	m, err := ParseTCPMap("db.internal:5432=127.0.0.1:" + tcpEchoServer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.TCPMaps = []TCPMap{m}
 	n := newTestNetwork(t, p, func(o *Options) { o.PeekTimeout = 300 * time.Millisecond })
 	g := newTestGuest(t, n)
-	g.configure()
 
 	t.Run("tcp-map", func(t *testing.T) {
-		c, err := g.dial(context.Background(), "db.internal:5432")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := g.MustDial(t, "db.internal:5432")
 		// A server-first protocol would wait here: the map does not peek.
 		fmt.Fprintf(c, "SSH-2.0-test\r\n")
 		line, err := bufio.NewReader(c).ReadString('\n')
@@ -423,38 +410,27 @@ func TestRawTCP(t *testing.T) {
 			t.Fatalf("%q %v", line, err)
 		}
 	})
-	t.Run("unmapped raw TCP is reset", func(t *testing.T) {
-		c, err := g.dial(context.Background(), "93.184.216.34:22")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.Write([]byte("\x00\x01binary junk"))
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, err = c.Read(make([]byte, 10))
-		if !isReset(err) {
-			t.Fatalf("read: %v, want a reset", err)
-		}
-	})
-	t.Run("silent client is reset after the peek timeout", func(t *testing.T) {
-		c, err := g.dial(context.Background(), "ssh.example.com:22")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, err = c.Read(make([]byte, 10))
-		if !isReset(err) {
-			t.Fatalf("read: %v, want a reset", err)
-		}
-	})
+	for _, tc := range []struct{ name, addr, send string }{
+		{"unmapped raw TCP is reset", "93.184.216.34:22", "\x00\x01binary junk"},
+		{"silent client is reset after the peek timeout", "ssh.example.com:22", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := g.MustDial(t, tc.addr)
+			if tc.send != "" {
+				io.WriteString(c, tc.send)
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(make([]byte, 10)); !isReset(err) {
+				t.Fatalf("read: %v, want a reset", err)
+			}
+		})
+	}
 	t.Run("UDP elsewhere is dropped", func(t *testing.T) {
 		m := new(dns.Msg)
 		m.SetQuestion("x.", dns.TypeA)
 		q, _ := m.Pack()
 		for _, dst := range []string{"1.1.1.1:53", "10.0.2.2:5353"} {
-			ap := netip.MustParseAddrPort(dst)
-			c, err := gonet.DialUDP(g.s, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(ap.Addr().As4()), Port: ap.Port()}, ipv4.ProtocolNumber)
+			c, err := g.DialUDP(netip.MustParseAddrPort(dst))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -477,8 +453,7 @@ func TestLivePolicyChange(t *testing.T) {
 	up := newUpstream(t, true, nil)
 	n := newTestNetwork(t, localPolicy("api.test"))
 	g := newTestGuest(t, n)
-	g.configure()
-	c := g.client()
+	c := g.Client()
 	url := "https://new.test:" + up.port() + "/"
 	if code, _ := get(t, c, url, nil); code != 403 {
 		t.Fatalf("before: %d", code)
@@ -543,14 +518,10 @@ func wsHandler(w http.ResponseWriter, r *http.Request) {
 	io.Copy(conn, brw)
 }
 
-func wsRoundTrip(t *testing.T, g *testGuest, port string) (int, string) {
+func wsRoundTrip(t *testing.T, g *netpolicytest.Guest, port string) (int, string) {
 	t.Helper()
-	raw, err := g.dial(context.Background(), "ws.test:"+port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	c := tls.Client(raw, &tls.Config{ServerName: "ws.test", RootCAs: g.roots})
+	raw := g.MustDial(t, "ws.test:"+port)
+	c := tls.Client(raw, &tls.Config{ServerName: "ws.test", RootCAs: g.Roots()})
 	fmt.Fprintf(c, "GET /chat HTTP/1.1\r\nHost: ws.test:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", port)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
@@ -574,7 +545,6 @@ func TestWebSocket(t *testing.T) {
 	up := newUpstream(t, true, wsHandler)
 	n := newTestNetwork(t, localPolicy("ws.test"))
 	g := newTestGuest(t, n)
-	g.configure()
 	if code, echo := wsRoundTrip(t, g, up.port()); code != 101 || echo != "ping over the tunnel" {
 		t.Fatalf("%d %q", code, echo)
 	}
@@ -590,38 +560,30 @@ func TestReconnect(t *testing.T) {
 	up := newUpstream(t, true, nil)
 	n := newTestNetwork(t, localPolicy("api.test"))
 	g := newTestGuest(t, n)
-	g.configure()
-	if code, _ := get(t, g.client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
+	if code, _ := get(t, g.Client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
 		t.Fatal(code)
 	}
 	// A new supervisor connects to the same QEMU socket: the guest keeps
 	// its lease and ARP entry, and new connections work at once.
-	g.plug(n)
-	if code, body := get(t, g.client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
+	g.Plug(n)
+	if code, body := get(t, g.Client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
 		t.Fatalf("after reconnect: %d %q", code, body)
 	}
 	// And a whole new Network (a restarted supervisor) with the
 	// persisted policy still attributes the guest's cached synthetic
 	// address to its name.
-	addr, _ := g.lookup("api.test")
+	addr, _ := g.Lookup("api.test")
 	pol := n.Policy()
 	n.Close()
 	n2 := newTestNetwork(t, pol)
-	g.plug(n2)
-	raw, err := gonetDial(g, addr, up.port())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := tls.Client(raw, &tls.Config{ServerName: "api.test", RootCAs: g.roots})
+	g.Plug(n2)
+	raw := g.MustDial(t, net.JoinHostPort(addr.String(), up.port()))
+	c := tls.Client(raw, &tls.Config{ServerName: "api.test", RootCAs: g.Roots()})
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test:%s\r\nConnection: close\r\n\r\n", up.port())
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("new supervisor, cached address: %v %v", resp, err)
 	}
-}
-
-func gonetDial(g *testGuest, addr netip.Addr, port string) (net.Conn, error) {
-	return g.dial(context.Background(), net.JoinHostPort(addr.String(), port))
 }
 
 func TestFlowLimit(t *testing.T) {
@@ -630,14 +592,9 @@ func TestFlowLimit(t *testing.T) {
 		o.PeekTimeout = 5 * time.Second
 	})
 	g := newTestGuest(t, n)
-	g.configure()
 	var held []net.Conn
 	for i := 0; i < 3; i++ {
-		c, err := g.dial(context.Background(), "93.184.216.34:80")
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, c)
+		held = append(held, g.MustDial(t, "93.184.216.34:80"))
 	}
 	defer func() {
 		for _, c := range held {
@@ -645,7 +602,7 @@ func TestFlowLimit(t *testing.T) {
 		}
 	}()
 	time.Sleep(100 * time.Millisecond)
-	_, err := g.dial(context.Background(), "93.184.216.34:80")
+	_, err := g.Dial(context.Background(), "93.184.216.34:80")
 	if err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("fourth flow: %v, want refused", err)
 	}
@@ -663,7 +620,7 @@ func TestFlowLimit(t *testing.T) {
 	held = held[1:]
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		c, err := g.dial(context.Background(), "93.184.216.34:80")
+		c, err := g.Dial(context.Background(), "93.184.216.34:80")
 		if err == nil {
 			held = append(held, c)
 			break
@@ -695,12 +652,11 @@ func TestTrustedDNS(t *testing.T) {
 	p.DNSServers = []string{pc.LocalAddr().String()}
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
-	a, err := g.lookup("real.example.com")
+	a, err := g.Lookup("real.example.com")
 	if err != nil || a.String() != "93.184.216.34" {
 		t.Fatalf("%v %v", a, err)
 	}
-	r, err := g.query("real.example.com", dns.TypeANY)
+	r, err := g.Query("real.example.com", dns.TypeANY)
 	if err != nil || r.Rcode != dns.RcodeRefused {
 		t.Fatalf("ANY: %v %v", r, err)
 	}
@@ -709,7 +665,7 @@ func TestTrustedDNS(t *testing.T) {
 	}
 	// Switching to synthetic live stops forwarding.
 	n.UpdatePolicy(func(p *Policy) error { p.DNS = DNSSynthetic; p.DNSServers = nil; return nil })
-	a, err = g.lookup("never-sent.example.com")
+	a, err = g.Lookup("never-sent.example.com")
 	if err != nil || !SyntheticPrefix.Contains(a) {
 		t.Fatalf("%v %v", a, err)
 	}
@@ -766,7 +722,6 @@ func TestSYNFlood(t *testing.T) {
 	up := newUpstream(t, true, nil)
 	other := newTestNetwork(t, localPolicy("api.test"))
 	og := newTestGuest(t, other)
-	og.configure()
 
 	n := newTestNetwork(t, DefaultPolicy(), func(o *Options) {
 		o.MaxHandshakes = 32
@@ -774,18 +729,17 @@ func TestSYNFlood(t *testing.T) {
 		o.PeekTimeout = 2 * time.Second
 	})
 	g := newTestGuest(t, n)
-	g.configure()
 	base := runtime.NumGoroutine()
 	dst := netip.MustParseAddrPort("93.184.216.34:80")
 	for i := 0; i < 5000; i++ {
-		g.writeFrame(synFrame(uint16(1024+i), dst))
+		g.WriteFrame(synFrame(uint16(1024+i), dst))
 	}
 	// Completed connections that never send a byte: held until the
 	// flow limit, refused beyond it.
 	var conns []net.Conn
 	for i := 0; i < 100; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		c, err := g.dial(ctx, "93.184.216.34:443")
+		c, err := g.Dial(ctx, "93.184.216.34:443")
 		cancel()
 		if err == nil {
 			conns = append(conns, c)
@@ -807,7 +761,7 @@ func TestSYNFlood(t *testing.T) {
 	if got := n.flows.Load(); got > 64 {
 		t.Errorf("%d flows, limit 64", got)
 	}
-	if code, body := get(t, og.client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
+	if code, body := get(t, og.Client(), "https://api.test:"+up.port()+"/", nil); code != 200 {
 		t.Fatalf("other VM during the flood: %d %q", code, body)
 	}
 }
@@ -818,8 +772,7 @@ func TestUpstreamTLSVerified(t *testing.T) {
 	up := newUpstream(t, true, nil)
 	n := newTestNetwork(t, localPolicy("api.test"), func(o *Options) { o.UpstreamRoots = nil })
 	g := newTestGuest(t, n)
-	g.configure()
-	code, body := get(t, g.client(), "https://api.test:"+up.port()+"/", nil)
+	code, body := get(t, g.Client(), "https://api.test:"+up.port()+"/", nil)
 	if code != 502 || !strings.Contains(body, "certificate") {
 		t.Fatalf("%d %q", code, body)
 	}

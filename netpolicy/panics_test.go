@@ -14,6 +14,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/contain"
 	"github.com/gondolin/gondolin/internal/syncbuf"
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 	"github.com/miekg/dns"
 )
 
@@ -63,8 +64,7 @@ func TestFlowPanic(t *testing.T) {
 		}
 	})
 	g := newTestGuest(t, n)
-	g.configure()
-	c := g.client()
+	c := g.Client()
 	c.Timeout = 10 * time.Second
 
 	for _, tc := range []struct {
@@ -72,7 +72,7 @@ func TestFlowPanic(t *testing.T) {
 		run         func(t *testing.T)
 	}{
 		{"TCP flow", "tcp", func(t *testing.T) {
-			conn, err := g.dial(context.Background(), "db.test:5432")
+			conn, err := g.Dial(context.Background(), "db.test:5432")
 			if err != nil {
 				return // reset before the guest's connect returned: closed too
 			}
@@ -97,7 +97,7 @@ func TestFlowPanic(t *testing.T) {
 		}},
 		{"DNS query", "dns", func(t *testing.T) {
 			// The first try is dropped; the guest's retry is answered.
-			if a, err := g.lookup("boom-dns.test"); err != nil || !SyntheticPrefix.Contains(a) {
+			if a, err := g.Lookup("boom-dns.test"); err != nil || !SyntheticPrefix.Contains(a) {
 				t.Fatalf("%v %v", a, err)
 			}
 		}},
@@ -172,7 +172,7 @@ func TestLoopPanic(t *testing.T) {
 			n := newTestNetwork(t, DefaultPolicy(), func(o *Options) {
 				o.OnPanic = func(pe *contain.PanicError) { panics <- pe }
 			})
-			_, hc := socketPair(t)
+			_, hc := netpolicytest.SocketPair(t)
 			if err := n.Attach(tc.conn(hc)); err != nil {
 				t.Fatal(err)
 			}
@@ -192,14 +192,13 @@ func TestLoopPanic(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			if _, hc2 := socketPair(t); n.Attach(hc2) == nil {
+			if _, hc2 := netpolicytest.SocketPair(t); n.Attach(hc2) == nil {
 				t.Error("Attach works on the stopped network")
 			}
 			// Another VM's network is untouched.
 			other := newTestNetwork(t, DefaultPolicy())
 			g := newTestGuest(t, other)
-			g.configure()
-			if a, err := g.lookup("still.works.test"); err != nil || !SyntheticPrefix.Contains(a) {
+			if a, err := g.Lookup("still.works.test"); err != nil || !SyntheticPrefix.Contains(a) {
 				t.Fatalf("the other network: %v %v", a, err)
 			}
 		})

@@ -274,29 +274,23 @@ func (p Policy) Clone() Policy {
 
 // AllowHost adds pattern to the allowlist and drops an identical Deny
 // entry, so the last command about a pattern wins.
-func (p *Policy) AllowHost(pattern string) error {
-	pat, err := ParseAllowHost(pattern)
-	if err != nil {
-		return err
-	}
-	p.Deny = slices.DeleteFunc(p.Deny, func(s string) bool { return s == pat })
-	if !slices.Contains(p.Allow, pat) {
-		p.Allow = append(p.Allow, pat)
-	}
-	return nil
-}
+func (p *Policy) AllowHost(pattern string) error { return moveHost(pattern, &p.Deny, &p.Allow) }
 
 // DenyHost removes pattern from the allowlist and adds it to Deny. Denying
 // the last allowed pattern leaves an empty allowlist, which allows nothing
 // (never "everything").
-func (p *Policy) DenyHost(pattern string) error {
+func (p *Policy) DenyHost(pattern string) error { return moveHost(pattern, &p.Allow, &p.Deny) }
+
+// moveHost takes the canonical pattern out of from and puts it in to
+// (once).
+func moveHost(pattern string, from, to *[]string) error {
 	pat, err := ParseAllowHost(pattern)
 	if err != nil {
 		return err
 	}
-	p.Allow = slices.DeleteFunc(p.Allow, func(s string) bool { return s == pat })
-	if !slices.Contains(p.Deny, pat) {
-		p.Deny = append(p.Deny, pat)
+	*from = slices.DeleteFunc(*from, func(s string) bool { return s == pat })
+	if !slices.Contains(*to, pat) {
+		*to = append(*to, pat)
 	}
 	return nil
 }

@@ -205,6 +205,18 @@ type blockedError struct{ reason string }
 
 func (e *blockedError) Error() string { return "blocked: " + e.reason }
 
+// dialFailed says in ev why a connection upstream failed: Blocked with
+// the reason for a refusal by policy, else Failed with the error
+// (redacted: it may quote a secret).
+func (ev *Event) dialFailed(p *Policy, err error) {
+	var be *blockedError
+	if errors.As(err, &be) {
+		ev.Action, ev.Reason = Blocked, be.reason
+	} else {
+		ev.Action, ev.Reason = Failed, p.redact(err.Error())
+	}
+}
+
 // dial connects to HOST:PORT for an allowed request (HTTP, HTTPS, SSH).
 // It resolves the host itself (pins, IP literals, the host's resolver),
 // checks every address against the internal ranges under the policy in

@@ -3,19 +3,18 @@ package netpolicy
 import (
 	"bytes"
 	"compress/gzip"
-	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 )
 
 // The values have the characters that make their echo forms differ
@@ -70,12 +69,8 @@ func (e *echoHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		j, _ := json.Marshal(map[string]any{"headers": r.Header, "url": r.URL.String()})
 		out = bytes.ReplaceAll(j, []byte("/"), []byte(`\/`))
 	case "gzip": // compressed whatever the request accepts
-		var z bytes.Buffer
-		zw := gzip.NewWriter(&z)
-		zw.Write(out)
-		zw.Close()
 		w.Header().Set("Content-Encoding", "gzip")
-		out = z.Bytes()
+		out = gzipped(out)
 	case "br": // labelled with an encoding the host cannot decode
 		w.Header().Set("Content-Encoding", "br")
 	case "trailer":
@@ -87,6 +82,15 @@ func (e *echoHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out = prev
 	}
 	w.Write(out)
+}
+
+// gzipped is b compressed, as an upstream sends a gzip body.
+func gzipped(b []byte) []byte {
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write(b)
+	zw.Close()
+	return z.Bytes()
 }
 
 func (e *echoHandler) requests() ([]*http.Request, [][]byte) {
@@ -101,15 +105,18 @@ type guestResponse struct {
 	all    string // status line, headers, body (decoded if gzip) and trailer
 }
 
-// guestDo sends a request from the guest with a client that does not
-// decompress by itself, so the test sees what the host sent.
-func guestDo(t *testing.T, g *testGuest, method, url string, hdr http.Header, body io.Reader) guestResponse {
+// rawClient is a guest HTTP client that does not decompress by itself,
+// so the test sees what the host sent.
+func rawClient(g *netpolicytest.Guest) *http.Client {
+	tr := g.Transport()
+	tr.DisableCompression = true
+	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+}
+
+// guestDo sends a request from the guest with a rawClient.
+func guestDo(t *testing.T, g *netpolicytest.Guest, method, url string, hdr http.Header, body io.Reader) guestResponse {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{
-		DialContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return g.dial(ctx, addr) },
-		TLSClientConfig:    &tls.Config{RootCAs: g.roots},
-		DisableCompression: true,
-	}, Timeout: 20 * time.Second}
+	c := rawClient(g)
 	defer c.CloseIdleConnections()
 	req, err := http.NewRequest(method, url, body)
 	if err != nil {
@@ -190,8 +197,7 @@ func TestSecretsNotEchoed(t *testing.T) {
 	p := localPolicy("api.test", "plain.test")
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
-	g.record()
+	g.Record()
 
 	type request struct {
 		method, path string
@@ -341,7 +347,7 @@ func TestSecretsNotEchoed(t *testing.T) {
 				}
 			}
 			if tt.plain {
-				if frames := g.receivedBytes(); bytes.Contains(frames, []byte(echoValue)) || bytes.Contains(frames, []byte(urlValue)) {
+				if frames := g.Received(); bytes.Contains(frames, []byte(echoValue)) || bytes.Contains(frames, []byte(urlValue)) {
 					t.Errorf("a frame the guest received holds the value")
 				}
 			}
@@ -370,7 +376,6 @@ func TestBodyExfilBlocked(t *testing.T) {
 	p.Secrets = []Secret{{Name: "TOKEN", Hosts: []string{"api.test"}, Value: NewSecretValue(echoValue)}}
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
 	ph := placeholderOf(t, n, "TOKEN")
 	big := strings.Repeat("x", 1<<20) // past any prefix a bounded scan would read first
 

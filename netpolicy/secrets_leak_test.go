@@ -3,13 +3,10 @@ package netpolicy
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
-	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -19,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 )
 
 // These tests are written from the guest's side: each is a way a hostile
@@ -61,12 +60,8 @@ func (b *requestBin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "stored\n")
 	case "/show":
 		if r.URL.Query().Get("gzip") == "1" {
-			var z bytes.Buffer
-			zw := gzip.NewWriter(&z)
-			zw.Write(stored)
-			zw.Close()
 			w.Header().Set("Content-Encoding", "gzip")
-			stored = z.Bytes()
+			stored = gzipped(stored)
 		}
 		http.ServeContent(w, r, "bin.txt", time.Unix(1e9, 0), bytes.NewReader(stored))
 	case "/early":
@@ -121,7 +116,7 @@ func (b *requestBin) lastHeader() http.Header {
 type leakEnv struct {
 	t    *testing.T
 	n    *Network
-	g    *testGuest
+	g    *netpolicytest.Guest
 	bin  *requestBin
 	port string
 }
@@ -131,7 +126,6 @@ func newLeakEnv(t *testing.T, secret string) *leakEnv {
 	up := newUpstream(t, true, bin.ServeHTTP)
 	n := newTestNetwork(t, localPolicy("api.test", "other.test"))
 	g := newTestGuest(t, n)
-	g.configure()
 	e := &leakEnv{t: t, n: n, g: g, bin: bin, port: up.port()}
 	if secret != "" {
 		e.setSecret(secret)
@@ -159,10 +153,7 @@ func (e *leakEnv) url(host, path string) string {
 // them (decoded if gzip).
 func (e *leakEnv) body(host, path string, h http.Header) (int, string) {
 	e.t.Helper()
-	c := &http.Client{Transport: &http.Transport{
-		DialContext:     func(ctx context.Context, _, addr string) (net.Conn, error) { return e.g.dial(ctx, addr) },
-		TLSClientConfig: &tls.Config{RootCAs: e.g.roots},
-	}, Timeout: 20 * time.Second}
+	c := &http.Client{Transport: e.g.Transport(), Timeout: 20 * time.Second}
 	defer c.CloseIdleConnections()
 	req, _ := http.NewRequest("GET", e.url(host, path), nil)
 	for k, v := range h {
@@ -218,10 +209,7 @@ func TestLeakEarlyHints(t *testing.T) {
 	e := newLeakEnv(t, "TOKEN@api.test="+echoValue)
 	ph := placeholderOf(t, e.n, "TOKEN")
 	e.store(ph)
-	c := &http.Client{Transport: &http.Transport{
-		DialContext:     func(ctx context.Context, _, addr string) (net.Conn, error) { return e.g.dial(ctx, addr) },
-		TLSClientConfig: &tls.Config{RootCAs: e.g.roots},
-	}, Timeout: 20 * time.Second}
+	c := &http.Client{Transport: e.g.Transport(), Timeout: 20 * time.Second}
 	defer c.CloseIdleConnections()
 	for _, host := range []string{"api.test", "other.test"} {
 		var hints strings.Builder
@@ -260,11 +248,8 @@ func TestLeakWebSocketToSecretHost(t *testing.T) {
 	for _, tc := range []struct{ host, auth string }{{"api.test", "Bearer " + ph}, {"api.test", ""}, {"other.test", ""}} {
 		host, auth := tc.host, tc.auth
 		before := e.bin.requests()
-		raw, err := e.g.dial(context.Background(), host+":"+e.port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := tls.Client(raw, &tls.Config{ServerName: host, RootCAs: e.g.roots})
+		raw := e.g.MustDial(t, host+":"+e.port)
+		c := tls.Client(raw, &tls.Config{ServerName: host, RootCAs: e.g.Roots()})
 		req := "GET /ws HTTP/1.1\r\nHost: " + host + ":" + e.port + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 		if auth != "" {
 			req += "Authorization: " + auth + "\r\n"
@@ -392,11 +377,7 @@ func TestLeakBasicFlood(t *testing.T) {
 func TestLeakDuringStream(t *testing.T) {
 	const value2 = "second/token+value=44&<w>"
 	e := newLeakEnv(t, "")
-	c := &http.Client{Transport: &http.Transport{
-		DialContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return e.g.dial(ctx, addr) },
-		TLSClientConfig:    &tls.Config{RootCAs: e.g.roots},
-		DisableCompression: true,
-	}, Timeout: 20 * time.Second}
+	c := rawClient(e.g)
 	defer c.CloseIdleConnections()
 	for _, step := range []struct{ name, spec, value string }{
 		{"first secret set while streaming", "TOKEN@api.test=" + echoValue, echoValue},
@@ -431,11 +412,7 @@ func TestLeakDuringStream(t *testing.T) {
 func TestNoScrubWithoutSecrets(t *testing.T) {
 	e := newLeakEnv(t, "")
 	e.store("nothing secret here")
-	c := &http.Client{Transport: &http.Transport{
-		DialContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return e.g.dial(ctx, addr) },
-		TLSClientConfig:    &tls.Config{RootCAs: e.g.roots},
-		DisableCompression: true,
-	}, Timeout: 20 * time.Second}
+	c := rawClient(e.g)
 	defer c.CloseIdleConnections()
 	req, _ := http.NewRequest("GET", e.url("other.test", "/show?gzip=1"), nil)
 	req.Header.Set("Accept-Encoding", "gzip")

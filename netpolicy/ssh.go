@@ -253,12 +253,7 @@ func (sp *sshProxy) serve(fc *flowConn, ep tcpip.Endpoint) {
 	up, err := sp.connectUpstream(ctx, p, name, dst.Port(), ev.User)
 	cancel()
 	if err != nil {
-		var be *blockedError
-		if errors.As(err, &be) {
-			ev.Action, ev.Reason = Blocked, be.reason
-		} else {
-			ev.Action, ev.Reason = Failed, p.redact(err.Error())
-		}
+		ev.dialFailed(p, err)
 		n.event(ev)
 		sp.refuse(gconn, gchans, ev.Reason)
 		return

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/gondolin/gondolin/internal/testreq"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -82,38 +83,25 @@ func TestSSHEgressOpenSSHGit(t *testing.T) {
 	}
 	git(bare, "symbolic-ref", "HEAD", "refs/heads/main")
 
-	p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("github.test")+"\n"))
+	p := up.policy(t)
 	p.SSHCredentials = []SSHCredential{{User: "git", Host: "github.test", Port: up.port(), Key: keyPath}}
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
 	port := strconv.Itoa(int(up.port()))
 
 	// The bridge: each ProxyCommand connection becomes a guest
 	// connection to github.test:PORT.
-	bridge, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bridge.Close()
-	go func() {
-		for {
-			c, err := bridge.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				gc, err := g.dial(context.Background(), "github.test:"+port)
-				if err != nil {
-					return
-				}
-				defer gc.Close()
-				go func() { io.Copy(gc, c); gc.Close() }()
-				io.Copy(c, gc)
-			}()
+	bridge := testutil.Listen(t, "tcp", "127.0.0.1:0")
+	testutil.Serve(t, bridge, func(c net.Conn) {
+		defer c.Close()
+		gc, err := g.Dial(context.Background(), "github.test:"+port)
+		if err != nil {
+			return
 		}
-	}()
+		defer gc.Close()
+		go func() { io.Copy(gc, c); gc.Close() }()
+		io.Copy(c, gc)
+	})
 	guestKnownHosts := writeFile(t, string(n.SSHKnownHosts()))
 	sshCmd := fmt.Sprintf("ssh -F /dev/null -o UserKnownHostsFile=%s -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentityAgent=none -o \"ProxyCommand=busybox nc %s\"",
 		guestKnownHosts, strings.Replace(bridge.Addr().String(), ":", " ", 1))

@@ -3,7 +3,6 @@ package netpolicy
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,14 +22,12 @@ func TestSSHEgressHostile(t *testing.T) {
 	_, agentPriv, _ := ed25519.GenerateKey(rand.Reader)
 	agentPub, _ := ssh.NewPublicKey(agentPriv.Public())
 	up := newSSHUpstream(t, pub, agentPub)
-	kh := writeFile(t, up.knownHostsLine("github.test")+"\n")
-	addr := net.JoinHostPort("github.test", strconv.Itoa(int(up.port())))
+	addr := up.addr("github.test")
 
-	p := sshTestPolicy(up, kh)
+	p := up.policy(t)
 	p.SSHCredentials = []SSHCredential{{User: "git", Host: "github.test", Port: up.port(), Key: keyPath}}
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
 	cl, err := guestSSH(t, g, n, addr, "git")
 	if err != nil {
 		t.Fatal(err)
@@ -103,12 +100,11 @@ func TestSSHEgressHostileAgentUser(t *testing.T) {
 	_, agentPriv, _ := ed25519.GenerateKey(rand.Reader)
 	agentPub, _ := ssh.NewPublicKey(agentPriv.Public())
 	up := newSSHUpstream(t, agentPub)
-	p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("github.test")+"\n"))
+	p := up.policy(t)
 	p.SSHAgent = testAgent(t, agentPriv)
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
-	addr := net.JoinHostPort("github.test", strconv.Itoa(int(up.port())))
+	addr := up.addr("github.test")
 
 	for _, user := range []string{"deploy", "root", "ubuntu"} {
 		cl, err := guestSSH(t, g, n, addr, user)

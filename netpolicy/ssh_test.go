@@ -20,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/testutil"
 	"github.com/gondolin/gondolin/netpolicy/ca"
+	"github.com/gondolin/gondolin/netpolicy/netpolicytest"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -55,25 +57,17 @@ func newSSHUpstream(t testing.TB, authorized ...ssh.PublicKey) *sshUpstream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &sshUpstream{t: t, ln: ln, hostKey: hk, authorized: authorized}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go u.handle(c)
-		}
-	}()
+	u := &sshUpstream{t: t, ln: testutil.Listen(t, "tcp", "127.0.0.1:0"), hostKey: hk, authorized: authorized}
+	testutil.Serve(t, u.ln, u.handle)
 	return u
 }
 
 func (u *sshUpstream) port() uint16 { return uint16(u.ln.Addr().(*net.TCPAddr).Port) }
+
+// addr is host at the upstream's port.
+func (u *sshUpstream) addr(host string) string {
+	return net.JoinHostPort(host, strconv.Itoa(int(u.port())))
+}
 
 func (u *sshUpstream) record(list *[]string, s string) {
 	u.mu.Lock()
@@ -91,7 +85,12 @@ func (u *sshUpstream) seen() (logins, requests, execs, env, channels []string) {
 // knownHostsLine is the upstream's key as ssh-keyscan would list it for
 // name.
 func (u *sshUpstream) knownHostsLine(name string) string {
-	return knownhosts.Line([]string{knownhosts.Normalize(net.JoinHostPort(name, strconv.Itoa(int(u.port()))))}, u.hostKey.PublicKey())
+	return knownhosts.Line([]string{knownhosts.Normalize(u.addr(name))}, u.hostKey.PublicKey())
+}
+
+// policy is sshTestPolicy with the upstream's key known as github.test's.
+func (u *sshUpstream) policy(t testing.TB) Policy {
+	return sshTestPolicy(u, writeFile(t, u.knownHostsLine("github.test")+"\n"))
 }
 
 func (u *sshUpstream) handle(c net.Conn) {
@@ -221,21 +220,9 @@ func testAgent(t testing.TB, priv ed25519.PrivateKey) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "agent.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close(); os.RemoveAll(dir) })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { agent.ServeAgent(keyring, c); c.Close() }()
-		}
-	}()
+	testutil.Serve(t, testutil.Listen(t, "unix", sock), func(c net.Conn) { agent.ServeAgent(keyring, c); c.Close() })
 	return sock
 }
 
@@ -277,8 +264,8 @@ func guestHostKeys(t testing.TB, n *Network) ssh.HostKeyCallback {
 
 // guestSSH logs in from the guest as user to addr, trusting what the
 // guest's system known_hosts holds, with no key of its own.
-func guestSSH(t testing.TB, g *testGuest, n *Network, addr, user string) (*ssh.Client, error) {
-	conn, err := g.dial(context.Background(), addr)
+func guestSSH(t testing.TB, g *netpolicytest.Guest, n *Network, addr, user string) (*ssh.Client, error) {
+	conn, err := g.Dial(context.Background(), addr)
 	if err != nil {
 		return nil, err
 	}
@@ -329,15 +316,13 @@ func TestSSHEgress(t *testing.T) {
 	_, agentPriv, _ := ed25519.GenerateKey(rand.Reader)
 	agentPub, _ := ssh.NewPublicKey(agentPriv.Public())
 	up := newSSHUpstream(t, pub, agentPub)
-	kh := writeFile(t, up.knownHostsLine("github.test")+"\n")
-	p := sshTestPolicy(up, kh)
+	p := up.policy(t)
 	p.SSHCredentials = []SSHCredential{{User: "git", Host: "github.test", Port: up.port(), Key: keyPath}}
 	p.SSHAgent = testAgent(t, agentPriv)
 	n := newTestNetwork(t, p)
 	g := newTestGuest(t, n)
-	g.configure()
-	g.record()
-	addr := net.JoinHostPort("github.test", strconv.Itoa(int(up.port())))
+	g.Record()
+	addr := up.addr("github.test")
 
 	cl, err := guestSSH(t, g, n, addr, "git")
 	if err != nil {
@@ -522,7 +507,7 @@ func TestSSHEgress(t *testing.T) {
 		keyPEM, _ := os.ReadFile(keyPath)
 		evs, _ := json.Marshal(n.Events())
 		pol, _ := json.Marshal(n.Policy())
-		rx := g.receivedBytes()
+		rx := g.Received()
 		if len(rx) < 1000 {
 			t.Fatalf("only %d bytes recorded", len(rx))
 		}
@@ -547,95 +532,71 @@ func TestSSHEgressRefusals(t *testing.T) {
 	keyPath, _, pub := sshKeyFile(t, "")
 	up := newSSHUpstream(t, pub)
 	other := newSSHUpstream(t, pub) // a key nobody listed
-	cred := func(port uint16) []SSHCredential {
-		return []SSHCredential{{Host: "*.test", Port: port, Key: keyPath}}
-	}
+	otherKey, _, _ := sshKeyFile(t, "")
+	encKey, _, _ := sshKeyFile(t, "hunter2hunter2")
 	cases := []struct {
-		name   string
-		policy func() Policy
-		dial   string // host:port the guest dials ("" = github.test:up)
-		action Action
-		msg    string // in the guest's channel-open error and the event
+		name       string
+		knownHosts string          // the --ssh-known-hosts line ("" = up's key as github.test's)
+		tweak      func(p *Policy) // after the key file is set as the credential for *.test
+		dial       string          // host:port the guest dials ("" = github.test:up)
+		action     Action
+		msg        string // in the guest's channel-open error and the event
 	}{
 		{
-			name: "unknown host key",
-			policy: func() Policy {
-				p := sshTestPolicy(up, writeFile(t, other.knownHostsLine("gitlab.test")+"\n"))
-				p.SSHCredentials = cred(up.port())
-				return p
-			},
+			name: "unknown host key", knownHosts: other.knownHostsLine("gitlab.test"),
 			action: Blocked, msg: "is not in --ssh-known-hosts, and gondolin never trusts a key on first use",
 		},
 		{
-			name: "changed host key",
-			policy: func() Policy {
-				changed := knownhosts.Line([]string{knownhosts.Normalize(net.JoinHostPort("github.test", strconv.Itoa(int(up.port()))))}, other.hostKey.PublicKey())
-				p := sshTestPolicy(up, writeFile(t, changed+"\n"))
-				p.SSHCredentials = cred(up.port())
-				return p
-			},
+			name: "changed host key", knownHosts: knownhosts.Line([]string{knownhosts.Normalize(up.addr("github.test"))}, other.hostKey.PublicKey()),
 			action: Blocked, msg: "does not match --ssh-known-hosts",
 		},
 		{
-			name: "host not allowed",
-			policy: func() Policy {
-				p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("gitlab.test")+"\n"))
-				p.SSHCredentials = cred(up.port())
-				return p
-			},
-			dial:   "gitlab.test",
+			name: "host not allowed", knownHosts: up.knownHostsLine("gitlab.test"), dial: "gitlab.test",
 			action: Blocked, msg: "is not allowed; allow it with --ssh-allow-host gitlab.test:",
 		},
 		{
-			name: "internal address not lifted",
-			policy: func() Policy {
-				p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("github.test")+"\n"))
-				p.SSHCredentials = cred(up.port())
-				p.AllowInternal = nil
-				return p
-			},
+			name:   "internal address not lifted",
+			tweak:  func(p *Policy) { p.AllowInternal = nil },
 			action: Blocked, msg: "127.0.0.1 is internal",
 		},
 		{
 			name: "upstream refuses the key",
-			policy: func() Policy {
-				p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("github.test")+"\n"))
-				other, _, _ := sshKeyFile(t, "")
-				p.SSHCredentials = []SSHCredential{{Host: "github.test", Port: up.port(), Key: other}}
-				return p
+			tweak: func(p *Policy) {
+				p.SSHCredentials = []SSHCredential{{Host: "github.test", Port: up.port(), Key: otherKey}}
 			},
 			action: Failed, msg: "refused the login as git with 1 key(s)",
 		},
 		{
 			name: "encrypted key without its passphrase",
-			policy: func() Policy {
-				p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("github.test")+"\n"))
-				enc, _, _ := sshKeyFile(t, "hunter2hunter2")
-				p.SSHCredentials = []SSHCredential{{Host: "github.test", Port: up.port(), Key: enc, PassphraseEnv: "KEY_PASS"}}
-				return p
+			tweak: func(p *Policy) {
+				p.SSHCredentials = []SSHCredential{{Host: "github.test", Port: up.port(), Key: encKey, PassphraseEnv: "KEY_PASS"}}
 			},
 			action: Failed, msg: "passphrase (from $KEY_PASS) is not known",
 		},
 		{
-			name: "agent socket gone",
-			policy: func() Policy {
-				p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("github.test")+"\n"))
-				p.SSHAgent = "/nonexistent/agent.sock"
-				return p
-			},
+			name:   "agent socket gone",
+			tweak:  func(p *Policy) { p.SSHCredentials, p.SSHAgent = nil, "/nonexistent/agent.sock" },
 			action: Failed, msg: "--ssh-agent: no such file or directory",
 		},
 	}
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
-			n := newTestNetwork(t, tt.policy())
+			kh := tt.knownHosts
+			if kh == "" {
+				kh = up.knownHostsLine("github.test")
+			}
+			p := sshTestPolicy(up, writeFile(t, kh+"\n"))
+			p.SSHCredentials = []SSHCredential{{Host: "*.test", Port: up.port(), Key: keyPath}}
+			if tt.tweak != nil {
+				tt.tweak(&p)
+			}
+			n := newTestNetwork(t, p)
 			g := newTestGuest(t, n)
-			g.configure()
 			host := tt.dial
 			if host == "" {
 				host = "github.test"
 			}
-			addr := net.JoinHostPort(host, strconv.Itoa(int(up.port())))
+			addr := up.addr(host)
 			before, _, beforeExecs, _, _ := up.seen()
 			cl, err := guestSSH(t, g, n, addr, "git")
 			if err != nil {
@@ -665,7 +626,6 @@ func TestSSHEgressRefusals(t *testing.T) {
 func TestSSHEgressOff(t *testing.T) {
 	n := newTestNetwork(t, localPolicy())
 	g := newTestGuest(t, n)
-	g.configure()
 	if _, err := guestSSH(t, g, n, "github.test:22", "git"); err == nil || !isReset(err) && !errors.Is(err, io.EOF) {
 		t.Fatalf("handshake: %v, want a reset", err)
 	}
@@ -678,26 +638,21 @@ func TestSSHEgressOff(t *testing.T) {
 func TestSSHEgressLimits(t *testing.T) {
 	keyPath, _, pub := sshKeyFile(t, "")
 	up := newSSHUpstream(t, pub)
-	p := sshTestPolicy(up, writeFile(t, up.knownHostsLine("github.test")+"\n"))
+	p := up.policy(t)
 	p.SSHCredentials = []SSHCredential{{Host: "github.test", Port: up.port(), Key: keyPath}}
 	n := newTestNetwork(t, p, func(o *Options) {
 		o.MaxSSHConns = 1
 		o.SSHHandshakeTimeout = time.Second
 	})
 	g := newTestGuest(t, n)
-	g.configure()
-	addr := net.JoinHostPort("github.test", strconv.Itoa(int(up.port())))
+	addr := up.addr("github.test")
 
 	t.Run("a guest that stalls its handshake is cut off", func(t *testing.T) {
-		c, err := g.dial(context.Background(), addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := g.MustDial(t, addr)
 		io.WriteString(c, "SSH-2.0-stalling\r\n")
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		start := time.Now()
-		_, err = io.Copy(io.Discard, c)
+		_, err := io.Copy(io.Discard, c)
 		if d := time.Since(start); err != nil || d > 3*time.Second {
 			t.Fatalf("connection ended after %v with %v", d, err)
 		}

@@ -48,13 +48,7 @@ type SSHHost struct {
 }
 
 // String is the entry as the user wrote it: [USER@]HOST:PORT.
-func (h SSHHost) String() string {
-	s := joinPattern(h.Host, h.Port)
-	if h.User != "" {
-		s = h.User + "@" + s
-	}
-	return s
-}
+func (h SSHHost) String() string { return userPattern(h.User, h.Host, h.Port) }
 
 // flag names the flag the entry comes from.
 func (h SSHHost) flag() string {
@@ -87,13 +81,7 @@ type SSHCredential struct {
 
 // ID names the credential as the user wrote it: [USER@]HOST:PORT. It keys
 // SSHPassphrases and appears in events and errors (the key path does not).
-func (c SSHCredential) ID() string {
-	id := joinPattern(c.Host, c.Port)
-	if c.User != "" {
-		id = c.User + "@" + id
-	}
-	return id
-}
+func (c SSHCredential) ID() string { return userPattern(c.User, c.Host, c.Port) }
 
 // String shows the credential without its passphrase.
 func (c SSHCredential) String() string {
@@ -106,6 +94,16 @@ func (c SSHCredential) String() string {
 
 func joinPattern(host string, port uint16) string {
 	return net.JoinHostPort(host, strconv.Itoa(int(port)))
+}
+
+// userPattern is [USER@]HOST:PORT, as --ssh-allow-host and
+// --ssh-credential spell an entry.
+func userPattern(user, host string, port uint16) string {
+	s := joinPattern(host, port)
+	if user != "" {
+		s = user + "@" + s
+	}
+	return s
 }
 
 // ParseSSHHost parses --ssh-allow-host [USER@]HOST[:PORT] (port 22 by

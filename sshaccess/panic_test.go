@@ -39,51 +39,27 @@ func TestPanicContained(t *testing.T) {
 		run  func(t *testing.T)
 	}{
 		{"command", func(t *testing.T) {
-			cl, err := login(t, s, "root")
-			if err != nil {
-				t.Fatal(err)
-			}
+			cl := mustLogin(t, s, "root")
 			sess, err := cl.NewSession()
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer sess.Close()
-			done := make(chan error, 1)
-			go func() { done <- sess.Run("choke") }()
-			select {
-			case err := <-done:
-				if err == nil {
-					t.Fatal("the command succeeded")
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the session hangs")
-			}
+			failsWithin(t, "the command", func() error { return sess.Run("choke") })
 			// The connection's other sessions go on.
 			if out, _, code := run(t, cl, "echo same connection", ""); out != "same connection\n" || code != 0 {
 				t.Errorf("%q %d", out, code)
 			}
 		}},
 		{"forwarding", func(t *testing.T) {
-			cl, err := login(t, s, "root")
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() {
+			cl := mustLogin(t, s, "root")
+			failsWithin(t, "the forwarding", func() error {
 				c, err := cl.Dial("tcp", "localhost:8000")
 				if err == nil {
 					c.Close()
 				}
-				done <- err
-			}()
-			select {
-			case err := <-done:
-				if err == nil {
-					t.Fatal("forwarding succeeded")
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the forwarding hangs")
-			}
+				return err
+			})
 		}},
 	} {
 		t.Run(tc.name, tc.run)
@@ -91,11 +67,24 @@ func TestPanicContained(t *testing.T) {
 	if l := logs.String(); strings.Count(l, "level=ERROR") < 2 || !strings.Contains(l, "panic_test.go") {
 		t.Errorf("panics not logged with their stacks:\n%s", l)
 	}
-	cl, err := login(t, s, "root")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := mustLogin(t, s, "root")
 	if out, _, code := run(t, cl, "echo still here", ""); out != "still here\n" || code != 0 {
 		t.Errorf("after the panics: %q %d", out, code)
+	}
+}
+
+// failsWithin runs f and fails t unless it returns an error within 10
+// seconds: what a panic in serving it must come to, rather than a hang.
+func failsWithin(t *testing.T, what string, f func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("%s succeeded", what)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s hangs", what)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gondolin/gondolin/internal/testreq"
+	"github.com/gondolin/gondolin/internal/testutil"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -123,6 +124,16 @@ func login(t testing.TB, s *Server, user string) (*ssh.Client, error) {
 	return dial(t, s, user, signer)
 }
 
+// mustLogin is login for a test that cannot go on without it.
+func mustLogin(t testing.TB, s *Server, user string) *ssh.Client {
+	t.Helper()
+	cl, err := login(t, s, user)
+	if err != nil {
+		t.Fatalf("login as %s: %v", user, err)
+	}
+	return cl
+}
+
 func dial(t testing.TB, s *Server, user string, signer ssh.Signer) (*ssh.Client, error) {
 	hk, err := knownhosts.New(s.KnownHostsPath())
 	if err != nil {
@@ -163,20 +174,8 @@ func run(t testing.TB, cl *ssh.Client, cmd string, stdin string) (stdout, stderr
 
 func TestLogin(t *testing.T) {
 	fb := &forwardingBackend{}
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	echo := testutil.Listen(t, "tcp", "127.0.0.1:0")
+	testutil.Serve(t, echo, func(c net.Conn) { io.Copy(c, c); c.Close() })
 	fb.target = echo.Addr().String()
 	s := newServer(t, Options{Backend: fb, SFTPServer: []string{"/usr/lib/openssh/sftp-server"}})
 
@@ -197,10 +196,7 @@ func TestLogin(t *testing.T) {
 			t.Errorf("Addr = %s", a)
 		}
 	})
-	cl, err := login(t, s, "root")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := mustLogin(t, s, "root")
 	t.Run("exec", func(t *testing.T) {
 		out, errOut, code := run(t, cl, "echo hello", "")
 		if out != "hello\n" || errOut != "to stderr\n" || code != 0 {
@@ -339,10 +335,7 @@ func TestRefused(t *testing.T) {
 		}
 	})
 	t.Run("no sftp server", func(t *testing.T) {
-		cl, err := login(t, s, "root")
-		if err != nil {
-			t.Fatal(err)
-		}
+		cl := mustLogin(t, s, "root")
 		sess, _ := cl.NewSession()
 		defer sess.Close()
 		if err := sess.RequestSubsystem("sftp"); err == nil {
