@@ -90,10 +90,28 @@ func qemuImg(ctx context.Context, args ...string) ([]byte, error) {
 
 // backingFile returns a qcow2 file's backing file, resolved as QEMU does
 // (relative to the file's directory).
+// hostToolError is a failure of a host tool rather than of the file it
+// read.
+type hostToolError struct{ err error }
+
+func (e *hostToolError) Error() string { return e.err.Error() }
+
+// corruptUnlessHost reads a failure to read disk's header as the
+// snapshot's damage (ErrCorrupt), unless the host's tool failed.
+func corruptUnlessHost(disk string, err error) error {
+	var he *hostToolError
+	if errors.As(err, &he) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %v", ErrCorrupt, disk, err)
+}
+
 func backingFile(path string) (string, error) {
 	out, err := exec.Command("qemu-img", "info", "--output=json", "-U", path).Output()
 	if err != nil {
-		return "", fmt.Errorf("qemu-img info: %v", err)
+		// The host's tool failed (missing, or the file unreadable): not
+		// the snapshot's fault, so not ErrCorrupt.
+		return "", &hostToolError{fmt.Errorf("qemu-img info %s: %v", path, err)}
 	}
 	var info struct {
 		Format  string `json:"format"`
@@ -137,7 +155,7 @@ func ResumeBacking(ctx context.Context, s *Snapshot, base, dir string) (string, 
 	disk := s.DiskPath()
 	current, err := backingFile(disk)
 	if err != nil {
-		return "", fmt.Errorf("%w: %s: %v", ErrCorrupt, disk, err)
+		return "", corruptUnlessHost(disk, err)
 	}
 	if current == base {
 		return disk, nil
