@@ -28,18 +28,20 @@ func RunningPID(dir string) (int, error) {
 	if err != nil || pid <= 0 {
 		return 0, fmt.Errorf("%w: bad pid file", ErrNotRunning)
 	}
+	// A zombie has exited; only its parent has not reaped it yet. (Checked
+	// first: a zombie's cmdline is empty, which would read as another
+	// process.)
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			return 0, fmt.Errorf("%w: process %d has exited", ErrNotRunning, pid)
+		}
+	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return 0, fmt.Errorf("%w: process %d is gone", ErrNotRunning, pid)
 	}
 	if !bytes.Contains(cmdline, []byte("qemu-system")) || !bytes.Contains(cmdline, []byte(dir+"/")) {
 		return 0, fmt.Errorf("%w: process %d is not this VM's QEMU", ErrNotRunning, pid)
-	}
-	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// A zombie has exited; only its parent has not reaped it yet.
-		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-			return 0, fmt.Errorf("%w: process %d has exited", ErrNotRunning, pid)
-		}
 	}
 	return pid, nil
 }
