@@ -149,6 +149,10 @@ func (s *session) adoptProcesses(ctx context.Context, a *vm.Agent) error {
 		return err
 	}
 	s.mu.Lock()
+	if s.state.Stopped || s.m == nil {
+		s.mu.Unlock()
+		return errorf(errdefs.ErrUnavailable, "session %s stopped while its agent was connecting", s.rec.ID)
+	}
 	s.agent = a
 	s.stale = ""
 	known := map[uint64]agentproto.Process{}

@@ -93,6 +93,7 @@ const (
 	silentAgent                     // accepts the connection, never answers
 	answeringAgent                  // answers at once
 	lateAgent                       // answers once the test says so, while adoption waits
+	tooLateAgent                    // answers only after adoption gave up on it
 )
 
 // fakeAgent is a guest agent on a VM's agent socket: it accepts
@@ -280,6 +281,8 @@ func TestAdoptDecides(t *testing.T) {
 		{name: "agent answers", qemu: runningQEMU, agent: answeringAgent, want: Live, adopted: true},
 		{name: "agent answers, same boot", boot: "this", qemu: runningQEMU, agent: answeringAgent, want: Live, adopted: true},
 		{name: "agent answers late", qemu: runningQEMU, agent: lateAgent, want: Live, before: "reconnecting to the agent", adopted: true},
+		{name: "agent answers after adoption gave up", qemu: runningQEMU, agent: tooLateAgent, want: Live,
+			before: "agent not answering: guest agent did not answer", adopted: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -287,6 +290,13 @@ func TestAdoptDecides(t *testing.T) {
 			// closed and the processes were reaped.
 			before := goleak.IgnoreCurrent()
 			t.Cleanup(func() { goleak.VerifyNone(t, before) })
+			if tt.agent == tooLateAgent {
+				// Restored after the supervisor's Close has waited for
+				// its watchers (cleanups run last registered first).
+				old := probeInterval
+				probeInterval = 200 * time.Millisecond
+				t.Cleanup(func() { probeInterval = old })
+			}
 
 			home, err := os.MkdirTemp("", "gdad") // short: the agent socket's path is bounded
 			if err != nil {
@@ -361,6 +371,19 @@ func TestAdoptDecides(t *testing.T) {
 			case <-adopted:
 			case <-time.After(30 * time.Second):
 				t.Fatal("Adopt did not return")
+			}
+			if tt.agent == tooLateAgent {
+				// Adoption gave up: stale, and asked again at every probe
+				// until the guest answers.
+				s, err := sv.Get(adoptID)
+				if err != nil || s.State != Stale || !strings.Contains(s.Reason, tt.before) {
+					t.Fatalf("after adoption gave up: %s %q, %v; want stale %q", s.State, s.Reason, err, tt.before)
+				}
+				agent.speak()
+				testutil.WaitFor(t, 10*time.Second, "the session live once its agent answered", func() bool {
+					s, err := sv.Get(adoptID)
+					return err == nil && s.State == Live
+				})
 			}
 
 			s, err := sv.Get(adoptID)

@@ -104,12 +104,12 @@ type cpuSample struct {
 	pct   float64
 }
 
-// The supervisor pings every live agent this often; a guest that does not
-// answer in time is stale until it does.
-const (
-	probeInterval = 10 * time.Second
-	probeTimeout  = 5 * time.Second
-)
+// The supervisor pings every live agent this often, and asks a guest
+// that did not answer again as often: it is stale until it answers.
+// (probeInterval is a variable for tests.)
+var probeInterval = 10 * time.Second
+
+const probeTimeout = 5 * time.Second
 
 // markBroken contains a panic in code that served this session's guest:
 // the session turns stale with the reason (the stack goes to the log),
@@ -132,9 +132,10 @@ func (s *session) markBroken(pe *contain.PanicError) {
 }
 
 // watch follows the VM and the agent connection for the session's life:
-// a lost connection is retried, a dead VM makes the session stale. It
-// returns when the session goes or the supervisor closes (s.ctx ends):
-// a connection that Close dropped is not made again.
+// a lost connection is made again, and a guest that did not answer is
+// asked again at every probe (it may answer late); a dead VM makes the
+// session stale. It returns when the session goes or the supervisor
+// closes (s.ctx ends): a connection that Close dropped is not made again.
 func (s *session) watch() {
 	gone := s.ctx.Done()
 	for {
@@ -155,6 +156,8 @@ func (s *session) watch() {
 			s.vmExited(m)
 			return
 		case <-agentDone:
+			// A dying VM drops the connection first: give it a moment to
+			// show that it exited.
 			select {
 			case <-gone:
 				return
@@ -167,36 +170,19 @@ func (s *session) watch() {
 			if s.agent == a {
 				s.agent = nil
 			}
-			stopping, broken := s.stopping, s.broken != ""
 			s.mu.Unlock()
-			if stopping {
+			s.reconnect()
+		case <-time.After(probeInterval):
+			if a == nil {
+				s.reconnect()
 				continue
 			}
-			if broken {
-				s.awaitExit(m) // say so if it dies; never serve it again
-				return
-			}
-			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-			err := s.connect(ctx)
-			cancel()
-			if err != nil && s.ctx.Err() != nil {
-				return // the session went meanwhile: not the guest's fault
-			}
-			if err != nil {
-				s.mu.Lock()
-				s.stale = "agent not answering: " + err.Error()
-				s.mu.Unlock()
-				s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: s.stale})
-				s.awaitExit(m) // keep watching the VM: if it dies, say so
-				return
-			}
-		case <-time.After(probeInterval):
 			// A hung guest keeps its connection open: probe it (unless it
 			// is paused on purpose, for a snapshot).
 			s.mu.Lock()
 			snapshotting := s.snapshotting
 			s.mu.Unlock()
-			if a != nil && !snapshotting {
+			if !snapshotting {
 				ctx, cancel := context.WithTimeout(s.ctx, probeTimeout)
 				_, err := a.Ping(ctx)
 				cancel()
@@ -206,19 +192,44 @@ func (s *session) watch() {
 						s.stale = "agent not answering: " + err.Error()
 					}
 					s.mu.Unlock()
-					a.Close() // the next round reconnects or gives up
+					a.Close() // the next round reconnects
 				}
 			}
 		}
 	}
 }
 
-// awaitExit waits for m to exit (and says so) or for the session to go.
-func (s *session) awaitExit(m *vm.Machine) {
-	select {
-	case <-m.Exited():
-		s.vmExited(m)
-	case <-s.ctx.Done():
+// reconnect connects to the agent again, unless the session is stopping,
+// stopped, broken (never served again) or paused for a snapshot. A guest
+// that does not answer leaves the session stale with the reason; watch
+// asks again at its next probe, one attempt at a time, each bounded.
+func (s *session) reconnect() {
+	s.mu.Lock()
+	skip := s.stopping || s.state.Stopped || s.broken != "" || s.snapshotting
+	wasStale := s.stale != ""
+	s.mu.Unlock()
+	if skip {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	err := s.connect(ctx)
+	cancel()
+	if s.ctx.Err() != nil {
+		return // the session went meanwhile: not the guest's fault
+	}
+	if err == nil {
+		if wasStale {
+			s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Live})
+		}
+		return
+	}
+	s.mu.Lock()
+	reason := "agent not answering: " + err.Error()
+	changed := s.stale != reason
+	s.stale = reason
+	s.mu.Unlock()
+	if changed {
+		s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: reason})
 	}
 }
 
