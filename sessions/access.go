@@ -22,6 +22,13 @@ type SSHAccess struct {
 	Listen string `json:"listen,omitempty"` // default 127.0.0.1
 }
 
+// servingLocked reports whether the session's VM runs and is not being
+// stopped: only then may a listener be added, since a stop releases only
+// what it finds (the caller holds s.mu).
+func (s *session) servingLocked() bool {
+	return s.m != nil && !s.state.Stopped && !s.stopping
+}
+
 // startAccess opens a session's ingress routes and SSH endpoint. It runs
 // at creation and again after a supervisor restart, with the recorded
 // routes and port, so addresses and the printed ssh command stay valid.
@@ -46,6 +53,11 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 			kept = append(kept, got)
 		}
 		s.mu.Lock()
+		if !s.servingLocked() {
+			s.mu.Unlock()
+			gw.Close()
+			return errorf(errdefs.ErrUnavailable, "session %s stopped while its routes were opened", s.rec.ID)
+		}
 		s.gw = gw
 		s.state.Routes = kept
 		s.mu.Unlock()
@@ -61,6 +73,11 @@ func (s *session) startAccess(routes []ingress.Route, ssh *SSHAccess) error {
 			rec := *ssh
 			rec.Port = srv.Port()
 			s.mu.Lock()
+			if !s.servingLocked() {
+				s.mu.Unlock()
+				srv.Close()
+				return errorf(errdefs.ErrUnavailable, "session %s stopped while its SSH endpoint was opened", s.rec.ID)
+			}
 			s.sshd = srv
 			s.state.SSH = &rec
 			s.mu.Unlock()

@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/netpolicy"
 )
 
@@ -51,7 +50,7 @@ func (f SpecFlags) Build(getenv func(string) string) (*Spec, error) {
 		}
 		p, err := net.Policy(getenv)
 		if err != nil {
-			return nil, errdefs.Field("--allow-host", err)
+			return nil, err // of class invalid; names its flag when it can
 		}
 		spec.Policy = &p
 	}

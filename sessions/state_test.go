@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 )
 
@@ -108,4 +110,23 @@ func newStoredSession(t *testing.T) (*Supervisor, *session) {
 		t.Fatal(err)
 	}
 	return sv, sv.newSession(Record{ID: id}, StateRecord{})
+}
+
+// TestNoAccessWithoutVM: an SSH endpoint opened for a session whose VM is
+// gone (a stop won the race) is closed, not kept: a stop releases only
+// what it finds, and nothing would close it later.
+func TestNoAccessWithoutVM(t *testing.T) {
+	_, s := newStoredSession(t)
+	s.mu.Lock()
+	s.state.Stopped = true
+	s.mu.Unlock()
+	err := s.startAccess(nil, &SSHAccess{Listen: "127.0.0.1"})
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("startAccess on a stopped session: %v; want unavailable", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sshd != nil || s.state.SSH != nil {
+		t.Fatalf("an SSH endpoint kept for a stopped session: %v %+v", s.sshd, s.state.SSH)
+	}
 }

@@ -91,7 +91,9 @@ func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16,
 		}
 		return nil, err
 	}
+	p.mu.Lock()
 	p.id = proc.ID
+	p.mu.Unlock()
 	s.mu.Lock()
 	if s.closed {
 		// Removed meanwhile: nobody will see this terminal's screen.
@@ -233,8 +235,11 @@ func (sv *Supervisor) paintNotifier(id string, p *pty) func() {
 			p.emuMu.Lock()
 			gone := p.closed // its session was removed meanwhile
 			p.emuMu.Unlock()
+			p.mu.Lock()
+			ptyID := p.id
+			p.mu.Unlock()
 			if !gone {
-				sv.emit(Event{Type: EventPTYPaint, Session: id, PTY: p.id})
+				sv.emit(Event{Type: EventPTYPaint, Session: id, PTY: ptyID})
 			}
 		})
 	}
