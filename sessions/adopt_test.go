@@ -8,14 +8,12 @@ package sessions
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -43,42 +41,6 @@ const (
 	guestPTY     = 1
 	forgottenPTY = 2
 )
-
-// startFakeQEMU starts a process named argv0 (its /proc/PID/cmdline is
-// argv0, NUL, secs), a sleep for secs, as `exec -a argv0 sleep secs`
-// would. Unless the test reaps it first, it is killed and reaped when the
-// test ends.
-func startFakeQEMU(t *testing.T, argv0, secs string) *exec.Cmd {
-	t.Helper()
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep:", err)
-	}
-	cmd := &exec.Cmd{Path: sleep, Args: []string{argv0, secs}}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	t.Cleanup(func() {
-		once.Do(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-		})
-	})
-	// Start returns before the new program's command line is in place.
-	testutil.WaitFor(t, 10*time.Second, "the process's command line", func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
-		return err != nil || bytes.HasPrefix(b, []byte(argv0+"\x00")) || isZombie(cmd.Process.Pid)
-	})
-	return cmd
-}
-
-// isZombie reports whether pid has exited and not been reaped.
-func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(b, ')')
-	return err == nil && i > 0 && i+2 < len(b) && b[i+2] == 'Z'
-}
 
 // qemuName is what a stand-in for the QEMU of the VM in dir calls itself.
 func qemuName(dir string) string {
@@ -226,24 +188,24 @@ var (
 	noPidFile      qemuSetup = func(t *testing.T, dir string) int { return 0 }
 	garbagePidFile qemuSetup = func(t *testing.T, dir string) int { writePidFile(t, dir, "qemu?\n"); return 0 }
 	deadPid        qemuSetup = func(t *testing.T, dir string) int {
-		cmd := startFakeQEMU(t, qemuName(dir), "0")
+		cmd := testutil.StartNamed(t, qemuName(dir), "0")
 		cmd.Wait()
 		writePidFile(t, dir, strconv.Itoa(cmd.Process.Pid))
 		return 0
 	}
 	reusedPid qemuSetup = func(t *testing.T, dir string) int {
-		cmd := startFakeQEMU(t, "sleep", "600")
+		cmd := testutil.StartNamed(t, "sleep", "600")
 		writePidFile(t, dir, strconv.Itoa(cmd.Process.Pid))
 		return 0
 	}
 	zombiePid qemuSetup = func(t *testing.T, dir string) int {
-		cmd := startFakeQEMU(t, qemuName(dir), "0")
-		testutil.WaitFor(t, 10*time.Second, "a zombie", func() bool { return isZombie(cmd.Process.Pid) })
+		cmd := testutil.StartNamed(t, qemuName(dir), "0")
+		testutil.WaitFor(t, 10*time.Second, "a zombie", func() bool { return testutil.ProcState(cmd.Process.Pid) == "Z" })
 		writePidFile(t, dir, strconv.Itoa(cmd.Process.Pid))
 		return 0
 	}
 	runningQEMU qemuSetup = func(t *testing.T, dir string) int {
-		cmd := startFakeQEMU(t, qemuName(dir), "600")
+		cmd := testutil.StartNamed(t, qemuName(dir), "600")
 		writePidFile(t, dir, strconv.Itoa(cmd.Process.Pid)+"\n")
 		return cmd.Process.Pid
 	}

@@ -158,13 +158,8 @@ func (s *session) watch() {
 		case <-agentDone:
 			// A dying VM drops the connection first: give it a moment to
 			// show that it exited.
-			select {
-			case <-gone:
+			if s.endedWithin(m, 100*time.Millisecond) {
 				return
-			case <-m.Exited():
-				s.vmExited(m)
-				return
-			case <-time.After(100 * time.Millisecond):
 			}
 			s.mu.Lock()
 			if s.agent == a {
@@ -196,6 +191,20 @@ func (s *session) watch() {
 				}
 			}
 		}
+	}
+}
+
+// endedWithin waits up to d for the session to go or its VM to exit
+// (which it then handles), and reports whether either happened.
+func (s *session) endedWithin(m *vm.Machine, d time.Duration) bool {
+	select {
+	case <-s.ctx.Done():
+		return true
+	case <-m.Exited():
+		s.vmExited(m)
+		return true
+	case <-time.After(d):
+		return false
 	}
 }
 

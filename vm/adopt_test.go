@@ -5,7 +5,6 @@ package vm
 // socket. Each test starts its own processes and reaps them when it ends.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"log"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -47,49 +45,6 @@ func qemuArgv0(dir string) string {
 	return "qemu-system-x86_64 -name gondolin -pidfile " + filepath.Join(dir, layout.QEMUPid) + " -drive file=" + filepath.Join(dir, layout.Disk)
 }
 
-// startProc starts sleep for secs under the name argv0 (its
-// /proc/PID/cmdline is argv0, NUL, secs), as `exec -a argv0 sleep secs`
-// would. Unless the test reaps it first, it is killed and reaped when the
-// test ends.
-func startProc(t *testing.T, argv0, secs string) *exec.Cmd {
-	t.Helper()
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep:", err)
-	}
-	cmd := &exec.Cmd{Path: sleep, Args: []string{argv0, secs}}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	t.Cleanup(func() {
-		once.Do(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-		})
-	})
-	// Start returns before the new program's command line is in place:
-	// wait for it (or for the process to have ended already).
-	testutil.WaitFor(t, 10*time.Second, "the process's command line", func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
-		return err != nil || bytes.HasPrefix(b, []byte(argv0+"\x00")) || procState(cmd.Process.Pid) == "Z"
-	})
-	return cmd
-}
-
-// procState is the state letter of pid in /proc/PID/stat ("" when gone).
-func procState(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return ""
-	}
-	return string(b[i+2])
-}
-
 // writePid writes dir's pid file.
 func writePid(t *testing.T, dir, content string) {
 	t.Helper()
@@ -117,7 +72,7 @@ func pidCases() []pidCase {
 		{"pid zero", func(t *testing.T, dir string) int { writePid(t, dir, "0\n"); return 0 }, []string{"bad pid file"}},
 		{"negative pid", func(t *testing.T, dir string) int { writePid(t, dir, "-1\n"); return 0 }, []string{"bad pid file"}},
 		{"dead pid", func(t *testing.T, dir string) int {
-			cmd := startProc(t, qemuArgv0(dir), "0")
+			cmd := testutil.StartNamed(t, qemuArgv0(dir), "0")
 			cmd.Wait() // exited and reaped: the pid names nothing
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid))
 			return 0
@@ -125,40 +80,40 @@ func pidCases() []pidCase {
 		{"pid reused by an unrelated process", func(t *testing.T, dir string) int {
 			// As after a reboot: the pid file outlived its QEMU, and
 			// the pid now names something else.
-			cmd := startProc(t, "sleep", "600")
+			cmd := testutil.StartNamed(t, "sleep", "600")
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid))
 			return 0
 		}, []string{"is not this VM's QEMU"}},
 		{"pid reused by a process that names the directory", func(t *testing.T, dir string) int {
-			cmd := startProc(t, "tail -f "+filepath.Join(dir, layout.ConsoleLog), "600")
+			cmd := testutil.StartNamed(t, "tail -f "+filepath.Join(dir, layout.ConsoleLog), "600")
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid))
 			return 0
 		}, []string{"is not this VM's QEMU"}},
 		{"pid reused by another VM's QEMU", func(t *testing.T, dir string) int {
-			cmd := startProc(t, qemuArgv0(filepath.Join(filepath.Dir(dir), "other")), "600")
+			cmd := testutil.StartNamed(t, qemuArgv0(filepath.Join(filepath.Dir(dir), "other")), "600")
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid))
 			return 0
 		}, []string{"is not this VM's QEMU"}},
 		{"pid reused by the QEMU of a directory with the same prefix", func(t *testing.T, dir string) int {
-			cmd := startProc(t, qemuArgv0(dir+"0"), "600")
+			cmd := testutil.StartNamed(t, qemuArgv0(dir+"0"), "600")
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid))
 			return 0
 		}, []string{"is not this VM's QEMU"}},
 		{"zombie qemu", func(t *testing.T, dir string) int {
 			// Exited, not reaped yet (its parent, this test, has not
 			// waited): its pid still names it.
-			cmd := startProc(t, qemuArgv0(dir), "0")
-			testutil.WaitFor(t, 10*time.Second, "the process a zombie", func() bool { return procState(cmd.Process.Pid) == "Z" })
+			cmd := testutil.StartNamed(t, qemuArgv0(dir), "0")
+			testutil.WaitFor(t, 10*time.Second, "the process a zombie", func() bool { return testutil.ProcState(cmd.Process.Pid) == "Z" })
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid))
 			return 0
 		}, []string{"has exited"}},
 		{"the VM's qemu", func(t *testing.T, dir string) int {
-			cmd := startProc(t, qemuArgv0(dir), "600")
+			cmd := testutil.StartNamed(t, qemuArgv0(dir), "600")
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid)+"\n") // as QEMU writes it
 			return cmd.Process.Pid
 		}, nil},
 		{"the VM's qemu, pid padded", func(t *testing.T, dir string) int {
-			cmd := startProc(t, qemuArgv0(dir), "600")
+			cmd := testutil.StartNamed(t, qemuArgv0(dir), "600")
 			writePid(t, dir, "  "+strconv.Itoa(cmd.Process.Pid)+" \n")
 			return cmd.Process.Pid
 		}, nil},
@@ -375,7 +330,7 @@ func TestAdoptedAgent(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := adoptDir(t)
-			cmd := startProc(t, qemuArgv0(dir), "600")
+			cmd := testutil.StartNamed(t, qemuArgv0(dir), "600")
 			writePid(t, dir, strconv.Itoa(cmd.Process.Pid))
 			m, err := Adopt(Config{Dir: dir})
 			if err != nil {

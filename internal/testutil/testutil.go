@@ -6,11 +6,13 @@ package testutil
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -107,4 +109,49 @@ func TCPEcho(t testing.TB) int {
 		fmt.Fprintf(c, "echo: %s", line)
 	})
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// StartNamed starts sleep for secs under the name argv0 (its
+// /proc/PID/cmdline is argv0, NUL, secs), as `exec -a argv0 sleep secs`
+// would: a stand-in for a process found by its command line, such as a
+// VM's QEMU. It returns once the name is in place (or the process has
+// ended). Unless the test reaps it first, it is killed and reaped when
+// the test ends.
+func StartNamed(t testing.TB, argv0, secs string) *exec.Cmd {
+	t.Helper()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := &exec.Cmd{Path: sleep, Args: []string{argv0, secs}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	t.Cleanup(func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
+	})
+	// Start returns before the new program's command line is in place.
+	WaitFor(t, 10*time.Second, "the process's command line", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+		return err != nil || bytes.HasPrefix(b, []byte(argv0+"\x00")) || ProcState(cmd.Process.Pid) == "Z"
+	})
+	return cmd
+}
+
+// ProcState is the state letter of pid in /proc/PID/stat: "Z" for a
+// zombie, "" when it is gone.
+func ProcState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return ""
+	}
+	return string(b[i+2])
 }
