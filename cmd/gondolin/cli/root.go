@@ -57,19 +57,27 @@ func Run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	code := exitFailure
+	code := exitCode(err)
 	var ee *exitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.code
-		if ee.err == nil {
-			return code
-		}
-	case errors.Is(err, errdefs.ErrInvalid), strings.HasPrefix(err.Error(), "unknown command"): // cobra's own usage error
-		code = exitUsage
+	if errors.As(err, &ee) && ee.err == nil {
+		return code // said already (a guest command's own code)
 	}
 	fmt.Fprintf(os.Stderr, "gondolin: %s\n", oneLine(err))
 	return code
+}
+
+// exitCode is the one mapping of an error to gondolin's exit code: an
+// exitError's own, 2 for bad input of any class invalid (found here or by
+// the supervisor), 125 for the rest.
+func exitCode(err error) int {
+	var ee *exitError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.Is(err, errdefs.ErrInvalid), strings.HasPrefix(err.Error(), "unknown command"): // cobra's own usage error
+		return exitUsage
+	}
+	return exitFailure
 }
 
 func newRoot() *cobra.Command {
