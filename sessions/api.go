@@ -181,7 +181,13 @@ type SupervisorStatus struct {
 	Home     string    `json:"home"`
 	Sessions int       `json:"sessions"`
 	Live     int       `json:"live"`
-	RSSBytes int64     `json:"rss_bytes"`
+	// RSSBytes is the supervisor process's own resident memory; the
+	// VMs' is apart: SessionsRSSBytes for live sessions' QEMUs,
+	// Pool.RSSBytes for the warm pool's.
+	RSSBytes         int64 `json:"rss_bytes"`
+	SessionsRSSBytes int64 `json:"sessions_rss_bytes"`
+	// Pool is the warm pool: VMs restored ahead of need, per shape.
+	Pool PoolStatus `json:"pool"`
 	// Templates are the home's saved templates: ready, being built, or
 	// moved aside as broken (with the reason).
 	Templates []vm.TemplateInfo `json:"templates"`

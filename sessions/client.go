@@ -81,9 +81,26 @@ func responseError(resp *http.Response) error {
 	var e apiError
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if json.Unmarshal(b, &e) != nil || e.Error == "" {
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
+			return &noRouteError{status: resp.Status}
+		}
 		e.Error = fmt.Sprintf("supervisor answered %s", resp.Status)
 	}
-	class := errdefs.FromHTTPStatus(resp.StatusCode)
+	return classedError(resp.StatusCode, e)
+}
+
+// noRouteError is the answer of a supervisor that has no such endpoint
+// (an older gondolin's).
+type noRouteError struct{ status string }
+
+func (e *noRouteError) Error() string {
+	return "supervisor answered " + e.status + " (is an older gondolin's supervisor running? gondolin supervisor stop)"
+}
+
+// classedError is the API error e, answered with HTTP status, as the
+// class of error it maps to.
+func classedError(status int, e apiError) error {
+	class := errdefs.FromHTTPStatus(status)
 	if e.Field != "" && class == errdefs.ErrInvalid {
 		return errdefs.Fieldf(e.Field, "%s", e.Error)
 	}
@@ -91,6 +108,17 @@ func responseError(resp *http.Response) error {
 		return errorf(class, "%s", e.Error)
 	}
 	return errors.New(e.Error)
+}
+
+// Ping checks that the supervisor answers, cheaply: any HTTP answer
+// will do (an older supervisor's "no such endpoint" included).
+func (c *Client) Ping(ctx context.Context) error {
+	err := c.do(ctx, http.MethodGet, "/v1/ping", nil, nil)
+	var ne *noRouteError
+	if errors.As(err, &ne) {
+		return nil
+	}
+	return err
 }
 
 // Status describes the supervisor.
@@ -271,19 +299,45 @@ func (a *Attachment) Output(w io.Writer) error {
 // Close detaches; the terminal keeps running.
 func (a *Attachment) Close() error { return a.rwc.Close() }
 
-// ExecIO is the caller's side of a command run with Client.Exec.
+// ExecStreams is the caller's side of a command run with Client.Exec or
+// Client.Run.
 type ExecStreams struct {
 	Stdin          io.Reader // nil: no stdin
 	Stdout, Stderr io.Writer
 	Signals        <-chan int
 	Resizes        <-chan [2]uint16
+	// Status and Notice, when set, receive what a one-shot exec's boot
+	// reports (see Reporter).
+	Status, Notice func(msg string)
 }
 
 // Exec runs a command in a live session and returns its exit code
 // (128+N for signal N; 126/127 when it could not start, with the error).
 func (c *Client) Exec(ctx context.Context, ref string, req ExecRequest, s ExecStreams) (int, error) {
 	req.Stdin = s.Stdin != nil
-	rwc, err := c.upgrade(ctx, "/v1/sessions/"+url.PathEscape(ref)+"/exec", req)
+	return c.execStream(ctx, "/v1/sessions/"+url.PathEscape(ref)+"/exec", req, s)
+}
+
+// ErrNoOneShot means the supervisor predates one-shot execs (an older
+// gondolin still running): the caller runs the VM itself.
+var ErrNoOneShot = errors.New("the supervisor cannot run one-shot execs")
+
+// Run runs a command in a fresh VM the supervisor makes (from its warm
+// pool when it can) and destroys afterwards, with Exec's exit codes.
+func (c *Client) Run(ctx context.Context, req RunRequest, s ExecStreams) (int, error) {
+	req.Stdin = s.Stdin != nil
+	code, err := c.execStream(ctx, "/v1/exec", req, s)
+	var ne *noRouteError
+	if errors.As(err, &ne) {
+		return 0, ErrNoOneShot
+	}
+	return code, err
+}
+
+// execStream sends req to path, upgrades the connection, forwards stdin,
+// signals and resizes, and writes the command's output until its exit.
+func (c *Client) execStream(ctx context.Context, path string, req any, s ExecStreams) (int, error) {
+	rwc, err := c.upgrade(ctx, path, req)
 	if err != nil {
 		return 0, err
 	}
@@ -329,13 +383,23 @@ func (c *Client) Exec(ctx context.Context, ref string, req ExecRequest, s ExecSt
 	for {
 		f, err := agentproto.ReadFrame(br, agentproto.MaxFrame)
 		if err != nil {
-			return 0, fmt.Errorf("exec stream: %w", err)
+			return 0, errorf(errdefs.ErrUnavailable, "exec stream: %v", err)
 		}
 		switch f.Type {
 		case agentproto.FrameStdout:
 			stdout.Write(f.Payload)
 		case agentproto.FrameStderr:
 			stderr.Write(f.Payload)
+		case frameStatus, frameNotice:
+			var msg string
+			if json.Unmarshal(f.Payload, &msg) != nil {
+				continue
+			}
+			if f.Type == frameStatus && s.Status != nil {
+				s.Status(msg)
+			} else if f.Type == frameNotice && s.Notice != nil {
+				s.Notice(msg)
+			}
 		case agentproto.FrameExit:
 			var exit agentproto.ExitStatus
 			if err := f.Decode(&exit); err != nil {
@@ -348,6 +412,12 @@ func (c *Client) Exec(ctx context.Context, ref string, req ExecRequest, s ExecSt
 				return 0, err
 			}
 			return resp.Code, resp.Err()
+		case frameFailure:
+			var sf streamFailure
+			if err := f.Decode(&sf); err != nil {
+				return 0, err
+			}
+			return 0, classedError(sf.Status, sf.apiError)
 		}
 	}
 }

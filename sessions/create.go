@@ -78,11 +78,23 @@ func (sv *Supervisor) bootNew(ctx context.Context, req CreateRequest, spec Spec)
 	if err != nil {
 		return booted{}, err
 	}
-	id := newID()
-	cfg, err := sv.rt.MachineConfig(ctx, &spec, img, sv.reg.dir(id))
+	cfg, err := sv.rt.MachineConfig(ctx, &spec, img, "")
 	if err != nil {
 		return booted{}, err
 	}
+	// A VM from the warm pool already lives in a session directory of
+	// its own: the session takes its ID.
+	id := newID()
+	var w *warmVM
+	doneBoot := func() {}
+	if !spec.Cold {
+		w, doneBoot = sv.rt.Pool.claim(cfg, &spec)
+		if w != nil {
+			id = w.id
+		}
+	}
+	defer doneBoot()
+	cfg = withRunDir(cfg, sv.reg.dir(id))
 	cfg.Detached = true
 	applyImageConfig(&spec, img)
 	ref := spec.Image
@@ -92,10 +104,20 @@ func (sv *Supervisor) bootNew(ctx context.Context, req CreateRequest, spec Spec)
 	rec := Record{ID: id, Spec: spec, Created: time.Now().UTC(), ImageRef: ref, ImageID: img.ID,
 		Command: req.Command, Keep: req.Keep, Label: req.Label, VM: cfg, HostBootID: sv.bootID}
 	if err := sv.reg.create(rec); err != nil {
+		if w != nil {
+			w.kill()
+		}
 		return booted{}, err
 	}
 	t0 := time.Now()
-	in, err := sv.rt.BootConfig(ctx, &spec, cfg, ref)
+	in, err := sv.rt.bootConfig(ctx, &spec, cfg, ref, w)
+	doneBoot()
+	if err == nil && w != nil {
+		err = w.removeMarker()
+		if err != nil {
+			in.Kill()
+		}
+	}
 	if err != nil {
 		sv.reg.remove(id)
 		return booted{}, err

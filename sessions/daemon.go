@@ -26,7 +26,7 @@ var ErrSupervisorRunning = errors.New("a supervisor is already running")
 
 // RunSupervisor runs the supervisor for home in this process until it is
 // told to stop (API or SIGTERM/SIGINT). VMs keep running after it exits.
-func RunSupervisor(home layout.Home, logger *log.Logger) error {
+func RunSupervisor(home layout.Home, logger *log.Logger, pool PoolOptions) error {
 	if err := layout.MkdirPrivate(string(home)); err != nil {
 		return err
 	}
@@ -68,7 +68,11 @@ func RunSupervisor(home layout.Home, logger *log.Logger) error {
 		logger.Printf("open-file limit %d (%d VMs' worth of mount handles)", limit, limit/mounts.MaxHandles)
 	}
 	rt.Snapshots.SweepScratch() // a dead supervisor's unfinished snapshots
+	rt.Pool = NewPool(rt, pool, logger)
+	rt.Pool.Sweep() // a dead supervisor's pool, before its sessions are adopted
 	sv.Adopt(context.Background())
+	logger.Printf("warm pool: %d VMs per shape, at most %d MiB", pool.Size, pool.MemoryMiB)
+	rt.Pool.Start()
 	api := NewAPI(sv)
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	stop := make(chan struct{}, 1)
@@ -90,6 +94,7 @@ func RunSupervisor(home layout.Home, logger *log.Logger) error {
 	logger.Printf("supervisor %d serving on %s", os.Getpid(), sockPath)
 	err = srv.Serve(ln)
 	sv.Close()
+	rt.Pool.Close()
 	logger.Printf("supervisor %d exiting; VMs keep running", os.Getpid())
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -111,7 +116,7 @@ type ConnectOptions struct {
 // none answers and opts.Start is set.
 func Connect(ctx context.Context, home layout.Home, opts ConnectOptions) (*Client, error) {
 	c := NewClient(home)
-	if _, err := c.Status(ctx); err == nil {
+	if err := c.Ping(ctx); err == nil {
 		return c, nil
 	} else if !opts.Start {
 		return nil, errorf(errdefs.ErrUnavailable, "no supervisor is running for %s (%v)", home, err)
@@ -121,7 +126,7 @@ func Connect(ctx context.Context, home layout.Home, opts ConnectOptions) (*Clien
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := c.Status(ctx); err == nil {
+		if err := c.Ping(ctx); err == nil {
 			return c, nil
 		}
 		if time.Now().After(deadline) {

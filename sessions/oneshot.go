@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,6 +29,9 @@ type ExecIO struct {
 	// Resume runs the command in a VM resumed from this snapshot instead
 	// of a fresh one.
 	Resume string
+	// Exited, when set, hears the command's outcome as soon as it is
+	// known, before the VM is destroyed: a client need not wait for that.
+	Exited func(code int, err error)
 }
 
 // Exec runs argv in a fresh VM made from spec, which is destroyed
@@ -36,6 +40,50 @@ func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecI
 	if err := spec.Validate(); err != nil {
 		return 0, err
 	}
+	if eio.Resume != "" {
+		return r.execResumed(ctx, spec, argv, eio)
+	}
+	img, err := r.ResolveImage(spec)
+	if err != nil {
+		return 0, err
+	}
+	cfg, err := r.MachineConfig(ctx, spec, img, "")
+	if err != nil {
+		return 0, err
+	}
+	var w *warmVM
+	booted := func() {}
+	if !spec.Cold {
+		w, booted = r.Pool.claim(cfg, spec)
+	}
+	defer booted()
+	var dir string
+	var release func()
+	if w != nil {
+		// A claimed VM is detached (it could have become a session) and
+		// its directory marked: a supervisor that dies now leaves it to
+		// the next one's sweep.
+		dir, release = w.dir, func() { os.RemoveAll(w.dir) }
+		cfg.Detached = true
+	} else if dir, release, err = r.NewRunDir(); err != nil {
+		return 0, err
+	}
+	defer release()
+	if r.Debug {
+		defer dumpConsole(dir)
+	}
+	applyImageConfig(spec, img)
+	in, err := r.bootConfig(ctx, spec, withRunDir(cfg, dir), strings.Join(img.Refs, ","), w)
+	booted()
+	if err != nil {
+		return 0, err
+	}
+	defer in.Kill() // disposable: no graceful shutdown needed
+	return eio.run(ctx, in.Agent, spec, argv)
+}
+
+// execResumed is Exec in a VM resumed from the snapshot eio names.
+func (r *Runtime) execResumed(ctx context.Context, spec *Spec, argv []string, eio ExecIO) (int, error) {
 	dir, release, err := r.NewRunDir()
 	if err != nil {
 		return 0, err
@@ -44,35 +92,38 @@ func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecI
 	if r.Debug {
 		defer dumpConsole(dir)
 	}
-	var in *Instance
-	if eio.Resume != "" {
-		plan, perr := r.planResume(ctx, eio.Resume, dir)
-		if perr != nil {
-			return 0, perr
-		}
-		// A snapshot this home made keeps its recorded spec; a foreign
-		// one gets the command line's (mounts and policy included).
-		rs, perr := plan.resumeSpec(*spec, spec.SecretValues())
-		if perr != nil {
-			return 0, perr
-		}
-		if plan.note != "" {
-			r.notice("gondolin: " + plan.note)
-		}
-		if !plan.foreign {
-			rs.Env = append(rs.Env, spec.Env...)
-		}
-		rs.Cwd = spec.Cwd
-		spec = &rs
-		in, err = r.BootConfig(ctx, spec, plan.cfg, "snapshot "+eio.Resume)
-	} else {
-		in, err = r.Boot(ctx, spec, dir, false)
-	}
+	plan, err := r.planResume(ctx, eio.Resume, dir)
 	if err != nil {
 		return 0, err
 	}
-	defer in.Kill() // disposable: no graceful shutdown needed
-	return RunCommand(ctx, in.Agent, spec, argv, eio)
+	// A snapshot this home made keeps its recorded spec; a foreign one
+	// gets the command line's (mounts and policy included).
+	rs, err := plan.resumeSpec(*spec, spec.SecretValues())
+	if err != nil {
+		return 0, err
+	}
+	if plan.note != "" {
+		r.notice(ctx, "gondolin: "+plan.note)
+	}
+	if !plan.foreign {
+		rs.Env = append(rs.Env, spec.Env...)
+	}
+	rs.Cwd = spec.Cwd
+	in, err := r.BootConfig(ctx, &rs, plan.cfg, "snapshot "+eio.Resume)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Kill()
+	return eio.run(ctx, in.Agent, &rs, argv)
+}
+
+// run is RunCommand, telling Exited.
+func (eio ExecIO) run(ctx context.Context, a *vm.Agent, spec *Spec, argv []string) (int, error) {
+	code, err := RunCommand(ctx, a, spec, argv, eio)
+	if eio.Exited != nil {
+		eio.Exited(code, err)
+	}
+	return code, err
 }
 
 // dumpConsole copies a VM's serial console to stderr (GONDOLIN_DEBUG).

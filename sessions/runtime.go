@@ -58,6 +58,9 @@ type Runtime struct {
 	// SSH endpoints log: a panic contained to one guest connection,
 	// with its stack, among others. Without it that is dropped.
 	Log *slog.Logger
+	// Pool, when set (in the supervisor), serves exec and new sessions
+	// VMs restored ahead of need.
+	Pool *Pool
 
 	accelOnce sync.Once
 	accel     vm.Accel
@@ -165,38 +168,20 @@ func (in *Instance) Kill() {
 	}
 }
 
-// Boot starts a VM for spec in dir (which must exist) and connects to its
-// agent: a clone of the image's template when possible, else a cold boot.
-func (r *Runtime) Boot(ctx context.Context, spec *Spec, dir string, detached bool) (*Instance, error) {
-	img, err := r.ResolveImage(spec)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := r.MachineConfig(ctx, spec, img, dir)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Detached = detached
-	applyImageConfig(spec, img)
-	return r.BootConfig(ctx, spec, cfg, strings.Join(img.Refs, ","))
-}
-
 // BootConfig starts the VM cfg describes with spec's network; what names
 // its image for the status line.
 func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, what string) (*Instance, error) {
+	return r.bootConfig(ctx, spec, cfg, what, nil)
+}
+
+// bootConfig is BootConfig, with a VM claimed from the warm pool (in
+// cfg.Dir) to use instead of a clone when w is set.
+func (r *Runtime) bootConfig(ctx context.Context, spec *Spec, cfg vm.Config, what string, w *warmVM) (*Instance, error) {
 	dir := cfg.Dir
 	ctx, cancel := context.WithTimeout(ctx, r.BootTimeout)
 	defer cancel()
 	in := &Instance{}
 	setup := agentproto.Setup{Hostname: spec.hostname(dir)}
-	if cfg.Network {
-		n, err := r.NewNetwork(spec.policy(), dir)
-		if err != nil {
-			return nil, err
-		}
-		in.Net = n
-		setup.Env = n.GuestEnv()
-	}
 	fail := func(err error) (*Instance, error) {
 		if in.Machine != nil {
 			in.Kill()
@@ -205,6 +190,32 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 		return nil, err
 	}
+	if cfg.Network {
+		n, err := r.NewNetwork(spec.policy(), dir)
+		if err != nil {
+			if w != nil {
+				w.a.Close()
+				w.m.Kill()
+			}
+			return nil, err
+		}
+		in.Net = n
+		setup.Env = n.GuestEnv()
+	}
+	if w != nil {
+		if err := claimWarm(ctx, w, setup); err == nil {
+			in.Machine, in.Agent = w.m, w.a
+		} else {
+			// A pool VM that died or wedged while it waited costs only
+			// its claim: this run clones or boots in its place.
+			w.a.Close()
+			w.m.Kill()
+			cleanRunDir(dir)
+			if r.Log != nil {
+				r.Log.Warn("warm pool VM did not resume", "dir", dir, "err", err)
+			}
+		}
+	}
 	if hm := spec.hostMounts(); len(hm) > 0 {
 		srv, err := mounts.NewServer(hm, nil)
 		if err != nil {
@@ -212,13 +223,13 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 		in.FS = srv
 	}
-	defer r.Status.Clear()
+	defer r.clearStatus(ctx)
 	// A restored VM (a live snapshot) comes back with its guest already
-	// configured, as a template's clone does.
-	cloned := false
-	if !spec.Cold && cfg.Restore == "" {
+	// configured, as a template's clone (warm or not) does.
+	cloned := in.Machine != nil
+	if !cloned && !spec.Cold && cfg.Restore == "" {
 		if !r.Templates.Ready(cfg) {
-			r.Status.Show(fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", what))
+			r.show(ctx, fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", what))
 		}
 		m, a, err := r.Templates.Clone(ctx, cfg, setup)
 		switch {
@@ -229,15 +240,15 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		default:
 			// A template that cannot be built or restored never stops a
 			// run: fall back to a cold boot, in a clean directory.
-			r.templateFailed(spec, cfg, what, err)
+			r.templateFailed(ctx, spec, cfg, what, err)
 			cleanRunDir(dir)
 		}
 	}
 	if !cloned {
 		if cfg.Restore != "" {
-			r.Status.Show("gondolin: restoring " + what + "...")
+			r.show(ctx, "gondolin: restoring "+what+"...")
 		} else {
-			r.Status.Show("gondolin: booting " + what + "...")
+			r.show(ctx, "gondolin: booting "+what+"...")
 		}
 		m, err := vm.Start(ctx, cfg)
 		if err != nil {
@@ -282,7 +293,7 @@ func (r *Runtime) BootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 // when a template broke or could not be made (and a rebuild request when
 // a published one broke); nothing for a build in progress elsewhere or a
 // back-off, whose note was given when the template broke.
-func (r *Runtime) templateFailed(spec *Spec, cfg vm.Config, what string, err error) {
+func (r *Runtime) templateFailed(ctx context.Context, spec *Spec, cfg vm.Config, what string, err error) {
 	cause := err
 	var te *vm.TemplateError
 	if errors.As(err, &te) {
@@ -290,8 +301,8 @@ func (r *Runtime) templateFailed(spec *Spec, cfg vm.Config, what string, err err
 	}
 	switch {
 	case errors.Is(err, vm.ErrTemplateBroken):
-		r.Status.Clear()
-		r.notice(fmt.Sprintf("gondolin: the saved template of %s broke (%v); booting cold while it is rebuilt", what, cause))
+		r.clearStatus(ctx)
+		r.notice(ctx, fmt.Sprintf("gondolin: the saved template of %s broke (%v); booting cold while it is rebuilt", what, cause))
 		if r.RebuildTemplate != nil {
 			shape := spec.shape()
 			if img := r.imageOf(cfg); img != nil {
@@ -300,15 +311,15 @@ func (r *Runtime) templateFailed(spec *Spec, cfg vm.Config, what string, err err
 			r.RebuildTemplate(shape)
 		}
 	case errors.Is(err, vm.ErrTemplateBuild):
-		r.Status.Clear()
-		r.notice(fmt.Sprintf("gondolin: could not make a template of %s (%v); booting cold", what, cause))
+		r.clearStatus(ctx)
+		r.notice(ctx, fmt.Sprintf("gondolin: could not make a template of %s (%v); booting cold", what, cause))
 	case errors.Is(err, vm.ErrTemplateBusy), errors.Is(err, vm.ErrTemplateBackoff):
 		if r.Debug {
 			fmt.Fprintf(os.Stderr, "gondolin: template: %v; booting cold\n", err)
 		}
 	default:
-		r.Status.Clear()
-		r.notice(fmt.Sprintf("gondolin: template of %s: %v; booting cold", what, err))
+		r.clearStatus(ctx)
+		r.notice(ctx, fmt.Sprintf("gondolin: template of %s: %v; booting cold", what, err))
 	}
 }
 
@@ -326,13 +337,55 @@ func (r *Runtime) imageOf(cfg vm.Config) *imagestore.Image {
 	return nil
 }
 
-// notice shows msg to the user without stopping the run.
-func (r *Runtime) notice(msg string) {
+// notice shows msg to the user without stopping the run: to the
+// caller's reporter (see WithReporter), else to Notice or stderr.
+func (r *Runtime) notice(ctx context.Context, msg string) {
+	if rep, ok := ctx.Value(reporterKey{}).(*Reporter); ok && rep.Notice != nil {
+		rep.Notice(msg)
+		return
+	}
 	if r.Notice != nil {
 		r.Notice(msg)
 		return
 	}
 	fmt.Fprintln(os.Stderr, msg)
+}
+
+// show puts msg on the status line of the caller's reporter, else of
+// Status.
+func (r *Runtime) show(ctx context.Context, msg string) {
+	if rep, ok := ctx.Value(reporterKey{}).(*Reporter); ok {
+		if rep.Status != nil {
+			rep.Status(msg)
+		}
+		return
+	}
+	r.Status.Show(msg)
+}
+
+func (r *Runtime) clearStatus(ctx context.Context) {
+	if rep, ok := ctx.Value(reporterKey{}).(*Reporter); ok {
+		if rep.Status != nil {
+			rep.Status("")
+		}
+		return
+	}
+	r.Status.Clear()
+}
+
+// Reporter receives what a boot tells its user: the status line of a
+// slow start ("" clears it) and one-line notices. The supervisor relays
+// them to the client a one-shot exec runs for.
+type Reporter struct {
+	Status func(msg string)
+	Notice func(msg string)
+}
+
+type reporterKey struct{}
+
+// WithReporter makes boots under ctx report to rep.
+func WithReporter(ctx context.Context, rep *Reporter) context.Context {
+	return context.WithValue(ctx, reporterKey{}, rep)
 }
 
 // TemplateConfig is the VM configuration spec's template is made for.
@@ -467,6 +520,16 @@ func (s *Spec) hostname(dir string) string {
 		return s.Name
 	}
 	return "gondolin-" + filepath.Base(dir)[:min(8, len(filepath.Base(dir)))]
+}
+
+// claimWarm makes a VM claimed from the pool the claimer's: its vCPUs
+// run again and its guest gets the claimer's setup (clock, entropy,
+// hostname, environment).
+func claimWarm(ctx context.Context, w *warmVM, setup agentproto.Setup) error {
+	if err := w.m.Resume(ctx); err != nil {
+		return err
+	}
+	return w.a.Setup(ctx, setup)
 }
 
 // cleanRunDir removes what a failed start left in a run directory.

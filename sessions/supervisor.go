@@ -285,7 +285,13 @@ func (sv *Supervisor) Status() SupervisorStatus {
 		if s.State == Live {
 			st.Live++
 		}
+		if s.PID > 0 && s.State == Live {
+			if stats, err := vm.ProcessStats(s.PID); err == nil {
+				st.SessionsRSSBytes += stats.RSSBytes
+			}
+		}
 	}
+	st.Pool = sv.rt.Pool.Status()
 	if stats, err := vm.ProcessStats(os.Getpid()); err == nil {
 		st.RSSBytes = stats.RSSBytes
 	}

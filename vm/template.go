@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
@@ -180,6 +181,28 @@ func qemuIdentity() string {
 		return p
 	}
 	return fmt.Sprintf("%s:%d:%d", p, st.Size(), st.ModTime().UnixNano())
+}
+
+// Generation names the saved template cfg's clones come from now: its
+// key and the identity of its saved state, which a rebuild in place (a
+// broken template replaced) changes. It is empty when there is no
+// checked template. Clones made from an older generation are stale.
+func (t *Templates) Generation(cfg Config) string {
+	key := t.Key(cfg)
+	dir := filepath.Join(t.Dir, key)
+	info, err := readTemplate(dir)
+	if err != nil || info.State != TemplateReady {
+		return ""
+	}
+	st, err := os.Stat(filepath.Join(dir, templateState))
+	if err != nil {
+		return ""
+	}
+	var ino uint64
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		ino = sys.Ino
+	}
+	return fmt.Sprintf("%s:%d:%d", key, ino, st.ModTime().UnixNano())
 }
 
 // Ready reports whether a checked template for cfg exists.

@@ -16,6 +16,13 @@ const (
 	EnvDefaultImage = "GONDOLIN_DEFAULT_IMAGE"
 	EnvAccel        = "GONDOLIN_ACCEL"
 	EnvDebug        = "GONDOLIN_DEBUG"
+	// EnvPool and EnvPoolMemory size the supervisor's warm pool (VMs per
+	// shape; guest memory of all of them together).
+	EnvPool       = "GONDOLIN_POOL"
+	EnvPoolMemory = "GONDOLIN_POOL_MEMORY"
+	// EnvNoSupervisor makes exec run its VM in its own process, never
+	// starting or using a supervisor (no warm pool then).
+	EnvNoSupervisor = "GONDOLIN_NO_SUPERVISOR"
 )
 
 // serviceEnv are the only variables gondolin's long-lived processes (the
@@ -28,6 +35,7 @@ var serviceEnv = map[string]bool{
 	// The trust roots the supervisor's proxy verifies upstreams against.
 	"SSL_CERT_FILE": true, "SSL_CERT_DIR": true,
 	EnvHome: true, EnvAccel: true, EnvDebug: true, EnvDefaultImage: true,
+	EnvPool: true, EnvPoolMemory: true,
 }
 
 // ServiceEnv returns the part of environ (KEY=VALUE entries) that a
@@ -67,6 +75,12 @@ const (
 	OwnerLock    = "owner.lock"
 	SpecFile     = "spec.json"
 	StateFile    = "state.json"
+	// PoolMarker marks a directory under Sessions that holds a warm pool
+	// VM, or a one-shot exec's VM claimed from the pool, rather than a
+	// session (which has a SpecFile). A supervisor that starts kills
+	// the VM of every such directory and removes it: a previous
+	// supervisor died holding it.
+	PoolMarker = "pool.json"
 )
 
 // A saved machine (a template, a snapshot) keeps its RAM and device

@@ -2,14 +2,18 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/internal/termio"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
@@ -51,6 +55,14 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 					return usageError("--timeout and --resume do not go with --session")
 				}
 				return execInSession(session, spec, args, term)
+			}
+			// A one-shot exec runs in a VM the supervisor makes, from its
+			// warm pool when it holds one; --cold, --resume and a home
+			// without a supervisor run the VM in this process.
+			if !spec.Cold && resume == "" && os.Getenv(layout.EnvNoSupervisor) == "" {
+				if code, served, err := execThroughSupervisor(spec, args, term, tty, timeout); served {
+					return exitWith(code, err)
+				}
 			}
 			rt, err := runtime()
 			if err != nil {
@@ -101,6 +113,60 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 	return c
 }
 
+// execThroughSupervisor is a one-shot exec in a VM the supervisor makes
+// and destroys. served is false when no supervisor can serve it (none could
+// be started, or an older one runs): the caller then runs the VM itself.
+func execThroughSupervisor(spec *sessions.Spec, args []string, term *terminal, tty bool, timeout time.Duration) (code int, served bool, err error) {
+	client, err := dialSupervisor(true)
+	if err != nil {
+		return 0, false, nil
+	}
+	// The supervisor's environment is not this command's: the default
+	// image this command would use goes with the request.
+	if spec.Image == "" {
+		spec.Image = os.Getenv(layout.EnvDefaultImage)
+	}
+	req := sessions.RunRequest{Spec: *spec, Argv: args, TTY: tty, Rows: term.rows, Cols: term.cols,
+		SecretValues: spec.SecretValues()}
+	if timeout > 0 {
+		req.TimeoutMS = max(1, timeout.Milliseconds())
+	}
+	if spec.Policy != nil {
+		req.SSHPassphrases = spec.Policy.SSHPassphrases()
+	}
+	status := progress.NewStatus(os.Stderr)
+	defer status.Clear()
+	code, err = client.Run(context.Background(), req, sessions.ExecStreams{
+		Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Signals: forwardSignalNumbers(), Resizes: term.resizes,
+		Status: func(msg string) {
+			if msg == "" {
+				status.Clear()
+			} else {
+				status.Show(msg)
+			}
+		},
+		Notice: func(msg string) {
+			status.Clear()
+			fmt.Fprintln(os.Stderr, termsafe.String(msg))
+		},
+	})
+	if errors.Is(err, sessions.ErrNoOneShot) {
+		return 0, false, nil
+	}
+	return code, true, err
+}
+
+// forwardSignalNumbers is forwardSignals for the supervisor's API.
+func forwardSignalNumbers() <-chan int {
+	sigs := make(chan int, 4)
+	go func() {
+		for s := range forwardSignals() {
+			sigs <- int(s)
+		}
+	}()
+	return sigs
+}
+
 // execInSession is exec --session: the same stdio and exit codes as a
 // one-shot exec, in an existing session.
 func execInSession(ref string, spec *sessions.Spec, args []string, term *terminal) error {
@@ -109,14 +175,8 @@ func execInSession(ref string, spec *sessions.Spec, args []string, term *termina
 		return err
 	}
 	req := sessions.ExecRequest{Argv: args, Env: spec.Env, Cwd: spec.Cwd, TTY: term.rows > 0, Rows: term.rows, Cols: term.cols}
-	sigs := make(chan int, 4)
-	go func() {
-		for s := range forwardSignals() {
-			sigs <- int(s)
-		}
-	}()
 	code, err := client.Exec(context.Background(), ref, req, sessions.ExecStreams{
-		Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Signals: sigs, Resizes: term.resizes,
+		Stdin: term.stdin, Stdout: os.Stdout, Stderr: os.Stderr, Signals: forwardSignalNumbers(), Resizes: term.resizes,
 	})
 	return exitWith(code, err)
 }

@@ -15,6 +15,10 @@ import (
 )
 
 func newSupervisorCmd() *cobra.Command {
+	var (
+		poolSize   int
+		poolMemory string
+	)
 	c := &cobra.Command{
 		Use:   "supervisor",
 		Short: "Run the background supervisor that owns the VMs (started on demand)",
@@ -27,10 +31,29 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 			if err != nil {
 				return err
 			}
+			opts, err := sessions.PoolOptionsFromEnv()
+			if err != nil {
+				return err
+			}
+			if c.Flags().Changed("pool") {
+				opts.Size = poolSize
+			}
+			if c.Flags().Changed("pool-memory") {
+				if opts.MemoryMiB, err = sessions.ParseMemory(poolMemory); err != nil {
+					return usageError("--pool-memory %s: %v", poolMemory, err)
+				}
+			}
+			if opts.Size < 0 || opts.Size > 64 {
+				return usageError("--pool: want a number of VMs from 0 to 64")
+			}
 			logger := log.New(os.Stderr, "", log.LstdFlags)
-			return sessions.RunSupervisor(home, logger)
+			return sessions.RunSupervisor(home, logger, opts)
 		},
 	}
+	c.Flags().IntVar(&poolSize, "pool", sessions.DefaultPoolSize,
+		"warm pool: VMs kept restored and paused per VM shape in use, for exec and bash to claim (0: none; env "+layout.EnvPool+")")
+	c.Flags().StringVar(&poolMemory, "pool-memory", fmt.Sprintf("%dM", sessions.DefaultPoolMemoryMiB),
+		"bound on the guest memory of all warm pool VMs together (env "+layout.EnvPoolMemory+")")
 	var all bool
 	stop := &cobra.Command{
 		Use:   "stop [--all]",
