@@ -63,6 +63,13 @@ const (
 	poolShapes = 8
 	// poolRetry is how long a shape that failed to warm waits.
 	poolRetry = 30 * time.Second
+	// poolWarmTimeout bounds the making of one pool VM (a template
+	// build included: the first one of an image builds it).
+	poolWarmTimeout = 90 * time.Second
+	// claimTimeout bounds a claim's resume and setup (milliseconds
+	// normally): a pool VM that wedged costs its claimer no more before
+	// it clones instead.
+	claimTimeout = 10 * time.Second
 	// poolTick is how often the pool checks for stale templates and
 	// dead VMs when nothing wakes it.
 	poolTick = 3 * time.Second
@@ -508,7 +515,10 @@ func (p *Pool) restore(ctx context.Context, cfg vm.Config) (*warmVM, error) {
 	}
 	cfg = withRunDir(cfg, dir)
 	cfg.Detached = true // a claimer may make it a session
-	wctx, cancel := context.WithTimeout(ctx, p.rt.BootTimeout)
+	// Bounded apart from a claimer's boot: the filler is one goroutine
+	// for every shape, and an image whose guest stalls its warm-up must
+	// not keep the others cold for long.
+	wctx, cancel := context.WithTimeout(ctx, poolWarmTimeout)
 	defer cancel()
 	m, a, err := p.rt.Templates.Clone(wctx, cfg, agentproto.Setup{Hostname: "gondolin-pool"})
 	if err != nil {

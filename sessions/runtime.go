@@ -526,6 +526,8 @@ func (s *Spec) hostname(dir string) string {
 // run again and its guest gets the claimer's setup (clock, entropy,
 // hostname, environment).
 func claimWarm(ctx context.Context, w *warmVM, setup agentproto.Setup) error {
+	ctx, cancel := context.WithTimeout(ctx, claimTimeout)
+	defer cancel()
 	if err := w.m.Resume(ctx); err != nil {
 		return err
 	}

@@ -25,6 +25,10 @@ import (
 var gondolinBin string
 
 func TestMain(m *testing.M) {
+	// The supervisors these tests start keep no warm pool unless a test
+	// asks for one (pool_test.go): pool VMs restoring beside every test
+	// would only slow the others on two cores.
+	os.Setenv(layout.EnvPool, "0")
 	dir, err := os.MkdirTemp("", "gdbin")
 	if err != nil {
 		panic(err)

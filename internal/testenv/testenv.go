@@ -4,12 +4,17 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
@@ -102,7 +107,7 @@ func newHome(share bool) (home layout.Home, cleanup func(), skip string, err err
 			os.RemoveAll(dir)
 			return "", nil, "", fmt.Errorf("link images: %w", err)
 		}
-		return home, func() { os.RemoveAll(dir) }, "", nil
+		return home, func() { StopSupervisor(home); os.RemoveAll(dir) }, "", nil
 	}
 	sd, err := sharedDir(src)
 	for _, link := range []struct{ sub, path string }{{"images", home.Images()}, {"templates", home.Templates()}, {"ca", home.CA()}} {
@@ -114,7 +119,36 @@ func newHome(share bool) (home layout.Home, cleanup func(), skip string, err err
 		os.RemoveAll(dir)
 		return "", nil, "", fmt.Errorf("share images and templates: %w", err)
 	}
-	return home, func() { os.RemoveAll(dir) }, "", nil
+	return home, func() { StopSupervisor(home); os.RemoveAll(dir) }, "", nil
+}
+
+// StopSupervisor ends the supervisor a test's commands started in home,
+// if one runs: gondolin exec starts one on demand, and its warm pool
+// holds VMs that must not outlive the test. SIGTERM lets it kill its
+// pool; one that does not exit within 10 s is killed.
+func StopSupervisor(home layout.Home) {
+	b, err := os.ReadFile(home.SupervisorLock())
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !bytes.Contains(cmdline, []byte("supervisor")) {
+		return // gone, or the pid is another process's now
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && bytes.Contains(st, []byte(") Z")) {
+			return // exited, not reaped by the test binary yet
+		}
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // Home is NewHome for one test: it skips or fails the test as needed and
