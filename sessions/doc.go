@@ -6,8 +6,11 @@
 //
 //   - spec.go, specflags.go: what a VM should be, and the one builder
 //     that turns typed flags (CLI or dashboard form) into a Spec.
-//   - runtime.go: Spec to running VM (image, template clone or cold
-//     boot, network, mounts, agent); oneshot.go uses it for exec.
+//   - runtime.go: Spec to running VM (image, warm pool claim, template
+//     clone or cold boot, network, mounts, agent); oneshot.go uses it
+//     for exec.
+//   - pool.go: the warm pool, VMs restored ahead of need, which new
+//     sessions and one-shot execs claim.
 //   - supervisor.go: the Supervisor (its sessions, lookup, listing,
 //     removal, Close).
 //   - create.go: making a session, booted fresh or resumed from a
@@ -20,10 +23,11 @@
 //   - terminals.go, pty.go: a session's terminals and their emulators.
 //   - network.go, access.go, snapshot.go: live policy, ingress and SSH,
 //     snapshots.
-//   - server.go, apistream.go, api.go: the HTTP API, which only decodes
-//     and encodes; client.go and attach.go: its client.
+//   - server.go, apistream.go, apirun.go, api.go: the HTTP API, which
+//     only decodes and encodes (apirun.go: one-shot exec); client.go and
+//     attach.go: its client.
 //
 // Spec to VM stays in this package, not one of its own: the supervisor
 // and one-shot exec are its only users and share its types (Spec,
-// Instance), and the warm pool will live between the two.
+// Instance), and the warm pool lives between the two.
 package sessions
