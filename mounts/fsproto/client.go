@@ -140,7 +140,7 @@ func (c *Client) run() {
 		// A host may be connected and in the middle of the previous
 		// client's frames: make it resynchronise. (With no host
 		// connected, this waits for one.)
-		_, err = rw.Write(Breaker)
+		_, err = rw.Write(Breaker())
 		var br *bufio.Reader
 		if err == nil {
 			br, err = GuestHandshake(rw)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gondolin/gondolin/vm/agentproto"
@@ -37,7 +38,9 @@ const (
 )
 
 // Breaker is the resync padding: newlines, more than the largest frame.
-var Breaker = []byte(strings.Repeat("\n", MaxFrame+8))
+// Made on first use: every gondolin process links this package, and a
+// megabyte of newlines made at start-up would cost each CLI command.
+var Breaker = sync.OnceValue(func() []byte { return []byte(strings.Repeat("\n", MaxFrame+8)) })
 
 // NewReader returns the buffered reader a connection's handshakes and
 // frames are read through.
@@ -50,7 +53,7 @@ func NewReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, reader
 func HostHandshake(w io.Writer, br *bufio.Reader) error {
 	nonce := agentproto.NewNonce()
 	hello := agentproto.Line(agentproto.WordHello, nonce)
-	padded := append(append([]byte(nil), Breaker...), hello...)
+	padded := append(append([]byte(nil), Breaker()...), hello...)
 
 	stop := make(chan struct{})
 	stopped := make(chan struct{})
