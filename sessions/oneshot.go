@@ -59,14 +59,26 @@ func (r *Runtime) Exec(ctx context.Context, spec *Spec, argv []string, eio ExecI
 	defer booted()
 	var dir string
 	var release func()
-	if w != nil {
+	switch {
+	case w != nil:
 		// A claimed VM is detached (it could have become a session) and
 		// its directory marked: a supervisor that dies now leaves it to
 		// the next one's sweep.
 		dir, release = w.dir, func() { os.RemoveAll(w.dir) }
 		cfg.Detached = true
-	} else if dir, release, err = r.NewRunDir(); err != nil {
-		return 0, err
+	case r.Pool != nil:
+		// In the supervisor, a VM the pool could not give is made the
+		// same way, so that the same sweep finds it.
+		if _, dir, err = r.Pool.newDir(); err != nil {
+			return 0, err
+		}
+		release = func() { os.RemoveAll(dir) }
+		cfg.Detached = true
+	default:
+		// In exec's own process, the VM dies with it (see NewRunDir).
+		if dir, release, err = r.NewRunDir(); err != nil {
+			return 0, err
+		}
 	}
 	defer release()
 	if r.Debug {

@@ -497,20 +497,8 @@ func (p *Pool) tracked(sh *poolShape) bool {
 // restore makes one pool VM: a clone of cfg's template in a new marked
 // directory, handshaken, then paused.
 func (p *Pool) restore(ctx context.Context, cfg vm.Config) (*warmVM, error) {
-	id := newID()
-	dir := p.reg.dir(id)
-	if err := layout.MkdirPrivate(p.rt.Home.Sessions()); err != nil {
-		return nil, err
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, err
-	}
-	marker := struct {
-		Created time.Time `json:"created"`
-		PID     int       `json:"supervisor_pid"`
-	}{time.Now().UTC(), os.Getpid()}
-	if err := atomicfile.WriteJSON(filepath.Join(dir, layout.PoolMarker), marker, 0o600); err != nil {
-		os.RemoveAll(dir)
+	id, dir, err := p.newDir()
+	if err != nil {
 		return nil, err
 	}
 	cfg = withRunDir(cfg, dir)
@@ -555,6 +543,30 @@ func warmUp(ctx context.Context, a *vm.Agent) error {
 		}
 	}
 	return nil
+}
+
+// newDir makes a marked directory (see layout.PoolMarker) for a VM the
+// supervisor makes: a pool VM, or a one-shot exec's when the pool had
+// none. Such VMs are detached (a pool VM may become a session), so a
+// supervisor that dies leaves them to the next one's Sweep.
+func (p *Pool) newDir() (id, dir string, err error) {
+	id = newID()
+	dir = p.reg.dir(id)
+	if err := layout.MkdirPrivate(p.rt.Home.Sessions()); err != nil {
+		return "", "", err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	marker := struct {
+		Created time.Time `json:"created"`
+		PID     int       `json:"supervisor_pid"`
+	}{time.Now().UTC(), os.Getpid()}
+	if err := atomicfile.WriteJSON(filepath.Join(dir, layout.PoolMarker), marker, 0o600); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return id, dir, nil
 }
 
 // withRunDir is cfg for a VM in run directory dir.

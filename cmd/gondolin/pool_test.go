@@ -319,6 +319,9 @@ func TestPoolSizeZero(t *testing.T) {
 	if got := qemuProcesses(home); len(got) != 0 {
 		t.Fatalf("VMs running with the pool off: %v", got)
 	}
+	if dirs, _ := os.ReadDir(home.Sessions()); len(dirs) != 0 {
+		t.Fatalf("the exec's VM directory is left: %v", dirs)
+	}
 }
 
 // poolSettle is longer than the pool's check interval: a pool that

@@ -57,9 +57,10 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 				return execInSession(session, spec, args, term)
 			}
 			// A one-shot exec runs in a VM the supervisor makes, from its
-			// warm pool when it holds one; --cold, --resume and a home
-			// without a supervisor run the VM in this process.
-			if !spec.Cold && resume == "" && os.Getenv(layout.EnvNoSupervisor) == "" {
+			// warm pool when it holds one; --cold, --resume, a home
+			// without a supervisor and GONDOLIN_DEBUG (which shows the
+			// VM's console here) run the VM in this process.
+			if !spec.Cold && resume == "" && os.Getenv(layout.EnvNoSupervisor) == "" && os.Getenv(layout.EnvDebug) == "" {
 				if code, served, err := execThroughSupervisor(spec, args, term, tty, timeout); served {
 					return exitWith(code, err)
 				}
