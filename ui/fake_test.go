@@ -43,8 +43,9 @@ type fakeBackend struct {
 	changes []sessions.PolicyChange
 	// gate, if set, holds Snapshot until closed.
 	gate chan struct{}
-	// templates are what Status reports.
+	// templates and pool are what Status reports.
 	templates []vm.TemplateInfo
+	pool      sessions.PoolStatus
 }
 
 // basicBackend hides the optional features of a fake.
@@ -57,14 +58,24 @@ func newFake(list ...sessions.Session) *fakeBackend {
 		policies: map[string]sessions.PolicyView{},
 		events:   make(chan sessions.Event, 64),
 		calls:    map[string]int{},
+		pool:     steadyPool(),
 	}
+}
+
+// steadyPool is a warm pool of the default size, full: two VMs of the
+// default shape ready.
+func steadyPool() sessions.PoolStatus {
+	return sessions.PoolStatus{Size: 2, MemoryMiB: 1024, ReservedMiB: 512, RSSBytes: 620 << 20, Claims: 14, Misses: 3,
+		Shapes: []sessions.PoolShape{{CPUs: 1, MemoryMiB: 256, Network: true, Ready: 2, RSSBytes: 620 << 20}}}
 }
 
 func (f *fakeBackend) Status(ctx context.Context) (sessions.SupervisorStatus, error) {
 	f.called("Status")
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return sessions.SupervisorStatus{Templates: append([]vm.TemplateInfo(nil), f.templates...)}, nil
+	pool := f.pool
+	pool.Shapes = append([]sessions.PoolShape(nil), pool.Shapes...)
+	return sessions.SupervisorStatus{Templates: append([]vm.TemplateInfo(nil), f.templates...), Pool: pool}, nil
 }
 
 func (f *fakeBackend) count(name string) int {

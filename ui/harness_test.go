@@ -67,12 +67,15 @@ func (h *harness) waitUntil(what string, cond func(*Model) bool) {
 	}
 }
 
-// settle waits until no list or screen request is in flight.
+// settle waits until no list, screen or status request is in flight,
+// and the status has been read when the backend has one.
 func (h *harness) settle() {
 	h.t.Helper()
 	h.waitUntil("settled", func(m *Model) bool {
 		id, pty := m.previewTarget()
-		return m.loaded && !m.listing && !m.fetching && (pty == 0 || (m.preview.session == id && m.preview.pty == pty))
+		_, status := m.backend.(StatusBackend)
+		return m.loaded && !m.listing && !m.fetching && (pty == 0 || (m.preview.session == id && m.preview.pty == pty)) &&
+			!m.statusReading && (m.poolKnown || !status)
 	})
 }
 

@@ -87,6 +87,16 @@ type Model struct {
 	templateNote    string
 	templatePolling bool
 
+	// pool is the supervisor's warm pool as last read (poolKnown: a
+	// status has been read). One status read at a time: statusAgain asks
+	// for one more after the one in flight. statusTicks counts the ticks
+	// since the last read began.
+	pool          sessions.PoolStatus
+	poolKnown     bool
+	statusReading bool
+	statusAgain   bool
+	statusTicks   int
+
 	quitting bool
 }
 
@@ -133,7 +143,10 @@ func defaultImage() string {
 
 // Messages from commands back to Update.
 type (
-	templatesMsg      struct{ note string }
+	statusMsg struct {
+		st  sessions.SupervisorStatus
+		err error
+	}
 	templatesAgainMsg struct{}
 	listMsg           struct {
 		list []sessions.Session
@@ -193,14 +206,16 @@ const (
 // Init starts the first list and the event stream.
 func (m *Model) Init() tea.Cmd {
 	m.listing = true
-	cmds := []tea.Cmd{m.listCmd(), m.openEvents(), tick(), m.templatesCmd()}
+	// The supervisor's status is read once the first list is in.
+	cmds := []tea.Cmd{m.listCmd(), m.openEvents(), tick()}
 	if m.opts.UsageRefresh > 0 {
 		cmds = append(cmds, tea.Tick(m.opts.UsageRefresh, func(time.Time) tea.Msg { return usageMsg{} }))
 	}
 	return tea.Batch(cmds...)
 }
 
-// tick redraws uptimes; it is cheap and touches no backend.
+// tick redraws uptimes; it is cheap and touches no backend (every
+// statusEvery ticks, Update reads the supervisor's status).
 func tick() tea.Cmd {
 	return tea.Tick(time.Second, func(time.Time) tea.Msg { return tickMsg{} })
 }
@@ -231,23 +246,34 @@ func (m *Model) refresh() tea.Cmd {
 	return m.listCmd()
 }
 
-// templatesCmd reads the templates' state from the supervisor's status,
-// when the backend reports one.
-func (m *Model) templatesCmd() tea.Cmd {
+// readStatus reads the supervisor's status (its templates and warm
+// pool), when the backend reports one, or marks that one more read is
+// due when one is already in flight.
+func (m *Model) readStatus() tea.Cmd {
 	sb, ok := m.backend.(StatusBackend)
 	if !ok {
 		return nil
 	}
+	if m.statusReading {
+		m.statusAgain = true
+		return nil
+	}
+	m.statusReading = true
+	m.statusTicks = 0
 	return func() tea.Msg {
 		ctx, cancel := m.reqCtx()
 		defer cancel()
 		st, err := sb.Status(ctx)
-		if err != nil {
-			return nil
-		}
-		return templatesMsg{note: templateNote(st.Templates)}
+		return statusMsg{st: st, err: err}
 	}
 }
+
+// statusEvery is how many ticks (seconds) the dashboard lets pass
+// without reading the supervisor's status. Besides, it reads it after
+// every list of the sessions (so at the cadence of session events, the
+// usage ones every few seconds while a session is live): a one-shot
+// exec claiming a warm pool VM, or the pool warming one, sends no event.
+const statusEvery = 5
 
 // safeSession escapes what a session's strings may carry that a guest or
 // a script chose (a label, a stale reason quoting the guest, terminal
@@ -360,16 +386,11 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, nil
 	case listMsg:
 		return m, m.onList(msg)
-	case templatesMsg:
-		m.templateNote = msg.note
-		if strings.HasSuffix(msg.note, "building") && !m.templatePolling {
-			m.templatePolling = true
-			return m, tea.Tick(templatePoll, func(time.Time) tea.Msg { return templatesAgainMsg{} })
-		}
-		return m, nil
+	case statusMsg:
+		return m, m.onStatus(msg)
 	case templatesAgainMsg:
 		m.templatePolling = false
-		return m, m.templatesCmd()
+		return m, m.readStatus()
 	case screenMsg:
 		return m, m.onScreen(msg)
 	case eventsOpenMsg:
@@ -378,8 +399,9 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		m.events, m.eventsUp, m.eventsNote = msg.ch, true, ""
 		m.backoff = minBackoff
-		// Events may have been missed while the stream was down.
-		return m, tea.Batch(waitEvents(msg.ch), m.refresh(), m.fetchPreview(true), m.templatesCmd())
+		// Events may have been missed while the stream was down (the
+		// list, once in, reads the status again too).
+		return m, tea.Batch(waitEvents(msg.ch), m.refresh(), m.fetchPreview(true))
 	case eventsMsg:
 		if msg.ch != m.events {
 			return m, nil
@@ -392,6 +414,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case reconnectMsg:
 		return m, m.openEvents()
 	case tickMsg:
+		m.statusTicks++
+		if m.statusTicks >= statusEvery {
+			return m, tea.Batch(tick(), m.readStatus())
+		}
 		return m, tick()
 	case usageMsg:
 		var cmd tea.Cmd
@@ -489,7 +515,7 @@ func (m *Model) onEvents(events []sessions.Event) tea.Cmd {
 		cmds = append(cmds, m.refresh())
 	}
 	if templates {
-		cmds = append(cmds, m.templatesCmd())
+		cmds = append(cmds, m.readStatus())
 	}
 	if repaint {
 		cmds = append(cmds, m.fetchPreview(true))
@@ -534,7 +560,28 @@ func (m *Model) onList(msg listMsg) tea.Cmd {
 		return b.Created.Compare(a.Created)
 	})
 	m.applyFilter()
-	cmds = append(cmds, m.fetchPreview(false))
+	cmds = append(cmds, m.fetchPreview(false), m.readStatus())
+	return tea.Batch(cmds...)
+}
+
+// onStatus takes in a read of the supervisor's status. A failed read
+// keeps what the last one said.
+func (m *Model) onStatus(msg statusMsg) tea.Cmd {
+	m.statusReading = false
+	var cmds []tea.Cmd
+	if m.statusAgain {
+		m.statusAgain = false
+		cmds = append(cmds, m.readStatus())
+	}
+	if msg.err != nil {
+		return tea.Batch(cmds...)
+	}
+	m.pool, m.poolKnown = msg.st.Pool, true
+	m.templateNote = templateNote(msg.st.Templates)
+	if strings.HasSuffix(m.templateNote, "building") && !m.templatePolling {
+		m.templatePolling = true
+		cmds = append(cmds, tea.Tick(templatePoll, func(time.Time) tea.Msg { return templatesAgainMsg{} }))
+	}
 	return tea.Batch(cmds...)
 }
 

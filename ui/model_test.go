@@ -495,3 +495,128 @@ func TestGuestTextNeverReachesTheTerminalRaw(t *testing.T) {
 		t.Errorf("the escaped label is not shown:\n%s", frame)
 	}
 }
+
+func TestPoolText(t *testing.T) {
+	def := sessions.PoolShape{CPUs: 1, MemoryMiB: 256, Network: true}
+	shape := func(ready, warming int, err string) sessions.PoolShape {
+		s := def
+		s.Ready, s.Warming, s.Error = ready, warming, err
+		return s
+	}
+	// Shapes other than the default one count in memory only.
+	other := sessions.PoolShape{Image: "debian:12", CPUs: 1, MemoryMiB: 256, Network: true, Ready: 2, Warming: 1}
+	noNet := sessions.PoolShape{CPUs: 1, MemoryMiB: 256, Ready: 1, Warming: 1}
+	big := sessions.PoolShape{CPUs: 2, MemoryMiB: 256, Network: true, Ready: 1}
+	tests := []struct {
+		name   string
+		pool   sessions.PoolStatus
+		detail int
+		want   string
+		bad    bool
+	}{
+		{"off", sessions.PoolStatus{Size: 0, MemoryMiB: 1024}, poolFull, "pool off", false},
+		{"on, nothing warmed yet", sessions.PoolStatus{Size: 2}, poolFull, "pool 0/2", false},
+		{"full", sessions.PoolStatus{Size: 2, RSSBytes: 620 << 20, Shapes: []sessions.PoolShape{shape(2, 0, "")}}, poolFull, "pool 2/2 · 620M", false},
+		{"warming", sessions.PoolStatus{Size: 2, RSSBytes: 310 << 20, Shapes: []sessions.PoolShape{shape(1, 1, "")}}, poolFull, "pool 1/2 +1 warming · 310M", false},
+		{"warming, no room for memory", sessions.PoolStatus{Size: 2, RSSBytes: 310 << 20, Shapes: []sessions.PoolShape{shape(1, 1, "")}}, poolCount, "pool 1/2 +1 warming", false},
+		{"warming, brief", sessions.PoolStatus{Size: 2, RSSBytes: 310 << 20, Shapes: []sessions.PoolShape{shape(1, 1, "")}}, poolBrief, "pool 1/2", false},
+		{"memory above a GiB", sessions.PoolStatus{Size: 4, RSSBytes: 1536 << 20, Shapes: []sessions.PoolShape{shape(4, 0, "")}}, poolFull, "pool 4/4 · 1.5G", false},
+		{"failing", sessions.PoolStatus{Size: 2, Shapes: []sessions.PoolShape{shape(0, 0, "restore: qemu exited")}}, poolFull, "pool 0/2 failing", true},
+		{"failed once, one ready since", sessions.PoolStatus{Size: 2, RSSBytes: 310 << 20, Shapes: []sessions.PoolShape{shape(1, 1, "restore: qemu exited")}}, poolFull, "pool 1/2 +1 warming · 310M", false},
+		{"other shapes only count in memory", sessions.PoolStatus{Size: 2, RSSBytes: 900 << 20, Shapes: []sessions.PoolShape{other, noNet, big, shape(1, 0, "")}}, poolFull, "pool 1/2 · 900M", false},
+		{"the default shape not resolved yet", sessions.PoolStatus{Size: 2, RSSBytes: 620 << 20, Shapes: []sessions.PoolShape{other}}, poolFull, "pool 0/2 · 620M", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, bad := poolText(tt.pool, tt.detail)
+			if got != tt.want || bad != tt.bad {
+				t.Errorf("poolText = %q, %v; want %q, %v", got, bad, tt.want, tt.bad)
+			}
+		})
+	}
+}
+
+// TestTitlePoolIndicator: the title bar shows as much of the pool
+// indicator as fits beside the session counts, never wider than the
+// terminal, and none when the supervisor reports no status.
+func TestTitlePoolIndicator(t *testing.T) {
+	warming := sessions.PoolStatus{Size: 2, RSSBytes: 310 << 20,
+		Shapes: []sessions.PoolShape{{CPUs: 1, MemoryMiB: 256, Network: true, Ready: 1, Warming: 1, RSSBytes: 310 << 20}}}
+	tests := []struct {
+		name    string
+		pool    *sessions.PoolStatus // nil: the fake's steady pool
+		basic   bool                 // a backend without Status
+		keys    []string
+		w       int
+		want    string // the title, plain, trailing spaces trimmed
+		without string // a text the title must not hold
+	}{
+		{name: "steady at 80", w: 80, want: "gondolin  4 sessions, 2 live                       pool 2/2 · 620M  events: live"},
+		{name: "warming at 80", pool: &warming, w: 80, want: "gondolin  4 sessions, 2 live            pool 1/2 +1 warming · 310M  events: live"},
+		{name: "warming at 64", pool: &warming, w: 64, want: "gondolin  4 sessions, 2 live   pool 1/2 +1 warming  events: live"},
+		{name: "warming at 60", pool: &warming, w: 60, want: "gondolin  4 sessions, 2 live          pool 1/2  events: live"},
+		{name: "warming at 50", pool: &warming, w: 50, want: "gondolin  4 sessions, 2 live          events: live", without: "pool"},
+		{name: "off", pool: &sessions.PoolStatus{Size: 0, MemoryMiB: 1024}, w: 80, want: "gondolin  4 sessions, 2 live                              pool off  events: live"},
+		{name: "filtered at 80", keys: []string{"/", "default", "enter"}, w: 80, want: `gondolin  4 sessions, 2 live  filter "default": 3 shown   pool 2/2  events: live`},
+		{name: "filtered at 60", keys: []string{"/", "default", "enter"}, w: 60, want: `gondolin  4 sessions, 2 live  filter "default"… events: live`, without: "pool"},
+		{name: "no status", basic: true, w: 80, want: "gondolin  4 sessions, 2 live                                        events: live", without: "pool"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := sampleBackend()
+			if tt.pool != nil {
+				f.pool = *tt.pool
+			}
+			var b Backend = f
+			if tt.basic {
+				b = basicBackend{f}
+			}
+			h := start(t, b, tt.w, 24)
+			h.waitUntil("events up", func(m *Model) bool { return m.eventsUp })
+			h.keys(tt.keys...)
+			h.settle()
+			var title string
+			h.inspect(func(m *Model) { title = m.titleBar(tt.w) })
+			if w := ansi.StringWidth(title); w > tt.w {
+				t.Errorf("the title is %d wide at %d", w, tt.w)
+			}
+			got := strings.TrimRight(ansi.Strip(title), " ")
+			if got != tt.want {
+				t.Errorf("title:\n%q\nwant:\n%q", got, tt.want)
+			}
+			if tt.without != "" && strings.Contains(got, tt.without) {
+				t.Errorf("the title holds %q: %q", tt.without, got)
+			}
+		})
+	}
+}
+
+// TestPoolFollowsTheSupervisor: the pool indicator follows the pool
+// after a session event (its list is followed by a read of the status)
+// and, when nothing sends an event (a one-shot exec claimed a VM), within
+// statusEvery ticks.
+func TestPoolFollowsTheSupervisor(t *testing.T) {
+	f := sampleBackend()
+	h := start(t, f, 100, 30)
+	h.waitUntil("the pool shown", func(m *Model) bool { return strings.Contains(m.titleBar(100), "pool 2/2 · 620M") })
+	setPool := func(ready, warming int, rss int64) {
+		f.mu.Lock()
+		f.pool.RSSBytes = rss
+		f.pool.Shapes[0].Ready, f.pool.Shapes[0].Warming, f.pool.Shapes[0].RSSBytes = ready, warming, rss
+		f.mu.Unlock()
+	}
+
+	// A session created from the pool: its event brings the pool's news.
+	setPool(1, 1, 310<<20)
+	f.events <- sessions.Event{Type: sessions.EventCreated, Session: "a1b2c3d4e5f6"}
+	h.waitUntil("the claim shown", func(m *Model) bool { return strings.Contains(m.titleBar(100), "pool 1/2 +1 warming · 310M") })
+
+	// The pool warms its VM again: no event says so; the next read does.
+	setPool(2, 0, 620<<20)
+	reads := f.count("Status")
+	h.inspect(func(m *Model) { m.statusTicks = statusEvery - 1 })
+	h.waitUntil("the refill shown", func(m *Model) bool { return strings.Contains(m.titleBar(100), "pool 2/2 · 620M") })
+	if n := f.count("Status") - reads; n != 1 {
+		t.Errorf("%d reads of the status for one refill, want 1", n)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
+	"github.com/gondolin/gondolin/vm"
 )
 
 // frame is how the screen is divided at the current size.
@@ -90,7 +91,60 @@ func (m *Model) titleBar(w int) string {
 	default:
 		right = m.st.dim.Render("events: live")
 	}
+	// The warm pool's indicator, as detailed as fits beside the rest:
+	// it gives way to the session counts and a filter's note.
+	if m.poolKnown && m.listErr == nil {
+		for detail := poolFull; detail <= poolBrief; detail++ {
+			text, bad := poolText(m.pool, detail)
+			if ansi.StringWidth(left)+1+ansi.StringWidth(text)+2+ansi.StringWidth(right) > w {
+				continue
+			}
+			style := m.st.dim
+			if bad {
+				style = m.st.errText
+			}
+			right = style.Render(text) + "  " + right
+			break
+		}
+	}
 	return spread(left, right, w)
+}
+
+// Detail levels of the pool indicator.
+const (
+	poolFull  = iota // pool 1/2 +1 warming · 620M
+	poolCount        // pool 1/2 +1 warming
+	poolBrief        // pool 1/2
+)
+
+// poolText is the title bar's warm pool indicator: the default shape's
+// ready VMs of the pool's size, those warming, and the resident memory
+// of the whole pool, down to detail; "pool off" when the supervisor
+// keeps none. bad: the default shape has none ready because warming one
+// failed.
+func poolText(p sessions.PoolStatus, detail int) (text string, bad bool) {
+	if p.Size <= 0 {
+		return "pool off", false
+	}
+	var d sessions.PoolShape
+	for _, sh := range p.Shapes {
+		if sh.Image == "" && sh.CPUs == vm.DefaultCPUs && sh.MemoryMiB == vm.DefaultMemoryMiB && sh.Network {
+			d = sh
+			break
+		}
+	}
+	text = fmt.Sprintf("pool %d/%d", d.Ready, p.Size)
+	bad = d.Error != "" && d.Ready == 0
+	if bad {
+		text += " failing"
+	}
+	if detail <= poolCount && d.Warming > 0 {
+		text += fmt.Sprintf(" +%d warming", d.Warming)
+	}
+	if detail <= poolFull && p.RSSBytes > 0 {
+		text += " · " + humanBytes(p.RSSBytes)
+	}
+	return text, bad
 }
 
 func plural(n int, what string) string {

@@ -79,8 +79,12 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 			if asJSON {
 				return printJSON(st)
 			}
-			fmt.Printf("supervisor %d running since %s for %s: %d sessions (%d live), %s resident\n",
-				st.PID, st.Started.Local().Format(time.DateTime), st.Home, st.Sessions, st.Live, humanBytes(st.RSSBytes))
+			fmt.Printf("supervisor %d running since %s for %s: %d sessions (%d live), %s resident itself, %s in sessions' VMs\n",
+				st.PID, st.Started.Local().Format(time.DateTime), st.Home, st.Sessions, st.Live,
+				humanBytes(st.RSSBytes), humanBytes(st.SessionsRSSBytes))
+			for _, l := range poolLines(st.Pool) {
+				fmt.Println(l)
+			}
 			for _, t := range st.Templates {
 				fmt.Println(templateLine(t))
 			}
@@ -115,6 +119,50 @@ func templateLine(t vm.TemplateInfo) string {
 		line += " (saved by an older gondolin, or never checked: new VMs do not use it)"
 	}
 	return line
+}
+
+// poolLines describe the warm pool for supervisor status: a summary,
+// then one line per shape.
+func poolLines(p sessions.PoolStatus) []string {
+	if p.Size == 0 {
+		return []string{"warm pool: off (" + layout.EnvPool + "=0 or supervisor --pool 0)"}
+	}
+	ready, warming := 0, 0
+	for _, sh := range p.Shapes {
+		ready += sh.Ready
+		warming += sh.Warming
+	}
+	head := fmt.Sprintf("warm pool: %d ready of %d per shape", ready, p.Size)
+	if warming > 0 {
+		head += fmt.Sprintf(" (%d warming)", warming)
+	}
+	head += fmt.Sprintf(", %d MiB reserved of %d MiB, %s resident; %s, %d found it empty",
+		p.ReservedMiB, p.MemoryMiB, humanBytes(p.RSSBytes), countText(p.Claims, "claim"), p.Misses)
+	lines := []string{head}
+	for _, sh := range p.Shapes {
+		image := "default image"
+		if sh.Image != "" {
+			image = termsafe.String(sh.Image)
+		}
+		line := fmt.Sprintf("  %s, %s, %d MiB", image, countText(uint64(max(sh.CPUs, 0)), "CPU"), sh.MemoryMiB)
+		if !sh.Network {
+			line += ", no network"
+		}
+		line += fmt.Sprintf(": %d ready, %d warming, %s resident", sh.Ready, sh.Warming, humanBytes(sh.RSSBytes))
+		if sh.Error != "" {
+			line += ": last error: " + termsafe.String(sh.Error)
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// countText is "1 claim", "2 claims".
+func countText(n uint64, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func msText(ms int64) string {
