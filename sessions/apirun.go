@@ -2,7 +2,6 @@ package sessions
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -120,40 +119,22 @@ func (a *API) run(w http.ResponseWriter, r *http.Request) {
 	}
 	go func() {
 		defer cancel() // the client went away: nobody reads the output
-		if stdinW != nil {
-			defer stdinW.Close()
-		}
-		for {
-			f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
-			if err != nil {
-				return
-			}
-			switch f.Type {
-			case frameInput:
-				if stdinW != nil {
-					stdinW.Write(f.Payload)
+		execInput{
+			stdin: stdinW,
+			// A flood of signals or sizes: the first ones are enough.
+			signal: func(sig int) {
+				select {
+				case signals <- syscall.Signal(sig):
+				default:
 				}
-			case frameInputEOF:
-				if stdinW != nil {
-					stdinW.Close()
+			},
+			resize: func(rows, cols uint16) {
+				select {
+				case resizes <- [2]uint16{rows, cols}:
+				default:
 				}
-			case frameSignal:
-				var sig int
-				if json.Unmarshal(f.Payload, &sig) == nil && sig > 0 && sig < 65 {
-					select {
-					case signals <- syscall.Signal(sig):
-					default: // a flood of signals: the first ones are enough
-					}
-				}
-			case frameResize:
-				if rows, cols, err := parseSize(f.Payload); err == nil {
-					select {
-					case resizes <- [2]uint16{rows, cols}:
-					default:
-					}
-				}
-			}
-		}
+			},
+		}.read(br)
 	}()
 	ctx = WithReporter(ctx, &Reporter{
 		Status: func(msg string) { fw.json(frameStatus, msg) },

@@ -209,41 +209,16 @@ func (a *API) exec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	go func() {
-		defer func() {
-			if stdinW != nil {
-				stdinW.Close()
-			}
-		}()
-		for {
-			f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
-			if err != nil {
-				// The client went away: nobody will read the output.
-				select {
-				case <-proc.Done():
-				default:
-					proc.Signal(context.Background(), int(syscall.SIGKILL))
-				}
-				return
-			}
-			switch f.Type {
-			case frameInput:
-				if stdinW != nil {
-					stdinW.Write(f.Payload)
-				}
-			case frameInputEOF:
-				if stdinW != nil {
-					stdinW.Close()
-				}
-			case frameSignal:
-				var sig int
-				if json.Unmarshal(f.Payload, &sig) == nil && sig > 0 && sig < 65 {
-					proc.Signal(context.Background(), sig)
-				}
-			case frameResize:
-				if rows, cols, err := parseSize(f.Payload); err == nil {
-					proc.Resize(context.Background(), rows, cols)
-				}
-			}
+		execInput{
+			stdin:  stdinW,
+			signal: func(sig int) { proc.Signal(context.Background(), sig) },
+			resize: func(rows, cols uint16) { proc.Resize(context.Background(), rows, cols) },
+		}.read(br)
+		// The client went away: nobody will read the output.
+		select {
+		case <-proc.Done():
+		default:
+			proc.Signal(context.Background(), int(syscall.SIGKILL))
 		}
 	}()
 	exit, err := proc.Wait()
@@ -252,6 +227,48 @@ func (a *API) exec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fw.json(agentproto.FrameExit, exit)
+}
+
+// execInput is where an exec stream's client frames go: stdin (nil when
+// the command has none), signals and terminal sizes.
+type execInput struct {
+	stdin  *io.PipeWriter
+	signal func(sig int)
+	resize func(rows, cols uint16)
+}
+
+// read hands the client's frames over until the stream ends (the client
+// went away), then closes stdin. Malformed signals and sizes are
+// dropped.
+func (in execInput) read(br *bufio.Reader) {
+	if in.stdin != nil {
+		defer in.stdin.Close()
+	}
+	for {
+		f, err := agentproto.ReadFrame(br, agentproto.MaxData+16)
+		if err != nil {
+			return
+		}
+		switch f.Type {
+		case frameInput:
+			if in.stdin != nil {
+				in.stdin.Write(f.Payload)
+			}
+		case frameInputEOF:
+			if in.stdin != nil {
+				in.stdin.Close()
+			}
+		case frameSignal:
+			var sig int
+			if json.Unmarshal(f.Payload, &sig) == nil && sig > 0 && sig < 65 {
+				in.signal(sig)
+			}
+		case frameResize:
+			if rows, cols, err := parseSize(f.Payload); err == nil {
+				in.resize(rows, cols)
+			}
+		}
+	}
 }
 
 // logs streams a session's serial console, following it on request.

@@ -63,6 +63,17 @@ func gondolin(t *testing.T, home layout.Home, stdin string, args ...string) resu
 // does not finish within limit (when limit is not 0).
 func gondolinWithin(t *testing.T, limit time.Duration, home layout.Home, stdin string, args ...string) result {
 	t.Helper()
+	return runGondolin(t, limit, home, nil, stdin, args...)
+}
+
+// gondolinEnv is gondolin with extra environment variables.
+func gondolinEnv(t *testing.T, home layout.Home, env []string, stdin string, args ...string) result {
+	t.Helper()
+	return runGondolin(t, 0, home, env, stdin, args...)
+}
+
+func runGondolin(t *testing.T, limit time.Duration, home layout.Home, env []string, stdin string, args ...string) result {
+	t.Helper()
 	ctx := context.Background()
 	if limit > 0 {
 		var cancel context.CancelFunc
@@ -70,7 +81,7 @@ func gondolinWithin(t *testing.T, limit time.Duration, home layout.Home, stdin s
 		defer cancel()
 	}
 	cmd := exec.CommandContext(ctx, gondolinBin, args...)
-	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	cmd.Env = append(append(os.Environ(), layout.EnvHome+"="+string(home)), env...)
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}

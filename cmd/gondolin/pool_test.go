@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -25,27 +24,6 @@ import (
 // poolEnv gives a home's supervisor a warm pool of two VMs (TestMain
 // turns the pool off for every other test).
 var poolEnv = []string{layout.EnvPool + "=2"}
-
-// gondolinEnv is gondolin with extra environment variables.
-func gondolinEnv(t *testing.T, home layout.Home, env []string, stdin string, args ...string) result {
-	t.Helper()
-	cmd := exec.Command(gondolinBin, args...)
-	cmd.Env = append(append(os.Environ(), layout.EnvHome+"="+string(home)), env...)
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	start := time.Now()
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String(), elapsed: time.Since(start)}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
 
 // defaultShape is the pool's part for the default VM shape.
 func defaultShape(st sessions.SupervisorStatus) sessions.PoolShape {
