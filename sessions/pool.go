@@ -529,8 +529,9 @@ func (p *Pool) restore(ctx context.Context, cfg vm.Config) (*warmVM, error) {
 // restored guest's first command costs about half a second on TCG (QEMU
 // translates the guest's fork, exec and loader paths anew in each
 // process); the second costs a tenth of that. The pool pays it in the
-// background, not the claimer.
-var warmUpCommands = [][]string{{"true"}, {"sh", "-c", "true"}}
+// background, not the claimer. The shell and bash (a session's first
+// command, when the image has it) are warmed up the same way.
+var warmUpCommands = [][]string{{"true"}, {"sh", "-c", "command -v bash >/dev/null && bash -c true; true"}}
 
 func warmUp(ctx context.Context, a *vm.Agent) error {
 	for _, argv := range warmUpCommands {
