@@ -193,6 +193,16 @@ type SupervisorStatus struct {
 	Templates []vm.TemplateInfo `json:"templates"`
 }
 
+// PingInfo is what a ping answers: the supervisor's settings that decide
+// whether it can run a one-shot exec as the asking process would.
+type PingInfo struct {
+	// NetNS is the supervisor's network namespace (/proc/self/ns/net):
+	// a VM's network reaches what the supervisor's process reaches.
+	NetNS string `json:"netns"`
+	// Accel is the supervisor's GONDOLIN_ACCEL.
+	Accel string `json:"accel"`
+}
+
 // TemplateRequest asks for the template of a VM shape to be rebuilt.
 type TemplateRequest struct {
 	Spec Spec `json:"spec"`

@@ -36,10 +36,21 @@ type RunRequest struct {
 
 // Frames of a one-shot exec stream beyond an exec's (server to client).
 const (
-	frameStatus  = 20 // JSON string: the status line of a slow start ("" clears it)
-	frameNotice  = 21 // JSON string: a line for the user's stderr
-	frameFailure = 22 // JSON streamFailure: gondolin failed, with the error's class
+	frameStatus    = 20 // JSON string: the status line of a slow start ("" clears it)
+	frameNotice    = 21 // JSON string: a line for the user's stderr
+	frameFailure   = 22 // JSON streamFailure: gondolin failed, with the error's class
+	frameHeartbeat = 23 // empty; clients ignore it (see heartbeat)
 )
+
+// maxTimeoutMS bounds a one-shot exec's --timeout (a year), well inside
+// what a time.Duration holds.
+const maxTimeoutMS = int64(365 * 24 * time.Hour / time.Millisecond)
+
+// heartbeatEvery is how often a one-shot exec's stream carries a
+// heartbeat: the frame reader may be stuck behind stdin the command does
+// not read, so a client that died is found by writing to it, and its VM
+// goes with it.
+const heartbeatEvery = 2 * time.Second
 
 // streamFailure is an error after the stream was upgraded, with the
 // HTTP status its class maps to (see errdefs), so that the client
@@ -59,8 +70,8 @@ func (req *RunRequest) spec() (Spec, error) {
 	if err := validateCommand(req.Argv); err != nil {
 		return spec, err
 	}
-	if req.TimeoutMS < 0 {
-		return spec, errorf(errdefs.ErrInvalid, "negative timeout")
+	if req.TimeoutMS < 0 || req.TimeoutMS > maxTimeoutMS {
+		return spec, errorf(errdefs.ErrInvalid, "timeout %d ms: want 0 (none) to %d", req.TimeoutMS, int64(maxTimeoutMS))
 	}
 	if err := spec.applySecretValues(req.SecretValues); err != nil {
 		return spec, err
@@ -100,9 +111,13 @@ func (a *API) run(w http.ResponseWriter, r *http.Request) {
 	defer conn.Close()
 	fw := &frameWriter{w: conn}
 	// The VM lives as long as the client listens, and no longer than the
-	// supervisor.
+	// supervisor: either end closes the connection, which ends a write
+	// blocked on a client that stopped reading (Close must not wait for
+	// it).
 	ctx, cancel := context.WithCancel(a.sv.ctx)
 	defer cancel()
+	defer context.AfterFunc(ctx, func() { conn.Close() })()
+	go heartbeat(ctx, fw, cancel)
 	signals := make(chan syscall.Signal, 8)
 	resizes := make(chan [2]uint16, 8)
 	eio := ExecIO{
@@ -143,7 +158,29 @@ func (a *API) run(w http.ResponseWriter, r *http.Request) {
 	var once sync.Once
 	answer := func(code int, err error) { once.Do(func() { writeOutcome(fw, code, err) }) }
 	eio.Exited = answer // before the VM is destroyed
-	answer(a.sv.rt.Exec(ctx, &spec, req.Argv, eio))
+	code, err := a.sv.rt.Exec(ctx, &spec, req.Argv, eio)
+	if err != nil && a.sv.ctx.Err() != nil {
+		err = errClosing
+	}
+	answer(code, err)
+}
+
+// heartbeat writes an empty frame every heartbeatEvery until ctx ends,
+// and cancels it when a write fails (the client is gone).
+func heartbeat(ctx context.Context, fw *frameWriter, cancel context.CancelFunc) {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if fw.frame(frameHeartbeat, nil) != nil {
+				cancel()
+				return
+			}
+		}
+	}
 }
 
 // writeOutcome sends a one-shot exec's last frame.

@@ -111,14 +111,16 @@ func classedError(status int, e apiError) error {
 }
 
 // Ping checks that the supervisor answers, cheaply: any HTTP answer
-// will do (an older supervisor's "no such endpoint" included).
-func (c *Client) Ping(ctx context.Context) error {
-	err := c.do(ctx, http.MethodGet, "/v1/ping", nil, nil)
+// will do (an older supervisor's "no such endpoint" included, with an
+// empty PingInfo).
+func (c *Client) Ping(ctx context.Context) (PingInfo, error) {
+	var info PingInfo
+	err := c.do(ctx, http.MethodGet, "/v1/ping", nil, &info)
 	var ne *noRouteError
 	if errors.As(err, &ne) {
-		return nil
+		return PingInfo{}, nil
 	}
-	return err
+	return info, err
 }
 
 // Status describes the supervisor.

@@ -18,6 +18,7 @@ import (
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/rlimit"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/mounts"
 )
 
@@ -115,45 +116,87 @@ type ConnectOptions struct {
 // its own session, stdin from /dev/null, output to supervisor.log) if
 // none answers and opts.Start is set.
 func Connect(ctx context.Context, home layout.Home, opts ConnectOptions) (*Client, error) {
+	c, _, err := ConnectInfo(ctx, home, opts)
+	return c, err
+}
+
+// ConnectInfo is Connect, with what the supervisor's ping said.
+func ConnectInfo(ctx context.Context, home layout.Home, opts ConnectOptions) (*Client, PingInfo, error) {
 	c := NewClient(home)
-	if err := c.Ping(ctx); err == nil {
-		return c, nil
+	if info, err := c.Ping(ctx); err == nil {
+		return c, info, nil
 	} else if !opts.Start {
-		return nil, errorf(errdefs.ErrUnavailable, "no supervisor is running for %s (%v)", home, err)
+		return nil, PingInfo{}, errorf(errdefs.ErrUnavailable, "no supervisor is running for %s (%v)", home, err)
 	}
-	if err := startSupervisor(home, opts.Executable); err != nil {
-		return nil, err
+	exited, err := startSupervisor(home, opts.Executable)
+	if err != nil {
+		return nil, PingInfo{}, err
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if err := c.Ping(ctx); err == nil {
-			return c, nil
+		if info, err := c.Ping(ctx); err == nil {
+			return c, info, nil
+		}
+		select {
+		case <-exited:
+			// It gave up at once (or another one won the race to the
+			// lock, which then answers).
+			if info, err := c.Ping(ctx); err == nil {
+				return c, info, nil
+			}
+			return nil, PingInfo{}, errorf(errdefs.ErrUnavailable, "the supervisor did not start%s", logTail(home))
+		default:
 		}
 		if time.Now().After(deadline) {
-			return nil, errorf(errdefs.ErrUnavailable, "the supervisor did not start: see %s", home.SupervisorLog())
+			return nil, PingInfo{}, errorf(errdefs.ErrUnavailable, "the supervisor did not start: see %s", home.SupervisorLog())
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, PingInfo{}, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
-func startSupervisor(home layout.Home, executable string) error {
+// logTail is ": " and the last line of the supervisor's log, made safe to
+// print, or "" when there is none.
+func logTail(home layout.Home) string {
+	b, err := os.ReadFile(home.SupervisorLog())
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b[max(0, len(b)-4096):])), "\n")
+	if last := termsafe.String(lines[len(lines)-1]); last != "" {
+		return ": " + last
+	}
+	return ""
+}
+
+// OwnPingInfo is what this process would answer.
+func OwnPingInfo() PingInfo {
+	ns, _ := os.Readlink("/proc/self/ns/net")
+	return PingInfo{NetNS: ns, Accel: os.Getenv(layout.EnvAccel)}
+}
+
+// startSupervisor starts a supervisor; exited is closed if it exits.
+func startSupervisor(home layout.Home, executable string) (exited <-chan struct{}, err error) {
+	// A bad pool setting would stop the supervisor at once: say so here.
+	if _, err := PoolOptionsFromEnv(); err != nil {
+		return nil, err
+	}
 	if executable == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		executable = exe
 	}
 	if err := layout.MkdirPrivate(string(home)); err != nil {
-		return err
+		return nil, err
 	}
 	logFile, err := os.OpenFile(home.SupervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer logFile.Close()
 	cmd := exec.Command(executable, "supervisor")
@@ -164,10 +207,14 @@ func startSupervisor(home layout.Home, executable string) error {
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start supervisor: %w", err)
+		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
-	// Reap it if it exits early (another one won the race); otherwise it
-	// is reparented when we exit.
-	go cmd.Wait()
-	return nil
+	// Reap it if it exits early (another one won the race, or it could
+	// not start); otherwise it is reparented when we exit.
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	return done, nil
 }

@@ -1,6 +1,7 @@
 package sessions
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/qemuproc"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -61,8 +63,10 @@ const (
 	poolIdle = 10 * time.Minute
 	// poolShapes bounds how many shapes the pool tracks at once.
 	poolShapes = 8
-	// poolRetry is how long a shape that failed to warm waits.
-	poolRetry = 30 * time.Second
+	// A shape that failed to warm waits poolRetry, twice that after a
+	// second failure in a row, and so on up to poolRetryMax.
+	poolRetry    = 30 * time.Second
+	poolRetryMax = 10 * time.Minute
 	// poolWarmTimeout bounds the making of one pool VM (a template
 	// build included: the first one of an image builds it).
 	poolWarmTimeout = 90 * time.Second
@@ -154,7 +158,13 @@ type poolShape struct {
 	ready   []*warmVM
 	warming int
 	used    time.Time
-	err     string
+	// resolveErr says why spec resolves to nothing (an image gone),
+	// warmErr why the last VM could not be warmed; failures counts the
+	// warm failures in a row, which back off its retries (retryAt).
+	resolveErr, warmErr string
+	failures            int
+	// waits counts the tries in a row that found no template to clone.
+	waits   int
 	retryAt time.Time
 }
 
@@ -181,8 +191,12 @@ func NewPool(rt *Runtime, opts PoolOptions, logger *log.Logger) *Pool {
 }
 
 // Sweep kills the VMs a previous supervisor of this home left in its
-// pool (it died holding them) and removes their directories. It runs
-// before the pool starts and before sessions are adopted.
+// pool (it died holding them), or made for one command, and removes
+// their directories. A directory that is marked and also has a session
+// record is a session whose making never finished (the marker goes once
+// its VM runs): it goes too. One with neither, older than a minute, is
+// what a supervisor left between making a directory and marking it.
+// It runs before the pool starts and before sessions are adopted.
 func (p *Pool) Sweep() {
 	ids, err := p.reg.ids()
 	if err != nil {
@@ -190,18 +204,27 @@ func (p *Pool) Sweep() {
 	}
 	for _, id := range ids {
 		dir := p.reg.dir(id)
-		if _, err := os.Stat(filepath.Join(dir, layout.PoolMarker)); err != nil {
+		_, marked := os.Stat(filepath.Join(dir, layout.PoolMarker))
+		_, recorded := os.Stat(filepath.Join(dir, layout.SpecFile))
+		switch {
+		case marked == nil:
+		case recorded != nil && olderThan(dir, time.Minute):
+		default:
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(dir, layout.SpecFile)); err == nil {
-			continue // claimed for a session: adopted as one
-		}
-		if pid, err := vm.RunningPID(dir); err == nil {
+		// By command line rather than pid file: QEMU may have been
+		// started and not yet have written its pid file.
+		for _, pid := range qemuproc.In(dir) {
 			syscall.Kill(pid, syscall.SIGKILL)
 			p.log.Printf("pool: killed qemu %d left in %s", pid, dir)
 		}
 		os.RemoveAll(dir)
 	}
+}
+
+func olderThan(path string, d time.Duration) bool {
+	st, err := os.Stat(path)
+	return err == nil && time.Since(st.ModTime()) > d
 }
 
 // Start fills the pool in the background until Close.
@@ -281,7 +304,7 @@ func (p *Pool) claim(cfg vm.Config, spec *Spec) (w *warmVM, done func()) {
 		p.misses++
 	}
 	p.mu.Unlock()
-	killAll(stale)
+	go killAll(stale) // not on the claimer's time
 	var once sync.Once
 	return w, func() {
 		once.Do(func() {
@@ -328,10 +351,9 @@ func (p *Pool) fill(ctx context.Context) {
 		p.refresh(ctx)
 		for ctx.Err() == nil {
 			sh, cfg := p.next()
-			if sh == nil {
-				break
+			if sh == nil || !p.warm(ctx, sh, cfg) {
+				break // full, or what a shape resolves to changed: refresh first
 			}
-			p.warm(ctx, sh, cfg)
 		}
 		select {
 		case <-ctx.Done():
@@ -378,11 +400,12 @@ func (p *Pool) refresh(ctx context.Context) {
 		}
 		r := res[i]
 		idle := i > 0 && time.Since(sh.used) > poolIdle
+		sh.resolveErr = ""
 		if r.err != nil || idle || seen[r.key] {
 			drop = append(drop, sh.ready...)
 			sh.ready = nil
 			if r.err != nil {
-				sh.err = r.err.Error()
+				sh.resolveErr = r.err.Error()
 			}
 			if i > 0 && sh.warming == 0 {
 				continue // forgotten
@@ -460,21 +483,44 @@ func (p *Pool) reservedLocked() int {
 }
 
 // warm restores one VM of shape sh (whose warming next reserved) and
-// adds it to the pool, paused.
-func (p *Pool) warm(ctx context.Context, sh *poolShape, cfg vm.Config) {
+// adds it to the pool, paused. It returns false when the filler should
+// refresh before it warms more: the shape's template is not built yet
+// (its build is asked for), or what it resolves to changed meanwhile.
+func (p *Pool) warm(ctx context.Context, sh *poolShape, cfg vm.Config) bool {
 	w, err := p.restore(ctx, cfg)
+	notReady := errors.Is(err, vm.ErrTemplateNotReady)
 	p.mu.Lock()
 	sh.warming--
+	more := true
 	switch {
+	case notReady:
+		// The first claimer of the shape builds its template; with none
+		// in sight, the supervisor's background builder does (it does
+		// not build one twice, and backs off one that keeps breaking:
+		// so does the pool's asking).
+		sh.waits++
+		sh.retryAt, more = time.Now().Add(min(poolTick<<min(sh.waits-1, 5), time.Minute)), false
+		if p.busy > 0 {
+			notReady = false
+		}
 	case err != nil:
-		sh.err, sh.retryAt = err.Error(), time.Now().Add(poolRetry)
+		sh.warmErr = err.Error()
+		sh.failures++
+		sh.retryAt = time.Now().Add(min(poolRetry<<min(sh.failures-1, 5), poolRetryMax))
 	case p.closed || sh.key != p.rt.Templates.Key(cfg) || !p.tracked(sh):
-		err = errors.New("drained while warming")
+		err, more = errors.New("drained while warming"), false
 	default:
-		sh.err = ""
+		sh.warmErr, sh.failures, sh.waits = "", 0, 0
 		sh.ready = append(sh.ready, w)
 	}
+	spec := sh.spec
 	p.mu.Unlock()
+	if notReady {
+		if p.rt.RebuildTemplate != nil {
+			p.rt.RebuildTemplate(spec)
+		}
+		return false
+	}
 	if err != nil {
 		if w != nil {
 			w.kill()
@@ -483,6 +529,7 @@ func (p *Pool) warm(ctx context.Context, sh *poolShape, cfg vm.Config) {
 			p.log.Printf("pool: warm a VM: %v", err)
 		}
 	}
+	return more
 }
 
 func (p *Pool) tracked(sh *poolShape) bool {
@@ -497,6 +544,9 @@ func (p *Pool) tracked(sh *poolShape) bool {
 // restore makes one pool VM: a clone of cfg's template in a new marked
 // directory, handshaken, then paused.
 func (p *Pool) restore(ctx context.Context, cfg vm.Config) (*warmVM, error) {
+	if p.rt.Templates.Generation(cfg) == "" {
+		return nil, vm.ErrTemplateNotReady
+	}
 	id, dir, err := p.newDir()
 	if err != nil {
 		return nil, err
@@ -508,12 +558,12 @@ func (p *Pool) restore(ctx context.Context, cfg vm.Config) (*warmVM, error) {
 	// not keep the others cold for long.
 	wctx, cancel := context.WithTimeout(ctx, poolWarmTimeout)
 	defer cancel()
-	m, a, err := p.rt.Templates.Clone(wctx, cfg, agentproto.Setup{Hostname: "gondolin-pool"})
+	m, a, gen, err := p.rt.Templates.CloneReady(wctx, cfg, agentproto.Setup{Hostname: "gondolin-pool"})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	w := &warmVM{id: id, dir: dir, m: m, a: a, gen: p.rt.Templates.Generation(cfg)}
+	w := &warmVM{id: id, dir: dir, m: m, a: a, gen: gen}
 	if err := warmUp(wctx, a); err != nil {
 		w.kill()
 		return nil, fmt.Errorf("warm-up command: %w", err)
@@ -535,13 +585,12 @@ var warmUpCommands = [][]string{{"true"}, {"sh", "-c", "command -v bash >/dev/nu
 
 func warmUp(ctx context.Context, a *vm.Agent) error {
 	for _, argv := range warmUpCommands {
-		exit, err := a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: argv}})
-		if err != nil {
+		_, err := a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: argv}})
+		if _, missing := vm.StartError(err); err != nil && !missing {
 			return err
 		}
-		if exit.Code != 0 {
-			return fmt.Errorf("%v exited %d", argv, exit.Code)
-		}
+		// An image without the command is warmed up less, no more; its
+		// exit code says nothing about the VM either.
 	}
 	return nil
 }
@@ -587,11 +636,11 @@ func (p *Pool) Status() PoolStatus {
 	st := PoolStatus{Size: p.opts.Size, MemoryMiB: p.opts.MemoryMiB, ReservedMiB: p.reservedLocked(),
 		Claims: p.claims, Misses: p.misses, Shapes: []PoolShape{}}
 	for _, sh := range p.shapes {
-		if sh.key == "" && sh.err == "" {
+		if sh.key == "" && sh.resolveErr == "" {
 			continue
 		}
 		ps := PoolShape{Image: sh.spec.Image, CPUs: sh.cfg.CPUs, MemoryMiB: memOf(sh.cfg), Network: sh.cfg.Network,
-			Ready: len(sh.ready), Warming: sh.warming, Error: sh.err}
+			Ready: len(sh.ready), Warming: sh.warming, Error: cmp.Or(sh.resolveErr, sh.warmErr)}
 		if ps.CPUs == 0 {
 			ps.CPUs = vm.DefaultCPUs
 		}

@@ -50,7 +50,7 @@ func NewAPI(sv *Supervisor) *API {
 	a.mux.HandleFunc("POST /v1/sessions/{id}/ptys/{pty}/attach", a.attach)
 	a.mux.HandleFunc("POST /v1/sessions/{id}/exec", a.exec)
 	a.mux.HandleFunc("POST /v1/exec", a.run)
-	a.mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, struct{}{}) })
+	a.mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, OwnPingInfo()) })
 	a.mux.HandleFunc("GET /v1/sessions/{id}/logs", a.logs)
 	a.mux.HandleFunc("GET /v1/events", a.eventStream)
 	slow("POST /v1/sessions/{id}/snapshot", a.snapshot, snapshotTimeout+time.Minute)

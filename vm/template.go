@@ -183,6 +183,37 @@ func qemuIdentity() string {
 	return fmt.Sprintf("%s:%d:%d", p, st.Size(), st.ModTime().UnixNano())
 }
 
+// ErrTemplateNotReady: CloneReady found no checked template to clone.
+var ErrTemplateNotReady = errors.New("no checked template yet")
+
+// CloneReady is Clone for work in the background (a warm pool): it
+// clones only a template that is ready, building none, and a clone that
+// fails does not move the template aside, since a restore that is slow
+// on a loaded host is no proof the template is broken (a foreground
+// Clone that fails judges it). gen is the generation (see Generation)
+// the clone came from.
+func (t *Templates) CloneReady(ctx context.Context, cfg Config, setup agentproto.Setup) (m *Machine, a *Agent, gen string, err error) {
+	if cfg.Restore != "" {
+		return nil, nil, "", errors.New("vm: a clone cannot also restore another state")
+	}
+	gen = t.Generation(cfg)
+	if gen == "" {
+		return nil, nil, "", ErrTemplateNotReady
+	}
+	cctx, cancel := context.WithTimeout(ctx, cloneTimeout)
+	defer cancel()
+	m, a, err = t.restore(cctx, cfg, filepath.Join(t.Dir, t.Key(cfg)), setup)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if t.Generation(cfg) != gen { // replaced while it restored: which one is unknown
+		a.Close()
+		m.Kill()
+		return nil, nil, "", errors.New("the template was replaced during the clone")
+	}
+	return m, a, gen, nil
+}
+
 // Generation names the saved template cfg's clones come from now: its
 // key and the identity of its saved state, which a rebuild in place (a
 // broken template replaced) changes. It is empty when there is no

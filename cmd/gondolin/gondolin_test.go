@@ -11,12 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/qemuproc"
 	"github.com/gondolin/gondolin/internal/syncbuf"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/internal/testutil"
@@ -233,12 +235,24 @@ func TestExecKilledLeavesNothing(t *testing.T) {
 // one-shot run directory (sockets, overlays, logs) remains.
 func assertNothingLeft(t *testing.T, home layout.Home) {
 	t.Helper()
-	if procs := qemuProcesses(home); len(procs) > 0 {
+	// The supervisor answers an exec before it destroys the VM (the
+	// client need not wait for that): give it a moment.
+	var procs []string
+	var entries, oneShot []os.DirEntry
+	testutil.Poll(10*time.Second, func() bool {
+		procs = qemuProcesses(home)
+		entries, _ = os.ReadDir(home.Run())
+		oneShot, _ = os.ReadDir(home.Sessions())
+		return len(procs)+len(entries)+len(oneShot) == 0
+	})
+	if len(procs) > 0 {
 		t.Errorf("QEMU still running: %v", procs)
 	}
-	entries, _ := os.ReadDir(home.Run())
 	if len(entries) > 0 {
 		t.Errorf("run directories left behind: %v", entries)
+	}
+	if len(oneShot) > 0 {
+		t.Errorf("one-shot VM directories left behind: %v", oneShot)
 	}
 	leftovers, _ := filepath.Glob(filepath.Join(string(home), "templates", "*.tmp*"))
 	checks, _ := filepath.Glob(filepath.Join(string(home), "templates", "*.v*"))
@@ -250,16 +264,8 @@ func assertNothingLeft(t *testing.T, home layout.Home) {
 // qemuProcesses lists QEMU processes whose command line mentions home.
 func qemuProcesses(home layout.Home) []string {
 	var found []string
-	pids, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range pids {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		cmdline := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
-		if strings.Contains(cmdline, "qemu-system") && strings.Contains(cmdline, string(home)+"/") {
-			found = append(found, filepath.Base(filepath.Dir(p)))
-		}
+	for _, pid := range qemuproc.In(string(home)) {
+		found = append(found, strconv.Itoa(pid))
 	}
 	return found
 }

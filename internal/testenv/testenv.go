@@ -18,6 +18,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/qemuproc"
 )
 
 // EnvRequireVM makes a missing image fail integration tests instead of
@@ -149,6 +150,11 @@ func StopSupervisor(home layout.Home) {
 		}
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
+	// Killed, it left its pool's VMs (detached) to a next supervisor
+	// that will not come: kill them here.
+	for _, qemu := range qemuproc.In(string(home)) {
+		syscall.Kill(qemu, syscall.SIGKILL)
+	}
 }
 
 // Home is NewHome for one test: it skips or fails the test as needed and

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/internal/termio"
@@ -118,14 +120,31 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 // and destroys. served is false when no supervisor can serve it (none could
 // be started, or an older one runs): the caller then runs the VM itself.
 func execThroughSupervisor(spec *sessions.Spec, args []string, term *terminal, tty bool, timeout time.Duration) (code int, served bool, err error) {
-	client, err := dialSupervisor(true)
+	home, err := layout.DefaultHome()
 	if err != nil {
+		return 0, false, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	client, info, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: true})
+	cancel()
+	if errors.Is(err, errdefs.ErrInvalid) {
+		return 0, true, err // a bad GONDOLIN_POOL: the user's to fix
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gondolin: %v; running the VM in this process\n", err)
 		return 0, false, nil
 	}
-	// The supervisor's environment is not this command's: the default
-	// image this command would use goes with the request.
+	// The VM's network is the supervisor's process's: one in another
+	// network namespace (this command runs in a container or `ip netns
+	// exec`) would reach other hosts than this command can, and one with
+	// another accelerator setting would boot another way.
+	if own := sessions.OwnPingInfo(); info.NetNS != own.NetNS || info.Accel != own.Accel {
+		return 0, false, nil
+	}
+	// The supervisor's environment is not this command's: the image this
+	// command would use by default goes with the request.
 	if spec.Image == "" {
-		spec.Image = os.Getenv(layout.EnvDefaultImage)
+		spec.Image = cmp.Or(os.Getenv(layout.EnvDefaultImage), layout.DefaultImage)
 	}
 	req := sessions.RunRequest{Spec: *spec, Argv: args, TTY: tty, Rows: term.rows, Cols: term.cols,
 		SecretValues: spec.SecretValues()}
