@@ -103,6 +103,28 @@ func RunSupervisor(home layout.Home, logger *log.Logger, pool PoolOptions) error
 	return err
 }
 
+// WaitStopped waits until no supervisor holds home's lock (one that was
+// told to stop has killed its pool and exited), at most until ctx ends:
+// a supervisor started right after must not find the lock still held.
+func WaitStopped(ctx context.Context, home layout.Home) error {
+	for {
+		lock, err := os.Open(home.SupervisorLock())
+		if err != nil {
+			return nil // none ever ran
+		}
+		free := syscall.Flock(int(lock.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) == nil
+		lock.Close()
+		if free {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errorf(errdefs.ErrUnavailable, "the supervisor did not exit: see %s", home.SupervisorLog())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // ConnectOptions says how to reach the supervisor.
 type ConnectOptions struct {
 	// Start starts a supervisor when none answers.

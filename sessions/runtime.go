@@ -648,7 +648,10 @@ func sweepRunDirs(root string) {
 			}
 			continue
 		}
-		if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+		// A lock file made a moment ago may not be locked yet by the
+		// process that is making it (it creates, then locks): only an
+		// older one that nobody holds is a dead process's.
+		if olderThan(lock.Name(), 10*time.Second) && syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
 			os.RemoveAll(dir)
 		}
 		lock.Close()

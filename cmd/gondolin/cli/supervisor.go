@@ -62,7 +62,14 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 		RunE: withSupervisor(false, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			return client.StopSupervisor(ctx, all)
+			if err := client.StopSupervisor(ctx, all); err != nil {
+				return err
+			}
+			home, err := layout.DefaultHome()
+			if err != nil {
+				return err
+			}
+			return sessions.WaitStopped(ctx, home)
 		}),
 	}
 	stop.Flags().BoolVar(&all, "all", false, "stop every VM too")
