@@ -6,12 +6,18 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -33,6 +39,7 @@ type section struct {
 
 var sections = []section{
 	{"foundation: boot and exec", benchFoundation},
+	{"warm pool: exec and bash from paused VMs", benchPool},
 }
 
 // env is what every section shares: a private home with the default
@@ -40,6 +47,11 @@ var sections = []section{
 type env struct {
 	home layout.Home
 	bin  string
+	// Figures more than one section shows or compares to, measured once
+	// (by foundation, or on first use when it did not run): a raw QEMU
+	// boot to the agent, exec --cold, and an exec round trip in a booted
+	// VM.
+	rawBoot, coldExec, roundTrip durations
 }
 
 func main() {
@@ -55,12 +67,27 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
+	// Which exec path is measured is the bench's choice, figure by
+	// figure, not the caller's shell's.
+	os.Unsetenv(layout.EnvNoSupervisor)
 	dir, err := os.MkdirTemp("", "gdbench")
 	if err != nil {
 		fatal(err)
 	}
-	defer os.RemoveAll(dir)
 	e := &env{home: layout.Home(dir), bin: bin}
+	// The execs start a supervisor in the temp home, and it and its VMs
+	// outlive the commands that started them: they are stopped before the
+	// home is removed, on every way out (fatal and signals included).
+	atExit(func() {
+		e.shutdown()
+		os.RemoveAll(dir)
+	})
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigs
+		fatal(fmt.Errorf("%v", s))
+	}()
 	if err := testenv.LinkImages(src, e.home); err != nil {
 		fatal(fmt.Errorf("link images from %s (run make image): %w", src, err))
 	}
@@ -70,14 +97,137 @@ func main() {
 			continue
 		}
 		fmt.Printf("## %s\n\n", s.name)
-		printTable(s.run(e))
+		start, waited := time.Now(), poolWaits
+		rows := s.run(e)
+		// Each section starts without a supervisor: none inherits
+		// another's sessions, pool shapes or background work.
+		e.shutdown()
+		// Where the run's time goes, apart from the figures.
+		fmt.Fprintf(os.Stderr, "bench: %s took %s, %s of it waiting for the warm pool to fill\n",
+			s.name, time.Since(start).Round(time.Second), (poolWaits - waited).Round(time.Second))
+		printTable(rows)
 		fmt.Println()
 	}
+	runCleanups()
 }
+
+var (
+	cleanupMu sync.Mutex
+	cleanups  []func()
+)
+
+// atExit adds f to what runs before the bench exits, fatal included
+// (os.Exit skips deferred calls).
+func atExit(f func()) {
+	cleanupMu.Lock()
+	defer cleanupMu.Unlock()
+	cleanups = append(cleanups, f)
+}
+
+// runCleanups runs the atExit functions once, newest first. A fatal
+// from another goroutine meanwhile waits for them, then exits.
+func runCleanups() {
+	cleanupMu.Lock()
+	defer cleanupMu.Unlock()
+	for i := len(cleanups) - 1; i >= 0; i-- {
+		cleanups[i]()
+	}
+	cleanups = nil
+}
+
+var fatalOnce sync.Once
 
 func fatal(err error) {
 	fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+	// Only the first fatal cleans up; another goroutine's (a failed check
+	// while cleaning up included) just exits once that is done.
+	fatalOnce.Do(runCleanups)
+	cleanupMu.Lock()
 	os.Exit(1)
+}
+
+// shutdown stops the home's supervisor and every VM it holds, as a user
+// would (gondolin supervisor stop --all), waits for it to exit, then
+// kills whatever process of this home is still running. It never calls
+// fatal: it runs from fatal.
+func (e *env) shutdown() {
+	pid := 0
+	if b, err := os.ReadFile(e.home.SupervisorLock()); err == nil {
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.bin, "supervisor", "stop", "--all")
+	cmd.Env = e.environ()
+	// Its error is expected when no supervisor runs; one that did not
+	// stop is killed below.
+	cmd.Run()
+	// The stop is answered before the supervisor has killed its pool.
+	for deadline := time.Now().Add(30 * time.Second); pid > 0 && isHomeProcess(e.home, pid) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	left := homeProcesses(e.home)
+	for _, p := range left {
+		fmt.Fprintf(os.Stderr, "bench: killing leftover process %d of %s: %s\n", p.pid, e.home, p.cmdline)
+		syscall.Kill(p.pid, syscall.SIGKILL)
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(left) > 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		left = homeProcesses(e.home)
+	}
+}
+
+// environ is the bench's environment with GONDOLIN_HOME set to e's home.
+func (e *env) environ(extra ...string) []string {
+	return append(append(os.Environ(), layout.EnvHome+"="+string(e.home)), extra...)
+}
+
+type proc struct {
+	pid     int
+	cmdline string
+}
+
+// homeProcesses lists the processes other than this one that belong to
+// home: those whose command line names a path in it (QEMU) or whose
+// environment sets GONDOLIN_HOME to it (a supervisor, a gondolin
+// command).
+func homeProcesses(home layout.Home) []proc {
+	entries, _ := os.ReadDir("/proc")
+	var out []proc
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() || !isHomeProcess(home, pid) {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		out = append(out, proc{pid, strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))})
+	}
+	return out
+}
+
+func isHomeProcess(home layout.Home, pid int) bool {
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	if st, err := os.ReadFile(filepath.Join(dir, "stat")); err != nil || zombie(string(st)) {
+		return false
+	}
+	cmdline, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
+	if strings.Contains(string(cmdline), string(home)+"/") {
+		return true
+	}
+	environ, _ := os.ReadFile(filepath.Join(dir, "environ"))
+	for _, kv := range strings.Split(string(environ), "\x00") {
+		if kv == layout.EnvHome+"="+string(home) {
+			return true
+		}
+	}
+	return false
+}
+
+// zombie reads the state field of /proc/PID/stat (after the command
+// name, which may hold spaces and parentheses).
+func zombie(stat string) bool {
+	i := strings.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
 }
 
 func hostInfo() string {

@@ -2,12 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
 	"time"
 
-	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/snapshots"
 )
@@ -80,21 +76,14 @@ func benchSnapshots(e *env) []row {
 		}
 	}
 	execTrue := func(args ...string) func() error {
-		return func() error {
-			cmd := exec.Command(e.bin, append(append([]string{"exec"}, args...), "--", "true")...)
-			cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(e.home))
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("%v: %s", err, out)
-			}
-			return nil
-		}
+		return func() error { return gondolinExec(e, append(args, "--", "true")...) }
 	}
 	fromLive, err := timeN(*runs, execTrue("--resume", live))
 	check("resume live", err)
 	fromDisk, err := timeN(*runs, execTrue("--resume", disk))
 	check("resume disk", err)
-	cold, err := timeN(*runs, execTrue("--cold"))
-	check("cold", err)
+	// The same figure as foundation's (measured there when it ran).
+	cold := e.coldExecFigure()
 	return []row{
 		{"snapshot --live of a running session", liveSnap.String(), "-", "-"},
 		{"  longest exec round trip during it (the pause)", ms(pause), "quiet " + ms(quiet), ratio(pause, quiet)},
