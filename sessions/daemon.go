@@ -20,6 +20,7 @@ import (
 	"github.com/gondolin/gondolin/internal/rlimit"
 	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/mounts"
+	"github.com/gondolin/gondolin/vm"
 )
 
 // ErrSupervisorRunning means another supervisor holds the home's lock.
@@ -202,9 +203,12 @@ func OwnPingInfo() PingInfo {
 
 // startSupervisor starts a supervisor; exited is closed if it exits.
 func startSupervisor(home layout.Home, executable string) (exited <-chan struct{}, err error) {
-	// A bad pool setting would stop the supervisor at once: say so here.
+	// A bad setting would stop the supervisor at once: say so here.
 	if _, err := PoolOptionsFromEnv(); err != nil {
 		return nil, err
+	}
+	if _, _, err := vm.ParseAccel(os.Getenv(layout.EnvAccel)); err != nil {
+		return nil, invalidf("%v", err)
 	}
 	if executable == "" {
 		exe, err := os.Executable()
