@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log"
 	"os"
@@ -585,7 +586,9 @@ var warmUpCommands = [][]string{{"true"}, {"sh", "-c", "command -v bash >/dev/nu
 
 func warmUp(ctx context.Context, a *vm.Agent) error {
 	for _, argv := range warmUpCommands {
-		_, err := a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: argv}})
+		// Shaped as a claimer's command is (its output streamed), so
+		// that the same guest paths are warm.
+		_, err := a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: argv}, Stdout: io.Discard, Stderr: io.Discard})
 		if _, missing := vm.StartError(err); err != nil && !missing {
 			return err
 		}
