@@ -139,9 +139,9 @@ func poolLines(p sessions.PoolStatus) []string {
 		ready += sh.Ready
 		warming += sh.Warming
 	}
-	head := fmt.Sprintf("warm pool: %d ready of %d per shape", ready, p.Size)
+	head := fmt.Sprintf("warm pool: %d ready (%d per shape)", ready, p.Size)
 	if warming > 0 {
-		head += fmt.Sprintf(" (%d warming)", warming)
+		head += fmt.Sprintf(", %d warming", warming)
 	}
 	head += fmt.Sprintf(", %d MiB reserved of %d MiB, %s resident; %s, %d found it empty",
 		p.ReservedMiB, p.MemoryMiB, humanBytes(p.RSSBytes), countText(p.Claims, "claim"), p.Misses)

@@ -23,14 +23,14 @@ func TestPoolLines(t *testing.T) {
 		{
 			name: "on, nothing warmed yet",
 			pool: sessions.PoolStatus{Size: 2, MemoryMiB: 1024},
-			want: []string{"warm pool: 0 ready of 2 per shape, 0 MiB reserved of 1024 MiB, 0B resident; 0 claims, 0 found it empty"},
+			want: []string{"warm pool: 0 ready (2 per shape), 0 MiB reserved of 1024 MiB, 0B resident; 0 claims, 0 found it empty"},
 		},
 		{
 			name: "default shape full",
 			pool: sessions.PoolStatus{Size: 2, MemoryMiB: 1024, ReservedMiB: 512, RSSBytes: 620 * mib, Claims: 1, Misses: 3,
 				Shapes: []sessions.PoolShape{defaultShape}},
 			want: []string{
-				"warm pool: 2 ready of 2 per shape, 512 MiB reserved of 1024 MiB, 620.0MiB resident; 1 claim, 3 found it empty",
+				"warm pool: 2 ready (2 per shape), 512 MiB reserved of 1024 MiB, 620.0MiB resident; 1 claim, 3 found it empty",
 				"  default image, 1 CPU, 256 MiB: 2 ready, 0 warming, 620.0MiB resident",
 			},
 		},
@@ -42,7 +42,7 @@ func TestPoolLines(t *testing.T) {
 					{Image: "alpine:3.20", CPUs: 2, MemoryMiB: 256, Ready: 1, Warming: 1, RSSBytes: 310 * mib},
 				}},
 			want: []string{
-				"warm pool: 3 ready of 2 per shape (1 warming), 1024 MiB reserved of 1024 MiB, 930.0MiB resident; 14 claims, 3 found it empty",
+				"warm pool: 3 ready (2 per shape), 1 warming, 1024 MiB reserved of 1024 MiB, 930.0MiB resident; 14 claims, 3 found it empty",
 				"  default image, 1 CPU, 256 MiB: 2 ready, 0 warming, 620.0MiB resident",
 				"  alpine:3.20, 2 CPUs, 256 MiB, no network: 1 ready, 1 warming, 310.0MiB resident",
 			},
@@ -53,7 +53,7 @@ func TestPoolLines(t *testing.T) {
 				Shapes: []sessions.PoolShape{{Image: "evil\x1b]52;c;aGkK\x07", CPUs: 1, MemoryMiB: 512, Network: true,
 					Error: "restore: qemu exited:\n\x1b[2Jguest said so"}}},
 			want: []string{
-				"warm pool: 0 ready of 1 per shape, 0 MiB reserved of 512 MiB, 0B resident; 0 claims, 1 found it empty",
+				"warm pool: 0 ready (1 per shape), 0 MiB reserved of 512 MiB, 0B resident; 0 claims, 1 found it empty",
 				`  evil\x1b]52;c;aGkK\x07, 1 CPU, 512 MiB: 0 ready, 0 warming, 0B resident: last error: restore: qemu exited:\x0a\x1b[2Jguest said so`,
 			},
 		},
