@@ -212,6 +212,12 @@ func (st *stream) frame(t agentproto.FrameType, payload []byte) error {
 	return agentproto.WriteFrame(st.Stream, t, payload)
 }
 
+func (st *stream) frameInPlace(t agentproto.FrameType, buf []byte) error {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	return agentproto.WriteFrameInPlace(st.Stream, t, buf)
+}
+
 func (st *stream) json(t agentproto.FrameType, v any) error {
 	st.wmu.Lock()
 	defer st.wmu.Unlock()
@@ -381,16 +387,21 @@ func (s *Server) exec(st *stream, req *agentproto.Exec) {
 	var wg sync.WaitGroup
 	copyOut := func(r *os.File, t agentproto.FrameType) {
 		defer wg.Done()
-		buf := make([]byte, readChunk)
+		// Read behind a frame header's room, and frame each MaxData
+		// piece in place: its header goes over the end of the piece
+		// before it, which is sent by then (a Write returns once the
+		// bytes are out). No copy to frame it.
+		const h = agentproto.HeaderLen
+		buf := make([]byte, h+readChunk)
 		for {
-			n, err := r.Read(buf)
-			for chunk := buf[:n]; len(chunk) > 0; {
-				m := min(len(chunk), agentproto.MaxData)
-				if st.frame(t, chunk[:m]) != nil {
+			n, err := r.Read(buf[h:])
+			for off := 0; off < n; {
+				m := min(n-off, agentproto.MaxData)
+				if st.frameInPlace(t, buf[off:h+off+m]) != nil {
 					p.signal(syscall.SIGKILL)
 					return
 				}
-				chunk = chunk[m:]
+				off += m
 			}
 			if err != nil { // EOF, or EIO from a PTY whose other side closed
 				return
@@ -425,8 +436,9 @@ func (s *Server) exec(st *stream, req *agentproto.Exec) {
 	st.json(agentproto.FrameExit, p.exit)
 }
 
-// readChunk is how much output is read at once; output pipes are grown to
-// match, because under emulation each wakeup costs more than the copy.
+// readChunk is the capacity output pipes are grown to: a fast producer
+// fills it while the agent sends, because under emulation each wakeup
+// costs more than a read. The agent reads MaxData at a time (one frame).
 const readChunk = 1 << 20
 
 // outputGrace is how long output may keep flowing after the process

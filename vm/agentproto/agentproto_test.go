@@ -275,3 +275,91 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestFrameInPlace frames a long output the way the agent does: one
+// buffer, each piece's header written over the end of the piece before
+// it (already written out); every frame must read back whole.
+func TestFrameInPlace(t *testing.T) {
+	for _, n := range []int{0, 1, MaxData - 1, MaxData, 3*MaxData + 17} {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		buf := append(make([]byte, HeaderLen), data...)
+		var out bytes.Buffer
+		for off := 0; off < n; {
+			m := min(n-off, MaxData)
+			if err := WriteFrameInPlace(&out, FrameStdout, buf[off:HeaderLen+off+m]); err != nil {
+				t.Fatal(err)
+			}
+			off += m
+		}
+		var got []byte
+		for out.Len() > 0 {
+			f, err := ReadFrame(&out, MaxFrame)
+			if err != nil || f.Type != FrameStdout {
+				t.Fatalf("%d bytes: frame %v, %v", n, f.Type, err)
+			}
+			got = append(got, f.Payload...)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: read back %d bytes, not the same", n, len(got))
+		}
+	}
+	if err := WriteFrameInPlace(io.Discard, FrameStdout, make([]byte, HeaderLen-1)); err != ErrBadFrame {
+		t.Fatalf("no room for the header: %v", err)
+	}
+	if err := WriteFrameInPlace(io.Discard, FrameStdout, make([]byte, HeaderLen+MaxFrame)); err != ErrFrameTooLarge {
+		t.Fatalf("too large: %v", err)
+	}
+}
+
+// writeLog records each Write.
+type writeLog struct{ writes [][]byte }
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+// TestCoalesceWriter: a yamux data header and a small body go out in one
+// write; a large body follows its header in a second write, uncopied;
+// other writes pass through.
+func TestCoalesceWriter(t *testing.T) {
+	header := func(length int) []byte {
+		h := make([]byte, yamuxHeaderLen)
+		h[1] = 0 // data
+		h[8], h[9], h[10], h[11] = byte(length>>24), byte(length>>16), byte(length>>8), byte(length)
+		return h
+	}
+	cases := []struct {
+		name   string
+		writes [][]byte
+		want   int // writes that reach the port
+	}{
+		{"small body joined", [][]byte{header(5), []byte("hello")}, 1},
+		{"largest joined body", [][]byte{header(coalesceMax), make([]byte, coalesceMax)}, 1},
+		{"large body apart", [][]byte{header(coalesceMax + 1), make([]byte, coalesceMax+1)}, 2},
+		{"window update passes", [][]byte{{0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0}}, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var log writeLog
+			c := &CoalesceWriter{W: &log}
+			var sent []byte
+			for _, w := range tc.writes {
+				if n, err := c.Write(w); err != nil || n != len(w) {
+					t.Fatalf("write: %d, %v", n, err)
+				}
+				sent = append(sent, w...)
+			}
+			var got []byte
+			for _, w := range log.writes {
+				got = append(got, w...)
+			}
+			if len(log.writes) != tc.want || !bytes.Equal(got, sent) {
+				t.Fatalf("%d writes (want %d), bytes equal: %v", len(log.writes), tc.want, bytes.Equal(got, sent))
+			}
+		})
+	}
+}

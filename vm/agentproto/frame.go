@@ -80,6 +80,27 @@ func WriteFrame(w io.Writer, t FrameType, payload []byte) error {
 	return err
 }
 
+// HeaderLen is the size of a frame's header (length and type).
+const HeaderLen = headerLen
+
+// WriteFrameInPlace writes a frame of type t whose payload is
+// buf[HeaderLen:], filling in buf[:HeaderLen]: a writer that reads its
+// payload into a buffer with that much room in front saves the copy
+// WriteFrame makes (on an emulated CPU, bulk output pays for each one).
+func WriteFrameInPlace(w io.Writer, t FrameType, buf []byte) error {
+	if len(buf) < headerLen {
+		return ErrBadFrame
+	}
+	n := len(buf) - headerLen
+	if n+1 > MaxFrame {
+		return ErrFrameTooLarge
+	}
+	binary.BigEndian.PutUint32(buf, uint32(n+1))
+	buf[4] = byte(t)
+	_, err := w.Write(buf)
+	return err
+}
+
 // framePool recycles frame buffers: output streams write one frame per
 // read, and under emulation every allocation and copy shows.
 var framePool = sync.Pool{New: func() any { b := make([]byte, 0, headerLen+MaxData); return &b }}

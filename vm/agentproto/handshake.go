@@ -186,6 +186,10 @@ func (c *Conn) String() string { return fmt.Sprintf("agentproto.Conn(%T)", c.W) 
 // yamuxHeaderLen is the size of a yamux frame header.
 const yamuxHeaderLen = 12
 
+// coalesceMax is the largest body CoalesceWriter copies to join it to
+// its header.
+const coalesceMax = 8 << 10
+
 // CoalesceWriter joins each yamux data frame's header to its body, which
 // yamux writes with two calls. On a virtio-serial port every write is a
 // guest exit and a separate buffer, so halving the writes matters. Only a
@@ -207,6 +211,13 @@ func (c *CoalesceWriter) Write(p []byte) (int, error) {
 		return c.W.Write(p)
 	}
 	c.holding = false
+	if len(p) > coalesceMax {
+		// A large body costs more to copy than one more write does.
+		if _, err := c.W.Write(c.buf[:yamuxHeaderLen]); err != nil {
+			return 0, err
+		}
+		return c.W.Write(p)
+	}
 	c.buf = append(c.buf[:yamuxHeaderLen], p...)
 	n, err := c.W.Write(c.buf)
 	return max(n-yamuxHeaderLen, 0), err
