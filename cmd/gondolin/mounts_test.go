@@ -64,6 +64,15 @@ func TestMounts(t *testing.T) {
 		}
 	})
 
+	t.Run("a mount reads ahead as far as one request goes", func(t *testing.T) {
+		dir := t.TempDir()
+		out := mustRun(t, home, "exec", "--mount-hostfs", dir+":/m:ro", "--",
+			"sh", "-c", `cat /sys/class/bdi/$(awk '$5 == "/m" { print $3 }' /proc/self/mountinfo)/read_ahead_kb`)
+		if out != "1024" {
+			t.Fatalf("read_ahead_kb of the mount: %q, want 1024 (fsproto.MaxData)", out)
+		}
+	})
+
 	t.Run("tar x of a source tree into a read-write mount", func(t *testing.T) {
 		src, _ := filepath.Abs("../..") // this repository's own source
 		tarball := filepath.Join(t.TempDir(), "src.tar")
