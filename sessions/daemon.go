@@ -77,7 +77,7 @@ func RunSupervisor(home layout.Home, logger *log.Logger, pool PoolOptions) error
 	rt.Pool.Start()
 	api := NewAPI(sv)
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
-	stop := make(chan struct{}, 1)
+	stop, shutDown := make(chan struct{}, 1), make(chan struct{})
 	api.OnStop = func(bool) { stop <- struct{}{} }
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -92,9 +92,16 @@ func RunSupervisor(home layout.Home, logger *log.Logger, pool PoolOptions) error
 		defer cancel()
 		srv.Shutdown(ctx)
 		srv.Close()
+		close(shutDown)
 	}()
 	logger.Printf("supervisor %d serving on %s", os.Getpid(), sockPath)
 	err = srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		// Serve returns as soon as the listener closes: the answers in
+		// flight (the one to "stop" included) are written by Shutdown,
+		// which this process must not exit before.
+		<-shutDown
+	}
 	sv.Close()
 	rt.Pool.Close()
 	logger.Printf("supervisor %d exiting; VMs keep running", os.Getpid())
