@@ -108,7 +108,7 @@ func newHome(share bool) (home layout.Home, cleanup func(), skip string, err err
 			os.RemoveAll(dir)
 			return "", nil, "", fmt.Errorf("link images: %w", err)
 		}
-		return home, func() { StopSupervisor(home); os.RemoveAll(dir) }, "", nil
+		return home, func() { StopSupervisor(home); killVMs(home); os.RemoveAll(dir) }, "", nil
 	}
 	sd, err := sharedDir(src)
 	for _, link := range []struct{ sub, path string }{{"images", home.Images()}, {"templates", home.Templates()}, {"ca", home.CA()}} {
@@ -120,7 +120,7 @@ func newHome(share bool) (home layout.Home, cleanup func(), skip string, err err
 		os.RemoveAll(dir)
 		return "", nil, "", fmt.Errorf("share images and templates: %w", err)
 	}
-	return home, func() { StopSupervisor(home); os.RemoveAll(dir) }, "", nil
+	return home, func() { StopSupervisor(home); killVMs(home); os.RemoveAll(dir) }, "", nil
 }
 
 // StopSupervisor ends the supervisor a test's commands started in home,
@@ -150,8 +150,13 @@ func StopSupervisor(home layout.Home) {
 		}
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
-	// Killed, it left its pool's VMs (detached) to a next supervisor
-	// that will not come: kill them here.
+}
+
+// killVMs kills every QEMU that still runs in home: a test that failed
+// half-way may leave a session's VM (detached: it outlives the
+// supervisor), or a supervisor killed above its pool's, to a next
+// supervisor that will not come.
+func killVMs(home layout.Home) {
 	for _, qemu := range qemuproc.In(string(home)) {
 		syscall.Kill(qemu, syscall.SIGKILL)
 	}
