@@ -73,11 +73,17 @@ func (req *RunRequest) spec() (Spec, error) {
 	if req.TimeoutMS < 0 || req.TimeoutMS > maxTimeoutMS {
 		return spec, errorf(errdefs.ErrInvalid, "timeout %d ms: want 0 (none) to %d", req.TimeoutMS, int64(maxTimeoutMS))
 	}
-	if err := spec.applySecretValues(req.SecretValues); err != nil {
+	return withSecrets(spec, req.SecretValues, req.SSHPassphrases)
+}
+
+// withSecrets gives a requested spec the secret values and SSH key
+// passphrases that travel beside it (never in it), and checks it.
+func withSecrets(spec Spec, values, passphrases map[string]string) (Spec, error) {
+	if err := spec.applySecretValues(values); err != nil {
 		return spec, err
 	}
-	if spec.Policy != nil && len(req.SSHPassphrases) > 0 {
-		if err := spec.Policy.SetSSHPassphrases(req.SSHPassphrases); err != nil {
+	if spec.Policy != nil && len(passphrases) > 0 {
+		if err := spec.Policy.SetSSHPassphrases(passphrases); err != nil {
 			return spec, invalidf("%v", err)
 		}
 	}

@@ -18,21 +18,13 @@ func (sv *Supervisor) Create(ctx context.Context, req CreateRequest) (Session, e
 		return Session{}, errClosing
 	}
 	defer sv.bg.Done()
-	spec := req.Spec
-	if err := spec.applySecretValues(req.SecretValues); err != nil {
-		return Session{}, err
-	}
-	if spec.Policy != nil && len(req.SSHPassphrases) > 0 {
-		if err := spec.Policy.SetSSHPassphrases(req.SSHPassphrases); err != nil {
-			return Session{}, invalidf("%v", err)
-		}
-	}
 	for _, r := range req.Listen {
 		if r.GuestPort == 0 {
 			return Session{}, invalidf("--listen %s: no guest port", r.Listen)
 		}
 	}
-	if err := spec.Validate(); err != nil {
+	spec, err := withSecrets(req.Spec, req.SecretValues, req.SSHPassphrases)
+	if err != nil {
 		return Session{}, err
 	}
 	if len(req.Label) > 200 {
