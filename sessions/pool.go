@@ -10,6 +10,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -142,6 +143,9 @@ type Pool struct {
 	claims, misses uint64
 	closed         bool
 
+	// bg counts the kills of stale VMs that claims leave to the
+	// background; Close waits for them.
+	bg     sync.WaitGroup
 	wake   chan struct{}
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -260,6 +264,7 @@ func (p *Pool) Close() {
 	}
 	p.mu.Unlock()
 	killAll(drop)
+	p.bg.Wait()
 }
 
 func killAll(vms []*warmVM) {
@@ -305,7 +310,13 @@ func (p *Pool) claim(cfg vm.Config, spec *Spec) (w *warmVM, done func()) {
 		p.misses++
 	}
 	p.mu.Unlock()
-	go killAll(stale) // not on the claimer's time
+	if len(stale) > 0 {
+		p.bg.Add(1)
+		go func() { // not on the claimer's time
+			defer p.bg.Done()
+			killAll(stale)
+		}()
+	}
 	var once sync.Once
 	return w, func() {
 		once.Do(func() {
@@ -448,12 +459,7 @@ func (p *Pool) next() (*poolShape, vm.Config) {
 	// The default shape first, then the most recently used.
 	order := append([]*poolShape{}, p.shapes...)
 	if len(order) > 1 {
-		rest := order[1:]
-		for i := 1; i < len(rest); i++ {
-			for j := i; j > 0 && rest[j].used.After(rest[j-1].used); j-- {
-				rest[j], rest[j-1] = rest[j-1], rest[j]
-			}
-		}
+		slices.SortStableFunc(order[1:], func(a, b *poolShape) int { return b.used.Compare(a.used) })
 	}
 	for _, sh := range order {
 		if sh.key == "" || time.Now().Before(sh.retryAt) {
@@ -635,25 +641,32 @@ func (p *Pool) Status() PoolStatus {
 		return PoolStatus{Shapes: []PoolShape{}}
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	st := PoolStatus{Size: p.opts.Size, MemoryMiB: p.opts.MemoryMiB, ReservedMiB: p.reservedLocked(),
 		Claims: p.claims, Misses: p.misses, Shapes: []PoolShape{}}
+	var machines [][]*vm.Machine // per listed shape: its ready VMs
 	for _, sh := range p.shapes {
 		if sh.key == "" && sh.resolveErr == "" {
 			continue
 		}
-		ps := PoolShape{Image: sh.spec.Image, CPUs: sh.cfg.CPUs, MemoryMiB: memOf(sh.cfg), Network: sh.cfg.Network,
-			Ready: len(sh.ready), Warming: sh.warming, Error: cmp.Or(sh.resolveErr, sh.warmErr)}
-		if ps.CPUs == 0 {
-			ps.CPUs = vm.DefaultCPUs
-		}
+		st.Shapes = append(st.Shapes, PoolShape{Image: sh.spec.Image, CPUs: cmp.Or(sh.cfg.CPUs, vm.DefaultCPUs),
+			MemoryMiB: memOf(sh.cfg), Network: sh.cfg.Network, Ready: len(sh.ready), Warming: sh.warming,
+			Error: cmp.Or(sh.resolveErr, sh.warmErr)})
+		var ms []*vm.Machine
 		for _, w := range sh.ready {
-			if s, err := vm.ProcessStats(w.m.PID()); err == nil {
-				ps.RSSBytes += s.RSSBytes
+			ms = append(ms, w.m)
+		}
+		machines = append(machines, ms)
+	}
+	p.mu.Unlock()
+	// /proc is read outside the lock, which claims take; a VM that died
+	// meanwhile is not read (its pid may be another process's now).
+	for i, ms := range machines {
+		for _, m := range ms {
+			if s, err := vm.ProcessStats(m.PID()); err == nil && !exited(m) {
+				st.Shapes[i].RSSBytes += s.RSSBytes
 			}
 		}
-		st.RSSBytes += ps.RSSBytes
-		st.Shapes = append(st.Shapes, ps)
+		st.RSSBytes += st.Shapes[i].RSSBytes
 	}
 	return st
 }
