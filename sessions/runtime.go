@@ -340,37 +340,38 @@ func (r *Runtime) imageOf(cfg vm.Config) *imagestore.Image {
 // notice shows msg to the user without stopping the run: to the
 // caller's reporter (see WithReporter), else to Notice or stderr.
 func (r *Runtime) notice(ctx context.Context, msg string) {
-	if rep, ok := ctx.Value(reporterKey{}).(*Reporter); ok && rep.Notice != nil {
-		rep.Notice(msg)
-		return
-	}
-	if r.Notice != nil {
+	switch rep := reporterOf(ctx); {
+	case rep != nil:
+		if rep.Notice != nil {
+			rep.Notice(msg)
+		}
+	case r.Notice != nil:
 		r.Notice(msg)
-		return
+	default:
+		fmt.Fprintln(os.Stderr, msg)
 	}
-	fmt.Fprintln(os.Stderr, msg)
 }
 
 // show puts msg on the status line of the caller's reporter, else of
-// Status.
+// Status; "" clears it.
 func (r *Runtime) show(ctx context.Context, msg string) {
-	if rep, ok := ctx.Value(reporterKey{}).(*Reporter); ok {
+	switch rep := reporterOf(ctx); {
+	case rep != nil:
 		if rep.Status != nil {
 			rep.Status(msg)
 		}
-		return
+	case msg == "":
+		r.Status.Clear()
+	default:
+		r.Status.Show(msg)
 	}
-	r.Status.Show(msg)
 }
 
-func (r *Runtime) clearStatus(ctx context.Context) {
-	if rep, ok := ctx.Value(reporterKey{}).(*Reporter); ok {
-		if rep.Status != nil {
-			rep.Status("")
-		}
-		return
-	}
-	r.Status.Clear()
+func (r *Runtime) clearStatus(ctx context.Context) { r.show(ctx, "") }
+
+func reporterOf(ctx context.Context) *Reporter {
+	rep, _ := ctx.Value(reporterKey{}).(*Reporter)
+	return rep
 }
 
 // Reporter receives what a boot tells its user: the status line of a
