@@ -120,13 +120,7 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 // and destroys. served is false when no supervisor can serve it (none could
 // be started, or an older one runs): the caller then runs the VM itself.
 func execThroughSupervisor(spec *sessions.Spec, args []string, term *terminal, tty bool, timeout time.Duration) (code int, served bool, err error) {
-	home, err := layout.DefaultHome()
-	if err != nil {
-		return 0, false, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	client, info, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: true})
-	cancel()
+	client, info, err := dialSupervisorInfo(true)
 	if errors.Is(err, errdefs.ErrInvalid) {
 		return 0, true, err // a bad GONDOLIN_POOL: the user's to fix
 	}

@@ -131,13 +131,19 @@ func runtime() (*sessions.Runtime, error) {
 // dialSupervisor connects to the home's supervisor, starting it when
 // start is set.
 func dialSupervisor(start bool) (*sessions.Client, error) {
+	c, _, err := dialSupervisorInfo(start)
+	return c, err
+}
+
+// dialSupervisorInfo is dialSupervisor, with what its ping said.
+func dialSupervisorInfo(start bool) (*sessions.Client, sessions.PingInfo, error) {
 	home, err := layout.DefaultHome()
 	if err != nil {
-		return nil, err
+		return nil, sessions.PingInfo{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: start})
+	return sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: start})
 }
 
 // withSupervisor is a command's RunE that runs run with a client of the
