@@ -40,6 +40,38 @@ type Server struct {
 
 	mu   sync.Mutex
 	conn io.ReadWriteCloser
+
+	watch *watcher
+	// out is the current connection's writer once its guest has asked for
+	// notices (protocol version 2); nil otherwise.
+	outMu sync.Mutex
+	out   *frameWriter
+}
+
+// frameWriter writes whole frames to one connection, one at a time, until
+// that connection's session ends.
+type frameWriter struct {
+	mu   sync.Mutex
+	conn io.WriteCloser
+	dead bool
+}
+
+func (fw *frameWriter) write(frame []byte) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.dead {
+		return
+	}
+	if _, err := fw.conn.Write(frame); err != nil {
+		fw.conn.Close() // the reader notices and Serve returns
+	}
+}
+
+// end stops fw's writes: the next session's handshake follows.
+func (fw *frameWriter) end() {
+	fw.mu.Lock()
+	fw.dead = true
+	fw.mu.Unlock()
 }
 
 // ErrServerClosed is returned by Serve after Close.
@@ -83,6 +115,13 @@ func newServer(specs []Spec, logger *log.Logger, keepGoing bool) (s *Server, los
 		limiter:  logLimiter{every: time.Second, burst: 10},
 	}
 	s.handles.init(s.instance)
+	var ids []string
+	for _, spec := range specs {
+		if !spec.Memory {
+			ids = append(ids, spec.ID)
+		}
+	}
+	s.watch = newWatcher(s.notify, ids)
 	for _, spec := range specs {
 		if spec.Memory {
 			continue
@@ -102,6 +141,7 @@ func newServer(specs []Spec, logger *log.Logger, keepGoing bool) (s *Server, los
 }
 
 func (s *Server) closeMounts() {
+	s.watch.close() // it stats through the roots
 	for _, m := range s.mounts {
 		m.close()
 	}
@@ -184,14 +224,16 @@ func (s *Server) Serve(conn io.ReadWriteCloser) error {
 // can follow the next handshake. If serving a request panicked, it
 // returns that panic, a *contain.PanicError, whatever reading returned.
 func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) (err error) {
+	fw := &frameWriter{conn: conn}
 	var (
-		wmu      sync.Mutex
 		inflight sync.WaitGroup
 		sem      = make(chan struct{}, maxInflight)
 		panicked atomic.Pointer[contain.PanicError]
 	)
 	defer func() {
 		inflight.Wait()
+		s.setOut(fw, nil)
+		fw.end()
 		if pe := panicked.Load(); pe != nil {
 			err = pe
 		}
@@ -202,11 +244,9 @@ func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) (err err
 			s.logf("fs: encode %s reply: %v", rep.Op, err)
 			frame, _ = fsproto.AppendReply(nil, &fsproto.Reply{Tag: rep.Tag, Op: rep.Op, Errno: syscall.EIO})
 		}
-		wmu.Lock()
-		_, err = conn.Write(frame)
-		wmu.Unlock()
-		if err != nil {
-			conn.Close() // the reader notices and Serve returns
+		fw.write(frame)
+		if rep.Op == fsproto.OpInit && rep.Errno == 0 && rep.Version >= 2 {
+			s.setOut(nil, fw) // after the reply: the guest knows the version first
 		}
 	}
 	fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
@@ -283,11 +323,11 @@ func (s *Server) handle(req *fsproto.Request) *fsproto.Reply {
 		return rep
 	}
 	if req.Op == fsproto.OpInit {
-		if req.Version != fsproto.Version {
+		if req.Version < fsproto.MinVersion || req.Version > fsproto.Version {
 			rep.Errno = syscall.EPROTONOSUPPORT
 			return rep
 		}
-		rep.Version = fsproto.Version
+		rep.Version = req.Version
 		rep.Instance = uint64(s.instance)
 		return rep
 	}
@@ -300,8 +340,91 @@ func (s *Server) handle(req *fsproto.Request) *fsproto.Reply {
 		rep.Errno = syscall.EROFS
 		return rep
 	}
+	s.watch.watchFor(m, req)
 	rep.Errno = s.do(m, req, rep)
+	s.learn(m, req, rep)
 	return rep
+}
+
+// setOut replaces the writer notices go to, if it is old.
+func (s *Server) setOut(old, fw *frameWriter) {
+	s.outMu.Lock()
+	if s.out == old || old == nil {
+		s.out = fw
+	}
+	s.outMu.Unlock()
+}
+
+// notify sends a notice to the guest, if one listens.
+func (s *Server) notify(mount, path string, kind uint32) {
+	s.outMu.Lock()
+	fw := s.out
+	s.outMu.Unlock()
+	if fw == nil {
+		return
+	}
+	frame, err := fsproto.AppendReply(nil, &fsproto.Reply{Op: fsproto.OpNotify, Mount: mount, Path: path, Flags: kind})
+	if err != nil {
+		return // a path too long for a frame cannot have been looked up
+	}
+	fw.write(frame)
+}
+
+// learn records what rep told the guest about the paths of req, so that
+// the watcher does not report the guest's own changes back to it.
+func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) {
+	w := s.watch
+	if rep.Errno == syscall.ENOENT && req.Op == fsproto.OpStat {
+		w.learned(m, req.Path, nil)
+		return
+	}
+	if rep.Errno != 0 {
+		return
+	}
+	switch req.Op {
+	case fsproto.OpStat, fsproto.OpOpen, fsproto.OpCreate, fsproto.OpMkdir, fsproto.OpMknod, fsproto.OpSymlink:
+		w.learned(m, req.Path, &rep.Attr)
+	case fsproto.OpLink:
+		w.learned(m, req.Path, &rep.Attr)
+		w.learned(m, req.Path2, &rep.Attr)
+	case fsproto.OpUnlink, fsproto.OpRmdir:
+		w.learned(m, req.Path, nil)
+	case fsproto.OpRename:
+		if req.Flags&unix.RENAME_EXCHANGE == 0 {
+			w.moved(m, req.Path, req.Path2)
+		}
+		for _, p := range []string{req.Path, req.Path2} {
+			var a fsproto.Attr
+			if m.stat(p, &a) == 0 {
+				w.learned(m, p, &a)
+			} else {
+				w.learned(m, p, nil)
+			}
+		}
+	case fsproto.OpSetattr, fsproto.OpFstat, fsproto.OpWrite, fsproto.OpFallocate, fsproto.OpReaddir:
+		p := req.Path
+		var h *handle
+		if req.Handle != 0 {
+			var errno syscall.Errno
+			if h, errno = s.handles.get(m, req.Handle); errno != 0 {
+				return
+			}
+			p = h.path
+		}
+		switch {
+		case req.Op == fsproto.OpReaddir:
+			for i := range rep.Entries {
+				w.learned(m, joinPath(p, rep.Entries[i].Name), &rep.Entries[i].Attr)
+			}
+		case req.Op == fsproto.OpWrite || req.Op == fsproto.OpFallocate:
+			var a fsproto.Attr
+			if h.f != nil && m.fstat(h.f, &a) == 0 {
+				w.learned(m, p, &a)
+			}
+		default:
+			w.learned(m, p, &rep.Attr)
+		}
+	}
 }
 
 func (s *Server) do(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) syscall.Errno {
@@ -317,14 +440,14 @@ func (s *Server) do(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) sysc
 		if errno != 0 {
 			return errno
 		}
-		rep.Handle, errno = s.handles.addOrClose(&handle{m: m, f: f})
+		rep.Handle, errno = s.handles.addOrClose(&handle{m: m, f: f, path: req.Path})
 		return errno
 	case fsproto.OpOpendir:
 		d, errno := m.opendir(req.Path)
 		if errno != 0 {
 			return errno
 		}
-		rep.Handle, errno = s.handles.addOrClose(&handle{m: m, dir: d})
+		rep.Handle, errno = s.handles.addOrClose(&handle{m: m, dir: d, path: req.Path})
 		return errno
 	case fsproto.OpSetattr:
 		if req.Handle != 0 {
@@ -434,6 +557,9 @@ type handle struct {
 	m   *hostMount
 	f   *os.File
 	dir *dirStream
+	// path is the one it was opened by (the file may have moved since):
+	// what the watcher learns about the guest's writes is filed under it.
+	path string
 }
 
 func (h *handle) close() {

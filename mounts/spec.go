@@ -34,10 +34,16 @@
 //     the host's. (A symlink the guest leaves in a read-write tree may
 //     point anywhere on the host for host tools that follow it later, as
 //     any file the guest writes may mislead them.)
-//   - Caching: the guest caches attributes and names for CacheTimeout
-//     (1 s) and file data until the next open of a file whose size or
-//     modification time changed: a change made on the host shows in the
-//     guest within a second, and new contents at the next open.
+//   - Caching: the host watches (inotify) every directory the guest has
+//     looked into and reports changes made on the host side (see
+//     watch.go), so the guest caches names, attributes, negative lookups
+//     and file data for long (guestfs.LongTimeout, a minute) and a host
+//     change shows in the guest within milliseconds. What inotify cannot
+//     see (another machine writing a network filesystem, a hard link
+//     changed from outside the mount) shows within that minute; a file
+//     reopened with another size or modification time always rereads.
+//     A guest of protocol version 1, or a mount over the host's watch
+//     budget, caches for CacheTimeout (1 s) instead.
 //   - Which directory: a host mount's path is resolved once, when the
 //     mount is made (ParseHostFS, PinRoots), and its device and inode
 //     numbers kept with the session. A server made later (a supervisor
@@ -72,7 +78,8 @@ import (
 var errBadMount = errdefs.Kind(errdefs.ErrInvalid, "invalid mount")
 
 // CacheTimeout is how long the guest trusts attributes and directory
-// entries it got from the host (see the package comment).
+// entries it got from the host when the host cannot report its changes
+// (see the package comment).
 const CacheTimeout = time.Second
 
 // Spec is one mount of a VM, as recorded in a session's spec.

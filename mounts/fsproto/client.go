@@ -40,7 +40,22 @@ type Client struct {
 	closed bool
 	done   chan struct{} // closed by Close
 	exited chan struct{} // closed when run returns
+
+	notices  chan Notice
+	overflow atomic.Bool // a notice was dropped: see Notices
 }
+
+// Notice is what the host told the guest unasked (an OpNotify frame), or,
+// with Mount "" and Kind NoticeAll, that the client connected to a host:
+// whatever changed while none was connected went unreported.
+type Notice struct {
+	Mount, Path string
+	Kind        uint32
+}
+
+// noticeQueue bounds the notices waiting for the guest filesystem; beyond
+// it they are dropped and the next one received reads as NoticeAll.
+const noticeQueue = 4096
 
 // Polling while no host is connected: a virtio port then reads EOF at
 // once. Poll fast for a while after a host left (a supervisor restart or
@@ -61,7 +76,8 @@ func NewClient(open func() (io.ReadWriteCloser, error), logger *log.Logger) *Cli
 	if logger == nil {
 		logger = log.New(io.Discard, "", 0)
 	}
-	c := &Client{open: open, log: logger, up: make(chan struct{}), done: make(chan struct{}), exited: make(chan struct{})}
+	c := &Client{open: open, log: logger, up: make(chan struct{}), done: make(chan struct{}), exited: make(chan struct{}),
+		notices: make(chan Notice, noticeQueue)}
 	go c.run()
 	return c
 }
@@ -91,6 +107,34 @@ func (c *Client) Instance() uint64 {
 		return 0
 	}
 	return c.cur.instance
+}
+
+// Version returns the protocol version of the current connection (0 while
+// disconnected): 2 and more mean the host sends notices.
+func (c *Client) Version() uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == nil {
+		return 0
+	}
+	return c.cur.version
+}
+
+// Notices delivers the host's notices, in order. When the queue was full
+// a notice was dropped: the receiver must then treat the notice it gets
+// as NoticeAll for every mount, which Notice reports through Overflowed.
+func (c *Client) Notices() <-chan Notice { return c.notices }
+
+// Overflowed reports (once) that notices were dropped since the last
+// call; call it after each receive from Notices.
+func (c *Client) Overflowed() bool { return c.overflow.Swap(false) }
+
+func (c *Client) notice(n Notice) {
+	select {
+	case c.notices <- n:
+	default:
+		c.overflow.Store(true)
+	}
 }
 
 func (c *Client) run() {
@@ -161,8 +205,12 @@ func (c *Client) run() {
 		// Unpublish in the same step that marks the connection lost, so
 		// that a retrying Call never picks a dead connection again.
 		cn.onClose = func() { c.unpublish(cn) }
-		go cn.readLoop(br, c.log)
+		go cn.readLoop(br, c.log, c.notice)
 		rep, err := cn.roundTrip(&Request{Op: OpInit, Version: Version})
+		if err == nil && rep.Errno == syscall.EPROTONOSUPPORT {
+			// An older host: speak its version, without notices.
+			rep, err = cn.roundTrip(&Request{Op: OpInit, Version: MinVersion})
+		}
 		if err == nil && rep.Errno != 0 {
 			c.log.Printf("fs host refused protocol version %d: %v", Version, rep.Errno)
 			cn.close()
@@ -177,11 +225,12 @@ func (c *Client) run() {
 			c.setCur(nil)
 			continue
 		}
-		cn.instance = rep.Instance
+		cn.instance, cn.version = rep.Instance, rep.Version
 		if !c.publish(cn) {
 			cn.close()
 			return
 		}
+		c.notice(Notice{Kind: NoticeAll})
 		<-cn.lost
 		c.unpublish(cn) // in case it was lost before it was published
 		lastHost = time.Now()
@@ -282,6 +331,7 @@ var (
 type conn struct {
 	rw       io.ReadWriteCloser
 	instance uint64
+	version  uint32
 	wmu      sync.Mutex
 	lost     chan struct{}
 	once     sync.Once
@@ -349,10 +399,10 @@ func (cn *conn) roundTrip(req *Request) (*Reply, error) {
 	}
 }
 
-// readLoop delivers replies until the connection fails or the stream
-// stops making sense; either way the connection is closed, and the
-// client resynchronises on a new one.
-func (cn *conn) readLoop(br *bufio.Reader, logger *log.Logger) {
+// readLoop delivers replies (and notices, to notice) until the connection
+// fails or the stream stops making sense; either way the connection is
+// closed, and the client resynchronises on a new one.
+func (cn *conn) readLoop(br *bufio.Reader, logger *log.Logger, notice func(Notice)) {
 	defer cn.close()
 	fr := NewFrameReader(br, MaxFrame)
 	for {
@@ -367,6 +417,12 @@ func (cn *conn) readLoop(br *bufio.Reader, logger *log.Logger) {
 		if err != nil {
 			logger.Printf("fs port: %v; resynchronising", err)
 			return
+		}
+		if rep.Op == OpNotify {
+			if rep.Tag == 0 && rep.Errno == 0 {
+				notice(Notice{Mount: rep.Mount, Path: rep.Path, Kind: rep.Flags})
+			}
+			continue
 		}
 		cn.mu.Lock()
 		ch := cn.pending[rep.Tag]

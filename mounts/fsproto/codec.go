@@ -303,7 +303,7 @@ func DecodeRequest(frame []byte) (*Request, error) {
 		return nil, ErrShortFrame
 	}
 	r := &Request{Tag: binary.BigEndian.Uint64(frame), Op: Op(frame[8])}
-	if !r.Op.Valid() {
+	if !r.Op.Valid() || r.Op == OpNotify {
 		return r, fmt.Errorf("%w %d", ErrUnknownOp, frame[8])
 	}
 	d := decoder{b: frame[frameHeader:]}
@@ -323,6 +323,9 @@ func AppendReply(buf []byte, rep *Reply) ([]byte, error) {
 		return e.finish()
 	}
 	f := replyFields[rep.Op]
+	if len(rep.Mount) > MaxMountID || len(rep.Path) > MaxPath {
+		return nil, fmt.Errorf("%s reply: %w: name too long", rep.Op, ErrMalformed)
+	}
 	if f&fData != 0 && len(rep.Data) > MaxData {
 		return nil, &TooLargeError{Tag: rep.Tag, Op: rep.Op}
 	}
@@ -473,6 +476,15 @@ func (r *Request) fields(c codec) {
 // fields walks the result fields of a reply whose errno is 0.
 func (rep *Reply) fields(c codec) {
 	f := replyFields[rep.Op]
+	if f&fMount != 0 {
+		c.str(&rep.Mount, "mount", MaxMountID)
+	}
+	if f&fPath != 0 {
+		c.str(&rep.Path, "path", MaxPath)
+	}
+	if f&fFlags != 0 {
+		c.u32(&rep.Flags, "flags")
+	}
 	if f&fVersion != 0 {
 		c.u32(&rep.Version, "version")
 	}

@@ -14,6 +14,9 @@ import (
 func sampleRequests() []*Request {
 	var reqs []*Request
 	for op := OpInit; op < opEnd; op++ {
+		if op == OpNotify {
+			continue // the host's alone: see TestNotifyIsNoRequest
+		}
 		reqs = append(reqs, &Request{
 			Tag: uint64(op) * 1000, Op: op, Mount: "m0123456789ab", Path: "dir/file", Path2: "dir/other",
 			Handle: 7<<32 | 3, Flags: 0o101, Mode: 0o100644, Dev: 5, Offset: 5 << 30, Size: 4096,
@@ -115,6 +118,19 @@ var replySets = []struct {
 	{fStatfs, func(rep *Reply, _ Attr) { rep.Statfs = Statfs{1, 2, 3, 4, 5, 6, 7, 8} }},
 	{fVersion, func(rep *Reply, _ Attr) { rep.Version = Version }},
 	{fInstance, func(rep *Reply, _ Attr) { rep.Instance = 42 }},
+	{fMount, func(rep *Reply, _ Attr) { rep.Mount = "m0123" }},
+	{fPath, func(rep *Reply, _ Attr) { rep.Path = "dir/file" }},
+	{fFlags, func(rep *Reply, _ Attr) { rep.Flags = NoticeInode }},
+}
+
+// TestNotifyIsNoRequest checks that the host refuses a notice a guest
+// sends as a request: it is the host's frame alone.
+func TestNotifyIsNoRequest(t *testing.T) {
+	frame := []byte{0, 0, 0, 0, 0, 0, 0, 1, byte(OpNotify), 0, 1, 'm', 0, 0, 0, 0, 0, 1}
+	req, err := DecodeRequest(frame)
+	if !errors.Is(err, ErrUnknownOp) || req.Tag != 1 {
+		t.Errorf("DecodeRequest(notify) = %+v, %v; want ErrUnknownOp with the tag", req, err)
+	}
 }
 
 func TestReplyRoundTrip(t *testing.T) {
@@ -238,8 +254,13 @@ func FuzzDecodeReply(f *testing.F) {
 	f.Add(b[4:])
 	b, _ = AppendReply(nil, &Reply{Tag: 2, Op: OpRead, Data: []byte("abc")})
 	f.Add(b[4:])
+	b, _ = AppendReply(nil, &Reply{Op: OpNotify, Mount: "m1", Path: "dir/file", Flags: NoticeEntry})
+	f.Add(b[4:])
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		rep, err := DecodeReply(frame)
+		if err == nil && rep.Errno == 0 && (len(rep.Mount) > MaxMountID || len(rep.Path) > MaxPath) {
+			t.Fatalf("notice beyond the limits accepted: %d-byte mount, %d-byte path", len(rep.Mount), len(rep.Path))
+		}
 		if err == nil && rep.Errno == 0 {
 			for _, e := range rep.Entries {
 				if e.Name == "" || e.Name == "." || e.Name == ".." || bytes.ContainsAny([]byte(e.Name), "/\x00") {

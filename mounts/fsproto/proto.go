@@ -29,8 +29,14 @@ import (
 )
 
 // Version is the protocol version; the guest sends it in OpInit and the
-// host refuses versions it does not speak.
-const Version = 1
+// host refuses versions it does not speak. Version 2 adds OpNotify: the
+// host tells the guest what changed on its side, so that the guest may
+// cache for long (see Notice). A version 2 guest falls back to 1 when a
+// host refuses 2, and then caches for short.
+const (
+	Version    = 2
+	MinVersion = 1
+)
 
 // Limits every decoder enforces.
 const (
@@ -82,6 +88,10 @@ const (
 	OpStatfs                  // -> Statfs
 	OpLseek                   // Handle, Offset, Flags (whence) -> Offset
 	OpFallocate               // Handle, Offset, Size (length), Flags (mode) ->
+	// OpNotify is the one frame the host sends unasked (version 2): a
+	// reply frame with tag 0 and errno 0 carrying Mount, Path and Flags
+	// (a Notice kind). A guest never sends it; the host refuses it.
+	OpNotify
 	opEnd
 )
 
@@ -94,7 +104,7 @@ var opNames = [...]string{
 	OpRead: "read", OpWrite: "write", OpRelease: "release", OpFsync: "fsync",
 	OpSetattr: "setattr", OpMkdir: "mkdir", OpMknod: "mknod", OpSymlink: "symlink",
 	OpLink: "link", OpUnlink: "unlink", OpRmdir: "rmdir", OpRename: "rename",
-	OpStatfs: "statfs", OpLseek: "lseek", OpFallocate: "fallocate",
+	OpStatfs: "statfs", OpLseek: "lseek", OpFallocate: "fallocate", OpNotify: "notify",
 }
 
 func (op Op) String() string {
@@ -106,6 +116,26 @@ func (op Op) String() string {
 
 // Valid reports whether op is a known operation.
 func (op Op) Valid() bool { return op > 0 && op < opEnd }
+
+// Notice kinds (Reply.Flags of an OpNotify frame). Path is relative to
+// the mount's root, as in requests.
+const (
+	// NoticeEntry: the name Path (in its parent directory) was created,
+	// removed or replaced on the host. The guest forgets the name and
+	// the parent's attributes.
+	NoticeEntry = 1
+	// NoticeInode: the contents or attributes of the file or directory
+	// at Path changed on the host. The guest forgets its attributes and
+	// cached data.
+	NoticeInode = 2
+	// NoticeAll: the host lost track (its event queue overflowed); the
+	// guest forgets everything it caches of the mount (Path is "").
+	NoticeAll = 3
+	// NoticeUnwatched: the host cannot watch this mount any longer (its
+	// watch budget is spent). The guest forgets everything and caches
+	// the mount's names and attributes for short from now on.
+	NoticeUnwatched = 4
+)
 
 // Mutating reports whether op changes the host tree; a read-only mount
 // answers every such op with EROFS (OpOpen and OpSetattr are checked by
@@ -231,6 +261,10 @@ type Reply struct {
 	// (handles of an older instance are gone).
 	Version  uint32
 	Instance uint64
+	// Mount, Path and Flags (a Notice kind) make up an OpNotify frame.
+	Mount string
+	Path  string
+	Flags uint32
 }
 
 // Field sets of requests and replies, in encoding order.
@@ -300,4 +334,5 @@ var replyFields = [opEnd]fields{
 	OpLink:     fAttr,
 	OpStatfs:   fStatfs,
 	OpLseek:    fOffset,
+	OpNotify:   fMount | fPath | fFlags,
 }

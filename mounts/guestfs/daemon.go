@@ -46,6 +46,8 @@ func RunDaemon(ctrl io.ReadWriter, open func() (io.ReadWriteCloser, error), logg
 	}
 	client := fsproto.NewClient(open, logger)
 	defer client.Close()
+	notices := newRouter(client)
+	defer notices.stop()
 	var mounted []*Mounted
 	defer func() {
 		for _, m := range mounted {
@@ -65,6 +67,7 @@ func RunDaemon(ctrl io.ReadWriter, open func() (io.ReadWriteCloser, error), logg
 			reply.Error = err.Error()
 		} else {
 			mounted = append(mounted, m)
+			notices.add(m)
 		}
 		if err := enc.Encode(reply); err != nil {
 			return err

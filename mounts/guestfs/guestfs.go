@@ -10,10 +10,12 @@
 // is reopened by path the first time it fails with ESTALE.
 //
 // Caching: attributes, names and negative lookups are trusted for
-// Options.Timeout (1 s by default). File data stays in the page cache
-// (so mmap and repeated reads work as on a local disk) until the file is
-// opened again with a different size or modification time on the host,
-// or the kernel sees such a change in fresh attributes.
+// LongTimeout (a minute) when the host reports its changes (protocol
+// version 2, see notify.go), else for Options.Timeout (1 s by default).
+// File data stays in the page cache (so mmap and repeated reads work as on
+// a local disk) until the host reports a change, the file is opened again
+// with a different size or modification time on the host, or the kernel
+// sees such a change in fresh attributes.
 package guestfs
 
 import (
@@ -24,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +51,7 @@ type Options struct {
 type Mounted struct {
 	server *fuse.Server
 	Dir    string
+	st     *state
 }
 
 // Unmount detaches the filesystem (lazily when it is busy).
@@ -81,7 +85,7 @@ func Mount(c *fsproto.Client, id, dir string, opts Options) (*Mounted, error) {
 		}
 		return nil, fmt.Errorf("mount %s: the host refused: %w", id, errno)
 	}
-	st := &state{m: m, ro: opts.ReadOnly}
+	st := &state{m: m, ro: opts.ReadOnly, short: opts.Timeout}
 	root := &node{st: st}
 	st.root = root
 	root.remember(&rootAttr)
@@ -121,14 +125,37 @@ func Mount(c *fsproto.Client, id, dir string, opts Options) (*Mounted, error) {
 		return nil, fmt.Errorf("mount %s on %s: %w", id, dir, err)
 	}
 	raiseReadAhead(dir, opts.Logger)
-	return &Mounted{server: server, Dir: dir}, nil
+	return &Mounted{server: server, Dir: dir, st: st}, nil
 }
+
+// LongTimeout is how long names and attributes are cached when the host
+// reports its changes. Not forever: inotify, which the host relies on,
+// misses changes another machine makes to a network filesystem.
+const LongTimeout = time.Minute
 
 // state is shared by the nodes of one mount.
 type state struct {
-	m    fsproto.Mount
-	ro   bool
-	root *node
+	m     fsproto.Mount
+	ro    bool
+	root  *node
+	short time.Duration
+	// unwatched: the host said it cannot report this mount's changes.
+	unwatched atomic.Bool
+}
+
+// ttl is how long what the host just said may be cached.
+func (st *state) ttl() time.Duration {
+	if st.m.C.Version() >= 2 && !st.unwatched.Load() {
+		return LongTimeout
+	}
+	return st.short
+}
+
+// entryOut sets the lifetimes of an entry the host just described.
+func (st *state) entryOut(out *fuse.EntryOut) {
+	t := st.ttl()
+	out.SetEntryTimeout(t)
+	out.SetAttrTimeout(t)
 }
 
 // node is a file, directory or symlink of a host mount.
@@ -228,6 +255,7 @@ func fill(out *fuse.Attr, a *fsproto.Attr) {
 // newChild makes (or finds) the inode for a host file under parent.
 func (n *node) newChild(ctx context.Context, a *fsproto.Attr, out *fuse.EntryOut) *fs.Inode {
 	fill(&out.Attr, a)
+	n.st.entryOut(out)
 	c := &node{st: n.st, size: a.Size, mtime: a.Mtime}
 	in := n.NewInode(ctx, c, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino, Gen: a.Gen})
 	if existing, ok := in.Operations().(*node); ok && existing != c {
@@ -242,6 +270,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, errno
 	}
 	a, errno := n.st.m.Stat(ctx, p)
+	if errno == syscall.ENOENT {
+		out.SetEntryTimeout(n.st.ttl()) // a negative entry, kept as long
+	}
 	if errno != 0 {
 		return nil, errno
 	}
@@ -263,6 +294,7 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 		return errno
 	}
 	fill(&out.Attr, &a)
+	out.SetTimeout(n.st.ttl())
 	return 0
 }
 
@@ -315,6 +347,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	}
 	n.remember(&a)
 	fill(&out.Attr, &a)
+	out.SetTimeout(n.st.ttl())
 	return 0
 }
 

@@ -1,0 +1,539 @@
+package mounts
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gondolin/gondolin/mounts/fsproto"
+	"golang.org/x/sys/unix"
+)
+
+// Host-driven invalidation. A version 2 guest caches names and attributes
+// for long (see guestfs), so the host must tell it when something changes
+// on its side. The server watches, with inotify, every directory whose
+// children the guest has asked about (the parent of every path it stats
+// or opens, every directory it lists), before answering: a change that
+// lands after the answer is then always reported. A watch on a directory
+// reports its children's creation, removal, renames and changes of
+// contents and attributes, and its own.
+//
+// The guest's own operations make the same events. To keep the guest's
+// caches warm, the server remembers what it last told the guest about
+// each path (known) and, for each event, compares the path's state with
+// it: the same state is the guest's own doing (or nothing the guest does
+// not know) and is not reported. Otherwise the guest gets a notice and
+// the new state becomes known, so a burst of events costs one notice.
+// (A host write that lands in the instant between a guest's write to the
+// same file and the server's look at the result is taken for the
+// guest's: writers on both sides of one file are not ordered.)
+//
+// The process has one inotify instance (hub), shared by every server, so
+// a supervisor with many VMs takes one of the user's few instances (128
+// by default) and at most half of the user's watches: editors and build
+// tools on the host need the rest. Bounds: the watches of one server
+// (maxWatches) and of all (half of fs.inotify.max_user_watches), and the
+// paths a server remembers (maxKnown: an unknown path is always
+// reported, which is safe). A mount whose directory cannot be watched
+// becomes unwatched for good: the guest is told (NoticeUnwatched) and
+// caches it for short again. A hostile guest can spend its own server's
+// watches, not the others': maxWatches is a sixth of the shared bound at
+// the default limit. Notices leave through a queue per server, so a guest
+// that stops reading stalls only its own.
+//
+// What inotify does not see is not reported: changes made by another
+// machine to a network filesystem, and changes through a hard link of a
+// file from outside the watched directories. The guest's long cache
+// lifetime (a minute) bounds how long those stay stale.
+const (
+	maxWatches = 1 << 14
+	maxKnown   = 1 << 18
+	// settle is how long the hub waits after a batch of events for more:
+	// the guest's own operation is then done and known, and a burst of
+	// writes costs one notice.
+	settle = 3 * time.Millisecond
+	// noticeQueue bounds the notices waiting for one guest; beyond it
+	// they are dropped and the guest told to forget everything.
+	noticeQueue = 1024
+)
+
+const watchMask = unix.IN_ATTRIB | unix.IN_MODIFY | unix.IN_CLOSE_WRITE | unix.IN_CREATE |
+	unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_DELETE_SELF |
+	unix.IN_MOVE_SELF | unix.IN_EXCL_UNLINK | unix.IN_ONLYDIR
+
+// watchedDir is a directory of one server's mount under a watch
+// descriptor.
+type watchedDir struct {
+	w   *watcher
+	m   *hostMount
+	dir string
+}
+
+type pathKey struct {
+	mount string
+	path  string
+}
+
+// pathState is what the guest may cache about a path: which file is there
+// (or none), and its size, times, mode and link count. Access times are
+// left out: reads change them.
+type pathState struct {
+	absent     bool
+	ino, gen   uint64
+	size       uint64
+	mtime      fsproto.Time
+	ctime      fsproto.Time
+	mode, nlnk uint32
+}
+
+func stateOf(a *fsproto.Attr) pathState {
+	return pathState{ino: a.Ino, gen: a.Gen, size: a.Size, mtime: a.Mtime, ctime: a.Ctime, mode: a.Mode, nlnk: a.Nlink}
+}
+
+// inotifyHub is the process's inotify instance; it exists while some
+// server watches.
+type inotifyHub struct {
+	mu    sync.Mutex
+	f     *os.File
+	done  chan struct{}
+	byWD  map[int32][]watchedDir
+	limit int // watches of all servers together
+}
+
+var hub = &inotifyHub{byWD: map[int32][]watchedDir{}, limit: userWatchLimit()}
+
+// userWatchLimit is half of fs.inotify.max_user_watches (of 8192, the
+// kernel's smallest default, when it cannot be read).
+func userWatchLimit() int {
+	n := 8192
+	if b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_watches"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			n = v
+		}
+	}
+	return n / 2
+}
+
+// watcher watches the directories of one server's mounts. Its maps are
+// guarded by hub.mu.
+type watcher struct {
+	send   func(mount, path string, kind uint32)
+	mounts []string // IDs, for NoticeAll after lost notices
+	max    int      // maxWatches, but for tests
+
+	byDir     map[pathKey]int32
+	known     map[pathKey]pathState
+	unwatched map[string]bool // mounts that lost their watching
+	closed    bool
+
+	// life is held shared while the hub looks at a path through one of
+	// the server's mount roots, and exclusively by close: the roots
+	// close after it.
+	life sync.RWMutex
+	// Notices wait in queue for this server's own sending goroutine.
+	// lost: the queue was full.
+	queue chan notice
+	lost  atomic.Bool
+	sent  chan struct{}
+}
+
+type notice struct {
+	mount, path string
+	kind        uint32
+}
+
+// newWatcher makes a server's watcher; send delivers a notice to the
+// guest (or drops it when no guest listens).
+func newWatcher(send func(mount, path string, kind uint32), mounts []string) *watcher {
+	w := &watcher{send: send, mounts: mounts, max: maxWatches, byDir: map[pathKey]int32{},
+		known: map[pathKey]pathState{}, unwatched: map[string]bool{},
+		queue: make(chan notice, noticeQueue), sent: make(chan struct{})}
+	go w.sendLoop()
+	return w
+}
+
+func (w *watcher) sendLoop() {
+	defer close(w.sent)
+	for n := range w.queue {
+		if w.lost.Swap(false) {
+			for _, id := range w.mounts {
+				w.send(id, "", fsproto.NoticeAll)
+			}
+		}
+		w.send(n.mount, n.path, n.kind)
+	}
+}
+
+// enqueue queues a notice for the guest; hub.mu is held.
+func (w *watcher) enqueue(mount, path string, kind uint32) {
+	if w.closed {
+		return
+	}
+	select {
+	case w.queue <- notice{mount, path, kind}:
+	default:
+		w.lost.Store(true)
+	}
+}
+
+// close drops the watcher's watches and stops it. Close the server's
+// connection first: a notice being sent may be waiting on it.
+func (w *watcher) close() {
+	w.life.Lock()
+	hub.mu.Lock()
+	if w.closed {
+		hub.mu.Unlock()
+		w.life.Unlock()
+		return
+	}
+	w.closed = true
+	close(w.queue)
+	for key, wd := range w.byDir {
+		hub.drop(wd, w, key)
+	}
+	f, done := hub.idle()
+	hub.mu.Unlock()
+	w.life.Unlock()
+	<-w.sent
+	if f != nil {
+		f.Close()
+		<-done
+	}
+}
+
+// idle takes the instance away when no server watches any more, for the
+// caller to close and wait for once hub.mu is released; hub.mu is held.
+func (h *inotifyHub) idle() (*os.File, chan struct{}) {
+	if len(h.byWD) != 0 || h.f == nil {
+		return nil, nil
+	}
+	f, done := h.f, h.done
+	h.f = nil
+	return f, done
+}
+
+// drop removes w's directory key from wd, and the watch itself when no
+// server uses it any more; hub.mu is held.
+func (h *inotifyHub) drop(wd int32, w *watcher, key pathKey) {
+	delete(w.byDir, key)
+	dirs := h.byWD[wd]
+	for i, d := range dirs {
+		if d.w == w && d.m.id == key.mount && d.dir == key.path {
+			dirs = append(dirs[:i:i], dirs[i+1:]...)
+			break
+		}
+	}
+	if len(dirs) > 0 {
+		h.byWD[wd] = dirs
+		return
+	}
+	delete(h.byWD, wd)
+	unix.InotifyRmWatch(int(h.f.Fd()), uint32(wd))
+}
+
+// forget drops wd, which the kernel removed; hub.mu is held.
+func (h *inotifyHub) forget(wd int32) {
+	for _, d := range h.byWD[wd] {
+		delete(d.w.byDir, pathKey{d.m.id, d.dir})
+	}
+	delete(h.byWD, wd)
+}
+
+// parentOf is the directory holding p ("" for the root and its children).
+func parentOf(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return ""
+}
+
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// watchFor watches what the guest will cache from req before it is
+// served: the parent of the path it names, or the directory it opens.
+func (w *watcher) watchFor(m *hostMount, req *fsproto.Request) {
+	switch req.Op {
+	case fsproto.OpStat, fsproto.OpOpen, fsproto.OpCreate, fsproto.OpMkdir, fsproto.OpMknod,
+		fsproto.OpSymlink, fsproto.OpSetattr, fsproto.OpUnlink, fsproto.OpRmdir:
+		if req.Op == fsproto.OpSetattr && req.Handle != 0 {
+			return
+		}
+		w.watch(m, parentOf(req.Path))
+	case fsproto.OpOpendir:
+		w.watch(m, req.Path)
+	case fsproto.OpLink, fsproto.OpRename:
+		w.watch(m, parentOf(req.Path))
+		w.watch(m, parentOf(req.Path2))
+	}
+}
+
+// watch adds a watch on directory dir of m, unless it has one. Failing
+// for lack of budget (or of an inotify instance) makes the mount
+// unwatched; failing because dir is not a directory (any more) changes
+// nothing: the operation fails too.
+func (w *watcher) watch(m *hostMount, dir string) {
+	key := pathKey{m.id, dir}
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	if _, ok := w.byDir[key]; ok || w.unwatched[m.id] || w.closed {
+		return
+	}
+	if len(w.byDir) >= w.max || len(hub.byWD) >= hub.limit || !hub.start() {
+		w.lose(m)
+		return
+	}
+	fd := m.root
+	if dir != "" {
+		var errno syscall.Errno
+		if fd, errno = m.openDir(dir); errno != 0 {
+			return
+		}
+		defer unix.Close(fd)
+	}
+	// inotify takes a path: the descriptor's, which names the directory
+	// openDir confined, whatever happens to the tree meanwhile.
+	wd, err := unix.InotifyAddWatch(int(hub.f.Fd()), "/proc/self/fd/"+strconv.Itoa(fd), watchMask)
+	if err != nil {
+		if err == unix.ENOSPC || err == unix.ENOMEM {
+			w.lose(m)
+		}
+		return
+	}
+	hub.byWD[int32(wd)] = append(hub.byWD[int32(wd)], watchedDir{w, m, dir})
+	w.byDir[key] = int32(wd)
+}
+
+// start makes the instance if there is none; hub.mu is held.
+func (h *inotifyHub) start() bool {
+	if h.f != nil {
+		return true
+	}
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return false
+	}
+	h.f = os.NewFile(uintptr(fd), "inotify")
+	h.done = make(chan struct{})
+	go h.run(h.f, h.done)
+	return true
+}
+
+// lose makes m unwatched and tells the guest; hub.mu is held.
+func (w *watcher) lose(m *hostMount) {
+	if !w.unwatched[m.id] {
+		w.unwatched[m.id] = true
+		w.enqueue(m.id, "", fsproto.NoticeUnwatched)
+	}
+}
+
+// learned records that the guest was told a (nil: that p does not
+// exist).
+func (w *watcher) learned(m *hostMount, p string, a *fsproto.Attr) {
+	st := pathState{absent: true}
+	if a != nil {
+		st = stateOf(a)
+	}
+	key := pathKey{m.id, p}
+	hub.mu.Lock()
+	if _, ok := w.known[key]; ok || len(w.known) < maxKnown {
+		w.known[key] = st
+	}
+	hub.mu.Unlock()
+}
+
+// moved follows the guest's own rename of from to to: watches below
+// from now name directories below to.
+func (w *watcher) moved(m *hostMount, from, to string) {
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	type move struct {
+		key pathKey
+		wd  int32
+	}
+	var moves []move
+	for key, wd := range w.byDir {
+		if key.mount == m.id && (key.path == from || strings.HasPrefix(key.path, from+"/")) {
+			moves = append(moves, move{key, wd})
+		}
+	}
+	for _, mv := range moves {
+		np := to + mv.key.path[len(from):]
+		delete(w.byDir, mv.key)
+		w.byDir[pathKey{m.id, np}] = mv.wd
+		for i, d := range hub.byWD[mv.wd] {
+			if d.w == w && d.m == m && d.dir == mv.key.path {
+				hub.byWD[mv.wd][i].dir = np
+			}
+		}
+	}
+}
+
+// unwatchBelow drops w's watches of dir and the directories below it;
+// hub.mu is held.
+func (w *watcher) unwatchBelow(m *hostMount, dir string) {
+	for key, wd := range w.byDir {
+		if key.mount == m.id && (key.path == dir || strings.HasPrefix(key.path, dir+"/")) {
+			hub.drop(wd, w, key)
+		}
+	}
+}
+
+// change is a path whose state the hub looks at after events.
+type change struct {
+	w    *watcher
+	m    *hostMount
+	path string
+}
+
+func (h *inotifyHub) run(f *os.File, done chan struct{}) {
+	defer close(done)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			return // closed
+		}
+		seen := map[change]bool{}
+		var order []change
+		overflow := h.parse(buf[:n], seen, &order)
+		// Let the guest's operation that made these events finish and be
+		// known, and collect the rest of a burst.
+		deadline := time.Now().Add(settle)
+		for time.Now().Before(deadline) {
+			f.SetReadDeadline(deadline)
+			n, err := f.Read(buf)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				return
+			}
+			overflow = h.parse(buf[:n], seen, &order) || overflow
+		}
+		f.SetReadDeadline(time.Time{})
+		if overflow {
+			h.overflowed()
+			continue
+		}
+		for _, c := range order {
+			c.w.check(c.m, c.path)
+		}
+	}
+}
+
+// parse reads inotify events into the paths to check, in order, and
+// reports a queue overflow.
+func (h *inotifyHub) parse(b []byte, seen map[change]bool, order *[]change) (overflow bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for len(b) >= unix.SizeofInotifyEvent {
+		wd := int32(binary.NativeEndian.Uint32(b[0:]))
+		mask := binary.NativeEndian.Uint32(b[4:])
+		nameLen := int(binary.NativeEndian.Uint32(b[12:]))
+		if nameLen < 0 || unix.SizeofInotifyEvent+nameLen > len(b) {
+			break
+		}
+		name := string(b[unix.SizeofInotifyEvent : unix.SizeofInotifyEvent+nameLen])
+		if i := strings.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		b = b[unix.SizeofInotifyEvent+nameLen:]
+		if mask&unix.IN_Q_OVERFLOW != 0 {
+			overflow = true
+			continue
+		}
+		if mask&unix.IN_IGNORED != 0 {
+			h.forget(wd)
+			continue
+		}
+		for _, d := range append([]watchedDir(nil), h.byWD[wd]...) {
+			p := d.dir
+			if name != "" {
+				p = joinPath(d.dir, name)
+			}
+			if c := (change{d.w, d.m, p}); !seen[c] {
+				seen[c] = true
+				*order = append(*order, c)
+			}
+			if mask&unix.IN_ISDIR != 0 && mask&unix.IN_MOVED_FROM != 0 {
+				// A directory left its path on the host: its watch and
+				// those below it name paths that are no longer there.
+				// The guest looks the new path up again (it is told the
+				// names changed) and it is watched afresh. (The guest's
+				// own renames were moved along already: see moved.)
+				d.w.unwatchBelow(d.m, p)
+			}
+		}
+	}
+	return overflow
+}
+
+// check compares p's state with what the guest knows and tells the guest
+// when they differ.
+func (w *watcher) check(m *hostMount, p string) {
+	w.life.RLock()
+	defer w.life.RUnlock()
+	if w.isClosed() {
+		return // its roots are closed
+	}
+	var a fsproto.Attr
+	now := pathState{absent: true}
+	switch errno := m.stat(p, &a); errno {
+	case 0:
+		now = stateOf(&a)
+	case syscall.ENOENT, syscall.ENOTDIR:
+	default:
+		// Cannot tell (a directory on the way left the tree): say it
+		// changed.
+		now = pathState{absent: true, ino: ^uint64(0)}
+	}
+	key := pathKey{m.id, p}
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	was, ok := w.known[key]
+	if ok && was == now {
+		return
+	}
+	if ok || len(w.known) < maxKnown {
+		w.known[key] = now
+	}
+	kind := uint32(fsproto.NoticeEntry)
+	if p == "" || ok && !was.absent && !now.absent && was.ino == now.ino && was.gen == now.gen {
+		kind = fsproto.NoticeInode
+	}
+	w.enqueue(m.id, p, kind)
+}
+
+func (w *watcher) isClosed() bool {
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	return w.closed
+}
+
+// overflowed handles lost events: every guest forgets everything of
+// every watched mount, and nothing is known any more.
+func (h *inotifyHub) overflowed() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	told := map[pathKey]bool{}
+	for _, dirs := range h.byWD {
+		for _, d := range dirs {
+			clear(d.w.known)
+			if key := (pathKey{d.m.id, ""}); !told[key] {
+				told[key] = true
+				d.w.enqueue(d.m.id, "", fsproto.NoticeAll)
+			}
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package mounts
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/mounts/fsproto"
+)
+
+// notices collects what the host reports to c for a while.
+func notices(c *fsproto.Client, wait time.Duration) []fsproto.Notice {
+	var got []fsproto.Notice
+	deadline := time.After(wait)
+	for {
+		select {
+		case n := <-c.Notices():
+			if n.Mount != "" { // not the client's own "connected"
+				got = append(got, n)
+			}
+		case <-deadline:
+			return got
+		}
+	}
+}
+
+// TestWatchReportsHostChangesOnly drives a mount as a guest does and
+// checks which changes the host reports: the guest's own operations
+// none, a host edit of a file the guest looked at one notice, a host
+// create in a directory it listed one.
+func TestWatchReportsHostChangesOnly(t *testing.T) {
+	dir, spec := oneFileDir(t)
+	os.Mkdir(filepath.Join(dir, "d"), 0o755)
+	_, c := serve(t, spec)
+	m := fsproto.Mount{C: c, ID: spec.ID}
+	ctx := ctxT(t)
+	_, errno := m.Stat(ctx, "f")
+	mustOK(t, "stat", errno)
+	if v := c.Version(); v != fsproto.Version {
+		t.Fatalf("connected at version %d, want %d", v, fsproto.Version)
+	}
+
+	// The guest's own changes: create, write, rename, mkdir, remove.
+	h, _, errno := m.Create(ctx, "d/new", syscall.O_RDWR, 0o644)
+	mustOK(t, "create", errno)
+	for i := range 20 {
+		_, errno = m.Write(ctx, h, uint64(i)*4096, make([]byte, 4096))
+		mustOK(t, "write", errno)
+	}
+	mustOK(t, "release", m.Release(ctx, h))
+	mustOK(t, "rename", m.Rename(ctx, "d/new", "d/renamed", 0))
+	_, errno = m.Mkdir(ctx, "d/sub", 0o755)
+	mustOK(t, "mkdir", errno)
+	mustOK(t, "unlink", m.Unlink(ctx, "d/renamed"))
+	if got := notices(c, 300*time.Millisecond); len(got) != 0 {
+		t.Errorf("the guest's own changes were reported back: %+v", got)
+	}
+
+	// A host edit of a file the guest looked at.
+	os.WriteFile(filepath.Join(dir, "f"), []byte("host"), 0o644)
+	got := notices(c, 300*time.Millisecond)
+	if len(got) != 1 || got[0] != (fsproto.Notice{Mount: spec.ID, Path: "f", Kind: fsproto.NoticeInode}) {
+		t.Errorf("host edit reported as %+v, want one inode notice for f", got)
+	}
+	// A host create in a directory the guest worked in.
+	os.WriteFile(filepath.Join(dir, "d", "host"), nil, 0o644)
+	got = notices(c, 300*time.Millisecond)
+	if len(got) != 1 || got[0] != (fsproto.Notice{Mount: spec.ID, Path: "d/host", Kind: fsproto.NoticeEntry}) {
+		t.Errorf("host create reported as %+v, want one entry notice for d/host", got)
+	}
+}
+
+// TestWatchBudget is a guest that walks more directories than the host
+// will watch: the host stops at its budget, tells the guest the mount is
+// unwatched (once), and goes on serving it.
+func TestWatchBudget(t *testing.T) {
+	dir, spec := oneFileDir(t)
+	for i := range 20 {
+		os.MkdirAll(filepath.Join(dir, "d", string(rune('a'+i))), 0o755)
+	}
+	l, c := serve(t, spec)
+	hub.mu.Lock()
+	l.server.watch.max = 5
+	hub.mu.Unlock()
+	m := fsproto.Mount{C: c, ID: spec.ID}
+	ctx := ctxT(t)
+	for i := range 20 {
+		_, errno := m.Stat(ctx, "d/"+string(rune('a'+i))+"/x")
+		wantErrno(t, "stat", errno, syscall.ENOENT)
+	}
+	got := notices(c, 300*time.Millisecond)
+	if len(got) != 1 || got[0].Kind != fsproto.NoticeUnwatched {
+		t.Errorf("notices %+v, want one NoticeUnwatched", got)
+	}
+	w := l.server.watch
+	hub.mu.Lock()
+	n := len(w.byDir)
+	hub.mu.Unlock()
+	if n > 5 {
+		t.Errorf("%d watches, budget 5", n)
+	}
+	_, errno := m.Stat(ctx, "f")
+	mustOK(t, "stat after the budget", errno)
+}
+
+// TestWatchHubShared: servers share one inotify instance, a guest that
+// never reads its notices holds up nobody else's, and the instance goes
+// when the last server closes.
+func TestWatchHubShared(t *testing.T) {
+	stuckDir, stuckSpec := oneFileDir(t)
+	stuck := startServer(t, stuckSpec)
+	guest, _, _ := connectGuest(t, stuck)
+	// Asks for notices, then never reads.
+	frame, _ := fsproto.AppendRequest(nil, &fsproto.Request{Tag: 1, Op: fsproto.OpInit, Version: fsproto.Version})
+	if _, err := guest.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	dir, spec := oneFileDir(t)
+	_, c := serve(t, spec)
+	m := fsproto.Mount{C: c, ID: spec.ID}
+	_, errno := m.Stat(ctxT(t), "f")
+	mustOK(t, "stat", errno)
+	// The stuck server watches too, and has many notices to send.
+	stuck.watch.watch(stuck.mounts[stuckSpec.ID], "")
+	long := strings.Repeat("n", 200) // notices that fill the socket soon
+	for i := range 2 * noticeQueue {
+		os.WriteFile(filepath.Join(stuckDir, long+strconv.Itoa(i)), nil, 0o644)
+	}
+	os.WriteFile(filepath.Join(dir, "f"), []byte("changed"), 0o644)
+	if got := notices(c, time.Second); len(got) != 1 {
+		t.Errorf("notices %+v, want one for f", got)
+	}
+	hub.mu.Lock()
+	shared := hub.f != nil
+	hub.mu.Unlock()
+	if !shared {
+		t.Fatal("no inotify instance while two servers watch")
+	}
+}
