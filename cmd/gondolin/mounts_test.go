@@ -163,6 +163,59 @@ done; echo refused=$n`
 		}
 	})
 
+	t.Run("each side sees the other's changes at once, through the guest's caches", func(t *testing.T) {
+		dir := t.TempDir()
+		h := func(p string) string { return filepath.Join(dir, p) }
+		os.MkdirAll(h("d"), 0o755)
+		os.WriteFile(h("d/edit"), []byte("old contents\n"), 0o644)
+		os.WriteFile(h("d/gone"), []byte("x\n"), 0o644)
+		os.WriteFile(h("d/moved"), []byte("moved\n"), 0o644)
+		mustRun(t, home, "bash", "--detach", "--keep", "--name", "coh", "--mount-hostfs", dir+":/w", "--", "sleep", "100000")
+		guest := func(script string) string {
+			t.Helper()
+			return mustRun(t, home, "exec", "--session", "coh", "--", "sh", "-c", script)
+		}
+		// The guest looks at everything, so that its kernel caches it
+		// (names and attributes for a minute, and "new" as missing).
+		// Only what the kernel answers from its caches is asked: names
+		// and sizes (an open or a listing always asks the host).
+		look := "for f in edit gone moved new renamed; do test -e /w/d/$f && echo $f $(stat -c %s /w/d/$f); done; true"
+		if out := guest(look); out != "edit 13\ngone 2\nmoved 6" {
+			t.Fatalf("guest's first look: %q", out)
+		}
+		// The host edits in place, removes, creates and renames.
+		os.WriteFile(h("d/edit"), []byte("newer contents\n"), 0o644)
+		os.Remove(h("d/gone"))
+		os.WriteFile(h("d/new"), []byte("new\n"), 0o644)
+		os.Rename(h("d/moved"), h("d/renamed"))
+		testutil.WaitFor(t, 10*time.Second, "the host's changes in the guest", func() bool {
+			r := gondolin(t, home, "", "exec", "--session", "coh", "--", "sh", "-c", look)
+			return r.stdout == "edit 15\nnew 4\nrenamed 6\n"
+		})
+		// The guest's changes, each seen on the host when exec returns.
+		guest("echo from-guest > /w/d/g && mv /w/d/renamed /w/d/by-guest && rm /w/d/new && mkdir /w/d/sub")
+		names, _ := os.ReadDir(h("d"))
+		var got []string
+		for _, n := range names {
+			got = append(got, n.Name())
+		}
+		if b, _ := os.ReadFile(h("d/g")); string(b) != "from-guest\n" || strings.Join(got, " ") != "by-guest edit g sub" {
+			t.Fatalf("host sees %q and %v", b, got)
+		}
+		// No write is held back in the guest: what it wrote just before a
+		// live snapshot, and just before it stops, is on the host.
+		sum := guest("head -c 8388608 /dev/urandom > /w/before-snapshot && sha256sum /w/before-snapshot | cut -d' ' -f1")
+		mustRun(t, home, "snapshot", "coh", "--live", "--name", "coh-snap")
+		if b, _ := os.ReadFile(h("before-snapshot")); fmt.Sprintf("%x", sha256.Sum256(b)) != sum {
+			t.Fatalf("a write before the snapshot is not on the host (%d bytes)", len(b))
+		}
+		sum = guest("head -c 8388608 /dev/urandom > /w/before-stop && sha256sum /w/before-stop | cut -d' ' -f1")
+		mustRun(t, home, "stop", "coh")
+		if b, _ := os.ReadFile(h("before-stop")); fmt.Sprintf("%x", sha256.Sum256(b)) != sum {
+			t.Fatalf("a write before stop is not on the host (%d bytes)", len(b))
+		}
+	})
+
 	t.Run("a 1 GiB file has the same sha256 on both sides", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("slow")

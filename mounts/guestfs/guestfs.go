@@ -95,7 +95,7 @@ func Mount(c *fsproto.Client, id, dir string, opts Options) (*Mounted, error) {
 		// a round trip and tells tools the truth (mount shows ro).
 		flags |= syscall.MS_RDONLY
 	}
-	t := opts.Timeout
+	t, negative := opts.Timeout, LongTimeout
 	fopts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			// Guest processes of any user may use the mount; the kernel
@@ -116,7 +116,7 @@ func Mount(c *fsproto.Client, id, dir string, opts Options) (*Mounted, error) {
 		},
 		EntryTimeout:    &t,
 		AttrTimeout:     &t,
-		NegativeTimeout: &t,
+		NegativeTimeout: &negative,
 		RootStableAttr:  &fs.StableAttr{Ino: rootAttr.Ino, Gen: rootAttr.Gen},
 		Logger:          opts.Logger,
 	}
@@ -270,8 +270,12 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, errno
 	}
 	a, errno := n.st.m.Stat(ctx, p)
-	if errno == syscall.ENOENT {
-		out.SetEntryTimeout(n.st.ttl()) // a negative entry, kept as long
+	if errno == syscall.ENOENT && n.st.ttl() != LongTimeout {
+		// go-fuse keeps a negative entry for Options.NegativeTimeout
+		// (LongTimeout) unless the lookup sets a timeout of its own, and
+		// then it answers ENOENT: the kernel keeps nothing. So a mount
+		// whose host does not report changes does not cache negatives.
+		out.SetEntryTimeout(time.Nanosecond)
 	}
 	if errno != 0 {
 		return nil, errno
