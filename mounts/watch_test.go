@@ -74,10 +74,10 @@ func TestWatchReportsHostChangesOnly(t *testing.T) {
 	}
 }
 
-// TestWatchBudget is a guest that walks more directories than the host
+// TestHostileWatchBudget is a guest that walks more directories than the host
 // will watch: the host stops at its budget, tells the guest the mount is
 // unwatched (once), and goes on serving it.
-func TestWatchBudget(t *testing.T) {
+func TestHostileWatchBudget(t *testing.T) {
 	dir, spec := oneFileDir(t)
 	for i := range 20 {
 		os.MkdirAll(filepath.Join(dir, "d", string(rune('a'+i))), 0o755)
@@ -107,10 +107,10 @@ func TestWatchBudget(t *testing.T) {
 	mustOK(t, "stat after the budget", errno)
 }
 
-// TestWatchHubShared: servers share one inotify instance, a guest that
+// TestHostileWatchStalledGuest: servers share one inotify instance, a guest that
 // never reads its notices holds up nobody else's, and the instance goes
 // when the last server closes.
-func TestWatchHubShared(t *testing.T) {
+func TestHostileWatchStalledGuest(t *testing.T) {
 	stuckDir, stuckSpec := oneFileDir(t)
 	stuck := startServer(t, stuckSpec)
 	guest, _, _ := connectGuest(t, stuck)
