@@ -292,7 +292,11 @@ func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) (err err
 			if testHookRequest != nil {
 				testHookRequest(req)
 			}
-			reply(s.handle(req))
+			rep, raced := s.serve(req)
+			reply(rep)
+			// After the reply: a notice sent before it would reach
+			// the guest's kernel before the stale answer it corrects.
+			s.watch.renotice(raced)
 		}()
 	}
 }
@@ -315,35 +319,62 @@ func (s *Server) serveErr(err error) error {
 // handle performs one request. It is the single place where the mount
 // and the read-only rule are enforced.
 func (s *Server) handle(req *fsproto.Request) *fsproto.Reply {
-	rep := &fsproto.Reply{Tag: req.Tag, Op: req.Op}
+	rep, _ := s.serve(req)
+	return rep
+}
+
+// serve is handle, and also returns the paths whose reply may have raced
+// a change on the host (see watcher.learned): the guest is told about
+// them again once the reply is out.
+func (s *Server) serve(req *fsproto.Request) (rep *fsproto.Reply, raced []change) {
+	rep = &fsproto.Reply{Tag: req.Tag, Op: req.Op}
 	s.life.RLock()
 	defer s.life.RUnlock()
 	if s.closed.Load() {
 		rep.Errno = syscall.ENOTCONN
-		return rep
+		return rep, nil
 	}
 	if req.Op == fsproto.OpInit {
 		if req.Version < fsproto.MinVersion || req.Version > fsproto.Version {
 			rep.Errno = syscall.EPROTONOSUPPORT
-			return rep
+			return rep, nil
 		}
 		rep.Version = req.Version
 		rep.Instance = uint64(s.instance)
-		return rep
+		return rep, nil
 	}
 	m := s.mounts[req.Mount]
 	if m == nil {
 		rep.Errno = syscall.ENODEV
-		return rep
+		return rep, nil
 	}
 	if m.ro && req.Writes() {
 		rep.Errno = syscall.EROFS
-		return rep
+		return rep, nil
 	}
 	s.watch.watchFor(m, req)
+	busy := s.touches(m, req)
+	start := s.watch.begin(m, busy)
 	rep.Errno = s.do(m, req, rep)
-	s.learn(m, req, rep)
-	return rep
+	raced = s.learn(m, req, rep, start)
+	s.watch.end(m, busy)
+	return rep, raced
+}
+
+// touches lists the paths req works on, for the watcher to leave their
+// events until the request's outcome is learned (a handle's by the path
+// it was opened by; a directory's listing covers its entries).
+func (s *Server) touches(m *hostMount, req *fsproto.Request) []string {
+	paths := []string{req.Path}
+	if req.Path2 != "" {
+		paths = append(paths, req.Path2)
+	}
+	if req.Handle != 0 {
+		if h, errno := s.handles.get(m, req.Handle); errno == 0 {
+			paths = append(paths, h.path)
+		}
+	}
+	return paths
 }
 
 // setOut replaces the writer notices go to, if it is old.
@@ -370,25 +401,33 @@ func (s *Server) notify(mount, path string, kind uint32) {
 	fw.write(frame)
 }
 
-// learn records what rep told the guest about the paths of req, so that
-// the watcher does not report the guest's own changes back to it.
-func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) {
+// learn records what rep told the guest's kernel about the paths of req,
+// so that the watcher does not report the guest's own changes back to it,
+// and returns the paths whose answer may be older than a change the
+// watcher already reported (start: see watcher.now). An open's
+// attributes are not learned: they reach no cache of the guest's kernel.
+func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply, start uint64) (raced []change) {
 	w := s.watch
+	learned := func(m *hostMount, p string, a *fsproto.Attr) {
+		if !w.learned(m, p, a, start) {
+			raced = append(raced, change{w, m, p})
+		}
+	}
 	if rep.Errno == syscall.ENOENT && req.Op == fsproto.OpStat {
-		w.learned(m, req.Path, nil)
-		return
+		learned(m, req.Path, nil)
+		return raced
 	}
 	if rep.Errno != 0 {
-		return
+		return nil
 	}
 	switch req.Op {
-	case fsproto.OpStat, fsproto.OpOpen, fsproto.OpCreate, fsproto.OpMkdir, fsproto.OpMknod, fsproto.OpSymlink:
-		w.learned(m, req.Path, &rep.Attr)
+	case fsproto.OpStat, fsproto.OpCreate, fsproto.OpMkdir, fsproto.OpMknod, fsproto.OpSymlink:
+		learned(m, req.Path, &rep.Attr)
 	case fsproto.OpLink:
-		w.learned(m, req.Path, &rep.Attr)
-		w.learned(m, req.Path2, &rep.Attr)
+		learned(m, req.Path, &rep.Attr)
+		learned(m, req.Path2, &rep.Attr)
 	case fsproto.OpUnlink, fsproto.OpRmdir:
-		w.learned(m, req.Path, nil)
+		learned(m, req.Path, nil)
 	case fsproto.OpRename:
 		if req.Flags&unix.RENAME_EXCHANGE == 0 {
 			w.moved(m, req.Path, req.Path2)
@@ -396,9 +435,9 @@ func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) {
 		for _, p := range []string{req.Path, req.Path2} {
 			var a fsproto.Attr
 			if m.stat(p, &a) == 0 {
-				w.learned(m, p, &a)
+				learned(m, p, &a)
 			} else {
-				w.learned(m, p, nil)
+				learned(m, p, nil)
 			}
 		}
 	case fsproto.OpSetattr, fsproto.OpFstat, fsproto.OpWrite, fsproto.OpFallocate, fsproto.OpReaddir:
@@ -414,17 +453,18 @@ func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) {
 		switch {
 		case req.Op == fsproto.OpReaddir:
 			for i := range rep.Entries {
-				w.learned(m, joinPath(p, rep.Entries[i].Name), &rep.Entries[i].Attr)
+				learned(m, joinPath(p, rep.Entries[i].Name), &rep.Entries[i].Attr)
 			}
 		case req.Op == fsproto.OpWrite || req.Op == fsproto.OpFallocate:
 			var a fsproto.Attr
 			if h.f != nil && m.fstat(h.f, &a) == 0 {
-				w.learned(m, p, &a)
+				learned(m, p, &a)
 			}
 		default:
-			w.learned(m, p, &rep.Attr)
+			learned(m, p, &rep.Attr)
 		}
 	}
+	return raced
 }
 
 func (s *Server) do(m *hostMount, req *fsproto.Request, rep *fsproto.Reply) syscall.Errno {

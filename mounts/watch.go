@@ -92,6 +92,13 @@ type pathState struct {
 	mode, nlnk uint32
 }
 
+// knownState is what the guest was told about a path, and the number of
+// the last report about it (0: none).
+type knownState struct {
+	st       pathState
+	reported uint64
+}
+
 func stateOf(a *fsproto.Attr) pathState {
 	return pathState{ino: a.Ino, gen: a.Gen, size: a.Size, mtime: a.Mtime, ctime: a.Ctime, mode: a.Mode, nlnk: a.Nlink}
 }
@@ -128,9 +135,16 @@ type watcher struct {
 	max    int      // maxWatches, but for tests
 
 	byDir     map[pathKey]int32
-	known     map[pathKey]pathState
+	known     map[pathKey]knownState
 	unwatched map[string]bool // mounts that lost their watching
 	closed    bool
+	// reported counts the changes reported to the guest; each known path
+	// keeps the count of the last one about it (see learned).
+	reported uint64
+	// busy counts the requests in progress on each path: an event on one
+	// waits until what the request told the guest is learned, or it
+	// would be taken for a change the guest does not know.
+	busy map[pathKey]int
 
 	// life is held shared while the hub looks at a path through one of
 	// the server's mount roots, and exclusively by close: the roots
@@ -152,7 +166,7 @@ type notice struct {
 // guest (or drops it when no guest listens).
 func newWatcher(send func(mount, path string, kind uint32), mounts []string) *watcher {
 	w := &watcher{send: send, mounts: mounts, max: maxWatches, byDir: map[pathKey]int32{},
-		known: map[pathKey]pathState{}, unwatched: map[string]bool{},
+		known: map[pathKey]knownState{}, busy: map[pathKey]int{}, unwatched: map[string]bool{},
 		queue: make(chan notice, noticeQueue), sent: make(chan struct{})}
 	go w.sendLoop()
 	return w
@@ -337,19 +351,69 @@ func (w *watcher) lose(m *hostMount) {
 	}
 }
 
-// learned records that the guest was told a (nil: that p does not
-// exist).
-func (w *watcher) learned(m *hostMount, p string, a *fsproto.Attr) {
+// begin marks paths of m busy while a request works on them, and returns
+// the number of changes reported so far, for learned.
+func (w *watcher) begin(m *hostMount, paths []string) uint64 {
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	for _, p := range paths {
+		w.busy[pathKey{m.id, p}]++
+	}
+	return w.reported
+}
+
+// end undoes begin once the request's outcome is learned.
+func (w *watcher) end(m *hostMount, paths []string) {
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	for _, p := range paths {
+		key := pathKey{m.id, p}
+		if w.busy[key]--; w.busy[key] <= 0 {
+			delete(w.busy, key)
+		}
+	}
+}
+
+// isBusy reports whether a request is working on p or listing its
+// directory; hub.mu is held.
+func (w *watcher) isBusy(m *hostMount, p string) bool {
+	return w.busy[pathKey{m.id, p}] > 0 || w.busy[pathKey{m.id, parentOf(p)}] > 0 && p != ""
+}
+
+// learned records that the guest was told a about p (nil: that p does
+// not exist) by a request served from start (see now). If a change of p
+// was reported since start, the answer may predate it and reach the
+// guest's kernel after the report, which the kernel would then not
+// apply to it: learned records nothing and returns false, and the path
+// must be reported again after the reply (renotice).
+func (w *watcher) learned(m *hostMount, p string, a *fsproto.Attr, start uint64) bool {
 	st := pathState{absent: true}
 	if a != nil {
 		st = stateOf(a)
 	}
 	key := pathKey{m.id, p}
 	hub.mu.Lock()
-	if _, ok := w.known[key]; ok || len(w.known) < maxKnown {
-		w.known[key] = st
+	defer hub.mu.Unlock()
+	k, ok := w.known[key]
+	if ok && k.reported > start {
+		return false
 	}
-	hub.mu.Unlock()
+	if ok || len(w.known) < maxKnown {
+		w.known[key] = knownState{st: st, reported: k.reported}
+	}
+	return true
+}
+
+// renotice reports paths again whose answers raced a report.
+func (w *watcher) renotice(raced []change) {
+	if len(raced) == 0 {
+		return
+	}
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	for _, c := range raced {
+		w.enqueue(c.m.id, c.path, fsproto.NoticeEntry)
+	}
 }
 
 // moved follows the guest's own rename of from to to: watches below
@@ -399,14 +463,21 @@ type change struct {
 func (h *inotifyHub) run(f *os.File, done chan struct{}) {
 	defer close(done)
 	buf := make([]byte, 64<<10)
+	var waiting []change // busy when last looked at
 	for {
-		n, err := f.Read(buf)
-		if err != nil {
-			return // closed
-		}
 		seen := map[change]bool{}
-		var order []change
-		overflow := h.parse(buf[:n], seen, &order)
+		order := waiting
+		for _, c := range order {
+			seen[c] = true
+		}
+		overflow := false
+		if len(waiting) == 0 {
+			n, err := f.Read(buf)
+			if err != nil {
+				return // closed
+			}
+			overflow = h.parse(buf[:n], seen, &order)
+		}
 		// Let the guest's operation that made these events finish and be
 		// known, and collect the rest of a burst.
 		deadline := time.Now().Add(settle)
@@ -422,12 +493,15 @@ func (h *inotifyHub) run(f *os.File, done chan struct{}) {
 			overflow = h.parse(buf[:n], seen, &order) || overflow
 		}
 		f.SetReadDeadline(time.Time{})
+		waiting = nil
 		if overflow {
 			h.overflowed()
 			continue
 		}
 		for _, c := range order {
-			c.w.check(c.m, c.path)
+			if !c.w.check(c.m, c.path) {
+				waiting = append(waiting, c)
+			}
 		}
 	}
 }
@@ -480,12 +554,19 @@ func (h *inotifyHub) parse(b []byte, seen map[change]bool, order *[]change) (ove
 }
 
 // check compares p's state with what the guest knows and tells the guest
-// when they differ.
-func (w *watcher) check(m *hostMount, p string) {
+// when they differ. It returns false, having done nothing, while a
+// request works on p: check again later.
+func (w *watcher) check(m *hostMount, p string) bool {
 	w.life.RLock()
 	defer w.life.RUnlock()
-	if w.isClosed() {
-		return // its roots are closed
+	hub.mu.Lock()
+	closed, busy := w.closed, w.isBusy(m, p)
+	hub.mu.Unlock()
+	if closed {
+		return true // its roots are closed
+	}
+	if busy {
+		return false
 	}
 	var a fsproto.Attr
 	now := pathState{absent: true}
@@ -501,24 +582,21 @@ func (w *watcher) check(m *hostMount, p string) {
 	key := pathKey{m.id, p}
 	hub.mu.Lock()
 	defer hub.mu.Unlock()
-	was, ok := w.known[key]
+	k, ok := w.known[key]
+	was := k.st
 	if ok && was == now {
-		return
+		return true
 	}
+	w.reported++
 	if ok || len(w.known) < maxKnown {
-		w.known[key] = now
+		w.known[key] = knownState{st: now, reported: w.reported}
 	}
 	kind := uint32(fsproto.NoticeEntry)
 	if p == "" || ok && !was.absent && !now.absent && was.ino == now.ino && was.gen == now.gen {
 		kind = fsproto.NoticeInode
 	}
 	w.enqueue(m.id, p, kind)
-}
-
-func (w *watcher) isClosed() bool {
-	hub.mu.Lock()
-	defer hub.mu.Unlock()
-	return w.closed
+	return true
 }
 
 // overflowed handles lost events: every guest forgets everything of
