@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -337,17 +338,41 @@ func agentFigures(e *env, cfg vm.Config) (rt durations, mbs, limitMBs float64) {
 	_, err = a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: []string{"sh", "-c", produce}}, Stdout: countingWriter{&n}})
 	check("throughput", err)
 	mbs = float64(n) / 1e6 / time.Since(start).Seconds()
+	if n != size {
+		fatal(fmt.Errorf("throughput: %d bytes of stdout, want %d", n, size))
+	}
 	// The limit: the same bytes written straight to a virtio-serial port
 	// (the unused fs port), drained by a bare socket reader on the host.
+	// Timed like the agent's figure, until the host has every byte: the
+	// command exits while its last bytes are still queued in the port
+	// and in QEMU's socket.
 	conn, err := net.Dial("unix", filepath.Join(dir, layout.FSSocket))
 	check("fs port", err)
 	defer conn.Close()
-	drained := make(chan int64, 1)
-	go func() { n, _ := io.Copy(io.Discard, conn); drained <- n }()
+	all := make(chan struct{})
+	go func() {
+		buf := make([]byte, 256<<10)
+		for got := 0; ; {
+			n, err := conn.Read(buf)
+			if got += n; got >= size {
+				close(all)
+				io.Copy(io.Discard, conn)
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	port := `p=$(grep -l ` + agentproto.FSPortName + ` /sys/class/virtio-ports/*/name); p=/dev/$(basename $(dirname $p)); `
 	start = time.Now()
 	_, err = a.Run(ctx, vm.Command{Exec: agentproto.Exec{Argv: []string{"sh", "-c", port + produce + " > $p"}}})
 	check("throughput limit", err)
+	select {
+	case <-all:
+	case <-time.After(time.Minute):
+		fatal(errors.New("throughput limit: the host did not receive every byte written to the bare port"))
+	}
 	limitMBs = float64(size) / 1e6 / time.Since(start).Seconds()
 	return rt, mbs, limitMBs
 }

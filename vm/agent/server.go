@@ -390,9 +390,10 @@ func (s *Server) exec(st *stream, req *agentproto.Exec) {
 		// Read behind a frame header's room, and frame each MaxData
 		// piece in place: its header goes over the end of the piece
 		// before it, which is sent by then (a Write returns once the
-		// bytes are out). No copy to frame it.
+		// bytes are out). No copy to frame it. A read takes a whole
+		// number of pieces, so a full read leaves no short frame.
 		const h = agentproto.HeaderLen
-		buf := make([]byte, h+readChunk)
+		buf := make([]byte, h+readPieces*agentproto.MaxData)
 		for {
 			n, err := r.Read(buf[h:])
 			for off := 0; off < n; {
@@ -438,8 +439,12 @@ func (s *Server) exec(st *stream, req *agentproto.Exec) {
 
 // readChunk is the capacity output pipes are grown to: a fast producer
 // fills it while the agent sends, because under emulation each wakeup
-// costs more than a read. The agent reads MaxData at a time (one frame).
+// costs more than a read.
 const readChunk = 1 << 20
+
+// readPieces is how many frames' worth of output the agent reads at a
+// time: about readChunk, in whole frames.
+const readPieces = readChunk / (agentproto.HeaderLen + agentproto.MaxData)
 
 // outputGrace is how long output may keep flowing after the process
 // exits, from children that still hold its stdout.
@@ -474,7 +479,8 @@ func (s *Server) streamRing(st *stream, p *process, offset uint64) {
 	rd := p.ring.attach(offset)
 	defer p.ring.detach(rd)
 	for {
-		off, data, ok := p.ring.next(rd, agentproto.MaxData, gone.Load)
+		// The offset rides in the payload: a full frame stays MaxData.
+		off, data, ok := p.ring.next(rd, agentproto.MaxData-8, gone.Load)
 		if !ok {
 			break
 		}

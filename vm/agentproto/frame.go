@@ -44,8 +44,16 @@ func (t FrameType) String() string {
 
 const (
 	// MaxData is the most raw output one frame carries; writers split
-	// larger chunks so one stream cannot hog the channel.
-	MaxData = 64 << 10
+	// larger chunks so one stream cannot hog the channel. A full frame
+	// (header and MaxData bytes) is exactly 256 KiB: the guest's
+	// virtio-serial driver cuts every write(2) at PortWrite bytes, so a
+	// frame that is a multiple of that costs no short write at its end
+	// (under emulation each write is a syscall, a buffer, a notification
+	// of QEMU and an interrupt back, whatever its size).
+	MaxData = 8*PortWrite - headerLen
+	// PortWrite is the most one write(2) to a virtio-serial port takes
+	// (the guest driver's limit).
+	PortWrite = 32 << 10
 	// MaxFrame bounds any frame a reader accepts (argv and env of an exec
 	// request included).
 	MaxFrame  = 1 << 20
@@ -102,8 +110,10 @@ func WriteFrameInPlace(w io.Writer, t FrameType, buf []byte) error {
 }
 
 // framePool recycles frame buffers: output streams write one frame per
-// read, and under emulation every allocation and copy shows.
-var framePool = sync.Pool{New: func() any { b := make([]byte, 0, headerLen+MaxData); return &b }}
+// read, and under emulation every allocation and copy shows. A new
+// buffer starts small (most frames are short JSON, and a full output
+// frame is 256 KiB) and keeps whatever it grew to.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 // WriteJSON writes v as a frame of type t.
 func WriteJSON(w io.Writer, t FrameType, v any) error {
