@@ -98,6 +98,12 @@ func newNetStack(n *Network) (*netStack, error) {
 	// The channel endpoint carries whole Ethernet frames (ethernet.New
 	// adds and strips the header), so its MTU includes the header.
 	ns.link = channel.New(outboundQueue, guestMTU+header.EthernetMinimumSize, tcpip.LinkAddress(GatewayMAC))
+	// gVisor GSO: the TCP sender works in segments of up to the link's
+	// GSO size (32 KiB) and gVisor itself cuts each into MSS-sized
+	// packets (sendTCPBatch) before they reach the link, so the guest
+	// sees the same frames while the sender's per-segment bookkeeping
+	// runs about twenty times less often on a download.
+	ns.link.SupportedGSOKind = stack.GVisorGSOSupported
 	if err := s.CreateNIC(nicID, ethernet.New(ns.link)); err != nil {
 		return fail("create NIC", err)
 	}
