@@ -3,13 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testenv"
 )
 
 // gitImage is the image the mounts section runs git status in: the
@@ -40,48 +39,6 @@ func ensureGitImage(ctx context.Context, e *env) string {
 	out, err := cmd.CombinedOutput()
 	check(fmt.Sprintf("build %s in %s: %s", gitImage, src, out), err)
 	fmt.Fprintf(os.Stderr, "bench: %s in %s: %s", gitImage, time.Since(start).Round(time.Second), out)
-	check("link "+gitImage, linkNewImages(src.Images(), e.home.Images()))
+	check("link "+gitImage, testenv.LinkImages(src, e.home))
 	return gitImage
-}
-
-// linkNewImages hard-links into dst the files of src it lacks (blobs and
-// manifests are content-addressed and read-only) and replaces the refs
-// that differ, each with a rename (a name starting with '.' is not a ref
-// while it is written).
-func linkNewImages(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		target := filepath.Join(dst, rel)
-		switch {
-		case d.IsDir():
-			if rel == "tmp" {
-				return filepath.SkipDir
-			}
-			return os.MkdirAll(target, 0o700)
-		case !d.Type().IsRegular():
-			return nil
-		}
-		sst, err := os.Stat(path)
-		if err != nil {
-			return err
-		}
-		if dst, err := os.Stat(target); err == nil && os.SameFile(sst, dst) {
-			return nil
-		}
-		tmp := filepath.Join(filepath.Dir(target), ".bench-"+d.Name())
-		os.Remove(tmp)
-		if err := os.Link(path, tmp); err != nil {
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(tmp, b, sst.Mode().Perm()); err != nil {
-				return err
-			}
-		}
-		return os.Rename(tmp, target)
-	})
 }

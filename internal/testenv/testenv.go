@@ -196,6 +196,9 @@ func LinkImages(src, dst layout.Home) error {
 
 // linkTree recreates src's directories under dst and hard-links its files
 // (blobs are read-only and content-addressed, so sharing them is safe).
+// A file dst already has as the same file is left; one that differs (a
+// ref moved to a newer image) is replaced with a rename, so that a
+// reader never sees it half-written.
 func linkTree(src, dst string) error {
 	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -209,12 +212,23 @@ func linkTree(src, dst string) error {
 				return filepath.SkipDir
 			}
 			return os.MkdirAll(target, 0o700)
-		case d.Type().IsRegular():
-			if err := os.Link(path, target); err != nil {
-				return copyFile(path, target)
+		case !d.Type().IsRegular():
+			return nil
+		}
+		if sst, err := os.Stat(path); err != nil {
+			return err
+		} else if dst, err := os.Stat(target); err == nil && os.SameFile(sst, dst) {
+			return nil
+		}
+		// A name starting with '.' is no ref or blob while it is made.
+		tmp := filepath.Join(filepath.Dir(target), ".link-"+d.Name())
+		os.Remove(tmp)
+		if err := os.Link(path, tmp); err != nil {
+			if err := copyFile(path, tmp); err != nil {
+				return err
 			}
 		}
-		return nil
+		return os.Rename(tmp, target)
 	})
 }
 
