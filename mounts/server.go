@@ -244,10 +244,13 @@ func (s *Server) serveFrames(conn io.ReadWriteCloser, br *bufio.Reader) (err err
 			s.logf("fs: encode %s reply: %v", rep.Op, err)
 			frame, _ = fsproto.AppendReply(nil, &fsproto.Reply{Tag: rep.Tag, Op: rep.Op, Errno: syscall.EIO})
 		}
-		fw.write(frame)
 		if rep.Op == fsproto.OpInit && rep.Errno == 0 && rep.Version >= 2 {
-			s.setOut(nil, fw) // after the reply: the guest knows the version first
+			// Before the reply goes: the guest's next request may come
+			// at once, and must be watched for (see notifying). A
+			// notice that overtakes the reply is read all the same.
+			s.setOut(nil, fw)
 		}
+		fw.write(frame)
 	}
 	fr := fsproto.NewFrameReader(br, fsproto.MaxFrame)
 	for {
@@ -352,6 +355,12 @@ func (s *Server) serve(req *fsproto.Request) (rep *fsproto.Reply, raced []change
 		rep.Errno = syscall.EROFS
 		return rep, nil
 	}
+	if !s.notifying() {
+		// A guest of protocol version 1 hears no reports: watching for
+		// it would spend the budget for nothing.
+		rep.Errno = s.do(m, req, rep)
+		return rep, nil
+	}
 	s.watch.watchFor(m, req)
 	busy := s.touches(m, req)
 	start := s.watch.begin(m, busy)
@@ -361,18 +370,26 @@ func (s *Server) serve(req *fsproto.Request) (rep *fsproto.Reply, raced []change
 	return rep, raced
 }
 
+// notifying reports whether the connected guest hears notices.
+func (s *Server) notifying() bool {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	return s.out != nil
+}
+
 // touches lists the paths req works on, for the watcher to leave their
 // events until the request's outcome is learned (a handle's by the path
 // it was opened by; a directory's listing covers its entries).
 func (s *Server) touches(m *hostMount, req *fsproto.Request) []string {
+	if req.Handle != 0 {
+		if h, errno := s.handles.get(m, req.Handle); errno == 0 {
+			return []string{h.path}
+		}
+		return nil
+	}
 	paths := []string{req.Path}
 	if req.Path2 != "" {
 		paths = append(paths, req.Path2)
-	}
-	if req.Handle != 0 {
-		if h, errno := s.handles.get(m, req.Handle); errno == 0 {
-			paths = append(paths, h.path)
-		}
 	}
 	return paths
 }
@@ -429,9 +446,7 @@ func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply, s
 	case fsproto.OpUnlink, fsproto.OpRmdir:
 		learned(m, req.Path, nil)
 	case fsproto.OpRename:
-		if req.Flags&unix.RENAME_EXCHANGE == 0 {
-			w.moved(m, req.Path, req.Path2)
-		}
+		w.moved(m, req.Path, req.Path2, req.Flags&unix.RENAME_EXCHANGE != 0)
 		for _, p := range []string{req.Path, req.Path2} {
 			var a fsproto.Attr
 			if m.stat(p, &a) == 0 {
@@ -440,7 +455,7 @@ func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply, s
 				learned(m, p, nil)
 			}
 		}
-	case fsproto.OpSetattr, fsproto.OpFstat, fsproto.OpWrite, fsproto.OpFallocate, fsproto.OpReaddir:
+	case fsproto.OpSetattr, fsproto.OpFstat, fsproto.OpWrite, fsproto.OpFallocate:
 		p := req.Path
 		var h *handle
 		if req.Handle != 0 {
@@ -450,11 +465,9 @@ func (s *Server) learn(m *hostMount, req *fsproto.Request, rep *fsproto.Reply, s
 			}
 			p = h.path
 		}
+		// (A listing's entries are not learned: the guest's kernel takes
+		// only those it reads, perhaps much later.)
 		switch {
-		case req.Op == fsproto.OpReaddir:
-			for i := range rep.Entries {
-				learned(m, joinPath(p, rep.Entries[i].Name), &rep.Entries[i].Attr)
-			}
 		case req.Op == fsproto.OpWrite || req.Op == fsproto.OpFallocate:
 			var a fsproto.Attr
 			if h.f != nil && m.fstat(h.f, &a) == 0 {

@@ -38,13 +38,14 @@ import (
 // a supervisor with many VMs takes one of the user's few instances (128
 // by default) and at most half of the user's watches: editors and build
 // tools on the host need the rest. Bounds: the watches of one server
-// (maxWatches) and of all (half of fs.inotify.max_user_watches), and the
-// paths a server remembers (maxKnown: an unknown path is always
-// reported, which is safe). A mount whose directory cannot be watched
-// becomes unwatched for good: the guest is told (NoticeUnwatched) and
-// caches it for short again. A hostile guest can spend its own server's
-// watches, not the others': maxWatches is a sixth of the shared bound at
-// the default limit. Notices leave through a queue per server, so a guest
+// (maxWatches, and at most a quarter of the shared bound, so a guest that
+// spends its own leaves the others theirs) and of all (half of
+// fs.inotify.max_user_watches), and the memory of the paths a server
+// remembers (maxKnownBytes, only paths in watched directories: an
+// unknown path is always reported, which is safe). A mount whose
+// directory cannot be watched (budget spent, or no permission) becomes
+// unwatched for good: the guest is told (NoticeUnwatched) and caches it
+// for short again. Notices leave through a queue per server, so a guest
 // that stops reading stalls only its own.
 //
 // What inotify does not see is not reported: changes made by another
@@ -53,7 +54,9 @@ import (
 // lifetime (a minute) bounds how long those stay stale.
 const (
 	maxWatches = 1 << 14
-	maxKnown   = 1 << 18
+	// maxKnownBytes bounds the memory of what a server remembers the
+	// guest knows (paths are up to 4 KiB each).
+	maxKnownBytes = 16 << 20
 	// settle is how long the hub waits after a batch of events for more:
 	// the guest's own operation is then done and known, and a burst of
 	// writes costs one notice.
@@ -134,10 +137,11 @@ type watcher struct {
 	mounts []string // IDs, for NoticeAll after lost notices
 	max    int      // maxWatches, but for tests
 
-	byDir     map[pathKey]int32
-	known     map[pathKey]knownState
-	unwatched map[string]bool // mounts that lost their watching
-	closed    bool
+	byDir      map[pathKey]int32
+	known      map[pathKey]knownState
+	knownBytes int
+	unwatched  map[string]bool // mounts that lost their watching
+	closed     bool
 	// reported counts the changes reported to the guest; each known path
 	// keeps the count of the last one about it (see learned).
 	reported uint64
@@ -254,7 +258,9 @@ func (h *inotifyHub) drop(wd int32, w *watcher, key pathKey) {
 // forget drops wd, which the kernel removed; hub.mu is held.
 func (h *inotifyHub) forget(wd int32) {
 	for _, d := range h.byWD[wd] {
-		delete(d.w.byDir, pathKey{d.m.id, d.dir})
+		if key := (pathKey{d.m.id, d.dir}); d.w.byDir[key] == wd {
+			delete(d.w.byDir, key)
+		}
 	}
 	delete(h.byWD, wd)
 }
@@ -297,13 +303,18 @@ func (w *watcher) watchFor(m *hostMount, req *fsproto.Request) {
 // unwatched; failing because dir is not a directory (any more) changes
 // nothing: the operation fails too.
 func (w *watcher) watch(m *hostMount, dir string) {
+	if checkPath(dir) != 0 {
+		return // the request fails too; nothing outside the mount is watched
+	}
 	key := pathKey{m.id, dir}
 	hub.mu.Lock()
 	defer hub.mu.Unlock()
 	if _, ok := w.byDir[key]; ok || w.unwatched[m.id] || w.closed {
 		return
 	}
-	if len(w.byDir) >= w.max || len(hub.byWD) >= hub.limit || !hub.start() {
+	// One server gets at most a quarter of what all may hold: a guest
+	// that spends its budget leaves the others theirs.
+	if len(w.byDir) >= min(w.max, hub.limit/4) || len(hub.byWD) >= hub.limit || !hub.start() {
 		w.lose(m)
 		return
 	}
@@ -319,9 +330,10 @@ func (w *watcher) watch(m *hostMount, dir string) {
 	// openDir confined, whatever happens to the tree meanwhile.
 	wd, err := unix.InotifyAddWatch(int(hub.f.Fd()), "/proc/self/fd/"+strconv.Itoa(fd), watchMask)
 	if err != nil {
-		if err == unix.ENOSPC || err == unix.ENOMEM {
-			w.lose(m)
-		}
+		// Out of watches, or a directory the host may not watch (no
+		// read permission): its changes would go unreported, so the
+		// mount stops caching for long.
+		w.lose(m)
 		return
 	}
 	hub.byWD[int32(wd)] = append(hub.byWD[int32(wd)], watchedDir{w, m, dir})
@@ -398,10 +410,24 @@ func (w *watcher) learned(m *hostMount, p string, a *fsproto.Attr, start uint64)
 	if ok && k.reported > start {
 		return false
 	}
-	if ok || len(w.known) < maxKnown {
-		w.known[key] = knownState{st: st, reported: k.reported}
+	// Only what an event can come for is worth remembering.
+	if _, watched := w.byDir[pathKey{m.id, parentOf(p)}]; watched || ok {
+		w.remember(key, knownState{st: st, reported: k.reported})
 	}
 	return true
+}
+
+// remember files what the guest knows of key, within maxKnownBytes (an
+// unknown path is always reported: safe); hub.mu is held.
+func (w *watcher) remember(key pathKey, k knownState) {
+	if _, ok := w.known[key]; !ok {
+		size := len(key.mount) + len(key.path) + 96
+		if w.knownBytes+size > maxKnownBytes {
+			return
+		}
+		w.knownBytes += size
+	}
+	w.known[key] = k
 }
 
 // renotice reports paths again whose answers raced a report.
@@ -416,28 +442,50 @@ func (w *watcher) renotice(raced []change) {
 	}
 }
 
-// moved follows the guest's own rename of from to to: watches below
-// from now name directories below to.
-func (w *watcher) moved(m *hostMount, from, to string) {
+// moved follows the guest's own rename of from to to (exchange: a
+// RENAME_EXCHANGE, both ways): watches below from now name directories
+// below to. A directory that was not watched has nothing watched below
+// it (the guest looked it up to look into it), which spares the scan.
+func (w *watcher) moved(m *hostMount, from, to string, exchange bool) {
 	hub.mu.Lock()
 	defer hub.mu.Unlock()
+	_, fromWatched := w.byDir[pathKey{m.id, from}]
+	_, toWatched := w.byDir[pathKey{m.id, to}]
+	if !fromWatched && !(exchange && toWatched) {
+		if toWatched { // replaced: its watch names what is gone
+			w.unwatchBelow(m, to)
+		}
+		return
+	}
 	type move struct {
 		key pathKey
 		wd  int32
+		np  string
 	}
+	under := func(p, dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
 	var moves []move
 	for key, wd := range w.byDir {
-		if key.mount == m.id && (key.path == from || strings.HasPrefix(key.path, from+"/")) {
-			moves = append(moves, move{key, wd})
+		switch {
+		case key.mount != m.id:
+		case under(key.path, from):
+			moves = append(moves, move{key, wd, to + key.path[len(from):]})
+		case exchange && under(key.path, to):
+			moves = append(moves, move{key, wd, from + key.path[len(to):]})
+		}
+	}
+	if !exchange {
+		w.unwatchBelow(m, to) // replaced
+	}
+	for _, mv := range moves {
+		if w.byDir[mv.key] == mv.wd {
+			delete(w.byDir, mv.key)
 		}
 	}
 	for _, mv := range moves {
-		np := to + mv.key.path[len(from):]
-		delete(w.byDir, mv.key)
-		w.byDir[pathKey{m.id, np}] = mv.wd
+		w.byDir[pathKey{m.id, mv.np}] = mv.wd
 		for i, d := range hub.byWD[mv.wd] {
 			if d.w == w && d.m == m && d.dir == mv.key.path {
-				hub.byWD[mv.wd][i].dir = np
+				hub.byWD[mv.wd][i].dir = mv.np
 			}
 		}
 	}
@@ -446,6 +494,9 @@ func (w *watcher) moved(m *hostMount, from, to string) {
 // unwatchBelow drops w's watches of dir and the directories below it;
 // hub.mu is held.
 func (w *watcher) unwatchBelow(m *hostMount, dir string) {
+	if _, ok := w.byDir[pathKey{m.id, dir}]; !ok {
+		return // nothing is watched below a directory that is not
+	}
 	for key, wd := range w.byDir {
 		if key.mount == m.id && (key.path == dir || strings.HasPrefix(key.path, dir+"/")) {
 			hub.drop(wd, w, key)
@@ -476,7 +527,7 @@ func (h *inotifyHub) run(f *os.File, done chan struct{}) {
 			if err != nil {
 				return // closed
 			}
-			overflow = h.parse(buf[:n], seen, &order)
+			overflow = h.parse(f, buf[:n], seen, &order)
 		}
 		// Let the guest's operation that made these events finish and be
 		// known, and collect the rest of a burst.
@@ -490,7 +541,7 @@ func (h *inotifyHub) run(f *os.File, done chan struct{}) {
 			if err != nil {
 				return
 			}
-			overflow = h.parse(buf[:n], seen, &order) || overflow
+			overflow = h.parse(f, buf[:n], seen, &order) || overflow
 		}
 		f.SetReadDeadline(time.Time{})
 		waiting = nil
@@ -508,9 +559,13 @@ func (h *inotifyHub) run(f *os.File, done chan struct{}) {
 
 // parse reads inotify events into the paths to check, in order, and
 // reports a queue overflow.
-func (h *inotifyHub) parse(b []byte, seen map[change]bool, order *[]change) (overflow bool) {
+func (h *inotifyHub) parse(f *os.File, b []byte, seen map[change]bool, order *[]change) (overflow bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.f != f {
+		// An instance that went idle: its descriptors are not byWD's.
+		return false
+	}
 	for len(b) >= unix.SizeofInotifyEvent {
 		wd := int32(binary.NativeEndian.Uint32(b[0:]))
 		mask := binary.NativeEndian.Uint32(b[4:])
@@ -588,9 +643,7 @@ func (w *watcher) check(m *hostMount, p string) bool {
 		return true
 	}
 	w.reported++
-	if ok || len(w.known) < maxKnown {
-		w.known[key] = knownState{st: now, reported: w.reported}
-	}
+	w.remember(key, knownState{st: now, reported: w.reported})
 	kind := uint32(fsproto.NoticeEntry)
 	if p == "" || ok && !was.absent && !now.absent && was.ino == now.ino && was.gen == now.gen {
 		kind = fsproto.NoticeInode
@@ -604,11 +657,16 @@ func (w *watcher) check(m *hostMount, p string) bool {
 func (h *inotifyHub) overflowed() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	told := map[pathKey]bool{}
+	type mountOf struct {
+		w  *watcher
+		id string
+	}
+	told := map[mountOf]bool{}
 	for _, dirs := range h.byWD {
 		for _, d := range dirs {
 			clear(d.w.known)
-			if key := (pathKey{d.m.id, ""}); !told[key] {
+			d.w.knownBytes = 0
+			if key := (mountOf{d.w, d.m.id}); !told[key] {
 				told[key] = true
 				d.w.enqueue(d.m.id, "", fsproto.NoticeAll)
 			}

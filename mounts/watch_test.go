@@ -141,3 +141,108 @@ func TestHostileWatchStalledGuest(t *testing.T) {
 		t.Fatal("no inotify instance while two servers watch")
 	}
 }
+
+// TestHostileWatchEscape: a guest names paths outside its mount to have
+// the host watch them (the requests fail, but the watch is made first);
+// nothing outside is watched, and no name from outside reaches it.
+func TestHostileWatchEscape(t *testing.T) {
+	bothWalks(t, func(t *testing.T) {
+		dir, spec := oneFileDir(t)
+		outside := filepath.Join(filepath.Dir(dir), "outside-"+filepath.Base(dir))
+		os.Mkdir(outside, 0o755)
+		defer os.RemoveAll(outside)
+		l, c := serve(t, spec)
+		m := fsproto.Mount{C: c, ID: spec.ID}
+		ctx := ctxT(t)
+		m.Stat(ctx, "f")
+		for _, p := range []string{"..", "../" + filepath.Base(outside), "../" + filepath.Base(outside) + "/x", "a/../..", "/etc/x"} {
+			m.Stat(ctx, p)
+			if h, errno := m.Opendir(ctx, p); errno == 0 {
+				m.Release(ctx, h)
+			}
+		}
+		os.WriteFile(filepath.Join(outside, "SECRET-NAME"), nil, 0o644)
+		for _, n := range notices(c, 300*time.Millisecond) {
+			t.Errorf("notice from outside the mount: %+v", n)
+		}
+		hub.mu.Lock()
+		defer hub.mu.Unlock()
+		for key := range l.server.watch.byDir {
+			if key.path != "" {
+				t.Errorf("watching %q", key.path)
+			}
+		}
+	})
+}
+
+// TestHostileWatchRenames: a guest renames watched directories over each
+// other, both ways, many times; the host's two indexes of its watches
+// agree throughout, and closing the server leaves none behind.
+func TestHostileWatchRenames(t *testing.T) {
+	dir, spec := oneFileDir(t)
+	l, c := serve(t, spec)
+	m := fsproto.Mount{C: c, ID: spec.ID}
+	ctx := ctxT(t)
+	for i := range 20 {
+		os.MkdirAll(filepath.Join(dir, "a", "sub"), 0o755)
+		os.MkdirAll(filepath.Join(dir, "b"), 0o755)
+		m.Stat(ctx, "a/sub/x")
+		m.Stat(ctx, "b/x")
+		flags := uint32(0)
+		if i%2 == 1 {
+			flags = 2 // RENAME_EXCHANGE
+		}
+		mustOK(t, "rename", m.Rename(ctx, "a", "b", flags))
+		os.RemoveAll(filepath.Join(dir, "a"))
+		os.RemoveAll(filepath.Join(dir, "b"))
+	}
+	time.Sleep(100 * time.Millisecond) // the hub has seen the events
+	w := l.server.watch
+	hub.mu.Lock()
+	inHub := 0
+	for _, dirs := range hub.byWD {
+		for _, d := range dirs {
+			if d.w == w {
+				inHub++
+				if wd, ok := w.byDir[pathKey{d.m.id, d.dir}]; !ok || hub.byWD[wd] == nil {
+					t.Errorf("the hub watches %q for the server, which does not know it", d.dir)
+				}
+			}
+		}
+	}
+	if inHub != len(w.byDir) {
+		t.Errorf("the hub holds %d of the server's watches, the server %d", inHub, len(w.byDir))
+	}
+	hub.mu.Unlock()
+	l.server.Close()
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	for _, dirs := range hub.byWD {
+		for _, d := range dirs {
+			if d.w == w {
+				t.Errorf("watch of %q outlives its server", d.dir)
+			}
+		}
+	}
+}
+
+// TestHostileKnownBounded: a guest stats many long names that do not
+// exist; what the host remembers for it stays within its bound.
+func TestHostileKnownBounded(t *testing.T) {
+	dir, spec := oneFileDir(t)
+	os.MkdirAll(filepath.Join(dir, "d"), 0o755)
+	l, c := serve(t, spec)
+	m := fsproto.Mount{C: c, ID: spec.ID}
+	ctx := ctxT(t)
+	long := strings.Repeat("x", 250)
+	for i := range 3000 {
+		m.Stat(ctx, "d/"+long+strconv.Itoa(i))                             // a watched directory
+		m.Stat(ctx, "nodir/"+strings.Repeat(long+"/", 10)+strconv.Itoa(i)) // none: nothing to remember
+	}
+	w := l.server.watch
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	if w.knownBytes > maxKnownBytes || len(w.known) > 3100 {
+		t.Errorf("remembers %d paths in %d bytes (bound %d)", len(w.known), w.knownBytes, maxKnownBytes)
+	}
+}

@@ -247,10 +247,15 @@ func (c *Client) Attach(ctx context.Context, ref string, pty uint64, rows, cols 
 	return &Attachment{rwc: rwc, fw: &frameWriter{w: rwc}}, nil
 }
 
+// inputChunk is the most input one frame to the supervisor carries: a
+// fixed size, not agentproto.MaxData, which a newer client may have larger
+// than a supervisor started before it accepts.
+const inputChunk = 64 << 10
+
 // Input sends keystrokes.
 func (a *Attachment) Input(p []byte) error {
 	for len(p) > 0 {
-		n := min(len(p), agentproto.MaxData)
+		n := min(len(p), inputChunk)
 		if err := a.fw.frame(frameInput, p[:n]); err != nil {
 			return err
 		}
