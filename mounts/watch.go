@@ -595,12 +595,13 @@ func (h *inotifyHub) parse(f *os.File, b []byte, seen map[change]bool, order *[]
 				seen[c] = true
 				*order = append(*order, c)
 			}
-			if mask&unix.IN_ISDIR != 0 && mask&unix.IN_MOVED_FROM != 0 {
+			if mask&unix.IN_ISDIR != 0 && mask&unix.IN_MOVED_FROM != 0 && !d.w.isBusy(d.m, p) {
 				// A directory left its path on the host: its watch and
 				// those below it name paths that are no longer there.
 				// The guest looks the new path up again (it is told the
 				// names changed) and it is watched afresh. (The guest's
-				// own renames were moved along already: see moved.)
+				// own renames, busy until learned, are moved along by
+				// moved.)
 				d.w.unwatchBelow(d.m, p)
 			}
 		}

@@ -27,6 +27,9 @@ type dir struct {
 	page   []fsproto.DirEntry
 	eof    bool                     // the host has nothing after page
 	byName map[string]*fsproto.Attr // attributes of the entries listed last
+	// gen is the mount's count of applied notices when page came: a
+	// notice since may be about one of its entries.
+	gen uint64
 }
 
 var (
@@ -98,6 +101,7 @@ func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 		if errno != 0 {
 			return nil, errno
 		}
+		d.gen = d.n.st.noticed.Load()
 		d.page, d.eof = page, eof
 		d.byName = make(map[string]*fsproto.Attr, len(page))
 		for i := range page {
@@ -124,12 +128,14 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 }
 
 // Lookup answers READDIRPLUS's lookup of each listed entry from the
-// attributes that came with the page, without a round trip.
+// attributes that came with the page, without a round trip, unless the
+// host reported a change since the page came (it is cached for long).
 func (d *dir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	d.mu.Lock()
 	a := d.byName[name]
+	stale := d.gen != d.n.st.noticed.Load()
 	d.mu.Unlock()
-	if a == nil {
+	if a == nil || stale {
 		return d.n.Lookup(ctx, name, out)
 	}
 	return d.n.newChild(ctx, a, out), 0

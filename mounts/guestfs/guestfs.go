@@ -141,6 +141,8 @@ type state struct {
 	short time.Duration
 	// unwatched: the host said it cannot report this mount's changes.
 	unwatched atomic.Bool
+	// noticed counts the notices applied (see dir.Lookup).
+	noticed atomic.Uint64
 }
 
 // ttl is how long what the host just said may be cached.

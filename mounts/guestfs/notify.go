@@ -81,6 +81,7 @@ func (r *router) run() {
 
 // apply drops what n says changed.
 func (st *state) apply(n fsproto.Notice) {
+	st.noticed.Add(1)
 	switch n.Kind {
 	case fsproto.NoticeEntry:
 		parent := st.find(parentOf(n.Path))
