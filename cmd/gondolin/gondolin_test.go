@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -128,6 +129,21 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"image", "build", "--tag", "Bad/Ref"}, want: "--tag"},
 		{args: []string{"image", "build", "--config", "/no/such/file"}, want: "--config"},
 		{args: []string{"nosuchcommand"}, want: "unknown command"},
+		{args: []string{"image", "frob"}, want: `unknown command "frob" for gondolin image`},
+		{args: []string{"policy", "frob"}, want: `unknown command "frob" for gondolin policy`},
+		{args: []string{"policy", "secret", "frob"}, want: `unknown command "frob" for gondolin policy secret`},
+		{args: []string{"image", "tag"}, want: "gondolin: image tag needs"},
+		{args: []string{"ui"}, want: "ui needs a terminal"},
+		{args: []string{"attach"}, want: "attach needs a session"},
+		{args: []string{"attach", "a", "b", "--", "top"}, want: "one session before --"},
+		{args: []string{"bash", "--ssh-agent", "/run/user/1000/ssh.sock"}, want: "--ssh-agent=/run/user/1000/ssh.sock"},
+		{args: []string{"exec", "--ssh-agent", "/tmp/agent.sock", "--", "true"}, want: "--ssh-agent=/tmp/agent.sock"},
+		{args: []string{"exec", "--session", "x", "--allow-host", "a.com", "--", "true"}, want: "--allow-host applies to new VMs"},
+		{args: []string{"exec", "--session", "x", "--no-network", "--", "true"}, want: "--no-network applies to new VMs"},
+		{args: []string{"exec", "--session", "x", "--image", "i", "--cpus", "2", "--memory", "1G", "--cold", "--", "true"},
+			want: "--cold, --cpus, --image, --memory apply to new VMs"},
+		{args: []string{"exec", "--session", "x", "--mount-hostfs", "/tmp:/w", "--host-secret", "A@h=v", "--", "true"},
+			want: "--host-secret, --mount-hostfs apply to new VMs"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -146,6 +162,39 @@ func TestUsageErrors(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(string(home), "sessions")); len(entries) > 0 {
 		t.Errorf("bad input changed state: %v", entries)
+	}
+}
+
+// TestQuietAnswers: commands a script runs where there is nothing to act
+// on answer in one line (or an empty listing), with a code it can test.
+func TestQuietAnswers(t *testing.T) {
+	home := layout.Home(t.TempDir())
+	tests := []struct {
+		args               []string
+		wantCode           int
+		wantOut, wantErrln string
+	}{
+		{args: []string{"image", "ls", "--json"}, wantOut: "[]\n"},
+		{args: []string{"supervisor", "status"}, wantCode: 3, wantOut: "no supervisor is running for " + string(home) + "\n"},
+		{args: []string{"supervisor", "stop"}, wantErrln: "no supervisor is running"},
+		{args: []string{"supervisor", "stop"}, wantErrln: "no supervisor is running"}, // again: still fine
+		{args: []string{"image", "rm", "nope"}, wantCode: 125, wantErrln: "no image nope to remove (see: gondolin image ls)"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			r := gondolin(t, home, "", tt.args...)
+			if r.code != tt.wantCode || r.stdout != tt.wantOut {
+				t.Errorf("code %d stdout %q, want %d %q (stderr %q)", r.code, r.stdout, tt.wantCode, tt.wantOut, r.stderr)
+			}
+			if tt.wantErrln != "" && (strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, tt.wantErrln)) {
+				t.Errorf("stderr %q, want one line with %q", r.stderr, tt.wantErrln)
+			}
+		})
+	}
+	var st map[string]any
+	r := gondolin(t, home, "", "supervisor", "status", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != 3 || st["running"] != false {
+		t.Errorf("status --json without a supervisor: code %d, %q", r.code, r.stdout)
 	}
 }
 

@@ -241,6 +241,14 @@ func TestSessionSharedTerminal(t *testing.T) {
 	a.exit()
 	b.send("echo still-$((3+3))\r")
 	b.waitScreen("still-6")
+
+	// A new terminal with a command, written as the README does: flags
+	// may follow the session, and -- is not part of the command.
+	c := startTerm(t, home, "attach", "shared", "--detach-keys", "ctrl-p,ctrl-q", "--", "sh", "-c", "echo ran-$((3+4)); sleep 1; exit 7")
+	c.waitScreen("ran-7")
+	if code := c.exit(); code != 7 {
+		t.Fatalf("attach -- CMD exited %d, want the command's 7", code)
+	}
 }
 
 // TestSessionExecAndStale runs execs in a session, then kills its QEMU.

@@ -20,8 +20,11 @@ repaint its current screen; with CMD, open a new terminal running it.
 Ctrl-] detaches (--detach-keys changes it, e.g. ctrl-p,ctrl-q); the
 terminal keeps running. Several clients may attach to one terminal.`,
 		Args: func(c *cobra.Command, args []string) error {
-			if len(args) == 0 {
+			if len(args) == 0 || c.ArgsLenAtDash() == 0 {
 				return usageError("attach needs a session: gondolin attach ID [-- CMD...]")
+			}
+			if c.ArgsLenAtDash() > 1 {
+				return usageError("attach takes one session before --, got %q", args[:c.ArgsLenAtDash()])
 			}
 			return nil
 		},
@@ -47,7 +50,8 @@ terminal keeps running. Several clients may attach to one terminal.`,
 			return attachTerminal(client, ref, ptyID, keys)
 		},
 	}
-	c.Flags().SetInterspersed(false)
+	// Flags may follow the session (attach dev --detach-keys ...); the
+	// command's own flags go after --.
 	c.Flags().StringVar(&detachKeys, "detach-keys", termio.DefaultDetachKeys, "key sequence that detaches")
 	return c
 }

@@ -31,6 +31,9 @@ func newBashCmd() *cobra.Command {
 else sh). Ctrl-] detaches and the shell keeps running; gondolin attach
 brings it back. When CMD exits the session stops, unless --keep.`,
 		RunE: func(c *cobra.Command, args []string) error {
+			if err := vf.checkCommand(args); err != nil {
+				return err
+			}
 			keys, err := termio.ParseDetachKeys(detachKeys)
 			if err != nil {
 				return usageError("%v", err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,6 +47,21 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			return nil
 		},
 		RunE: func(c *cobra.Command, args []string) error {
+			if err := vf.checkCommand(args); err != nil {
+				return err
+			}
+			if session != "" {
+				if timeout > 0 || resume != "" {
+					return usageError("--timeout and --resume do not go with --session")
+				}
+				if given := newVMOnly(c.Flags()); len(given) > 0 {
+					verb := "applies"
+					if len(given) > 1 {
+						verb = "apply"
+					}
+					return usageError("%s %s to new VMs, not to --session %s (change a running session's network with gondolin policy)", strings.Join(given, ", "), verb, session)
+				}
+			}
 			spec, err := vf.spec()
 			if err != nil {
 				return err
@@ -53,9 +69,6 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			term := setupTerminal(tty, interactive)
 			defer term.restore()
 			if session != "" {
-				if timeout > 0 || resume != "" {
-					return usageError("--timeout and --resume do not go with --session")
-				}
 				return execInSession(session, spec, args, term)
 			}
 			// A one-shot exec runs in a VM the supervisor makes, from its

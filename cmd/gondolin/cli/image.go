@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/imagestore/debian"
 	"github.com/gondolin/gondolin/imagestore/oci"
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/progress"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
@@ -20,7 +22,8 @@ func newImageCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "image",
 		Short: "Manage local guest images (build, pull, ls, inspect, tag, rm, import, export)",
-		Args:  noArgs,
+		Args:  subcommandArgs,
+		RunE:  showHelp,
 	}
 	c.AddCommand(newImageBuildCmd(), newImagePullCmd(), newImageLsCmd(), newImageInspectCmd(),
 		newImageTagCmd(), newImageRmCmd(), newImageImportCmd(), newImageExportCmd())
@@ -130,6 +133,9 @@ func newImageLsCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
+				if images == nil {
+					images = []imagestore.Image{} // [], as the other listings print
+				}
 				return printJSON(images)
 			}
 			w := newTable()
@@ -274,6 +280,10 @@ all its refs. An image that a session or snapshot uses stays unless -f.`,
 			var failed error
 			for _, spec := range args {
 				r, err := rt.Images.Remove(spec, opts)
+				if errors.Is(err, errdefs.ErrNotFound) {
+					// Not the store's advice to build it: it is being removed.
+					err = errdefs.Errorf(errdefs.ErrNotFound, "no image %s to remove (see: gondolin image ls)", spec)
+				}
 				if err != nil {
 					if len(args) > 1 {
 						fmt.Fprintf(os.Stderr, "gondolin: %s\n", oneLine(err))

@@ -15,7 +15,8 @@ func newPolicyCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "policy",
 		Short: "Show or change a running session's network policy",
-		Args:  noArgs,
+		Args:  subcommandArgs,
+		RunE:  showHelp,
 	}
 	var asJSON bool
 	show := &cobra.Command{
@@ -62,7 +63,7 @@ func newPolicyCmd() *cobra.Command {
 		func(a []string) (sessions.PolicyChange, error) { return sessions.PolicyChange{Allow: a[0]}, nil })
 	deny := edit("deny ID PATTERN", "Deny a host pattern on the running VM (next request)", 2,
 		func(a []string) (sessions.PolicyChange, error) { return sessions.PolicyChange{Deny: a[0]}, nil })
-	secret := &cobra.Command{Use: "secret", Short: "Set, rotate or remove a secret", Args: noArgs}
+	secret := &cobra.Command{Use: "secret", Short: "Set, rotate or remove a secret", Args: subcommandArgs, RunE: showHelp}
 	set := edit("set ID NAME[:url]@HOST[,HOST...][=VALUE]", "Add or rotate a secret (value from the host env when omitted; =VALUE lands in your shell history)", 2,
 		func(a []string) (sessions.PolicyChange, error) {
 			// Resolve the value here, from this shell's environment; it

@@ -158,18 +158,37 @@ func withSupervisor(start bool, run func(c *cobra.Command, client *sessions.Clie
 	}
 }
 
+// subcommandArgs is the Args of a command that only groups others: a
+// word that names none of them is a usage error, not a reason for help.
+// (Cobra shows a group's help for any word unless the group runs.)
+func subcommandArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError("unknown command %q for %s (see: %s --help)", args[0], c.CommandPath(), c.CommandPath())
+	}
+	return nil
+}
+
+// showHelp is the RunE of a group: alone, it shows its help.
+func showHelp(c *cobra.Command, args []string) error { return c.Help() }
+
 // noArgs rejects positional arguments with a usage error.
 func noArgs(c *cobra.Command, args []string) error {
 	if len(args) > 0 {
-		return usageError("%s takes no arguments, got %q", c.CommandPath(), args[0])
+		return usageError("%s takes no arguments, got %q", commandName(c), args[0])
 	}
 	return nil
+}
+
+// commandName is c's path without the program's name, which Run already
+// puts before every error ("gondolin: image tag needs ...").
+func commandName(c *cobra.Command) string {
+	return strings.TrimPrefix(c.CommandPath(), c.Root().Name()+" ")
 }
 
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(c *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usageError("%s needs %s (see: %s --help)", c.CommandPath(), what, c.CommandPath())
+			return usageError("%s needs %s (see: %s --help)", commandName(c), what, c.CommandPath())
 		}
 		return nil
 	}

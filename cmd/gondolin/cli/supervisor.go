@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"os"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
@@ -59,26 +61,44 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 		Use:   "stop [--all]",
 		Short: "Stop the supervisor (VMs keep running; --all stops them too)",
 		Args:  noArgs,
-		RunE: withSupervisor(false, func(c *cobra.Command, client *sessions.Client, args []string) error {
+		RunE: func(c *cobra.Command, args []string) error {
+			client, home, err := runningSupervisor()
+			if err != nil {
+				return err
+			}
+			if client == nil {
+				fmt.Fprintf(os.Stderr, "gondolin: no supervisor is running for %s\n", home)
+				return nil // what was asked is so
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			if err := client.StopSupervisor(ctx, all); err != nil {
 				return err
 			}
-			home, err := layout.DefaultHome()
-			if err != nil {
-				return err
-			}
 			return sessions.WaitStopped(ctx, home)
-		}),
+		},
 	}
 	stop.Flags().BoolVar(&all, "all", false, "stop every VM too")
 	var asJSON bool
 	status := &cobra.Command{
 		Use:   "status [--json]",
 		Short: "Show whether the supervisor runs, and what it holds",
-		Args:  noArgs,
-		RunE: withSupervisor(false, func(c *cobra.Command, client *sessions.Client, args []string) error {
+		Long: `Show whether the supervisor runs, and what it holds. Exits 3 when no
+supervisor is running (--json then prints {"running": false, "home": ...}).`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			client, home, err := runningSupervisor()
+			if err != nil {
+				return err
+			}
+			if client == nil {
+				if asJSON {
+					printJSON(map[string]any{"running": false, "home": home})
+				} else {
+					fmt.Printf("no supervisor is running for %s\n", home)
+				}
+				return &exitError{code: exitNotRunning}
+			}
 			st, err := client.Status(context.Background())
 			if err != nil {
 				return err
@@ -96,7 +116,7 @@ runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 				fmt.Println(templateLine(t))
 			}
 			return nil
-		}),
+		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	c.AddCommand(stop, status)
@@ -174,4 +194,22 @@ func countText(n uint64, what string) string {
 
 func msText(ms int64) string {
 	return (time.Duration(ms) * time.Millisecond).String()
+}
+
+// exitNotRunning is supervisor status's exit code when none runs (as an
+// init script's status: "program is not running").
+const exitNotRunning = 3
+
+// runningSupervisor connects to the home's supervisor without starting
+// one: a nil client (and no error) when none is running.
+func runningSupervisor() (*sessions.Client, layout.Home, error) {
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return nil, "", err
+	}
+	client, err := dialSupervisor(false)
+	if errors.Is(err, errdefs.ErrUnavailable) {
+		return nil, home, nil
+	}
+	return client, home, err
 }

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"os"
 
+	"github.com/gondolin/gondolin/internal/termio"
 	"github.com/gondolin/gondolin/ui"
 	"github.com/spf13/cobra"
 )
@@ -14,7 +16,12 @@ func newUICmd() *cobra.Command {
 		Use:   "ui",
 		Short: "Open the dashboard (also: gondolin with no arguments, on a terminal)",
 		Args:  noArgs,
-		RunE:  func(c *cobra.Command, args []string) error { return runDashboard() },
+		RunE: func(c *cobra.Command, args []string) error {
+			if !termio.IsTerminal(os.Stdin) || !termio.IsTerminal(os.Stdout) {
+				return usageError("ui needs a terminal on stdin and stdout (for scripts: gondolin list, gondolin supervisor status)")
+			}
+			return runDashboard()
+		},
 	}
 }
 

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"strings"
 
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
@@ -35,10 +36,40 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.NoNetwork, "no-network", false, "give the VM no network interface at all")
 	fs.StringArrayVar(&f.Net.SSHAllowHost, "ssh-allow-host", nil, "[USER@]HOST[:PORT]: allow git over SSH to this host, * wildcards; the key stays on the host. Only git-upload-pack, git-receive-pack and git-upload-archive with one repository path pass; the host logs in as USER (default: a matching --ssh-credential's user, else git) and the guest must use that name")
 	fs.StringArrayVar(&f.Net.SSHAllowExec, "ssh-allow-exec", nil, "[USER@]HOST[:PORT]: as --ssh-allow-host, and ANY command passes: the guest gets a command line on the upstream as that user (still no shell, terminal, sftp or forwarding)")
-	fs.StringVar(&f.Net.SSHAgent, "ssh-agent", "", "authenticate upstream SSH with this ssh-agent socket (alone: $SSH_AUTH_SOCK)")
+	fs.StringVar(&f.Net.SSHAgent, "ssh-agent", "", "authenticate upstream SSH with an ssh-agent: --ssh-agent alone uses $SSH_AUTH_SOCK, --ssh-agent=PATH that socket (the value needs the =)")
 	fs.Lookup("ssh-agent").NoOptDefVal = netpolicy.SSHAgentFromEnv
 	fs.StringArrayVar(&f.Net.SSHKnownHosts, "ssh-known-hosts", nil, "OpenSSH known_hosts file that upstream host keys must match (default ~/.ssh/known_hosts when it exists)")
 	fs.StringArrayVar(&f.Net.SSHCredential, "ssh-credential", nil, "[USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]: a host-side key for upstream SSH logins (as USER only, when given; USER is then the login name unless the --ssh-allow-host rule names one)")
+}
+
+// checkCommand refuses a command line where --ssh-agent, given alone,
+// is followed by what reads as its socket: the flag's value goes with
+// '=' (--ssh-agent=PATH), and the separate word would be run as the
+// command.
+func (f *vmFlags) checkCommand(args []string) error {
+	if f.Net.SSHAgent != netpolicy.SSHAgentFromEnv || len(args) == 0 {
+		return nil
+	}
+	st, err := os.Stat(args[0])
+	if err == nil && st.Mode()&os.ModeSocket != 0 || strings.HasSuffix(args[0], ".sock") {
+		return usageError("--ssh-agent takes its socket as --ssh-agent=%s (alone it means $SSH_AUTH_SOCK, and %q would be the command)", args[0], args[0])
+	}
+	return nil
+}
+
+// newVMOnly lists the flags of fs that shape a new VM and were given:
+// --env and --cwd apply to any command, the rest only to a VM being made.
+func newVMOnly(fs *pflag.FlagSet) []string {
+	var given []string
+	var probe vmFlags
+	names := pflag.NewFlagSet("probe", pflag.ContinueOnError)
+	probe.register(names)
+	fs.Visit(func(fl *pflag.Flag) {
+		if names.Lookup(fl.Name) != nil && fl.Name != "env" && fl.Name != "cwd" {
+			given = append(given, "--"+fl.Name)
+		}
+	})
+	return given
 }
 
 func (f *vmFlags) spec() (*sessions.Spec, error) {
