@@ -18,7 +18,7 @@ gondolin: $(GONDOLIN)
 agent: $(AGENT)
 
 $(GONDOLIN): $(GOSOURCES)
-	$(GO) build -o $@ ./cmd/gondolin
+	$(GO) build -buildvcs=auto -o $@ ./cmd/gondolin
 
 # The agent is the guest's PID 1: static, stripped, small.
 $(AGENT): $(GOSOURCES)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -190,6 +191,15 @@ func TestQuietAnswers(t *testing.T) {
 				t.Errorf("stderr %q, want one line with %q", r.stderr, tt.wantErrln)
 			}
 		})
+	}
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		if r := gondolin(t, home, "", args...); r.code != 0 || !strings.HasPrefix(r.stdout, "gondolin ") || !strings.Contains(r.stdout, runtime.Version()) {
+			t.Errorf("%v: code %d, %q", args, r.code, r.stdout)
+		}
+	}
+	var v map[string]any
+	if r := gondolin(t, home, "", "version", "--json"); json.Unmarshal([]byte(r.stdout), &v) != nil || v["go"] != runtime.Version() {
+		t.Errorf("version --json: %q", r.stdout)
 	}
 	var st map[string]any
 	r := gondolin(t, home, "", "supervisor", "status", "--json")

@@ -112,7 +112,9 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v (see: %s --help)", err, c.CommandPath())
 	})
-	root.AddCommand(newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
+	root.Version = buildVersion().String()
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.AddCommand(newVersionCmd(), newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}
