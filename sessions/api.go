@@ -112,6 +112,10 @@ type OpenPTYRequest struct {
 	Command []string `json:"command,omitempty"`
 	Rows    uint16   `json:"rows,omitempty"`
 	Cols    uint16   `json:"cols,omitempty"`
+	// Env (KEY=VALUE, after the session's own) and Cwd (instead of the
+	// session's) are this terminal's.
+	Env []string `json:"env,omitempty"`
+	Cwd string   `json:"cwd,omitempty"`
 }
 
 // SnapshotInfo is a snapshot as the API lists it, with whether this home

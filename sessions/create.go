@@ -141,7 +141,7 @@ func (sv *Supervisor) newBootedSession(rec Record, in *Instance) *session {
 func (sv *Supervisor) register(ctx context.Context, b booted, req CreateRequest) (Session, error) {
 	s := b.s
 	if len(s.runningPTYs()) == 0 {
-		if _, err := s.openPTY(ctx, s.rec.Command, req.Rows, req.Cols, true); err != nil {
+		if _, err := s.openPTY(ctx, s.rec.Command, s.rec.Spec.Env, s.rec.Spec.Cwd, req.Rows, req.Cols, true); err != nil {
 			sv.abandon(b)
 			return Session{}, err
 		}

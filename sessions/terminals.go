@@ -65,7 +65,7 @@ func (s *session) runningPTYs() []*pty {
 var defaultShell = []string{"/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l"}
 
 // openPTY starts a persistent terminal process in the session's guest.
-func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16, main bool) (*pty, error) {
+func (s *session) openPTY(ctx context.Context, argv []string, env []string, cwd string, rows, cols uint16, main bool) (*pty, error) {
 	if len(argv) == 0 {
 		argv = defaultShell
 	}
@@ -81,7 +81,7 @@ func (s *session) openPTY(ctx context.Context, argv []string, rows, cols uint16,
 	p := newPTY(0, argv, time.Now().UTC(), main, rows, cols)
 	p.changed = s.sv.paintNotifier(s.rec.ID, p)
 	proc, err := a.Start(ctx, vm.Command{
-		Exec:     agentproto.Exec{Argv: argv, Env: s.rec.Spec.Env, Cwd: s.rec.Spec.Cwd, TTY: true, Rows: rows, Cols: cols, Persistent: true},
+		Exec:     agentproto.Exec{Argv: argv, Env: env, Cwd: cwd, TTY: true, Rows: rows, Cols: cols, Persistent: true},
 		OnOutput: p.output,
 	})
 	if err != nil {
@@ -126,7 +126,14 @@ func (sv *Supervisor) OpenPTY(ctx context.Context, ref string, req OpenPTYReques
 	if err := validateCommand(req.Command); err != nil {
 		return PTY{}, err
 	}
-	p, err := s.openPTY(ctx, req.Command, req.Rows, req.Cols, false)
+	if err := (&Spec{Env: req.Env, Cwd: req.Cwd}).Validate(); err != nil {
+		return PTY{}, err
+	}
+	env, cwd := append(slices.Clone(s.rec.Spec.Env), req.Env...), s.rec.Spec.Cwd
+	if req.Cwd != "" {
+		cwd = req.Cwd
+	}
+	p, err := s.openPTY(ctx, req.Command, env, cwd, req.Rows, req.Cols, false)
 	if err != nil {
 		return PTY{}, err
 	}

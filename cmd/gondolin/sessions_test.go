@@ -244,8 +244,9 @@ func TestSessionSharedTerminal(t *testing.T) {
 
 	// A new terminal with a command, written as the README does: flags
 	// may follow the session, and -- is not part of the command.
-	c := startTerm(t, home, "attach", "shared", "--detach-keys", "ctrl-p,ctrl-q", "--", "sh", "-c", "echo ran-$((3+4)); sleep 1; exit 7")
-	c.waitScreen("ran-7")
+	c := startTerm(t, home, "attach", "shared", "--detach-keys", "ctrl-p,ctrl-q", "--env", "X=4", "--cwd", "/tmp",
+		"--", "sh", "-c", "echo ran-$((3+X)) in $(pwd); sleep 1; exit 7")
+	c.waitScreen("ran-7 in /tmp")
 	if code := c.exit(); code != 7 {
 		t.Fatalf("attach -- CMD exited %d, want the command's 7", code)
 	}

@@ -11,9 +11,13 @@ import (
 )
 
 func newAttachCmd() *cobra.Command {
-	var detachKeys string
+	var (
+		detachKeys string
+		env        []string
+		cwd        string
+	)
 	c := &cobra.Command{
-		Use:   "attach ID [-- CMD...]",
+		Use:   "attach ID [--env K=V] [--cwd DIR] [-- CMD...]",
 		Short: "Attach to a session's terminal (Ctrl-] detaches)",
 		Long: `Without CMD, reattach to the session's most recent running terminal and
 repaint its current screen; with CMD, open a new terminal running it.
@@ -33,6 +37,9 @@ terminal keeps running. Several clients may attach to one terminal.`,
 			if err != nil {
 				return usageError("%v", err)
 			}
+			if (len(env) > 0 || cwd != "") && len(args) == 1 {
+				return usageError("--env and --cwd are for a new terminal: gondolin attach %s --env K=V --cwd DIR -- CMD", args[0])
+			}
 			client, err := dialSupervisor(true)
 			if err != nil {
 				return err
@@ -41,7 +48,7 @@ terminal keeps running. Several clients may attach to one terminal.`,
 			var ptyID uint64
 			if len(cmdArgs) > 0 {
 				rows, cols := termio.Size(os.Stdout)
-				p, err := client.OpenPTY(context.Background(), ref, sessions.OpenPTYRequest{Command: cmdArgs, Rows: rows, Cols: cols})
+				p, err := client.OpenPTY(context.Background(), ref, sessions.OpenPTYRequest{Command: cmdArgs, Rows: rows, Cols: cols, Env: env, Cwd: cwd})
 				if err != nil {
 					return err
 				}
@@ -53,6 +60,8 @@ terminal keeps running. Several clients may attach to one terminal.`,
 	// Flags may follow the session (attach dev --detach-keys ...); the
 	// command's own flags go after --.
 	c.Flags().StringVar(&detachKeys, "detach-keys", termio.DefaultDetachKeys, "key sequence that detaches")
+	c.Flags().StringArrayVar(&env, "env", nil, "with CMD: set an environment variable in its terminal, KEY=VALUE (repeatable)")
+	c.Flags().StringVar(&cwd, "cwd", "", "with CMD: its working directory (default: the session's)")
 	return c
 }
 
