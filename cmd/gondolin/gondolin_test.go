@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/qemuproc"
 	"github.com/gondolin/gondolin/internal/syncbuf"
@@ -129,6 +131,7 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"image", "inspect"}, want: "needs an image"},
 		{args: []string{"image", "build", "--tag", "Bad/Ref"}, want: "--tag"},
 		{args: []string{"image", "build", "--config", "/no/such/file"}, want: "--config"},
+		{args: []string{"image", "build", "--init-config", "--tag", "x:y"}, want: "--init-config prints the default config"},
 		{args: []string{"nosuchcommand"}, want: "unknown command"},
 		{args: []string{"image", "frob"}, want: `unknown command "frob" for gondolin image`},
 		{args: []string{"policy", "frob"}, want: `unknown command "frob" for gondolin policy`},
@@ -202,8 +205,16 @@ func TestQuietAnswers(t *testing.T) {
 	if r := gondolin(t, home, "", "version", "--json"); json.Unmarshal([]byte(r.stdout), &v) != nil || v["go"] != runtime.Version() {
 		t.Errorf("version --json: %q", r.stdout)
 	}
+	// The default build config, printed, reads back as what a build
+	// without one uses.
+	r := gondolin(t, home, "", "image", "build", "--init-config")
+	cfg, err := imagestore.ParseConfig(strings.NewReader(r.stdout))
+	want, _ := imagestore.BuildConfig{}.Resolve()
+	if r.code != 0 || err != nil || !reflect.DeepEqual(cfg, want) {
+		t.Errorf("image build --init-config: code %d %q: %v; want %+v", r.code, r.stdout, err, want)
+	}
 	var st map[string]any
-	r := gondolin(t, home, "", "supervisor", "status", "--json")
+	r = gondolin(t, home, "", "supervisor", "status", "--json")
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != 3 || st["running"] != false {
 		t.Errorf("status --json without a supervisor: code %d, %q", r.code, r.stdout)
 	}

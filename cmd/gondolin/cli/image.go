@@ -32,8 +32,9 @@ func newImageCmd() *cobra.Command {
 
 func newImageBuildCmd() *cobra.Command {
 	var config, tag, agent string
+	var initConfig bool
 	c := &cobra.Command{
-		Use:   "build [--config FILE] [--tag REF]",
+		Use:   "build [--config FILE] [--tag REF] | --init-config",
 		Short: "Build a guest image from Debian packages",
 		Long: `Build a guest image from the distribution's packages (apt-get download and
 dpkg-deb; no root, no other download): the cloud kernel, busybox, bash, curl
@@ -42,9 +43,16 @@ listed in the config file:
 
   {"packages": ["git", "python3"], "disk_size": "8G"}
 
-A second build with the same inputs does nothing.`,
+--init-config prints the default config, every field filled in, to start
+yours from. A second build with the same inputs does nothing.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
+			if initConfig {
+				if config != "" || tag != "" {
+					return usageError("--init-config prints the default config; it builds nothing (no --config or --tag)")
+				}
+				return printDefaultConfig()
+			}
 			cfg := imagestore.BuildConfig{}
 			if config != "" {
 				f, err := os.Open(config)
@@ -83,9 +91,24 @@ A second build with the same inputs does nothing.`,
 		},
 	}
 	c.Flags().StringVar(&config, "config", "", "JSON file listing extra Debian packages and the disk size")
+	c.Flags().BoolVar(&initConfig, "init-config", false, "print the default build config (to write your own from) and exit")
 	c.Flags().StringVar(&tag, "tag", "", "ref to tag the image with (default default:latest)")
 	c.Flags().StringVar(&agent, "agent", "", "guest agent binary (default: gondolin-agent next to gondolin)")
 	return c
+}
+
+// printDefaultConfig prints the build config an image gets without one,
+// with every field present (packages empty: the base set is always in).
+func printDefaultConfig() error {
+	cfg, err := imagestore.BuildConfig{}.Resolve()
+	if err != nil {
+		return err
+	}
+	return printJSON(struct {
+		Packages      []string `json:"packages"`
+		KernelPackage string   `json:"kernel_package"`
+		DiskSize      string   `json:"disk_size"`
+	}{append([]string{}, cfg.Packages...), cfg.KernelPackage, cfg.DiskSize})
 }
 
 // defaultAgentPath is the gondolin-agent built next to this binary.
