@@ -141,6 +141,7 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"attach"}, want: "attach needs a session"},
 		{args: []string{"attach", "a", "b", "--", "top"}, want: "one session before --"},
 		{args: []string{"attach", "a", "--env", "A=1"}, want: "--env and --cwd are for a new terminal"},
+		{args: []string{"list", "--json", "-q"}, want: "--json and -q do not go together"},
 		{args: []string{"bash", "--ssh-agent", "/run/user/1000/ssh.sock"}, want: "--ssh-agent=/run/user/1000/ssh.sock"},
 		{args: []string{"exec", "--ssh-agent", "/tmp/agent.sock", "--", "true"}, want: "--ssh-agent=/tmp/agent.sock"},
 		{args: []string{"exec", "--session", "x", "--allow-host", "a.com", "--", "true"}, want: "--allow-host applies to new VMs"},

@@ -250,6 +250,11 @@ func TestSessionSharedTerminal(t *testing.T) {
 	if code := c.exit(); code != 7 {
 		t.Fatalf("attach -- CMD exited %d, want the command's 7", code)
 	}
+
+	// list -q: the IDs alone, for scripts.
+	if r := gondolin(t, home, "", "list", "-q"); r.code != 0 || r.stdout != listSessions(t, home)["shared"].ID+"\n" {
+		t.Fatalf("list -q: %+v", r)
+	}
 }
 
 // TestSessionExecAndStale runs execs in a session, then kills its QEMU.

@@ -13,12 +13,17 @@ import (
 )
 
 func newListCmd() *cobra.Command {
-	var all, asJSON bool
+	var all, asJSON, quiet bool
 	c := &cobra.Command{
-		Use:     "list [--all] [--json]",
+		Use:     "list [--all] [--json | -q]",
 		Aliases: []string{"ls", "ps"},
 		Short:   "List sessions (live ones; --all adds stale and stopped)",
-		Args:    noArgs,
+		Args: func(c *cobra.Command, args []string) error {
+			if asJSON && quiet {
+				return usageError("--json and -q do not go together")
+			}
+			return noArgs(c, args)
+		},
 		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			list, err := client.List(context.Background(), all)
 			if err != nil {
@@ -26,6 +31,12 @@ func newListCmd() *cobra.Command {
 			}
 			if asJSON {
 				return printJSON(list)
+			}
+			if quiet { // IDs only, for xargs: gondolin list -q | xargs gondolin stop
+				for _, s := range list {
+					fmt.Println(s.ID)
+				}
+				return nil
 			}
 			w := newTable()
 			fmt.Fprintln(w, "ID\tNAME\tSTATE\tPID\tAGE\tIMAGE\tPTYS\tLABEL")
@@ -53,5 +64,6 @@ func newListCmd() *cobra.Command {
 	}
 	c.Flags().BoolVarP(&all, "all", "a", false, "include stale and stopped sessions")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print session IDs only, one per line")
 	return c
 }
