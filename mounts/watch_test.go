@@ -12,17 +12,28 @@ import (
 	"github.com/gondolin/gondolin/mounts/fsproto"
 )
 
-// notices collects what the host reports to c for a while.
-func notices(c *fsproto.Client, wait time.Duration) []fsproto.Notice {
+// notices collects what the host reports to c: it waits (up to a
+// minute, for a slow machine) until want notices came, then quiet more
+// for any that should not come. want 0 waits quiet alone.
+func notices(c *fsproto.Client, want int, quiet time.Duration) []fsproto.Notice {
 	var got []fsproto.Notice
-	deadline := time.After(wait)
+	enough := time.After(time.Minute)
+	var settle <-chan time.Time
+	if want == 0 {
+		settle = time.After(quiet)
+	}
 	for {
 		select {
 		case n := <-c.Notices():
 			if n.Mount != "" { // not the client's own "connected"
 				got = append(got, n)
+				if len(got) == want {
+					settle = time.After(quiet)
+				}
 			}
-		case <-deadline:
+		case <-enough:
+			return got
+		case <-settle:
 			return got
 		}
 	}
@@ -56,19 +67,19 @@ func TestWatchReportsHostChangesOnly(t *testing.T) {
 	_, errno = m.Mkdir(ctx, "d/sub", 0o755)
 	mustOK(t, "mkdir", errno)
 	mustOK(t, "unlink", m.Unlink(ctx, "d/renamed"))
-	if got := notices(c, 300*time.Millisecond); len(got) != 0 {
+	if got := notices(c, 0, 300*time.Millisecond); len(got) != 0 {
 		t.Errorf("the guest's own changes were reported back: %+v", got)
 	}
 
 	// A host edit of a file the guest looked at.
 	os.WriteFile(filepath.Join(dir, "f"), []byte("host"), 0o644)
-	got := notices(c, 300*time.Millisecond)
+	got := notices(c, 1, 300*time.Millisecond)
 	if len(got) != 1 || got[0] != (fsproto.Notice{Mount: spec.ID, Path: "f", Kind: fsproto.NoticeInode}) {
 		t.Errorf("host edit reported as %+v, want one inode notice for f", got)
 	}
 	// A host create in a directory the guest worked in.
 	os.WriteFile(filepath.Join(dir, "d", "host"), nil, 0o644)
-	got = notices(c, 300*time.Millisecond)
+	got = notices(c, 1, 300*time.Millisecond)
 	if len(got) != 1 || got[0] != (fsproto.Notice{Mount: spec.ID, Path: "d/host", Kind: fsproto.NoticeEntry}) {
 		t.Errorf("host create reported as %+v, want one entry notice for d/host", got)
 	}
@@ -92,7 +103,7 @@ func TestHostileWatchBudget(t *testing.T) {
 		_, errno := m.Stat(ctx, "d/"+string(rune('a'+i))+"/x")
 		wantErrno(t, "stat", errno, syscall.ENOENT)
 	}
-	got := notices(c, 300*time.Millisecond)
+	got := notices(c, 1, 300*time.Millisecond)
 	if len(got) != 1 || got[0].Kind != fsproto.NoticeUnwatched {
 		t.Errorf("notices %+v, want one NoticeUnwatched", got)
 	}
@@ -131,7 +142,7 @@ func TestHostileWatchStalledGuest(t *testing.T) {
 		os.WriteFile(filepath.Join(stuckDir, long+strconv.Itoa(i)), nil, 0o644)
 	}
 	os.WriteFile(filepath.Join(dir, "f"), []byte("changed"), 0o644)
-	if got := notices(c, time.Second); len(got) != 1 {
+	if got := notices(c, 1, 300*time.Millisecond); len(got) != 1 {
 		t.Errorf("notices %+v, want one for f", got)
 	}
 	hub.mu.Lock()
@@ -162,7 +173,7 @@ func TestHostileWatchEscape(t *testing.T) {
 			}
 		}
 		os.WriteFile(filepath.Join(outside, "SECRET-NAME"), nil, 0o644)
-		for _, n := range notices(c, 300*time.Millisecond) {
+		for _, n := range notices(c, 0, 300*time.Millisecond) {
 			t.Errorf("notice from outside the mount: %+v", n)
 		}
 		hub.mu.Lock()

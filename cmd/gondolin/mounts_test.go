@@ -188,7 +188,7 @@ done; echo refused=$n`
 		os.Remove(h("d/gone"))
 		os.WriteFile(h("d/new"), []byte("new\n"), 0o644)
 		os.Rename(h("d/moved"), h("d/renamed"))
-		testutil.WaitFor(t, 10*time.Second, "the host's changes in the guest", func() bool {
+		testutil.WaitFor(t, 30*time.Second, "the host's changes in the guest", func() bool {
 			r := gondolin(t, home, "", "exec", "--session", "coh", "--", "sh", "-c", look)
 			return r.stdout == "edit 15\nnew 4\nrenamed 6\n"
 		})
