@@ -141,7 +141,7 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"attach"}, want: "attach needs a session"},
 		{args: []string{"attach", "a", "b", "--", "top"}, want: "one session before --"},
 		{args: []string{"attach", "a", "--env", "A=1"}, want: "--env and --cwd are for a new terminal"},
-		{args: []string{"list", "--json", "-q"}, want: "--json and -q do not go together"},
+		{args: []string{"list", "--json", "-q"}, want: "--json, -q and --format do not go together"},
 		{args: []string{"bash", "--ssh-agent", "/run/user/1000/ssh.sock"}, want: "--ssh-agent=/run/user/1000/ssh.sock"},
 		{args: []string{"exec", "--ssh-agent", "/tmp/agent.sock", "--", "true"}, want: "--ssh-agent=/tmp/agent.sock"},
 		{args: []string{"exec", "--session", "x", "--allow-host", "a.com", "--", "true"}, want: "--allow-host applies to new VMs"},
@@ -184,7 +184,7 @@ func TestQuietAnswers(t *testing.T) {
 		{args: []string{"supervisor", "status"}, wantCode: 3, wantOut: "no supervisor is running for " + string(home) + "\n"},
 		{args: []string{"supervisor", "stop"}, wantErrln: "no supervisor is running"},
 		{args: []string{"supervisor", "stop"}, wantErrln: "no supervisor is running"}, // again: still fine
-		{args: []string{"image", "rm", "nope"}, wantCode: 125, wantErrln: "no image nope to remove (see: gondolin image ls)"},
+		{args: []string{"image", "rm", "nope"}, wantCode: 4, wantErrln: "no image nope to remove (see: gondolin image ls)"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -242,7 +242,7 @@ func TestExec(t *testing.T) {
 		{name: "tty without a terminal", args: []string{"-t", "--", "stty", "size"}, wantOut: "24 80\r\n"},
 		{name: "shape", args: []string{"--cpus", "2", "--memory", "384M", "--", "sh", "-c", "nproc; awk '/MemTotal/{print ($2 > 300000)}' /proc/meminfo"}, wantOut: "2\n1\n"},
 		{name: "cold boot", args: []string{"--cold", "--", "echo", "cold"}, wantOut: "cold\n"},
-		{name: "missing image", args: []string{"--image", "nope", "--", "true"}, wantErr: "gondolin image build", wantCode: 125},
+		{name: "missing image", args: []string{"--image", "nope", "--", "true"}, wantErr: "gondolin image build", wantCode: 4},
 		{name: "timeout kills a command that ignores SIGTERM", args: []string{"--timeout", "1s", "--", "sh", "-c", "trap '' TERM; echo started; sleep 60"},
 			wantOut: "started\n", wantCode: 137, maxElapsed: 15 * time.Second},
 	}

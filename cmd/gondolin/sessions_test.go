@@ -288,9 +288,10 @@ func TestSessionExecAndStale(t *testing.T) {
 	if r := gondolin(t, home, "", "exec", "--session", "ex", "--", "no-such-cmd"); r.code != 127 {
 		t.Errorf("missing command in session: %+v", r)
 	}
-	if r := gondolin(t, home, "", "exec", "--session", "nosuch", "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "no session") {
+	if r := gondolin(t, home, "", "exec", "--session", "nosuch", "--", "true"); r.code != 4 || !strings.Contains(r.stderr, "no session") {
 		t.Errorf("unknown session: %+v", r)
 	}
+	checkListings(t, home, "ex", id)
 	gondolin(t, home, "", "exec", "--session", "ex", "--", "sh", "-c", "echo console-line-$((6*7)) > /dev/console")
 	if r := gondolin(t, home, "", "logs", "ex"); r.code != 0 || !strings.Contains(r.stdout, "console-line-42") {
 		t.Errorf("logs: %+v", r)

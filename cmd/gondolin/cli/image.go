@@ -140,12 +140,13 @@ func shortID(id string) string {
 }
 
 func newImageLsCmd() *cobra.Command {
-	var asJSON bool
+	var list listing
 	c := &cobra.Command{
-		Use:     "ls [--json]",
+		Use:     "ls [--json | -q | --format TEMPLATE]",
 		Aliases: []string{"list"},
 		Short:   "List local images",
-		Args:    noArgs,
+		Example: `  gondolin image ls --format '{{join .Refs ","}} {{.Manifest.KernelRelease}}'`,
+		Args:    list.args,
 		RunE: func(c *cobra.Command, args []string) error {
 			rt, err := runtime()
 			if err != nil {
@@ -155,29 +156,27 @@ func newImageLsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if images == nil {
-					images = []imagestore.Image{} // [], as the other listings print
-				}
-				return printJSON(images)
-			}
-			w := newTable()
-			fmt.Fprintln(w, "REF\tID\tKERNEL\tSOURCE\tSIZE\tCREATED")
-			for _, img := range images {
-				refs := strings.Join(img.Refs, ",")
-				if refs == "" {
-					refs = "<none>"
-				}
-				m := img.Manifest
-				size := m.Kernel.Size + m.Initramfs.Size + m.Rootfs.Size
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", refs, shortID(img.ID), m.KernelRelease,
-					imageSource(m), humanBytes(size), humanAge(time.Since(m.Created))+" ago")
-			}
-			return w.Flush()
+			return printListing(&list, images, func(img imagestore.Image) string { return img.ID }, printImages)
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	list.register(c.Flags(), "image IDs")
 	return c
+}
+
+func printImages(images []imagestore.Image) error {
+	w := newTable()
+	fmt.Fprintln(w, "REF\tID\tKERNEL\tSOURCE\tSIZE\tCREATED")
+	for _, img := range images {
+		refs := strings.Join(img.Refs, ",")
+		if refs == "" {
+			refs = "<none>"
+		}
+		m := img.Manifest
+		size := m.Kernel.Size + m.Initramfs.Size + m.Rootfs.Size
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", refs, shortID(img.ID), m.KernelRelease,
+			imageSource(m), humanBytes(size), humanAge(time.Since(m.Created))+" ago")
+	}
+	return w.Flush()
 }
 
 func newImageInspectCmd() *cobra.Command {

@@ -28,6 +28,9 @@ import (
 const (
 	exitFailure = 125 // gondolin could not do what was asked
 	exitUsage   = 2   // bad flags or bad input
+	// exitNotFound: nothing by that name (a session, snapshot, image,
+	// route or secret), so a script can tell "gone already" from "failed".
+	exitNotFound = 4
 )
 
 // exitError carries an exit code through cobra.
@@ -67,8 +70,8 @@ func Run(args []string) int {
 }
 
 // exitCode is the one mapping of an error to gondolin's exit code: an
-// exitError's own, 2 for bad input of any class invalid (found here or by
-// the supervisor), 125 for the rest.
+// exitError's own, 2 for bad input of any class invalid and 4 for a name
+// of class not found (found here or by the supervisor), 125 for the rest.
 func exitCode(err error) int {
 	var ee *exitError
 	switch {
@@ -76,6 +79,8 @@ func exitCode(err error) int {
 		return ee.code
 	case errors.Is(err, errdefs.ErrInvalid), strings.HasPrefix(err.Error(), "unknown command"): // cobra's own usage error
 		return exitUsage
+	case errors.Is(err, errdefs.ErrNotFound):
+		return exitNotFound
 	}
 	return exitFailure
 }
@@ -114,7 +119,7 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 	})
 	root.Version = buildVersion().String()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newVersionCmd(), newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
+	root.AddCommand(newVersionCmd(), newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newInspectCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}

@@ -101,12 +101,13 @@ func snapshotStore() (*snapshots.Store, error) {
 }
 
 func newSnapshotLsCmd() *cobra.Command {
-	var asJSON bool
+	var list listing
 	c := &cobra.Command{
-		Use:     "ls [--json]",
+		Use:     "ls [--json | -q | --format TEMPLATE]",
 		Aliases: []string{"list"},
 		Short:   "List snapshots",
-		Args:    noArgs,
+		Example: `  gondolin snapshot ls --format '{{.ID}} {{.Name}} {{.Kind}}'`,
+		Args:    list.args,
 		RunE: func(c *cobra.Command, args []string) error {
 			// Own: this home signed it, so a resume trusts it whole.
 			// Through the supervisor when one runs; a listing never
@@ -126,24 +127,25 @@ func newSnapshotLsCmd() *cobra.Command {
 					return err
 				}
 			}
-			if asJSON {
-				return printJSON(out)
-			}
-			w := newTable()
-			fmt.Fprintln(w, "ID\tNAME\tKIND\tORIGIN\tSESSION\tIMAGE\tSIZE\tAGE\tPATH")
-			for _, s := range out {
-				origin := "this home"
-				if !s.Own {
-					origin = "foreign"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(s.Name), s.Kind, origin, s.Source,
-					termsafe.String(s.ImageRef), humanBytes(s.Size()), humanAge(time.Since(s.Created)), dash(termsafe.String(s.Path)))
-			}
-			return w.Flush()
+			return printListing(&list, out, func(s sessions.SnapshotInfo) string { return s.ID }, printSnapshots)
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	list.register(c.Flags(), "snapshot IDs")
 	return c
+}
+
+func printSnapshots(out []sessions.SnapshotInfo) error {
+	w := newTable()
+	fmt.Fprintln(w, "ID\tNAME\tKIND\tORIGIN\tSESSION\tIMAGE\tSIZE\tAGE\tPATH")
+	for _, s := range out {
+		origin := "this home"
+		if !s.Own {
+			origin = "foreign"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(s.Name), s.Kind, origin, s.Source,
+			termsafe.String(s.ImageRef), humanBytes(s.Size()), humanAge(time.Since(s.Created)), dash(termsafe.String(s.Path)))
+	}
+	return w.Flush()
 }
 
 func newSnapshotInspectCmd() *cobra.Command {
