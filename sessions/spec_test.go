@@ -7,6 +7,7 @@ import (
 
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
 )
 
@@ -122,6 +123,39 @@ func TestSpecFlagsBuild(t *testing.T) {
 		}
 		if tt.check != nil && !tt.check(spec) {
 			t.Errorf("%s: built %+v", tt.name, spec)
+		}
+	}
+}
+
+// TestSpecFlagsShapeFromEnv: GONDOLIN_CPUS and GONDOLIN_MEMORY size a
+// VM whose flags leave the size open, and a bad value names its variable.
+func TestSpecFlagsShapeFromEnv(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        SpecFlags
+		cpus, mem string // the environment
+		field     string
+		wantCPUs  int
+		wantMiB   int
+	}{
+		{name: "unset", wantCPUs: 0, wantMiB: 0},
+		{name: "both from env", cpus: "2", mem: "1G", wantCPUs: 2, wantMiB: 1024},
+		{name: "flags win", in: SpecFlags{CPUs: 4, Memory: "512M"}, cpus: "2", mem: "1G", wantCPUs: 4, wantMiB: 512},
+		{name: "bad cpus", cpus: "two", field: "GONDOLIN_CPUS"},
+		{name: "too many cpus", cpus: "65", field: "GONDOLIN_CPUS"},
+		{name: "bad memory", mem: "lots", field: "GONDOLIN_MEMORY"},
+		{name: "too little memory", mem: "8M", field: "GONDOLIN_MEMORY"},
+		{name: "bad env, flag given", in: SpecFlags{CPUs: 1}, cpus: "two", wantCPUs: 1},
+	}
+	for _, tt := range tests {
+		env := map[string]string{layout.EnvCPUs: tt.cpus, layout.EnvMemory: tt.mem}
+		spec, err := tt.in.Build(func(k string) string { return env[k] })
+		if got := errdefs.FieldOf(err); got != tt.field || (err == nil) != (tt.field == "") {
+			t.Errorf("%s: %v names %q, want %q", tt.name, err, got, tt.field)
+			continue
+		}
+		if err == nil && (spec.CPUs != tt.wantCPUs || spec.MemoryMiB != tt.wantMiB) {
+			t.Errorf("%s: %d CPUs, %d MiB; want %d, %d", tt.name, spec.CPUs, spec.MemoryMiB, tt.wantCPUs, tt.wantMiB)
 		}
 	}
 }

@@ -3,7 +3,9 @@ package sessions
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 
+	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/netpolicy"
 )
 
@@ -31,6 +33,9 @@ type SpecFlags struct {
 // fix; host directories and SSH files are checked here, on the machine
 // the user typed them on.
 func (f SpecFlags) Build(getenv func(string) string) (*Spec, error) {
+	if err := f.shapeFromEnv(getenv); err != nil {
+		return nil, err
+	}
 	spec := &Spec{Image: f.Image, Env: f.Env, Cwd: f.Cwd, CPUs: f.CPUs, Name: f.Name, Cold: f.Cold, NoNetwork: f.NoNetwork}
 	if err := spec.ParseMounts(f.HostFS, f.MemFS); err != nil {
 		return nil, err
@@ -62,6 +67,26 @@ func (f SpecFlags) Build(getenv func(string) string) (*Spec, error) {
 		spec.MemoryMiB = mib
 	}
 	return spec, spec.Validate()
+}
+
+// shapeFromEnv fills in the CPUs and memory the user left open from
+// GONDOLIN_CPUS and GONDOLIN_MEMORY: a size set once for every command.
+// A bad value is refused by its variable's name, not a flag's.
+func (f *SpecFlags) shapeFromEnv(getenv func(string) string) error {
+	if v := getenv(layout.EnvCPUs); f.CPUs == 0 && v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 64 {
+			return fieldf(layout.EnvCPUs, "%s=%q: use 1 to 64 CPUs (or unset it for 1)", layout.EnvCPUs, v)
+		}
+		f.CPUs = n
+	}
+	if v := getenv(layout.EnvMemory); f.Memory == "" && v != "" {
+		if _, err := ParseMemory(v); err != nil {
+			return fieldf(layout.EnvMemory, "%s=%q: use a size from 64M to 1T, such as 512M or 2G (or unset it for 256M)", layout.EnvMemory, v)
+		}
+		f.Memory = v
+	}
+	return nil
 }
 
 func fileExists(path string) bool {

@@ -126,6 +126,8 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"exec", "--", "true"}, env: layout.EnvAccel + "=warp", want: "GONDOLIN_ACCEL"},
 		{args: []string{"exec", "--", "true"}, env: layout.EnvPool + "=many", want: "GONDOLIN_POOL"},
 		{args: []string{"exec", "--", "true"}, env: layout.EnvPoolMemory + "=lots", want: "GONDOLIN_POOL_MEMORY"},
+		{args: []string{"exec", "--", "true"}, env: layout.EnvCPUs + "=two", want: "GONDOLIN_CPUS"},
+		{args: []string{"bash", "--detach"}, env: layout.EnvMemory + "=8M", want: "GONDOLIN_MEMORY"},
 		{args: []string{"supervisor", "--pool=-1"}, want: "--pool"},
 		{args: []string{"supervisor", "--pool-memory", "lots"}, want: "--pool-memory"},
 		{args: []string{"image", "inspect"}, want: "needs an image"},
@@ -214,6 +216,19 @@ func TestQuietAnswers(t *testing.T) {
 	if r.code != 0 || err != nil || !reflect.DeepEqual(cfg, want) {
 		t.Errorf("image build --init-config: code %d %q: %v; want %+v", r.code, r.stdout, err, want)
 	}
+	// The help of the commands that make VMs: flags by group, examples
+	// and the environment.
+	for _, cmd := range []string{"exec", "bash"} {
+		r := gondolin(t, home, "", cmd, "--help")
+		for _, want := range []string{"Examples:", "VM flags:", "Mount flags:", "Network flags:", "Secret flags:", "SSH flags:", "Environment:", "GONDOLIN_CPUS", "GONDOLIN_MEMORY", "GONDOLIN_HOME"} {
+			if r.code != 0 || !strings.Contains(r.stdout, want) {
+				t.Errorf("%s --help: code %d, no %q in %q", cmd, r.code, want, r.stdout)
+			}
+		}
+		if strings.Contains(r.stdout, "Other flags:\n      --") {
+			t.Errorf("%s --help has ungrouped flags: %q", cmd, r.stdout)
+		}
+	}
 	var st map[string]any
 	r = gondolin(t, home, "", "supervisor", "status", "--json")
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != 3 || st["running"] != false {
@@ -227,6 +242,7 @@ func TestExec(t *testing.T) {
 		name       string
 		args       []string
 		stdin      string
+		env        []string
 		wantOut    string
 		wantErr    string // substring of stderr
 		wantCode   int
@@ -240,7 +256,8 @@ func TestExec(t *testing.T) {
 		{name: "not found", args: []string{"no-such-command"}, wantErr: "command not found", wantCode: 127},
 		{name: "env and cwd", args: []string{"--env", "A=1", "--cwd", "/tmp", "--", "sh", "-c", "echo $A; pwd"}, wantOut: "1\n/tmp\n"},
 		{name: "tty without a terminal", args: []string{"-t", "--", "stty", "size"}, wantOut: "24 80\r\n"},
-		{name: "shape", args: []string{"--cpus", "2", "--memory", "384M", "--", "sh", "-c", "nproc; awk '/MemTotal/{print ($2 > 300000)}' /proc/meminfo"}, wantOut: "2\n1\n"},
+		{name: "shape, flag over env and env alone", args: []string{"--cpus", "2", "--", "sh", "-c", "nproc; awk '/MemTotal/{print ($2 > 300000)}' /proc/meminfo"},
+			env: []string{layout.EnvCPUs + "=1", layout.EnvMemory + "=384M"}, wantOut: "2\n1\n"},
 		{name: "cold boot", args: []string{"--cold", "--", "echo", "cold"}, wantOut: "cold\n"},
 		{name: "missing image", args: []string{"--image", "nope", "--", "true"}, wantErr: "gondolin image build", wantCode: 4},
 		{name: "timeout kills a command that ignores SIGTERM", args: []string{"--timeout", "1s", "--", "sh", "-c", "trap '' TERM; echo started; sleep 60"},
@@ -249,7 +266,7 @@ func TestExec(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			args := append([]string{"exec"}, tt.args...)
-			r := gondolin(t, home, tt.stdin, args...)
+			r := gondolinEnv(t, home, tt.env, tt.stdin, args...)
 			if r.stdout != tt.wantOut || !strings.Contains(r.stderr, tt.wantErr) || r.code != tt.wantCode {
 				t.Fatalf("got stdout %q stderr %q code %d; want stdout %q stderr ~%q code %d",
 					r.stdout, r.stderr, r.code, tt.wantOut, tt.wantErr, tt.wantCode)

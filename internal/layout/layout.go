@@ -16,6 +16,10 @@ const (
 	EnvDefaultImage = "GONDOLIN_DEFAULT_IMAGE"
 	EnvAccel        = "GONDOLIN_ACCEL"
 	EnvDebug        = "GONDOLIN_DEBUG"
+	// EnvCPUs and EnvMemory are the shape of a new VM when --cpus and
+	// --memory (or the dashboard's form) leave it open.
+	EnvCPUs   = "GONDOLIN_CPUS"
+	EnvMemory = "GONDOLIN_MEMORY"
 	// EnvPool and EnvPoolMemory size the supervisor's warm pool (VMs per
 	// shape; guest memory of all of them together).
 	EnvPool       = "GONDOLIN_POOL"

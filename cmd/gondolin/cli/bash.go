@@ -30,6 +30,11 @@ func newBashCmd() *cobra.Command {
 		Long: `Create a session and attach to a terminal running CMD (default: bash,
 else sh). Ctrl-] detaches and the shell keeps running; gondolin attach
 brings it back. When CMD exits the session stops, unless --keep.`,
+		Example: `  gondolin bash
+  gondolin bash --name dev --keep --mount-hostfs .:/work --cwd /work
+  gondolin bash --name web --detach --keep --listen 8080=80 -- python3 -m http.server 80
+  gondolin bash --resume before-upgrade
+  gondolin bash --ssh --name remote-edit`,
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := vf.checkCommand(args); err != nil {
 				return err
@@ -105,5 +110,8 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 	c.Flags().StringVar(&sshAccess.Listen, "ssh-listen", "", "SSH endpoint address (default 127.0.0.1)")
 	c.Flags().StringVar(&resume, "resume", "", "make the session from a snapshot (ID, name, or .qcow2 path) instead of an image; one this home did not make boots as a disk checkpoint with only this command's mounts and network policy")
 	c.Flags().StringVar(&detachKeys, "detach-keys", termio.DefaultDetachKeys, "key sequence that detaches")
+	setGroup(c.Flags(), groupSession, "name", "detach", "keep", "label", "resume", "detach-keys", "listen")
+	setGroup(c.Flags(), groupSSH, "ssh", "ssh-user", "ssh-port", "ssh-listen")
+	groupedHelp(c, vmEnv)
 	return c
 }

@@ -40,6 +40,13 @@ in that session's VM instead.
 
 stdin is forwarded when it is a pipe or a file, or with -i. -t runs the
 command on a terminal (and forwards the keyboard when stdin is one).`,
+		Example: `  gondolin exec -- uname -a
+  echo hi | gondolin exec -- cat
+  gondolin exec -t -- bash
+  gondolin exec --cpus 2 --memory 1G --mount-hostfs .:/work --cwd /work -- make test
+  gondolin exec --allow-host api.github.com --host-secret GITHUB_TOKEN@api.github.com -- ./deploy.sh
+  gondolin exec --no-network --mount-hostfs ./src:/src:ro -- ./untrusted-build
+  gondolin exec --session dev -- git status`,
 		Args: func(c *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return usageError("exec needs a command: gondolin exec [flags] -- CMD [ARGS...]")
@@ -126,6 +133,8 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 	c.Flags().DurationVar(&timeout, "timeout", 0, "send SIGTERM after this long, SIGKILL 2s later (e.g. 30s, 5m)")
 	c.Flags().StringVar(&resume, "resume", "", "run in a VM resumed from this snapshot (ID, name, or .qcow2 path); one this home did not make boots as a disk checkpoint with only this command's mounts and network policy")
 	c.Flags().StringVar(&session, "session", "", "run in this session (ID, prefix or name) instead of a fresh VM")
+	setGroup(c.Flags(), groupCommand, "interactive", "tty", "timeout", "resume", "session")
+	groupedHelp(c, append(vmEnv, envVar{layout.EnvNoSupervisor, "run the VM in exec's own process; never start a supervisor"}))
 	return c
 }
 

@@ -19,8 +19,8 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Image, "image", "", "guest image (name:tag, name, or image ID; default $GONDOLIN_DEFAULT_IMAGE or default:latest)")
 	fs.StringArrayVar(&f.Env, "env", nil, "set an environment variable in the guest, KEY=VALUE (repeatable; not for secrets)")
 	fs.StringVar(&f.Cwd, "cwd", "", "working directory in the guest")
-	fs.IntVar(&f.CPUs, "cpus", 0, "virtual CPUs (default 1)")
-	fs.StringVar(&f.Memory, "memory", "", "guest memory, e.g. 512M or 2G (default 256M)")
+	fs.IntVar(&f.CPUs, "cpus", 0, "virtual CPUs (default $GONDOLIN_CPUS or 1)")
+	fs.StringVar(&f.Memory, "memory", "", "guest memory, e.g. 512M or 2G (default $GONDOLIN_MEMORY or 256M)")
 	fs.BoolVar(&f.Cold, "cold", false, "boot the image instead of cloning its saved template")
 	fs.StringArrayVar(&f.HostFS, "mount-hostfs", nil, "HOST:GUEST[:ro]: mount a host directory in the guest, read-write or read-only (repeatable)")
 	fs.StringArrayVar(&f.MemFS, "mount-memfs", nil, "GUEST: a memory filesystem at this guest path, gone with the VM (repeatable)")
@@ -40,6 +40,7 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.Lookup("ssh-agent").NoOptDefVal = netpolicy.SSHAgentFromEnv
 	fs.StringArrayVar(&f.Net.SSHKnownHosts, "ssh-known-hosts", nil, "OpenSSH known_hosts file that upstream host keys must match (default ~/.ssh/known_hosts when it exists)")
 	fs.StringArrayVar(&f.Net.SSHCredential, "ssh-credential", nil, "[USER@]HOST[:PORT]=KEY_PATH[,passphrase-env=ENV]: a host-side key for upstream SSH logins (as USER only, when given; USER is then the login name unless the --ssh-allow-host rule names one)")
+	groupVMFlags(fs)
 }
 
 // checkCommand refuses a command line where --ssh-agent, given alone,
