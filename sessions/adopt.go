@@ -5,9 +5,11 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/internal/qemuproc"
 	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/vm"
 	"github.com/gondolin/gondolin/vm/agentproto"
@@ -70,6 +72,10 @@ func (s *session) takeOverVM() bool {
 	if s.state.Stopped {
 		return false
 	}
+	if s.state.Creating {
+		s.abandoned()
+		return false
+	}
 	if s.rec.HostBootID != "" && s.rec.HostBootID != s.sv.bootID {
 		s.stale = "the host rebooted since the VM started"
 		return false
@@ -107,6 +113,21 @@ func (s *session) takeOverVM() bool {
 		}
 	}
 	return true
+}
+
+// abandoned handles a session whose making an earlier supervisor left
+// unfinished (it died midway): nobody holds its terminal or knows how
+// far its setup got, so a VM it left (by command line: QEMU may not have
+// written its pid file yet) is killed, and the session stays listed as
+// stale, never as creating, until removed.
+func (s *session) abandoned() {
+	dir := s.sv.reg.dir(s.rec.ID)
+	for _, pid := range qemuproc.In(dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		s.sv.log.Printf("session %s: killed qemu %d of an unfinished create", s.rec.ID, pid)
+	}
+	vm.RemoveRuntimeFiles(dir)
+	s.stale = "its create was cut short (the supervisor stopped); remove it with: gondolin rm " + s.rec.ID
 }
 
 func staleReason(err error) string {

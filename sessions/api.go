@@ -18,6 +18,25 @@ const (
 	Stale State = "stale"
 	// Stopped: stopped on purpose (gondolin stop).
 	Stopped State = "stopped"
+	// Creating: the supervisor has accepted the session and is making
+	// it; Phase says what it is doing. It turns live, or is gone if the
+	// create fails. Stop and rm refuse it meanwhile.
+	Creating State = "creating"
+)
+
+// What a session's Phase says, in words the host chose (never the
+// guest), short enough for a table's STATE column: a creating session's
+// steps, in the order they may come, and a live one's snapshot under way.
+const (
+	PhaseStarting      = "starting"
+	PhaseCheckSnapshot = "checking snapshot"
+	PhaseWarm          = "resuming warm VM"
+	PhaseTemplate      = "building template"
+	PhaseClone         = "restoring template"
+	PhaseBooting       = "booting"
+	PhaseRestore       = "restoring snapshot"
+	PhaseTerminal      = "starting terminal"
+	PhaseSnapshot      = "snapshotting"
 )
 
 // Session is what the supervisor API reports about a session.
@@ -27,6 +46,7 @@ type Session struct {
 	Label    string    `json:"label,omitempty"`
 	State    State     `json:"state"`
 	Reason   string    `json:"reason,omitempty"`
+	Phase    string    `json:"phase,omitempty"` // what the supervisor is doing to it now (see PhaseStarting)
 	PID      int       `json:"pid,omitempty"`
 	Created  time.Time `json:"created"`
 	Image    string    `json:"image"`
@@ -150,16 +170,20 @@ type Screen struct {
 
 // Event is a change the supervisor reports to followers.
 type Event struct {
-	Type    string    `json:"type"` // session.created, session.state, session.removed, pty.opened, pty.exited, pty.output
+	Type    string    `json:"type"` // session.creating, session.created, session.state, session.removed, pty.opened, pty.exited, pty.output
 	Time    time.Time `json:"time"`
 	Session string    `json:"session"`
 	State   State     `json:"state,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
+	Phase   string    `json:"phase,omitempty"` // see Session.Phase
 	PTY     uint64    `json:"pty,omitempty"`
 }
 
 // Event types.
 const (
+	// EventCreating: a session is being made (State Creating), or its
+	// Phase changed; session.created or session.removed ends it.
+	EventCreating = "session.creating"
 	EventCreated  = "session.created"
 	EventState    = "session.state"
 	EventRemoved  = "session.removed"
@@ -167,6 +191,8 @@ const (
 	EventPTYExit  = "pty.exited"
 	EventPTYPaint = "pty.output" // a terminal's screen changed (rate limited)
 	EventPolicy   = "session.policy"
+	// EventSnapshot: a snapshot of the session began (Phase
+	// PhaseSnapshot) or ended, made or not (no Phase).
 	EventSnapshot = "session.snapshot"
 	// EventUsage is sent every few seconds while a session is live and
 	// someone follows events, so a dashboard's CPU and memory columns stay

@@ -95,6 +95,13 @@ func (sv *Supervisor) bootNew(ctx context.Context, req CreateRequest, spec Spec)
 	}
 	rec := Record{ID: id, Spec: spec, Created: time.Now().UTC(), ImageRef: ref, ImageID: img.ID,
 		Command: req.Command, Keep: req.Keep, Label: req.Label, VM: cfg, HostBootID: sv.bootID}
+	ctx = sv.beginCreate(ctx, creatingInfo(rec))
+	ok := false
+	defer func() {
+		if !ok {
+			sv.endCreate(id)
+		}
+	}()
 	if err := sv.reg.create(rec); err != nil {
 		if w != nil {
 			w.kill()
@@ -119,13 +126,14 @@ func (sv *Supervisor) bootNew(ctx context.Context, req CreateRequest, spec Spec)
 	}
 	s := sv.newBootedSession(rec, in)
 	s.agent = in.Agent
+	ok = true // from here abandon undoes it
 	return booted{s: s, in: in}, nil
 }
 
 // newBootedSession is the supervisor's record of a session whose VM in
 // runs (its agent connection is the caller's to attach).
 func (sv *Supervisor) newBootedSession(rec Record, in *Instance) *session {
-	s := sv.newSession(rec, StateRecord{})
+	s := sv.newSession(rec, StateRecord{Creating: true})
 	s.m, s.net, s.fs = in.Machine, in.Net, in.FS
 	if in.Net != nil {
 		p := in.Net.Policy()
@@ -141,6 +149,7 @@ func (sv *Supervisor) newBootedSession(rec Record, in *Instance) *session {
 func (sv *Supervisor) register(ctx context.Context, b booted, req CreateRequest) (Session, error) {
 	s := b.s
 	if len(s.runningPTYs()) == 0 {
+		sv.setCreatingPhase(s.rec.ID, PhaseTerminal)
 		if _, err := s.openPTY(ctx, s.rec.Command, s.rec.Spec.Env, s.rec.Spec.Cwd, req.Rows, req.Cols, true); err != nil {
 			sv.abandon(b)
 			return Session{}, err
@@ -153,11 +162,13 @@ func (sv *Supervisor) register(ctx context.Context, b booted, req CreateRequest)
 		}
 	}
 	s.mu.Lock()
+	s.state.Creating = false
 	save := s.copyStateLocked()
 	s.mu.Unlock()
 	save.write()
 	sv.mu.Lock()
 	sv.sessions[s.rec.ID] = s
+	delete(sv.creating, s.rec.ID) // listed once, as live from now
 	sv.mu.Unlock()
 	sv.goWatch(s)
 	sv.emit(Event{Type: EventCreated, Session: s.rec.ID, State: Live})
@@ -181,6 +192,7 @@ func (sv *Supervisor) abandon(b booted) {
 	held.close()
 	b.s.close()
 	sv.reg.remove(b.s.rec.ID)
+	sv.endCreate(b.s.rec.ID)
 }
 
 // reserveName keeps a name for a session being made; release frees it
@@ -217,10 +229,13 @@ func (sv *Supervisor) bootResumed(ctx context.Context, req CreateRequest) (boote
 	if err := layout.MkdirPrivate(dir); err != nil {
 		return booted{}, err
 	}
+	ctx = sv.beginCreate(ctx, Session{ID: id, Name: req.Spec.Name, Label: req.Label, Created: time.Now().UTC(),
+		Keep: req.Keep, Phase: PhaseCheckSnapshot})
 	ok := false
 	defer func() {
 		if !ok {
 			sv.reg.remove(id)
+			sv.endCreate(id)
 		}
 	}()
 	plan, err := sv.rt.planResume(ctx, req.Resume, dir)
@@ -252,6 +267,7 @@ func (sv *Supervisor) bootResumed(ctx context.Context, req CreateRequest) (boote
 	if err := sv.reg.create(rec); err != nil {
 		return booted{}, err
 	}
+	sv.updateCreating(creatingInfo(rec))
 	in, err := sv.rt.BootConfig(ctx, &spec, cfg, "snapshot "+req.Resume)
 	if err != nil {
 		return booted{}, err
@@ -283,4 +299,67 @@ func validateCommand(argv []string) error {
 		return invalidf("%v", err)
 	}
 	return nil
+}
+
+// beginCreate lists a session being made, from the moment its ID is
+// known until Create returns: List shows it as creating, with what is
+// being done (info.Phase, then each step the boot under the returned
+// context takes), and followers hear of it and of every step. register
+// lists it as made instead; endCreate takes it off when the create
+// fails. Nothing of it is kept on disk but state.json's Creating, which
+// tells a supervisor that starts after this one died that the making
+// was cut short.
+func (sv *Supervisor) beginCreate(ctx context.Context, info Session) context.Context {
+	info.State = Creating
+	if info.Phase == "" {
+		info.Phase = PhaseStarting
+	}
+	info.PTYs = []PTY{}
+	sv.mu.Lock()
+	sv.creating[info.ID] = &info
+	sv.mu.Unlock()
+	sv.emit(Event{Type: EventCreating, Session: info.ID, State: Creating, Phase: info.Phase})
+	return withPhase(ctx, func(phase string) { sv.setCreatingPhase(info.ID, phase) })
+}
+
+// creatingInfo is what List says of a session being made from rec.
+func creatingInfo(rec Record) Session {
+	return Session{ID: rec.ID, Name: rec.Spec.Name, Label: rec.Label, Created: rec.Created, Image: rec.ImageRef,
+		ImageID: rec.ImageID, Spec: rec.Spec, Keep: rec.Keep, CPUs: rec.VM.CPUs, MemoryMB: rec.VM.MemoryMiB}
+}
+
+// updateCreating replaces what List says of a session being made (its
+// phase stays).
+func (sv *Supervisor) updateCreating(info Session) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	if c, ok := sv.creating[info.ID]; ok {
+		info.State, info.Phase, info.PTYs = Creating, c.Phase, []PTY{}
+		*c = info
+	}
+}
+
+// setCreatingPhase records and announces a step of a session being made.
+func (sv *Supervisor) setCreatingPhase(id, phase string) {
+	sv.mu.Lock()
+	c, ok := sv.creating[id]
+	changed := ok && c.Phase != phase
+	if changed {
+		c.Phase = phase
+	}
+	sv.mu.Unlock()
+	if changed {
+		sv.emit(Event{Type: EventCreating, Session: id, State: Creating, Phase: phase})
+	}
+}
+
+// endCreate takes a session whose create failed off the list.
+func (sv *Supervisor) endCreate(id string) {
+	sv.mu.Lock()
+	_, ok := sv.creating[id]
+	delete(sv.creating, id)
+	sv.mu.Unlock()
+	if ok {
+		sv.emit(Event{Type: EventRemoved, Session: id, Reason: "its create failed"})
+	}
 }

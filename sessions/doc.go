@@ -14,7 +14,8 @@
 //   - supervisor.go: the Supervisor (its sessions, lookup, listing,
 //     removal, Close).
 //   - create.go: making a session, booted fresh or resumed from a
-//     snapshot, and registering it (one path for both).
+//     snapshot, and registering it (one path for both); while it is
+//     made it is listed as creating, with the step it is at.
 //   - adopt.go: a restarted supervisor taking over the VMs an earlier one
 //     left running.
 //   - session.go: one session's life: watching its VM and agent,

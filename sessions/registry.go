@@ -45,6 +45,9 @@ type Record struct {
 
 // StateRecord is what changes during a session's life: state.json.
 type StateRecord struct {
+	// Creating: the session is being made. A supervisor that finds it
+	// set when it starts knows an earlier one died midway (see Adopt).
+	Creating  bool        `json:"creating,omitempty"`
 	Stopped   bool        `json:"stopped,omitempty"`
 	StoppedAt time.Time   `json:"stopped_at,omitzero"`
 	PTYs      []PTYRecord `json:"ptys,omitempty"`
@@ -94,7 +97,7 @@ func (r registry) create(rec Record) error {
 		os.RemoveAll(dir)
 		return err
 	}
-	return r.saveState(rec.ID, StateRecord{})
+	return r.saveState(rec.ID, StateRecord{Creating: true})
 }
 
 func (r registry) saveState(id string, st StateRecord) error {

@@ -203,6 +203,7 @@ func (r *Runtime) bootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		setup.Env = n.GuestEnv()
 	}
 	if w != nil {
+		setPhase(ctx, PhaseWarm)
 		if err := claimWarm(ctx, w, setup); err == nil {
 			in.Machine, in.Agent = w.m, w.a
 		} else {
@@ -229,7 +230,10 @@ func (r *Runtime) bootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 	cloned := in.Machine != nil
 	if !cloned && !spec.Cold && cfg.Restore == "" {
 		if !r.Templates.Ready(cfg) {
+			setPhase(ctx, PhaseTemplate)
 			r.show(ctx, fmt.Sprintf("gondolin: preparing a template of %s (once per image and VM shape)...", what))
+		} else {
+			setPhase(ctx, PhaseClone)
 		}
 		m, a, err := r.Templates.Clone(ctx, cfg, setup)
 		switch {
@@ -246,8 +250,10 @@ func (r *Runtime) bootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 	}
 	if !cloned {
 		if cfg.Restore != "" {
+			setPhase(ctx, PhaseRestore)
 			r.show(ctx, "gondolin: restoring "+what+"...")
 		} else {
+			setPhase(ctx, PhaseBooting)
 			r.show(ctx, "gondolin: booting "+what+"...")
 		}
 		m, err := vm.Start(ctx, cfg)
@@ -383,6 +389,21 @@ type Reporter struct {
 }
 
 type reporterKey struct{}
+
+type phaseKey struct{}
+
+// withPhase makes boots under ctx tell report each step they take (a
+// Phase constant), so that the supervisor can show a session being made.
+func withPhase(ctx context.Context, report func(phase string)) context.Context {
+	return context.WithValue(ctx, phaseKey{}, report)
+}
+
+// setPhase tells ctx's phase reporter, if any, what the boot does now.
+func setPhase(ctx context.Context, phase string) {
+	if report, ok := ctx.Value(phaseKey{}).(func(string)); ok {
+		report(phase)
+	}
+}
 
 // WithReporter makes boots under ctx report to rep.
 func WithReporter(ctx context.Context, rep *Reporter) context.Context {

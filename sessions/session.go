@@ -334,6 +334,9 @@ func (s *session) info() Session {
 		Created: s.rec.Created, Image: s.rec.ImageRef, ImageID: s.rec.ImageID, Spec: s.rec.Spec,
 		Keep: s.rec.Keep, PTYs: []PTY{}, CPUs: s.rec.VM.CPUs, MemoryMB: s.rec.VM.MemoryMiB,
 	}
+	if s.snapshotting && st == Live {
+		out.Phase = PhaseSnapshot
+	}
 	for _, p := range s.ptyList() {
 		out.PTYs = append(out.PTYs, p.info())
 	}

@@ -89,10 +89,14 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 	if busy {
 		return nil, errorf(errdefs.ErrConflict, "a snapshot of session %s is being taken; try again when it is done", s.rec.ID)
 	}
+	// Followers hear when it starts (the session's Phase says so) and
+	// when it ends, made or not.
+	sv.emit(Event{Type: EventSnapshot, Session: s.rec.ID, State: Live, Phase: PhaseSnapshot})
 	defer func() {
 		s.mu.Lock()
 		s.snapshotting = false
 		s.mu.Unlock()
+		sv.emit(Event{Type: EventSnapshot, Session: s.rec.ID})
 	}()
 	img, err := sv.rt.Images.Resolve(s.rec.ImageID)
 	if err != nil {
@@ -180,7 +184,6 @@ func (sv *Supervisor) Snapshot(ctx context.Context, ref string, req SnapshotRequ
 		return nil, err
 	}
 	ok = true
-	sv.emit(Event{Type: EventSnapshot, Session: s.rec.ID})
 	return snap, nil
 }
 

@@ -31,6 +31,9 @@ type Supervisor struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	names    map[string]bool // names taken by sessions being created
+	// creating lists the sessions being made (see beginCreate), by ID;
+	// a session is in it or in sessions, never both.
+	creating map[string]*Session
 	// rebuilding holds the keys of templates queued or being rebuilt
 	// here; buildMu lets one build run at a time.
 	rebuilding map[string]bool
@@ -63,6 +66,7 @@ func NewSupervisor(rt *Runtime, logger *log.Logger) *Supervisor {
 		events:   newBroker(),
 		sessions: map[string]*session{},
 		names:    map[string]bool{},
+		creating: map[string]*Session{},
 
 		rebuilding: map[string]bool{},
 	}
@@ -182,35 +186,62 @@ func (sv *Supervisor) reportUsage() {
 			continue
 		}
 		for _, s := range sv.List(false) {
-			sv.emit(Event{Type: EventUsage, Session: s.ID, State: s.State})
+			if s.State == Live {
+				sv.emit(Event{Type: EventUsage, Session: s.ID, State: s.State})
+			}
 		}
 	}
 }
 
-// lookup resolves a user's reference to one session.
+// lookup resolves a user's reference to one session. A session being
+// made is refused: nothing can be done to it until it is live (or gone).
 func (sv *Supervisor) lookup(ref string) (*session, error) {
-	sv.mu.Lock()
-	defer sv.mu.Unlock()
-	recs := make([]Record, 0, len(sv.sessions))
-	for _, s := range sv.sessions {
-		recs = append(recs, s.rec)
-	}
-	id, err := resolveID(ref, recs)
+	s, c, err := sv.resolve(ref)
 	if err != nil {
 		return nil, err
 	}
-	return sv.sessions[id], nil
+	if c != nil {
+		return nil, errorf(errdefs.ErrConflict, "session %s is being created (%s); try again once it is live (see: gondolin list)", c.ID, c.Phase)
+	}
+	return s, nil
 }
 
-// List returns the sessions, newest first; without all, only live ones.
+// resolve finds the one session ref names: a made one (s), or a copy of
+// what List says of one being made (c).
+func (sv *Supervisor) resolve(ref string) (s *session, c *Session, err error) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	recs := make([]Record, 0, len(sv.sessions)+len(sv.creating))
+	for _, s := range sv.sessions {
+		recs = append(recs, s.rec)
+	}
+	for _, c := range sv.creating {
+		recs = append(recs, Record{ID: c.ID, Spec: Spec{Name: c.Name}})
+	}
+	id, err := resolveID(ref, recs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c, ok := sv.creating[id]; ok {
+		info := *c
+		return nil, &info, nil
+	}
+	return sv.sessions[id], nil, nil
+}
+
+// List returns the sessions, newest first; without all, only live ones
+// and those being made.
 func (sv *Supervisor) List(all bool) []Session {
 	sv.mu.Lock()
 	list := make([]*session, 0, len(sv.sessions))
 	for _, s := range sv.sessions {
 		list = append(list, s)
 	}
+	out := make([]Session, 0, len(sv.sessions)+len(sv.creating))
+	for _, c := range sv.creating {
+		out = append(out, *c)
+	}
 	sv.mu.Unlock()
-	out := []Session{}
 	for _, s := range list {
 		info := s.info()
 		if all || info.State == Live {
@@ -221,11 +252,14 @@ func (sv *Supervisor) List(all bool) []Session {
 	return out
 }
 
-// Get returns one session.
+// Get returns one session (one being made too).
 func (sv *Supervisor) Get(ref string) (Session, error) {
-	s, err := sv.lookup(ref)
-	if err != nil {
+	s, c, err := sv.resolve(ref)
+	switch {
+	case err != nil:
 		return Session{}, err
+	case c != nil:
+		return *c, nil
 	}
 	return s.info(), nil
 }

@@ -142,6 +142,9 @@ func (m *Model) needLive(action string) (sessions.Session, tea.Cmd, bool) {
 	if !ok {
 		return s, m.setStatus("no session selected; n creates one"), false
 	}
+	if s.State == sessions.Creating {
+		return s, m.setStatus(fmt.Sprintf("%s is being created (%s): wait until it is live", displayName(s), orDefault(s.Phase, sessions.PhaseStarting))), false
+	}
 	if s.State != sessions.Live {
 		return s, m.setError(fmt.Errorf("cannot %s %s: it is %s", action, displayName(s), s.State)), false
 	}
@@ -216,6 +219,11 @@ func (m *Model) confirmRemove() tea.Cmd {
 	}
 	if s.State == sessions.Live {
 		return m.setError(fmt.Errorf("%s is live: stop it first (x), then remove it", displayName(s)))
+	}
+	if s.State == sessions.Creating {
+		// The supervisor refuses it too: a create ends, live or gone,
+		// within its boot timeout.
+		return m.setStatus(fmt.Sprintf("%s is being created: remove it once it is live (or its create failed)", displayName(s)))
 	}
 	m.dialog = &confirmDialog{
 		title: "Remove " + displayName(s) + "?",

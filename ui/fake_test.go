@@ -41,8 +41,14 @@ type fakeBackend struct {
 	calls   map[string]int
 	created []sessions.CreateRequest
 	changes []sessions.PolicyChange
-	// gate, if set, holds Snapshot until closed.
+	// gate, if set, holds Snapshot until closed; meanwhile the session's
+	// Phase says it is snapshotting, as the supervisor's does.
 	gate chan struct{}
+	// createGate, if set, holds Create until closed; meanwhile the new
+	// session is listed as creating (setPhase moves its step), as the
+	// supervisor lists it. createErr, if set, then fails the create.
+	createGate chan struct{}
+	createErr  error
 	// templates and pool are what Status reports.
 	templates []vm.TemplateInfo
 	pool      sessions.PoolStatus
@@ -109,7 +115,6 @@ func (f *fakeBackend) List(ctx context.Context, all bool) ([]sessions.Session, e
 func (f *fakeBackend) Create(ctx context.Context, req sessions.CreateRequest) (sessions.Session, error) {
 	f.called("Create")
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.created = append(f.created, req)
 	name := req.Spec.Name
 	if req.Resume != "" {
@@ -118,8 +123,53 @@ func (f *fakeBackend) Create(ctx context.Context, req sessions.CreateRequest) (s
 	s := sessions.Session{ID: fmt.Sprintf("c0ffee%06d", len(f.created)), Name: name, State: sessions.Live,
 		Created: epoch, Image: orDefault(req.Spec.Image, "default:latest"), Spec: req.Spec,
 		PTYs: []sessions.PTY{{ID: 1, Running: true, Main: true}}}
-	f.sessions = append([]sessions.Session{s}, f.sessions...)
+	gate, err, events := f.createGate, f.createErr, f.events
+	if gate != nil {
+		c := s
+		c.State, c.Phase, c.PTYs = sessions.Creating, sessions.PhaseStarting, []sessions.PTY{}
+		if req.Resume != "" {
+			c.Phase = sessions.PhaseCheckSnapshot
+		}
+		f.sessions = append([]sessions.Session{c}, f.sessions...)
+		f.mu.Unlock()
+		events <- sessions.Event{Type: sessions.EventCreating, Session: s.ID, State: sessions.Creating, Phase: c.Phase}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		f.mu.Lock()
+		if i, ferr := f.find(s.ID); ferr == nil {
+			f.sessions = append(f.sessions[:i], f.sessions[i+1:]...)
+		}
+	}
+	if err == nil {
+		f.sessions = append([]sessions.Session{s}, f.sessions...)
+	}
+	f.mu.Unlock()
+	if gate != nil {
+		if err != nil {
+			events <- sessions.Event{Type: sessions.EventRemoved, Session: s.ID}
+		} else {
+			events <- sessions.Event{Type: sessions.EventCreated, Session: s.ID, State: sessions.Live}
+		}
+	}
+	if err != nil {
+		return sessions.Session{}, err
+	}
 	return s, nil
+}
+
+// setPhase moves a session's Phase and says so, as the supervisor does
+// at each step of a create.
+func (f *fakeBackend) setPhase(id, phase string) {
+	f.mu.Lock()
+	if i, err := f.find(id); err == nil {
+		f.sessions[i].Phase = phase
+	}
+	events := f.events
+	f.mu.Unlock()
+	events <- sessions.Event{Type: sessions.EventCreating, Session: id, State: sessions.Creating, Phase: phase}
 }
 
 func (f *fakeBackend) Stop(ctx context.Context, ref string) (sessions.Session, error) {
@@ -243,6 +293,8 @@ func (f *fakeBackend) NetworkEvents(ctx context.Context, ref string, follow bool
 func (f *fakeBackend) Snapshot(ctx context.Context, ref string, req sessions.SnapshotRequest) (*snapshots.Snapshot, error) {
 	f.called("Snapshot")
 	if f.gate != nil {
+		f.setSnapshotting(ref, true)
+		defer f.setSnapshotting(ref, false)
 		select {
 		case <-f.gate:
 		case <-ctx.Done():
@@ -259,6 +311,22 @@ func (f *fakeBackend) Snapshot(ctx context.Context, ref string, req sessions.Sna
 	f.snaps = append([]*snapshots.Snapshot{s}, f.snaps...)
 	f.mu.Unlock()
 	return s, nil
+}
+
+// setSnapshotting marks a snapshot of ref under way or done, as the
+// supervisor's Phase and events do.
+func (f *fakeBackend) setSnapshotting(ref string, on bool) {
+	f.mu.Lock()
+	phase := ""
+	if on {
+		phase = sessions.PhaseSnapshot
+	}
+	if i, err := f.find(ref); err == nil {
+		f.sessions[i].Phase = phase
+	}
+	events := f.events
+	f.mu.Unlock()
+	events <- sessions.Event{Type: sessions.EventSnapshot, Session: ref, State: sessions.Live, Phase: phase}
 }
 
 func (f *fakeBackend) Snapshots(ctx context.Context) ([]sessions.SnapshotInfo, error) {

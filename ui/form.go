@@ -218,6 +218,7 @@ type createDoneMsg struct {
 }
 
 func (m *Model) create(req sessions.CreateRequest, form *sessionForm) tea.Cmd {
+	m.creates++
 	return func() tea.Msg {
 		// Creating boots a VM: allow it far longer than a plain request.
 		ctx, cancel := contextWithTimeout(m.ctx, createTimeout)
@@ -228,6 +229,7 @@ func (m *Model) create(req sessions.CreateRequest, form *sessionForm) tea.Cmd {
 }
 
 func (m *Model) onCreateDone(msg createDoneMsg) tea.Cmd {
+	m.creates--
 	if msg.err != nil {
 		if m.dialog == nil && msg.form != nil {
 			// A taken name is a conflict; other bad input names its flag
@@ -242,9 +244,11 @@ func (m *Model) onCreateDone(msg createDoneMsg) tea.Cmd {
 			msg.form.err = &fieldError{field: field, err: msg.err}
 			msg.form.focus = msg.form.err.field
 			m.dialog = msg.form
-			return tea.Batch(m.setError(fmt.Errorf("create: %w", msg.err)), msg.form.focusCmd())
+			return tea.Batch(m.setError(fmt.Errorf("create: %w", msg.err)), msg.form.focusCmd(), m.refresh())
 		}
-		return m.setError(fmt.Errorf("create: %w", msg.err))
+		// The supervisor has taken the session off its list (its
+		// removal's event relists too, unless the stream is down).
+		return tea.Batch(m.setError(fmt.Errorf("create: %w", msg.err)), m.refresh())
 	}
 	m.selected = msg.session.ID
 	if len(msg.session.PTYs) > 0 {

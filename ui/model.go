@@ -62,6 +62,11 @@ type Model struct {
 
 	ptyChoice map[string]uint64 // the terminal previewed per session
 
+	// creates counts this dashboard's creates and resumes in flight:
+	// while there is one, a session that shows up being made is
+	// selected, so the user sees what it is doing.
+	creates int
+
 	preview   preview
 	fetching  bool // a screen request is in flight
 	wantFetch bool // the preview is out of date
@@ -279,7 +284,7 @@ const statusEvery = 5
 // a script chose (a label, a stale reason quoting the guest, terminal
 // commands), so that the dashboard never prints it raw (termsafe).
 func safeSession(s *sessions.Session) {
-	for _, f := range []*string{&s.Name, &s.Label, &s.Reason, &s.Image, &s.Policy} {
+	for _, f := range []*string{&s.Name, &s.Label, &s.Reason, &s.Phase, &s.Image, &s.Policy} {
 		*f = termsafe.String(*f)
 	}
 	for i := range s.PTYs {
@@ -548,12 +553,24 @@ func (m *Model) onList(msg listMsg) tea.Cmd {
 	}
 	m.listErr = nil
 	m.loaded = true
+	if m.creates > 0 {
+		known := map[string]bool{}
+		for _, s := range m.all {
+			known[s.ID] = true
+		}
+		for _, s := range msg.list {
+			if s.State == sessions.Creating && !known[s.ID] {
+				m.selected = s.ID
+			}
+		}
+	}
 	m.all = msg.list
 	for i := range m.all {
 		safeSession(&m.all[i])
 	}
 	slices.SortStableFunc(m.all, func(a, b sessions.Session) int {
-		// Live first, then stale, then stopped; newest first within.
+		// Live (and being made) first, then stale, then stopped;
+		// newest first within.
 		if c := cmp.Compare(stateRank(a.State), stateRank(b.State)); c != 0 {
 			return c
 		}
@@ -587,7 +604,7 @@ func (m *Model) onStatus(msg statusMsg) tea.Cmd {
 
 func stateRank(s sessions.State) int {
 	switch s {
-	case sessions.Live:
+	case sessions.Live, sessions.Creating:
 		return 0
 	case sessions.Stale:
 		return 1
@@ -625,7 +642,7 @@ func matches(s sessions.Session, q string) bool {
 	if q == "" {
 		return true
 	}
-	hay := strings.ToLower(strings.Join([]string{s.Name, s.ID, s.Image, string(s.State), s.Label, s.Reason}, " "))
+	hay := strings.ToLower(strings.Join([]string{s.Name, s.ID, s.Image, string(s.State), s.Label, s.Reason, s.Phase}, " "))
 	for _, w := range strings.Fields(strings.ToLower(q)) {
 		if !strings.Contains(hay, w) {
 			return false

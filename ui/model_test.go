@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -619,4 +620,127 @@ func TestPoolFollowsTheSupervisor(t *testing.T) {
 	if n := f.count("Status") - reads; n != 1 {
 		t.Errorf("%d reads of the status for one refill, want 1", n)
 	}
+}
+
+// TestCreatingShown: from Enter on, a create or a resume shows its new
+// session as creating, with the step the supervisor reports, selected;
+// success turns the row live, failure takes it away and says why; and
+// nothing but waiting is offered on a row being made.
+func TestCreatingShown(t *testing.T) {
+	const id = "c0ffee000001" // the fake's first create
+	tests := []struct {
+		name string
+		// keys start the create (waitResume: after r's list is in).
+		keys   []string
+		resume bool
+		phases []string // the steps the supervisor reports, first one included
+		fail   error
+		// wantName is the row's name; wantStatus what the status line
+		// says at the end.
+		wantName   string
+		wantStatus string
+		wantForm   bool // the form comes back (a failed create from it)
+	}{
+		{name: "form, made", keys: []string{"n", "tab", "web", "enter"}, wantName: "web",
+			phases:     []string{sessions.PhaseStarting, sessions.PhaseTemplate, sessions.PhaseClone, sessions.PhaseTerminal},
+			wantStatus: "created web"},
+		{name: "form, fails", keys: []string{"n", "tab", "web", "enter"}, wantName: "web",
+			phases: []string{sessions.PhaseStarting, sessions.PhaseBooting}, fail: errors.New("boot: the guest agent did not answer"),
+			wantStatus: "create: boot: the guest agent did not answer", wantForm: true},
+		{name: "resume, made", keys: []string{"r"}, resume: true, wantName: "resumed",
+			phases:     []string{sessions.PhaseCheckSnapshot, sessions.PhaseRestore},
+			wantStatus: "created resumed"},
+		{name: "resume, fails", keys: []string{"r"}, resume: true, wantName: "resumed",
+			phases: []string{sessions.PhaseCheckSnapshot, sessions.PhaseRestore}, fail: errors.New("restore: bad state file"),
+			wantStatus: "create: restore: bad state file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := sampleBackend()
+			f.createGate = make(chan struct{})
+			f.createErr = tt.fail
+			h := start(t, f, 100, 30)
+			h.waitUntil("subscribed", func(m *Model) bool { return m.eventsUp })
+			h.keys(tt.keys...)
+			if tt.resume {
+				h.waitUntil("snapshots listed", func(m *Model) bool {
+					d, ok := m.dialog.(*resumeDialog)
+					return ok && d.loaded
+				})
+				h.keys("enter")
+			}
+			for i, phase := range tt.phases {
+				if i > 0 {
+					f.setPhase(id, phase)
+				}
+				want := "creating: " + phase + "…"
+				h.waitUntil("the row creating, "+phase, func(m *Model) bool {
+					s, ok := m.current()
+					return ok && s.ID == id && strings.Contains(m.render(), want)
+				})
+				scr := h.screen()
+				row := regexp.MustCompile(`(?m)^> ` + tt.wantName + `\s+c0ffee\S*\s+creating: ` + regexp.QuoteMeta(phase))
+				if !row.MatchString(scr) || !strings.Contains(scr, "  creating: "+phase+"… it turns live once its VM is up") {
+					t.Fatalf("step %q: no selected creating row with it and its preview:\n%s", phase, scr)
+				}
+			}
+			// Nothing but waiting on a row being made.
+			for _, k := range []string{"enter", "x", "d", "c", "s"} {
+				h.keys(k)
+				h.inspect(func(m *Model) {
+					if m.dialog != nil || m.statusErr || !strings.Contains(m.status, "being created") {
+						t.Errorf("%s on a creating row: dialog %T, status %q", k, m.dialog, m.status)
+					}
+				})
+			}
+			if f.count("Stop")+f.count("Remove")+f.count("OpenPTY")+f.count("Snapshot") != 0 {
+				t.Fatal("an action reached the supervisor for a session being made")
+			}
+
+			close(f.createGate)
+			h.waitUntil("the create reported", func(m *Model) bool { return m.creates == 0 && strings.Contains(m.status, tt.wantStatus) })
+			if tt.fail == nil {
+				h.waitUntil("the row live", func(m *Model) bool {
+					s, ok := m.current()
+					return ok && s.ID == id && s.State == sessions.Live
+				})
+			} else {
+				h.waitUntil("the row gone", func(m *Model) bool {
+					for _, s := range m.all {
+						if s.ID == id {
+							return false
+						}
+					}
+					return true
+				})
+				h.inspect(func(m *Model) {
+					if !m.statusErr {
+						t.Errorf("the failure is not shown as an error: %q", m.status)
+					}
+					if _, ok := m.dialog.(*sessionForm); ok != tt.wantForm {
+						t.Errorf("dialog %T; want the form back: %v", m.dialog, tt.wantForm)
+					}
+				})
+			}
+			if scr := h.screen(); strings.Contains(scr, "creating") {
+				t.Errorf("still creating:\n%s", scr)
+			}
+		})
+	}
+}
+
+// TestSnapshottingShown: while a snapshot is taken, the session's row
+// says so, also with the dialog hidden; the row says nothing once done.
+func TestSnapshottingShown(t *testing.T) {
+	f := sampleBackend()
+	f.gate = make(chan struct{})
+	h := start(t, f, 100, 30)
+	h.waitUntil("subscribed", func(m *Model) bool { return m.eventsUp })
+	h.keys("s", "enter", "esc")
+	row := regexp.MustCompile(`(?m)^> api\s+a1b2c3d4\S*\s+live \(snapshotting…\)`)
+	h.waitUntil("the row snapshotting", func(m *Model) bool { return row.MatchString(plainScreen(m.render())) })
+	close(f.gate)
+	h.waitUntil("the row plain live", func(m *Model) bool {
+		return strings.Contains(m.status, "saved") && !strings.Contains(m.render(), "snapshotting")
+	})
 }

@@ -40,6 +40,9 @@ func newStyles() styles {
 			sessions.Live:    lipgloss.NewStyle().Foreground(colLive),
 			sessions.Stale:   lipgloss.NewStyle().Foreground(colStale),
 			sessions.Stopped: lipgloss.NewStyle().Foreground(colStop),
+			// Work in progress, in the accent colour: neither healthy yet
+			// nor in trouble.
+			sessions.Creating: lipgloss.NewStyle().Foreground(colAccent),
 		},
 	}
 	return s

@@ -362,6 +362,12 @@ func stateText(s sessions.Session) string {
 	if s.State == sessions.Stale && s.Reason != "" {
 		return "stale: " + s.Reason
 	}
+	if s.State == sessions.Creating {
+		return "creating: " + orDefault(s.Phase, sessions.PhaseStarting) + "…"
+	}
+	if s.Phase != "" {
+		return string(s.State) + " (" + s.Phase + "…)"
+	}
 	if len(s.Errors) > 0 {
 		return string(s.State) + " (" + s.Errors[0] + ")"
 	}
@@ -476,6 +482,9 @@ func (m *Model) previewBody(w, rows int) []string {
 			"",
 			"  From a shell: gondolin bash --detach --name NAME")
 	case !ok:
+	case s.State == sessions.Creating:
+		out = append(out, m.st.stateStyle(sessions.Creating).Render(fmt.Sprintf("  creating: %s… it turns live once its VM is up",
+			orDefault(s.Phase, sessions.PhaseStarting))))
 	case s.State == sessions.Stale:
 		out = append(out, m.st.stateStyle(sessions.Stale).Render(fmt.Sprintf("  stale: %s; d removes it (its VM is gone or does not answer)", dash(s.Reason))))
 	case s.State == sessions.Stopped:

@@ -10,6 +10,7 @@ import (
 	"github.com/charmbracelet/x/exp/golden"
 
 	"github.com/gondolin/gondolin/internal/errdefs"
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/snapshots"
 )
 
@@ -48,6 +49,8 @@ func TestViews(t *testing.T) {
 		{name: "policy_not_available", backend: func() Backend { return basicBackend{sampleBackend()} }, w: 80, h: 24, keys: []string{"p"}},
 		{name: "snapshot_dialog", w: 80, h: 24, keys: []string{"s", "tab", "before-deploy"}},
 		{name: "snapshot_not_available", backend: func() Backend { return basicBackend{sampleBackend()} }, w: 80, h: 24, keys: []string{"s"}},
+		{name: "creating_selected", backend: creatingBackend, w: 100, h: 24},
+		{name: "creating_80x24", backend: creatingBackend, w: 80, h: 24},
 		{name: "resume_list", w: 80, h: 24, keys: []string{"r"}, wait: func(m *Model) bool {
 			d, ok := m.dialog.(*resumeDialog)
 			return ok && d.loaded
@@ -79,6 +82,15 @@ func TestViews(t *testing.T) {
 	}
 }
 
+// creatingBackend is the sample with one more session, being made: the
+// supervisor builds its template.
+func creatingBackend() Backend {
+	f := sampleBackend()
+	f.sessions = append([]sessions.Session{{ID: "c0ffee000001", Name: "web", State: sessions.Creating,
+		Phase: sessions.PhaseTemplate, Created: epoch, Image: "default:latest", PTYs: []sessions.PTY{}}}, f.sessions...)
+	return f
+}
+
 func policyReady(m *Model) bool {
 	d, ok := m.dialog.(*policyEditor)
 	return ok && d.loaded && len(d.requests) == 2
@@ -95,6 +107,8 @@ func TestSnapshotProgress(t *testing.T) {
 		d, ok := m.dialog.(*snapshotDialog)
 		return ok && d.running && d.elapsed > 0
 	})
+	// The supervisor's phase reaches the row behind the dialog too.
+	h.waitUntil("the row snapshotting", func(m *Model) bool { s, _ := m.current(); return s.Phase == sessions.PhaseSnapshot })
 	// The elapsed time moves; the golden pins the rest.
 	var frame string
 	h.inspect(func(m *Model) {

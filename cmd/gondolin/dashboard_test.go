@@ -1,14 +1,16 @@
 package main
 
 // TestDashboard drives the real dashboard in a real terminal (tmux), the
-// way a user does: create a session with the form, attach, type, detach,
-// quit, come back, stop it.
+// way a user does: create a session with the form (and see it being
+// made), attach, type, detach, quit, come back, stop it.
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,12 +81,18 @@ func (s *tmuxServer) waitText(name, text string, d time.Duration) string {
 
 var (
 	helloLine = regexp.MustCompile(`(?m)^hello\s*$`)
-	liveRow   = regexp.MustCompile(`(?m)^> dash\s+[0-9a-f]+\s+live\b`)
-	stopRow   = regexp.MustCompile(`(?m)^> dash\s+[0-9a-f]+\s+stopped\b`)
+	// The first session of a home builds the template: for seconds.
+	creatingRow = regexp.MustCompile(`(?m)^> dash\s+[0-9a-f]+\s+creating: ` + sessions.PhaseTemplate)
+	liveRow     = regexp.MustCompile(`(?m)^> dash\s+[0-9a-f]+\s+live\b`)
+	stopRow     = regexp.MustCompile(`(?m)^> dash\s+[0-9a-f]+\s+stopped\b`)
 )
 
 func TestDashboard(t *testing.T) {
-	home := testenv.Home(t)
+	// A home with templates of its own, so that the first create builds
+	// one whatever ran before: the new session is then being made for
+	// seconds, not a blink, and the screen is sure to be caught showing
+	// it.
+	home := testenv.PrivateHome(t)
 	tm := newTmux(t)
 	t.Cleanup(func() { stopSupervisor(t, home) })
 
@@ -94,8 +102,40 @@ func TestDashboard(t *testing.T) {
 	tm.waitText("one", "events: live", 10*time.Second)
 	tm.keys("one", "n")
 	tm.waitText("one", "New session", 10*time.Second)
-	tm.keys("one", "Tab", "dash", "Enter")
+	tm.keys("one", "Tab", "dash")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := sessions.NewClient(home).Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm.keys("one", "Enter")
+	// At once the new session is listed as being made, with what the
+	// supervisor does, here and to everyone: gondolin list shows it, and
+	// stop refuses it with a clear line.
+	tm.waitScreen("one", "the new session creating", 60*time.Second, creatingRow.MatchString)
+	if s := listSessions(t, home)["dash"]; s.State != sessions.Creating || s.Phase == "" {
+		t.Errorf("gondolin list while the dashboard shows it creating: %s %q", s.State, s.Phase)
+	}
+	if r := gondolin(t, home, "", "stop", "dash"); r.code == 0 || !strings.Contains(r.stderr, "is being created") {
+		t.Errorf("stop of a session being made: %+v", r)
+	}
 	tm.waitScreen("one", "the new session live", 120*time.Second, liveRow.MatchString)
+	// Followers heard it being made, step by step, before it was made.
+	var steps []string
+	for e := range events {
+		if e.Type == sessions.EventCreating {
+			steps = append(steps, e.Phase)
+		}
+		if e.Type == sessions.EventCreated {
+			break
+		}
+	}
+	t.Logf("steps of the create: %q", steps)
+	if len(steps) < 3 || steps[0] != sessions.PhaseStarting || !slices.Contains(steps, sessions.PhaseTemplate) {
+		t.Errorf("steps announced before session.created: %q", steps)
+	}
+	cancel()
 	// Its shell's prompt reaches the preview through pty.output events.
 	tm.waitText("one", "root@dash", 60*time.Second)
 
