@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/debug"
 
+	"github.com/gondolin/gondolin/cptar"
 	"github.com/gondolin/gondolin/vm/agent"
 	"github.com/gondolin/gondolin/vm/agentproto"
 )
@@ -20,6 +21,13 @@ func main() {
 	if len(os.Args) == 2 && os.Args[1] == agentproto.CheckArg {
 		os.Stdout.WriteString("ok\n")
 		return
+	}
+	if os.Getpid() != 1 {
+		if code, ok := cptar.AgentMain(os.Args, os.Stdin, os.Stdout, os.Stderr); ok {
+			// gondolin cp runs the agent (/proc/1/exe, there in every
+			// image) to pack or unpack its tar stream.
+			os.Exit(code)
+		}
 	}
 	if agent.IsFSDaemon(os.Args) {
 		// The agent re-executes itself as the one process that serves
