@@ -46,7 +46,11 @@ func printSessions(list []sessions.Session) error {
 		if s.PID > 0 {
 			pid = strconv.Itoa(s.PID)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, dash(termsafe.String(s.Name)), s.State, pid,
+		state := string(s.State)
+		if s.Phase != "" { // what a session being made (or snapshotted) is doing
+			state += " (" + s.Phase + ")"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, dash(termsafe.String(s.Name)), state, pid,
 			humanAge(time.Since(s.Created)), termsafe.String(s.Image), s.RunningPTYs(), termsafe.String(s.Label))
 		if s.State == sessions.Stale {
 			notes = append(notes, fmt.Sprintf("%s is stale: %s (remove it with: gondolin rm %s)", s.ID, termsafe.String(s.Reason), s.ID))

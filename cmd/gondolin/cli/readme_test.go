@@ -43,6 +43,7 @@ func TestReadmeCommands(t *testing.T) {
 func checkCommandLine(args []string) error {
 	root := newRoot()
 	root.InitDefaultVersionFlag()
+	root.InitDefaultCompletionCmd()
 	c, rest, err := root.Find(args)
 	if err != nil {
 		return err

@@ -119,10 +119,11 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 	})
 	root.Version = buildVersion().String()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newVersionCmd(), newExecCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newInspectCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
+	root.AddCommand(newVersionCmd(), newExecCmd(), newCpCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newInspectCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}
+	addCompletions(root)
 	return root
 }
 
