@@ -361,6 +361,70 @@ func TestExtractHostile(t *testing.T) {
 	}
 }
 
+// TestExtractKeepsWhatWasThere: a stream merges into the user's
+// directories without changing their modes (a guest must not open up a
+// home directory or take /tmp's sticky bit), and does not replace a
+// device, fifo or socket that sits at one of its names.
+func TestExtractKeepsWhatWasThere(t *testing.T) {
+	base, root := hostileBase(t, false)
+	dir := filepath.Join(base, "root")
+	os.Mkdir(filepath.Join(dir, "keep"), 0o700)
+	os.Chmod(filepath.Join(dir, "keep"), 0o700|fs.ModeSticky)
+	os.Chmod(dir, 0o750)
+	if err := unix.Mkfifo(filepath.Join(dir, "pipe"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var skips []string
+	data := stream(t,
+		entry{typ: tar.TypeDir, name: "src", mode: 0o777},
+		entry{typ: tar.TypeDir, name: "src/keep", mode: 0o777},
+		entry{typ: tar.TypeReg, name: "src/keep/f", body: "f"},
+		entry{typ: tar.TypeReg, name: "src/pipe", body: "evil"},
+		entry{typ: tar.TypeReg, name: "src/" + strings.Repeat("d/", 1000) + "deep", body: "deep"},
+	)
+	if err := Extract(bytes.NewReader(data), root, Options{Name: IntoRoot, Skipped: func(name, why string) {
+		skips = append(skips, why)
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	checkOutside(t, base)
+	for name, want := range map[string]fs.FileMode{".": 0o750 | fs.ModeDir, "keep": 0o700 | fs.ModeSticky | fs.ModeDir, "pipe": 0o600 | fs.ModeNamedPipe} {
+		if fi, err := os.Lstat(filepath.Join(dir, name)); err != nil || fi.Mode() != want {
+			t.Errorf("%s: %v %v, want %v as it was", name, fi.Mode(), err, want)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "keep", "f")); string(b) != "f" {
+		t.Errorf("keep/f: %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, strings.Repeat("d/", 1000)+"deep")); string(b) != "deep" {
+		t.Errorf("the deep file: %q", b)
+	}
+	if len(skips) != 1 || skips[0] != "would replace a fifo" {
+		t.Errorf("skipped %q, want the fifo", skips)
+	}
+}
+
+func TestSourceName(t *testing.T) {
+	wd, _ := os.Getwd()
+	tests := []struct {
+		src, base string
+		contents  bool
+	}{
+		{"a/b", "b", false},
+		{"a/b/", "b", false},
+		{"a/b/.", "b", true},
+		{".", filepath.Base(wd), true},
+		{"..", filepath.Base(filepath.Dir(wd)), false},
+		{"/.", "root", true},
+		{"/", "root", false},
+	}
+	for _, tt := range tests {
+		if base, contents := SourceName(tt.src); base != tt.base || contents != tt.contents {
+			t.Errorf("SourceName(%q) = %q %v, want %q %v", tt.src, base, contents, tt.base, tt.contents)
+		}
+	}
+}
+
 func TestExtractGarbage(t *testing.T) {
 	base, root := hostileBase(t, false)
 	for _, data := range [][]byte{[]byte("not a tar stream at all"), bytes.Repeat([]byte{0xff}, 1024)} {
@@ -378,6 +442,7 @@ func TestDestination(t *testing.T) {
 	dir := t.TempDir()
 	os.Mkdir(filepath.Join(dir, "d"), 0o755)
 	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
+	os.Symlink("d", filepath.Join(dir, "link"))
 	tests := []struct {
 		dest, base string
 		kind       Kind
@@ -392,7 +457,9 @@ func TestDestination(t *testing.T) {
 		{dest: "nodir/new", base: "src", kind: KindEntry, notFound: true},
 		{dest: "new/", base: "src", kind: KindEntry, notFound: true},
 		{dest: "f/x", base: "src", kind: KindEntry, fails: true},
-		{dest: "d", base: "src", kind: KindContents, dir: ".", name: "d"},
+		{dest: "d", base: "src", kind: KindContents, dir: "d", name: IntoRoot},
+		{dest: "link", base: "src", kind: KindContents, dir: "link", name: IntoRoot}, // link -> d: into d, the link kept
+		{dest: ".", base: "src", kind: KindContents, dir: ".", name: IntoRoot},
 		{dest: "new", base: "src", kind: KindContents, dir: ".", name: "new"},
 		{dest: "f", base: "src", kind: KindContents, fails: true},
 		{dest: "d", kind: KindTar, dir: "d"},
@@ -415,7 +482,7 @@ func TestDestination(t *testing.T) {
 				}
 			case err != nil:
 				t.Errorf("error %v", err)
-			case gotDir != filepath.Join(dir, tt.dir) || gotName != tt.name:
+			case filepath.Clean(gotDir) != filepath.Join(dir, tt.dir) || gotName != tt.name:
 				t.Errorf("got %s %q, want %s %q", gotDir, gotName, filepath.Join(dir, tt.dir), tt.name)
 			}
 		})
@@ -514,4 +581,13 @@ func ustarBlock(name string, typ byte, size int) []byte {
 
 func pad(b []byte) []byte {
 	return append(b, make([]byte, (512-len(b)%512)%512)...)
+}
+
+func TestFromHome(t *testing.T) {
+	t.Setenv("HOME", "/root")
+	for in, want := range map[string]string{"/abs": "/abs", "rel": "/root/rel", "d/.": "/root/d/.", ".": "/root/.", "../x": "/root/../x"} {
+		if got := fromHome(in); got != want {
+			t.Errorf("fromHome(%q) = %q, want %q", in, got, want)
+		}
+	}
 }

@@ -19,7 +19,10 @@ import (
 type Options struct {
 	// Name, when set, replaces the first component of every entry's
 	// name (and hard link's target): the stream then makes one thing,
-	// named Name, and nothing beside it. Empty: entries keep their names.
+	// named Name, and nothing beside it. IntoRoot drops that component
+	// instead: the stream's top directory is the root itself (a
+	// directory's contents copied into an existing one). Empty: entries
+	// keep their names.
 	Name string
 	// SpecialBits keeps the setuid, setgid and sticky bits. The host
 	// leaves it unset: a guest must not hand the user a setuid file.
@@ -41,10 +44,10 @@ type Options struct {
 //
 // On an error (a damaged stream, a full disk) what was written stays.
 func Extract(r io.Reader, root *os.Root, opt Options) error {
-	if opt.Name != "" && !validName(opt.Name) {
+	if opt.Name != "" && opt.Name != IntoRoot && !validName(opt.Name) {
 		return fmt.Errorf("cannot extract as %q: not a file name", opt.Name)
 	}
-	x := &extractor{root: root, opt: opt, files: map[string]bool{}, dirs: map[string]dirMeta{}}
+	x := &extractor{root: root, opt: opt, files: map[string]bool{}, dirs: map[string]dirMeta{}, checked: map[string]bool{}}
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -72,8 +75,15 @@ type extractor struct {
 	root  *os.Root
 	opt   Options
 	files map[string]bool    // regular files this stream wrote: hard link targets
-	dirs  map[string]dirMeta // directories to give their mode and time at the end
+	dirs  map[string]dirMeta // directories it made, to give their mode and time at the end
+	// checked holds the directories known to be real directories (made
+	// here or found so): nothing in a stream turns a directory into
+	// anything else, so each is looked at once, not once per entry.
+	checked map[string]bool
 }
+
+// IntoRoot as Options.Name extracts a directory's stream into the root.
+const IntoRoot = "."
 
 func (x *extractor) skip(name, why string) {
 	if x.opt.Skipped != nil {
@@ -108,10 +118,12 @@ func (x *extractor) entryName(raw string) (name, why string) {
 			parts = append(parts, p)
 		}
 	}
-	if x.opt.Name != "" {
-		if len(parts) == 0 {
-			return "", "no name"
-		}
+	switch {
+	case x.opt.Name != "" && len(parts) == 0:
+		return "", "no name"
+	case x.opt.Name == IntoRoot:
+		parts = parts[1:]
+	case x.opt.Name != "":
 		parts[0] = x.opt.Name
 	}
 	return path.Join(parts...), ""
@@ -167,13 +179,18 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		return err
 	}
 	delete(x.files, name)
-	mode := x.mode(hdr.Mode)
+	mode := x.mode(hdr)
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := x.root.Mkdir(name, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		// A directory that was there keeps its mode and time: a stream
+		// must not open up (or take the sticky bit off) the user's own.
+		switch err := x.root.Mkdir(name, 0o700); {
+		case err == nil:
+			x.dirs[name] = dirMeta{mode: mode, mtime: hdr.ModTime}
+		case !errors.Is(err, fs.ErrExist):
 			return err
 		}
-		x.dirs[name] = dirMeta{mode: mode, mtime: hdr.ModTime}
+		x.checked[name] = true
 		return nil
 	case tar.TypeReg:
 		f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -222,44 +239,58 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	return nil
 }
 
-// mode is a header's mode as a FileMode, with the setuid, setgid and
-// sticky bits only when opt.SpecialBits says so.
-func (x *extractor) mode(m int64) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
+// mode is a header's permissions as a FileMode, with the setuid, setgid
+// and sticky bits only when opt.SpecialBits says so.
+func (x *extractor) mode(hdr *tar.Header) fs.FileMode {
+	keep := fs.ModePerm
 	if x.opt.SpecialBits {
-		if m&0o4000 != 0 {
-			mode |= fs.ModeSetuid
-		}
-		if m&0o2000 != 0 {
-			mode |= fs.ModeSetgid
-		}
-		if m&0o1000 != 0 {
-			mode |= fs.ModeSticky
-		}
+		keep |= fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 	}
-	return mode
+	return hdr.FileInfo().Mode() & keep
 }
 
 // makeParents makes sure that every parent of name is a directory, not a
 // symlink to one, making the missing ones: an entry never lands where a
 // symlink would send it. why is set when one is not a directory.
+//
+// The walk goes one directory at a time, each step relative to the last,
+// so that a deep name costs steps in proportion to its length, not to
+// its square (a lookup from the root walks every component again).
 func (x *extractor) makeParents(name string) (why string, err error) {
-	for i := range len(name) {
-		if name[i] != '/' {
-			continue
+	parent := path.Dir(name)
+	if parent == "." || x.checked[parent] {
+		return "", nil
+	}
+	cur, walked := x.root, ""
+	defer func() {
+		if cur != x.root {
+			cur.Close()
 		}
-		dir := name[:i]
-		fi, err := x.root.Lstat(dir)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			if err := x.root.Mkdir(dir, 0o755); err != nil {
+	}()
+	for comp := range strings.SplitSeq(parent, "/") {
+		walked = path.Join(walked, comp)
+		if !x.checked[walked] {
+			fi, err := cur.Lstat(comp)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				if err := cur.Mkdir(comp, 0o755); err != nil {
+					return "", err
+				}
+			case err != nil:
 				return "", err
+			case !fi.IsDir():
+				return fmt.Sprintf("%s is not a directory", walked), nil
 			}
-		case err != nil:
-			return "", err
-		case !fi.IsDir():
-			return fmt.Sprintf("%s is not a directory", dir), nil
+			x.checked[walked] = true
 		}
+		next, err := cur.OpenRoot(comp)
+		if err != nil {
+			return "", err
+		}
+		if cur != x.root {
+			cur.Close()
+		}
+		cur = next
 	}
 	return "", nil
 }
@@ -279,6 +310,10 @@ func (x *extractor) clear(name string, isDir bool) (why string, err error) {
 			return "", nil
 		}
 		return "would replace a directory", nil
+	case !fi.Mode().IsRegular() && fi.Mode().Type() != fs.ModeSymlink:
+		// A device, fifo or socket of the user's (/dev/null, say) is
+		// not the copy's to replace.
+		return fmt.Sprintf("would replace a %s", typeName(fi.Mode())), nil
 	}
 	return "", x.root.Remove(name)
 }

@@ -50,6 +50,10 @@ func Destination(dest, base string, kind Kind) (dir, name string, err error) {
 		return dest, base, nil
 	case kind == KindContents && err == nil && !fi.IsDir():
 		return "", "", fmt.Errorf("%s is not a directory (a directory's contents go into one)", dest)
+	case kind == KindContents && err == nil:
+		// Into the directory there (through a symlink to one, as the
+		// user named it), which keeps its own mode.
+		return dest, IntoRoot, nil
 	case kind != KindEntry && kind != KindContents:
 		return "", "", fmt.Errorf("unknown kind of copy %q", kind)
 	case err != nil && (strings.HasSuffix(dest, "/") || strings.HasSuffix(dest, "/.")):
@@ -84,11 +88,22 @@ func notFound(format string, args ...any) error {
 	return &notFoundError{msg: fmt.Sprintf(format, args...)}
 }
 
-// SourceName is the name a source path's stream carries (its base name)
+// SourceName is the name a source path's stream carries (its base name,
+// of the absolute path: "." and ".." name the directory they stand for)
 // and whether the path asks for a directory's contents (ends in "/.").
+// The root directory's stream is named "root": a stream's top needs a
+// name, and its contents are what a copy of "/." is for.
 func SourceName(src string) (base string, contents bool) {
 	contents = strings.HasSuffix(src, "/.") || src == "."
-	return filepath.Base(filepath.Clean(src)), contents
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		abs = filepath.Clean(src)
+	}
+	base = filepath.Base(abs)
+	if base == "/" || base == "." {
+		base = "root"
+	}
+	return base, contents
 }
 
 // AgentMain is the agent's side of gondolin cp, `gondolin-agent cp-out
@@ -110,13 +125,14 @@ func AgentMain(args []string, stdin io.Reader, stdout, stderr io.Writer) (code i
 	}
 	switch {
 	case args[1] == CopyOutArg && len(args) == 3:
-		base, _ := SourceName(args[2])
-		if err := Write(stdout, args[2], base, skipped); err != nil {
+		src := fromHome(args[2])
+		base, _ := SourceName(src)
+		if err := Write(stdout, src, base, skipped); err != nil {
 			return fail(err), true
 		}
 		return 0, true
 	case args[1] == CopyInArg && len(args) == 5:
-		dir, name, err := Destination(args[3], args[4], Kind(args[2]))
+		dir, name, err := Destination(fromHome(args[3]), args[4], Kind(args[2]))
 		if err != nil {
 			return fail(err), true
 		}
@@ -136,4 +152,18 @@ func AgentMain(args []string, stdin io.Reader, stdout, stderr io.Writer) (code i
 		return 2, true
 	}
 	return 0, false
+}
+
+// fromHome makes a relative guest path relative to the home directory
+// (scp's habit), not to wherever the session's commands start.
+func fromHome(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	home := os.Getenv("HOME")
+	if home == "" {
+		home = "/"
+	}
+	// Join would clean a trailing "/." away, which asks for contents.
+	return strings.TrimSuffix(home, "/") + "/" + p
 }

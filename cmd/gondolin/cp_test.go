@@ -144,6 +144,35 @@ func TestCp(t *testing.T) {
 		}
 	})
 
+	t.Run("contents, relative paths and directories already there", func(t *testing.T) {
+		guest("mkdir -p /root/dotcase/sub && echo a > /root/dotcase/a && chmod 777 /root/dotcase")
+		keep := filepath.Join(t.TempDir(), "keep")
+		os.Mkdir(keep, 0o700)
+		// Relative to the session's home; the contents merge into keep,
+		// which keeps its own mode.
+		if r := cp("", "cp:dotcase/.", keep); r.code != 0 || r.stderr != "" {
+			t.Fatalf("cp out contents: %+v", r)
+		}
+		if fi, _ := os.Stat(keep); fi == nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("the directory the contents went into is now %v, want 0700 as it was", fi.Mode())
+		}
+		if b, _ := os.ReadFile(filepath.Join(keep, "a")); string(b) != "a\n" {
+			t.Errorf("keep/a: %q", b)
+		}
+		if fi, err := os.Stat(filepath.Join(keep, "sub")); err != nil || !fi.IsDir() {
+			t.Errorf("keep/sub: %v", err)
+		}
+		// "SESSION:" is the home: its contents, not just a part of them.
+		home := filepath.Join(t.TempDir(), "home")
+		if r := cp("", "cp:", home); r.code != 0 {
+			t.Fatalf("cp out the home: %+v", r)
+		}
+		if b, _ := os.ReadFile(filepath.Join(home, "dotcase", "a")); string(b) != "a\n" {
+			t.Errorf("home/dotcase/a: %q", b)
+		}
+		guest("rm -r /root/dotcase")
+	})
+
 	t.Run("tar streams on stdin and stdout", func(t *testing.T) {
 		var buf bytes.Buffer
 		tw := tar.NewWriter(&buf)
@@ -273,6 +302,9 @@ func TestHostileCp(t *testing.T) {
 		tar.Header{Typeflag: tar.TypeReg, Name: "top/suid", Mode: 0o4755, Linkname: "elf"},
 		tar.Header{Typeflag: tar.TypeChar, Name: "top/\x1b]0;pwned\x07null", Mode: 0o666, Devmajor: 1, Devminor: 3},
 		tar.Header{Typeflag: tar.TypeFifo, Name: "top/fifo", Mode: 0o644},
+		// A name in the reason for a skip, not only in the name skipped.
+		tar.Header{Typeflag: tar.TypeReg, Name: "top/\x1b]52;c;cHduZWQ=\x07", Mode: 0o644, Linkname: "f"},
+		tar.Header{Typeflag: tar.TypeReg, Name: "top/\x1b]52;c;cHduZWQ=\x07/y", Mode: 0o644, Linkname: "f"},
 		tar.Header{Typeflag: tar.TypeSymlink, Name: "top/up", Linkname: "../.."},
 		tar.Header{Typeflag: tar.TypeReg, Name: "top/up/outside/pwned", Mode: 0o644, Linkname: "evil"},
 		tar.Header{Typeflag: tar.TypeReg, Name: "../pwned", Mode: 0o644, Linkname: "evil"},

@@ -29,7 +29,8 @@ func newCpCmd() *cobra.Command {
 		Long: `Copy a file, a symlink or a directory tree into or out of a running
 session, through its agent (no mount needed), keeping modes and times.
 One side is SESSION:PATH (a session's name, ID or ID prefix; a relative
-PATH is relative to the session's home directory), the other a host path:
+PATH is relative to the session's home directory, /root), the other a
+host path:
 
   gondolin cp ./src dev:/work            ./src becomes /work/src (or /work,
                                          if /work does not exist)
@@ -49,15 +50,18 @@ stderr. A stream that breaks off is an error; what was written stays.`,
 			if len(args) != 2 {
 				return usageError("cp needs a source and a destination: gondolin cp SRC DEST (one of them SESSION:PATH)")
 			}
-			return nil
-		},
-		RunE: func(c *cobra.Command, args []string) error {
 			src, dst := parseCpOperand(args[0]), parseCpOperand(args[1])
 			switch {
 			case src.session != "" && dst.session != "":
 				return usageError("cp copies between the host and a session, not between two sessions")
 			case src.session == "" && dst.session == "":
 				return usageError("cp copies between the host and a session: name the session's side as SESSION:PATH")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			src, dst := parseCpOperand(args[0]), parseCpOperand(args[1])
+			switch {
 			case src.session != "":
 				return copyOut(src, dst.path)
 			}
@@ -108,9 +112,6 @@ func copyIn(src string, dst cpOperand) error {
 	} else {
 		var contents bool
 		base, contents = cptar.SourceName(src)
-		if abs, err := filepath.Abs(src); err == nil && !contents {
-			base = filepath.Base(abs) // the name of "..", say
-		}
 		kind = cptar.KindEntry
 		if contents {
 			kind = cptar.KindContents
@@ -125,7 +126,7 @@ func copyIn(src string, dst cpOperand) error {
 			}
 			return err
 		}
-		if !contents && base == "/" {
+		if abs, _ := filepath.Abs(src); !contents && abs == "/" {
 			return usageError("cp cannot copy / itself (copy its contents with /. or name what is below it)")
 		}
 		pr, pw := io.Pipe()
@@ -133,7 +134,7 @@ func copyIn(src string, dst cpOperand) error {
 		stopPack = func() { pr.CloseWithError(errCopyEnded) }
 		go func() {
 			err := cptar.Write(pw, src, base, func(name, why string) {
-				fmt.Fprintf(os.Stderr, "gondolin: skipped %s: %s\n", termsafe.String(name), why)
+				fmt.Fprintf(os.Stderr, "gondolin: skipped %s: %s\n", termsafe.String(name), termsafe.String(why)) // why may quote a name
 			})
 			packErr <- err
 			pw.CloseWithError(err)
@@ -235,7 +236,7 @@ func copyOut(src cpOperand, dst string) error {
 			// The guest wrote this stream: Extract keeps it inside
 			// root, with no setuid bit and no device.
 			err := cptar.Extract(pr, root, cptar.Options{Name: name, Skipped: func(name, why string) {
-				fmt.Fprintf(os.Stderr, "gondolin: skipped %s: %s\n", termsafe.String(name), why)
+				fmt.Fprintf(os.Stderr, "gondolin: skipped %s: %s\n", termsafe.String(name), termsafe.String(why)) // why may quote a name
 			}})
 			if err != nil {
 				// Stop the guest's command rather than read the rest.
