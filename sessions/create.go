@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/gondolin/gondolin/internal/errdefs"
@@ -165,7 +166,12 @@ func (sv *Supervisor) register(ctx context.Context, b booted, req CreateRequest)
 	s.state.Creating = false
 	save := s.copyStateLocked()
 	s.mu.Unlock()
-	save.write()
+	if err := save.write(); err != nil {
+		// On disk it would still be being made: the next supervisor
+		// would take it for a create cut short and kill its VM.
+		sv.abandon(b)
+		return Session{}, fmt.Errorf("save the state of session %s: %w", s.rec.ID, err)
+	}
 	sv.mu.Lock()
 	sv.sessions[s.rec.ID] = s
 	delete(sv.creating, s.rec.ID) // listed once, as live from now

@@ -402,25 +402,27 @@ func (s *session) copyStateLocked() stateWrite {
 
 // write saves the newest state copied so far, unless it is saved already
 // (or the session was removed): a copy that comes late, after a newer one
-// failed to save, saves the newer one instead of itself.
-func (w stateWrite) write() {
+// failed to save, saves the newer one instead of itself. A failure is
+// logged, and returned for the callers that cannot go on without it.
+func (w stateWrite) write() error {
 	s := w.s
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	if s.removed {
-		return
+		return nil
 	}
 	if w.version > s.newest.version {
 		s.newest = w
 	}
 	if s.newest.version <= s.written {
-		return
+		return nil
 	}
 	if err := s.sv.reg.saveState(s.rec.ID, s.newest.state); err != nil {
 		s.sv.log.Printf("session %s: save state: %v", s.rec.ID, err)
-		return
+		return err
 	}
 	s.written = s.newest.version
+	return nil
 }
 
 // stop shuts the VM down (the agent first, QMP then, a kill last) and
