@@ -259,7 +259,7 @@ func TestExec(t *testing.T) {
 		{name: "shape, flag over env and env alone", args: []string{"--cpus", "2", "--", "sh", "-c", "nproc; awk '/MemTotal/{print ($2 > 300000)}' /proc/meminfo"},
 			env: []string{layout.EnvCPUs + "=1", layout.EnvMemory + "=384M"}, wantOut: "2\n1\n"},
 		{name: "cold boot", args: []string{"--cold", "--", "echo", "cold"}, wantOut: "cold\n"},
-		{name: "missing image", args: []string{"--image", "nope", "--", "true"}, wantErr: "gondolin image build", wantCode: 4},
+		{name: "missing image", args: []string{"--image", "nope", "--", "true"}, wantErr: "gondolin image build", wantCode: 125}, // not 4: exec's codes are the guest's
 		{name: "timeout kills a command that ignores SIGTERM", args: []string{"--timeout", "1s", "--", "sh", "-c", "trap '' TERM; echo started; sleep 60"},
 			wantOut: "started\n", wantCode: 137, maxElapsed: 15 * time.Second},
 	}

@@ -48,7 +48,7 @@ func checkListings(t *testing.T, home layout.Home, name, id string) {
 		// Not found is exit 4, with what was found still printed.
 		{args: []string{"inspect", "no-such-session", name, "--format", "{{.Name}}"}, wantCode: 4, wantOut: name + "\n"},
 		{args: []string{"stop", "no-such-session"}, wantCode: 4},
-		{args: []string{"attach", "no-such-session"}, wantCode: 4},
+		{args: []string{"attach", "no-such-session"}, wantCode: 125}, // attach passes a guest command's code: gondolin's own are 125
 		{args: []string{"image", "inspect", "no-such-image"}, wantCode: 4},
 		{args: []string{"snapshot", "inspect", "no-such-snapshot"}, wantCode: 4},
 		// Bad templates and mixed flags are usage errors, before any work.
@@ -73,5 +73,10 @@ func checkListings(t *testing.T, home layout.Home, name, id string) {
 		if !ok {
 			t.Errorf("%v: code %d, stdout %q, stderr %q; want code %d", tt.args, r.code, r.stdout, r.stderr, tt.wantCode)
 		}
+	}
+	// Several sessions: each one that fails is said, the others still go.
+	if r := gondolin(t, home, "", "rm", "no-such-1", "no-such-2"); r.code != 4 || strings.Count(r.stderr, "\n") != 2 ||
+		!strings.Contains(r.stderr, "no-such-1") || !strings.Contains(r.stderr, "no-such-2") {
+		t.Errorf("rm of two missing sessions: %+v", r)
 	}
 }

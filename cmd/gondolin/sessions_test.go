@@ -288,8 +288,16 @@ func TestSessionExecAndStale(t *testing.T) {
 	if r := gondolin(t, home, "", "exec", "--session", "ex", "--", "no-such-cmd"); r.code != 127 {
 		t.Errorf("missing command in session: %+v", r)
 	}
-	if r := gondolin(t, home, "", "exec", "--session", "nosuch", "--", "true"); r.code != 4 || !strings.Contains(r.stderr, "no session") {
+	if r := gondolin(t, home, "", "exec", "--session", "nosuch", "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "no session") {
 		t.Errorf("unknown session: %+v", r)
+	}
+	// The session's shape is its own: a bad default for new VMs does not
+	// stop an exec in it, and --env is still checked.
+	if r := gondolinEnv(t, home, []string{layout.EnvCPUs + "=two"}, "", "exec", "--session", "ex", "--", "true"); r.code != 0 {
+		t.Errorf("exec --session with GONDOLIN_CPUS=two: %+v", r)
+	}
+	if r := gondolin(t, home, "", "exec", "--session", "ex", "--env", "1BAD=x", "--", "true"); r.code != 2 || !strings.Contains(r.stderr, "--env") {
+		t.Errorf("exec --session --env 1BAD=x: %+v", r)
 	}
 	checkListings(t, home, "ex", id)
 	gondolin(t, home, "", "exec", "--session", "ex", "--", "sh", "-c", "echo console-line-$((6*7)) > /dev/console")

@@ -69,15 +69,23 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 					return usageError("%s %s to new VMs, not to --session %s (change a running session's network with gondolin policy)", strings.Join(given, ", "), verb, session)
 				}
 			}
+			if session != "" {
+				// Only --env and --cwd apply: the VM's shape (and
+				// GONDOLIN_CPUS, GONDOLIN_MEMORY) is the session's.
+				spec := &sessions.Spec{Env: vf.Env, Cwd: vf.Cwd}
+				if err := spec.Validate(); err != nil {
+					return err
+				}
+				term := setupTerminal(tty, interactive)
+				defer term.restore()
+				return execInSession(session, spec, args, term)
+			}
 			spec, err := vf.spec()
 			if err != nil {
 				return err
 			}
 			term := setupTerminal(tty, interactive)
 			defer term.restore()
-			if session != "" {
-				return execInSession(session, spec, args, term)
-			}
 			// A one-shot exec runs in a VM the supervisor makes, from its
 			// warm pool when it holds one; --cold, --resume, a home
 			// without a supervisor and GONDOLIN_DEBUG (which shows the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"text/template"
 
@@ -89,15 +90,64 @@ func printListing[T any](l *listing, items []T, id func(T) string, table func([]
 	case t != nil:
 		var b bytes.Buffer
 		for _, it := range items {
-			if err := t.Execute(&b, it); err != nil {
+			if err := t.Execute(&b, safeCopy(reflect.ValueOf(it)).Interface()); err != nil {
 				return usageError("--format: %s", strings.TrimPrefix(err.Error(), "template: "))
 			}
 			b.WriteByte('\n')
 		}
-		// Fields may hold what a guest or a registry chose: printed as
-		// text, never as terminal control.
+		// The fields are safe already (safeCopy); this is for the
+		// template's own text.
 		_, err := os.Stdout.WriteString(termsafe.Text(b.String()))
 		return err
 	}
 	return table(items)
+}
+
+// safeCopy is a copy of v with every string in it (in fields, slices,
+// maps and through pointers) made safe to print as one line: a field may
+// hold what a guest or a registry chose (a stale reason, an image's
+// label), and a template prints it raw, where a newline would fake a
+// line of output and an escape would act on the terminal.
+func safeCopy(v reflect.Value) reflect.Value {
+	switch v.Kind() {
+	case reflect.String:
+		out := reflect.New(v.Type()).Elem()
+		out.SetString(termsafe.String(v.String()))
+		return out
+	case reflect.Pointer:
+		if v.IsNil() {
+			return v
+		}
+		out := reflect.New(v.Type().Elem())
+		out.Elem().Set(safeCopy(v.Elem()))
+		return out
+	case reflect.Struct:
+		out := reflect.New(v.Type()).Elem()
+		out.Set(v)
+		for i := range v.NumField() {
+			if out.Field(i).CanSet() {
+				out.Field(i).Set(safeCopy(v.Field(i)))
+			}
+		}
+		return out
+	case reflect.Slice:
+		if v.IsNil() {
+			return v
+		}
+		out := reflect.MakeSlice(v.Type(), v.Len(), v.Len())
+		for i := range v.Len() {
+			out.Index(i).Set(safeCopy(v.Index(i)))
+		}
+		return out
+	case reflect.Map:
+		if v.IsNil() {
+			return v
+		}
+		out := reflect.MakeMapWithSize(v.Type(), v.Len())
+		for it := v.MapRange(); it.Next(); {
+			out.SetMapIndex(safeCopy(it.Key()), safeCopy(it.Value()))
+		}
+		return out
+	}
+	return v
 }

@@ -31,6 +31,7 @@ func TestReadmeCommands(t *testing.T) {
 		{"attach"},
 		{"list", "extra"},
 		{"image", "tag", "only-one"},
+		{"cp", "a", "b"},
 	} {
 		if checkCommandLine(bad) == nil {
 			t.Errorf("gondolin %q passed the check", bad)

@@ -15,13 +15,13 @@ func newRmCmd() *cobra.Command {
 		Short: "Remove stale or stopped sessions (-f stops live ones first)",
 		Args:  atLeastOne("a session: gondolin rm [-f] ID..."),
 		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
-			for _, ref := range args {
+			return eachSession(args, func(ref string) error {
 				if err := client.Remove(context.Background(), ref, force); err != nil {
 					return err
 				}
 				fmt.Println(ref)
-			}
-			return nil
+				return nil
+			})
 		}),
 	}
 	c.Flags().BoolVarP(&force, "force", "f", false, "stop a live session first")

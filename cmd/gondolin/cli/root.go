@@ -33,6 +33,19 @@ const (
 	exitNotFound = 4
 )
 
+// passesGuestCode is the annotation of the commands whose exit code is a
+// guest command's (exec, bash, attach).
+const passesGuestCode = "gondolin-passes-guest-code"
+
+// guestCode marks c as one whose exit code is a guest command's.
+func guestCode(c *cobra.Command) *cobra.Command {
+	if c.Annotations == nil {
+		c.Annotations = map[string]string{}
+	}
+	c.Annotations[passesGuestCode] = "yes"
+	return c
+}
+
 // exitError carries an exit code through cobra.
 type exitError struct {
 	code int
@@ -56,13 +69,19 @@ func usageError(format string, args ...any) error {
 func Run(args []string) int {
 	root := newRoot()
 	root.SetArgs(args)
-	err := root.Execute()
+	c, err := root.ExecuteC()
 	if err == nil {
 		return 0
 	}
 	code := exitCode(err)
 	var ee *exitError
-	if errors.As(err, &ee) && ee.err == nil {
+	carried := errors.As(err, &ee) // a code chosen here or the guest's
+	if !carried && code == exitNotFound && c != nil && c.Annotations[passesGuestCode] != "" {
+		// The guest command's own code could be 4: here gondolin's
+		// failures, whatever their class, are 125 (docker's habit).
+		code = exitFailure
+	}
+	if carried && ee.err == nil {
 		return code // said already (a guest command's own code)
 	}
 	fmt.Fprintf(os.Stderr, "gondolin: %s\n", oneLine(err))
@@ -119,7 +138,7 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 	})
 	root.Version = buildVersion().String()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newVersionCmd(), newExecCmd(), newCpCmd(), newBashCmd(), newAttachCmd(), newListCmd(), newInspectCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
+	root.AddCommand(newVersionCmd(), guestCode(newExecCmd()), newCpCmd(), guestCode(newBashCmd()), guestCode(newAttachCmd()), newListCmd(), newInspectCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}
