@@ -14,6 +14,7 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/internal/testutil"
+	"github.com/gondolin/gondolin/sessions"
 )
 
 func mustRun(t *testing.T, home layout.Home, args ...string) string {
@@ -153,7 +154,10 @@ func TestSnapshotMissingImage(t *testing.T) {
 	home := testenv.Home(t)
 	t.Cleanup(func() { stopSupervisor(t, home) })
 	mustRun(t, home, "bash", "--detach", "--keep", "--name", "s", "--", "sleep", "1000")
-	mustRun(t, home, "snapshot", "s", "--name", "orphan")
+	mustRun(t, home, "snapshot", "s", "--name", "orphan", "--stop") // as Gondolin's snapshot: taken, then stopped
+	if st := listSessions(t, home)["s"].State; st != sessions.Stopped {
+		t.Errorf("snapshot --stop left the session %s", st)
+	}
 	stopSupervisor(t, home)
 	os.RemoveAll(home.Images())
 	r := gondolin(t, home, "", "exec", "--resume", "orphan", "--", "true")

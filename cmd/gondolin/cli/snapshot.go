@@ -18,10 +18,10 @@ import (
 func newSnapshotCmd() *cobra.Command {
 	var (
 		name, output string
-		live         bool
+		live, stop   bool
 	)
 	c := &cobra.Command{
-		Use:   "snapshot ID [--name N] [--output PATH] [--live]",
+		Use:   "snapshot ID [--name N] [--output PATH] [--live] [--stop]",
 		Short: "Checkpoint a running session (ls, inspect and rm manage snapshots)",
 		Long: `Checkpoint a live session while it keeps running. Without --live, a disk
 checkpoint: the guest's filesystem is frozen and its disk copied. With
@@ -31,7 +31,8 @@ state come back on resume. Resume with: gondolin bash --resume SNAP
 
 --output PATH writes the snapshot's disk to PATH, with PATH.json (and
 PATH.state.zst for --live) beside it; move them together. A disk file
-moved alone still resumes, as a disk checkpoint.
+moved alone still resumes, as a disk checkpoint. --stop then stops the
+session (as Gondolin's snapshot does), once the snapshot is safe.
 
 Snapshots are signed with this home's key. One this home did not make
 (from elsewhere, edited, or taken before signing) is foreign: it resumes
@@ -82,12 +83,18 @@ its disk opens no other file than this home's image.`,
 			fmt.Printf("%s\n", snap.ID)
 			fmt.Fprintf(os.Stderr, "gondolin: %s snapshot %s of session %s, %s, in %s\n", snap.Kind, where, snap.Source,
 				humanBytes(snap.Size()), time.Since(start).Round(10*time.Millisecond))
+			if stop {
+				if _, err := client.Stop(context.Background(), args[0]); err != nil {
+					return fmt.Errorf("snapshot %s is taken; stopping session %s: %w", snap.ID, args[0], err)
+				}
+			}
 			return nil
 		},
 	}
 	c.Flags().StringVar(&name, "name", "", "snapshot name (usable wherever an ID is)")
 	c.Flags().StringVar(&output, "output", "", "write the snapshot's disk to this path (.qcow2) with its metadata beside it")
 	c.Flags().BoolVar(&live, "live", false, "include RAM and devices: processes come back running")
+	c.Flags().BoolVar(&stop, "stop", false, "stop the session once the snapshot is taken")
 	c.AddCommand(newSnapshotLsCmd(), newSnapshotInspectCmd(), newSnapshotRmCmd())
 	return c
 }
