@@ -142,7 +142,14 @@ func (s Spec) AgentMount() *agentproto.Mount {
 // the directory's identity (Root), and from then on the mount is only
 // ever opened by that path with no symlink followed, and only if it is
 // still the same directory.
-func ParseHostFS(s string) (Spec, error) {
+func ParseHostFS(s string) (Spec, error) { return parseHostFS(s, false) }
+
+// ParseHostFSElsewhere parses a --mount-hostfs value whose host directory
+// is on another machine (a gondolin context): its syntax only, with an
+// absolute host path, which that machine's supervisor checks and pins.
+func ParseHostFSElsewhere(s string) (Spec, error) { return parseHostFS(s, true) }
+
+func parseHostFS(s string, elsewhere bool) (Spec, error) {
 	bad := func(format string, args ...any) (Spec, error) {
 		return Spec{}, fmt.Errorf("%w: --mount-hostfs %q: %s", errBadMount, s, fmt.Sprintf(format, args...))
 	}
@@ -163,6 +170,15 @@ func ParseHostFS(s string) (Spec, error) {
 		return bad("%v", err)
 	}
 	spec.GuestPath = g
+	if elsewhere {
+		// Another machine's path: resolved, checked and pinned there
+		// (its supervisor's Validate and PinRoots), not here.
+		if !filepath.IsAbs(host) {
+			return bad("the host directory %s is on another machine: give its absolute path there", host)
+		}
+		spec.HostPath, spec.ID = filepath.Clean(host), mountID(g)
+		return spec, nil
+	}
 	abs, err := filepath.Abs(host)
 	if err != nil {
 		return bad("%v", err)

@@ -43,6 +43,32 @@ func NewClient(home layout.Home) *Client {
 	return &Client{home: home, http: &http.Client{Transport: tr}}
 }
 
+// transportError is a request that reached no supervisor. A dialer's own
+// error (a context's ssh saying why) is told as it is, without the
+// request's URL around it (contexts classes them all unavailable).
+func transportError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) && errors.Is(ue.Err, errdefs.ErrUnavailable) {
+		return ue.Err
+	}
+	return errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
+}
+
+// NewDialClient returns a client whose connections dial makes: a
+// supervisor on another machine (see package contexts), reached through
+// a stream that carries the same API.
+func NewDialClient(dial func(ctx context.Context) (net.Conn, error)) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx)
+		},
+		// Each connection is a login on the far host: keep a few.
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{http: &http.Client{Transport: tr}}
+}
+
 const baseURL = "http://gondolin"
 
 // do sends a request and decodes a JSON answer into out; API errors come
@@ -65,7 +91,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
+		return transportError(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
@@ -213,7 +239,7 @@ func (c *Client) upgrade(ctx context.Context, path string, body any) (io.ReadWri
 	req.Header.Set("Upgrade", upgradeProtocol)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
+		return nil, transportError(err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer resp.Body.Close()
@@ -466,7 +492,7 @@ func getStream[T any](ctx context.Context, c *Client, path string) (<-chan T, er
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
+		return nil, transportError(err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()

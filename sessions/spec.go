@@ -43,8 +43,12 @@ func (s Spec) shape() Spec {
 // used twice, or one inside another, is refused). Host directories must
 // exist now: a bad one is an error before anything boots.
 func (s *Spec) ParseMounts(hostfs, memfs []string) error {
+	return s.parseMounts(hostfs, memfs, mounts.ParseHostFS)
+}
+
+func (s *Spec) parseMounts(hostfs, memfs []string, parseHostFS func(string) (mounts.Spec, error)) error {
 	for _, v := range hostfs {
-		m, err := mounts.ParseHostFS(v)
+		m, err := parseHostFS(v)
 		if err != nil {
 			return errdefs.Field("--mount-hostfs", err)
 		}
@@ -88,7 +92,12 @@ var (
 )
 
 // Validate checks a Spec; errors wrap errdefs.ErrInvalid and name the flag.
-func (s *Spec) Validate() error {
+func (s *Spec) Validate() error { return s.validate(true) }
+
+// validate is Validate; here says whether the host directories are on
+// this machine, to be checked (the client of another machine's
+// supervisor leaves them to it).
+func (s *Spec) validate(here bool) error {
 	if s.CPUs < 0 || s.CPUs > 64 {
 		return fieldf("--cpus", "--cpus %d: use 1 to 64", s.CPUs)
 	}
@@ -120,7 +129,7 @@ func (s *Spec) Validate() error {
 			return errdefs.Field("--mount-hostfs", err)
 		}
 		for _, m := range s.Mounts {
-			if m.Memory {
+			if m.Memory || !here {
 				continue
 			}
 			if st, err := os.Stat(m.HostPath); err != nil || !st.IsDir() {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/mounts"
 	"github.com/gondolin/gondolin/netpolicy"
 )
 
@@ -25,6 +26,10 @@ type SpecFlags struct {
 	Net       netpolicy.Flags
 	HostFS    []string // --mount-hostfs HOST:GUEST[:ro]
 	MemFS     []string // --mount-memfs GUEST
+	// Elsewhere: the VM runs on another machine (a context), whose
+	// supervisor checks the host directories; here only their syntax
+	// is.
+	Elsewhere bool
 }
 
 // Build checks the input and returns the Spec it describes. getenv
@@ -37,7 +42,11 @@ func (f SpecFlags) Build(getenv func(string) string) (*Spec, error) {
 		return nil, err
 	}
 	spec := &Spec{Image: f.Image, Env: f.Env, Cwd: f.Cwd, CPUs: f.CPUs, Name: f.Name, Cold: f.Cold, NoNetwork: f.NoNetwork}
-	if err := spec.ParseMounts(f.HostFS, f.MemFS); err != nil {
+	parseHostFS := mounts.ParseHostFS
+	if f.Elsewhere {
+		parseHostFS = mounts.ParseHostFSElsewhere
+	}
+	if err := spec.parseMounts(f.HostFS, f.MemFS, parseHostFS); err != nil {
 		return nil, err
 	}
 	if f.Net.Set() {
@@ -65,6 +74,9 @@ func (f SpecFlags) Build(getenv func(string) string) (*Spec, error) {
 			return nil, err
 		}
 		spec.MemoryMiB = mib
+	}
+	if f.Elsewhere {
+		return spec, spec.validate(false)
 	}
 	return spec, spec.Validate()
 }
