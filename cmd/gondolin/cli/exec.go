@@ -90,6 +90,18 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			// warm pool when it holds one; --cold, --resume, a home
 			// without a supervisor and GONDOLIN_DEBUG (which shows the
 			// VM's console here) run the VM in this process.
+			if remote() {
+				// The VM runs where the context's supervisor is; nothing
+				// of it can run in this process.
+				if spec.Cold || resume != "" {
+					return usageError("--cold and --resume run the VM in exec's own process: not through a context on another machine (use bash --resume there, or --context default)")
+				}
+				code, served, err := execThroughSupervisor(spec, args, term, tty, timeout)
+				if !served {
+					err = errdefs.Errorf(errdefs.ErrUnavailable, "the supervisor of this context cannot run a one-shot exec (is its gondolin older?)")
+				}
+				return exitWith(code, err)
+			}
 			if !spec.Cold && resume == "" && os.Getenv(layout.EnvNoSupervisor) == "" && os.Getenv(layout.EnvDebug) == "" {
 				if code, served, err := execThroughSupervisor(spec, args, term, tty, timeout); served {
 					return exitWith(code, err)
@@ -151,8 +163,8 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 // be started, or an older one runs): the caller then runs the VM itself.
 func execThroughSupervisor(spec *sessions.Spec, args []string, term *terminal, tty bool, timeout time.Duration) (code int, served bool, err error) {
 	client, info, err := dialSupervisorInfo(true)
-	if errors.Is(err, errdefs.ErrInvalid) {
-		return 0, true, err // a bad GONDOLIN_POOL: the user's to fix
+	if errors.Is(err, errdefs.ErrInvalid) || err != nil && remote() {
+		return 0, true, err // a bad GONDOLIN_POOL, or an unreachable context: the user's to fix
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "gondolin: %v; running the VM in this process\n", err)
@@ -161,8 +173,9 @@ func execThroughSupervisor(spec *sessions.Spec, args []string, term *terminal, t
 	// The VM's network is the supervisor's process's: one in another
 	// network namespace (this command runs in a container or `ip netns
 	// exec`) would reach other hosts than this command can, and one with
-	// another accelerator setting would boot another way.
-	if own := sessions.OwnPingInfo(); info.NetNS != own.NetNS || info.Accel != own.Accel {
+	// another accelerator setting would boot another way. (A context's
+	// supervisor is on another machine: its network is that machine's.)
+	if own := sessions.OwnPingInfo(); !remote() && (info.NetNS != own.NetNS || info.Accel != own.Accel) {
 		return 0, false, nil
 	}
 	// The supervisor's environment is not this command's: the image this

@@ -11,12 +11,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/gondolin/gondolin/contexts"
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termio"
@@ -133,12 +135,13 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 			return c.Help()
 		},
 	}
+	root.PersistentFlags().StringVar(&contextFlag, "context", "", "the machine to act on: a context from gondolin context ls (default $"+contexts.EnvContext+", else the one chosen by gondolin context use, else this machine)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v (see: %s --help)", err, c.CommandPath())
 	})
 	root.Version = buildVersion().String()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newVersionCmd(), guestCode(newExecCmd()), newCpCmd(), guestCode(newBashCmd()), guestCode(newAttachCmd()), newListCmd(), newInspectCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd())
+	root.AddCommand(newVersionCmd(), guestCode(newExecCmd()), newCpCmd(), guestCode(newBashCmd()), guestCode(newAttachCmd()), newListCmd(), newInspectCmd(), newStopCmd(), newRmCmd(), newLogsCmd(), newImageCmd(), newSupervisorCmd(), newUICmd(), newPolicyCmd(), newEventsCmd(), newSnapshotCmd(), newIngressCmd(), newContextCmd())
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(root.FlagErrorFunc())
 	}
@@ -146,13 +149,49 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 	return root
 }
 
-// runtime opens gondolin's state.
+// runtime opens gondolin's state, which is this machine's: a command
+// that needs it is refused when the context is on another one.
 func runtime() (*sessions.Runtime, error) {
+	if err := hereOnly(); err != nil {
+		return nil, err
+	}
 	home, err := layout.DefaultHome()
 	if err != nil {
 		return nil, err
 	}
 	return sessions.NewRuntime(home)
+}
+
+// contextFlag is --context, on every command.
+var contextFlag string
+
+// selectedContext is the context the command uses (--context,
+// GONDOLIN_CONTEXT, the stored choice, or the default: this machine).
+func selectedContext() (contexts.Context, error) {
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return contexts.Context{}, err
+	}
+	return contexts.Open(home).Selected(contextFlag, os.Getenv)
+}
+
+// remote reports whether the command's context is on another machine.
+func remote() bool {
+	c, err := selectedContext()
+	return err == nil && c.Remote()
+}
+
+// hereOnly refuses, for a context on another machine, what acts on this
+// machine's files (the image store, a snapshot by its disk path).
+func hereOnly() error {
+	c, err := selectedContext()
+	if err != nil {
+		return err
+	}
+	if c.Remote() {
+		return usageError("this command acts on this machine's files, and context %s is on %s: run it there (ssh), or with --context default", c.Name, c.Host)
+	}
+	return nil
 }
 
 // dialSupervisor connects to the home's supervisor, starting it when
@@ -167,6 +206,22 @@ func dialSupervisorInfo(start bool) (*sessions.Client, sessions.PingInfo, error)
 	home, err := layout.DefaultHome()
 	if err != nil {
 		return nil, sessions.PingInfo{}, err
+	}
+	sel, err := selectedContext()
+	if err != nil {
+		return nil, sessions.PingInfo{}, err
+	}
+	if sel.Remote() {
+		// The far side's dial-stdio starts its supervisor (unless
+		// told not to) and answers within contexts' own deadline.
+		client := sessions.NewDialClient(func(ctx context.Context) (net.Conn, error) { return sel.Dial(ctx, !start) })
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		info, err := client.Ping(ctx)
+		if err != nil {
+			return nil, sessions.PingInfo{}, err
+		}
+		return client, info, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()

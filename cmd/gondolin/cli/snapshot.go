@@ -100,6 +100,9 @@ its disk opens no other file than this home's image.`,
 }
 
 func snapshotStore() (*snapshots.Store, error) {
+	if err := hereOnly(); err != nil {
+		return nil, err
+	}
 	home, err := layout.DefaultHome()
 	if err != nil {
 		return nil, err
@@ -120,11 +123,13 @@ func newSnapshotLsCmd() *cobra.Command {
 			// Through the supervisor when one runs; a listing never
 			// starts one (it would sweep and adopt: no read's business).
 			var out []sessions.SnapshotInfo
-			if client, err := dialSupervisor(false); err == nil {
+			if client, err := dialSupervisor(remote()); err == nil {
 				out, err = client.Snapshots(context.Background())
 				if err != nil {
 					return err
 				}
+			} else if remote() {
+				return err // another machine's store is read there
 			} else {
 				store, err := snapshotStore()
 				if err != nil {
@@ -162,7 +167,10 @@ func newSnapshotInspectCmd() *cobra.Command {
 		Args:  exactArgs(1, "a snapshot"),
 		RunE: func(c *cobra.Command, args []string) error {
 			var snap *snapshots.Snapshot
-			client, err := dialSupervisor(false)
+			client, err := dialSupervisor(remote())
+			if remote() && err != nil {
+				return err
+			}
 			if err == nil && apiCarries(args[0]) {
 				if snap, err = client.GetSnapshot(context.Background(), args[0]); err != nil {
 					return err

@@ -29,6 +29,9 @@ demand, detached, with its log in $GONDOLIN_HOME/supervisor.log. Exactly one
 runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
+			if err := hereOnly(); err != nil {
+				return err
+			}
 			home, err := layout.DefaultHome()
 			if err != nil {
 				return err
@@ -119,7 +122,7 @@ supervisor is running (--json then prints {"running": false, "home": ...}).`,
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	c.AddCommand(stop, status)
+	c.AddCommand(stop, status, newDialStdioCmd())
 	return c
 }
 
@@ -203,6 +206,10 @@ const exitNotRunning = 3
 // runningSupervisor connects to the home's supervisor without starting
 // one: a nil client (and no error) when none is running.
 func runningSupervisor() (*sessions.Client, layout.Home, error) {
+	// supervisor stop and status wait on and name this machine's home.
+	if err := hereOnly(); err != nil {
+		return nil, "", err
+	}
 	home, err := layout.DefaultHome()
 	if err != nil {
 		return nil, "", err

@@ -22,7 +22,7 @@ func (f *vmFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.CPUs, "cpus", 0, "virtual CPUs (default $GONDOLIN_CPUS or 1)")
 	fs.StringVar(&f.Memory, "memory", "", "guest memory, e.g. 512M or 2G (default $GONDOLIN_MEMORY or 256M)")
 	fs.BoolVar(&f.Cold, "cold", false, "boot the image instead of cloning its saved template")
-	fs.StringArrayVar(&f.HostFS, "mount-hostfs", nil, "HOST:GUEST[:ro]: mount a host directory in the guest, read-write or read-only (repeatable)")
+	fs.StringArrayVar(&f.HostFS, "mount-hostfs", nil, "HOST:GUEST[:ro]: mount a host directory in the guest, read-write or read-only (repeatable); with a --context on another machine, HOST is an absolute path on that machine")
 	fs.StringArrayVar(&f.MemFS, "mount-memfs", nil, "GUEST: a memory filesystem at this guest path, gone with the VM (repeatable)")
 	fs.StringArrayVar(&f.Net.AllowHost, "allow-host", nil, "allow HTTP(S) to this host pattern, * wildcards (repeatable; default: any public host)")
 	fs.StringArrayVar(&f.Net.HostSecret, "host-secret", nil, "NAME[:url]@HOST[,HOST...][=VALUE]: the guest sees a placeholder in $NAME; the host puts the value (from the host env when omitted) into request headers to those hosts only (:url: the URL too). =VALUE lands in argv and your shell history: prefer the env or --host-secret-file")
@@ -74,5 +74,6 @@ func newVMOnly(fs *pflag.FlagSet) []string {
 }
 
 func (f *vmFlags) spec() (*sessions.Spec, error) {
+	f.Elsewhere = remote() // its supervisor checks the host directories
 	return f.Build(os.Getenv)
 }

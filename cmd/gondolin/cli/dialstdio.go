@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gondolin/gondolin/contexts"
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/sessions"
+)
+
+// newDialStdioCmd is what a context's ssh runs on the far host: the
+// supervisor API of the user it runs as, on stdin and stdout. It serves
+// that one socket and nothing else; ssh did the authentication.
+func newDialStdioCmd() *cobra.Command {
+	var noStart bool
+	c := &cobra.Command{
+		Use:   "dial-stdio [--no-start]",
+		Short: "Carry this home's supervisor API on stdin and stdout (what gondolin contexts run over ssh)",
+		Args:  noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return dialStdio(noStart)
+		},
+	}
+	c.Flags().BoolVar(&noStart, "no-start", false, "answer with an error instead of starting a supervisor")
+	return c
+}
+
+func dialStdio(noStart bool) error {
+	fail := func(err error) error {
+		os.Stdout.WriteString(contexts.GreetingError(err))
+		return &exitError{code: exitFailure} // said on stdout, to the far end
+	}
+	home, err := layout.DefaultHome()
+	if err != nil {
+		return fail(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if _, _, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: !noStart}); err != nil {
+		return fail(err)
+	}
+	conn, err := net.Dial("unix", home.SupervisorSocket())
+	if err != nil {
+		return fail(err)
+	}
+	defer conn.Close()
+	if _, err := os.Stdout.WriteString(contexts.Greeting(buildVersion().Version)); err != nil {
+		return err
+	}
+	go func() {
+		// The client's end of input is the supervisor's: it then
+		// answers what it was asked and closes.
+		io.Copy(conn, os.Stdin)
+		conn.(*net.UnixConn).CloseWrite()
+	}()
+	io.Copy(os.Stdout, conn)
+	return nil
+}
