@@ -2,7 +2,7 @@
 # Installs the Debian/Ubuntu packages gondolin needs, only those missing,
 # through sudo when not root. Go itself must already be installed.
 # With --test, also what the tests need (tmux, a static busybox for the
-# OCI pull test, ssh for the SSH tests).
+# OCI pull test, ssh for the SSH tests, sshd for the contexts' tests).
 set -eu
 
 need=""
@@ -20,6 +20,8 @@ if [ "${1:-}" = --test ]; then
 	check tmux tmux
 	check ssh openssh-client
 	check ssh-keygen openssh-client
+	# The contexts' tests start a real sshd on a loopback port.
+	[ -x /usr/sbin/sshd ] || need="$need openssh-server"
 	# The pull test packs the host's busybox into an image: it must be
 	# the static one.
 	if ! { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; }; then

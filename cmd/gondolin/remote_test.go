@@ -1,0 +1,260 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/contexts"
+	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/testenv"
+	"github.com/gondolin/gondolin/internal/testreq"
+	"github.com/gondolin/gondolin/internal/testutil"
+)
+
+// farHost is a real sshd on a loopback port with throwaway keys, whose
+// logins run gondolin with a home of their own: another machine, as far
+// as gondolin can tell.
+type farHost struct {
+	port    int
+	home    layout.Home // the far side's GONDOLIN_HOME
+	wrapper string      // --gondolin: gondolin with that home
+	sshCmd  string      // GONDOLIN_SSH_COMMAND with the client's key
+	dir     string
+}
+
+func startFarHost(t *testing.T) *farHost {
+	t.Helper()
+	sshd := testreq.Tool(t, "sshd")
+	keygen := testreq.Tool(t, "ssh-keygen")
+	testreq.Tool(t, "ssh")
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	for _, k := range []string{"host", "client", "stranger"} {
+		if out, err := exec.Command(keygen, "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen: %v\n%s", err, out)
+		}
+	}
+	pub, _ := os.ReadFile(filepath.Join(dir, "client.pub"))
+	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	config := fmt.Sprintf(`Port %d
+ListenAddress 127.0.0.1
+HostKey %s/host
+AuthorizedKeysFile %s/authorized_keys
+PidFile %s/sshd.pid
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+`, port, dir, dir, dir)
+	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(config), 0o600)
+	os.MkdirAll("/run/sshd", 0o755) // its privilege separation directory
+	cmd := exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
+	log, _ := os.Create(filepath.Join(dir, "sshd.log"))
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "sshd.log"))
+			t.Logf("sshd log:\n%s", b)
+		}
+	})
+	if !testutil.Poll(10*time.Second, func() bool {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatal("sshd did not listen")
+	}
+	hostPub, _ := os.ReadFile(filepath.Join(dir, "host.pub"))
+	os.WriteFile(filepath.Join(dir, "known_hosts"), []byte(fmt.Sprintf("[127.0.0.1]:%d %s", port, hostPub)), 0o600)
+
+	far := &farHost{port: port, home: testenv.Home(t), dir: dir}
+	far.wrapper = filepath.Join(dir, "far-gondolin")
+	os.WriteFile(far.wrapper, []byte(fmt.Sprintf("#!/bin/sh\nexport %s=%s %s=0\nexec %s \"$@\"\n",
+		layout.EnvHome, far.home, layout.EnvPool, gondolinBin)), 0o755)
+	far.sshCmd = far.ssh("client")
+	t.Cleanup(func() { stopSupervisor(t, far.home) })
+	return far
+}
+
+// ssh is the GONDOLIN_SSH_COMMAND that logs in with key.
+func (f *farHost) ssh(key string) string {
+	return fmt.Sprintf("ssh -F /dev/null -i %s/%s -o IdentitiesOnly=yes -o UserKnownHostsFile=%s/known_hosts -o StrictHostKeyChecking=yes -o ControlMaster=no",
+		f.dir, key, f.dir)
+}
+
+func (f *farHost) url() string { return "ssh://root@127.0.0.1:" + strconv.Itoa(f.port) }
+
+// TestContexts drives sessions on another "machine" through a context:
+// a real sshd, the user's ssh, and dial-stdio on the far side.
+func TestContexts(t *testing.T) {
+	far := startFarHost(t)
+	t.Setenv(contexts.EnvSSHCommand, far.sshCmd)
+	home := layout.Home(t.TempDir()) // this machine: contexts, and an empty supervisor
+	t.Cleanup(func() { stopSupervisor(t, home) })
+	must := func(args ...string) string {
+		t.Helper()
+		r := gondolinWithin(t, 3*time.Minute, home, "", args...)
+		if r.code != 0 {
+			t.Fatalf("gondolin %v: %+v", args, r)
+		}
+		return r.stdout
+	}
+	must("context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper)
+	if ls := must("context", "ls"); !strings.Contains(ls, "far") || !strings.Contains(ls, "default *") {
+		t.Errorf("context ls:\n%s", ls)
+	}
+	if st, err := os.Stat(filepath.Join(string(home), "contexts.json")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("contexts.json: %v %v, want mode 0600", st, err)
+	}
+
+	id := strings.TrimSpace(must("--context", "far", "bash", "--detach", "--keep", "--name", "r1", "--", "sh", "-c", "sleep 1000"))
+	t.Run("list, inspect and exec", func(t *testing.T) {
+		if got := must("--context", "far", "list", "-q"); got != id+"\n" {
+			t.Errorf("list -q through the context: %q, want %q", got, id)
+		}
+		if got := must("list", "-q"); got != "" {
+			t.Errorf("this machine's list shows %q: the session is on the far one", got)
+		}
+		r := gondolinEnv(t, home, []string{contexts.EnvContext + "=far"}, "in\n", "exec", "--session", "r1", "--", "sh", "-c", "read x; echo $x-out; echo err >&2; exit 3")
+		if r.code != 3 || r.stdout != "in-out\n" || r.stderr != "err\n" {
+			t.Errorf("exec --session through the context: %+v", r)
+		}
+		if r := gondolin(t, home, "", "--context", "far", "exec", "--", "uname", "-s"); r.code != 0 || r.stdout != "Linux\n" {
+			t.Errorf("one-shot exec through the context: %+v", r)
+		}
+		if got := must("--context", "far", "inspect", "r1", "--format", "{{.ID}}"); got != id+"\n" {
+			t.Errorf("inspect: %q", got)
+		}
+	})
+	t.Run("policy, logs, cp", func(t *testing.T) {
+		must("--context", "far", "policy", "allow", "r1", "example.com")
+		if show := must("--context", "far", "policy", "show", "r1"); !strings.Contains(show, "example.com") {
+			t.Errorf("policy show: %s", show)
+		}
+		must("--context", "far", "exec", "--session", "r1", "--", "sh", "-c", "echo far-console > /dev/console")
+		if !testutil.Poll(10*time.Second, func() bool {
+			return strings.Contains(must("--context", "far", "logs", "r1"), "far-console")
+		}) {
+			t.Errorf("logs through the context never showed the line")
+		}
+		src := filepath.Join(t.TempDir(), "f")
+		os.WriteFile(src, []byte("through ssh\n"), 0o640)
+		must("--context", "far", "cp", src, "r1:/tmp")
+		out := t.TempDir()
+		must("--context", "far", "cp", "r1:/tmp/f", out)
+		if b, _ := os.ReadFile(filepath.Join(out, "f")); string(b) != "through ssh\n" {
+			t.Errorf("cp there and back: %q", b)
+		}
+	})
+	t.Run("attach", func(t *testing.T) {
+		tm := startTerm(t, home, "--context", "far", "attach", "r1", "--", "sh")
+		tm.send("echo far-$((6*7))\r")
+		tm.waitScreen("far-42")
+		tm.send("exit\r")
+		if code := tm.exit(); code != 0 {
+			t.Errorf("attach exit code %d", code)
+		}
+	})
+	t.Run("mounts name the far machine's directories", func(t *testing.T) {
+		r := gondolin(t, home, "", "--context", "far", "exec", "--mount-hostfs", "/no/such/dir:/w", "--", "true")
+		if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "/no/such/dir") {
+			t.Errorf("a missing far directory: %+v", r)
+		}
+		r = gondolin(t, home, "", "--context", "far", "exec", "--mount-hostfs", "rel:/w", "--", "true")
+		if r.code != 2 || !strings.Contains(r.stderr, "absolute path") {
+			t.Errorf("a relative far directory: %+v", r)
+		}
+		dir := t.TempDir() // on the same machine here, but named as the far side sees it
+		os.WriteFile(filepath.Join(dir, "x"), []byte("far file\n"), 0o644)
+		if r := gondolin(t, home, "", "--context", "far", "exec", "--mount-hostfs", dir+":/w:ro", "--", "cat", "/w/x"); r.code != 0 || r.stdout != "far file\n" {
+			t.Errorf("a far directory mounted: %+v", r)
+		}
+	})
+	t.Run("local-only commands refuse", func(t *testing.T) {
+		r := gondolin(t, home, "", "--context", "far", "image", "ls")
+		if r.code != 2 || !strings.Contains(r.stderr, "this machine's files") {
+			t.Errorf("image ls through a context: %+v", r)
+		}
+	})
+	must("context", "use", "far")
+	if got := must("list", "-q"); got != id+"\n" {
+		t.Errorf("list after context use far: %q", got)
+	}
+	must("stop", id)
+	must("rm", id)
+	must("context", "use", "default")
+	if got := must("--context", "far", "list", "-q", "--all"); got != "" {
+		t.Errorf("after rm: %q", got)
+	}
+}
+
+// TestContextFailures: a host that is down, a missing gondolin, a key the
+// host does not know and an API of another version each give one line,
+// in bounded time.
+func TestContextFailures(t *testing.T) {
+	far := startFarHost(t)
+	home := layout.Home(t.TempDir())
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	down := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	oldAPI := filepath.Join(far.dir, "old-gondolin")
+	os.WriteFile(oldAPI, []byte("#!/bin/sh\necho 'gondolin dial-stdio api=0 version=v0.0.1'\nsleep 1\n"), 0o755)
+	tests := []struct {
+		name, host, gondolin, ssh, want string
+	}{
+		{"host down", "ssh://root@127.0.0.1:" + strconv.Itoa(down), far.wrapper, far.sshCmd, "is unreachable"},
+		{"no gondolin there", far.url(), "/no/such/gondolin", far.sshCmd, "has no /no/such/gondolin"},
+		{"a key it does not know", far.url(), far.wrapper, far.ssh("stranger"), "authentication failed"},
+		{"another API", far.url(), oldAPI, far.sshCmd, "speaks API 0"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := "c" + strconv.Itoa(i)
+			if r := gondolin(t, home, "", "context", "create", name, "--host", tt.host, "--gondolin", tt.gondolin); r.code != 0 {
+				t.Fatalf("context create: %+v", r)
+			}
+			r := gondolinEnv(t, home, []string{contexts.EnvSSHCommand + "=" + tt.ssh}, "", "--context", name, "list")
+			if r.code != 125 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("code %d, stderr %q: want 125 and one line with %q", r.code, r.stderr, tt.want)
+			}
+			if r.elapsed > 30*time.Second {
+				t.Logf("took %v", r.elapsed) // bounded by contexts' deadline; logged, not judged
+			}
+		})
+	}
+	for _, bad := range [][]string{
+		{"context", "create", "x", "--host", "ssh://-oProxyCommand=evil"},
+		{"context", "create", "x", "--host", "http://h"},
+		{"context", "create", "x/y", "--host", "ssh://h"},
+		{"context", "create", "x"},
+		{"context", "rm", "default"},
+	} {
+		if r := gondolin(t, home, "", bad...); r.code != 2 || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: %+v, want exit 2 and one line", bad, r)
+		}
+	}
+	if r := gondolin(t, home, "", "--context", "nope", "list"); r.code != 4 {
+		t.Errorf("an unknown context: %+v, want exit 4", r)
+	}
+}
