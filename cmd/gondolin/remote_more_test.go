@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gondolin/gondolin/contexts"
+	"github.com/gondolin/gondolin/internal/layout"
+)
+
+// TestContextCarriesSecretsSnapshotsIngress: a secret's value goes from
+// this shell's environment over the SSH channel into the far supervisor's
+// memory only (neither the guest nor the far disk holds it), and
+// snapshots, ingress routes and network events work through a context.
+func TestContextCarriesSecretsSnapshotsIngress(t *testing.T) {
+	far := startFarHost(t)
+	t.Setenv(contexts.EnvSSHCommand, far.sshCmd)
+	home := layout.Home(t.TempDir())
+	must := func(args ...string) string {
+		t.Helper()
+		r := gondolinWithin(t, 3*time.Minute, home, "", args...)
+		if r.code != 0 {
+			t.Fatalf("gondolin %v: %+v", args, r)
+		}
+		return r.stdout
+	}
+	must("context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper)
+	const secret = "s3cret-value-0f-this-shell-7d2a"
+	t.Setenv("FAR_TOKEN", secret)
+	id := strings.TrimSpace(must("--context", "far", "bash", "--detach", "--keep", "--name", "sec",
+		"--allow-host", "example.com", "--host-secret", "FAR_TOKEN@example.com", "--", "sleep", "1000"))
+
+	if got := must("--context", "far", "exec", "--session", "sec", "--", "sh", "-c", "echo $FAR_TOKEN"); strings.Contains(got, secret) || strings.TrimSpace(got) == "" {
+		t.Errorf("the guest sees %q: want a placeholder", got)
+	}
+	if show := must("--context", "far", "policy", "show", "sec"); !strings.Contains(show, "FAR_TOKEN") || strings.Contains(show, secret) {
+		t.Errorf("policy show: %s", show)
+	}
+	// Nowhere on the far machine's disk (its home) is the value.
+	filepath.WalkDir(string(far.home), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		if info, err := d.Info(); err != nil || info.Size() > 64<<20 {
+			return nil
+		}
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), secret) {
+			t.Errorf("%s holds the secret's value", p)
+		}
+		return nil
+	})
+
+	t.Run("snapshot", func(t *testing.T) {
+		snap := strings.TrimSpace(must("--context", "far", "snapshot", "sec", "--name", "farsnap"))
+		if ls := must("--context", "far", "snapshot", "ls", "-q"); !strings.Contains(ls, snap) {
+			t.Errorf("snapshot ls through the context: %q, want %s", ls, snap)
+		}
+		if ls := must("snapshot", "ls", "-q"); strings.Contains(ls, snap) {
+			t.Errorf("this machine lists the far snapshot")
+		}
+		must("--context", "far", "snapshot", "rm", "farsnap")
+	})
+	t.Run("ingress", func(t *testing.T) {
+		must("--context", "far", "ingress", "sec", "add", "127.0.0.1:0=8080")
+		var routes []map[string]any
+		out := must("--context", "far", "ingress", "sec", "ls", "--json")
+		if err := json.Unmarshal([]byte(out), &routes); err != nil || len(routes) != 1 {
+			t.Fatalf("ingress ls --json: %v %q", err, out)
+		}
+	})
+	t.Run("events", func(t *testing.T) {
+		must("--context", "far", "exec", "--session", "sec", "--", "sh", "-c", "curl -s -m 5 http://blocked.invalid/ >/dev/null; true")
+		out := must("--context", "far", "events", "sec", "--json")
+		if !strings.Contains(out, "blocked.invalid") {
+			t.Errorf("events through the context: %q", out)
+		}
+	})
+	must("--context", "far", "rm", "-f", id)
+}
