@@ -82,3 +82,42 @@ func TestContextCarriesSecretsSnapshotsIngress(t *testing.T) {
 	})
 	must("--context", "far", "rm", "-f", id)
 }
+
+// TestContextTerminals: a terminal through a context detaches and comes
+// back repainted, -t gives the command a terminal, and Tab completes the
+// far sessions.
+func TestContextTerminals(t *testing.T) {
+	far := startFarHost(t)
+	t.Setenv(contexts.EnvSSHCommand, far.sshCmd)
+	home := layout.Home(t.TempDir())
+	if r := gondolin(t, home, "", "context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper); r.code != 0 {
+		t.Fatalf("context create: %+v", r)
+	}
+	if r := gondolin(t, home, "", "--context", "far", "bash", "--detach", "--keep", "--name", "term", "--", "sh"); r.code != 0 {
+		t.Fatalf("bash --detach: %+v", r)
+	}
+	tm := startTerm(t, home, "--context", "far", "attach", "term")
+	tm.send("echo before-$((6*7))\r")
+	tm.waitScreen("before-42")
+	tm.send("\x1d") // Ctrl-]: detach
+	if code := tm.exit(); code != 0 {
+		t.Errorf("detach exit code %d", code)
+	}
+	again := startTerm(t, home, "--context", "far", "attach", "term")
+	again.waitScreen("before-42") // the screen as it was, repainted
+	again.send("exit\r")
+	again.exit()
+
+	if r := gondolin(t, home, "", "--context", "far", "exec", "-t", "--", "stty", "size"); r.code != 0 || r.stdout != "24 80\r\n" {
+		t.Errorf("exec -t through the context: %+v", r)
+	}
+	if r := gondolin(t, home, "", "--context", "far", "bash", "--detach", "--keep", "--name", "other", "--", "sleep", "1000"); r.code != 0 {
+		t.Fatalf("bash --detach: %+v", r)
+	}
+	if r := gondolin(t, home, "", "__complete", "--context", "far", "attach", "oth"); !strings.Contains(r.stdout, "other") {
+		t.Errorf("completion through the context: %+v", r)
+	}
+	if r := gondolin(t, home, "", "__complete", "attach", "oth"); strings.Contains(r.stdout, "other") {
+		t.Errorf("this machine's completion offers a far session: %q", r.stdout)
+	}
+}

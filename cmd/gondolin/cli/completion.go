@@ -15,6 +15,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -247,6 +248,20 @@ func completionClient(ctx context.Context) (*sessions.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	sel, err := selectedContext()
+	if err != nil {
+		return nil, err
+	}
+	if sel.Remote() {
+		// The far side's dial-stdio --no-start: a shared ssh connection
+		// answers within the bound; a first login may not, and then
+		// nothing is offered.
+		client := sessions.NewDialClient(func(ctx context.Context) (net.Conn, error) { return sel.Dial(ctx, true) })
+		if _, err := client.Ping(ctx); err != nil {
+			return nil, err
+		}
+		return client, nil
+	}
 	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: false})
 }
 
@@ -329,6 +344,9 @@ func storedSnapshots(prefix string) ([]choice, cobra.ShellCompDirective) {
 // short ID of an image that has none once what is typed starts it.
 func imageRefs(prefix string) ([]choice, cobra.ShellCompDirective) {
 	images, _ := within(func(context.Context) ([]imagestore.Image, error) {
+		if err := hereOnly(); err != nil {
+			return nil, err // another machine's images are not read here
+		}
 		home, err := layout.DefaultHome()
 		if err != nil {
 			return nil, err
