@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/internal/testreq"
+	"github.com/gondolin/gondolin/internal/testsshd"
 	"github.com/gondolin/gondolin/internal/testutil"
 )
 
@@ -22,7 +22,7 @@ import (
 // logins run gondolin with a home of their own: another machine, as far
 // as gondolin can tell.
 type farHost struct {
-	port    int
+	srv     *testsshd.Server
 	home    layout.Home // the far side's GONDOLIN_HOME
 	wrapper string      // --gondolin: gondolin with that home
 	sshCmd  string      // GONDOLIN_SSH_COMMAND with the client's key
@@ -31,64 +31,21 @@ type farHost struct {
 
 func startFarHost(t *testing.T) *farHost {
 	t.Helper()
-	sshd := testreq.Tool(t, "sshd")
-	keygen := testreq.Tool(t, "ssh-keygen")
-	testreq.Tool(t, "ssh")
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	for _, k := range []string{"host", "client", "stranger"} {
-		if out, err := exec.Command(keygen, "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
-			t.Fatalf("ssh-keygen: %v\n%s", err, out)
-		}
+	for _, tool := range []string{"sshd", "ssh-keygen", "ssh"} {
+		testreq.Tool(t, tool) // skips, or fails where the suite must run whole
 	}
-	pub, _ := os.ReadFile(filepath.Join(dir, "client.pub"))
-	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	dir := t.TempDir()
+	srv, err := testsshd.Start(dir, "client", "stranger")
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	config := fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %s/host
-AuthorizedKeysFile %s/authorized_keys
-PidFile %s/sshd.pid
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-`, port, dir, dir, dir)
-	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(config), 0o600)
-	os.MkdirAll("/run/sshd", 0o755) // its privilege separation directory
-	cmd := exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
-	log, _ := os.Create(filepath.Join(dir, "sshd.log"))
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		srv.Stop()
 		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "sshd.log"))
-			t.Logf("sshd log:\n%s", b)
+			t.Logf("sshd log:\n%s", srv.Log())
 		}
 	})
-	if !testutil.Poll(10*time.Second, func() bool {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}) {
-		t.Fatal("sshd did not listen")
-	}
-	hostPub, _ := os.ReadFile(filepath.Join(dir, "host.pub"))
-	os.WriteFile(filepath.Join(dir, "known_hosts"), []byte(fmt.Sprintf("[127.0.0.1]:%d %s", port, hostPub)), 0o600)
-
-	far := &farHost{port: port, home: testenv.Home(t), dir: dir}
+	far := &farHost{srv: srv, home: testenv.Home(t), dir: dir}
 	far.wrapper = filepath.Join(dir, "far-gondolin")
 	os.WriteFile(far.wrapper, []byte(fmt.Sprintf("#!/bin/sh\nexport %s=%s %s=0\nexec %s \"$@\"\n",
 		layout.EnvHome, far.home, layout.EnvPool, gondolinBin)), 0o755)
@@ -97,13 +54,13 @@ KbdInteractiveAuthentication no
 	return far
 }
 
-// ssh is the GONDOLIN_SSH_COMMAND that logs in with key.
+// ssh is the GONDOLIN_SSH_COMMAND that logs in with key, each command on
+// a connection of its own.
 func (f *farHost) ssh(key string) string {
-	return fmt.Sprintf("ssh -F /dev/null -i %s/%s -o IdentitiesOnly=yes -o UserKnownHostsFile=%s/known_hosts -o StrictHostKeyChecking=yes -o ControlMaster=no",
-		f.dir, key, f.dir)
+	return f.srv.SSHCommand(key) + " -o ControlMaster=no"
 }
 
-func (f *farHost) url() string { return "ssh://root@127.0.0.1:" + strconv.Itoa(f.port) }
+func (f *farHost) url() string { return f.srv.URL("root") }
 
 // TestContexts drives sessions on another "machine" through a context:
 // a real sshd, the user's ssh, and dial-stdio on the far side.
