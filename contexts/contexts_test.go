@@ -28,6 +28,9 @@ func TestParseHost(t *testing.T) {
 		{in: "ssh://build/", want: Target{Host: "build"}},
 		{in: "ssh://-oProxyCommand=touch%20x", bad: true},
 		{in: "ssh://-host", bad: true},
+		{in: "ssh://h;x", bad: true},
+		{in: "ssh://ho$t", bad: true},
+		{in: "ssh://ho%C2%A0st", bad: true},
 		{in: "ssh://-l@host", bad: true},
 		{in: "ssh://me:secret@host", bad: true},
 		{in: "ssh://host:0", bad: true},
@@ -182,6 +185,9 @@ func TestDial(t *testing.T) {
 		{`echo 'gondolin: unknown command "dial-stdio" for gondolin supervisor' >&2; exit 2`, "too old for contexts"},
 		{`echo "gondolin dial-stdio error: the supervisor did not start" ; exit 125`, "on far: the supervisor did not start"},
 		{`exit 0`, "before gondolin answered"},
+		{`echo "sh: 1: /opt/gondolin: Permission denied" >&2; exit 126`, "cannot be run"},
+		{`echo "Warning: Identity file k not accessible: No such file or directory." >&2; echo "ssh: connect to host far port 22: Connection refused" >&2; exit 255`, "far is unreachable"},
+		{`echo 'gondolin: supervisor takes no arguments, got "dial-stdio"' >&2; exit 2`, "too old for contexts"},
 	}
 	for i, tt := range tests {
 		t.Setenv(EnvSSHCommand, script("fail"+strconv.Itoa(i), tt.body))

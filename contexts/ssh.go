@@ -28,7 +28,28 @@ type Target struct {
 	Port       int // 0: ssh's own default (or the user's config)
 }
 
-var validUser = regexp.MustCompile(`^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,63}$`)
+var (
+	validUser = regexp.MustCompile(`^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,63}$`)
+	// A host name, or an IP address (IPv6 comes out of its brackets):
+	// nothing a shell or ssh's %h expansion in a ProxyCommand could
+	// read as syntax.
+	validHost = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,252}$|^[0-9a-fA-F:.]+$`)
+)
+
+// sshEnv is what ssh keeps of environ: what ssh and a user's config use
+// (agent, keys, terminal, locale, Kerberos, askpass), nothing else.
+func sshEnv(environ []string) []string {
+	keep := map[string]bool{"PATH": true, "HOME": true, "USER": true, "LOGNAME": true, "SHELL": true, "TERM": true, "LANG": true,
+		"LC_ALL": true, "TMPDIR": true, "SSH_AUTH_SOCK": true, "SSH_ASKPASS": true, "DISPLAY": true, "KRB5CCNAME": true, "XDG_RUNTIME_DIR": true,
+		EnvSSHCommand: true}
+	var out []string
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); keep[k] || strings.HasPrefix(k, "LC_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
 
 // ParseHost reads ssh://[USER@]HOST[:PORT]. Nothing in it can reach ssh
 // as an option: a host or user that starts with '-' is refused.
@@ -44,8 +65,8 @@ func ParseHost(s string) (Target, error) {
 		return bad("only ssh:// is supported")
 	case u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
 		return bad("a host takes no path, query or fragment")
-	case u.Hostname() == "" || strings.HasPrefix(u.Hostname(), "-") || strings.ContainsAny(u.Hostname(), " \t\n%"):
-		return bad("no host name")
+	case !validHost.MatchString(u.Hostname()):
+		return bad("a host name takes letters, digits, '.', '_' and '-' (or an IP address)")
 	}
 	t := Target{Host: u.Hostname()}
 	if u.User != nil {
@@ -104,6 +125,9 @@ func (c Context) Dial(ctx context.Context, noStart bool) (net.Conn, error) {
 	}
 	name, args := c.command(t, noStart)
 	cmd := exec.Command(name, args...)
+	// ssh (and a shared connection's master, which outlives this
+	// command) keeps no token this shell exported for --host-secret.
+	cmd.Env = sshEnv(os.Environ())
 	// Its own process group: a Ctrl-C meant for the command in the VM
 	// (forwarded by exec) must not kill the connection carrying it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -159,7 +183,11 @@ func (c Context) Dial(ctx context.Context, noStart bool) (net.Conn, error) {
 // command is the ssh command line: ssh (or GONDOLIN_SSH_COMMAND, run by
 // sh as git runs GIT_SSH_COMMAND), then the target and the far command.
 func (c Context) command(t Target, noStart bool) (name string, args []string) {
-	args = []string{"-T", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"}
+	// BatchMode: no prompt (a passphrase, a password, an unknown host
+	// key) can be answered from here (ssh runs in a process group of
+	// its own, and the dashboard owns the terminal): it fails at once
+	// with a line explain() reads.
+	args = []string{"-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"}
 	if dir, err := controlDir(); err == nil {
 		// Connection sharing: a command after the first one costs no
 		// new login. An option the user gives (in GONDOLIN_SSH_COMMAND
@@ -250,17 +278,20 @@ func (c Context) explain(t Target, conn *sshConn) error {
 	}
 	last := termsafe.String(trim(lastLine(out), 200))
 	msg := ""
+	// ssh's own failures exit 255; the far command's do not.
 	switch {
-	case strings.Contains(out, `unknown command "dial-stdio"`):
-		msg = fmt.Sprintf("gondolin on %s is too old for contexts (it has no supervisor dial-stdio): update it", t.Host)
-	case strings.Contains(out, "Permission denied"):
-		msg = fmt.Sprintf("ssh to %s: authentication failed (`ssh %s` must log in without a password prompt: use a key or your agent)", t.Host, t.Host)
-	case strings.Contains(out, "Host key verification failed"):
+	case code == 255 && strings.Contains(out, "Permission denied"):
+		msg = fmt.Sprintf("ssh to %s: authentication failed (`ssh %s` must log in without a prompt: use a key or your agent)", t.Host, t.Host)
+	case code == 255 && strings.Contains(out, "Host key verification failed"):
 		msg = fmt.Sprintf("ssh to %s: its host key is not in known_hosts (log in once with ssh to check and add it)", t.Host)
-	case code == 127 || strings.Contains(out, "command not found") || strings.Contains(out, "No such file or directory"):
-		msg = fmt.Sprintf("%s has no %s (install gondolin there, or name it: gondolin context create %s --host %s --gondolin PATH)", t.Host, c.gondolin(), c.Name, c.Host)
 	case code == 255:
 		msg = fmt.Sprintf("%s is unreachable: %s", t.Host, last)
+	case strings.Contains(out, `unknown command "dial-stdio"`) || strings.Contains(out, `got "dial-stdio"`):
+		msg = fmt.Sprintf("gondolin on %s is too old for contexts (it has no supervisor dial-stdio): update it", t.Host)
+	case code == 126:
+		msg = fmt.Sprintf("%s on %s cannot be run: %s", c.gondolin(), t.Host, last)
+	case code == 127 || strings.Contains(out, "command not found") || strings.Contains(out, "No such file or directory"):
+		msg = fmt.Sprintf("%s has no %s (install gondolin there, or name it: gondolin context create %s --host %s --gondolin PATH)", t.Host, c.gondolin(), c.Name, c.Host)
 	case last != "":
 		msg = fmt.Sprintf("on %s: %s", t.Host, last)
 	default:

@@ -72,6 +72,16 @@ func PinRoots(specs []Spec) error {
 		if specs[i].Memory {
 			continue
 		}
+		if specs[i].Root == (RootID{}) {
+			// Named on another machine (ParseHostFSElsewhere): its
+			// symlinks are resolved here, once, as ParseHostFS does
+			// where the user types the path.
+			real, err := filepath.EvalSymlinks(specs[i].HostPath)
+			if err != nil {
+				return fmt.Errorf("%w: --mount-hostfs %s: %v", errBadMount, specs[i], err)
+			}
+			specs[i].HostPath = real
+		}
 		m, err := openMount(specs[i])
 		if err != nil {
 			return err

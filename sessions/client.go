@@ -100,8 +100,14 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if out == nil {
 		return nil
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	// A supervisor on another machine (a context) may be hostile or
+	// broken: an answer has a bound, however large a listing grows.
+	return json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out)
 }
+
+// maxAnswer bounds an API answer's body (a list of every session or
+// snapshot fits many times over).
+const maxAnswer = 64 << 20
 
 func responseError(resp *http.Response) error {
 	var e apiError
@@ -464,7 +470,7 @@ func (c *Client) Logs(ctx context.Context, ref string, follow bool, w io.Writer)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return errorf(errdefs.ErrUnavailable, "supervisor: %v", err)
+		return transportError(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -218,6 +218,12 @@ func (r *Runtime) bootConfig(ctx context.Context, spec *Spec, cfg vm.Config, wha
 		}
 	}
 	if hm := spec.hostMounts(); len(hm) > 0 {
+		// A path named on another machine (a context's client) is
+		// resolved and pinned here; one pinned already is checked.
+		if err := mounts.PinRoots(spec.Mounts); err != nil {
+			return fail(invalidf("%v", err))
+		}
+		hm = spec.hostMounts()
 		srv, err := mounts.NewServer(hm, nil)
 		if err != nil {
 			return fail(err)

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/contexts"
 	"github.com/gondolin/gondolin/imagestore"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/qemuproc"
@@ -35,6 +36,9 @@ func TestMain(m *testing.M) {
 	// asks for one (pool_test.go): pool VMs restoring beside every test
 	// would only slow the others on two cores.
 	os.Setenv(layout.EnvPool, "0")
+	// The developer's own choice of machine and ssh is not the tests'.
+	os.Unsetenv(contexts.EnvContext)
+	os.Unsetenv(contexts.EnvSSHCommand)
 	dir, err := os.MkdirTemp("", "gdbin")
 	if err != nil {
 		panic(err)

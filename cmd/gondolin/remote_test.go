@@ -31,6 +31,11 @@ type farHost struct {
 
 func startFarHost(t *testing.T) *farHost {
 	t.Helper()
+	if os.Getuid() != 0 {
+		// sshd needs root for its privilege separation, and the test
+		// logs in as root.
+		testreq.Skipf(t, "the contexts' tests run sshd: they need root")
+	}
 	for _, tool := range []string{"sshd", "ssh-keygen", "ssh"} {
 		testreq.Tool(t, tool) // skips, or fails where the suite must run whole
 	}
@@ -147,16 +152,36 @@ func TestContexts(t *testing.T) {
 		if r := gondolin(t, home, "", "--context", "far", "exec", "--mount-hostfs", dir+":/w:ro", "--", "cat", "/w/x"); r.code != 0 || r.stdout != "far file\n" {
 			t.Errorf("a far directory mounted: %+v", r)
 		}
+		// A symlink in the far path is resolved there, as here.
+		link := filepath.Join(t.TempDir(), "link")
+		os.Symlink(dir, link)
+		if r := gondolin(t, home, "", "--context", "far", "exec", "--mount-hostfs", link+":/w:ro", "--", "cat", "/w/x"); r.code != 0 || r.stdout != "far file\n" {
+			t.Errorf("a far directory mounted through a symlink: %+v", r)
+		}
 	})
 	t.Run("local-only commands refuse", func(t *testing.T) {
 		r := gondolin(t, home, "", "--context", "far", "image", "ls")
 		if r.code != 2 || !strings.Contains(r.stderr, "this machine's files") {
 			t.Errorf("image ls through a context: %+v", r)
 		}
+		// Keys, agent and known_hosts are files of this machine.
+		r = gondolin(t, home, "", "--context", "far", "exec", "--ssh-allow-host", "github.com", "--ssh-agent", "--", "true")
+		if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "git over ssh") {
+			t.Errorf("--ssh-allow-host through a context: %+v", r)
+		}
+		r = gondolin(t, home, "", "--context", "far", "snapshot", "r1", "--output", "rel.qcow2")
+		if r.code != 2 || !strings.Contains(r.stderr, "absolute path") {
+			t.Errorf("snapshot --output relative through a context: %+v", r)
+		}
 	})
 	must("context", "use", "far")
 	if got := must("list", "-q"); got != id+"\n" {
 		t.Errorf("list after context use far: %q", got)
+	}
+	// This machine's supervisor still starts (it serves its own home,
+	// whatever context is chosen).
+	if got := must("--context", "default", "list", "-q"); got != "" {
+		t.Errorf("--context default list: %q", got)
 	}
 	must("stop", id)
 	must("rm", id)
@@ -211,7 +236,10 @@ func TestContextFailures(t *testing.T) {
 			t.Errorf("%v: %+v, want exit 2 and one line", bad, r)
 		}
 	}
-	if r := gondolin(t, home, "", "--context", "nope", "list"); r.code != 4 {
-		t.Errorf("an unknown context: %+v, want exit 4", r)
+	// Not found: 4, but 125 from exec, whose codes are the guest's.
+	for args, want := range map[string]int{"--context nope list": 4, "--context nope exec -- true": 125} {
+		if r := gondolin(t, home, "", strings.Fields(args)...); r.code != want || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: %+v, want exit %d and one line", args, r, want)
+		}
 	}
 }

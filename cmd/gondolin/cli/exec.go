@@ -90,6 +90,9 @@ command on a terminal (and forwards the keyboard when stdin is one).`,
 			// warm pool when it holds one; --cold, --resume, a home
 			// without a supervisor and GONDOLIN_DEBUG (which shows the
 			// VM's console here) run the VM in this process.
+			if _, err := selectedContext(); err != nil {
+				return err // an unknown context: nowhere to run
+			}
 			if remote() {
 				// The VM runs where the context's supervisor is; nothing
 				// of it can run in this process.

@@ -46,6 +46,9 @@ its disk opens no other file than this home's image.`,
 			return nil
 		},
 		RunE: func(c *cobra.Command, args []string) error {
+			if output != "" && remote() && !filepath.IsAbs(output) {
+				return usageError("--output %s: the snapshot is written on the context's machine: give an absolute path there", output)
+			}
 			if output != "" {
 				abs, err := filepath.Abs(output)
 				if err != nil {

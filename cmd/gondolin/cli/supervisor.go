@@ -29,9 +29,8 @@ demand, detached, with its log in $GONDOLIN_HOME/supervisor.log. Exactly one
 runs per GONDOLIN_HOME. VMs outlive it: a new supervisor adopts them.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := hereOnly(); err != nil {
-				return err
-			}
+			// Always this home's: it is what dial-stdio and every
+			// command start, whatever context the user has chosen.
 			home, err := layout.DefaultHome()
 			if err != nil {
 				return err

@@ -75,5 +75,10 @@ func newVMOnly(fs *pflag.FlagSet) []string {
 
 func (f *vmFlags) spec() (*sessions.Spec, error) {
 	f.Elsewhere = remote() // its supervisor checks the host directories
+	if f.Elsewhere && len(f.Net.SSHAllowHost)+len(f.Net.SSHAllowExec)+len(f.Net.SSHCredential)+len(f.Net.SSHKnownHosts) > 0 || f.Elsewhere && f.Net.SSHAgent != "" {
+		// Their keys, agent socket and known_hosts are files of this
+		// machine, which the far supervisor would open as its own.
+		return nil, usageError("git over ssh (--ssh-allow-host and the --ssh-* flags) is not available through a context on another machine yet: its keys and known_hosts would be that machine's files, not these")
+	}
 	return f.Build(os.Getenv)
 }
