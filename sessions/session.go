@@ -253,18 +253,21 @@ func (s *session) vmExited(m *vm.Machine) {
 	s.m = nil
 	held := s.detachLocked()
 	stopped := s.state.Stopped || s.stopping
-	if !stopped {
-		s.stale = "the VM exited: " + m.ExitErr().Error()
-	}
 	ptys := s.ptyList()
 	s.mu.Unlock()
 	held.close()
+	// Its terminals end before the session says why it is stale: whoever
+	// reads that reason also sees no terminal running on.
 	for _, p := range ptys {
 		p.exited(-1)
 	}
 	if !stopped {
-		s.sv.log.Printf("session %s: %s", s.rec.ID, s.stale)
-		s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: s.stale})
+		reason := "the VM exited: " + m.ExitErr().Error()
+		s.mu.Lock()
+		s.stale = reason
+		s.mu.Unlock()
+		s.sv.log.Printf("session %s: %s", s.rec.ID, reason)
+		s.sv.emit(Event{Type: EventState, Session: s.rec.ID, State: Stale, Reason: reason})
 	}
 }
 
