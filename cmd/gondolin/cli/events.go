@@ -68,5 +68,7 @@ func formatNetEvent(e netpolicy.Event) string {
 	if e.Reason != "" {
 		line += " (" + termsafe.String(e.Reason) + ")"
 	}
-	return line
+	// The rest is the supervisor's, which may be another machine's (a
+	// context): nothing in the line acts on the terminal.
+	return termsafe.String(line)
 }

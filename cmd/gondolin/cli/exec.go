@@ -202,7 +202,7 @@ func execThroughSupervisor(spec *sessions.Spec, args []string, term *terminal, t
 			if msg == "" {
 				status.Clear()
 			} else {
-				status.Show(msg)
+				status.Show(termsafe.String(msg)) // the supervisor's words, maybe another machine's
 			}
 		},
 		Notice: func(msg string) {
