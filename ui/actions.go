@@ -22,9 +22,11 @@ func (m *Model) onKey(k tea.KeyPressMsg) tea.Cmd {
 			m.applyFilter()
 			return m.fetchPreview(false)
 		case "enter", "down", "up", "tab":
-			// Keep the filter and go back to the table.
+			// Keep the filter and go back to the table, the row found
+			// selected (it stays so when the filter is cleared).
 			m.filtering = false
 			m.filter.Blur()
+			m.picked = len(m.visible) > 0
 			return nil
 		case "ctrl+c":
 			return m.quit()
@@ -112,7 +114,7 @@ func (m *Model) cyclePTY(forward bool) tea.Cmd {
 	} else {
 		i = (i + len(s.PTYs) - 1) % len(s.PTYs)
 	}
-	m.ptyChoice[s.ID] = s.PTYs[i].ID
+	m.ptyChoice[s.key()] = s.PTYs[i].ID
 	return m.fetchPreview(false)
 }
 
@@ -122,9 +124,9 @@ func (m *Model) pickPTY(n int) tea.Cmd {
 		return nil
 	}
 	if n > len(s.PTYs) {
-		return m.setStatus(fmt.Sprintf("%s has %d terminal(s)", displayName(s), len(s.PTYs)))
+		return m.setStatus(fmt.Sprintf("%s has %d terminal(s)", s.displayName(), len(s.PTYs)))
 	}
-	m.ptyChoice[s.ID] = s.PTYs[n-1].ID
+	m.ptyChoice[s.key()] = s.PTYs[n-1].ID
 	return m.fetchPreview(false)
 }
 
@@ -135,38 +137,60 @@ func displayName(s sessions.Session) string {
 	return s.ID
 }
 
-// needLive returns the selected session if it is live, else a status
-// message saying why the action cannot run.
-func (m *Model) needLive(action string) (sessions.Session, tea.Cmd, bool) {
+// displayName names the row's session, or its host for a placeholder.
+func (r row) displayName() string {
+	if r.placeholder() && r.host != nil {
+		return "host " + r.host.Name
+	}
+	return displayName(r.Session)
+}
+
+// needLive returns the selected row if its session is live and its host
+// reachable, else a status message saying why the action cannot run.
+func (m *Model) needLive(action string) (row, tea.Cmd, bool) {
 	s, ok := m.current()
 	if !ok {
 		return s, m.setStatus("no session selected; n creates one"), false
 	}
+	if s.down != "" {
+		return s, m.setError(fmt.Errorf("cannot %s %s: host %s is unreachable (%s)", action, s.displayName(), s.host.Name, s.down)), false
+	}
+	if s.placeholder() {
+		return s, m.setStatus(fmt.Sprintf("host %s has not been listed yet", s.host.Name)), false
+	}
 	if s.State == sessions.Creating {
-		return s, m.setStatus(fmt.Sprintf("%s is being created (%s): wait until it is live", displayName(s), orDefault(s.Phase, sessions.PhaseStarting))), false
+		return s, m.setStatus(fmt.Sprintf("%s is being created (%s): wait until it is live", s.displayName(), orDefault(s.Phase, sessions.PhaseStarting))), false
 	}
 	if s.State != sessions.Live {
-		return s, m.setError(fmt.Errorf("cannot %s %s: it is %s", action, displayName(s), s.State)), false
+		return s, m.setError(fmt.Errorf("cannot %s %s: it is %s", action, s.displayName(), s.State)), false
 	}
 	return s, nil, true
 }
 
-// optionalFeature returns m's backend as B, one of the optional feature
+// optionalFeature returns h's backend as B, one of the optional feature
 // interfaces (see PolicyBackend). When the backend lacks it, ok is false
 // and cmd says the feature is not available in this version.
-func optionalFeature[B any](m *Model, feature string) (b B, cmd tea.Cmd, ok bool) {
-	if b, ok = m.backend.(B); !ok {
+func optionalFeature[B any](m *Model, h *host, feature string) (b B, cmd tea.Cmd, ok bool) {
+	if b, ok = h.Backend.(B); !ok {
+		if h.multi {
+			return b, m.setStatus(feature + ": not available on host " + h.Name + " (its gondolin is older)"), false
+		}
 		return b, m.setStatus(feature + ": not available in this version"), false
 	}
 	return b, nil, true
 }
 
-// liveFeature is optionalFeature followed by needLive: the start of an
-// action on the selected live session that needs the optional feature B.
-func liveFeature[B any](m *Model, feature, action string) (B, sessions.Session, tea.Cmd, bool) {
-	b, cmd, ok := optionalFeature[B](m, feature)
+// liveFeature is optionalFeature (of the selected row's host) followed
+// by needLive: the start of an action on the selected live session that
+// needs the optional feature B.
+func liveFeature[B any](m *Model, feature, action string) (B, row, tea.Cmd, bool) {
+	h := m.hosts[0]
+	if s, ok := m.current(); ok {
+		h = s.host
+	}
+	b, cmd, ok := optionalFeature[B](m, h, feature)
 	if !ok {
-		return b, sessions.Session{}, cmd, false
+		return b, row{}, cmd, false
 	}
 	s, cmd, ok := m.needLive(action)
 	return b, s, cmd, ok
@@ -181,12 +205,12 @@ func (m *Model) openShell() tea.Cmd {
 	return func() tea.Msg {
 		ctx, cancel := m.reqCtx()
 		defer cancel()
-		p, err := m.backend.OpenPTY(ctx, s.ID, sessions.OpenPTYRequest{Rows: rows, Cols: cols})
+		p, err := s.host.Backend.OpenPTY(ctx, s.ID, sessions.OpenPTYRequest{Rows: rows, Cols: cols})
 		if err != nil {
-			return doneMsg{err: fmt.Errorf("new terminal in %s: %w", displayName(s), err)}
+			return doneMsg{err: fmt.Errorf("new terminal in %s: %w", s.displayName(), err)}
 		}
-		return doneMsg{text: fmt.Sprintf("opened terminal %d in %s (enter attaches)", p.ID, displayName(s)),
-			refresh: true, selectID: s.ID, pty: p.ID}
+		return doneMsg{text: fmt.Sprintf("opened terminal %d in %s (enter attaches)", p.ID, s.displayName()),
+			refresh: true, selectKey: s.key(), pty: p.ID}
 	}
 }
 
@@ -196,17 +220,17 @@ func (m *Model) confirmStop() tea.Cmd {
 		return cmd
 	}
 	m.dialog = &confirmDialog{
-		title: "Stop " + displayName(s) + "?",
+		title: "Stop " + s.displayName() + "?",
 		body:  fmt.Sprintf("Its VM shuts down and its %d terminal(s) end. The session stays listed as stopped until removed.", s.RunningPTYs()),
 		yes:   "stop",
-		doing: "stopping " + displayName(s) + "…",
+		doing: "stopping " + s.displayName() + "…",
 		run: func() tea.Msg {
 			ctx, cancel := context.WithTimeout(m.ctx, 2*requestTimeout)
 			defer cancel()
-			if _, err := m.backend.Stop(ctx, s.ID); err != nil {
-				return doneMsg{err: fmt.Errorf("stop %s: %w", displayName(s), err), refresh: true}
+			if _, err := s.host.Backend.Stop(ctx, s.ID); err != nil {
+				return doneMsg{err: fmt.Errorf("stop %s: %w", s.displayName(), err), refresh: true}
 			}
-			return doneMsg{text: "stopped " + displayName(s), refresh: true}
+			return doneMsg{text: "stopped " + s.displayName(), refresh: true}
 		},
 	}
 	return nil
@@ -217,26 +241,32 @@ func (m *Model) confirmRemove() tea.Cmd {
 	if !ok {
 		return m.setStatus("no session selected")
 	}
+	if s.down != "" {
+		return m.setError(fmt.Errorf("cannot remove %s: host %s is unreachable (%s)", s.displayName(), s.host.Name, s.down))
+	}
+	if s.placeholder() {
+		return m.setStatus(fmt.Sprintf("host %s has not been listed yet", s.host.Name))
+	}
 	if s.State == sessions.Live {
-		return m.setError(fmt.Errorf("%s is live: stop it first (x), then remove it", displayName(s)))
+		return m.setError(fmt.Errorf("%s is live: stop it first (x), then remove it", s.displayName()))
 	}
 	if s.State == sessions.Creating {
 		// The supervisor refuses it too: a create ends, live or gone,
 		// within its boot timeout.
-		return m.setStatus(fmt.Sprintf("%s is being created: remove it once it is live (or its create failed)", displayName(s)))
+		return m.setStatus(fmt.Sprintf("%s is being created: remove it once it is live (or its create failed)", s.displayName()))
 	}
 	m.dialog = &confirmDialog{
-		title: "Remove " + displayName(s) + "?",
+		title: "Remove " + s.displayName() + "?",
 		body:  fmt.Sprintf("Its directory, disk overlay and logs are deleted. It is %s.", s.State),
 		yes:   "remove",
-		doing: "removing " + displayName(s) + "…",
+		doing: "removing " + s.displayName() + "…",
 		run: func() tea.Msg {
 			ctx, cancel := m.reqCtx()
 			defer cancel()
-			if err := m.backend.Remove(ctx, s.ID, false); err != nil {
-				return doneMsg{err: fmt.Errorf("remove %s: %w", displayName(s), err), refresh: true}
+			if err := s.host.Backend.Remove(ctx, s.ID, false); err != nil {
+				return doneMsg{err: fmt.Errorf("remove %s: %w", s.displayName(), err), refresh: true}
 			}
-			return doneMsg{text: "removed " + displayName(s), refresh: true}
+			return doneMsg{text: "removed " + s.displayName(), refresh: true}
 		},
 	}
 	return nil
@@ -252,12 +282,12 @@ func (m *Model) attach() tea.Cmd {
 	}
 	p, ok := m.ptyFor(s)
 	if !ok || !p.Running {
-		return m.setError(fmt.Errorf("%s has no running terminal: c opens a shell", displayName(s)))
+		return m.setError(fmt.Errorf("%s has no running terminal: c opens a shell", s.displayName()))
 	}
-	if m.opts.Attach == nil {
-		return m.setError(fmt.Errorf("attaching is not available here: use gondolin attach %s", displayName(s)))
+	if s.host.Attach == nil {
+		return m.setError(fmt.Errorf("attaching is not available here: use gondolin attach %s", s.displayName()))
 	}
-	a := &attachExec{ctx: m.ctx, fn: m.opts.Attach, ref: s.ID, pty: p.ID}
+	a := &attachExec{ctx: m.ctx, fn: s.host.Attach, ref: s.ID, pty: p.ID}
 	return tea.Exec(a, func(err error) tea.Msg {
 		if err == nil {
 			err = a.err

@@ -37,6 +37,10 @@ type fakeBackend struct {
 	events   chan sessions.Event
 	// eventsErr makes Events fail (the supervisor is down).
 	eventsErr error
+	// listErr makes List fail; listGate, if set, holds List until
+	// closed or its context ends (a host that does not answer).
+	listErr  error
+	listGate chan struct{}
 
 	calls   map[string]int
 	created []sessions.CreateRequest
@@ -108,7 +112,20 @@ func (f *fakeBackend) find(ref string) (int, error) {
 func (f *fakeBackend) List(ctx context.Context, all bool) ([]sessions.Session, error) {
 	f.called("List")
 	f.mu.Lock()
+	gate := f.listGate
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
 	return append([]sessions.Session(nil), f.sessions...), nil
 }
 

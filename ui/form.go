@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -23,10 +24,13 @@ const (
 	fieldMounts
 	fieldHosts
 	fieldSecrets
+	// fieldHost, the machine (context) to create it on, is last and
+	// shown only when the dashboard shows several.
+	fieldHost
 	numFields
 )
 
-var fieldLabels = [numFields]string{"Image", "Name", "CPUs", "Memory", "Mounts", "Allowed hosts", "Secrets"}
+var fieldLabels = [numFields]string{"Image", "Name", "CPUs", "Memory", "Mounts", "Allowed hosts", "Secrets", "Host"}
 
 var fieldHints = [numFields]string{
 	"name:tag or image ID",
@@ -36,6 +40,7 @@ var fieldHints = [numFields]string{
 	"HOST:GUEST[:ro], space-separated",
 	"patterns such as api.github.com *.npmjs.org",
 	"NAME@HOST[,HOST...]; the value is $NAME here",
+	"", // the hosts' names, filled in by the form
 }
 
 // flagFields points the builder's field errors (named by flag) at the
@@ -65,8 +70,10 @@ func (e *fieldError) Unwrap() error { return e.err }
 // failure is a *fieldError naming the field to fix; nothing is sent.
 // getenv supplies secret values (the dashboard's environment). Mounts
 // take the CLI's --mount-hostfs syntax; their host directories are
-// resolved here, on the dashboard's host, as the CLI does.
-func buildRequest(v formValues, getenv func(string) string) (sessions.CreateRequest, error) {
+// resolved here, on the dashboard's host, as the CLI does, unless the
+// session is to run elsewhere (another machine, whose supervisor checks
+// them).
+func buildRequest(v formValues, elsewhere bool, getenv func(string) string) (sessions.CreateRequest, error) {
 	fail := func(f int, err error) (sessions.CreateRequest, error) {
 		return sessions.CreateRequest{}, &fieldError{field: f, err: err}
 	}
@@ -74,6 +81,8 @@ func buildRequest(v formValues, getenv func(string) string) (sessions.CreateRequ
 		Image:  strings.TrimSpace(v[fieldImage]),
 		Name:   strings.TrimSpace(v[fieldName]),
 		Memory: strings.TrimSpace(v[fieldMemory]),
+		// The host field is the form's to check (it knows the hosts).
+		Elsewhere: elsewhere,
 	}
 	if strings.ContainsAny(in.Image, " \t") {
 		return fail(fieldImage, fmt.Errorf("image %q: no spaces in an image reference", in.Image))
@@ -131,6 +140,7 @@ func checkMount(s string) error {
 // sessionForm is the new-session dialog.
 type sessionForm struct {
 	inputs [numFields]textinput.Model
+	fields int // how many are shown: all, or all but the host
 	focus  int
 	err    *fieldError
 }
@@ -147,7 +157,32 @@ func newSessionForm(m *Model) *sessionForm {
 		f.inputs[i] = in
 	}
 	f.inputs[fieldImage].SetValue(m.opts.DefaultImage)
+	f.inputs[fieldHost].SetValue(m.formHost().Name)
+	f.fields = numFields
+	if len(m.hosts) < 2 {
+		f.fields = fieldHost // no host field
+	}
 	return f
+}
+
+// formHost is the host the new-session form proposes.
+func (m *Model) formHost() *host {
+	if h := m.hostNamed(m.opts.Host); h != nil {
+		return h
+	}
+	return m.hosts[0]
+}
+
+// host returns the host the form names, or a *fieldError.
+func (f *sessionForm) host(m *Model) (*host, error) {
+	name := strings.TrimSpace(f.inputs[fieldHost].Value())
+	if name == "" {
+		return m.formHost(), nil
+	}
+	if h := m.hostNamed(name); h != nil {
+		return h, nil
+	}
+	return nil, &fieldError{field: fieldHost, err: fmt.Errorf("no host %q: use one of %s (gondolin context ls)", name, strings.Join(m.hostNames(), ", "))}
 }
 
 func (f *sessionForm) focusCmd() tea.Cmd {
@@ -176,13 +211,17 @@ func (f *sessionForm) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 	case "esc", "ctrl+c":
 		return true, nil
 	case "tab", "down":
-		f.focus = (f.focus + 1) % numFields
+		f.focus = (f.focus + 1) % f.fields
 		return false, f.focusCmd()
 	case "shift+tab", "up":
-		f.focus = (f.focus + numFields - 1) % numFields
+		f.focus = (f.focus + f.fields - 1) % f.fields
 		return false, f.focusCmd()
 	case "enter":
-		req, err := buildRequest(f.values(), os.Getenv)
+		h, err := f.host(m)
+		var req sessions.CreateRequest
+		if err == nil {
+			req, err = buildRequest(f.values(), h.Elsewhere, os.Getenv)
+		}
 		if err != nil {
 			var fe *fieldError
 			if errors.As(err, &fe) {
@@ -192,7 +231,11 @@ func (f *sessionForm) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 			return false, f.focusCmd()
 		}
 		req.Rows, req.Cols = uint16(max(m.height, 24)), uint16(max(m.width, 80))
-		return true, tea.Batch(m.setStatus("creating "+orDefault(req.Spec.Name, "a session")+"… (its VM boots)"), m.create(req, f))
+		where := ""
+		if h.multi {
+			where = " on " + h.Name
+		}
+		return true, tea.Batch(m.setStatus("creating "+orDefault(req.Spec.Name, "a session")+where+"… (its VM boots)"), m.create(h, req, f))
 	}
 	var cmd tea.Cmd
 	f.inputs[f.focus], cmd = f.inputs[f.focus].Update(k)
@@ -212,19 +255,21 @@ func orDefault(s, def string) string {
 // createDoneMsg reports a create; on failure the form comes back with
 // what was typed.
 type createDoneMsg struct {
+	host    *host
 	session sessions.Session
 	err     error
 	form    *sessionForm
 }
 
-func (m *Model) create(req sessions.CreateRequest, form *sessionForm) tea.Cmd {
+// create creates a session on h (resumes one, with req.Resume).
+func (m *Model) create(h *host, req sessions.CreateRequest, form *sessionForm) tea.Cmd {
 	m.creates++
 	return func() tea.Msg {
 		// Creating boots a VM: allow it far longer than a plain request.
 		ctx, cancel := contextWithTimeout(m.ctx, createTimeout)
 		defer cancel()
-		s, err := m.backend.Create(ctx, req)
-		return createDoneMsg{session: s, err: err, form: form}
+		s, err := h.Backend.Create(ctx, req)
+		return createDoneMsg{host: h, session: s, err: err, form: form}
 	}
 }
 
@@ -250,9 +295,18 @@ func (m *Model) onCreateDone(msg createDoneMsg) tea.Cmd {
 		// removal's event relists too, unless the stream is down).
 		return tea.Batch(m.setError(fmt.Errorf("create: %w", msg.err)), m.refresh())
 	}
-	m.selected = msg.session.ID
+	m.selected, m.picked = rowKey(msg.host, msg.session.ID), true
 	if len(msg.session.PTYs) > 0 {
-		m.ptyChoice[msg.session.ID] = msg.session.PTYs[0].ID
+		m.ptyChoice[m.selected] = msg.session.PTYs[0].ID
+	}
+	// Shown at once, as the create answered: until its host's next
+	// list has it, another host's list would rebuild the table without
+	// it and move the selection away.
+	if !slices.ContainsFunc(msg.host.list, func(s sessions.Session) bool { return s.ID == msg.session.ID }) {
+		s := msg.session
+		safeSession(&s)
+		msg.host.list = append(msg.host.list, s)
+		m.rebuild()
 	}
 	return tea.Batch(m.setStatus("created "+displayName(msg.session)+": enter attaches"), m.refresh(), m.fetchPreview(true))
 }
@@ -262,7 +316,7 @@ func (f *sessionForm) view(m *Model, w, h int) string {
 	inner := w - 4
 	labelW := 14
 	var body []string
-	for i := range f.inputs {
+	for i := range f.inputs[:f.fields] {
 		label := fit(fieldLabels[i], labelW, false)
 		if i == f.focus {
 			label = m.st.focused.Render(label)
@@ -277,6 +331,9 @@ func (f *sessionForm) view(m *Model, w, h int) string {
 		f.inputs[i].SetWidth(max(inner-labelW-5, 8))
 		body = append(body, marker+label+" "+f.inputs[i].View())
 		hint := fieldHints[i]
+		if i == fieldHost {
+			hint = strings.Join(m.hostNames(), " ")
+		}
 		if f.err != nil && f.err.field == i {
 			for _, l := range wrap(f.err.Error(), inner-labelW-3) {
 				body = append(body, strings.Repeat(" ", labelW+3)+m.st.errText.Render(l))

@@ -23,12 +23,26 @@ type harness struct {
 
 func start(t *testing.T, b Backend, w, h int, tune ...func(*Options)) *harness {
 	t.Helper()
+	hs := startModel(t, w, h, func(ctx context.Context, opts Options) *Model { return New(ctx, b, opts) }, tune...)
+	hs.settle()
+	return hs
+}
+
+// startHosts is start for a dashboard over several hosts. It does not
+// wait for them to settle: a test may hold one up on purpose.
+func startHosts(t *testing.T, hosts []Host, w, h int, tune ...func(*Options)) *harness {
+	t.Helper()
+	return startModel(t, w, h, func(ctx context.Context, opts Options) *Model { return NewHosts(ctx, hosts, opts) }, tune...)
+}
+
+func startModel(t *testing.T, w, h int, newModel func(context.Context, Options) *Model, tune ...func(*Options)) *harness {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := Options{Now: func() time.Time { return epoch }, DefaultImage: "default:latest"}
 	for _, f := range tune {
 		f(&opts)
 	}
-	m := New(ctx, b, opts)
+	m := newModel(ctx, opts)
 	tm := teatest.NewTestModel(t, m, teatest.WithInitialTermSize(w, h),
 		// Pinned so that what the program writes does not depend on the
 		// terminal running the tests.
@@ -39,7 +53,6 @@ func start(t *testing.T, b Backend, w, h int, tune ...func(*Options)) *harness {
 		tm.WaitFinished(t, teatest.WithFinalTimeout(5*time.Second))
 		cancel()
 	})
-	hs.settle()
 	return hs
 }
 
@@ -73,7 +86,7 @@ func (h *harness) settle() {
 	h.t.Helper()
 	h.waitUntil("settled", func(m *Model) bool {
 		id, pty := m.previewTarget()
-		_, status := m.backend.(StatusBackend)
+		_, status := m.hosts[0].Backend.(StatusBackend)
 		return m.loaded && !m.listing && !m.fetching && (pty == 0 || (m.preview.session == id && m.preview.pty == pty)) &&
 			!m.statusReading && (m.poolKnown || !status)
 	})

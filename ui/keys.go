@@ -16,7 +16,7 @@ var keyMap = []bindingGroup{
 	{"Sessions", []binding{
 		{"↑/k ↓/j", "select a session"},
 		{"PgUp PgDn g G", "page, first, last"},
-		{"/", "filter by name, ID, image, state, label (Esc clears)"},
+		{"/", "filter by name, ID, image, state, label, host (Esc clears)"},
 		{"enter", "attach to the previewed terminal (Ctrl-] detaches)"},
 		{"tab 1-9", "preview the next terminal, or terminal N"},
 		{"c", "open a new shell terminal in the session"},

@@ -1,8 +1,10 @@
 // Package ui is gondolin's dashboard: a full-screen Bubble Tea program
 // that lists every session, previews and attaches to their terminals,
 // creates, stops and removes sessions, and (where the supervisor offers
-// them) edits network policy and takes snapshots. It talks to the
-// supervisor only through a Backend, normally a *sessions.Client.
+// them) edits network policy and takes snapshots. It talks to each
+// supervisor it shows (this machine's, and those of contexts on other
+// machines: its hosts) only through a Backend, normally a
+// *sessions.Client.
 package ui
 
 import (
@@ -35,32 +37,45 @@ type Options struct {
 	UsageRefresh time.Duration
 	// DefaultImage prefills the new-session form.
 	DefaultImage string
+	// Host prefills the new-session form's host (with several hosts);
+	// empty or unknown: the first.
+	Host string
 	// Now is the clock for uptimes (tests pin it).
 	Now func() time.Time
 }
 
 // Model is the dashboard's state. It is a tea.Model.
 type Model struct {
-	backend Backend
-	opts    Options
-	ctx     context.Context
-	st      styles
+	// hosts are the supervisors shown, the default host (whose status
+	// the title shows) first. Each is listed and followed on its own, so
+	// that one slow or dead host never holds up the others.
+	hosts []*host
+	opts  Options
+	ctx   context.Context
+	st    styles
 
 	width, height int
 
-	all      []sessions.Session // as listed, newest first
-	visible  []int              // indexes into all that pass the filter
-	cursor   int                // index into visible
-	offset   int                // first visible row in the table
-	selected string             // selected session ID, kept across refreshes
-	loaded   bool
-	listErr  error
+	all      []row  // as listed, newest first
+	visible  []int  // indexes into all that pass the filter
+	cursor   int    // index into visible
+	offset   int    // first visible row in the table
+	selected string // selected row's key, kept across refreshes
+	// picked: the user (or an action of theirs) chose the selection.
+	// Until then the top row is selected, whichever host answers first.
+	picked bool
 
-	// One list request at a time; events that arrive meanwhile set
-	// listAgain so that one more follows, however many arrived.
-	listing, listAgain bool
+	// Summaries of the hosts' states (see summarize): loaded, a list
+	// has come in (with one host, a good one); listErr, the one host's
+	// list failed; listing, some host's list is in flight; eventsUp,
+	// every host's events are followed; eventsNote, why one is not.
+	loaded     bool
+	listErr    error
+	listing    bool
+	eventsUp   bool
+	eventsNote string
 
-	ptyChoice map[string]uint64 // the terminal previewed per session
+	ptyChoice map[string]uint64 // the terminal previewed per row key
 
 	// creates counts this dashboard's creates and resumes in flight:
 	// while there is one, a session that shows up being made is
@@ -70,11 +85,6 @@ type Model struct {
 	preview   preview
 	fetching  bool // a screen request is in flight
 	wantFetch bool // the preview is out of date
-
-	events     <-chan sessions.Event
-	eventsUp   bool
-	backoff    time.Duration
-	eventsNote string
 
 	filter    textinput.Model
 	filtering bool
@@ -107,15 +117,23 @@ type Model struct {
 
 // preview is the last screen fetched for the previewed terminal.
 type preview struct {
-	session string
+	session string // the row's key
 	pty     uint64
 	screen  sessions.Screen
 	lines   []string // styled rows of the screen
 	err     error
 }
 
-// New returns a dashboard backed by b. ctx bounds every request it makes.
+// New returns a dashboard backed by b alone. ctx bounds every request
+// it makes.
 func New(ctx context.Context, b Backend, opts Options) *Model {
+	return NewHosts(ctx, []Host{{Name: DefaultHost, Backend: b, Attach: opts.Attach}}, opts)
+}
+
+// NewHosts returns a dashboard over several hosts (the first is the
+// default: its supervisor's status is the one the title shows). Their
+// names must differ. Options.Attach is unused: each Host has its own.
+func NewHosts(ctx context.Context, hosts []Host, opts Options) *Model {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -126,8 +144,7 @@ func New(ctx context.Context, b Backend, opts Options) *Model {
 	f.Prompt = "/"
 	f.Placeholder = "filter"
 	f.CharLimit = 64
-	return &Model{
-		backend:   b,
+	m := &Model{
 		opts:      opts,
 		ctx:       ctx,
 		st:        newStyles(),
@@ -135,8 +152,15 @@ func New(ctx context.Context, b Backend, opts Options) *Model {
 		height:    24,
 		ptyChoice: map[string]uint64{},
 		filter:    f,
-		backoff:   minBackoff,
 	}
+	for i, h := range hosts {
+		m.hosts = append(m.hosts, &host{Host: h, idx: i, multi: len(hosts) > 1, backoff: minBackoff})
+	}
+	if m.opts.Host == "" || m.hostNamed(m.opts.Host) == nil {
+		m.opts.Host = hosts[0].Name
+	}
+	m.summarize()
+	return m
 }
 
 func defaultImage() string {
@@ -154,20 +178,23 @@ type (
 	}
 	templatesAgainMsg struct{}
 	listMsg           struct {
+		host *host
 		list []sessions.Session
 		err  error
 	}
 	screenMsg struct {
-		session string
-		pty     uint64
-		screen  sessions.Screen
-		err     error
+		key    string // the row's
+		pty    uint64
+		screen sessions.Screen
+		err    error
 	}
 	eventsOpenMsg struct {
-		ch  <-chan sessions.Event
-		err error
+		host *host
+		ch   <-chan sessions.Event
+		err  error
 	}
 	eventsMsg struct {
+		host   *host
 		ch     <-chan sessions.Event
 		events []sessions.Event
 		closed bool
@@ -175,7 +202,8 @@ type (
 	// inspectMsg runs a function on the model inside the program's
 	// goroutine: tests read the model through it without racing.
 	inspectMsg   func(*Model)
-	reconnectMsg struct{}
+	reconnectMsg struct{ host *host }
+	relistMsg    struct{ host *host }
 	tickMsg      struct{}
 	usageMsg     struct{}
 	clearStatus  struct{ id int }
@@ -185,9 +213,9 @@ type (
 		err  error
 		// refresh: re-list sessions afterwards.
 		refresh bool
-		// selectID selects this session once it is listed.
-		selectID string
-		// pty previews this terminal of selectID.
+		// selectKey selects this row once it is listed.
+		selectKey string
+		// pty previews this terminal of selectKey's session.
 		pty uint64
 	}
 	attachDoneMsg struct {
@@ -210,9 +238,13 @@ const (
 
 // Init starts the first list and the event stream.
 func (m *Model) Init() tea.Cmd {
-	m.listing = true
 	// The supervisor's status is read once the first list is in.
-	cmds := []tea.Cmd{m.listCmd(), m.openEvents(), tick()}
+	cmds := []tea.Cmd{tick()}
+	for _, h := range m.hosts {
+		h.listing = true
+		cmds = append(cmds, m.listCmd(h), m.openEvents(h))
+	}
+	m.summarize()
 	if m.opts.UsageRefresh > 0 {
 		cmds = append(cmds, tea.Tick(m.opts.UsageRefresh, func(time.Time) tea.Msg { return usageMsg{} }))
 	}
@@ -231,31 +263,41 @@ func (m *Model) reqCtx() (context.Context, context.CancelFunc) {
 
 var contextWithTimeout = context.WithTimeout
 
-func (m *Model) listCmd() tea.Cmd {
+func (m *Model) listCmd(h *host) tea.Cmd {
 	return func() tea.Msg {
 		ctx, cancel := m.reqCtx()
 		defer cancel()
-		list, err := m.backend.List(ctx, true)
-		return listMsg{list: list, err: err}
+		list, err := h.Backend.List(ctx, true)
+		return listMsg{host: h, list: list, err: err}
 	}
 }
 
-// refresh lists sessions again, or marks that one more list is due when
-// one is already in flight.
+// refresh lists every host's sessions again.
 func (m *Model) refresh() tea.Cmd {
-	if m.listing {
-		m.listAgain = true
+	var cmds []tea.Cmd
+	for _, h := range m.hosts {
+		cmds = append(cmds, m.refreshHost(h))
+	}
+	return tea.Batch(cmds...)
+}
+
+// refreshHost lists h's sessions again, or marks that one more list is
+// due when one is already in flight.
+func (m *Model) refreshHost(h *host) tea.Cmd {
+	if h.listing {
+		h.listAgain = true
 		return nil
 	}
-	m.listing = true
-	return m.listCmd()
+	h.listing = true
+	m.summarize()
+	return m.listCmd(h)
 }
 
 // readStatus reads the supervisor's status (its templates and warm
 // pool), when the backend reports one, or marks that one more read is
 // due when one is already in flight.
 func (m *Model) readStatus() tea.Cmd {
-	sb, ok := m.backend.(StatusBackend)
+	sb, ok := m.hosts[0].Backend.(StatusBackend)
 	if !ok {
 		return nil
 	}
@@ -344,19 +386,19 @@ func templateNote(list []vm.TemplateInfo) string {
 // while one is being built: a build in another process sends no event.
 const templatePoll = 2 * time.Second
 
-func (m *Model) openEvents() tea.Cmd {
+func (m *Model) openEvents(h *host) tea.Cmd {
 	return func() tea.Msg {
-		ch, err := m.backend.Events(m.ctx)
-		return eventsOpenMsg{ch: ch, err: err}
+		ch, err := h.Backend.Events(m.ctx)
+		return eventsOpenMsg{host: h, ch: ch, err: err}
 	}
 }
 
-// waitEvents blocks for the next event, then takes whatever else is
+// waitEvents blocks for h's next event, then takes whatever else is
 // already queued.
-func waitEvents(ch <-chan sessions.Event) tea.Cmd {
+func waitEvents(h *host, ch <-chan sessions.Event) tea.Cmd {
 	return func() tea.Msg {
 		batch, closed := drain(ch)
-		return eventsMsg{ch: ch, events: batch, closed: closed}
+		return eventsMsg{host: h, ch: ch, events: batch, closed: closed}
 	}
 }
 
@@ -399,25 +441,30 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case screenMsg:
 		return m, m.onScreen(msg)
 	case eventsOpenMsg:
+		h := msg.host
 		if msg.err != nil {
-			return m, m.eventsDown(msg.err.Error())
+			return m, m.eventsDown(h, msg.err.Error())
 		}
-		m.events, m.eventsUp, m.eventsNote = msg.ch, true, ""
-		m.backoff = minBackoff
+		h.events, h.eventsUp, h.eventsNote = msg.ch, true, ""
+		h.backoff = minBackoff
+		m.summarize()
 		// Events may have been missed while the stream was down (the
 		// list, once in, reads the status again too).
-		return m, tea.Batch(waitEvents(msg.ch), m.refresh(), m.fetchPreview(true))
+		return m, tea.Batch(waitEvents(h, msg.ch), m.refreshHost(h), m.fetchPreview(true))
 	case eventsMsg:
-		if msg.ch != m.events {
+		if msg.ch != msg.host.events {
 			return m, nil
 		}
-		cmd := m.onEvents(msg.events)
+		cmd := m.onEvents(msg.host, msg.events)
 		if msg.closed {
-			return m, tea.Batch(cmd, m.eventsDown("the supervisor's event stream ended"))
+			return m, tea.Batch(cmd, m.eventsDown(msg.host, "the supervisor's event stream ended"))
 		}
-		return m, tea.Batch(cmd, waitEvents(msg.ch))
+		return m, tea.Batch(cmd, waitEvents(msg.host, msg.ch))
 	case reconnectMsg:
-		return m, m.openEvents()
+		return m, m.openEvents(msg.host)
+	case relistMsg:
+		msg.host.retrying = false
+		return m, m.refreshHost(msg.host)
 	case tickMsg:
 		m.statusTicks++
 		if m.statusTicks >= statusEvery {
@@ -442,10 +489,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		} else if msg.text != "" {
 			cmds = append(cmds, m.setStatus(msg.text))
 		}
-		if msg.selectID != "" {
-			m.selected = msg.selectID
+		if msg.selectKey != "" {
+			m.selected, m.picked = msg.selectKey, true
 			if msg.pty != 0 {
-				m.ptyChoice[msg.selectID] = msg.pty
+				m.ptyChoice[msg.selectKey] = msg.pty
 			}
 		}
 		if msg.refresh {
@@ -480,28 +527,38 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return m, nil
 }
 
-func (m *Model) eventsDown(why string) tea.Cmd {
-	m.events, m.eventsUp = nil, false
-	m.eventsNote = why
-	d := m.backoff
-	m.backoff = min(m.backoff*2, maxBackoff)
-	return tea.Tick(d, func(time.Time) tea.Msg { return reconnectMsg{} })
+// eventsDown notes that h's event stream is down and subscribes again
+// after a backoff. With several hosts, it is also why h's rows say it is
+// unreachable, until it answers again.
+func (m *Model) eventsDown(h *host, why string) tea.Cmd {
+	h.events, h.eventsUp = nil, false
+	h.eventsNote = termsafe.String(oneLine(why))
+	m.summarize()
+	m.rebuild()
+	d := h.backoff
+	h.backoff = min(h.backoff*2, maxBackoff)
+	return tea.Tick(d, func(time.Time) tea.Msg { return reconnectMsg{host: h} })
 }
 
-func (m *Model) onEvents(events []sessions.Event) tea.Cmd {
+func (m *Model) onEvents(h *host, events []sessions.Event) tea.Cmd {
 	relist, repaint, templates := false, false, false
-	sel, selPTY := m.previewTarget()
+	_, selPTY := m.previewTarget()
+	cur, _ := m.current()
+	onSel := func(e sessions.Event) bool { return cur.host == h && e.Session == cur.ID }
 	for _, e := range events {
 		switch e.Type {
 		case sessions.EventTemplate:
-			templates = true
+			// The title shows the default host's templates only.
+			if h.idx == 0 {
+				templates = true
+			}
 		case sessions.EventPTYPaint:
-			if e.Session == sel && (e.PTY == selPTY || selPTY == 0) {
+			if onSel(e) && (e.PTY == selPTY || selPTY == 0) {
 				repaint = true
 			}
 		case sessions.EventPTYOpen, sessions.EventPTYExit:
 			relist = true
-			if e.Session == sel {
+			if onSel(e) {
 				repaint = true
 			}
 		default:
@@ -510,14 +567,14 @@ func (m *Model) onEvents(events []sessions.Event) tea.Cmd {
 			}
 		}
 		if m.dialog != nil {
-			if d, ok := m.dialog.(eventFollower); ok {
+			if d, ok := m.dialog.(eventFollower); ok && d.host() == h {
 				d.onEvent(m, e)
 			}
 		}
 	}
 	var cmds []tea.Cmd
 	if relist {
-		cmds = append(cmds, m.refresh())
+		cmds = append(cmds, m.refreshHost(h))
 	}
 	if templates {
 		cmds = append(cmds, m.readStatus())
@@ -533,52 +590,115 @@ func (m *Model) onEvents(events []sessions.Event) tea.Cmd {
 	return tea.Batch(cmds...)
 }
 
-// eventFollower is a dialog that reacts to supervisor events.
+// eventFollower is a dialog that reacts to the events of its session's
+// host.
 type eventFollower interface {
+	host() *host
 	onEvent(m *Model, e sessions.Event)
 	afterEvents(m *Model) tea.Cmd
 }
 
 func (m *Model) onList(msg listMsg) tea.Cmd {
-	m.listing = false
+	h := msg.host
+	h.listing = false
 	var cmds []tea.Cmd
-	if m.listAgain {
-		m.listAgain = false
-		m.listing = true
-		cmds = append(cmds, m.listCmd())
+	if h.listAgain {
+		h.listAgain = false
+		h.listing = true
+		cmds = append(cmds, m.listCmd(h))
 	}
 	if msg.err != nil {
-		m.listErr = msg.err
+		// Its rows stay, marked unreachable (with several hosts); the
+		// next list comes when its events reconnect, or after a backoff
+		// when they are still up.
+		h.err = msg.err
+		if h.eventsUp && !h.retrying && !h.listing {
+			h.retrying = true
+			d := h.backoff
+			h.backoff = min(h.backoff*2, maxBackoff)
+			cmds = append(cmds, tea.Tick(d, func(time.Time) tea.Msg { return relistMsg{host: h} }))
+		}
+		m.summarize()
+		m.rebuild()
 		return tea.Batch(cmds...)
 	}
-	m.listErr = nil
-	m.loaded = true
+	h.err = nil
+	h.loaded = true
+	if h.eventsUp {
+		h.backoff = minBackoff
+	}
 	if m.creates > 0 {
 		known := map[string]bool{}
-		for _, s := range m.all {
+		for _, s := range h.list {
 			known[s.ID] = true
 		}
 		for _, s := range msg.list {
 			if s.State == sessions.Creating && !known[s.ID] {
-				m.selected = s.ID
+				m.selected, m.picked = rowKey(h, s.ID), true
 			}
 		}
 	}
-	m.all = msg.list
-	for i := range m.all {
-		safeSession(&m.all[i])
+	h.list = msg.list
+	for i := range h.list {
+		safeSession(&h.list[i])
 	}
-	slices.SortStableFunc(m.all, func(a, b sessions.Session) int {
-		// Live (and being made) first, then stale, then stopped;
-		// newest first within.
-		if c := cmp.Compare(stateRank(a.State), stateRank(b.State)); c != 0 {
+	m.summarize()
+	m.rebuild()
+	cmds = append(cmds, m.fetchPreview(false), m.readStatus())
+	return tea.Batch(cmds...)
+}
+
+// rebuild merges the hosts' lists into the table's rows.
+func (m *Model) rebuild() {
+	m.all = m.all[:0]
+	multi := len(m.hosts) > 1
+	for _, h := range m.hosts {
+		down := ""
+		if multi {
+			down = h.unreachable()
+		}
+		for _, s := range h.list {
+			m.all = append(m.all, row{Session: s, host: h, down: down})
+		}
+		if multi && len(h.list) == 0 && (down != "" || !h.loaded) {
+			m.all = append(m.all, row{host: h, down: down})
+		}
+	}
+	slices.SortStableFunc(m.all, func(a, b row) int {
+		// Live (and being made) first, then stale, then stopped, then
+		// unreachable; newest first within.
+		if c := cmp.Compare(a.rank(), b.rank()); c != 0 {
 			return c
 		}
 		return b.Created.Compare(a.Created)
 	})
 	m.applyFilter()
-	cmds = append(cmds, m.fetchPreview(false), m.readStatus())
-	return tea.Batch(cmds...)
+}
+
+// summarize sets the model's summary of its hosts' states. With one
+// host they are that host's; with several, loaded means some host has
+// answered or failed (the others show as placeholder rows meanwhile:
+// a slow host holds up nobody), and eventsUp that every host's events
+// are followed.
+func (m *Model) summarize() {
+	multi := len(m.hosts) > 1
+	m.loaded, m.listing, m.eventsUp, m.eventsNote = !multi, false, true, ""
+	for _, h := range m.hosts {
+		if multi {
+			m.loaded = m.loaded || h.loaded || h.err != nil
+		} else {
+			m.loaded = h.loaded
+		}
+		m.listing = m.listing || h.listing
+		m.eventsUp = m.eventsUp && h.eventsUp
+		if !h.eventsUp && h.eventsNote != "" && m.eventsNote == "" {
+			m.eventsNote = h.eventsNote
+		}
+	}
+	m.listErr = nil
+	if len(m.hosts) == 1 {
+		m.listErr = m.hosts[0].err
+	}
 }
 
 // onStatus takes in a read of the supervisor's status. A failed read
@@ -602,47 +722,46 @@ func (m *Model) onStatus(msg statusMsg) tea.Cmd {
 	return tea.Batch(cmds...)
 }
 
-func stateRank(s sessions.State) int {
-	switch s {
-	case sessions.Live, sessions.Creating:
-		return 0
-	case sessions.Stale:
-		return 1
-	}
-	return 2
-}
-
 // applyFilter recomputes the visible rows and keeps the selection on the
 // same session when it is still visible.
 func (m *Model) applyFilter() {
 	q := strings.TrimSpace(m.filter.Value())
 	m.visible = m.visible[:0]
-	for i, s := range m.all {
-		if matches(s, q) {
+	for i, r := range m.all {
+		if matches(r, q) {
 			m.visible = append(m.visible, i)
 		}
 	}
 	m.cursor = 0
 	for i, idx := range m.visible {
-		if m.all[idx].ID == m.selected {
+		if m.picked && m.all[idx].key() == m.selected {
 			m.cursor = i
 			break
 		}
 	}
 	if len(m.visible) > 0 {
-		m.selected = m.all[m.visible[m.cursor]].ID
+		m.selected = m.all[m.visible[m.cursor]].key()
 	}
 	m.clampScroll()
 }
 
-// matches reports whether a session passes the filter: every word of q
-// must appear (case-insensitively) in its name, ID, image, state, label
-// or reason.
-func matches(s sessions.Session, q string) bool {
+// matches reports whether a row passes the filter: every word of q
+// must appear (case-insensitively) in its session's name, ID, image,
+// state, label or reason, or its host's name (with several hosts; an
+// unreachable host's rows match "unreachable").
+func matches(r row, q string) bool {
 	if q == "" {
 		return true
 	}
-	hay := strings.ToLower(strings.Join([]string{s.Name, s.ID, s.Image, string(s.State), s.Label, s.Reason, s.Phase}, " "))
+	s := r.Session
+	words := []string{s.Name, s.ID, s.Image, string(s.State), s.Label, s.Reason, s.Phase}
+	if r.host != nil && r.host.multi {
+		words = append(words, r.host.Name)
+	}
+	if r.down != "" {
+		words = append(words, "unreachable", r.down)
+	}
+	hay := strings.ToLower(strings.Join(words, " "))
 	for _, w := range strings.Fields(strings.ToLower(q)) {
 		if !strings.Contains(hay, w) {
 			return false
@@ -651,17 +770,17 @@ func matches(s sessions.Session, q string) bool {
 	return true
 }
 
-// current returns the selected session.
-func (m *Model) current() (sessions.Session, bool) {
+// current returns the selected row.
+func (m *Model) current() (row, bool) {
 	if m.cursor < 0 || m.cursor >= len(m.visible) {
-		return sessions.Session{}, false
+		return row{}, false
 	}
 	return m.all[m.visible[m.cursor]], true
 }
 
 func (m *Model) anyLive() bool {
 	for _, s := range m.all {
-		if s.State == sessions.Live {
+		if s.State == sessions.Live && s.down == "" {
 			return true
 		}
 	}
@@ -671,8 +790,8 @@ func (m *Model) anyLive() bool {
 // ptyFor is the terminal the preview shows for s: the one the user chose
 // if it still exists, else the most recent running one (what attach
 // picks), else the most recent one.
-func (m *Model) ptyFor(s sessions.Session) (sessions.PTY, bool) {
-	if id, ok := m.ptyChoice[s.ID]; ok {
+func (m *Model) ptyFor(s row) (sessions.PTY, bool) {
+	if id, ok := m.ptyChoice[s.key()]; ok {
 		for _, p := range s.PTYs {
 			if p.ID == id {
 				return p, true
@@ -690,17 +809,18 @@ func (m *Model) ptyFor(s sessions.Session) (sessions.PTY, bool) {
 	return sessions.PTY{}, false
 }
 
-// previewTarget is the session and terminal the preview should show.
+// previewTarget is the row (its key) and terminal the preview should
+// show. An unreachable host's row has none: its screen cannot be read.
 func (m *Model) previewTarget() (string, uint64) {
 	s, ok := m.current()
 	if !ok {
 		return "", 0
 	}
 	p, ok := m.ptyFor(s)
-	if !ok {
-		return s.ID, 0
+	if !ok || s.down != "" {
+		return s.key(), 0
 	}
-	return s.ID, p.ID
+	return s.key(), p.ID
 }
 
 // fetchPreview asks for the previewed terminal's screen when the preview
@@ -720,22 +840,23 @@ func (m *Model) fetchPreview(force bool) tea.Cmd {
 		return nil
 	}
 	m.fetching, m.wantFetch = true, false
+	s, _ := m.current()
 	return func() tea.Msg {
 		ctx, cancel := m.reqCtx()
 		defer cancel()
-		scr, err := m.backend.Screen(ctx, id, pty)
-		return screenMsg{session: id, pty: pty, screen: scr, err: err}
+		scr, err := s.host.Backend.Screen(ctx, s.ID, pty)
+		return screenMsg{key: id, pty: pty, screen: scr, err: err}
 	}
 }
 
 func (m *Model) onScreen(msg screenMsg) tea.Cmd {
 	m.fetching = false
-	m.preview = preview{session: msg.session, pty: msg.pty, screen: msg.screen, err: msg.err}
+	m.preview = preview{session: msg.key, pty: msg.pty, screen: msg.screen, err: msg.err}
 	if msg.err == nil {
 		m.preview.lines = screenLines(msg.screen)
 	}
 	id, pty := m.previewTarget()
-	if m.wantFetch || id != msg.session || pty != msg.pty {
+	if m.wantFetch || id != msg.key || pty != msg.pty {
 		return m.fetchPreview(true)
 	}
 	return nil
@@ -765,7 +886,7 @@ func (m *Model) selectRow(i int) tea.Cmd {
 		return nil
 	}
 	m.cursor = max(0, min(i, len(m.visible)-1))
-	m.selected = m.all[m.visible[m.cursor]].ID
+	m.selected, m.picked = m.all[m.visible[m.cursor]].key(), true
 	m.clampScroll()
 	return m.fetchPreview(false)
 }

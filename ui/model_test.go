@@ -36,7 +36,7 @@ func TestFilter(t *testing.T) {
 		{"zzz", false},
 	}
 	for _, tt := range tests {
-		if got := matches(s, tt.q); got != tt.want {
+		if got := matches(row{Session: s}, tt.q); got != tt.want {
 			t.Errorf("matches(%q) = %v, want %v", tt.q, got, tt.want)
 		}
 	}
@@ -111,7 +111,7 @@ func TestBuildRequest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, err := buildRequest(tt.v, getenv)
+			req, err := buildRequest(tt.v, false, getenv)
 			if tt.wantField < 0 {
 				if err != nil {
 					t.Fatal(err)

@@ -24,6 +24,7 @@ const maxRequests = 200
 type policyEditor struct {
 	pb      PolicyBackend
 	session sessions.Session
+	h       *host
 	pv      sessions.PolicyView
 	loaded  bool
 	err     error
@@ -72,7 +73,7 @@ func (m *Model) openPolicy() tea.Cmd {
 		return cmd
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
-	d := &policyEditor{pb: pb, session: s, cancel: cancel}
+	d := &policyEditor{pb: pb, session: s.Session, h: s.host, cancel: cancel}
 	m.dialog = d
 	return tea.Batch(d.load(m, ""), func() tea.Msg {
 		ch, err := pb.NetworkEvents(ctx, s.ID, true)
@@ -104,6 +105,8 @@ func waitNetEvents(ch <-chan netpolicy.Event) tea.Cmd {
 		return netEventsMsg{ch: ch, events: batch, closed: closed}
 	}
 }
+
+func (d *policyEditor) host() *host { return d.h }
 
 // onEvent refreshes the policy when the supervisor says it changed
 // (another client, or `gondolin policy`).

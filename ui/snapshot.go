@@ -16,6 +16,7 @@ import (
 type snapshotDialog struct {
 	sb      SnapshotBackend
 	session sessions.Session
+	host    *host
 	live    bool
 	name    textinput.Model
 
@@ -47,7 +48,7 @@ func (m *Model) openSnapshot() tea.Cmd {
 	st := in.Styles()
 	st.Cursor.Blink = false
 	in.SetStyles(st)
-	d := &snapshotDialog{sb: sb, session: s, name: in}
+	d := &snapshotDialog{sb: sb, session: s.Session, host: s.host, name: in}
 	m.dialog = d
 	return d.name.Focus()
 }
@@ -183,6 +184,7 @@ func busyBar(elapsed time.Duration, w int) string {
 // resumeDialog lists snapshots and resumes one into a new session.
 type resumeDialog struct {
 	sb     SnapshotBackend
+	host   *host // where the snapshots are, and the session resumes
 	list   []sessions.SnapshotInfo
 	loaded bool
 	err    error
@@ -194,12 +196,18 @@ type snapListMsg struct {
 	err  error
 }
 
+// openResume lists the snapshots of the selected row's host (reachable),
+// else of the form's default host: a snapshot resumes where it is.
 func (m *Model) openResume() tea.Cmd {
-	sb, cmd, ok := optionalFeature[SnapshotBackend](m, "snapshots")
+	h := m.formHost()
+	if s, ok := m.current(); ok && s.down == "" {
+		h = s.host
+	}
+	sb, cmd, ok := optionalFeature[SnapshotBackend](m, h, "snapshots")
 	if !ok {
 		return cmd
 	}
-	m.dialog = &resumeDialog{sb: sb}
+	m.dialog = &resumeDialog{sb: sb, host: h}
 	return func() tea.Msg {
 		ctx, cancel := m.reqCtx()
 		defer cancel()
@@ -229,7 +237,7 @@ func (d *resumeDialog) update(m *Model, msg tea.Msg) (bool, tea.Cmd) {
 			}
 			snap := d.list[d.cursor]
 			req := sessions.CreateRequest{Resume: snap.ID, Rows: uint16(max(m.height, 24)), Cols: uint16(max(m.width, 80))}
-			return true, tea.Batch(m.setStatus("resuming "+snapName(snap.Snapshot)+"…"), m.create(req, nil))
+			return true, tea.Batch(m.setStatus("resuming "+snapName(snap.Snapshot)+"…"), m.create(d.host, req, nil))
 		}
 	}
 	return false, nil
@@ -259,5 +267,9 @@ func (d *resumeDialog) view(m *Model, w, h int) string {
 		}
 	}
 	body = append(body, "", m.st.key.Render("enter")+" resume into a new session   "+m.st.key.Render("esc")+" close")
-	return m.box("Resume from a snapshot", body, min(w, 70), h)
+	title := "Resume from a snapshot"
+	if d.host.multi {
+		title += " on " + d.host.Name
+	}
+	return m.box(title, body, min(w, 70), h)
 }

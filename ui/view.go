@@ -72,7 +72,7 @@ func (m *Model) render() string {
 func (m *Model) titleBar(w int) string {
 	live := 0
 	for _, s := range m.all {
-		if s.State == sessions.Live {
+		if s.State == sessions.Live && s.down == "" {
 			live++
 		}
 	}
@@ -81,7 +81,15 @@ func (m *Model) titleBar(w int) string {
 		left += fmt.Sprintf("  filter %q: %d shown", q, len(m.visible))
 	}
 	var right string
+	down := 0
+	for _, h := range m.hosts {
+		if h.unreachable() != "" {
+			down++
+		}
+	}
 	switch {
+	case len(m.hosts) > 1 && down > 0:
+		right = m.st.errText.Render(fmt.Sprintf("%d of %d hosts unreachable", down, len(m.hosts)))
 	case m.listErr != nil:
 		right = m.st.errText.Render("supervisor unreachable")
 	case !m.eventsUp && m.eventsNote != "":
@@ -173,19 +181,30 @@ type column struct {
 	prio     int // higher survives longer
 	right    bool
 	cut      bool // truncate without an ellipsis (an ID prefix still works)
-	cell     func(m *Model, s sessions.Session) string
+	multi    bool // shown only when the dashboard shows several hosts
+	cell     func(m *Model, r row) string
 }
 
 var columns = []column{
-	{title: "NAME", min: 8, max: 20, prio: 9, cell: func(_ *Model, s sessions.Session) string { return dash(s.Name) }},
-	{title: "ID", min: 8, max: 12, prio: 8, cut: true, cell: func(_ *Model, s sessions.Session) string { return s.ID }},
-	{title: "STATE", min: 7, max: 0, prio: 10, cell: func(_ *Model, s sessions.Session) string { return stateText(s) }},
-	{title: "IMAGE", min: 10, max: 22, prio: 5, cell: func(_ *Model, s sessions.Session) string { return s.Image }},
-	{title: "UP", min: 4, max: 5, prio: 6, right: true, cell: func(m *Model, s sessions.Session) string { return m.uptime(s) }},
-	{title: "CPU", min: 5, max: 5, prio: 4, right: true, cell: func(_ *Model, s sessions.Session) string { return cpuText(s) }},
-	{title: "MEM", min: 5, max: 6, prio: 3, right: true, cell: func(_ *Model, s sessions.Session) string { return memText(s) }},
-	{title: "PTYS", min: 4, max: 4, prio: 7, right: true, cell: func(_ *Model, s sessions.Session) string { return ptysText(s) }},
-	{title: "POLICY", min: 10, max: 0, prio: 2, cell: func(_ *Model, s sessions.Session) string { return dash(s.Policy) }},
+	{title: "NAME", min: 8, max: 20, prio: 9, cell: func(_ *Model, r row) string { return dash(r.Name) }},
+	{title: "HOST", min: 7, max: 16, prio: 8, multi: true, cell: func(_ *Model, r row) string { return r.host.Name }},
+	{title: "ID", min: 8, max: 12, prio: 8, cut: true, cell: func(_ *Model, r row) string { return dash(r.ID) }},
+	{title: "STATE", min: 7, max: 0, prio: 10, cell: func(_ *Model, r row) string { return stateText(r) }},
+	{title: "IMAGE", min: 10, max: 22, prio: 5, cell: func(_ *Model, r row) string { return r.Image }},
+	{title: "UP", min: 4, max: 5, prio: 6, right: true, cell: func(m *Model, r row) string { return unknownIfDown(r, m.uptime) }},
+	{title: "CPU", min: 5, max: 5, prio: 4, right: true, cell: func(_ *Model, r row) string { return unknownIfDown(r, cpuText) }},
+	{title: "MEM", min: 5, max: 6, prio: 3, right: true, cell: func(_ *Model, r row) string { return unknownIfDown(r, memText) }},
+	{title: "PTYS", min: 4, max: 4, prio: 7, right: true, cell: func(_ *Model, r row) string { return ptysText(r.Session) }},
+	{title: "POLICY", min: 10, max: 0, prio: 2, cell: func(_ *Model, r row) string { return dash(r.Policy) }},
+}
+
+// unknownIfDown is f of r's session, or "-" when its host is
+// unreachable: the last known uptime and usage would pass for current.
+func unknownIfDown(r row, f func(sessions.Session) string) string {
+	if r.down != "" {
+		return "-"
+	}
+	return f(r.Session)
 }
 
 const markerWidth = 2 // "> " on the selected row
@@ -194,8 +213,8 @@ const markerWidth = 2 // "> " on the selected row
 func (m *Model) colWidths(w int) []int {
 	widths := make([]int, len(columns))
 	on := make([]bool, len(columns))
-	for i := range columns {
-		on[i] = true
+	for i, c := range columns {
+		on[i] = !c.multi || len(m.hosts) > 1
 	}
 	need := func() int {
 		n := markerWidth
@@ -209,7 +228,8 @@ func (m *Model) colWidths(w int) []int {
 	for need() > w {
 		low := -1
 		for i, c := range columns {
-			if on[i] && (low < 0 || c.prio < columns[low].prio) {
+			// On a tie the later column goes first (ID before HOST).
+			if on[i] && (low < 0 || c.prio <= columns[low].prio) {
 				low = i
 			}
 		}
@@ -245,7 +265,7 @@ func (m *Model) colWidths(w int) []int {
 // growOrder lists columns by who gets spare width first.
 var growOrder = func() []int {
 	var order []int
-	for _, title := range []string{"IMAGE", "STATE", "POLICY", "NAME", "ID", "UP", "CPU", "MEM", "PTYS"} {
+	for _, title := range []string{"IMAGE", "STATE", "POLICY", "NAME", "HOST", "ID", "UP", "CPU", "MEM", "PTYS"} {
 		for i, c := range columns {
 			if c.title == title {
 				order = append(order, i)
@@ -315,7 +335,11 @@ func (m *Model) tableBody(w, rows int) []string {
 			}
 			cell := fit(text, widths[i], c.right)
 			if c.title == "STATE" && !sel {
-				cell = m.st.stateStyle(s.State).Render(cell)
+				if s.down != "" {
+					cell = m.st.errText.Render(cell)
+				} else {
+					cell = m.st.stateStyle(s.State).Render(cell)
+				}
 			}
 			b.WriteString(cell)
 			b.WriteByte(' ')
@@ -358,7 +382,14 @@ func dash(s string) string {
 	return s
 }
 
-func stateText(s sessions.Session) string {
+func stateText(r row) string {
+	switch {
+	case r.down != "":
+		return "unreachable: " + r.down
+	case r.placeholder():
+		return "connecting…"
+	}
+	s := r.Session
 	if s.State == sessions.Stale && s.Reason != "" {
 		return "stale: " + s.Reason
 	}
@@ -432,7 +463,11 @@ func (m *Model) previewTitle(w int) string {
 	}
 	var b strings.Builder
 	b.WriteString("── ")
-	b.WriteString(m.st.header.Render(displayName(s)))
+	name := s.displayName()
+	if s.host.multi && !s.placeholder() {
+		name += " on " + s.host.Name
+	}
+	b.WriteString(m.st.header.Render(name))
 	cur, _ := m.ptyFor(s)
 	for i, p := range s.PTYs {
 		label := strconv.Itoa(i+1) + ":" + ptyLabel(p)
@@ -482,6 +517,11 @@ func (m *Model) previewBody(w, rows int) []string {
 			"",
 			"  From a shell: gondolin bash --detach --name NAME")
 	case !ok:
+	case s.down != "":
+		out = append(out, m.st.errText.Render(fmt.Sprintf("  host %s is unreachable: %s", s.host.Name, s.down)),
+			m.st.dim.Render("  shown as last listed; the dashboard keeps trying (gondolin --context "+s.host.Name+" supervisor status tells more)"))
+	case s.placeholder():
+		out = append(out, m.st.dim.Render("  connecting to host "+s.host.Name+"…"))
 	case s.State == sessions.Creating:
 		out = append(out, m.st.stateStyle(sessions.Creating).Render(fmt.Sprintf("  creating: %s… it turns live once its VM is up",
 			orDefault(s.Phase, sessions.PhaseStarting))))
@@ -492,7 +532,7 @@ func (m *Model) previewBody(w, rows int) []string {
 	case len(s.PTYs) == 0:
 		out = append(out, "  no terminal: c opens a shell")
 	}
-	if ok && m.preview.session == s.ID && len(out) < rows {
+	if ok && s.down == "" && m.preview.session == s.key() && len(out) < rows {
 		if m.preview.err != nil {
 			if s.State == sessions.Live {
 				out = append(out, m.st.errText.Render("  cannot read the screen: "+oneLine(m.preview.err.Error())))

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gondolin/gondolin/contexts"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/testenv"
 	"github.com/gondolin/gondolin/internal/testreq"
@@ -50,8 +51,23 @@ func (s *tmuxServer) run(args ...string) string {
 // pane stays after gondolin exits and shows its exit status.
 func (s *tmuxServer) open(name string, home layout.Home) {
 	s.t.Helper()
-	cmd := fmt.Sprintf("%s=%s %s; echo dashboard-exited-$?; sleep 600", layout.EnvHome, home, gondolinBin)
+	s.openEnv(name, home, nil)
+}
+
+// openEnv is open with more environment variables (NAME=VALUE).
+func (s *tmuxServer) openEnv(name string, home layout.Home, env []string) {
+	s.t.Helper()
+	vars := layout.EnvHome + "=" + shellQuote(string(home))
+	for _, e := range env {
+		k, v, _ := strings.Cut(e, "=")
+		vars += " " + k + "=" + shellQuote(v)
+	}
+	cmd := fmt.Sprintf("%s %s; echo dashboard-exited-$?; sleep 600", vars, gondolinBin)
 	s.run("new-session", "-d", "-s", name, "-x", "120", "-y", "40", cmd)
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func (s *tmuxServer) screen(name string) string {
@@ -177,4 +193,73 @@ func TestDashboard(t *testing.T) {
 	}
 	tm.keys("two", "q")
 	tm.waitText("two", "dashboard-exited-0", 20*time.Second)
+}
+
+var (
+	localRow = regexp.MustCompile(`(?m)^. localsess\s+default\s+[0-9a-f]+\s+live\b`)
+	farRow   = regexp.MustCompile(`(?m)^. farsess\s+far\s+[0-9a-f]+\s+live\b`)
+)
+
+// TestDashboardContexts: with a context on another machine (a real sshd
+// on loopback), the dashboard shows this machine's session and the far
+// one's together, each with its HOST, and Enter attaches to the far one
+// through ssh.
+func TestDashboardContexts(t *testing.T) {
+	far := startFarHost(t)
+	home := testenv.Home(t)
+	t.Cleanup(func() { stopSupervisor(t, home) })
+	env := []string{contexts.EnvSSHCommand + "=" + far.sshCmd, layout.EnvPool + "=0"}
+	must := func(args ...string) string {
+		t.Helper()
+		r := runGondolin(t, 5*time.Minute, home, env, "", args...)
+		if r.code != 0 {
+			t.Fatalf("gondolin %v: %+v", args, r)
+		}
+		return r.stdout
+	}
+	must("context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper)
+	must("--context", "far", "bash", "--detach", "--keep", "--name", "farsess", "--", "sh")
+	must("bash", "--detach", "--keep", "--name", "localsess", "--", "sleep", "1000")
+	t.Logf("both sessions made")
+
+	tm := newTmux(t)
+	tm.openEnv("ctx", home, env)
+	scr := tm.waitScreen("ctx", "both sessions, with their hosts", 90*time.Second, func(s string) bool {
+		return localRow.MatchString(s) && farRow.MatchString(s)
+	})
+	if !strings.Contains(scr, "HOST") {
+		t.Errorf("no HOST column:\n%s", scr)
+	}
+	tm.waitText("ctx", "events: live", 30*time.Second)
+	t.Logf("both listed")
+
+	// Select the far session and attach to it: keys typed here run in
+	// the far VM.
+	tm.keys("ctx", "/", "farsess", "Enter")
+	tm.waitScreen("ctx", "farsess selected", 10*time.Second, regexp.MustCompile(`(?m)^> farsess\s+far\b`).MatchString)
+	tm.keys("ctx", "Enter")
+	tm.waitScreen("ctx", "the attached far shell", 30*time.Second, func(s string) bool { return !strings.Contains(s, "events: live") })
+	tm.keys("ctx", "echo far-$((6*7))", "Enter")
+	tm.waitScreen("ctx", "far-42", 30*time.Second, regexp.MustCompile(`(?m)^far-42\s*$`).MatchString)
+	tm.keys("ctx", "C-]")
+	if scr := tm.waitText("ctx", "events: live", 30*time.Second); !strings.Contains(scr, "detached") {
+		t.Errorf("no word of the detach:\n%s", scr)
+	}
+	tm.keys("ctx", "Escape")
+	tm.waitScreen("ctx", "the filter cleared", 10*time.Second, localRow.MatchString)
+
+	// The far machine goes away (no sshd, no supervisor): its session
+	// stays listed, marked unreachable, and this machine's is untouched.
+	t.Logf("attached and detached")
+	far.srv.Stop()
+	stopSupervisor(t, far.home)
+	t.Logf("far host gone")
+	scr = tm.waitScreen("ctx", "the far session unreachable", 60*time.Second,
+		regexp.MustCompile(`(?m)^. farsess\s+far\s+[0-9a-f]+\s+unreachable: `).MatchString)
+	t.Logf("with the far host gone:\n%s", scr)
+	if !localRow.MatchString(scr) || !strings.Contains(scr, "1 of 2 hosts unreachable") {
+		t.Errorf("with the far host gone:\n%s", scr)
+	}
+	tm.keys("ctx", "q")
+	tm.waitText("ctx", "dashboard-exited-0", 20*time.Second)
 }

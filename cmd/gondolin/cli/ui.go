@@ -2,9 +2,14 @@ package cli
 
 import (
 	"context"
+	"net"
 	"os"
+	"time"
 
+	"github.com/gondolin/gondolin/contexts"
+	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termio"
+	"github.com/gondolin/gondolin/sessions"
 	"github.com/gondolin/gondolin/ui"
 	"github.com/spf13/cobra"
 )
@@ -25,12 +30,48 @@ func newUICmd() *cobra.Command {
 	}
 }
 
-// runDashboard connects to the supervisor (starting it if none runs) and
-// opens the dashboard; quitting it leaves every VM running.
+// runDashboard opens the dashboard over every context: this machine's
+// supervisor (started if none runs) and, for each context on another
+// machine, a client that reaches it over ssh when the dashboard asks (a
+// host that does not answer shows as unreachable, and holds up no
+// other). The selected context (--context, GONDOLIN_CONTEXT, the stored
+// choice) is where the new-session form proposes to create. Quitting
+// leaves every VM running.
 func runDashboard() error {
-	client, err := dialSupervisor(true)
+	home, err := layout.DefaultHome()
 	if err != nil {
 		return err
 	}
-	return ui.Run(context.Background(), client)
+	list, _, err := contexts.Open(home).List()
+	if err != nil {
+		return err
+	}
+	sel, err := selectedContext()
+	if err != nil {
+		return err
+	}
+	var hosts []ui.Host
+	for _, c := range list {
+		if !c.Remote() {
+			ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+			client, _, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: true})
+			cancel()
+			if err != nil && len(list) == 1 {
+				return err
+			}
+			if err != nil {
+				// The other machines' sessions are still worth showing:
+				// this one's shows as unreachable, and is followed as
+				// soon as a supervisor answers on its socket.
+				client = sessions.NewClient(home)
+			}
+			hosts = append(hosts, ui.Host{Name: c.Name, Backend: client})
+			continue
+		}
+		// As for the CLI's commands, the far side's dial-stdio starts
+		// its supervisor when none runs.
+		dial := func(ctx context.Context) (net.Conn, error) { return c.Dial(ctx, false) }
+		hosts = append(hosts, ui.Host{Name: c.Name, Backend: sessions.NewDialClient(dial), Elsewhere: true})
+	}
+	return ui.Run(context.Background(), hosts, sel.Name)
 }
