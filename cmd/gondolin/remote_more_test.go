@@ -4,13 +4,16 @@ import (
 	"encoding/json"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/gondolin/gondolin/contexts"
 	"github.com/gondolin/gondolin/internal/layout"
+	"github.com/gondolin/gondolin/internal/syncbuf"
+	"github.com/gondolin/gondolin/internal/testutil"
 )
 
 // TestContextCarriesSecretsSnapshotsIngress: a secret's value goes from
@@ -18,18 +21,7 @@ import (
 // memory only (neither the guest nor the far disk holds it), and
 // snapshots, ingress routes and network events work through a context.
 func TestContextCarriesSecretsSnapshotsIngress(t *testing.T) {
-	far := startFarHost(t)
-	t.Setenv(contexts.EnvSSHCommand, far.sshCmd)
-	home := layout.Home(t.TempDir())
-	must := func(args ...string) string {
-		t.Helper()
-		r := gondolinWithin(t, 3*time.Minute, home, "", args...)
-		if r.code != 0 {
-			t.Fatalf("gondolin %v: %+v", args, r)
-		}
-		return r.stdout
-	}
-	must("context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper)
+	far, _, must := farContext(t)
 	const secret = "s3cret-value-0f-this-shell-7d2a"
 	t.Setenv("FAR_TOKEN", secret)
 	id := strings.TrimSpace(must("--context", "far", "bash", "--detach", "--keep", "--name", "sec",
@@ -87,12 +79,7 @@ func TestContextCarriesSecretsSnapshotsIngress(t *testing.T) {
 // back repainted, -t gives the command a terminal, and Tab completes the
 // far sessions.
 func TestContextTerminals(t *testing.T) {
-	far := startFarHost(t)
-	t.Setenv(contexts.EnvSSHCommand, far.sshCmd)
-	home := layout.Home(t.TempDir())
-	if r := gondolin(t, home, "", "context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper); r.code != 0 {
-		t.Fatalf("context create: %+v", r)
-	}
+	_, home, _ := farContext(t)
 	if r := gondolin(t, home, "", "--context", "far", "bash", "--detach", "--keep", "--name", "term", "--", "sh"); r.code != 0 {
 		t.Fatalf("bash --detach: %+v", r)
 	}
@@ -117,4 +104,37 @@ func TestContextTerminals(t *testing.T) {
 	if r := gondolin(t, home, "", "__complete", "--context", "far", "attach", "oth"); !strings.Contains(r.stdout, "other") {
 		t.Errorf("completion through the context: %+v", r)
 	}
+}
+
+// TestContextSignalsAndFollow: Ctrl-C reaches the command through the
+// context (ssh runs in a process group of its own, so the signal is
+// gondolin's to forward), and logs -f follows the far console.
+func TestContextSignalsAndFollow(t *testing.T) {
+	_, home, must := farContext(t)
+	must("--context", "far", "bash", "--detach", "--keep", "--name", "sig", "--", "sleep", "1000")
+
+	cmd := exec.Command(gondolinBin, "--context", "far", "exec", "--session", "sig", "--", "sh", "-c", `trap 'echo got INT; exit 3' INT; echo ready; sleep 60 & wait`)
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home))
+	out := &syncbuf.Buffer{}
+	cmd.Stdout = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, time.Minute, "the command ready", func() bool { return strings.Contains(out.String(), "ready") })
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(out.String(), "got INT") {
+		t.Errorf("err %v, output %q; want exit 3 after 'got INT'", err, out.String())
+	}
+
+	follow := exec.Command(gondolinBin, "--context", "far", "logs", "-f", "sig")
+	follow.Env = cmd.Env
+	logs := &syncbuf.Buffer{}
+	follow.Stdout = logs
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { follow.Process.Kill(); follow.Wait() })
+	must("--context", "far", "exec", "--session", "sig", "--", "sh", "-c", "echo followed-$((6*7)) > /dev/console")
+	testutil.WaitFor(t, 30*time.Second, "logs -f to show the new line", func() bool { return strings.Contains(logs.String(), "followed-42") })
 }

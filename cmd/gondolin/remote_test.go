@@ -59,6 +59,27 @@ func startFarHost(t *testing.T) *farHost {
 	return far
 }
 
+// farContext starts a far host and makes a home on this machine with a
+// context "far" to it; must runs gondolin there and fails the test
+// unless it exits 0, returning its stdout.
+func farContext(t *testing.T) (far *farHost, home layout.Home, must func(args ...string) string) {
+	t.Helper()
+	far = startFarHost(t)
+	t.Setenv(contexts.EnvSSHCommand, far.sshCmd)
+	home = layout.Home(t.TempDir()) // this machine: contexts, and maybe an empty supervisor
+	t.Cleanup(func() { stopSupervisor(t, home) })
+	must = func(args ...string) string {
+		t.Helper()
+		r := gondolinWithin(t, 3*time.Minute, home, "", args...)
+		if r.code != 0 {
+			t.Fatalf("gondolin %v: %+v", args, r)
+		}
+		return r.stdout
+	}
+	must("context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper)
+	return far, home, must
+}
+
 // ssh is the GONDOLIN_SSH_COMMAND that logs in with key, each command on
 // a connection of its own.
 func (f *farHost) ssh(key string) string {
@@ -70,19 +91,7 @@ func (f *farHost) url() string { return f.srv.URL("root") }
 // TestContexts drives sessions on another "machine" through a context:
 // a real sshd, the user's ssh, and dial-stdio on the far side.
 func TestContexts(t *testing.T) {
-	far := startFarHost(t)
-	t.Setenv(contexts.EnvSSHCommand, far.sshCmd)
-	home := layout.Home(t.TempDir()) // this machine: contexts, and an empty supervisor
-	t.Cleanup(func() { stopSupervisor(t, home) })
-	must := func(args ...string) string {
-		t.Helper()
-		r := gondolinWithin(t, 3*time.Minute, home, "", args...)
-		if r.code != 0 {
-			t.Fatalf("gondolin %v: %+v", args, r)
-		}
-		return r.stdout
-	}
-	must("context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper)
+	_, home, must := farContext(t)
 	if ls := must("context", "ls"); !strings.Contains(ls, "far") || !strings.Contains(ls, "default *") {
 		t.Errorf("context ls:\n%s", ls)
 	}

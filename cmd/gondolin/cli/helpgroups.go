@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/gondolin/gondolin/contexts"
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/termio"
 )
@@ -46,6 +47,7 @@ type envVar struct{ name, meaning string }
 // vmEnv are the variables every command that makes a VM reads.
 var vmEnv = []envVar{
 	{layout.EnvHome, "all state (default $XDG_DATA_HOME/gondolin, else ~/.local/share/gondolin)"},
+	{contexts.EnvContext, "the machine to act on, as --context (see gondolin context)"},
 	{layout.EnvDefaultImage, "the image without --image (default default:latest)"},
 	{layout.EnvCPUs, "virtual CPUs without --cpus (default 1)"},
 	{layout.EnvMemory, "guest memory without --memory (default 256M)"},
@@ -69,7 +71,7 @@ func groupedHelp(c *cobra.Command, env []envVar) {
 		}
 		for _, g := range append(groupOrder, "") {
 			fs := pflag.NewFlagSet(g, pflag.ContinueOnError)
-			c.Flags().VisitAll(func(f *pflag.Flag) {
+			c.LocalFlags().VisitAll(func(f *pflag.Flag) {
 				if got := f.Annotations[groupKey]; len(got) == 1 && got[0] == g || len(got) == 0 && g == "" {
 					fs.AddFlag(f)
 				}
@@ -82,6 +84,9 @@ func groupedHelp(c *cobra.Command, env []envVar) {
 				title = "Other flags"
 			}
 			fmt.Fprintf(w, "\n%s:\n%s", title, fs.FlagUsagesWrapped(width))
+		}
+		if inherited := c.InheritedFlags(); inherited.HasFlags() {
+			fmt.Fprintf(w, "\nGlobal flags:\n%s", inherited.FlagUsagesWrapped(width))
 		}
 		if len(env) > 0 {
 			fmt.Fprintf(w, "\nEnvironment:\n")
