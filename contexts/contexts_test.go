@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -203,5 +204,24 @@ func TestDial(t *testing.T) {
 	defer cancel()
 	if _, err := c.Dial(ctx, false); err == nil || !strings.Contains(err.Error(), "deadline") {
 		t.Errorf("a host that hangs: %v", err)
+	}
+}
+
+// TestStoreConcurrent: contexts created at once all land.
+func TestStoreConcurrent(t *testing.T) {
+	s := Open(layout.Home(t.TempDir()))
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Create(Context{Name: "c" + strconv.Itoa(i), Host: "ssh://h"}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if list, _, _ := s.List(); len(list) != 21 {
+		t.Errorf("%d contexts after 20 creates (and the default)", len(list))
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
+	"golang.org/x/sys/unix"
 )
 
 // Default is the built-in context: this machine.
@@ -87,6 +88,30 @@ func (s *Store) read() (file, error) {
 	return f, nil
 }
 
+// update reads the file, lets change edit it, and writes it back, under
+// a lock on the home: two commands changing contexts at once both land.
+func (s *Store) update(change func(*file) error) error {
+	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(s.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return err
+	}
+	f, err := s.read()
+	if err != nil {
+		return err
+	}
+	if err := change(&f); err != nil {
+		return err
+	}
+	return s.write(f)
+}
+
 func (s *Store) write(f file) error {
 	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
 		return err
@@ -137,15 +162,13 @@ func (s *Store) Create(c Context) error {
 			return err
 		}
 	}
-	f, err := s.read()
-	if err != nil {
-		return err
-	}
-	if c.Name == Default || slices.ContainsFunc(f.Contexts, func(o Context) bool { return o.Name == c.Name }) {
-		return errdefs.Errorf(errdefs.ErrConflict, "a context %q exists already (remove it first: gondolin context rm %s)", c.Name, c.Name)
-	}
-	f.Contexts = append(f.Contexts, c)
-	return s.write(f)
+	return s.update(func(f *file) error {
+		if c.Name == Default || slices.ContainsFunc(f.Contexts, func(o Context) bool { return o.Name == c.Name }) {
+			return errdefs.Errorf(errdefs.ErrConflict, "a context %q exists already (remove it first: gondolin context rm %s)", c.Name, c.Name)
+		}
+		f.Contexts = append(f.Contexts, c)
+		return nil
+	})
 }
 
 // Remove forgets a context; the current one falls back to the default.
@@ -153,35 +176,31 @@ func (s *Store) Remove(name string) error {
 	if name == Default {
 		return errdefs.Errorf(errdefs.ErrInvalid, "the default context is this machine: it cannot be removed")
 	}
-	f, err := s.read()
-	if err != nil {
-		return err
-	}
-	i := slices.IndexFunc(f.Contexts, func(o Context) bool { return o.Name == name })
-	if i < 0 {
-		return errdefs.Errorf(errdefs.ErrNotFound, "no context %q (see: gondolin context ls)", name)
-	}
-	f.Contexts = slices.Delete(f.Contexts, i, i+1)
-	if f.Current == name {
-		f.Current = ""
-	}
-	return s.write(f)
+	return s.update(func(f *file) error {
+		i := slices.IndexFunc(f.Contexts, func(o Context) bool { return o.Name == name })
+		if i < 0 {
+			return errdefs.Errorf(errdefs.ErrNotFound, "no context %q (see: gondolin context ls)", name)
+		}
+		f.Contexts = slices.Delete(f.Contexts, i, i+1)
+		if f.Current == name {
+			f.Current = ""
+		}
+		return nil
+	})
 }
 
 // Use makes name the current context.
 func (s *Store) Use(name string) error {
-	if _, err := s.Get(name); err != nil {
-		return err
-	}
-	f, err := s.read()
-	if err != nil {
-		return err
-	}
-	f.Current = name
-	if name == Default {
-		f.Current = ""
-	}
-	return s.write(f)
+	return s.update(func(f *file) error {
+		if name != Default && !slices.ContainsFunc(f.Contexts, func(o Context) bool { return o.Name == name }) {
+			return errdefs.Errorf(errdefs.ErrNotFound, "no context %q (see: gondolin context ls)", name)
+		}
+		f.Current = name
+		if name == Default {
+			f.Current = ""
+		}
+		return nil
+	})
 }
 
 // Selected is the context a command uses: flag (--context) when given,

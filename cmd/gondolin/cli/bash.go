@@ -8,6 +8,7 @@ import (
 
 	"github.com/gondolin/gondolin/ingress"
 	"github.com/gondolin/gondolin/internal/termio"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
@@ -78,13 +79,13 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 				return err
 			}
 			for _, r := range s.Ingress {
-				fmt.Fprintf(os.Stderr, "gondolin: %s -> guest port %d\n", r.URL(), r.GuestPort)
+				fmt.Fprintf(os.Stderr, "gondolin: %s -> guest port %d\n", termsafe.String(r.URL()), r.GuestPort)
 			}
 			if s.SSHCommand != "" {
-				fmt.Fprintf(os.Stderr, "gondolin: log in with: %s\n", s.SSHCommand)
+				fmt.Fprintf(os.Stderr, "gondolin: log in with: %s\n", termsafe.String(s.SSHCommand))
 			}
 			for _, e := range s.Errors {
-				fmt.Fprintf(os.Stderr, "gondolin: warning: %s\n", e)
+				fmt.Fprintf(os.Stderr, "gondolin: warning: %s\n", termsafe.String(e))
 			}
 			if detach {
 				fmt.Println(s.ID)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/gondolin/gondolin/ingress"
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/spf13/cobra"
 )
 
@@ -39,7 +40,7 @@ func newIngressCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Printf("%s -> guest port %d\n", got.URL(), got.GuestPort)
+				fmt.Printf("%s -> guest port %d\n", termsafe.String(got.URL()), got.GuestPort)
 			case verb == "rm" && len(rest) == 1:
 				return client.RemoveRoute(ctx, ref, rest[0])
 			case verb == "ls" && len(rest) == 0:

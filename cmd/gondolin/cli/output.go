@@ -15,9 +15,11 @@ import (
 // up the same way and nothing a guest, a registry or a snapshot file
 // chose can act on the user's terminal.
 
-// newTable writes aligned columns to stdout; the caller Flushes it.
+// newTable writes aligned columns to stdout; the caller Flushes it. What
+// it prints is a supervisor's answer, which may be another machine's (a
+// context): no cell of it acts on the terminal.
 func newTable() *tabwriter.Writer {
-	return tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	return tabwriter.NewWriter(&termsafe.Writer{W: os.Stdout}, 0, 0, 2, ' ', 0)
 }
 
 // printJSON prints v indented; what a guest or a registry chose cannot
