@@ -168,11 +168,28 @@ var contextFlag string
 // selectedContext is the context the command uses (--context,
 // GONDOLIN_CONTEXT, the stored choice, or the default: this machine).
 func selectedContext() (contexts.Context, error) {
+	// Read once per command (a command asks several times), again only
+	// if --context changed (tests build many commands in one process).
+	if chosen.done && chosen.flag == contextFlag {
+		return chosen.ctx, chosen.err
+	}
 	home, err := layout.DefaultHome()
 	if err != nil {
 		return contexts.Context{}, err
 	}
-	return contexts.Open(home).Selected(contextFlag, os.Getenv)
+	c, err := contexts.Open(home).Selected(contextFlag, os.Getenv)
+	chosen = contextChoice{true, contextFlag, c, err}
+	return c, err
+}
+
+// chosen is selectedContext's answer for this command.
+var chosen contextChoice
+
+type contextChoice struct {
+	done bool
+	flag string
+	ctx  contexts.Context
+	err  error
 }
 
 // remote reports whether the command's context is on another machine.
