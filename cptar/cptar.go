@@ -73,7 +73,7 @@ func Write(w io.Writer, src, name string, skipped func(name, why string)) error 
 func writeTree(tw *tar.Writer, src, name string, fi fs.FileInfo, skipped func(name, why string)) error {
 	hdr := &tar.Header{
 		Name:    name,
-		Mode:    tarMode(fi.Mode()),
+		Mode:    fileInfoMode(fi),
 		ModTime: fi.ModTime(),
 		// PAX keeps sub-second times and names of any length.
 		Format: tar.FormatPAX,
@@ -136,22 +136,6 @@ func writeTree(tw *tar.Writer, src, name string, fi fs.FileInfo, skipped func(na
 	return nil
 }
 
-// tarMode is m as a tar header's mode: permissions and the Unix
-// setuid, setgid and sticky bits.
-func tarMode(m fs.FileMode) int64 {
-	mode := int64(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		mode |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		mode |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		mode |= 0o1000
-	}
-	return mode
-}
-
 func typeName(m fs.FileMode) string {
 	switch {
 	case m&fs.ModeNamedPipe != 0:
@@ -164,4 +148,14 @@ func typeName(m fs.FileMode) string {
 		return "block device"
 	}
 	return "irregular file"
+}
+
+// fileInfoMode is fi's mode as a tar header carries it (permissions, and
+// the setuid, setgid and sticky bits), as archive/tar converts it.
+func fileInfoMode(fi fs.FileInfo) int64 {
+	h, err := tar.FileInfoHeader(fi, "")
+	if err != nil {
+		return int64(fi.Mode().Perm())
+	}
+	return h.Mode
 }

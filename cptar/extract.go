@@ -240,11 +240,16 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 }
 
 // mode is a header's permissions as a FileMode, with the setuid, setgid
-// and sticky bits only when opt.SpecialBits says so.
+// and sticky bits only when opt.SpecialBits says so (in the guest), and
+// with no group or world write without it (on the host).
 func (x *extractor) mode(hdr *tar.Header) fs.FileMode {
 	keep := fs.ModePerm
 	if x.opt.SpecialBits {
 		keep |= fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+	} else {
+		// Nor may a guest leave the user a file or directory that
+		// every other local user can write into.
+		keep &^= 0o022
 	}
 	return hdr.FileInfo().Mode() & keep
 }
