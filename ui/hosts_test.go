@@ -142,8 +142,11 @@ func TestUnreachableHost(t *testing.T) {
 			t.Errorf("status %q, dialog %T", m.status, m.dialog)
 		}
 	})
-	if len(fr.calls) != 0 || far.count("Stop") != 0 {
-		t.Errorf("acted on an unreachable host: attach %v, stop %d", fr.calls, far.count("Stop"))
+	fr.mu.Lock()
+	attached := len(fr.calls)
+	fr.mu.Unlock()
+	if attached != 0 || far.count("Stop") != 0 {
+		t.Errorf("acted on an unreachable host: attach %d, stop %d", attached, far.count("Stop"))
 	}
 
 	far.mu.Lock()
@@ -337,5 +340,15 @@ func TestFormHostHiddenWithOneHost(t *testing.T) {
 	})
 	if strings.Contains(h.screen(), "Host ") {
 		t.Errorf("Host field shown:\n%s", h.screen())
+	}
+}
+
+// TestErrorLinesAreText: an error shown on the status line or in the
+// preview may quote another machine or a guest; it never carries an
+// escape sequence to the terminal.
+func TestErrorLinesAreText(t *testing.T) {
+	got := oneLine("stop failed:\n\x1b]52;c;cHduZWQ=\x07 \x1b[2J done")
+	if strings.ContainsRune(got, 0x1b) || strings.ContainsRune(got, 0x07) || strings.Contains(got, "\n") {
+		t.Errorf("oneLine kept control characters: %q", got)
 	}
 }

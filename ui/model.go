@@ -326,8 +326,11 @@ const statusEvery = 5
 // a script chose (a label, a stale reason quoting the guest, terminal
 // commands), so that the dashboard never prints it raw (termsafe).
 func safeSession(s *sessions.Session) {
-	for _, f := range []*string{&s.Name, &s.Label, &s.Reason, &s.Phase, &s.Image, &s.Policy} {
+	for _, f := range []*string{&s.ID, &s.Name, &s.Label, &s.Reason, &s.Phase, &s.Image, &s.Policy} {
 		*f = termsafe.String(*f)
+	}
+	for i := range s.Errors {
+		s.Errors[i] = termsafe.String(s.Errors[i])
 	}
 	for i := range s.PTYs {
 		for j := range s.PTYs[i].Argv {
@@ -877,7 +880,9 @@ func (m *Model) setError(err error) tea.Cmd {
 }
 
 func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+	// An error may quote another machine (a context's supervisor, its
+	// ssh) or a guest: shown as text, never as terminal control.
+	return termsafe.String(strings.Join(strings.Fields(s), " "))
 }
 
 // select moves the cursor to visible row i.
