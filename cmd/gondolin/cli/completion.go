@@ -15,7 +15,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"slices"
 	"strings"
@@ -256,7 +255,7 @@ func completionClient(ctx context.Context) (*sessions.Client, error) {
 		// The far side's dial-stdio --no-start: a shared ssh connection
 		// answers within the bound; a first login may not, and then
 		// nothing is offered.
-		client := sessions.NewDialClient(func(ctx context.Context) (net.Conn, error) { return sel.Dial(ctx, true) })
+		client := remoteClient(sel, false)
 		if _, err := client.Ping(ctx); err != nil {
 			return nil, err
 		}

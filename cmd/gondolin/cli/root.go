@@ -218,6 +218,13 @@ func dialSupervisor(start bool) (*sessions.Client, error) {
 	return c, err
 }
 
+// remoteClient is a client of context c's supervisor, on another
+// machine: each connection a dial-stdio over ssh, which starts the
+// supervisor there when start is set. It connects when first used.
+func remoteClient(c contexts.Context, start bool) *sessions.Client {
+	return sessions.NewDialClient(func(ctx context.Context) (net.Conn, error) { return c.Dial(ctx, !start) })
+}
+
 // dialSupervisorInfo is dialSupervisor, with what its ping said.
 func dialSupervisorInfo(start bool) (*sessions.Client, sessions.PingInfo, error) {
 	home, err := layout.DefaultHome()
@@ -231,7 +238,7 @@ func dialSupervisorInfo(start bool) (*sessions.Client, sessions.PingInfo, error)
 	if sel.Remote() {
 		// The far side's dial-stdio starts its supervisor (unless
 		// told not to) and answers within contexts' own deadline.
-		client := sessions.NewDialClient(func(ctx context.Context) (net.Conn, error) { return sel.Dial(ctx, !start) })
+		client := remoteClient(sel, start)
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		info, err := client.Ping(ctx)

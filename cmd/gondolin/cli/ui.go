@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"net"
 	"os"
 	"time"
 
@@ -70,8 +69,7 @@ func runDashboard() error {
 		}
 		// As for the CLI's commands, the far side's dial-stdio starts
 		// its supervisor when none runs.
-		dial := func(ctx context.Context) (net.Conn, error) { return c.Dial(ctx, false) }
-		hosts = append(hosts, ui.Host{Name: c.Name, Backend: sessions.NewDialClient(dial), Elsewhere: true})
+		hosts = append(hosts, ui.Host{Name: c.Name, Backend: remoteClient(c, true), Elsewhere: true})
 	}
 	return ui.Run(context.Background(), hosts, sel.Name)
 }
