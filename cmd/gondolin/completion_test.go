@@ -40,7 +40,7 @@ const (
 // source gives up after 2 s; the rest is slack for a machine twice as
 // slow as usual, still far below the 40 s a dial that waited on a hung
 // supervisor would take.
-const quickly = 10 * time.Second
+const quickly = 30 * time.Second
 
 // complete runs gondolin __complete ARGS... as a shell's completion
 // script does.

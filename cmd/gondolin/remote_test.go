@@ -124,7 +124,7 @@ func TestContexts(t *testing.T) {
 			t.Errorf("policy show: %s", show)
 		}
 		must("--context", "far", "exec", "--session", "r1", "--", "sh", "-c", "echo far-console > /dev/console")
-		if !testutil.Poll(10*time.Second, func() bool {
+		if !testutil.Poll(30*time.Second, func() bool {
 			return strings.Contains(must("--context", "far", "logs", "r1"), "far-console")
 		}) {
 			t.Errorf("logs through the context never showed the line")
