@@ -134,17 +134,24 @@ func TestCommand(t *testing.T) {
 func TestGreeting(t *testing.T) {
 	c, tgt := Context{Name: "far"}, Target{Host: "far"}
 	tests := []struct {
-		line, want string
+		line, want, socket string
 	}{
-		{strings.TrimSuffix(Greeting("v1.2.3"), "\n"), ""},
-		{strings.TrimSuffix(GreetingError(errors.New("no supervisor is running")), "\n"), "on far: no supervisor is running"},
-		{"gondolin dial-stdio api=9 version=v9", "speaks API 9"},
-		{"Welcome to the far host!\x1b]52;c;eA==\x07", `answered "Welcome to the far host!\x1b]52;c;eA==\x07"`},
+		{strings.TrimSuffix(Greeting("v1.2.3", "/home/me/.local/share/gondolin/supervisor.sock"), "\n"), "", "/home/me/.local/share/gondolin/supervisor.sock"},
+		{strings.TrimSuffix(Greeting("v1.2.3", "/odd:path/s.sock"), "\n"), "", ""},
+		{"gondolin dial-stdio api=1 version=v socket=relative/s.sock", "", ""},
+		{"gondolin dial-stdio api=1 version=v socket=/a:b", "", ""},
+		{"gondolin dial-stdio api=1 version=v", "", ""},
+		{strings.TrimSuffix(GreetingError(errors.New("no supervisor is running")), "\n"), "on far: no supervisor is running", ""},
+		{"gondolin dial-stdio api=9 version=v9", "speaks API 9", ""},
+		{"Welcome to the far host!\x1b]52;c;eA==\x07", `answered "Welcome to the far host!\x1b]52;c;eA==\x07"`, ""},
 	}
 	for _, tt := range tests {
-		err := checkGreeting(c, tgt, tt.line)
+		socket, err := checkGreeting(c, tgt, tt.line)
 		if (err == nil) != (tt.want == "") || err != nil && !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: %v, want %q", tt.line, err, tt.want)
+		}
+		if socket != tt.socket {
+			t.Errorf("%q: socket %q, want %q", tt.line, socket, tt.socket)
 		}
 		if err != nil && strings.ContainsRune(err.Error(), 0x1b) {
 			t.Errorf("%q: the error holds an escape", tt.line)

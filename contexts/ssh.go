@@ -102,9 +102,14 @@ const APIVersion = 1
 const greeting = "gondolin dial-stdio "
 
 // Greeting is the line dial-stdio writes once it holds a connection to
-// its supervisor.
-func Greeting(version string) string {
-	return fmt.Sprintf("%sapi=%d version=%s\n", greeting, APIVersion, strings.ReplaceAll(version, " ", "_"))
+// its supervisor, whose socket is at socket (what a forward reaches; see
+// forward.go).
+func Greeting(version, socket string) string {
+	line := fmt.Sprintf("%sapi=%d version=%s", greeting, APIVersion, strings.ReplaceAll(version, " ", "_"))
+	if validFarSocket.MatchString(socket) {
+		line += " socket=" + socket
+	}
+	return line + "\n"
 }
 
 // GreetingError is the line dial-stdio writes when it cannot serve.
@@ -116,13 +121,32 @@ func GreetingError(err error) string {
 // and the far supervisor's start.
 const dialTimeout = 60 * time.Second
 
-// Dial connects to c's supervisor API, through ssh and dial-stdio on the
-// far side. noStart asks dial-stdio not to start a supervisor there.
+// Dial connects to c's supervisor API: through the shared ssh
+// connection's forward when there is one that answers (see forward.go),
+// else through ssh and dial-stdio on the far side, which then sets that
+// forward up for the next dial. noStart asks dial-stdio not to start a
+// supervisor there (a forward reaches only one that runs).
 func (c Context) Dial(ctx context.Context, noStart bool) (net.Conn, error) {
 	t, err := ParseHost(c.Host)
 	if err != nil {
 		return nil, err
 	}
+	fwd := c.forwardPath()
+	if fwd != "" {
+		if conn, err := dialForward(ctx, fwd); err == nil {
+			return conn, nil
+		}
+	}
+	conn, farSocket, err := c.dialStdio(ctx, t, noStart)
+	if err == nil && fwd != "" && farSocket != "" {
+		c.forward(t, fwd, farSocket)
+	}
+	return conn, err
+}
+
+// dialStdio runs dial-stdio on the far side through ssh, and returns the
+// far supervisor's socket as its greeting gave it ("" from an older one).
+func (c Context) dialStdio(ctx context.Context, t Target, noStart bool) (net.Conn, string, error) {
 	name, args := c.command(t, noStart)
 	cmd := exec.Command(name, args...)
 	// ssh (and a shared connection's master, which outlives this
@@ -136,16 +160,16 @@ func (c Context) Dial(ctx context.Context, noStart bool) (net.Conn, error) {
 	cmd.WaitDelay = 2 * time.Second
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	tail := &tailBuffer{}
 	cmd.Stderr = tail
 	if err := cmd.Start(); err != nil {
-		return nil, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: cannot run ssh: %v", c.Name, err)
+		return nil, "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: cannot run ssh: %v", c.Name, err)
 	}
 	conn := &sshConn{cmd: cmd, w: stdin, r: bufio.NewReaderSize(stdout, 64<<10), stderr: tail, addr: sshAddr(t.Host)}
 	type answer struct {
@@ -164,25 +188,36 @@ func (c Context) Dial(ctx context.Context, noStart bool) (net.Conn, error) {
 	case a = <-got:
 	case <-ctx.Done():
 		conn.kill()
-		return nil, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %v", c.Name, ctx.Err())
+		return nil, "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %v", c.Name, ctx.Err())
 	case <-timer.C:
 		conn.kill()
-		return nil, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s did not answer in %s", c.Name, t.Host, dialTimeout)
+		return nil, "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s did not answer in %s", c.Name, t.Host, dialTimeout)
 	}
 	if a.err != nil {
 		conn.Close() // exited, or about to: its status and stderr say why
-		return nil, c.explain(t, conn)
+		return nil, "", c.explain(t, conn)
 	}
-	if err := checkGreeting(c, t, a.line); err != nil {
+	farSocket, err := checkGreeting(c, t, a.line)
+	if err != nil {
 		conn.kill()
-		return nil, err
+		return nil, "", err
 	}
-	return conn, nil
+	return conn, farSocket, nil
 }
 
-// command is the ssh command line: ssh (or GONDOLIN_SSH_COMMAND, run by
-// sh as git runs GIT_SSH_COMMAND), then the target and the far command.
+// command is the ssh command line that runs dial-stdio on the far side.
 func (c Context) command(t Target, noStart bool) (name string, args []string) {
+	remote := shellQuote(c.gondolin()) + " supervisor dial-stdio"
+	if noStart {
+		remote += " --no-start"
+	}
+	return c.ssh(t, "--", t.Host, remote)
+}
+
+// ssh is an ssh command line: ssh (or GONDOLIN_SSH_COMMAND, run by sh as
+// git runs GIT_SSH_COMMAND), the options every context's ssh gets, the
+// target's port and user, then rest.
+func (c Context) ssh(t Target, rest ...string) (name string, args []string) {
 	// BatchMode: no prompt (a passphrase, a password, an unknown host
 	// key) can be answered from here (ssh runs in a process group of
 	// its own, and the dashboard owns the terminal): it fails at once
@@ -200,11 +235,7 @@ func (c Context) command(t Target, noStart bool) (name string, args []string) {
 	if t.User != "" {
 		args = append(args, "-l", t.User)
 	}
-	remote := shellQuote(c.gondolin()) + " supervisor dial-stdio"
-	if noStart {
-		remote += " --no-start"
-	}
-	args = append(args, "--", t.Host, remote)
+	args = append(args, rest...)
 	if sshCommand := os.Getenv(EnvSSHCommand); sshCommand != "" {
 		return "sh", append([]string{"-c", sshCommand + ` "$@"`, "ssh"}, args...)
 	}
@@ -246,13 +277,16 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-func checkGreeting(c Context, t Target, line string) error {
+// checkGreeting reads dial-stdio's first line: an error, or the API and
+// version it speaks and its supervisor's socket ("" when it gave none
+// this dialer would forward to).
+func checkGreeting(c Context, t Target, line string) (socket string, err error) {
 	rest, ok := strings.CutPrefix(line, greeting)
 	switch {
 	case !ok:
-		return errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s answered \"%s\", not gondolin's dial-stdio (is --gondolin right?)", c.Name, t.Host, termsafe.String(trim(line, 80)))
+		return "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s answered \"%s\", not gondolin's dial-stdio (is --gondolin right?)", c.Name, t.Host, termsafe.String(trim(line, 80)))
 	case strings.HasPrefix(rest, "error: "):
-		return errdefs.Errorf(errdefs.ErrUnavailable, "context %s: on %s: %s", c.Name, t.Host, termsafe.String(strings.TrimPrefix(rest, "error: ")))
+		return "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: on %s: %s", c.Name, t.Host, termsafe.String(strings.TrimPrefix(rest, "error: ")))
 	}
 	var api int
 	var version string
@@ -261,12 +295,14 @@ func checkGreeting(c Context, t Target, line string) error {
 			api, _ = strconv.Atoi(v)
 		} else if v, ok := strings.CutPrefix(f, "version="); ok {
 			version = v
+		} else if v, ok := strings.CutPrefix(f, "socket="); ok && validFarSocket.MatchString(v) {
+			socket = v
 		}
 	}
 	if api != APIVersion {
-		return errdefs.Errorf(errdefs.ErrUnavailable, "context %s: gondolin %s on %s speaks API %d, this one %d: install the same version on both", c.Name, termsafe.String(trim(version, 80)), t.Host, api, APIVersion)
+		return "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: gondolin %s on %s speaks API %d, this one %d: install the same version on both", c.Name, termsafe.String(trim(version, 80)), t.Host, api, APIVersion)
 	}
-	return nil
+	return socket, nil
 }
 
 // explain says in one line why ssh ended before the greeting.

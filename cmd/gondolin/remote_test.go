@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,4 +252,112 @@ func TestContextFailures(t *testing.T) {
 			t.Errorf("%v: %+v, want exit %d and one line", args, r, want)
 		}
 	}
+}
+
+// TestContextSharedConnection drives a context over a shared ssh
+// connection, as users get by default: the first command logs in and
+// runs dial-stdio, which leaves a forward to the far supervisor's socket
+// on the connection's master; later commands go through that forward
+// alone (with the far gondolin taken away, they still work), and a far
+// supervisor that stopped or a master that died sends them the long way
+// again, which starts what is missing.
+func TestContextSharedConnection(t *testing.T) {
+	far := startFarHost(t)
+	t.Setenv(contexts.EnvSSHCommand, far.srv.SSHCommand("client")) // sharing on
+	tmp, err := os.MkdirTemp("", "gdfw")                           // short: it holds sockets
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", tmp)
+	controls := filepath.Join(tmp, "gondolin-ssh-"+strconv.Itoa(os.Getuid()))
+	// killMasters ends the ssh masters that ControlPersist detached:
+	// the ssh processes whose command line names the control directory
+	// (a master calls itself "ssh: CONTROLPATH [mux]").
+	masters := func() (pids []int) {
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			b, _ := os.ReadFile(p)
+			exe, _ := os.Readlink(filepath.Join(filepath.Dir(p), "exe"))
+			if filepath.Base(exe) == "ssh" && strings.Contains(string(b), controls) {
+				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+				pids = append(pids, pid)
+			}
+		}
+		return pids
+	}
+	killMasters := func() {
+		for _, pid := range masters() {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		testutil.WaitFor(t, 10*time.Second, "the ssh masters to end", func() bool { return len(masters()) == 0 })
+	}
+	t.Cleanup(func() { killMasters(); os.RemoveAll(tmp) })
+	home := layout.Home(t.TempDir())
+	t.Cleanup(func() { stopSupervisor(t, home) })
+	run := func(args ...string) result {
+		t.Helper()
+		return gondolinWithin(t, 3*time.Minute, home, "", append([]string{"--context", "far"}, args...)...)
+	}
+	if r := gondolin(t, home, "", "context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper); r.code != 0 {
+		t.Fatal(r)
+	}
+	// forwards are the links to the forwards' sockets (see contexts'
+	// forward.go) that lead to a socket.
+	forwards := func() (live []string) {
+		links, _ := filepath.Glob(filepath.Join(controls, "api-*.sock"))
+		for _, l := range links {
+			if fi, err := os.Stat(l); err == nil && fi.Mode().Type() == os.ModeSocket {
+				live = append(live, l)
+			}
+		}
+		return live
+	}
+	// hideFar takes the far gondolin away: only a forward still reaches
+	// the far supervisor.
+	hideFar := func() func() {
+		os.Rename(far.wrapper, far.wrapper+".off")
+		return func() { os.Rename(far.wrapper+".off", far.wrapper) }
+	}
+	throughForward := func(what string) {
+		t.Helper()
+		if f := forwards(); len(f) != 1 {
+			t.Fatalf("%s: forwards %v, want one", what, f)
+		}
+		defer hideFar()()
+		if r := run("list", "-q"); r.code != 0 {
+			t.Fatalf("%s: list through the forward: %+v", what, r)
+		}
+		if r := run("exec", "--", "echo", "through-the-forward"); r.code != 0 || r.stdout != "through-the-forward\n" {
+			t.Errorf("%s: exec through the forward: %+v", what, r)
+		}
+	}
+
+	if r := run("list", "-q"); r.code != 0 || r.stdout != "" {
+		t.Fatalf("first list: %+v", r)
+	}
+	throughForward("after the first command")
+
+	t.Run("the far supervisor stopped", func(t *testing.T) {
+		stopSupervisor(t, far.home)
+		if r := run("list", "-q"); r.code != 0 {
+			t.Fatalf("list after the far supervisor stopped: %+v", r)
+		}
+		throughForward("after the long way started it again")
+	})
+	t.Run("the master died", func(t *testing.T) {
+		killMasters()
+		restore := hideFar()
+		r := run("list", "-q")
+		restore()
+		if r.code != 125 || !strings.Contains(r.stderr, "has no") {
+			t.Errorf("with no master and no far gondolin: %+v, want the long way's error", r)
+		}
+		if f := forwards(); len(f) != 0 {
+			t.Errorf("a dead master's forward is left: %v", f)
+		}
+		if r := run("list", "-q"); r.code != 0 {
+			t.Fatalf("list after the master died: %+v", r)
+		}
+		throughForward("after a new master")
+	})
 }

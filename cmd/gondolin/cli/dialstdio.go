@@ -50,7 +50,7 @@ func dialStdio(noStart bool) error {
 		return fail(err)
 	}
 	defer conn.Close()
-	if _, err := os.Stdout.WriteString(contexts.Greeting(buildVersion().Version)); err != nil {
+	if _, err := os.Stdout.WriteString(contexts.Greeting(buildVersion().Version, home.SupervisorSocket())); err != nil {
 		return err
 	}
 	go func() {
