@@ -486,25 +486,30 @@ func (c *Client) Logs(ctx context.Context, ref string, follow bool, w io.Writer)
 // Events follows the supervisor's events until ctx ends or the stream
 // breaks; the channel is closed then.
 func (c *Client) Events(ctx context.Context) (<-chan Event, error) {
-	return getStream[Event](ctx, c, "/v1/events")
+	ch, _, err := getStream[Event](ctx, c, "/v1/events")
+	return ch, err
 }
 
 // getStream follows a JSON-lines answer; the channel closes when the
-// stream or ctx ends.
-func getStream[T any](ctx context.Context, c *Client, path string) (<-chan T, error) {
+// stream or ctx ends. Then cut says how it ended: nil when the
+// supervisor ended it or ctx did, the error when the connection broke
+// (the supervisor died, a context's link dropped) or the answer was not
+// JSON lines.
+func getStream[T any](ctx context.Context, c *Client, path string) (_ <-chan T, cut func() error, _ error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+path, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, transportError(err)
+		return nil, nil, transportError(err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		return nil, responseError(resp)
+		return nil, nil, responseError(resp)
 	}
 	ch := make(chan T, 64)
+	var end error // written before ch closes
 	go func() {
 		defer close(ch)
 		defer resp.Body.Close()
@@ -512,6 +517,9 @@ func getStream[T any](ctx context.Context, c *Client, path string) (<-chan T, er
 		for {
 			var v T
 			if err := dec.Decode(&v); err != nil {
+				if err != io.EOF && ctx.Err() == nil {
+					end = err
+				}
 				return
 			}
 			select {
@@ -521,7 +529,7 @@ func getStream[T any](ctx context.Context, c *Client, path string) (<-chan T, er
 			}
 		}
 	}()
-	return ch, nil
+	return ch, func() error { return end }, nil
 }
 
 // WaitState polls until a session reaches state or ctx ends (for tests and
@@ -561,6 +569,15 @@ func (c *Client) ChangePolicy(ctx context.Context, ref string, ch PolicyChange) 
 // NetworkEvents returns a session's network decisions; with follow, the
 // channel stays open for new ones until ctx ends.
 func (c *Client) NetworkEvents(ctx context.Context, ref string, follow bool) (<-chan netpolicy.Event, error) {
+	ch, _, err := c.NetworkEventStream(ctx, ref, follow)
+	return ch, err
+}
+
+// NetworkEventStream is NetworkEvents for a reader that must know how
+// the stream ended: once the channel has closed, cut returns nil if the
+// supervisor ended it (the session stopped, or follow was false) or ctx
+// did, and why otherwise (the supervisor died, a context's link broke).
+func (c *Client) NetworkEventStream(ctx context.Context, ref string, follow bool) (_ <-chan netpolicy.Event, cut func() error, _ error) {
 	return getStream[netpolicy.Event](ctx, c, "/v1/sessions/"+url.PathEscape(ref)+"/network-events?follow="+strconv.FormatBool(follow))
 }
 

@@ -6,10 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/creack/pty"
 
 	"github.com/gondolin/gondolin/internal/layout"
 	"github.com/gondolin/gondolin/internal/syncbuf"
@@ -92,6 +95,13 @@ func TestContextTerminals(t *testing.T) {
 	}
 	again := startTerm(t, home, "--context", "far", "attach", "term")
 	again.waitScreen("before-42") // the screen as it was, repainted
+	// A resize of this terminal reaches the far one.
+	pty.Setsize(again.ptmx, &pty.Winsize{Rows: 40, Cols: 120})
+	testutil.WaitFor(t, 30*time.Second, "the far terminal to be 40x120", func() bool {
+		again.send("stty size\r")
+		time.Sleep(300 * time.Millisecond)
+		return strings.Contains(again.screen(), "40 120")
+	})
 	again.send("exit\r")
 	again.exit()
 
@@ -137,4 +147,41 @@ func TestContextSignalsAndFollow(t *testing.T) {
 	t.Cleanup(func() { follow.Process.Kill(); follow.Wait() })
 	must("--context", "far", "exec", "--session", "sig", "--", "sh", "-c", "echo followed-$((6*7)) > /dev/console")
 	testutil.WaitFor(t, 30*time.Second, "logs -f to show the new line", func() bool { return strings.Contains(logs.String(), "followed-42") })
+
+	// events -f whose link drops says so and fails: a script following
+	// it must not take that for the session's end.
+	events := exec.Command(gondolinBin, "--context", "far", "events", "-f", "sig")
+	events.Env = cmd.Env
+	evOut, evErr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
+	events.Stdout, events.Stderr = evOut, evErr
+	if err := events.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { events.Process.Kill(); events.Wait() })
+	must("--context", "far", "exec", "--session", "sig", "--", "sh", "-c", "curl -s -m 5 http://blocked.invalid/ >/dev/null; true")
+	testutil.WaitFor(t, 30*time.Second, "events -f to show the blocked lookup", func() bool { return strings.Contains(evOut.String(), "blocked.invalid") })
+	for _, pid := range childPIDs(events.Process.Pid) {
+		syscall.Kill(-pid, syscall.SIGKILL) // ssh and its process group: the link
+	}
+	err = events.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 125 || !strings.Contains(evErr.String(), "broke off") {
+		t.Errorf("events -f after its link dropped: %v, stderr %q; want exit 125 saying it broke off", err, evErr.String())
+	}
+}
+
+// childPIDs are the processes whose parent is pid.
+func childPIDs(pid int) (kids []int) {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, _ := os.ReadFile(p)
+		// pid (comm) state ppid ...: comm may hold spaces, so read after
+		// its closing parenthesis.
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 {
+			if f := strings.Fields(string(b[i+1:])); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+				kid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+				kids = append(kids, kid)
+			}
+		}
+	}
+	return kids
 }

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/netpolicy"
 	"github.com/gondolin/gondolin/sessions"
@@ -24,7 +25,7 @@ func newEventsCmd() *cobra.Command {
 		RunE: withSupervisor(true, func(c *cobra.Command, client *sessions.Client, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			ch, err := client.NetworkEvents(ctx, args[0], follow)
+			ch, cut, err := client.NetworkEventStream(ctx, args[0], follow)
 			if err != nil {
 				return err
 			}
@@ -36,6 +37,11 @@ func newEventsCmd() *cobra.Command {
 					continue
 				}
 				fmt.Println(formatNetEvent(e))
+			}
+			if err := cut(); err != nil {
+				// A script following events must not take a dead
+				// supervisor or a dropped link for the session's end.
+				return errdefs.Errorf(errdefs.ErrUnavailable, "events: the stream from the supervisor broke off: %v", err)
 			}
 			return nil
 		}),
