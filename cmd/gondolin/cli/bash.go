@@ -88,7 +88,7 @@ brings it back. When CMD exits the session stops, unless --keep.`,
 				fmt.Fprintf(os.Stderr, "gondolin: warning: %s\n", termsafe.String(e))
 			}
 			if detach {
-				fmt.Println(s.ID)
+				fmt.Println(termsafe.String(s.ID)) // the supervisor's, maybe another machine's
 				return nil
 			}
 			var ptyID uint64

@@ -83,9 +83,10 @@ its disk opens no other file than this home's image.`,
 			if snap.Path != "" {
 				where += " at " + snap.Path
 			}
-			fmt.Printf("%s\n", snap.ID)
-			fmt.Fprintf(os.Stderr, "gondolin: %s snapshot %s of session %s, %s, in %s\n", snap.Kind, where, snap.Source,
-				humanBytes(snap.Size()), time.Since(start).Round(10*time.Millisecond))
+			// The supervisor's words, which may be another machine's.
+			fmt.Printf("%s\n", termsafe.String(snap.ID))
+			fmt.Fprintf(os.Stderr, "gondolin: %s\n", termsafe.String(fmt.Sprintf("%s snapshot %s of session %s, %s, in %s", snap.Kind, where, snap.Source,
+				humanBytes(snap.Size()), time.Since(start).Round(10*time.Millisecond))))
 			if stop {
 				if _, err := client.Stop(context.Background(), args[0]); err != nil {
 					return fmt.Errorf("snapshot %s is taken; stopping session %s: %w", snap.ID, args[0], err)

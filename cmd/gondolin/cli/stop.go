@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 	"github.com/spf13/cobra"
 )
@@ -20,7 +21,7 @@ func newStopCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Println(s.ID)
+				fmt.Println(termsafe.String(s.ID)) // the supervisor's, maybe another machine's
 				return nil
 			})
 		}),
