@@ -82,6 +82,16 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		rd = bytes.NewReader(b)
 	}
+	if _, has := ctx.Deadline(); method == http.MethodGet && !has {
+		// A question (list, inspect, policy show) is answered at once
+		// by a supervisor that works; one that is stuck, here or on
+		// another machine, must not hold the command forever. Changes
+		// (a create may build a template for minutes) keep the
+		// caller's bound.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, questionTimeout, errNoAnswer)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(ctx, method, baseURL+path, rd)
 	if err != nil {
 		return err
@@ -91,6 +101,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if context.Cause(ctx) == errNoAnswer {
+			return noAnswer()
+		}
 		return transportError(err)
 	}
 	defer resp.Body.Close()
@@ -102,7 +115,25 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	// A supervisor on another machine (a context) may be hostile or
 	// broken: an answer has a bound, however large a listing grows.
-	return json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out); err != nil {
+		if context.Cause(ctx) == errNoAnswer {
+			return noAnswer()
+		}
+		return err
+	}
+	return nil
+}
+
+// questionTimeout bounds a GET's answer when the caller gave no deadline
+// (a context's first dial, with its far supervisor's start, fits). A
+// variable for tests.
+var questionTimeout = 2 * time.Minute
+
+// errNoAnswer is the cause of a question's context that ran out.
+var errNoAnswer = errors.New("no answer in time")
+
+func noAnswer() error {
+	return errorf(errdefs.ErrUnavailable, "the supervisor did not answer in %s", questionTimeout)
 }
 
 // maxAnswer bounds an API answer's body (a list of every session or
