@@ -41,6 +41,8 @@ type fakeBackend struct {
 	// closed or its context ends (a host that does not answer).
 	listErr  error
 	listGate chan struct{}
+	// screenGate, if set, holds Screen the same way.
+	screenGate chan struct{}
 
 	calls   map[string]int
 	created []sessions.CreateRequest
@@ -229,6 +231,16 @@ func (f *fakeBackend) OpenPTY(ctx context.Context, ref string, req sessions.Open
 
 func (f *fakeBackend) Screen(ctx context.Context, ref string, pty uint64) (sessions.Screen, error) {
 	f.called("Screen")
+	f.mu.Lock()
+	gate := f.screenGate
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return sessions.Screen{}, ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	scr, ok := f.screens[fmt.Sprintf("%s/%d", ref, pty)]

@@ -87,7 +87,7 @@ func (h *harness) settle() {
 	h.waitUntil("settled", func(m *Model) bool {
 		id, pty := m.previewTarget()
 		_, status := m.hosts[0].Backend.(StatusBackend)
-		return m.loaded && !m.listing && !m.fetching && (pty == 0 || (m.preview.session == id && m.preview.pty == pty)) &&
+		return m.loaded && !m.listing && len(m.fetching) == 0 && (pty == 0 || (m.preview.session == id && m.preview.pty == pty)) &&
 			!m.statusReading && (m.poolKnown || !status)
 	})
 }

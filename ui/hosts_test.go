@@ -50,7 +50,7 @@ func (h *harness) settleHosts() {
 				return false
 			}
 		}
-		return !m.fetching && (pty == 0 || (m.preview.session == id && m.preview.pty == pty)) && !m.statusReading && m.poolKnown
+		return len(m.fetching) == 0 && (pty == 0 || (m.preview.session == id && m.preview.pty == pty)) && !m.statusReading && m.poolKnown
 	})
 }
 
@@ -203,6 +203,27 @@ func TestStalledHostDoesNotStallOthers(t *testing.T) {
 	})
 	close(far.listGate)
 	h.waitUntil("far rows", func(m *Model) bool { return rowLine(plainScreen(m.render()), "farsess") != "" })
+}
+
+// TestStalledScreenDoesNotStallOthers: a host whose screen request
+// hangs leaves the preview of another host's session free to show.
+func TestStalledScreenDoesNotStallOthers(t *testing.T) {
+	local, far := sampleBackend(), farBackend()
+	hosts, _, _ := twoHosts(local, far)
+	h := startHosts(t, hosts, 140, 30)
+	h.settleHosts()
+	far.mu.Lock()
+	far.screenGate = make(chan struct{})
+	far.mu.Unlock()
+	defer close(far.screenGate)
+	h.selectName("farsess")
+	h.waitUntil("the far screen asked for", func(m *Model) bool { return len(m.fetching) == 1 })
+	h.keys("esc") // the filter off: every row again
+	h.selectName("api")
+	h.waitUntil("the local preview while the far screen hangs", func(m *Model) bool {
+		id, pty := m.previewTarget()
+		return m.preview.session == id && m.preview.pty == pty && len(m.preview.lines) > 0
+	})
 }
 
 // TestActionsGoToTheRowsHost: every action on a row goes to the

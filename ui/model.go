@@ -12,6 +12,7 @@ import (
 	"context"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,9 +83,12 @@ type Model struct {
 	// selected, so the user sees what it is doing.
 	creates int
 
-	preview   preview
-	fetching  bool // a screen request is in flight
-	wantFetch bool // the preview is out of date
+	preview preview
+	// fetching holds the terminals (previewKey) whose screen request is
+	// in flight: one each, so that a host whose answer is slow holds up
+	// only its own rows' previews, never another host's.
+	fetching  map[string]bool
+	wantFetch bool // the current terminal's preview is out of date
 
 	filter    textinput.Model
 	filtering bool
@@ -151,6 +155,7 @@ func NewHosts(ctx context.Context, hosts []Host, opts Options) *Model {
 		width:     80,
 		height:    24,
 		ptyChoice: map[string]uint64{},
+		fetching:  map[string]bool{},
 		filter:    f,
 	}
 	for i, h := range hosts {
@@ -826,9 +831,13 @@ func (m *Model) previewTarget() (string, uint64) {
 	return s.key(), p.ID
 }
 
+// previewKey names a terminal of a row's session.
+func previewKey(key string, pty uint64) string { return key + "/" + strconv.FormatUint(pty, 10) }
+
 // fetchPreview asks for the previewed terminal's screen when the preview
 // shows another terminal, or always with force (its screen changed). One
-// request is in flight at a time; a newer need waits for it.
+// request per terminal is in flight at a time; a newer need for the same
+// one waits for it.
 func (m *Model) fetchPreview(force bool) tea.Cmd {
 	id, pty := m.previewTarget()
 	if id == "" || pty == 0 {
@@ -838,11 +847,12 @@ func (m *Model) fetchPreview(force bool) tea.Cmd {
 	if !force && m.preview.session == id && m.preview.pty == pty {
 		return nil
 	}
-	if m.fetching {
+	target := previewKey(id, pty)
+	if m.fetching[target] {
 		m.wantFetch = true
 		return nil
 	}
-	m.fetching, m.wantFetch = true, false
+	m.fetching[target], m.wantFetch = true, false
 	s, _ := m.current()
 	return func() tea.Msg {
 		ctx, cancel := m.reqCtx()
@@ -853,13 +863,22 @@ func (m *Model) fetchPreview(force bool) tea.Cmd {
 }
 
 func (m *Model) onScreen(msg screenMsg) tea.Cmd {
-	m.fetching = false
+	delete(m.fetching, previewKey(msg.key, msg.pty))
+	id, pty := m.previewTarget()
+	if id != msg.key || pty != msg.pty {
+		// An answer for a terminal no longer previewed (a slow host's,
+		// after the user moved on): the current one was asked for when
+		// the selection moved, or is asked for now.
+		if m.preview.session != id || m.preview.pty != pty {
+			return m.fetchPreview(false)
+		}
+		return nil
+	}
 	m.preview = preview{session: msg.key, pty: msg.pty, screen: msg.screen, err: msg.err}
 	if msg.err == nil {
 		m.preview.lines = screenLines(msg.screen)
 	}
-	id, pty := m.previewTarget()
-	if m.wantFetch || id != msg.key || pty != msg.pty {
+	if m.wantFetch {
 		return m.fetchPreview(true)
 	}
 	return nil
