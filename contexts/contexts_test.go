@@ -133,25 +133,29 @@ func TestCommand(t *testing.T) {
 
 func TestGreeting(t *testing.T) {
 	c, tgt := Context{Name: "far"}, Target{Host: "far"}
+	const sock, inst = "/home/me/.local/share/gondolin/supervisor.sock", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 	tests := []struct {
-		line, want, socket string
+		line, want string
+		far        farSupervisor
 	}{
-		{strings.TrimSuffix(Greeting("v1.2.3", "/home/me/.local/share/gondolin/supervisor.sock"), "\n"), "", "/home/me/.local/share/gondolin/supervisor.sock"},
-		{strings.TrimSuffix(Greeting("v1.2.3", "/odd:path/s.sock"), "\n"), "", ""},
-		{"gondolin dial-stdio api=1 version=v socket=relative/s.sock", "", ""},
-		{"gondolin dial-stdio api=1 version=v socket=/a:b", "", ""},
-		{"gondolin dial-stdio api=1 version=v", "", ""},
-		{strings.TrimSuffix(GreetingError(errors.New("no supervisor is running")), "\n"), "on far: no supervisor is running", ""},
-		{"gondolin dial-stdio api=9 version=v9", "speaks API 9", ""},
-		{"Welcome to the far host!\x1b]52;c;eA==\x07", `answered "Welcome to the far host!\x1b]52;c;eA==\x07"`, ""},
+		{strings.TrimSuffix(Greeting("v1.2.3", sock, inst), "\n"), "", farSupervisor{sock, inst}},
+		{strings.TrimSuffix(Greeting("v1.2.3", "/odd:path/s.sock", inst), "\n"), "", farSupervisor{}},
+		{strings.TrimSuffix(Greeting("v1.2.3", sock, ""), "\n"), "", farSupervisor{}},
+		{"gondolin dial-stdio api=1 version=v socket=relative/s.sock instance=" + inst, "", farSupervisor{}},
+		{"gondolin dial-stdio api=1 version=v socket=/a:b instance=" + inst, "", farSupervisor{}},
+		{"gondolin dial-stdio api=1 version=v socket=" + sock + " instance=a\x1b]", "", farSupervisor{}},
+		{"gondolin dial-stdio api=1 version=v", "", farSupervisor{}},
+		{strings.TrimSuffix(GreetingError(errors.New("no supervisor is running")), "\n"), "on far: no supervisor is running", farSupervisor{}},
+		{"gondolin dial-stdio api=9 version=v9", "speaks API 9", farSupervisor{}},
+		{"Welcome to the far host!\x1b]52;c;eA==\x07", `answered "Welcome to the far host!\x1b]52;c;eA==\x07"`, farSupervisor{}},
 	}
 	for _, tt := range tests {
-		socket, err := checkGreeting(c, tgt, tt.line)
+		far, err := checkGreeting(c, tgt, tt.line)
 		if (err == nil) != (tt.want == "") || err != nil && !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: %v, want %q", tt.line, err, tt.want)
 		}
-		if socket != tt.socket {
-			t.Errorf("%q: socket %q, want %q", tt.line, socket, tt.socket)
+		if far != tt.far {
+			t.Errorf("%q: far %+v, want %+v", tt.line, far, tt.far)
 		}
 		if err != nil && strings.ContainsRune(err.Error(), 0x1b) {
 			t.Errorf("%q: the error holds an escape", tt.line)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,27 +23,34 @@ import (
 
 // A context's ssh connection is shared (ControlMaster): the first dial
 // logs in and runs dial-stdio, which starts the far supervisor and says
-// where its socket is. The dialer then asks the shared connection's
-// master to forward a local socket to that one (ssh -O forward -L), so
-// that later dials are a channel on a connection already made: no login,
-// no far shell, no far process to start, one round trip. That is what
-// makes `gondolin --context far list` cost about a local list plus one
-// ssh round trip.
+// where its socket is and which instance it is. The dialer then asks the
+// shared connection's master to forward a local socket to that one (ssh
+// -O forward -L), so that later dials are a channel on a connection
+// already made: no login, no far shell, no far process to start, one
+// round trip. That is what makes `gondolin --context far list` cost
+// about a local list plus one ssh round trip.
 //
-// The local socket lives in the control directory (this user's, mode
-// 0700), beside ssh's own control socket, which already gives whoever
-// can reach it the far account; ssh makes it mode 0600. It lasts as long
-// as the master: ControlPersist ends that a minute after its last
-// channel closes, and a dial that finds the socket dead takes the long
-// way again. A forward is also remade after forwardMaxAge, so that one
-// made to a far socket that has since changed (the far user's home
-// moved) does not outlive that bound.
+// Files, all in the control directory (this user's, mode 0700, beside
+// ssh's own control sockets, which already give whoever can reach them
+// the far account), for a forward key K (forwardPath):
 //
-// Each forward's socket has a name of its own, and a symlink names the
-// current one: ssh's master takes a second forward of the same spec for
-// a duplicate and binds nothing, so a forward cannot be remade under the
-// same name while its master lives. The master forgets the listeners it
-// holds for replaced forwards when it ends.
+//	api-K.sock        symlink to the current forward's socket
+//	api-K.N           a forward's socket (N: when it was made), mode 0600
+//	api-K.N.far       what it forwards to: the far socket and instance
+//	api-K.lock        held while forwards are made or swept
+//	api-K.off         forwarding failed here: not tried again for a while
+//
+// Before a forward carries a request, its supervisor must answer a ping
+// with the instance the last dial-stdio greeted with: ssh accepts the
+// local connection before the far side says whether the channel opens
+// (a request into a channel that failed would be lost without a reason),
+// and a forward must not reach another supervisor than the one met (the
+// far one restarted at another version, or the user's ssh config now
+// sends the host name elsewhere). Any failure sends the dial the long
+// way, which starts what is missing and then mends the forward: the
+// same one when it reaches the greeted instance, else a new one, the
+// old cancelled in its master (a master holds a listener per forward
+// until it ends).
 
 // forwardPath is the symlink to the local socket that forwards to c's
 // far supervisor: one per far account, gondolin command and ssh command,
@@ -58,36 +66,54 @@ func (c Context) forwardPath() string {
 	return filepath.Join(dir, "api-"+hex.EncodeToString(sum[:8])+".sock")
 }
 
-// forwardMaxAge is how long a forward serves before a dial takes the
-// long way and remakes it.
-const forwardMaxAge = 5 * time.Minute
+// forwardStem is a link's name without ".sock": the other files' prefix.
+func forwardStem(link string) string { return strings.TrimSuffix(link, ".sock") }
 
-// forwardProbeTimeout bounds the ping through a forward: past it the
-// dial takes the long way, whose own deadline is longer.
-const forwardProbeTimeout = 10 * time.Second
+const (
+	// pingTimeout bounds a ping through a forward: past it the dial
+	// takes the long way, whose own deadline is longer.
+	pingTimeout = 10 * time.Second
+	// offFor is how long a failed forward keeps this dialer from trying
+	// again (sharing turned off, a far sshd that refuses forwarding).
+	offFor = 10 * time.Minute
+)
 
-// dialForward connects to the far supervisor through the forward at
-// path. ssh accepts a local connection before it asks the far side for
-// the channel, so a ping must come back before the connection is handed
-// on: a request sent into a forward whose far socket is gone would be
-// lost, and could not tell why.
-func dialForward(ctx context.Context, path string) (net.Conn, error) {
-	if fi, err := os.Lstat(path); err != nil {
-		return nil, err
-	} else if time.Since(fi.ModTime()) > forwardMaxAge {
-		return nil, errors.New("the forward is due to be remade")
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
+var (
+	// validFarSocket is a far supervisor socket this dialer forwards
+	// to: an absolute path with nothing ssh's -L syntax (':') or a
+	// shell could read as syntax.
+	validFarSocket = regexp.MustCompile(`^/[a-zA-Z0-9/._+-]{1,200}$`)
+	validInstance  = regexp.MustCompile(`^[A-Z2-7]{8,64}$`)
+)
+
+// dialForward connects to the far supervisor through the forward that
+// link names, if it answers as the instance its record says.
+func dialForward(ctx context.Context, link string) (net.Conn, error) {
+	target, err := os.Readlink(link)
 	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			// Its master is gone and left the socket behind (the next
-			// forward sweeps that).
-			os.Remove(path)
-		}
 		return nil, err
 	}
-	if err := ping(ctx, conn); err != nil {
+	sock := filepath.Join(filepath.Dir(link), filepath.Base(target))
+	far, err := readRecord(sock)
+	if err != nil {
+		return nil, err
+	}
+	return dialChecked(ctx, sock, far.instance)
+}
+
+// dialChecked connects to sock and pings the supervisor behind it,
+// which must be instance.
+func dialChecked(ctx context.Context, sock, instance string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	got, err := ping(ctx, conn)
+	if err == nil && got != instance {
+		err = errors.New("the forward reaches another supervisor than the one met")
+	}
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -95,74 +121,184 @@ func dialForward(ctx context.Context, path string) (net.Conn, error) {
 }
 
 // ping asks the supervisor behind conn for GET /v1/ping, within a bound
-// of time and of bytes, and leaves conn ready for the next request.
-func ping(ctx context.Context, conn net.Conn) error {
-	conn.SetDeadline(time.Now().Add(forwardProbeTimeout))
+// of time and of bytes, and returns its instance. conn is then ready
+// for the next request.
+func ping(ctx context.Context, conn net.Conn) (string, error) {
+	conn.SetDeadline(time.Now().Add(pingTimeout))
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 	if _, err := io.WriteString(conn, "GET /v1/ping HTTP/1.1\r\nHost: gondolin\r\n\r\n"); err != nil {
-		return err
+		stop()
+		return "", err
 	}
 	r := bufio.NewReader(io.LimitReader(conn, 64<<10))
 	resp, err := http.ReadResponse(r, nil)
 	if err != nil {
-		return err
+		stop()
+		return "", err
 	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	var info struct {
+		Instance string `json:"instance"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&info)
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+	}
 	resp.Body.Close()
+	if !stop() {
+		// ctx ended: its deadline may be on conn, or about to be.
+		return "", ctx.Err()
+	}
 	switch {
 	case err != nil:
-		return err
+		return "", err
 	case resp.StatusCode != http.StatusOK:
-		return fmt.Errorf("ping through the forward: %s", resp.Status)
+		return "", fmt.Errorf("ping through the forward: %s", resp.Status)
 	case r.Buffered() > 0 || resp.Close:
 		// Bytes nobody asked for, or a connection about to close: not
 		// one to hand the HTTP client.
-		return errors.New("ping through the forward: an answer that does not end cleanly")
+		return "", errors.New("ping through the forward: an answer that does not end cleanly")
 	}
-	return conn.SetDeadline(time.Time{})
+	return info.Instance, conn.SetDeadline(time.Time{})
 }
 
-// validFarSocket is a far supervisor socket this dialer will forward to:
-// an absolute path with nothing ssh's -L syntax (':') or a shell could
-// read as syntax.
-var validFarSocket = regexp.MustCompile(`^/[a-zA-Z0-9/._+-]{1,200}$`)
+// readRecord reads what the forward at sock forwards to.
+func readRecord(sock string) (farSupervisor, error) {
+	f, err := os.Open(sock + ".far")
+	if err != nil {
+		return farSupervisor{}, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1024))
+	if err != nil {
+		return farSupervisor{}, err
+	}
+	socket, instance, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+	if !validFarSocket.MatchString(socket) || !validInstance.MatchString(instance) {
+		return farSupervisor{}, fmt.Errorf("%s.far: not a forward's record", sock)
+	}
+	return farSupervisor{socket, instance}, nil
+}
 
-// forward makes a forward from a new local socket to the far socket far,
-// through the shared connection's master, and points the symlink at
-// local to it. It is best effort: without a master (the user's config
-// turns sharing off), or with a far sshd that refuses forwarding, every
-// dial takes the long way, which still works.
-func (c Context) forward(t Target, link, far string) {
-	if !validFarSocket.MatchString(far) {
+// writeRecord writes sock's record in one step.
+func writeRecord(sock string, far farSupervisor) error {
+	tmp := sock + ".far.tmp"
+	if err := os.WriteFile(tmp, []byte(far.socket+" "+far.instance+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, sock+".far")
+}
+
+// forward mends the forward at link after a dial-stdio that greeted as
+// far: when the current forward leads to far's socket and reaches its
+// instance, its record is brought up to date; else a new forward is
+// made, checked, and linked, and the others are cancelled and removed.
+// It is best effort: a dial whose forward cannot be made takes the long
+// way, which still works.
+func (c Context) forward(ctx context.Context, t Target, link string, far farSupervisor) {
+	stem := forwardStem(link)
+	if fi, err := os.Stat(stem + ".off"); err == nil && time.Since(fi.ModTime()) < offFor {
 		return
 	}
-	sock := fmt.Sprintf("%s.%d", strings.TrimSuffix(link, ".sock"), time.Now().UnixNano())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	name, args := c.ssh(t, "-O", "forward", "-L", sock+":"+far, "--", t.Host)
+	unlock, err := lockFile(ctx, stem+".lock")
+	if err != nil {
+		return
+	}
+	defer unlock()
+
+	dir := filepath.Dir(link)
+	current := ""
+	if target, err := os.Readlink(link); err == nil {
+		current = filepath.Join(dir, filepath.Base(target))
+		if rec, err := readRecord(current); err == nil && rec.socket == far.socket {
+			if conn, err := dialChecked(ctx, current, far.instance); err == nil {
+				conn.Close()
+				if rec.instance == far.instance || writeRecord(current, far) == nil {
+					return
+				}
+			}
+		}
+	}
+
+	sock := fmt.Sprintf("%s.%d", stem, time.Now().UnixNano())
+	fail := func() {
+		c.sshControl(ctx, t, "cancel", sock, far.socket)
+		os.Remove(sock)
+		os.Remove(sock + ".far")
+		os.WriteFile(stem+".off", nil, 0o600)
+	}
+	if c.sshControl(ctx, t, "forward", sock, far.socket) != nil {
+		fail()
+		return
+	}
+	// A far sshd that refuses forwarding still lets the master bind:
+	// only a connection through it tells.
+	conn, err := dialChecked(ctx, sock, far.instance)
+	if err != nil {
+		fail()
+		return
+	}
+	conn.Close()
+	tmp := sock + ".link"
+	if writeRecord(sock, far) != nil || os.Symlink(filepath.Base(sock), tmp) != nil || os.Rename(tmp, link) != nil {
+		os.Remove(tmp)
+		fail()
+		return
+	}
+	os.Remove(stem + ".off")
+	c.sweep(ctx, t, stem, sock)
+}
+
+// sweep cancels and removes every forward of stem but keep: replaced
+// ones, and dead ones whose master has ended.
+func (c Context) sweep(ctx context.Context, t Target, stem, keep string) {
+	names, _ := filepath.Glob(stem + ".[0-9]*")
+	for _, name := range names {
+		if name == keep || strings.Contains(strings.TrimPrefix(name, stem+"."), ".") {
+			continue // the kept one, and records and temporaries
+		}
+		if rec, err := readRecord(name); err == nil {
+			c.sshControl(ctx, t, "cancel", name, rec.socket)
+		}
+		os.Remove(name)
+		os.Remove(name + ".far")
+	}
+}
+
+// sshControl asks the shared connection's master to forward (or cancel
+// the forward of) the local socket sock to the far socket far.
+func (c Context) sshControl(ctx context.Context, t Target, op, sock, far string) error {
+	name, args := c.ssh(t, "-O", op, "-L", sock+":"+far, "--", t.Host)
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = sshEnv(os.Environ())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// On the deadline, all of it: GONDOLIN_SSH_COMMAND's sh and its ssh.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
-	if cmd.Run() != nil {
-		return
+	return cmd.Run()
+}
+
+// lockFile takes an exclusive flock on path, waiting until ctx ends.
+func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
 	}
-	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Type() != os.ModeSocket {
-		return
-	}
-	// Point the link at it in one step, then sweep the sockets of
-	// earlier forwards to the same place (dead, or replaced).
-	tmp := sock + ".link"
-	if os.Symlink(filepath.Base(sock), tmp) != nil || os.Rename(tmp, link) != nil {
-		os.Remove(tmp)
-		os.Remove(sock)
-		return
-	}
-	old, _ := filepath.Glob(strings.TrimSuffix(link, ".sock") + ".*")
-	for _, o := range old {
-		if o != sock && o != link {
-			os.Remove(o)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

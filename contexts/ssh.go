@@ -102,12 +102,12 @@ const APIVersion = 1
 const greeting = "gondolin dial-stdio "
 
 // Greeting is the line dial-stdio writes once it holds a connection to
-// its supervisor, whose socket is at socket (what a forward reaches; see
-// forward.go).
-func Greeting(version, socket string) string {
+// its supervisor, whose socket is at socket and whose PingInfo.Instance
+// is instance (what a forward reaches and checks; see forward.go).
+func Greeting(version, socket, instance string) string {
 	line := fmt.Sprintf("%sapi=%d version=%s", greeting, APIVersion, strings.ReplaceAll(version, " ", "_"))
-	if validFarSocket.MatchString(socket) {
-		line += " socket=" + socket
+	if validFarSocket.MatchString(socket) && validInstance.MatchString(instance) {
+		line += " socket=" + socket + " instance=" + instance
 	}
 	return line + "\n"
 }
@@ -137,16 +137,16 @@ func (c Context) Dial(ctx context.Context, noStart bool) (net.Conn, error) {
 			return conn, nil
 		}
 	}
-	conn, farSocket, err := c.dialStdio(ctx, t, noStart)
-	if err == nil && fwd != "" && farSocket != "" {
-		c.forward(t, fwd, farSocket)
+	conn, far, err := c.dialStdio(ctx, t, noStart)
+	if err == nil && fwd != "" && far.socket != "" {
+		c.forward(ctx, t, fwd, far)
 	}
 	return conn, err
 }
 
 // dialStdio runs dial-stdio on the far side through ssh, and returns the
-// far supervisor's socket as its greeting gave it ("" from an older one).
-func (c Context) dialStdio(ctx context.Context, t Target, noStart bool) (net.Conn, string, error) {
+// far supervisor as its greeting gave it.
+func (c Context) dialStdio(ctx context.Context, t Target, noStart bool) (net.Conn, farSupervisor, error) {
 	name, args := c.command(t, noStart)
 	cmd := exec.Command(name, args...)
 	// ssh (and a shared connection's master, which outlives this
@@ -160,16 +160,16 @@ func (c Context) dialStdio(ctx context.Context, t Target, noStart bool) (net.Con
 	cmd.WaitDelay = 2 * time.Second
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, "", err
+		return nil, farSupervisor{}, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, "", err
+		return nil, farSupervisor{}, err
 	}
 	tail := &tailBuffer{}
 	cmd.Stderr = tail
 	if err := cmd.Start(); err != nil {
-		return nil, "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: cannot run ssh: %v", c.Name, err)
+		return nil, farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: cannot run ssh: %v", c.Name, err)
 	}
 	conn := &sshConn{cmd: cmd, w: stdin, r: bufio.NewReaderSize(stdout, 64<<10), stderr: tail, addr: sshAddr(t.Host)}
 	type answer struct {
@@ -188,21 +188,21 @@ func (c Context) dialStdio(ctx context.Context, t Target, noStart bool) (net.Con
 	case a = <-got:
 	case <-ctx.Done():
 		conn.kill()
-		return nil, "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %v", c.Name, ctx.Err())
+		return nil, farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %v", c.Name, ctx.Err())
 	case <-timer.C:
 		conn.kill()
-		return nil, "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s did not answer in %s", c.Name, t.Host, dialTimeout)
+		return nil, farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s did not answer in %s", c.Name, t.Host, dialTimeout)
 	}
 	if a.err != nil {
 		conn.Close() // exited, or about to: its status and stderr say why
-		return nil, "", c.explain(t, conn)
+		return nil, farSupervisor{}, c.explain(t, conn)
 	}
-	farSocket, err := checkGreeting(c, t, a.line)
+	far, err := checkGreeting(c, t, a.line)
 	if err != nil {
 		conn.kill()
-		return nil, "", err
+		return nil, farSupervisor{}, err
 	}
-	return conn, farSocket, nil
+	return conn, far, nil
 }
 
 // command is the ssh command line that runs dial-stdio on the far side.
@@ -277,32 +277,43 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// farSupervisor is what a greeting says of the far supervisor for a
+// forward: its socket and instance (both "" from an older gondolin).
+type farSupervisor struct {
+	socket, instance string
+}
+
 // checkGreeting reads dial-stdio's first line: an error, or the API and
-// version it speaks and its supervisor's socket ("" when it gave none
-// this dialer would forward to).
-func checkGreeting(c Context, t Target, line string) (socket string, err error) {
+// version it speaks and its supervisor.
+func checkGreeting(c Context, t Target, line string) (farSupervisor, error) {
 	rest, ok := strings.CutPrefix(line, greeting)
 	switch {
 	case !ok:
-		return "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s answered \"%s\", not gondolin's dial-stdio (is --gondolin right?)", c.Name, t.Host, termsafe.String(trim(line, 80)))
+		return farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s answered \"%s\", not gondolin's dial-stdio (is --gondolin right?)", c.Name, t.Host, termsafe.String(trim(line, 80)))
 	case strings.HasPrefix(rest, "error: "):
-		return "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: on %s: %s", c.Name, t.Host, termsafe.String(strings.TrimPrefix(rest, "error: ")))
+		return farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: on %s: %s", c.Name, t.Host, termsafe.String(strings.TrimPrefix(rest, "error: ")))
 	}
 	var api int
 	var version string
+	var far farSupervisor
 	for f := range strings.FieldsSeq(rest) {
 		if v, ok := strings.CutPrefix(f, "api="); ok {
 			api, _ = strconv.Atoi(v)
 		} else if v, ok := strings.CutPrefix(f, "version="); ok {
 			version = v
 		} else if v, ok := strings.CutPrefix(f, "socket="); ok && validFarSocket.MatchString(v) {
-			socket = v
+			far.socket = v
+		} else if v, ok := strings.CutPrefix(f, "instance="); ok && validInstance.MatchString(v) {
+			far.instance = v
 		}
 	}
 	if api != APIVersion {
-		return "", errdefs.Errorf(errdefs.ErrUnavailable, "context %s: gondolin %s on %s speaks API %d, this one %d: install the same version on both", c.Name, termsafe.String(trim(version, 80)), t.Host, api, APIVersion)
+		return farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: gondolin %s on %s speaks API %d, this one %d: install the same version on both", c.Name, termsafe.String(trim(version, 80)), t.Host, api, APIVersion)
 	}
-	return socket, nil
+	if far.socket == "" || far.instance == "" {
+		far = farSupervisor{}
+	}
+	return far, nil
 }
 
 // explain says in one line why ssh ended before the greeting.
@@ -386,6 +397,11 @@ func (t *tailBuffer) String() string {
 	return string(t.buf)
 }
 
+// CloseGrace is how long the far end of a closed connection has to
+// finish: the client kills ssh after it, and dial-stdio stops waiting
+// for its supervisor's answer after it.
+const CloseGrace = 2 * time.Second
+
 // sshConn is one API connection: the stdin and stdout of an ssh process.
 type sshConn struct {
 	cmd    *exec.Cmd
@@ -408,7 +424,7 @@ func (s *sshConn) Close() error {
 		go func() { s.cmd.Wait(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(2 * time.Second):
+		case <-time.After(CloseGrace):
 			s.killGroup()
 			<-done
 		}

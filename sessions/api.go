@@ -231,6 +231,10 @@ type PingInfo struct {
 	NetNS string `json:"netns"`
 	// Accel is the supervisor's GONDOLIN_ACCEL.
 	Accel string `json:"accel"`
+	// Instance is random, one per supervisor process: a client that
+	// kept it can tell the supervisor it reaches is the one it met
+	// (contexts' forwards check it before they carry a request).
+	Instance string `json:"instance,omitempty"`
 }
 
 // TemplateRequest asks for the template of a VM shape to be rebuilt.

@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log"
@@ -205,8 +206,11 @@ func logTail(home layout.Home) string {
 // OwnPingInfo is what this process would answer.
 func OwnPingInfo() PingInfo {
 	ns, _ := os.Readlink("/proc/self/ns/net")
-	return PingInfo{NetNS: ns, Accel: os.Getenv(layout.EnvAccel)}
+	return PingInfo{NetNS: ns, Accel: os.Getenv(layout.EnvAccel), Instance: instance}
 }
+
+// instance is this process's PingInfo.Instance.
+var instance = rand.Text()
 
 // startSupervisor starts a supervisor; exited is closed if it exits.
 func startSupervisor(home layout.Home, executable string) (exited <-chan struct{}, err error) {

@@ -32,6 +32,12 @@ type farHost struct {
 
 func startFarHost(t *testing.T) *farHost {
 	t.Helper()
+	return startFarHostConfig(t, "")
+}
+
+// startFarHostConfig is startFarHost with extra sshd_config lines.
+func startFarHostConfig(t *testing.T, sshdConfig string) *farHost {
+	t.Helper()
 	if os.Getuid() != 0 {
 		// sshd needs root for its privilege separation, and the test
 		// logs in as root.
@@ -41,7 +47,7 @@ func startFarHost(t *testing.T) *farHost {
 		testreq.Tool(t, tool) // skips, or fails where the suite must run whole
 	}
 	dir := t.TempDir()
-	srv, err := testsshd.Start(dir, "client", "stranger")
+	srv, err := testsshd.StartConfig(dir, sshdConfig, "client", "stranger")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,110 +260,196 @@ func TestContextFailures(t *testing.T) {
 	}
 }
 
-// TestContextSharedConnection drives a context over a shared ssh
-// connection, as users get by default: the first command logs in and
-// runs dial-stdio, which leaves a forward to the far supervisor's socket
-// on the connection's master; later commands go through that forward
-// alone (with the far gondolin taken away, they still work), and a far
-// supervisor that stopped or a master that died sends them the long way
-// again, which starts what is missing.
-func TestContextSharedConnection(t *testing.T) {
-	far := startFarHost(t)
+// sharedHost is a far host reached with ssh's connection sharing on, as
+// users get by default, with its control directory (where contexts
+// keep their forwards) in a TMPDIR of the test's own.
+type sharedHost struct {
+	t        *testing.T
+	far      *farHost
+	home     layout.Home
+	controls string
+}
+
+func startSharedHost(t *testing.T, sshdConfig string) *sharedHost {
+	far := startFarHostConfig(t, sshdConfig)
 	t.Setenv(contexts.EnvSSHCommand, far.srv.SSHCommand("client")) // sharing on
 	tmp, err := os.MkdirTemp("", "gdfw")                           // short: it holds sockets
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("TMPDIR", tmp)
-	controls := filepath.Join(tmp, "gondolin-ssh-"+strconv.Itoa(os.Getuid()))
-	// killMasters ends the ssh masters that ControlPersist detached:
-	// the ssh processes whose command line names the control directory
-	// (a master calls itself "ssh: CONTROLPATH [mux]").
-	masters := func() (pids []int) {
-		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-		for _, p := range procs {
-			b, _ := os.ReadFile(p)
-			exe, _ := os.Readlink(filepath.Join(filepath.Dir(p), "exe"))
-			if filepath.Base(exe) == "ssh" && strings.Contains(string(b), controls) {
-				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-				pids = append(pids, pid)
-			}
-		}
-		return pids
-	}
-	killMasters := func() {
-		for _, pid := range masters() {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		testutil.WaitFor(t, 10*time.Second, "the ssh masters to end", func() bool { return len(masters()) == 0 })
-	}
-	t.Cleanup(func() { killMasters(); os.RemoveAll(tmp) })
-	home := layout.Home(t.TempDir())
-	t.Cleanup(func() { stopSupervisor(t, home) })
-	run := func(args ...string) result {
-		t.Helper()
-		return gondolinWithin(t, 3*time.Minute, home, "", append([]string{"--context", "far"}, args...)...)
-	}
-	if r := gondolin(t, home, "", "context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper); r.code != 0 {
+	h := &sharedHost{t: t, far: far, home: layout.Home(t.TempDir()), controls: filepath.Join(tmp, "gondolin-ssh-"+strconv.Itoa(os.Getuid()))}
+	t.Cleanup(func() { h.killMasters(); os.RemoveAll(tmp) })
+	t.Cleanup(func() { stopSupervisor(t, h.home) })
+	if r := gondolin(t, h.home, "", "context", "create", "far", "--host", far.url(), "--gondolin", far.wrapper); r.code != 0 {
 		t.Fatal(r)
 	}
-	// forwards are the links to the forwards' sockets (see contexts'
-	// forward.go) that lead to a socket.
-	forwards := func() (live []string) {
-		links, _ := filepath.Glob(filepath.Join(controls, "api-*.sock"))
-		for _, l := range links {
-			if fi, err := os.Stat(l); err == nil && fi.Mode().Type() == os.ModeSocket {
-				live = append(live, l)
-			}
+	return h
+}
+
+func (h *sharedHost) run(args ...string) result {
+	h.t.Helper()
+	return gondolinWithin(h.t, 3*time.Minute, h.home, "", append([]string{"--context", "far"}, args...)...)
+}
+
+// masters are the ssh masters that ControlPersist detached: the ssh
+// processes whose command line names the control directory (a master
+// calls itself "ssh: CONTROLPATH [mux]").
+func (h *sharedHost) masters() (pids []int) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		exe, _ := os.Readlink(filepath.Join(filepath.Dir(p), "exe"))
+		if filepath.Base(exe) == "ssh" && strings.Contains(string(b), h.controls) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			pids = append(pids, pid)
 		}
-		return live
 	}
-	// hideFar takes the far gondolin away: only a forward still reaches
-	// the far supervisor.
-	hideFar := func() func() {
-		os.Rename(far.wrapper, far.wrapper+".off")
-		return func() { os.Rename(far.wrapper+".off", far.wrapper) }
+	return pids
+}
+
+func (h *sharedHost) killMasters() {
+	for _, pid := range h.masters() {
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
+	testutil.WaitFor(h.t, 10*time.Second, "the ssh masters to end", func() bool { return len(h.masters()) == 0 })
+}
+
+// masterFiles counts the open files of the masters once the count has
+// settled (a finished command's channel closes a moment after it
+// exits): a forward's listener is one, so a leak of them shows here.
+func (h *sharedHost) masterFiles() int {
+	count := func() (n int) {
+		for _, pid := range h.masters() {
+			fds, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "fd"))
+			n += len(fds)
+		}
+		return n
+	}
+	last := count()
+	for range 20 {
+		time.Sleep(250 * time.Millisecond)
+		if n := count(); n == last {
+			break
+		} else {
+			last = n
+		}
+	}
+	return last
+}
+
+// forward is where the link to the current forward's socket leads (see
+// contexts' forward.go), or "" when it leads to no socket.
+func (h *sharedHost) forward() string {
+	links, _ := filepath.Glob(filepath.Join(h.controls, "api-*.sock"))
+	if len(links) != 1 {
+		return ""
+	}
+	target, _ := os.Readlink(links[0])
+	if fi, err := os.Stat(links[0]); err != nil || fi.Mode().Type() != os.ModeSocket {
+		return ""
+	}
+	return target
+}
+
+// sockets are the forwards' sockets in the control directory.
+func (h *sharedHost) sockets() (socks []string) {
+	names, _ := filepath.Glob(filepath.Join(h.controls, "api-*.[0-9]*"))
+	for _, n := range names {
+		if fi, err := os.Lstat(n); err == nil && fi.Mode().Type() == os.ModeSocket {
+			socks = append(socks, filepath.Base(n))
+		}
+	}
+	return socks
+}
+
+// hideFar takes the far gondolin away (only a forward still reaches the
+// far supervisor) and returns what brings it back.
+func (h *sharedHost) hideFar() func() {
+	os.Rename(h.far.wrapper, h.far.wrapper+".off")
+	return func() { os.Rename(h.far.wrapper+".off", h.far.wrapper) }
+}
+
+// TestContextSharedConnection drives a context over a shared ssh
+// connection: the first command logs in and runs dial-stdio, which
+// leaves a forward to the far supervisor's socket on the connection's
+// master; later commands go through that forward alone (with the far
+// gondolin taken away, they still work). A far supervisor that stopped
+// sends them the long way again, which starts it, and the same forward
+// serves on (no listener leaks in the master); a master that died gets
+// a new forward, and the old one's socket is swept.
+func TestContextSharedConnection(t *testing.T) {
+	h := startSharedHost(t, "")
 	throughForward := func(what string) {
 		t.Helper()
-		if f := forwards(); len(f) != 1 {
-			t.Fatalf("%s: forwards %v, want one", what, f)
+		if h.forward() == "" {
+			t.Fatalf("%s: no forward", what)
 		}
-		defer hideFar()()
-		if r := run("list", "-q"); r.code != 0 {
+		defer h.hideFar()()
+		if r := h.run("list", "-q"); r.code != 0 {
 			t.Fatalf("%s: list through the forward: %+v", what, r)
 		}
-		if r := run("exec", "--", "echo", "through-the-forward"); r.code != 0 || r.stdout != "through-the-forward\n" {
+		if r := h.run("exec", "--", "echo", "through-the-forward"); r.code != 0 || r.stdout != "through-the-forward\n" {
 			t.Errorf("%s: exec through the forward: %+v", what, r)
 		}
 	}
 
-	if r := run("list", "-q"); r.code != 0 || r.stdout != "" {
+	if r := h.run("list", "-q"); r.code != 0 || r.stdout != "" {
 		t.Fatalf("first list: %+v", r)
 	}
 	throughForward("after the first command")
+	first, files := h.forward(), h.masterFiles()
 
 	t.Run("the far supervisor stopped", func(t *testing.T) {
-		stopSupervisor(t, far.home)
-		if r := run("list", "-q"); r.code != 0 {
-			t.Fatalf("list after the far supervisor stopped: %+v", r)
+		for range 2 {
+			stopSupervisor(t, h.far.home)
+			if r := h.run("list", "-q"); r.code != 0 {
+				t.Fatalf("list after the far supervisor stopped: %+v", r)
+			}
 		}
 		throughForward("after the long way started it again")
+		if h.forward() != first || h.masterFiles() != files {
+			t.Errorf("forward %s, master files %d; want the same forward (%s) and files (%d)", h.forward(), h.masterFiles(), first, files)
+		}
 	})
 	t.Run("the master died", func(t *testing.T) {
-		killMasters()
-		restore := hideFar()
-		r := run("list", "-q")
+		h.killMasters()
+		restore := h.hideFar()
+		r := h.run("list", "-q")
 		restore()
 		if r.code != 125 || !strings.Contains(r.stderr, "has no") {
 			t.Errorf("with no master and no far gondolin: %+v, want the long way's error", r)
 		}
-		if f := forwards(); len(f) != 0 {
-			t.Errorf("a dead master's forward is left: %v", f)
-		}
-		if r := run("list", "-q"); r.code != 0 {
+		if r := h.run("list", "-q"); r.code != 0 {
 			t.Fatalf("list after the master died: %+v", r)
 		}
 		throughForward("after a new master")
+		if got := h.sockets(); h.forward() == first || len(got) != 1 {
+			t.Errorf("forward %s, sockets %v: want a new forward and the old one swept", h.forward(), got)
+		}
 	})
+}
+
+// TestContextForwardingRefused: a far sshd that refuses socket
+// forwarding still lets the master bind a forward, and only a
+// connection through it tells. Every command then takes the long way
+// and works, and the dialer stops trying (no listener per command piles
+// up in the master).
+func TestContextForwardingRefused(t *testing.T) {
+	h := startSharedHost(t, "AllowStreamLocalForwarding no")
+	var files int
+	for i := range 4 {
+		if r := h.run("list", "-q"); r.code != 0 {
+			t.Fatalf("list %d: %+v", i, r)
+		}
+		if i == 1 {
+			files = h.masterFiles()
+		}
+	}
+	if h.forward() != "" || len(h.sockets()) != 0 {
+		t.Errorf("forward %q, sockets %v with forwarding refused", h.forward(), h.sockets())
+	}
+	if got := h.masterFiles(); got != files || files == 0 {
+		t.Errorf("the master's open files went from %d to %d", files, got)
+	}
 }

@@ -40,6 +40,12 @@ func Tool(name string) (string, error) {
 // is given), starts sshd on a free loopback port with them, and waits
 // until it listens. Logins are by key only; sshd runs until Stop.
 func Start(dir string, clients ...string) (*Server, error) {
+	return StartConfig(dir, "", clients...)
+}
+
+// StartConfig is Start with extra lines for sshd_config (a server that
+// refuses something, say).
+func StartConfig(dir, extra string, clients ...string) (*Server, error) {
 	sshd, err := Tool("sshd")
 	if err != nil {
 		return nil, err
@@ -86,7 +92,8 @@ StrictModes no
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-`, port, dir, dir, dir)
+%s
+`, port, dir, dir, dir, extra)
 	if err := os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(config), 0o600); err != nil {
 		return nil, err
 	}

@@ -42,7 +42,8 @@ func dialStdio(noStart bool) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	if _, _, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: !noStart}); err != nil {
+	_, info, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: !noStart})
+	if err != nil {
 		return fail(err)
 	}
 	conn, err := net.Dial("unix", home.SupervisorSocket())
@@ -50,15 +51,25 @@ func dialStdio(noStart bool) error {
 		return fail(err)
 	}
 	defer conn.Close()
-	if _, err := os.Stdout.WriteString(contexts.Greeting(buildVersion().Version, home.SupervisorSocket())); err != nil {
+	if _, err := os.Stdout.WriteString(contexts.Greeting(buildVersion().Version, home.SupervisorSocket(), info.Instance)); err != nil {
 		return err
 	}
+	answered := make(chan struct{})
 	go func() {
-		// The client's end of input is the supervisor's: it then
-		// answers what it was asked and closes.
-		io.Copy(conn, os.Stdin)
-		conn.(*net.UnixConn).CloseWrite()
+		defer close(answered)
+		io.Copy(os.Stdout, conn)
 	}()
-	io.Copy(os.Stdout, conn)
+	// The client's end of input is the supervisor's: it then answers
+	// what it was asked and closes. A client that went away (ssh ends
+	// its input when its own caller dies) leaves nobody to read a
+	// stream that never ends (events -f, logs -f, a terminal), so
+	// waiting for the answer has the bound the client gives its own
+	// close.
+	io.Copy(conn, os.Stdin)
+	conn.(*net.UnixConn).CloseWrite()
+	select {
+	case <-answered:
+	case <-time.After(contexts.CloseGrace):
+	}
 	return nil
 }
