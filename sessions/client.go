@@ -540,9 +540,11 @@ func getStream[T any](ctx context.Context, c *Client, path string) (_ <-chan T, 
 		return nil, nil, responseError(resp)
 	}
 	ch := make(chan T, 64)
-	var end error // written before ch closes
+	var end error                // written before ended closes
+	ended := make(chan struct{}) // closed just before ch
 	go func() {
 		defer close(ch)
+		defer close(ended)
 		defer resp.Body.Close()
 		dec := json.NewDecoder(resp.Body)
 		for {
@@ -560,7 +562,14 @@ func getStream[T any](ctx context.Context, c *Client, path string) (_ <-chan T, 
 			}
 		}
 	}()
-	return ch, func() error { return end }, nil
+	return ch, func() error {
+		select {
+		case <-ended:
+			return end
+		default:
+			return nil // not ended yet
+		}
+	}, nil
 }
 
 // WaitState polls until a session reaches state or ctx ends (for tests and

@@ -120,7 +120,7 @@ func TestContextTerminals(t *testing.T) {
 // context (ssh runs in a process group of its own, so the signal is
 // gondolin's to forward), and logs -f follows the far console.
 func TestContextSignalsAndFollow(t *testing.T) {
-	_, home, must := farContext(t)
+	far, home, must := farContext(t)
 	must("--context", "far", "bash", "--detach", "--keep", "--name", "sig", "--", "sleep", "1000")
 
 	cmd := exec.Command(gondolinBin, "--context", "far", "exec", "--session", "sig", "--", "sh", "-c", `trap 'echo got INT; exit 3' INT; echo ready; sleep 60 & wait`)
@@ -157,16 +157,50 @@ func TestContextSignalsAndFollow(t *testing.T) {
 	if err := events.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { events.Process.Kill(); events.Wait() })
+	t.Cleanup(func() { events.Process.Kill() })
 	must("--context", "far", "exec", "--session", "sig", "--", "sh", "-c", "curl -s -m 5 http://blocked.invalid/ >/dev/null; true")
 	testutil.WaitFor(t, 30*time.Second, "events -f to show the blocked lookup", func() bool { return strings.Contains(evOut.String(), "blocked.invalid") })
-	for _, pid := range childPIDs(events.Process.Pid) {
+	links := childPIDs(events.Process.Pid) // farContext's ssh has no shared connection: a process per link
+	if len(links) == 0 {
+		t.Fatal("events -f has no ssh to cut")
+	}
+	for _, pid := range links {
 		syscall.Kill(-pid, syscall.SIGKILL) // ssh and its process group: the link
 	}
-	err = events.Wait()
+	waited := make(chan error, 1)
+	go func() { waited <- events.Wait() }()
+	select {
+	case err = <-waited:
+	case <-time.After(time.Minute):
+		t.Fatal("events -f went on after its link was cut")
+	}
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 125 || !strings.Contains(evErr.String(), "broke off") {
 		t.Errorf("events -f after its link dropped: %v, stderr %q; want exit 125 saying it broke off", err, evErr.String())
 	}
+
+	// A client killed outright (logs -f, still following) leaves no
+	// dial-stdio on the far side: its ssh ends the far input, on which
+	// the supervisor ends the stream (and dial-stdio, should one not
+	// end, stops waiting after contexts.CloseGrace).
+	if n := len(dialStdios(far.home)); n == 0 {
+		t.Fatal("no dial-stdio serves logs -f")
+	}
+	follow.Process.Kill()
+	testutil.WaitFor(t, 30*time.Second, "the far dial-stdio to end", func() bool { return len(dialStdios(far.home)) == 0 })
+}
+
+// dialStdios are the dial-stdio processes serving home.
+func dialStdios(home layout.Home) (pids []int) {
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range cmdlines {
+		b, _ := os.ReadFile(p)
+		env, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
+		if strings.Contains(string(b), "dial-stdio") && strings.Contains(string(env), layout.EnvHome+"="+string(home)+"\x00") {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // childPIDs are the processes whose parent is pid.
