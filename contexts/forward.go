@@ -101,6 +101,8 @@ func dialForward(ctx context.Context, link string) (net.Conn, error) {
 	return dialChecked(ctx, sock, far.instance)
 }
 
+var errAnotherSupervisor = errors.New("the forward reaches another supervisor than the one met")
+
 // dialChecked connects to sock and pings the supervisor behind it,
 // which must be instance.
 func dialChecked(ctx context.Context, sock, instance string) (net.Conn, error) {
@@ -111,7 +113,7 @@ func dialChecked(ctx context.Context, sock, instance string) (net.Conn, error) {
 	}
 	got, err := ping(ctx, conn)
 	if err == nil && got != instance {
-		err = errors.New("the forward reaches another supervisor than the one met")
+		err = errAnotherSupervisor
 	}
 	if err != nil {
 		conn.Close()
@@ -196,9 +198,6 @@ func writeRecord(sock string, far farSupervisor) error {
 // way, which still works.
 func (c Context) forward(ctx context.Context, t Target, link string, far farSupervisor) {
 	stem := forwardStem(link)
-	if fi, err := os.Stat(stem + ".off"); err == nil && time.Since(fi.ModTime()) < offFor {
-		return
-	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	unlock, err := lockFile(ctx, stem+".lock")
@@ -208,9 +207,8 @@ func (c Context) forward(ctx context.Context, t Target, link string, far farSupe
 	defer unlock()
 
 	dir := filepath.Dir(link)
-	current := ""
 	if target, err := os.Readlink(link); err == nil {
-		current = filepath.Join(dir, filepath.Base(target))
+		current := filepath.Join(dir, filepath.Base(target))
 		if rec, err := readRecord(current); err == nil && rec.socket == far.socket {
 			if conn, err := dialChecked(ctx, current, far.instance); err == nil {
 				conn.Close()
@@ -220,50 +218,94 @@ func (c Context) forward(ctx context.Context, t Target, link string, far farSupe
 			}
 		}
 	}
+	if fi, err := os.Stat(stem + ".off"); err == nil && time.Since(fi.ModTime()) < offFor {
+		return
+	}
 
 	sock := fmt.Sprintf("%s.%d", stem, time.Now().UnixNano())
-	fail := func() {
-		c.sshControl(ctx, t, "cancel", sock, far.socket)
-		os.Remove(sock)
-		os.Remove(sock + ".far")
-		os.WriteFile(stem+".off", nil, 0o600)
+	// drop undoes the new forward; off also keeps this dialer from
+	// trying again for a while, for a failure that says forwarding
+	// does not work here (not one of time, or of which supervisor
+	// answered: a greeting can be older than another process's).
+	drop := func(off bool) {
+		if c.cancelForward(ctx, t, sock, far.socket) == nil || !listening(sock) {
+			os.Remove(sock)
+			os.Remove(sock + ".far")
+		}
+		if off && ctx.Err() == nil {
+			os.WriteFile(stem+".off", nil, 0o600)
+		}
 	}
-	if c.sshControl(ctx, t, "forward", sock, far.socket) != nil {
-		fail()
+	// The record first: a socket whose cancel fails is swept later,
+	// which needs to know what it forwards to.
+	if writeRecord(sock, far) != nil {
+		return
+	}
+	if err := c.sshControl(ctx, t, "forward", sock, far.socket); err != nil {
+		drop(true)
 		return
 	}
 	// A far sshd that refuses forwarding still lets the master bind:
 	// only a connection through it tells.
 	conn, err := dialChecked(ctx, sock, far.instance)
 	if err != nil {
-		fail()
+		drop(!errors.Is(err, errAnotherSupervisor))
 		return
 	}
 	conn.Close()
 	tmp := sock + ".link"
-	if writeRecord(sock, far) != nil || os.Symlink(filepath.Base(sock), tmp) != nil || os.Rename(tmp, link) != nil {
+	if os.Symlink(filepath.Base(sock), tmp) != nil || os.Rename(tmp, link) != nil {
 		os.Remove(tmp)
-		fail()
+		drop(false)
 		return
 	}
 	os.Remove(stem + ".off")
 	c.sweep(ctx, t, stem, sock)
 }
 
-// sweep cancels and removes every forward of stem but keep: replaced
-// ones, and dead ones whose master has ended.
+// sweep cancels and removes every forward of stem but keep (replaced
+// ones, and dead ones whose master has ended), and what is left of
+// interrupted ones. A socket whose cancel failed while its master
+// still listens stays, with its record, for the next sweep.
 func (c Context) sweep(ctx context.Context, t Target, stem, keep string) {
 	names, _ := filepath.Glob(stem + ".[0-9]*")
 	for _, name := range names {
-		if name == keep || strings.Contains(strings.TrimPrefix(name, stem+"."), ".") {
-			continue // the kept one, and records and temporaries
+		num, rest, _ := strings.Cut(strings.TrimPrefix(name, stem+"."), ".")
+		sock := stem + "." + num
+		switch {
+		case sock == keep:
+			continue
+		case rest == "far":
+			if _, err := os.Lstat(sock); err == nil {
+				continue // goes with its socket, below
+			}
+		case rest == "":
+			if rec, err := readRecord(sock); err == nil && listening(sock) && c.cancelForward(ctx, t, sock, rec.socket) != nil {
+				continue
+			}
+			os.Remove(sock + ".far")
 		}
-		if rec, err := readRecord(name); err == nil {
-			c.sshControl(ctx, t, "cancel", name, rec.socket)
-		}
-		os.Remove(name)
-		os.Remove(name + ".far")
+		os.Remove(name) // a socket, or an orphan record, link or temporary
 	}
+}
+
+// listening says whether a listener still answers at sock (its master
+// lives).
+func listening(sock string) bool {
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, os.ErrNotExist)
+	}
+	conn.Close()
+	return true
+}
+
+// cancelForward asks the master to drop a forward, with a bound of its
+// own: a caller out of time must still not leave a listener behind.
+func (c Context) cancelForward(ctx context.Context, t Target, sock, far string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	return c.sshControl(ctx, t, "cancel", sock, far)
 }
 
 // sshControl asks the shared connection's master to forward (or cancel

@@ -338,6 +338,22 @@ func (h *sharedHost) masterFiles() int {
 	return last
 }
 
+// listeners counts the forwards' listening sockets, unlinked ones
+// included (/proc/net/unix keeps the path a socket was bound to): a
+// master's leaked listener shows here even when its file is gone.
+func (h *sharedHost) listeners() (n int) {
+	b, _ := os.ReadFile("/proc/net/unix")
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		// Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON
+		// in Flags marks a listener.
+		if len(f) == 8 && f[3] == "00010000" && strings.HasPrefix(f[7], filepath.Join(h.controls, "api-")) {
+			n++
+		}
+	}
+	return n
+}
+
 // forward is where the link to the current forward's socket leads (see
 // contexts' forward.go), or "" when it leads to no socket.
 func (h *sharedHost) forward() string {
@@ -408,9 +424,26 @@ func TestContextSharedConnection(t *testing.T) {
 			}
 		}
 		throughForward("after the long way started it again")
-		if h.forward() != first || h.masterFiles() != files {
-			t.Errorf("forward %s, master files %d; want the same forward (%s) and files (%d)", h.forward(), h.masterFiles(), first, files)
+		if h.forward() != first || h.masterFiles() != files || h.listeners() != 1 {
+			t.Errorf("forward %s, master files %d, listeners %d; want the same forward (%s) and files (%d), one listener", h.forward(), h.masterFiles(), h.listeners(), first, files)
 		}
+	})
+	t.Run("the far supervisor moved", func(t *testing.T) {
+		// Another far home: another socket to forward to, while the
+		// master lives. The old forward must be cancelled in it.
+		stopSupervisor(t, h.far.home)
+		moved := testenv.Home(h.t) // for the rest of the test
+		h.t.Cleanup(func() { stopSupervisor(h.t, moved) })
+		wrapper, _ := os.ReadFile(h.far.wrapper)
+		os.WriteFile(h.far.wrapper, []byte(strings.Replace(string(wrapper), string(h.far.home), string(moved), 1)), 0o755)
+		if r := h.run("list", "-q"); r.code != 0 {
+			t.Fatalf("list after the far supervisor moved: %+v", r)
+		}
+		throughForward("after it moved")
+		if got := h.sockets(); h.forward() == first || len(got) != 1 || h.listeners() != 1 {
+			t.Errorf("forward %s, sockets %v, listeners %d: want a new forward, the old one cancelled and swept", h.forward(), got, h.listeners())
+		}
+		first = h.forward()
 	})
 	t.Run("the master died", func(t *testing.T) {
 		h.killMasters()
@@ -424,8 +457,8 @@ func TestContextSharedConnection(t *testing.T) {
 			t.Fatalf("list after the master died: %+v", r)
 		}
 		throughForward("after a new master")
-		if got := h.sockets(); h.forward() == first || len(got) != 1 {
-			t.Errorf("forward %s, sockets %v: want a new forward and the old one swept", h.forward(), got)
+		if got := h.sockets(); h.forward() == first || len(got) != 1 || h.listeners() != 1 {
+			t.Errorf("forward %s, sockets %v, listeners %d: want a new forward and the old one swept", h.forward(), got, h.listeners())
 		}
 	})
 }
@@ -446,8 +479,11 @@ func TestContextForwardingRefused(t *testing.T) {
 			files = h.masterFiles()
 		}
 	}
-	if h.forward() != "" || len(h.sockets()) != 0 {
-		t.Errorf("forward %q, sockets %v with forwarding refused", h.forward(), h.sockets())
+	if h.forward() != "" || len(h.sockets()) != 0 || h.listeners() != 0 {
+		t.Errorf("forward %q, sockets %v, listeners %d with forwarding refused", h.forward(), h.sockets(), h.listeners())
+	}
+	if offs, _ := filepath.Glob(filepath.Join(h.controls, "api-*.off")); len(offs) != 1 {
+		t.Errorf("no mark that forwarding is off here: %v", offs)
 	}
 	if got := h.masterFiles(); got != files || files == 0 {
 		t.Errorf("the master's open files went from %d to %d", files, got)
