@@ -52,7 +52,14 @@ func runDashboard() error {
 	var hosts []ui.Host
 	for _, c := range list {
 		if !c.Remote() {
-			ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+			// Alone, this machine's supervisor is the dashboard: wait
+			// for it. Beside others, a slow start must not hold them
+			// up: one that starts later is followed when it answers.
+			wait := 40 * time.Second
+			if len(list) > 1 {
+				wait = 5 * time.Second
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			client, _, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: true})
 			cancel()
 			if err != nil && len(list) == 1 {
