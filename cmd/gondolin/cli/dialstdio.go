@@ -59,17 +59,26 @@ func dialStdio(noStart bool) error {
 		defer close(answered)
 		io.Copy(os.Stdout, conn)
 	}()
-	// The client's end of input is the supervisor's: it then answers
-	// what it was asked and closes. A client that went away (ssh ends
-	// its input when its own caller dies) leaves nobody to read a
-	// stream that never ends (events -f, logs -f, a terminal), so
-	// waiting for the answer has the bound the client gives its own
-	// close.
-	io.Copy(conn, os.Stdin)
-	conn.(*net.UnixConn).CloseWrite()
+	inputEnded := make(chan struct{})
+	go func() {
+		defer close(inputEnded)
+		io.Copy(conn, os.Stdin)
+		conn.(*net.UnixConn).CloseWrite()
+	}()
+	// The supervisor closing is the end (it stopped: the client must
+	// see that now). The client's end of input is the supervisor's: it
+	// then answers what it was asked and closes. A client that went
+	// away (ssh ends its input when its own caller dies) leaves nobody
+	// to read a stream that never ends (events -f, logs -f, a
+	// terminal), so waiting for the answer has the bound the client
+	// gives its own close.
 	select {
 	case <-answered:
-	case <-time.After(contexts.CloseGrace):
+	case <-inputEnded:
+		select {
+		case <-answered:
+		case <-time.After(contexts.CloseGrace):
+		}
 	}
 	return nil
 }
