@@ -507,11 +507,34 @@ func (c *Client) Logs(ctx context.Context, ref string, follow bool, w io.Writer)
 	if resp.StatusCode != http.StatusOK {
 		return responseError(resp)
 	}
-	_, err = io.Copy(w, resp.Body)
-	if ctx.Err() != nil {
+	out := &recordingWriter{w: w}
+	_, err = io.Copy(out, resp.Body)
+	switch {
+	case ctx.Err() != nil:
 		return nil
+	case out.err != nil:
+		return out.err // here: stdout closed, say
+	case err != nil:
+		// A follower must not take a dead supervisor or a dropped link
+		// for the session's end.
+		return errorf(errdefs.ErrUnavailable, "the stream from the supervisor broke off: %v", err)
 	}
-	return err
+	return nil
+}
+
+// recordingWriter keeps the error its writer returned, to tell it from
+// the reader's.
+type recordingWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (r *recordingWriter) Write(p []byte) (int, error) {
+	n, err := r.w.Write(p)
+	if err != nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // Events follows the supervisor's events until ctx ends or the stream

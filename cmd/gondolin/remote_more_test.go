@@ -139,12 +139,12 @@ func TestContextSignalsAndFollow(t *testing.T) {
 
 	follow := exec.Command(gondolinBin, "--context", "far", "logs", "-f", "sig")
 	follow.Env = cmd.Env
-	logs := &syncbuf.Buffer{}
-	follow.Stdout = logs
+	logs, logsErr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
+	follow.Stdout, follow.Stderr = logs, logsErr
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { follow.Process.Kill(); follow.Wait() })
+	t.Cleanup(func() { follow.Process.Kill() })
 	must("--context", "far", "exec", "--session", "sig", "--", "sh", "-c", "echo followed-$((6*7)) > /dev/console")
 	testutil.WaitFor(t, 30*time.Second, "logs -f to show the new line", func() bool { return strings.Contains(logs.String(), "followed-42") })
 
@@ -160,33 +160,58 @@ func TestContextSignalsAndFollow(t *testing.T) {
 	t.Cleanup(func() { events.Process.Kill() })
 	must("--context", "far", "exec", "--session", "sig", "--", "sh", "-c", "curl -s -m 5 http://blocked.invalid/ >/dev/null; true")
 	testutil.WaitFor(t, 30*time.Second, "events -f to show the blocked lookup", func() bool { return strings.Contains(evOut.String(), "blocked.invalid") })
-	links := childPIDs(events.Process.Pid) // farContext's ssh has no shared connection: a process per link
-	if len(links) == 0 {
-		t.Fatal("events -f has no ssh to cut")
-	}
-	for _, pid := range links {
-		syscall.Kill(-pid, syscall.SIGKILL) // ssh and its process group: the link
-	}
-	waited := make(chan error, 1)
-	go func() { waited <- events.Wait() }()
-	select {
-	case err = <-waited:
-	case <-time.After(time.Minute):
-		t.Fatal("events -f went on after its link was cut")
-	}
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 125 || !strings.Contains(evErr.String(), "broke off") {
-		t.Errorf("events -f after its link dropped: %v, stderr %q; want exit 125 saying it broke off", err, evErr.String())
+	if code := cutLink(t, events); code != 125 || !strings.Contains(evErr.String(), "broke off") {
+		t.Errorf("events -f after its link dropped: exit %d, stderr %q; want 125 saying it broke off", code, evErr.String())
 	}
 
-	// A client killed outright (logs -f, still following) leaves no
-	// dial-stdio on the far side: its ssh ends the far input, on which
-	// the supervisor ends the stream (and dial-stdio, should one not
-	// end, stops waiting after contexts.CloseGrace).
-	if n := len(dialStdios(far.home)); n == 0 {
-		t.Fatal("no dial-stdio serves logs -f")
+	// So does logs -f, and a cut link leaves no dial-stdio on the far
+	// side.
+	if code := cutLink(t, follow); code != 125 || !strings.Contains(logsErr.String(), "broke off") {
+		t.Errorf("logs -f after its link dropped: exit %d, stderr %q; want 125 saying it broke off", code, logsErr.String())
 	}
-	follow.Process.Kill()
+	testutil.WaitFor(t, 30*time.Second, "the far dial-stdios to end", func() bool { return len(dialStdios(far.home)) == 0 })
+
+	// A client killed outright leaves none either: its ssh ends the far
+	// input, on which the supervisor ends the stream (and dial-stdio,
+	// should one not end, stops waiting after contexts.CloseGrace).
+	again := exec.Command(gondolinBin, "--context", "far", "logs", "-f", "sig")
+	again.Env = cmd.Env
+	if err := again.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 30*time.Second, "a dial-stdio for logs -f", func() bool { return len(dialStdios(far.home)) == 1 })
+	again.Process.Kill()
+	again.Wait()
 	testutil.WaitFor(t, 30*time.Second, "the far dial-stdio to end", func() bool { return len(dialStdios(far.home)) == 0 })
+}
+
+// cutLink kills the ssh under a running gondolin (farContext's ssh has
+// no shared connection: one process per link) and returns gondolin's
+// exit code, within a bound.
+func cutLink(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	links := childPIDs(cmd.Process.Pid)
+	if len(links) == 0 {
+		t.Fatalf("%v has no ssh to cut", cmd.Args)
+	}
+	for _, pid := range links {
+		syscall.Kill(-pid, syscall.SIGKILL) // ssh and its process group
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(time.Minute):
+		t.Fatalf("%v went on after its link was cut", cmd.Args)
+		return 0
+	}
 }
 
 // dialStdios are the dial-stdio processes serving home.
