@@ -126,8 +126,23 @@ func TestCommand(t *testing.T) {
 	}
 	t.Setenv(EnvSSHCommand, "ssh -i key")
 	name, args = c.command(tgt, false)
-	if name != "sh" || args[0] != "-c" || args[1] != `ssh -i key "$@"` || args[len(args)-1] != "'/opt/my gondolin/bin/gondolin' supervisor dial-stdio" {
+	if name != "sh" || args[0] != "-c" || args[1] != `exec ssh -i key "$@"` || args[len(args)-1] != "'/opt/my gondolin/bin/gondolin' supervisor dial-stdio" {
 		t.Errorf("with %s: %s %q", EnvSSHCommand, name, args)
+	}
+}
+
+func TestShellLine(t *testing.T) {
+	tests := []struct{ cmd, want string }{
+		{"ssh -i key", `exec ssh -i key "$@"`},
+		{"/usr/bin/ssh -F /dev/null", `exec /usr/bin/ssh -F /dev/null "$@"`},
+		{"SSH_AUTH_SOCK=/a ssh", `SSH_AUTH_SOCK=/a ssh "$@"`},
+		{"  X=1 ssh", `  X=1 ssh "$@"`},
+		{"ssh -o User=me", `exec ssh -o User=me "$@"`},
+	}
+	for _, tt := range tests {
+		if got := shellLine(tt.cmd); got != tt.want {
+			t.Errorf("shellLine(%q) = %q, want %q", tt.cmd, got, tt.want)
+		}
 	}
 }
 

@@ -314,7 +314,7 @@ func (c Context) sshControl(ctx context.Context, t Target, op, sock, far string)
 	name, args := c.ssh(t, "-O", op, "-L", sock+":"+far, "--", t.Host)
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = sshEnv(os.Environ())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = sshProcAttr()
 	// On the deadline, all of it: GONDOLIN_SSH_COMMAND's sh and its ssh.
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second

@@ -152,9 +152,7 @@ func (c Context) dialStdio(ctx context.Context, t Target, noStart bool) (net.Con
 	// ssh (and a shared connection's master, which outlives this
 	// command) keeps no token this shell exported for --host-secret.
 	cmd.Env = sshEnv(os.Environ())
-	// Its own process group: a Ctrl-C meant for the command in the VM
-	// (forwarded by exec) must not kill the connection carrying it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = sshProcAttr()
 	// A child that keeps ssh's stderr open (a ProxyCommand, a wrapper's
 	// leftover) must not hold Wait.
 	cmd.WaitDelay = 2 * time.Second
@@ -237,10 +235,24 @@ func (c Context) ssh(t Target, rest ...string) (name string, args []string) {
 	}
 	args = append(args, rest...)
 	if sshCommand := os.Getenv(EnvSSHCommand); sshCommand != "" {
-		return "sh", append([]string{"-c", sshCommand + ` "$@"`, "ssh"}, args...)
+		return "sh", append([]string{"-c", shellLine(sshCommand), "ssh"}, args...)
 	}
 	return "ssh", args
 }
+
+// shellLine is the sh -c line that runs GONDOLIN_SSH_COMMAND with ssh's
+// arguments. It execs the command, so that ssh is the process Dial
+// started and dies with its client (sshProcAttr); a command that starts
+// with a variable assignment (FOO=1 ssh ...) cannot be exec'd, and runs
+// as a child of sh.
+func shellLine(sshCommand string) string {
+	if leadingAssignment.MatchString(sshCommand) {
+		return sshCommand + ` "$@"`
+	}
+	return `exec ` + sshCommand + ` "$@"`
+}
+
+var leadingAssignment = regexp.MustCompile(`^\s*[A-Za-z_][A-Za-z0-9_]*=`)
 
 func (c Context) gondolin() string {
 	if c.Gondolin == "" {
@@ -395,6 +407,17 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// sshProcAttr is how a context's ssh runs: in a process group of its
+// own, so that a Ctrl-C meant for the command in the VM (forwarded by
+// exec) does not kill the connection carrying it; and killed when this
+// process dies however it dies (Ctrl-C during a slow login, a kill), so
+// that no ssh goes on to log in and start a far supervisor for nobody.
+// A shared connection's master, which ssh forks, outlives it by design:
+// a fork does not inherit the death signal.
+func sshProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 }
 
 // CloseGrace is how long the far end of a closed connection has to

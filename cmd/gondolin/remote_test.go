@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -488,4 +489,38 @@ func TestContextForwardingRefused(t *testing.T) {
 	if got := h.masterFiles(); got != files || files == 0 {
 		t.Errorf("the master's open files went from %d to %d", files, got)
 	}
+}
+
+// TestContextSSHDiesWithItsClient: a client killed during a slow login
+// (or by Ctrl-C, which ssh's own process group does not see) takes its
+// ssh with it, rather than leave it to log in and start a far
+// supervisor for nobody.
+func TestContextSSHDiesWithItsClient(t *testing.T) {
+	home := layout.Home(t.TempDir())
+	dir := t.TempDir()
+	slow := filepath.Join(dir, "slow-ssh")
+	pidFile := filepath.Join(dir, "pid")
+	os.WriteFile(slow, []byte(fmt.Sprintf("#!/bin/sh\necho $$ > %s.tmp && mv %s.tmp %s\nexec sleep 120\n", pidFile, pidFile, pidFile)), 0o755)
+	if r := gondolin(t, home, "", "context", "create", "slow", "--host", "ssh://nowhere"); r.code != 0 {
+		t.Fatal(r)
+	}
+	cmd := exec.Command(gondolinBin, "--context", "slow", "list")
+	cmd.Env = append(os.Environ(), layout.EnvHome+"="+string(home), contexts.EnvSSHCommand+"="+slow)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	testutil.WaitFor(t, 30*time.Second, "the stand-in ssh to start", func() bool {
+		b, err := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && pid > 0
+	})
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	cmd.Process.Kill()
+	cmd.Wait()
+	testutil.WaitFor(t, 10*time.Second, "ssh to die with its client", func() bool {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		// Gone, or a zombie nobody has reaped yet.
+		return err != nil || strings.Contains(string(b), ") Z ")
+	})
 }
