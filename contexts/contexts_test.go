@@ -184,6 +184,7 @@ func TestGreeting(t *testing.T) {
 func TestDial(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	dir := t.TempDir()
+	t.Setenv("TMPDIR", shortDir(t)) // its control directory, not the machine's
 	script := func(name, body string) string {
 		p := filepath.Join(dir, name)
 		os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755)
@@ -224,12 +225,32 @@ func TestDial(t *testing.T) {
 		}
 	}
 
-	// A host that never answers is bounded by the caller's context.
+	// A host that never answers is bounded by the caller's context, and
+	// by the dial's own bound.
 	t.Setenv(EnvSSHCommand, script("hang", "exec sleep 60"))
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if _, err := c.Dial(ctx, false); err == nil || !strings.Contains(err.Error(), "deadline") {
 		t.Errorf("a host that hangs: %v", err)
+	}
+	func() {
+		defer func(old time.Duration) { dialTimeout = old }(dialTimeout)
+		dialTimeout = 200 * time.Millisecond
+		if _, err := c.Dial(context.Background(), false); err == nil || !strings.Contains(err.Error(), "far did not answer in 200ms") {
+			t.Errorf("a host that hangs, past the dial's bound: %v", err)
+		}
+	}()
+
+	// Failures the lines above do not cover: an unknown host key, and a
+	// greeting that never ends.
+	for _, tt := range []struct{ body, want string }{
+		{`echo "Host key verification failed." >&2; exit 255`, "not in known_hosts"},
+		{`head -c 10000 /dev/zero | tr '\0' x; exec sleep 60`, "a line of over 4 KiB"},
+	} {
+		t.Setenv(EnvSSHCommand, script("more", tt.body))
+		if _, err := c.Dial(context.Background(), false); err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want one line with %q", tt.body, err, tt.want)
+		}
 	}
 }
 

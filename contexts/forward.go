@@ -19,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gondolin/gondolin/internal/atomicfile"
 )
 
 // A context's ssh connection is shared (ControlMaster): the first dial
@@ -183,11 +185,7 @@ func readRecord(sock string) (farSupervisor, error) {
 
 // writeRecord writes sock's record in one step.
 func writeRecord(sock string, far farSupervisor) error {
-	tmp := sock + ".far.tmp"
-	if err := os.WriteFile(tmp, []byte(far.socket+" "+far.instance+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, sock+".far")
+	return atomicfile.WriteFile(sock+".far", []byte(far.socket+" "+far.instance+"\n"), 0o600)
 }
 
 // forward mends the forward at link after a dial-stdio that greeted as

@@ -118,8 +118,11 @@ func GreetingError(err error) string {
 }
 
 // dialTimeout bounds a connection's set-up: ssh's own connect, the login,
-// and the far supervisor's start.
-const dialTimeout = 60 * time.Second
+// and the far supervisor's start. A variable for tests.
+var dialTimeout = 60 * time.Second
+
+// errDialTimeout is the cause of a dial's context that ran out.
+var errDialTimeout = errors.New("dial timeout")
 
 // Dial connects to c's supervisor API: through the shared ssh
 // connection's forward when there is one that answers (see forward.go),
@@ -131,6 +134,11 @@ func (c Context) Dial(ctx context.Context, noStart bool) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// One bound over all of it: the forward's ping, the login and the
+	// far start, and mending the forward (which cancels what it must
+	// with a few seconds of its own).
+	ctx, cancel := context.WithTimeoutCause(ctx, dialTimeout, errDialTimeout)
+	defer cancel()
 	fwd := c.forwardPath()
 	if fwd != "" {
 		if conn, err := dialForward(ctx, fwd); err == nil {
@@ -179,17 +187,19 @@ func (c Context) dialStdio(ctx context.Context, t Target, noStart bool) (net.Con
 		line, err := readLine(conn.r, 4096)
 		got <- answer{line, err}
 	}()
-	timer := time.NewTimer(dialTimeout)
-	defer timer.Stop()
 	var a answer
 	select {
 	case a = <-got:
 	case <-ctx.Done():
 		conn.kill()
+		if context.Cause(ctx) == errDialTimeout {
+			return nil, farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s did not answer in %s", c.Name, t.Host, dialTimeout)
+		}
 		return nil, farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %v", c.Name, ctx.Err())
-	case <-timer.C:
+	}
+	if errors.Is(a.err, errGreetingTooLong) {
 		conn.kill()
-		return nil, farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s did not answer in %s", c.Name, t.Host, dialTimeout)
+		return nil, farSupervisor{}, errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s answered with a line of over 4 KiB, not gondolin's dial-stdio (is --gondolin right?)", c.Name, t.Host)
 	}
 	if a.err != nil {
 		conn.Close() // exited, or about to: its status and stderr say why
@@ -280,10 +290,12 @@ func controlDir() (string, error) {
 	return dir, nil
 }
 
+var shellSafe = regexp.MustCompile(`^[a-zA-Z0-9/._+-]+$`)
+
 // shellQuote quotes s for the far side's shell, which ssh hands its
 // command line to.
 func shellQuote(s string) string {
-	if regexp.MustCompile(`^[a-zA-Z0-9/._+-]+$`).MatchString(s) {
+	if shellSafe.MatchString(s) {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
@@ -359,6 +371,8 @@ func (c Context) explain(t Target, conn *sshConn) error {
 	return errdefs.Errorf(errdefs.ErrUnavailable, "context %s: %s", c.Name, msg)
 }
 
+var errGreetingTooLong = errors.New("greeting too long")
+
 func readLine(r *bufio.Reader, limit int) (string, error) {
 	var b []byte
 	for len(b) < limit {
@@ -371,7 +385,7 @@ func readLine(r *bufio.Reader, limit int) (string, error) {
 		}
 		b = append(b, c)
 	}
-	return "", errors.New("greeting too long")
+	return "", errGreetingTooLong
 }
 
 func lastLine(s string) string {

@@ -7,6 +7,8 @@
 package contexts
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +21,6 @@ import (
 	"github.com/gondolin/gondolin/internal/atomicfile"
 	"github.com/gondolin/gondolin/internal/errdefs"
 	"github.com/gondolin/gondolin/internal/layout"
-	"golang.org/x/sys/unix"
 )
 
 // Default is the built-in context: this machine.
@@ -94,26 +95,16 @@ func (s *Store) update(change func(*file) error) error {
 	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
 		return err
 	}
-	lock, err := os.OpenFile(s.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	unlock, err := lockFile(context.Background(), s.path+".lock")
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return err
-	}
+	defer unlock()
 	f, err := s.read()
 	if err != nil {
 		return err
 	}
 	if err := change(&f); err != nil {
-		return err
-	}
-	return s.write(f)
-}
-
-func (s *Store) write(f file) error {
-	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
 		return err
 	}
 	return atomicfile.WriteJSON(s.path, f, 0o600)
@@ -141,6 +132,10 @@ func (s *Store) Get(name string) (Context, error) {
 	if err != nil {
 		return Context{}, err
 	}
+	return find(list, name)
+}
+
+func find(list []Context, name string) (Context, error) {
 	for _, c := range list {
 		if c.Name == name {
 			return c, nil
@@ -206,16 +201,9 @@ func (s *Store) Use(name string) error {
 // Selected is the context a command uses: flag (--context) when given,
 // else GONDOLIN_CONTEXT, else the stored choice, else the default.
 func (s *Store) Selected(flag string, getenv func(string) string) (Context, error) {
-	name := flag
-	if name == "" {
-		name = getenv(EnvContext)
+	list, current, err := s.List() // one read of the file
+	if err != nil {
+		return Context{}, err
 	}
-	if name == "" {
-		_, current, err := s.List()
-		if err != nil {
-			return Context{}, err
-		}
-		name = current
-	}
-	return s.Get(name)
+	return find(list, cmp.Or(flag, getenv(EnvContext), current))
 }

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -206,11 +207,12 @@ func logTail(home layout.Home) string {
 // OwnPingInfo is what this process would answer.
 func OwnPingInfo() PingInfo {
 	ns, _ := os.Readlink("/proc/self/ns/net")
-	return PingInfo{NetNS: ns, Accel: os.Getenv(layout.EnvAccel), Instance: instance}
+	return PingInfo{NetNS: ns, Accel: os.Getenv(layout.EnvAccel), Instance: instance()}
 }
 
-// instance is this process's PingInfo.Instance.
-var instance = rand.Text()
+// instance is this process's PingInfo.Instance, made when first asked
+// (by a supervisor: no other command pays for it).
+var instance = sync.OnceValue(rand.Text)
 
 // startSupervisor starts a supervisor; exited is closed if it exits.
 func startSupervisor(home layout.Home, executable string) (exited <-chan struct{}, err error) {

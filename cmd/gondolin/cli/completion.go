@@ -255,11 +255,7 @@ func completionClient(ctx context.Context) (*sessions.Client, error) {
 		// The far side's dial-stdio --no-start: a shared ssh connection
 		// answers within the bound; a first login may not, and then
 		// nothing is offered.
-		client := remoteClient(sel, false)
-		if _, err := client.Ping(ctx); err != nil {
-			return nil, err
-		}
-		return client, nil
+		return remoteClient(sel, false), nil
 	}
 	return sessions.Connect(ctx, home, sessions.ConnectOptions{Start: false})
 }

@@ -135,6 +135,7 @@ State lives in $GONDOLIN_HOME (default ~/.local/share/gondolin).`,
 			return c.Help()
 		},
 	}
+	chosen = contextChoice{} // a new command line: its context is read anew
 	root.PersistentFlags().StringVar(&contextFlag, "context", "", "the machine to act on: a context from gondolin context ls (default $"+contexts.EnvContext+", else the one chosen by gondolin context use, else this machine)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v (see: %s --help)", err, c.CommandPath())
@@ -168,9 +169,9 @@ var contextFlag string
 // selectedContext is the context the command uses (--context,
 // GONDOLIN_CONTEXT, the stored choice, or the default: this machine).
 func selectedContext() (contexts.Context, error) {
-	// Read once per command (a command asks several times), again only
-	// if --context changed (tests build many commands in one process).
-	if chosen.done && chosen.flag == contextFlag {
+	// Read once per command line (a command asks several times);
+	// newRoot starts each one afresh.
+	if chosen.done {
 		return chosen.ctx, chosen.err
 	}
 	home, err := layout.DefaultHome()
@@ -178,7 +179,7 @@ func selectedContext() (contexts.Context, error) {
 		return contexts.Context{}, err
 	}
 	c, err := contexts.Open(home).Selected(contextFlag, os.Getenv)
-	chosen = contextChoice{true, contextFlag, c, err}
+	chosen = contextChoice{true, c, err}
 	return c, err
 }
 
@@ -187,7 +188,6 @@ var chosen contextChoice
 
 type contextChoice struct {
 	done bool
-	flag string
 	ctx  contexts.Context
 	err  error
 }
@@ -236,16 +236,13 @@ func dialSupervisorInfo(start bool) (*sessions.Client, sessions.PingInfo, error)
 		return nil, sessions.PingInfo{}, err
 	}
 	if sel.Remote() {
-		// The far side's dial-stdio starts its supervisor (unless
-		// told not to) and answers within contexts' own deadline.
-		client := remoteClient(sel, start)
-		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		defer cancel()
-		info, err := client.Ping(ctx)
-		if err != nil {
-			return nil, sessions.PingInfo{}, err
-		}
-		return client, info, nil
+		// No ping first: every connection the dialer makes has checked
+		// its far supervisor (dial-stdio's greeting, or the forward's
+		// ping), and starts it unless told not to; a failure comes
+		// back from the first request, in one line. What a ping would
+		// say (network namespace, accelerator) is the far machine's,
+		// not this command's to compare.
+		return remoteClient(sel, start), sessions.PingInfo{}, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
