@@ -111,17 +111,27 @@ func (f *fakeBackend) find(ref string) (int, error) {
 	return -1, fmt.Errorf("session %s: %w", ref, errdefs.ErrNotFound)
 }
 
+// waitGate holds a call until gate closes (at once when there is no
+// gate) or ctx ends.
+func waitGate(ctx context.Context, gate chan struct{}) error {
+	if gate == nil {
+		return nil
+	}
+	select {
+	case <-gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (f *fakeBackend) List(ctx context.Context, all bool) ([]sessions.Session, error) {
 	f.called("List")
 	f.mu.Lock()
 	gate := f.listGate
 	f.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	if err := waitGate(ctx, gate); err != nil {
+		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -152,10 +162,8 @@ func (f *fakeBackend) Create(ctx context.Context, req sessions.CreateRequest) (s
 		f.sessions = append([]sessions.Session{c}, f.sessions...)
 		f.mu.Unlock()
 		events <- sessions.Event{Type: sessions.EventCreating, Session: s.ID, State: sessions.Creating, Phase: c.Phase}
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			err = ctx.Err()
+		if gerr := waitGate(ctx, gate); gerr != nil {
+			err = gerr
 		}
 		f.mu.Lock()
 		if i, ferr := f.find(s.ID); ferr == nil {
@@ -234,12 +242,8 @@ func (f *fakeBackend) Screen(ctx context.Context, ref string, pty uint64) (sessi
 	f.mu.Lock()
 	gate := f.screenGate
 	f.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return sessions.Screen{}, ctx.Err()
-		}
+	if err := waitGate(ctx, gate); err != nil {
+		return sessions.Screen{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -324,10 +328,8 @@ func (f *fakeBackend) Snapshot(ctx context.Context, ref string, req sessions.Sna
 	if f.gate != nil {
 		f.setSnapshotting(ref, true)
 		defer f.setSnapshotting(ref, false)
-		select {
-		case <-f.gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err := waitGate(ctx, f.gate); err != nil {
+			return nil, err
 		}
 	}
 	kind := snapshots.Disk

@@ -159,7 +159,7 @@ func newSessionForm(m *Model) *sessionForm {
 	f.inputs[fieldImage].SetValue(m.opts.DefaultImage)
 	f.inputs[fieldHost].SetValue(m.formHost().Name)
 	f.fields = numFields
-	if len(m.hosts) < 2 {
+	if !m.multi() {
 		f.fields = fieldHost // no host field
 	}
 	return f

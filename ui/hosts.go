@@ -3,7 +3,6 @@ package ui
 import (
 	"time"
 
-	"github.com/gondolin/gondolin/internal/termsafe"
 	"github.com/gondolin/gondolin/sessions"
 )
 
@@ -31,7 +30,6 @@ type Host struct {
 // or gone holds up no other.
 type host struct {
 	Host
-	idx   int  // its place in Model.hosts; 0 is the default host
 	multi bool // the dashboard shows more than one host
 
 	list   []sessions.Session // as last listed; kept while unreachable
@@ -55,7 +53,7 @@ type host struct {
 func (h *host) unreachable() string {
 	switch {
 	case h.err != nil:
-		return termsafe.String(oneLine(h.err.Error()))
+		return oneLine(h.err.Error())
 	case !h.eventsUp && h.eventsNote != "":
 		return h.eventsNote
 	}
@@ -119,3 +117,7 @@ func (r row) rank() int {
 	}
 	return 2
 }
+
+// multi says whether the dashboard shows more than one host (and so
+// names each row's).
+func (m *Model) multi() bool { return len(m.hosts) > 1 }

@@ -90,9 +90,10 @@ func TestHostColumn(t *testing.T) {
 // TestHostFilter: / matches a row's host too.
 func TestHostFilter(t *testing.T) {
 	hosts, _, _ := twoHosts(sampleBackend(), farBackend())
+	hosts[1].Name = "rack" // in no session's name, image or label: only the host matches
 	h := startHosts(t, hosts, 120, 30)
 	h.settleHosts()
-	h.keys("/", "far", "enter")
+	h.keys("/", "rack", "enter")
 	var names []string
 	h.inspect(func(m *Model) {
 		for _, i := range m.visible {
@@ -100,7 +101,7 @@ func TestHostFilter(t *testing.T) {
 		}
 	})
 	if len(names) != 1 || names[0] != "farsess" {
-		t.Fatalf("filter far shows %v", names)
+		t.Fatalf("filter rack shows %v", names)
 	}
 }
 

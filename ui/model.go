@@ -158,8 +158,8 @@ func NewHosts(ctx context.Context, hosts []Host, opts Options) *Model {
 		fetching:  map[string]bool{},
 		filter:    f,
 	}
-	for i, h := range hosts {
-		m.hosts = append(m.hosts, &host{Host: h, idx: i, multi: len(hosts) > 1, backoff: minBackoff})
+	for _, h := range hosts {
+		m.hosts = append(m.hosts, &host{Host: h, multi: len(hosts) > 1, backoff: minBackoff})
 	}
 	if m.opts.Host == "" || m.hostNamed(m.opts.Host) == nil {
 		m.opts.Host = hosts[0].Name
@@ -540,7 +540,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 // unreachable, until it answers again.
 func (m *Model) eventsDown(h *host, why string) tea.Cmd {
 	h.events, h.eventsUp = nil, false
-	h.eventsNote = termsafe.String(oneLine(why))
+	h.eventsNote = oneLine(why)
 	m.summarize()
 	m.rebuild()
 	d := h.backoff
@@ -557,9 +557,7 @@ func (m *Model) onEvents(h *host, events []sessions.Event) tea.Cmd {
 		switch e.Type {
 		case sessions.EventTemplate:
 			// The title shows the default host's templates only.
-			if h.idx == 0 {
-				templates = true
-			}
+			templates = h == m.hosts[0]
 		case sessions.EventPTYPaint:
 			if onSel(e) && (e.PTY == selPTY || selPTY == 0) {
 				repaint = true
@@ -652,14 +650,17 @@ func (m *Model) onList(msg listMsg) tea.Cmd {
 	}
 	m.summarize()
 	m.rebuild()
-	cmds = append(cmds, m.fetchPreview(false), m.readStatus())
+	cmds = append(cmds, m.fetchPreview(false))
+	if h == m.hosts[0] { // the status the title shows is this machine's
+		cmds = append(cmds, m.readStatus())
+	}
 	return tea.Batch(cmds...)
 }
 
 // rebuild merges the hosts' lists into the table's rows.
 func (m *Model) rebuild() {
 	m.all = m.all[:0]
-	multi := len(m.hosts) > 1
+	multi := m.multi()
 	for _, h := range m.hosts {
 		down := ""
 		if multi {
@@ -689,7 +690,7 @@ func (m *Model) rebuild() {
 // a slow host holds up nobody), and eventsUp that every host's events
 // are followed.
 func (m *Model) summarize() {
-	multi := len(m.hosts) > 1
+	multi := m.multi()
 	m.loaded, m.listing, m.eventsUp, m.eventsNote = !multi, false, true, ""
 	for _, h := range m.hosts {
 		if multi {
@@ -704,7 +705,7 @@ func (m *Model) summarize() {
 		}
 	}
 	m.listErr = nil
-	if len(m.hosts) == 1 {
+	if !m.multi() {
 		m.listErr = m.hosts[0].err
 	}
 }
@@ -885,7 +886,9 @@ func (m *Model) onScreen(msg screenMsg) tea.Cmd {
 }
 
 func (m *Model) setStatus(text string) tea.Cmd {
-	m.status, m.statusErr = text, false
+	// The one way in for the status line's text, which may quote a
+	// supervisor on another machine (a name it returned): made safe.
+	m.status, m.statusErr = termsafe.String(text), false
 	m.statusID++
 	id := m.statusID
 	return tea.Tick(5*time.Second, func(time.Time) tea.Msg { return clearStatus{id: id} })

@@ -88,7 +88,7 @@ func (m *Model) titleBar(w int) string {
 		}
 	}
 	switch {
-	case len(m.hosts) > 1 && down > 0:
+	case m.multi() && down > 0:
 		right = m.st.errText.Render(fmt.Sprintf("%d of %d hosts unreachable", down, len(m.hosts)))
 	case m.listErr != nil:
 		right = m.st.errText.Render("supervisor unreachable")
@@ -214,7 +214,7 @@ func (m *Model) colWidths(w int) []int {
 	widths := make([]int, len(columns))
 	on := make([]bool, len(columns))
 	for i, c := range columns {
-		on[i] = !c.multi || len(m.hosts) > 1
+		on[i] = !c.multi || m.multi()
 	}
 	need := func() int {
 		n := markerWidth
