@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,8 +69,11 @@ func TestContextCarriesSecretsSnapshotsIngress(t *testing.T) {
 	})
 	t.Run("events", func(t *testing.T) {
 		must("--context", "far", "exec", "--session", "sec", "--", "sh", "-c", "curl -s -m 5 http://blocked.invalid/ >/dev/null; true")
-		out := must("--context", "far", "events", "sec", "--json")
-		if !strings.Contains(out, "blocked.invalid") {
+		var out string
+		if !testutil.Poll(30*time.Second, func() bool {
+			out = must("--context", "far", "events", "sec", "--json")
+			return strings.Contains(out, "blocked.invalid")
+		}) {
 			t.Errorf("events through the context: %q", out)
 		}
 	})
@@ -97,10 +99,19 @@ func TestContextTerminals(t *testing.T) {
 	again.waitScreen("before-42") // the screen as it was, repainted
 	// A resize of this terminal reaches the far one.
 	pty.Setsize(again.ptmx, &pty.Winsize{Rows: 40, Cols: 120})
+	// The resize and the typed command travel apart (SIGWINCH, then the
+	// keys): ask again, but only once the last answer is on screen.
+	asked := 0
 	testutil.WaitFor(t, 30*time.Second, "the far terminal to be 40x120", func() bool {
-		again.send("stty size\r")
-		time.Sleep(300 * time.Millisecond)
-		return strings.Contains(again.screen(), "40 120")
+		scr := again.screen()
+		if strings.Contains(scr, "40 120") {
+			return true
+		}
+		if strings.Count(scr, "size-answered") >= asked {
+			again.send("stty size; echo size-answer''ed\r")
+			asked++
+		}
+		return false
 	})
 	again.send("exit\r")
 	again.exit()
@@ -190,7 +201,7 @@ func TestContextSignalsAndFollow(t *testing.T) {
 // exit code, within a bound.
 func cutLink(t *testing.T, cmd *exec.Cmd) int {
 	t.Helper()
-	links := childPIDs(cmd.Process.Pid)
+	links := testutil.Children(cmd.Process.Pid)
 	if len(links) == 0 {
 		t.Fatalf("%v has no ssh to cut", cmd.Args)
 	}
@@ -215,32 +226,8 @@ func cutLink(t *testing.T, cmd *exec.Cmd) int {
 }
 
 // dialStdios are the dial-stdio processes serving home.
-func dialStdios(home layout.Home) (pids []int) {
-	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range cmdlines {
-		b, _ := os.ReadFile(p)
-		env, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
-		if strings.Contains(string(b), "dial-stdio") && strings.Contains(string(env), layout.EnvHome+"="+string(home)+"\x00") {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// childPIDs are the processes whose parent is pid.
-func childPIDs(pid int) (kids []int) {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range stats {
-		b, _ := os.ReadFile(p)
-		// pid (comm) state ppid ...: comm may hold spaces, so read after
-		// its closing parenthesis.
-		if i := strings.LastIndexByte(string(b), ')'); i > 0 {
-			if f := strings.Fields(string(b[i+1:])); len(f) > 1 && f[1] == strconv.Itoa(pid) {
-				kid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-				kids = append(kids, kid)
-			}
-		}
-	}
-	return kids
+func dialStdios(home layout.Home) []int {
+	return testutil.Procs(func(cmdline, environ []byte, _ string) bool {
+		return strings.Contains(string(cmdline), "dial-stdio") && strings.Contains(string(environ), layout.EnvHome+"="+string(home)+"\x00")
+	})
 }

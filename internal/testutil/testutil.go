@@ -13,6 +13,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -154,4 +157,41 @@ func ProcState(pid int) string {
 		return ""
 	}
 	return string(b[i+2])
+}
+
+// Procs are the processes for which match says yes, given each one's
+// command line and environment (NUL-separated, as /proc has them) and
+// the base name of its executable. Processes that end meanwhile, or
+// that this user cannot read, are left out.
+func Procs(match func(cmdline, environ []byte, exe string) bool) (pids []int) {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, dir := range dirs {
+		cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+		if err != nil {
+			continue
+		}
+		environ, _ := os.ReadFile(filepath.Join(dir, "environ"))
+		exe, _ := os.Readlink(filepath.Join(dir, "exe"))
+		if match(cmdline, environ, filepath.Base(exe)) {
+			pid, _ := strconv.Atoi(filepath.Base(dir))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Children are the processes whose parent is pid.
+func Children(pid int) (kids []int) {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, _ := os.ReadFile(p)
+		// pid (comm) state ppid ...: comm may hold spaces and ')'.
+		if i := bytes.LastIndexByte(b, ')'); i > 0 {
+			if f := strings.Fields(string(b[i+1:])); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+				kid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+				kids = append(kids, kid)
+			}
+		}
+	}
+	return kids
 }

@@ -29,7 +29,7 @@ func newCpCmd() *cobra.Command {
 		Long: `Copy a file, a symlink or a directory tree into or out of a running
 session, through its agent (no mount needed), keeping modes and times.
 One side is SESSION:PATH (a session's name, ID or ID prefix; a relative
-PATH is relative to the session's home directory, /root), the other a
+PATH is relative to the session's $HOME, /root as a rule), the other a
 host path:
 
   gondolin cp ./src dev:/work            ./src becomes /work/src (or /work,
