@@ -311,6 +311,32 @@ func hostileBase(t testing.TB, prepared bool) (base string, root *os.Root) {
 	return base, root
 }
 
+// TestExtractHostileIntoRoot sends every hostile stream in the mode that
+// copies a directory's contents into an existing one (cp SESSION:d/. DIR):
+// whatever lands inside, nothing lands or changes outside.
+func TestExtractHostileIntoRoot(t *testing.T) {
+	for _, tt := range hostileCases {
+		t.Run(tt.name, func(t *testing.T) {
+			base, root := hostileBase(t, tt.prepared)
+			data := stream(t, tt.entries...)
+			if tt.wantErr {
+				data = data[:700]
+			}
+			err := Extract(bytes.NewReader(data), root, Options{Name: IntoRoot, Skipped: func(string, string) {}})
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("error %v, want one: %v", err, tt.wantErr)
+			}
+			checkOutside(t, base)
+			filepath.WalkDir(filepath.Join(base, "root"), func(p string, d fs.DirEntry, err error) error {
+				if fi, err := os.Lstat(p); err == nil && fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky|fs.ModeDevice|fs.ModeNamedPipe) != 0 {
+					t.Errorf("%s: mode %v", p, fi.Mode())
+				}
+				return nil
+			})
+		})
+	}
+}
+
 func TestExtractHostile(t *testing.T) {
 	for _, tt := range hostileCases {
 		t.Run(tt.name, func(t *testing.T) {
