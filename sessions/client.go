@@ -69,6 +69,10 @@ func NewDialClient(dial func(ctx context.Context) (net.Conn, error)) *Client {
 	return &Client{http: &http.Client{Transport: tr}}
 }
 
+// Close closes the connections the client keeps for its next request
+// (a client still works after it, connecting again).
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
 const baseURL = "http://gondolin"
 
 // do sends a request and decodes a JSON answer into out; API errors come

@@ -52,7 +52,7 @@ func TestClientBounds(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", l.Addr().String())
 	})
-	defer c.http.CloseIdleConnections()
+	defer c.Close()
 
 	start := time.Now()
 	_, err = c.List(context.Background(), true)

@@ -42,10 +42,11 @@ func dialStdio(noStart bool) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	_, info, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: !noStart})
+	client, info, err := sessions.ConnectInfo(ctx, home, sessions.ConnectOptions{Start: !noStart})
 	if err != nil {
 		return fail(err)
 	}
+	client.Close() // its ping's connection: the splice below has one of its own
 	conn, err := net.Dial("unix", home.SupervisorSocket())
 	if err != nil {
 		return fail(err)
