@@ -457,8 +457,13 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		h.backoff = minBackoff
 		m.summarize()
 		// Events may have been missed while the stream was down (the
-		// list, once in, reads the status again too).
-		return m, tea.Batch(waitEvents(h, msg.ch), m.refreshHost(h), m.fetchPreview(true))
+		// list, once in, reads the status again too): this host's list,
+		// and the preview if it shows one of this host's terminals.
+		cmds := []tea.Cmd{waitEvents(h, msg.ch), m.refreshHost(h)}
+		if s, ok := m.current(); ok && s.host == h {
+			cmds = append(cmds, m.fetchPreview(true))
+		}
+		return m, tea.Batch(cmds...)
 	case eventsMsg:
 		if msg.ch != msg.host.events {
 			return m, nil
