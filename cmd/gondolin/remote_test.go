@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -189,6 +190,21 @@ func TestContexts(t *testing.T) {
 		r = gondolin(t, home, "", "--context", "far", "snapshot", "r1", "--output", "rel.qcow2")
 		if r.code != 2 || !strings.Contains(r.stderr, "absolute path") {
 			t.Errorf("snapshot --output relative through a context: %+v", r)
+		}
+		for _, args := range [][]string{{"supervisor", "status"}, {"supervisor", "stop"}, {"exec", "--cold", "--", "true"}} {
+			if r := gondolin(t, home, "", append([]string{"--context", "far"}, args...)...); r.code != 2 || strings.Count(r.stderr, "\n") != 1 {
+				t.Errorf("%v through a context: %+v, want exit 2 and one line", args, r)
+			}
+		}
+	})
+	t.Run("context inspect and ls --json", func(t *testing.T) {
+		var c struct{ Name, Host string }
+		if err := json.Unmarshal([]byte(must("context", "inspect", "far")), &c); err != nil || c.Name != "far" || c.Host == "" {
+			t.Errorf("context inspect far: %+v %v", c, err)
+		}
+		var list []struct{ Name string }
+		if err := json.Unmarshal([]byte(must("context", "ls", "--json")), &list); err != nil || len(list) != 2 {
+			t.Errorf("context ls --json: %+v %v", list, err)
 		}
 	})
 	must("context", "use", "far")
